@@ -1,0 +1,218 @@
+"""The activity model: what an activity file may contain and how spoolpipe names it.
+
+Pure: parsing bytes and names, no file system access. Everything here is the
+contract written down in ``docs/repository-format.md``.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import math
+import os
+import re
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+NAME_PATTERN = r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}"
+_NAME = re.compile(rf"\A{NAME_PATTERN}\Z")
+# A queued name written by spoolpipe itself: ``ID~ATTEMPT[~NOT_BEFORE_MS].json``.
+_QUEUED = re.compile(
+    rf"\A(?P<id>{NAME_PATTERN})~(?P<attempt>[1-9][0-9]{{0,5}})(?:~(?P<nb>[0-9]{{1,15}}))?\.json\Z"
+)
+# A claim in running/: ``ID~ATTEMPT~WORKER.json``.
+_CLAIM = re.compile(
+    rf"\A(?P<id>{NAME_PATTERN})~(?P<attempt>[1-9][0-9]{{0,5}})~(?P<worker>{NAME_PATTERN})\.json\Z"
+)
+_CROCKFORD = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
+
+
+class InvalidActivity(ValueError):
+    """The file can never become a valid activity; ``reason`` says why, for a person."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+def is_valid_name(value: object) -> bool:
+    """Whether ``value`` is a usable activity id or type."""
+    return isinstance(value, str) and _NAME.match(value) is not None
+
+
+def is_ignored(name: str) -> bool:
+    """Names writers use while publishing atomically; never touched in the inbox."""
+    return name.startswith(".") or name.endswith((".tmp", ".part"))
+
+
+def new_id(now: float | None = None) -> str:
+    """A ULID: 48-bit millisecond time then 80 random bits, Crockford base32, sortable by creation."""
+    ms = int((time.time() if now is None else now) * 1000)
+    value = (ms << 80) | int.from_bytes(os.urandom(10), "big")
+    return "".join(_CROCKFORD[(value >> shift) & 31] for shift in range(125, -1, -5))
+
+
+def derived_id(*parts: str) -> str:
+    """A deterministic id from ``parts``, so a repeated commit names the same follow-up."""
+    digest = hashlib.sha256("\0".join(parts).encode()).digest()
+    return base64.b32encode(digest).decode().rstrip("=")[:26]
+
+
+@dataclass(frozen=True)
+class QueuedName:
+    """What an inbox file name tells before its content is read."""
+
+    stem: str
+    attempt: int = 1
+    not_before_ms: int | None = None
+    canonical: bool = False
+
+
+def parse_inbox_name(name: str) -> QueuedName:
+    """Split a spoolpipe-written retry name; any other name is attempt 1 with its stem as id."""
+    m = _QUEUED.match(name)
+    if m:
+        nb = m.group("nb")
+        return QueuedName(m.group("id"), int(m.group("attempt")), int(nb) if nb else None, True)
+    stem = name[: -len(".json")] if name.endswith(".json") else name
+    return QueuedName(stem)
+
+
+def queued_name(activity_id: str, attempt: int, not_before: float | None) -> str:
+    """The inbox name of a requeued activity: attempt and earliest start are visible without a read."""
+    if attempt == 1 and not_before is None:
+        return f"{activity_id}.json"
+    suffix = "" if not_before is None else f"~{int(not_before * 1000)}"
+    return f"{activity_id}~{attempt}{suffix}.json"
+
+
+@dataclass(frozen=True)
+class ClaimName:
+    """The parts of a claim file name in ``running/``."""
+
+    activity_id: str
+    attempt: int
+    worker: str
+
+    @property
+    def name(self) -> str:
+        return f"{self.activity_id}~{self.attempt}~{self.worker}.json"
+
+    @property
+    def stem(self) -> str:
+        return self.name[: -len(".json")]
+
+
+def parse_claim_name(name: str) -> ClaimName | None:
+    m = _CLAIM.match(name)
+    if not m:
+        return None
+    return ClaimName(m.group("id"), int(m.group("attempt")), m.group("worker"))
+
+
+@dataclass(frozen=True)
+class Activity:
+    """One unit of work as a processor sees it."""
+
+    id: str
+    type: str
+    data: Mapping[str, Any] = field(default_factory=dict)
+    attempt: int = 1
+    not_before: float | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        """The activity as a file: what ``submit`` writes and what a processor's follow-up becomes."""
+        doc: dict[str, Any] = {"id": self.id, "type": self.type, "data": dict(self.data)}
+        if self.not_before is not None:
+            doc["not_before"] = format_time(self.not_before)
+        return doc
+
+
+def _reject_constant(token: str) -> Any:
+    raise ValueError(f"{token} is not valid JSON (RFC 8259)")
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    doc: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in doc:
+            raise ValueError(f"duplicate key {key!r}")
+        doc[key] = value
+    return doc
+
+
+def parse_document(raw: bytes) -> dict[str, Any]:
+    """Strict RFC 8259 JSON object from bytes: UTF-8 only, no NaN/Infinity, no duplicate keys."""
+    if raw.startswith(b"\xef\xbb\xbf"):
+        raise InvalidActivity("file starts with a byte order mark; save it as UTF-8 without BOM")
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise InvalidActivity(f"not UTF-8: invalid byte at offset {exc.start}") from None
+    if not text.strip():
+        raise InvalidActivity("file is empty")
+    try:
+        doc = json.loads(text, parse_constant=_reject_constant, object_pairs_hook=_unique_keys)
+    except json.JSONDecodeError as exc:
+        raise InvalidActivity(f"malformed JSON at line {exc.lineno} column {exc.colno}: {exc.msg}") from None
+    except (ValueError, RecursionError) as exc:
+        raise InvalidActivity(f"malformed JSON: {exc}") from None
+    if not isinstance(doc, dict):
+        raise InvalidActivity(f"top level is a JSON {type(doc).__name__}, expected an object")
+    return doc
+
+
+def parse_time(value: object) -> float:
+    """An ISO-8601 timestamp with a zone as epoch seconds."""
+    if not isinstance(value, str):
+        raise InvalidActivity(f"not_before must be an ISO-8601 string, got {json.dumps(value)}")
+    try:
+        moment = datetime.fromisoformat(value.replace("Z", "+00:00").replace("z", "+00:00"))
+    except ValueError:
+        raise InvalidActivity(f"not_before {value!r} is not an ISO-8601 timestamp") from None
+    if moment.tzinfo is None:
+        raise InvalidActivity(f"not_before {value!r} has no time zone (add Z or +hh:mm)")
+    return moment.timestamp()
+
+
+def format_time(epoch: float) -> str:
+    return datetime.fromtimestamp(epoch).astimezone().isoformat(timespec="milliseconds")
+
+
+def activity_from_document(doc: Mapping[str, Any], queued: QueuedName) -> Activity:
+    """Validate a parsed document; the id comes from the document, else from the file name."""
+    type_ = doc.get("type")
+    if "type" not in doc:
+        raise InvalidActivity("missing required field 'type'")
+    if not is_valid_name(type_):
+        raise InvalidActivity(f"bad type {json.dumps(type_)}: must match {NAME_PATTERN}")
+    if "id" in doc:
+        activity_id = doc["id"]
+        if not is_valid_name(activity_id):
+            raise InvalidActivity(f"bad id {json.dumps(activity_id)}: must match {NAME_PATTERN}")
+        if queued.canonical and queued.stem != activity_id:
+            raise InvalidActivity(f"file name says id {queued.stem!r} but the document says {activity_id!r}")
+    elif is_valid_name(queued.stem):
+        activity_id = queued.stem
+    else:
+        raise InvalidActivity(
+            f"no 'id' field and the file name {queued.stem!r} is not a valid id ({NAME_PATTERN})"
+        )
+    data = doc.get("data", {})
+    if not isinstance(data, dict):
+        raise InvalidActivity(f"'data' must be a JSON object, got {type(data).__name__}")
+    not_before = parse_time(doc["not_before"]) if doc.get("not_before") is not None else None
+    if queued.not_before_ms is not None:
+        not_before = queued.not_before_ms / 1000
+    if not_before is not None and not math.isfinite(not_before):
+        raise InvalidActivity("not_before is out of range")
+    return Activity(str(activity_id), str(type_), data, queued.attempt, not_before)
+
+
+def parse_activity(raw: bytes, name: str) -> Activity:
+    """Bytes of an inbox file named ``name`` to an Activity, or InvalidActivity."""
+    return activity_from_document(parse_document(raw), parse_inbox_name(name))

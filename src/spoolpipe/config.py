@@ -1,0 +1,899 @@
+"""Load, type and validate spoolpipe's configuration.
+
+Configuration lives in Java ``.properties`` files inside the shared repository
+directory ``REPO``:
+
+* ``REPO/spoolpipe.properties`` -- shared by every worker (optional);
+* ``REPO/workers/<worker-id>.properties`` -- per-worker overrides (optional).
+
+Later keys win within a file and the per-worker file wins over the shared one.
+Every key is described exactly once, in :data:`OPTIONS`; validation, the
+commented defaults file written by ``spoolpipe init`` (:func:`render_defaults`)
+and the documentation table (:func:`describe_keys`) are all derived from it.
+
+This module is pure: it reads files and returns values, it starts no threads
+and never writes anything.
+
+Files are decoded as UTF-8 (an initial byte-order mark is ignored); a file that
+is not valid UTF-8 is decoded as ISO-8859-1, the encoding the ``.properties``
+specification prescribes. ``\\uXXXX`` escapes work in both cases.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+import re
+import textwrap
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TypeVar, cast
+
+import javaproperties
+
+from .activity import NAME_PATTERN
+
+__all__ = [
+    "OPTIONS",
+    "SHARED_FILE",
+    "TYPE_PATTERN",
+    "WORKERS_DIR",
+    "BoolKind",
+    "ChoiceKind",
+    "ConfigError",
+    "FloatKind",
+    "IntKind",
+    "Kind",
+    "Loaded",
+    "ModuleListKind",
+    "Option",
+    "PathListKind",
+    "Settings",
+    "StringKind",
+    "TypeNameKind",
+    "config_files",
+    "describe_keys",
+    "load",
+    "render_defaults",
+]
+
+#: Name of the shared configuration file, directly inside the repository.
+SHARED_FILE = "spoolpipe.properties"
+#: Directory (inside the repository) holding ``<worker-id>.properties`` files.
+WORKERS_DIR = "workers"
+#: Regular expression (for ``re.fullmatch``) that every activity type name matches.
+TYPE_PATTERN = NAME_PATTERN
+
+_TYPE_RE = re.compile(TYPE_PATTERN)
+_EOL_RE = re.compile(r"\r\n?|\n")  # the line terminators javaproperties splits on
+
+Value = int | float | bool | str | tuple[str, ...] | tuple[Path, ...]
+
+K = TypeVar("K")
+V = TypeVar("V")
+
+
+class ConfigError(Exception):
+    """The configuration could not be loaded.
+
+    ``errors`` holds one line per problem, normally of the form
+    ``<path>:<line>: <key>: <what is wrong>; expected <what is expected>``;
+    ``str()`` joins them with newlines.
+    """
+
+    errors: list[str]
+
+    def __init__(self, errors: str | Iterable[str]) -> None:
+        self.errors = [errors] if isinstance(errors, str) else list(errors)
+        super().__init__(self.errors)  # keeps the exception picklable
+
+    def __str__(self) -> str:
+        return "\n".join(self.errors)
+
+
+class _Invalid(Exception):
+    """A value failed validation; the argument says what is wrong with it."""
+
+
+# --------------------------------------------------------------------------
+# Kinds of values
+# --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Kind:
+    """How a raw string value is validated and converted."""
+
+    @property
+    def expected(self) -> str:
+        """What a valid value looks like, for error messages and docs."""
+        raise NotImplementedError
+
+    def parse(self, raw: str, base: Path) -> Value:
+        """Convert ``raw``; raise ``_Invalid`` when it is not acceptable.
+
+        ``base`` is the directory of the file that defined the value, for
+        resolving relative paths.
+        """
+        raise NotImplementedError
+
+
+@dataclass(frozen=True)
+class IntKind(Kind):
+    minimum: int
+
+    @property
+    def expected(self) -> str:
+        return f"an integer >= {self.minimum}"
+
+    def parse(self, raw: str, base: Path) -> int:
+        text = raw.strip()
+        try:
+            number = int(text)
+        except ValueError:
+            raise _Invalid(f"{text!r} is not an integer") from None
+        if number < self.minimum:
+            raise _Invalid(f"{text!r} is out of range")
+        return number
+
+
+@dataclass(frozen=True)
+class FloatKind(Kind):
+    minimum: float
+    #: True when ``minimum`` itself is not allowed (``> minimum``).
+    exclusive: bool = False
+    maximum: float | None = None
+
+    @property
+    def expected(self) -> str:
+        if self.maximum is not None:
+            return f"a number between {self.minimum:g} and {self.maximum:g}"
+        return f"a number {'>' if self.exclusive else '>='} {self.minimum:g}"
+
+    def parse(self, raw: str, base: Path) -> float:
+        text = raw.strip()
+        try:
+            number = float(text)
+        except ValueError:
+            raise _Invalid(f"{text!r} is not a number") from None
+        if number != number or number in (float("inf"), float("-inf")):
+            raise _Invalid(f"{text!r} is not a finite number")
+        too_low = number <= self.minimum if self.exclusive else number < self.minimum
+        if too_low or (self.maximum is not None and number > self.maximum):
+            raise _Invalid(f"{text!r} is out of range")
+        return number
+
+
+_TRUE = ("true", "yes", "on", "1")
+_FALSE = ("false", "no", "off", "0")
+
+
+@dataclass(frozen=True)
+class BoolKind(Kind):
+    @property
+    def expected(self) -> str:
+        return "a boolean (true/false, yes/no, on/off or 1/0)"
+
+    def parse(self, raw: str, base: Path) -> bool:
+        text = raw.strip()
+        if text.lower() in _TRUE:
+            return True
+        if text.lower() in _FALSE:
+            return False
+        raise _Invalid(f"{text!r} is not a boolean")
+
+
+@dataclass(frozen=True)
+class ChoiceKind(Kind):
+    """One of a fixed set of words, matched case-insensitively.
+
+    The value is normalised to the spelling given in ``choices``.
+    """
+
+    choices: tuple[str, ...]
+
+    @property
+    def expected(self) -> str:
+        return "one of " + ", ".join(self.choices)
+
+    def parse(self, raw: str, base: Path) -> str:
+        text = raw.strip()
+        for choice in self.choices:
+            if text.lower() == choice.lower():
+                return choice
+        raise _Invalid(f"{text!r} is not a valid choice")
+
+
+def _split_list(raw: str) -> list[str]:
+    return [item.strip() for item in raw.split(",") if item.strip()]
+
+
+@dataclass(frozen=True)
+class ModuleListKind(Kind):
+    """Comma-separated dotted Python module names."""
+
+    @property
+    def expected(self) -> str:
+        return "comma-separated Python module names"
+
+    def parse(self, raw: str, base: Path) -> tuple[str, ...]:
+        modules = _split_list(raw)
+        for module in modules:
+            if not all(part.isidentifier() for part in module.split(".")):
+                raise _Invalid(f"{module!r} is not a Python module name")
+        return tuple(modules)
+
+
+@dataclass(frozen=True)
+class PathListKind(Kind):
+    """Comma-separated directories, resolved against the defining file's directory.
+
+    Resolution is lexical (``os.path.abspath``): symlinks are not followed and
+    the directories need not exist when the configuration is loaded.
+    """
+
+    @property
+    def expected(self) -> str:
+        return "comma-separated directories"
+
+    def parse(self, raw: str, base: Path) -> tuple[Path, ...]:
+        items = _split_list(raw)
+        for item in items:
+            if "\0" in item:
+                raise _Invalid(f"{item!r} contains a NUL character")
+        return tuple(Path(os.path.abspath(base / item)) for item in items)
+
+
+@dataclass(frozen=True)
+class TypeNameKind(Kind):
+    """An activity type name (see :data:`TYPE_PATTERN`)."""
+
+    allow_empty: bool = False
+
+    @property
+    def expected(self) -> str:
+        text = f"an activity type name matching {TYPE_PATTERN}"
+        return text + ", or nothing to disable" if self.allow_empty else text
+
+    def parse(self, raw: str, base: Path) -> str:
+        text = raw.strip()
+        if text == "" and self.allow_empty:
+            return text
+        if not _TYPE_RE.fullmatch(text):
+            raise _Invalid(f"{text!r} is not a valid activity type name")
+        return text
+
+
+@dataclass(frozen=True)
+class StringKind(Kind):
+    """Any string, kept verbatim."""
+
+    @property
+    def expected(self) -> str:
+        return "any text"
+
+    def parse(self, raw: str, base: Path) -> str:
+        return raw
+
+
+# --------------------------------------------------------------------------
+# The schema
+# --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Option:
+    """One configuration key.
+
+    A key containing ``<...>`` (``concurrency.<type>``, ``timeout.<type>``,
+    ``custom.<name>``) is a pattern standing for a family of keys; it has no
+    default (``default is None``) and ``example`` holds a sample line.
+    """
+
+    key: str
+    kind: Kind
+    #: The default as it is written in a properties file; None for patterns.
+    default: str | None
+    description: str
+    example: str = ""
+
+    @property
+    def is_pattern(self) -> bool:
+        return self.default is None
+
+    @property
+    def prefix(self) -> str:
+        """For a pattern key, the literal part before the placeholder."""
+        return self.key.split("<", 1)[0]
+
+    @property
+    def group(self) -> str:
+        return self.key.split(".", 1)[0]
+
+
+_TYPE_NOTE = f"Type names match {TYPE_PATTERN}."
+
+#: Every configuration key, in the order they are documented.
+OPTIONS: tuple[Option, ...] = (
+    Option(
+        "processors",
+        ModuleListKind(),
+        "",
+        "Comma-separated Python modules imported by every pool process; importing "
+        "them registers their processors (for example myproject.processors).",
+    ),
+    Option(
+        "processors.path",
+        PathListKind(),
+        "",
+        "Comma-separated directories added to sys.path before the processor modules "
+        "are imported. Relative paths are resolved against the directory of the file "
+        "that sets this key: REPO for the shared file, REPO/workers for a "
+        "per-worker file.",
+    ),
+    Option(
+        "pool.size",
+        IntKind(0),
+        "0",
+        "Number of worker processes in this daemon's pool. 0 means one per CPU available to the daemon.",
+    ),
+    Option(
+        "concurrency.default",
+        IntKind(0),
+        "0",
+        "Maximum number of concurrently running activities of a type that has no "
+        "concurrency key of its own. 0 means the pool size.",
+    ),
+    Option(
+        "concurrency.<type>",
+        IntKind(0),
+        None,
+        "Maximum number of concurrently running activities of the given type on this "
+        "worker, overriding concurrency.default. 0 means this worker never takes "
+        f"activities of that type (useful in a per-worker file). {_TYPE_NOTE}",
+        example="concurrency.image.resize = 2",
+    ),
+    Option(
+        "timeout.seconds",
+        FloatKind(0, exclusive=True),
+        "300",
+        "Wall-clock limit, in seconds, for running one activity.",
+    ),
+    Option(
+        "timeout.<type>",
+        FloatKind(0, exclusive=True),
+        None,
+        "Wall-clock limit, in seconds, for activities of the given type, overriding "
+        f"timeout.seconds. {_TYPE_NOTE}",
+        example="timeout.video.transcode = 3600",
+    ),
+    Option(
+        "retry.max-attempts",
+        IntKind(1),
+        "5",
+        "Number of attempts, including attempts that crashed their worker process, "
+        "before an activity is failed. 1 disables retries.",
+    ),
+    Option(
+        "retry.backoff-seconds",
+        FloatKind(0),
+        "2.0",
+        "Delay, in seconds, before the second attempt of an activity; the delay "
+        "doubles with every further attempt.",
+    ),
+    Option(
+        "retry.backoff-max-seconds",
+        FloatKind(0),
+        "600.0",
+        "Upper bound, in seconds, on the delay between attempts.",
+    ),
+    Option(
+        "retry.jitter",
+        FloatKind(0, maximum=1),
+        "0.25",
+        "Random fraction applied to each delay: 0.25 multiplies it by a random "
+        "factor between 0.75 and 1.25. 0 disables jitter.",
+    ),
+    Option(
+        "claims.lock",
+        ChoiceKind(("auto", "flock", "lease", "strict")),
+        "auto",
+        "How a worker makes sure no other worker runs an activity it has claimed: "
+        "flock (file locks), lease (claims that other workers take over once their "
+        "owner has been silent for claims.lease-seconds), strict (both), or auto "
+        "(chosen from the filesystem).",
+    ),
+    Option(
+        "claims.lease-seconds",
+        FloatKind(0, exclusive=True),
+        "30.0",
+        "In lease mode, how long a worker may go silent before other workers take "
+        "over its claims. Must be at least twice heartbeat.interval-seconds.",
+    ),
+    Option(
+        "scan.interval-seconds",
+        FloatKind(0, exclusive=True),
+        "2.0",
+        "Period, in seconds, of the full rescan of the repository. The rescan always "
+        "runs: on network filesystems it is the only way to see files written by "
+        "other machines.",
+    ),
+    Option(
+        "scan.watch",
+        BoolKind(),
+        "true",
+        "Use filesystem notifications as a hint to scan sooner than the next periodic rescan.",
+    ),
+    Option(
+        "inbox.settle-seconds",
+        FloatKind(0),
+        "5.0",
+        "An activity file that does not parse and was modified less than this many "
+        "seconds ago is presumed to still be being written, and is left alone.",
+    ),
+    Option(
+        "limits.activity-bytes",
+        IntKind(2),
+        "1048576",
+        "Activity files larger than this many bytes are invalid.",
+    ),
+    Option(
+        "shutdown.grace-seconds",
+        FloatKind(0),
+        "30.0",
+        "On SIGTERM, how long, in seconds, running activities may continue in order "
+        "to finish before they are stopped and released to other workers.",
+    ),
+    Option(
+        "heartbeat.interval-seconds",
+        FloatKind(0, exclusive=True),
+        "5.0",
+        "How often, in seconds, a worker records that it is alive.",
+    ),
+    Option(
+        "failures.handler",
+        TypeNameKind(allow_empty=True),
+        "spoolpipe.failure",
+        "Type of the activity created for every activity that has failed for good, "
+        "so that a processor can report or clean up. Empty disables it.",
+    ),
+    Option(
+        "durability.fsync",
+        BoolKind(),
+        "true",
+        "Flush files and directories to disk (fsync) after writing them, so that "
+        "state survives a machine crash. Turning it off is faster but less safe.",
+    ),
+    Option(
+        "log.level",
+        ChoiceKind(("DEBUG", "INFO", "WARNING", "ERROR")),
+        "INFO",
+        "Logging level.",
+    ),
+    Option(
+        "images.roots",
+        PathListKind(),
+        "",
+        "Comma-separated directories that image steps may read from and write to. "
+        "Relative paths are resolved against the directory of the file that sets "
+        "this key.",
+    ),
+    Option(
+        "images.max-megapixels",
+        FloatKind(0),
+        "0",
+        "Cap on the decoded megapixels held at the same time by all image work on "
+        "this worker. 0 means automatic.",
+    ),
+    Option(
+        "custom.<name>",
+        StringKind(),
+        None,
+        "Free-form settings for your processors: any key starting with custom. and "
+        "any value. They are not validated; processors find them in Settings.custom, "
+        "without the custom. prefix.",
+        example="custom.thumbnail.quality = 85",
+    ),
+)
+
+_STATIC: dict[str, Option] = {opt.key: opt for opt in OPTIONS if not opt.is_pattern}
+_PATTERNS: dict[str, Option] = {opt.prefix: opt for opt in OPTIONS if opt.is_pattern}
+_PER_TYPE_PREFIXES = ("concurrency.", "timeout.")
+_CUSTOM_PREFIX = "custom."
+
+_GROUP_TITLES = {
+    "processors": "Processors",
+    "pool": "Worker pool",
+    "concurrency": "Concurrency limits",
+    "timeout": "Timeouts",
+    "retry": "Retries",
+    "claims": "Claiming activities",
+    "scan": "Scanning the repository",
+    "inbox": "Incoming activities",
+    "limits": "Limits",
+    "shutdown": "Shutdown",
+    "heartbeat": "Heartbeats",
+    "failures": "Failed activities",
+    "durability": "Durability",
+    "log": "Logging",
+    "images": "Image processing",
+    "custom": "Custom settings for processors",
+}
+
+
+def _parse_default(opt: Option) -> Value:
+    assert opt.default is not None
+    return opt.kind.parse(opt.default, Path("/"))
+
+
+_DEFAULTS: dict[str, Value] = {key: _parse_default(opt) for key, opt in _STATIC.items()}
+
+
+# --------------------------------------------------------------------------
+# Results
+# --------------------------------------------------------------------------
+
+
+class _FrozenMap(Mapping[K, V]):
+    """A read-only, hashable, picklable mapping."""
+
+    __slots__ = ("_data",)
+
+    def __init__(self, data: Mapping[K, V] | None = None) -> None:
+        self._data: dict[K, V] = dict(data or {})
+
+    def __getitem__(self, key: K) -> V:
+        return self._data[key]
+
+    def __iter__(self) -> Iterator[K]:
+        return iter(self._data)
+
+    def __len__(self) -> int:
+        return len(self._data)
+
+    def __hash__(self) -> int:
+        return hash(frozenset(self._data.items()))
+
+    def __repr__(self) -> str:
+        return repr(self._data)
+
+    def __reduce__(self) -> tuple[type[_FrozenMap[K, V]], tuple[dict[K, V]]]:
+        return (type(self), (self._data,))
+
+
+@dataclass(frozen=True)
+class Settings:
+    """The effective, validated configuration of one worker."""
+
+    processors: tuple[str, ...]
+    #: Absolute directories for sys.path.
+    processors_path: tuple[Path, ...]
+    #: Already resolved: never 0.
+    pool_size: int
+    #: Already resolved: never 0.
+    concurrency_default: int
+    #: Per-type limits from ``concurrency.<type>``; 0 means "never on this worker".
+    concurrency: Mapping[str, int]
+    timeout_seconds: float
+    #: Per-type limits from ``timeout.<type>``.
+    timeouts: Mapping[str, float]
+    retry_max_attempts: int
+    retry_backoff_seconds: float
+    retry_backoff_max_seconds: float
+    retry_jitter: float
+    claims_lock: str
+    claims_lease_seconds: float
+    scan_interval_seconds: float
+    scan_watch: bool
+    inbox_settle_seconds: float
+    limits_activity_bytes: int
+    shutdown_grace_seconds: float
+    heartbeat_interval_seconds: float
+    #: Activity type created for failed activities; "" when disabled.
+    failures_handler: str
+    durability_fsync: bool
+    log_level: str
+    #: Absolute directories.
+    images_roots: tuple[Path, ...]
+    #: 0 means automatic.
+    images_max_megapixels: float
+    #: ``custom.*`` keys, without the ``custom.`` prefix.
+    custom: Mapping[str, str]
+    #: The configuration files that were actually read, in precedence order.
+    sources: tuple[Path, ...]
+
+    def concurrency_for(self, type_: str) -> int:
+        """Maximum concurrent activities of ``type_`` here (0: never take it)."""
+        return self.concurrency.get(type_, self.concurrency_default)
+
+    def timeout_for(self, type_: str) -> float:
+        """Wall-clock limit in seconds for one activity of ``type_``."""
+        return self.timeouts.get(type_, self.timeout_seconds)
+
+
+@dataclass(frozen=True)
+class Loaded:
+    """Result of :func:`load`: the settings plus non-fatal warnings (``file:line: ...``)."""
+
+    settings: Settings
+    warnings: tuple[str, ...] = ()
+
+
+# --------------------------------------------------------------------------
+# Loading
+# --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Entry:
+    key: str
+    value: str
+    path: Path
+    line: int
+
+    @property
+    def where(self) -> str:
+        return f"{self.path}:{self.line}"
+
+
+def _check_worker_id(worker_id: str) -> None:
+    if worker_id in ("", ".", "..") or "/" in worker_id or "\\" in worker_id or "\0" in worker_id:
+        raise ValueError(f"invalid worker id {worker_id!r}")
+
+
+def config_files(repo: Path, worker_id: str | None) -> tuple[Path, ...]:
+    """The files :func:`load` reads, lowest precedence first, whether they exist or not.
+
+    Paths are absolute. Raises ``ValueError`` for a worker id that cannot be
+    a file name.
+    """
+    base = Path(os.path.abspath(repo))
+    files = [base / SHARED_FILE]
+    if worker_id is not None:
+        _check_worker_id(worker_id)
+        files.append(base / WORKERS_DIR / f"{worker_id}.properties")
+    return tuple(files)
+
+
+def _decode(data: bytes) -> str:
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError:
+        return data.decode("iso-8859-1")
+
+
+def _read_entries(path: Path, errors: list[str]) -> list[_Entry] | None:
+    """Parse one file; None when it does not exist."""
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        errors.append(f"{path}: cannot read file: {exc.strerror or exc}")
+        return []
+    entries: list[_Entry] = []
+    line = 1
+    try:
+        for element in javaproperties.parse(_decode(data)):
+            if isinstance(element, javaproperties.KeyValue):
+                entries.append(_Entry(element.key, element.value, path, line))
+            line += len(_EOL_RE.findall(element.source))
+    except javaproperties.InvalidUEscapeError as exc:
+        errors.append(
+            f"{path}:{line}: invalid escape sequence '{exc.escape}'; "
+            "expected \\u followed by four hexadecimal digits (rest of file not read)"
+        )
+    return entries
+
+
+def _suggest(key: str) -> str | None:
+    candidates = [k for k in _STATIC]
+    if "." in key:
+        rest = key.split(".", 1)[1]
+        if rest:
+            candidates += [prefix + rest for prefix in (*_PER_TYPE_PREFIXES, _CUSTOM_PREFIX)]
+    lowered = {c.lower(): c for c in candidates}
+    matches = difflib.get_close_matches(key.lower(), list(lowered), n=1, cutoff=0.75)
+    return lowered[matches[0]] if matches else None
+
+
+def _unknown_key_warning(entry: _Entry) -> str:
+    message = f"{entry.where}: unknown key {entry.key!r}"
+    suggestion = _suggest(entry.key)
+    return f"{message}; did you mean {suggestion!r}?" if suggestion else message
+
+
+def _cpu_count() -> int:
+    try:
+        return len(os.sched_getaffinity(0)) or 1
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
+def load(repo: Path, worker_id: str | None = None, *, cpu_count: int | None = None) -> Loaded:
+    """Read, merge and validate the configuration of ``worker_id`` in ``repo``.
+
+    ``cpu_count`` overrides the number of CPUs used to resolve ``pool.size = 0``
+    (default: the CPUs this process may run on). Raises :class:`ConfigError`
+    listing every problem found, and ``ValueError`` for an impossible worker id.
+    """
+    errors: list[str] = []
+    warnings: list[str] = []
+    sources: list[Path] = []
+    values: dict[str, Value] = dict(_DEFAULTS)
+    where: dict[str, _Entry] = {}
+    concurrency: dict[str, int] = {}
+    timeouts: dict[str, float] = {}
+    custom: dict[str, str] = {}
+
+    for path in config_files(repo, worker_id):
+        entries = _read_entries(path, errors)
+        if entries is None:
+            continue
+        sources.append(path)
+        first_line: dict[str, int] = {}
+        for entry in entries:
+            key = entry.key
+            if key in first_line:
+                warnings.append(f"{entry.where}: {key!r} is set again; this replaces line {first_line[key]}")
+            else:
+                first_line[key] = entry.line
+            try:
+                if key in _STATIC:
+                    values[key] = _STATIC[key].kind.parse(entry.value, path.parent)
+                    where[key] = entry
+                elif key.startswith(_CUSTOM_PREFIX):
+                    custom[key[len(_CUSTOM_PREFIX) :]] = entry.value
+                elif key.startswith(_PER_TYPE_PREFIXES):
+                    prefix, type_ = key.split(".", 1)
+                    if not _TYPE_RE.fullmatch(type_):
+                        expected = f"an activity type name matching {TYPE_PATTERN}"
+                        errors.append(
+                            f"{entry.where}: {key}: {type_!r} is not a valid activity type "
+                            f"name; expected {expected}"
+                        )
+                        continue
+                    value = _PATTERNS[prefix + "."].kind.parse(entry.value, path.parent)
+                    if prefix == "concurrency":
+                        concurrency[type_] = cast(int, value)
+                    else:
+                        timeouts[type_] = cast(float, value)
+                else:
+                    warnings.append(_unknown_key_warning(entry))
+            except _Invalid as exc:
+                kind = (_STATIC.get(key) or _PATTERNS[key.split(".", 1)[0] + "."]).kind
+                errors.append(f"{entry.where}: {key}: {exc}; expected {kind.expected}")
+
+    _check_lease(values, where, errors)
+    if errors:
+        raise ConfigError(errors)
+
+    pool_size = cast(int, values["pool.size"]) or (cpu_count if cpu_count is not None else _cpu_count())
+    settings = Settings(
+        processors=cast(tuple[str, ...], values["processors"]),
+        processors_path=cast(tuple[Path, ...], values["processors.path"]),
+        pool_size=max(1, pool_size),
+        concurrency_default=cast(int, values["concurrency.default"]) or max(1, pool_size),
+        concurrency=_FrozenMap(concurrency),
+        timeout_seconds=cast(float, values["timeout.seconds"]),
+        timeouts=_FrozenMap(timeouts),
+        retry_max_attempts=cast(int, values["retry.max-attempts"]),
+        retry_backoff_seconds=cast(float, values["retry.backoff-seconds"]),
+        retry_backoff_max_seconds=cast(float, values["retry.backoff-max-seconds"]),
+        retry_jitter=cast(float, values["retry.jitter"]),
+        claims_lock=cast(str, values["claims.lock"]),
+        claims_lease_seconds=cast(float, values["claims.lease-seconds"]),
+        scan_interval_seconds=cast(float, values["scan.interval-seconds"]),
+        scan_watch=cast(bool, values["scan.watch"]),
+        inbox_settle_seconds=cast(float, values["inbox.settle-seconds"]),
+        limits_activity_bytes=cast(int, values["limits.activity-bytes"]),
+        shutdown_grace_seconds=cast(float, values["shutdown.grace-seconds"]),
+        heartbeat_interval_seconds=cast(float, values["heartbeat.interval-seconds"]),
+        failures_handler=cast(str, values["failures.handler"]),
+        durability_fsync=cast(bool, values["durability.fsync"]),
+        log_level=cast(str, values["log.level"]),
+        images_roots=cast(tuple[Path, ...], values["images.roots"]),
+        images_max_megapixels=cast(float, values["images.max-megapixels"]),
+        custom=_FrozenMap(custom),
+        sources=tuple(sources),
+    )
+    return Loaded(settings=settings, warnings=tuple(warnings))
+
+
+def _check_lease(values: dict[str, Value], where: dict[str, _Entry], errors: list[str]) -> None:
+    """A lease must outlive at least two heartbeat intervals."""
+    lease_key, beat_key = "claims.lease-seconds", "heartbeat.interval-seconds"
+    lease, beat = cast(float, values[lease_key]), cast(float, values[beat_key])
+    if lease >= 2 * beat:
+        return
+    if lease_key in where:
+        errors.append(
+            f"{where[lease_key].where}: {lease_key}: {lease:g} is less than twice "
+            f"{beat_key} ({beat:g}); expected a number >= {2 * beat:g}"
+        )
+    elif beat_key in where:
+        errors.append(
+            f"{where[beat_key].where}: {beat_key}: {beat:g} is more than half of "
+            f"{lease_key} ({lease:g}); expected a number <= {lease / 2:g}"
+        )
+
+
+# --------------------------------------------------------------------------
+# Rendering
+# --------------------------------------------------------------------------
+
+_HEADER = f"""\
+# spoolpipe configuration
+#
+# This is the shared file, REPO/{SHARED_FILE}, read by every worker
+# daemon. A worker can override any key for itself alone in
+# REPO/{WORKERS_DIR}/<worker-id>.properties: keys there win over this file,
+# and within one file a later line wins over an earlier one. Both files are
+# optional; a key that is not set anywhere takes the default shown below.
+#
+# The syntax is that of Java .properties files: "key = value" (or "key: value"
+# or "key value"), a line ending in a backslash continues on the next line,
+# lines starting with # or ! are comments, and \\uXXXX escapes are understood.
+# Files are read as UTF-8, or as ISO-8859-1 when they are not valid UTF-8.
+# Relative paths are resolved against the directory of the file that sets them.
+#
+# Running daemons re-read these files when they change. When the new
+# configuration is invalid they log the errors (file:line) and keep using the
+# last valid one. Changes to processors, processors.path and pool.size take
+# effect by recycling the pool's processes.
+"""
+
+
+def _comment(text: str) -> str:
+    return textwrap.fill(text, width=79, initial_indent="# ", subsequent_indent="# ")
+
+
+def _line(key: str, value: str) -> str:
+    if value == "":
+        return f"{key} ="
+    return javaproperties.join_key_value(key, value, separator=" = ")
+
+
+def render_defaults() -> str:
+    """The commented ``spoolpipe.properties`` written by ``spoolpipe init``.
+
+    Every key appears with its default as an active line; pattern keys appear
+    as commented-out examples. Loading it yields exactly the defaults.
+    """
+    parts = [_HEADER]
+    group = None
+    for opt in OPTIONS:
+        if opt.group != group:
+            group = opt.group
+            title = _GROUP_TITLES.get(group, group)
+            parts.append(f"\n# {'=' * 77}\n# {title}\n# {'=' * 77}\n")
+        parts.append("\n" + _comment(opt.description) + "\n")
+        if opt.default is None:
+            key, _, value = opt.example.partition(" = ")
+            parts.append("#" + _line(key, value) + "\n")
+        else:
+            parts.append(_line(opt.key, opt.default) + "\n")
+    return "".join(parts)
+
+
+def _md(text: str) -> str:
+    text = text.replace("|", "\\|").replace("<", "\\<")
+    return text.replace(TYPE_PATTERN, f"`{TYPE_PATTERN}`")
+
+
+def describe_keys() -> str:
+    """A Markdown table of every key (key, default, accepted values, meaning)."""
+    rows = [
+        "| Key | Default | Accepted values | Meaning |",
+        "| --- | --- | --- | --- |",
+    ]
+    for opt in OPTIONS:
+        if opt.default is None:
+            default = "(none)"
+        elif opt.default == "":
+            default = "(empty)"
+        else:
+            default = f"`{opt.default}`"
+        rows.append(f"| `{opt.key}` | {default} | {_md(opt.kind.expected)} | {_md(opt.description)} |")
+    return "\n".join(rows) + "\n"

@@ -1,0 +1,141 @@
+"""Whether a claim's owner is alive: every worker holds a lock on ``locks/<worker>.lock`` while it runs.
+
+Built on filelock. ``flock`` (``FileLock``) is released by the kernel when the
+process dies, so a dead worker's lock is free at once; it only works where the
+file system honours flock across clients (local disks, GlusterFS, SMB). ``lease``
+(``SoftFileLease``) is kept alive by a heartbeat and taken over by a peer that
+saw it unrefreshed for ``claims.lease-seconds`` on its own monotonic clock, so
+clock skew cannot expire a live worker (NFS). ``strict`` (``StrictSoftFileLock``)
+fails closed: a dead worker's claims are recovered only once an operator runs
+``spoolpipe recover --force-worker``, or automatically when the dead process is
+provably gone on the same host. Lock files are never unlinked by spoolpipe.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+from filelock import BaseFileLock, FileLock, SoftFileLease, StrictSoftFileLock, Timeout
+
+MODES = ("flock", "lease", "strict")
+# File systems whose flock is shared by every client of the same data.
+_FLOCK_FILESYSTEMS = {
+    "ext2",
+    "ext3",
+    "ext4",
+    "xfs",
+    "btrfs",
+    "tmpfs",
+    "zfs",
+    "f2fs",
+    "reiserfs",
+    "jfs",
+    "overlay",
+    "fuse.glusterfs",
+    "glusterfs",
+    "cifs",
+    "smb3",
+    "ramfs",
+    "bcachefs",
+}
+
+
+class WorkerAlreadyRunning(Exception):
+    """Another live process holds this worker id."""
+
+
+def filesystem_type(path: Path) -> str:
+    """The type of the mount holding ``path``, from /proc/self/mountinfo; "" when unknown."""
+    target = os.path.realpath(path)
+    best, best_type = "", ""
+    try:
+        with open("/proc/self/mountinfo", encoding="utf-8", errors="replace") as mountinfo:
+            for line in mountinfo:
+                left, _, right = line.partition(" - ")
+                fields = left.split()
+                if len(fields) < 5 or not right:
+                    continue
+                mount_point = fields[4].replace("\\040", " ")
+                inside = target == mount_point or target.startswith(mount_point.rstrip("/") + "/")
+                if inside and len(mount_point) >= len(best):
+                    best, best_type = mount_point, right.split()[0]
+    except OSError:
+        return ""
+    return best_type
+
+
+def resolve_mode(mode: str, repository: Path) -> str:
+    """``auto`` becomes flock where the file system honours it for every client, lease elsewhere (NFS)."""
+    if mode != "auto":
+        return mode
+    return "flock" if filesystem_type(repository) in _FLOCK_FILESYSTEMS else "lease"
+
+
+def _make_lock(
+    path: Path, mode: str, lease_seconds: float, on_compromise: Callable[[object], None] | None = None
+) -> BaseFileLock:
+    if mode == "flock":
+        return FileLock(path, thread_local=False)
+    if mode == "lease":
+        return SoftFileLease(
+            path, lease_duration=lease_seconds, on_compromise=on_compromise, thread_local=False
+        )
+    if mode == "strict":
+        return StrictSoftFileLock(path, thread_local=False)
+    raise ValueError(f"unknown claims.lock mode {mode!r}; expected one of auto, {', '.join(MODES)}")
+
+
+class OwnLock:
+    """The lock a worker holds for its whole life; losing it (lease compromise) means stop committing."""
+
+    def __init__(self, locks: Path, worker: str, mode: str, lease_seconds: float) -> None:
+        self.lost = False
+        self._lock = _make_lock(locks / f"{worker}.lock", mode, lease_seconds, self._compromised)
+
+    def _compromised(self, _compromise: object) -> None:
+        self.lost = True
+
+    def acquire(self, wait: float) -> None:
+        try:
+            self._lock.acquire(timeout=wait)
+        except Timeout:
+            raise WorkerAlreadyRunning(self._lock.lock_file) from None
+
+    def release(self) -> None:
+        with contextlib.suppress(Exception):
+            self._lock.release()
+
+
+class Prober:
+    """Tells whether other workers are dead, keeping one contender per worker so lease age accumulates."""
+
+    def __init__(self, locks: Path, mode: str, lease_seconds: float) -> None:
+        self._locks = locks
+        self._mode = mode
+        self._lease_seconds = lease_seconds
+        self._contenders: dict[str, BaseFileLock] = {}
+
+    @contextlib.contextmanager
+    def dead(self, worker: str) -> Iterator[bool]:
+        """Yield True while holding ``worker``'s lock if it is dead (so it cannot come back meanwhile)."""
+        lock = self._contenders.get(worker)
+        if lock is None:
+            lock = self._contenders[worker] = _make_lock(
+                self._locks / f"{worker}.lock", self._mode, self._lease_seconds
+            )
+        try:
+            lock.acquire(blocking=False)
+        except Timeout:
+            yield False
+            return
+        except OSError:
+            yield False
+            return
+        try:
+            yield True
+        finally:
+            with contextlib.suppress(Exception):
+                lock.release()

@@ -1,0 +1,228 @@
+"""Persistent processes that run processors, so no process is spawned per activity.
+
+The daemon owns every file operation; a pool process only imports processor
+modules, runs one activity at a time and sends back the outcome. A process
+stuck past its deadline is killed and replaced, the only way to really stop
+code blocked in C.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import importlib
+import json
+import logging
+import multiprocessing
+import multiprocessing.connection
+import os
+import signal
+import sys
+import traceback
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from multiprocessing.connection import Connection
+from multiprocessing.process import BaseProcess
+from pathlib import Path
+from typing import Any
+
+from .activity import Activity
+from .processor import Context, Fatal, registered
+
+_PR_SET_PDEATHSIG = 1
+_BUILTIN_MODULES = ("spoolpipe.failure",)
+
+
+@dataclass(frozen=True)
+class Setup:
+    """What every pool process needs before its first activity."""
+
+    modules: tuple[str, ...]
+    paths: tuple[str, ...]
+    repository: str
+    worker_id: str
+    properties: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Task:
+    activity: Activity
+    log_path: str
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What a processor did: ``status`` is ``ok``, ``error`` (retry per policy) or ``fatal``."""
+
+    status: str
+    result: Any = None
+    follow_ups: tuple[dict[str, Any], ...] = ()
+    error: str = ""
+    traceback: str = ""
+    recycle: bool = False
+
+
+def import_processors(modules: Sequence[str], paths: Sequence[str]) -> None:
+    """Import the built-in and configured processor modules; errors propagate to the caller."""
+    for path in paths:
+        if path not in sys.path:
+            sys.path.insert(0, path)
+    for module in (*_BUILTIN_MODULES, *modules):
+        importlib.import_module(module)
+
+
+class _LazyFileHandler(logging.FileHandler):
+    """Creates the attempt's log file only when something is logged, so silent attempts cost no file."""
+
+    def __init__(self, path: str) -> None:
+        super().__init__(path, encoding="utf-8", delay=True)
+        self.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+
+
+def _die_with_parent() -> None:
+    with contextlib.suppress(Exception):
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+    if os.getppid() == 1:
+        os._exit(1)
+
+
+def _run(task: Task, setup: Setup) -> Outcome:
+    registration = registered().get(task.activity.type)
+    if registration is None:
+        return Outcome("error", error=f"no processor for type {task.activity.type!r} in this worker")
+    log = logging.getLogger(f"spoolpipe.activity.{task.activity.id}")
+    log.propagate = False
+    log.setLevel(logging.DEBUG)
+    handler = _LazyFileHandler(task.log_path)
+    log.addHandler(handler)
+    ctx = Context(
+        log=log,
+        worker_id=setup.worker_id,
+        repository=Path(setup.repository),
+        properties=setup.properties,
+        follow_up_types=registration.follow_up_types,
+    )
+    try:
+        try:
+            result = registration.run(task.activity, ctx)
+        except Fatal as exc:
+            text = traceback.format_exc()
+            log.error("attempt %d failed for good: %s\n%s", task.activity.attempt, exc, text)
+            return Outcome("fatal", error=str(exc), traceback=text)
+        except Exception as exc:
+            text = traceback.format_exc()
+            log.error("attempt %d failed: %s\n%s", task.activity.attempt, exc, text)
+            recycle = bool(getattr(exc, "recycle_process", False))
+            return Outcome("error", error=f"{type(exc).__name__}: {exc}", traceback=text, recycle=recycle)
+        follow_ups = tuple(
+            {"type": f.type, "data": f.data, "key": f.key, "delay": f.delay} for f in ctx.follow_ups
+        )
+        try:
+            json.dumps([result, follow_ups], allow_nan=False)
+        except (TypeError, ValueError) as exc:
+            log.error("result or follow-up data is not JSON: %s", exc)
+            return Outcome("fatal", error=f"result or follow-up data is not JSON-serialisable: {exc}")
+        return Outcome("ok", result=result, follow_ups=follow_ups)
+    finally:
+        log.removeHandler(handler)
+        handler.close()
+
+
+def _child_main(conn: Connection, setup: Setup) -> None:
+    _die_with_parent()
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    import_processors(setup.modules, setup.paths)
+    conn.send(("ready", sorted(registered())))
+    while True:
+        try:
+            message = conn.recv()
+        except (EOFError, OSError):
+            return
+        if message is None:
+            return
+        outcome = _run(message, setup)
+        try:
+            conn.send(outcome)
+        except (TypeError, ValueError) as exc:  # an unpicklable result
+            conn.send(Outcome("error", error=f"result could not be sent back: {exc}"))
+        if outcome.recycle:
+            return
+
+
+@dataclass
+class Slot:
+    """One pool process and what it is running."""
+
+    index: int
+    process: BaseProcess
+    conn: Connection
+    ready: bool = False
+    task: Task | None = None
+    deadline: float = 0.0
+    context: Any = None
+
+
+class Pool:
+    """A fixed number of processes; each runs one activity at a time."""
+
+    def __init__(self, size: int, setup: Setup) -> None:
+        self._mp = multiprocessing.get_context("spawn")
+        self.setup = setup
+        self.slots = [self._spawn(i) for i in range(size)]
+
+    def _spawn(self, index: int) -> Slot:
+        parent, child = self._mp.Pipe()
+        process = self._mp.Process(
+            target=_child_main, args=(child, self.setup), name=f"spoolpipe-pool-{index}", daemon=True
+        )
+        process.start()
+        child.close()
+        return Slot(index, process, parent)
+
+    def idle(self) -> list[Slot]:
+        return [s for s in self.slots if s.ready and s.task is None]
+
+    def busy(self) -> list[Slot]:
+        return [s for s in self.slots if s.task is not None]
+
+    def send(self, slot: Slot, task: Task, deadline: float, context: Any) -> None:
+        slot.task, slot.deadline, slot.context = task, deadline, context
+        slot.conn.send(task)
+
+    def wait(self, timeout: float, extra: Sequence[int]) -> list[tuple[Slot, Any]]:
+        """Messages from pool processes; an ``EOFError`` value means the process died."""
+        conns = {s.conn: s for s in self.slots}
+        ready = multiprocessing.connection.wait([*conns, *extra], timeout=max(0.0, timeout))
+        messages: list[tuple[Slot, Any]] = []
+        for item in ready:
+            slot = conns.get(item)  # type: ignore[call-overload]
+            if slot is None:
+                continue
+            try:
+                message = slot.conn.recv()
+            except (EOFError, OSError):
+                message = EOFError()
+            messages.append((slot, message))
+        return messages
+
+    def replace(self, slot: Slot, *, kill: bool) -> None:
+        """Kill (if asked) and replace a pool process; its task, if any, is the caller's to settle."""
+        if kill and slot.process.is_alive():
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(slot.process.pid or 0, signal.SIGKILL)
+        slot.process.join(5)
+        slot.conn.close()
+        self.slots[slot.index] = self._spawn(slot.index)
+
+    def close(self) -> None:
+        for slot in self.slots:
+            with contextlib.suppress(OSError, ValueError):
+                slot.conn.send(None)
+        for slot in self.slots:
+            slot.process.join(2)
+            if slot.process.is_alive():
+                slot.process.kill()
+                slot.process.join(2)
+            slot.conn.close()

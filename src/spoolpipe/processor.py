@@ -1,0 +1,131 @@
+"""Processors: the code that runs an activity of one type.
+
+Two forms register into one registry: the ``@processor("type")`` decorator and a
+``Processor`` subclass bound to one type (the drs.pypeline form). A processor
+returns a JSON-serialisable result (stored with the done activity), raises
+``Fatal`` to fail at once, or raises anything else to be retried per policy.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar
+
+from .activity import Activity, is_valid_name
+
+ProcessFunction = Callable[[Activity, "Context"], Any]
+
+
+class Fatal(Exception):
+    """Raise from a processor to fail the activity now, without further attempts."""
+
+
+@dataclass(frozen=True)
+class FollowUp:
+    """An activity a processor asked for; published only when its parent commits."""
+
+    type: str
+    data: Mapping[str, Any]
+    key: str
+    delay: float | None = None
+
+
+@dataclass
+class Context:
+    """What a processor may use besides its activity."""
+
+    log: logging.Logger
+    worker_id: str
+    repository: Path
+    properties: Mapping[str, str] = field(default_factory=dict)
+    follow_up_types: frozenset[str] | None = None
+    follow_ups: list[FollowUp] = field(default_factory=list)
+
+    def follow_up(
+        self,
+        type: str,
+        data: Mapping[str, Any] | None = None,
+        *,
+        key: str | None = None,
+        delay: float | None = None,
+    ) -> None:
+        """Ask for a follow-up activity; ``key`` (default: call order) keeps its id stable across retries."""
+        if not is_valid_name(type):
+            raise Fatal(f"follow-up type {type!r} is not a valid activity type")
+        if self.follow_up_types is not None and type not in self.follow_up_types:
+            declared = ", ".join(sorted(self.follow_up_types)) or "none"
+            raise Fatal(f"follow-up type {type!r} is not declared by this processor (declared: {declared})")
+        key = str(len(self.follow_ups) + 1) if key is None else key
+        if any(f.key == key for f in self.follow_ups):
+            raise Fatal(f"follow-up key {key!r} used twice")
+        self.follow_ups.append(FollowUp(type, dict(data or {}), key, delay))
+
+
+@dataclass(frozen=True)
+class Registration:
+    type: str
+    run: ProcessFunction
+    follow_up_types: frozenset[str] | None
+    timeout: float | None
+    origin: str
+
+
+_registry: dict[str, Registration] = {}
+
+
+def _register(registration: Registration) -> None:
+    if not is_valid_name(registration.type):
+        raise ValueError(f"processor type {registration.type!r} is not a valid activity type")
+    existing = _registry.get(registration.type)
+    if existing is not None and existing.origin != registration.origin:
+        raise ValueError(
+            f"two processors for type {registration.type!r}: {existing.origin} and {registration.origin}"
+        )
+    _registry[registration.type] = registration
+
+
+def processor(
+    type: str,
+    *,
+    follow_ups: tuple[str, ...] | None = None,
+    timeout: float | None = None,
+) -> Callable[[ProcessFunction], ProcessFunction]:
+    """Register ``function(activity, ctx)`` as the processor of ``type``."""
+
+    def decorate(function: ProcessFunction) -> ProcessFunction:
+        origin = f"{function.__module__}.{function.__qualname__}"
+        declared = None if follow_ups is None else frozenset(follow_ups)
+        _register(Registration(type, function, declared, timeout, origin))
+        return function
+
+    return decorate
+
+
+class Processor:
+    """Class form: set ``type`` (and ``follow_ups``) on a subclass and implement ``process``."""
+
+    type: ClassVar[str]
+    follow_ups: ClassVar[tuple[str, ...]] = ()
+    timeout: ClassVar[float | None] = None
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if "type" not in cls.__dict__:
+            return
+        origin = f"{cls.__module__}.{cls.__qualname__}"
+
+        def run(activity: Activity, ctx: Context) -> Any:
+            return cls().process(activity, ctx)
+
+        _register(Registration(cls.type, run, frozenset(cls.follow_ups), cls.timeout, origin))
+
+    def process(self, activity: Activity, ctx: Context) -> Any:
+        raise NotImplementedError
+
+
+def registered() -> Mapping[str, Registration]:
+    """The processors imported so far, by type."""
+    return dict(_registry)

@@ -1,0 +1,85 @@
+"""What spoolpipe writes about an activity once it is settled: pure document builders.
+
+A record keeps the activity's own fields (so a failed record can be moved back
+to the inbox as it is) and adds ``result`` and a ``spoolpipe`` section.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from .activity import Activity, derived_id, format_time
+
+
+@dataclass(frozen=True)
+class Attempt:
+    """Who ran an attempt and when."""
+
+    worker: str
+    host: str
+    pid: int
+    started: float
+    finished: float
+
+
+def _section(activity: Activity, attempt: Attempt, status: str) -> dict[str, Any]:
+    return {
+        "status": status,
+        "attempts": activity.attempt,
+        "worker": attempt.worker,
+        "host": attempt.host,
+        "pid": attempt.pid,
+        "started_at": format_time(attempt.started),
+        "finished_at": format_time(attempt.finished),
+    }
+
+
+def done_record(
+    activity: Activity, attempt: Attempt, result: Any, follow_up_ids: list[str]
+) -> dict[str, Any]:
+    doc = activity.to_json()
+    doc.pop("not_before", None)
+    doc["result"] = result
+    section = _section(activity, attempt, "done")
+    section["follow_ups"] = follow_up_ids
+    doc["spoolpipe"] = section
+    return doc
+
+
+def failed_record(activity: Activity, attempt: Attempt, reason: str, traceback: str) -> dict[str, Any]:
+    doc = activity.to_json()
+    doc.pop("not_before", None)
+    section = _section(activity, attempt, "failed")
+    section["reason"] = reason
+    section["traceback"] = traceback
+    doc["spoolpipe"] = section
+    return doc
+
+
+def follow_up_document(
+    parent: Activity, type_: str, data: Mapping[str, Any], key: str, not_before: float | None
+) -> dict[str, Any]:
+    """A follow-up whose id depends only on its parent and key, so a repeated commit cannot double it."""
+    return Activity(derived_id(parent.id, key), type_, dict(data), 1, not_before).to_json()
+
+
+def failure_document(handler: str, record: Mapping[str, Any]) -> dict[str, Any]:
+    """The activity handed to the failure processor."""
+    section = record["spoolpipe"]
+    failed = {
+        "id": record["id"],
+        "type": record["type"],
+        "data": record["data"],
+        "reason": section["reason"],
+        "traceback": section["traceback"],
+        "attempts": section["attempts"],
+        "worker": section["worker"],
+        "host": section["host"],
+        "failed_at": section["finished_at"],
+        "record": f"failed/{record['id']}.json",
+    }
+    # The failure time is part of the id: the same activity may fail again after `spoolpipe retry`.
+    failure_id = derived_id(record["id"], "failure", section["finished_at"])
+    return Activity(failure_id, handler, {"failed": failed}).to_json()

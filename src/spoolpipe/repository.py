@@ -1,0 +1,380 @@
+"""The repository on disk: every state change an activity goes through is one rename.
+
+``docs/repository-format.md`` is the contract this module implements; keep them
+in step. Exclusivity comes from ``rename``: of two workers renaming the same
+source only one succeeds. Whether a claim's owner is still alive is the job of
+``liveness``; this module only moves files.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import json
+import os
+import shutil
+import stat
+import time
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .activity import (
+    Activity,
+    ClaimName,
+    InvalidActivity,
+    is_ignored,
+    new_id,
+    parse_activity,
+    parse_claim_name,
+    queued_name,
+)
+from .durable import Durability, publish, write_file
+
+STATE_DIRS = ("inbox", "running", "done", "failed", "invalid")
+SUPPORT_DIRS = ("tmp", "workers", "locks", "heartbeats", "logs", "logs/workers", "logs/activities", "reports")
+PROPERTIES_FILE = "spoolpipe.properties"
+_COMMITTED = "claim.json"
+_OUTCOMES = ("done.json", "failed.json")
+_QUARANTINE_PREFIX = "quarantine-"
+_STALE_TMP_SECONDS = 3600.0
+_STALE_QUARANTINE_SECONDS = 60.0
+
+
+class NotARepository(Exception):
+    """The directory lacks the layout ``spoolpipe init`` creates."""
+
+
+@dataclass(frozen=True)
+class Rejected:
+    """An inbox entry that can never run, and why."""
+
+    reason: str
+
+
+def _kind(mode: int) -> str:
+    if stat.S_ISDIR(mode):
+        return "a directory"
+    if stat.S_ISLNK(mode):
+        return "a symbolic link (links are never followed)"
+    if stat.S_ISFIFO(mode):
+        return "a FIFO"
+    if stat.S_ISSOCK(mode):
+        return "a socket"
+    if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
+        return "a device"
+    return "not a regular file"
+
+
+def dumps(doc: Any) -> bytes:
+    return (json.dumps(doc, indent=2, ensure_ascii=False, allow_nan=False) + "\n").encode()
+
+
+class Repository:
+    """A repository directory shared by every worker that mounts it."""
+
+    def __init__(self, root: Path, *, fsync: bool = True) -> None:
+        self.root = root
+        self.inbox = root / "inbox"
+        self.running = root / "running"
+        self.done = root / "done"
+        self.failed = root / "failed"
+        self.invalid = root / "invalid"
+        self.tmp = root / "tmp"
+        self.workers = root / "workers"
+        self.locks = root / "locks"
+        self.heartbeats = root / "heartbeats"
+        self.logs = root / "logs"
+        self.reports = root / "reports"
+        self.durability = Durability(root, enabled=fsync)
+
+    # -- layout ------------------------------------------------------------------------------
+
+    @staticmethod
+    def create(root: Path, properties_text: str) -> list[Path]:
+        """Create whatever of the layout is missing; never overwrite. Returns what was created."""
+        created: list[Path] = []
+        for name in (".", *STATE_DIRS, *SUPPORT_DIRS):
+            path = (root / name).resolve() if name == "." else root / name
+            if not path.is_dir():
+                path.mkdir(parents=True, exist_ok=True)
+                created.append(path)
+        properties = root / PROPERTIES_FILE
+        if not properties.exists():
+            repo = Repository(root)
+            publish(
+                properties_text.encode("latin-1", "backslashreplace"),
+                repo.temp_path("init"),
+                properties,
+                repo.durability,
+            )
+            created.append(properties)
+        return created
+
+    def check(self) -> None:
+        missing = [d for d in (*STATE_DIRS, *SUPPORT_DIRS) if not (self.root / d).is_dir()]
+        if missing:
+            raise NotARepository(
+                f"{self.root} is not a spoolpipe repository (missing {', '.join(missing)}); "
+                f"run: spoolpipe init {self.root}"
+            )
+
+    def temp_path(self, tag: str) -> Path:
+        """A fresh name in ``tmp/``, on the same file system as every state directory."""
+        return self.tmp / f"{tag}.{new_id()}.tmp"
+
+    def staging(self, claim: ClaimName) -> Path:
+        return self.running / f"{claim.stem}.d"
+
+    # -- writing new activities ----------------------------------------------------------------
+
+    def submit(self, activity: Activity) -> Path:
+        """Publish a new activity into the inbox, atomically and durably."""
+        final = self.inbox / f"{activity.id}.json"
+        if final.exists() or (self.done / final.name).exists():
+            raise FileExistsError(f"an activity with id {activity.id} already exists")
+        publish(dumps(activity.to_json()), self.temp_path("submit"), final, self.durability)
+        return final
+
+    # -- intake --------------------------------------------------------------------------------
+
+    def inbox_names(self) -> list[str]:
+        with os.scandir(self.inbox) as entries:
+            return [e.name for e in entries if not is_ignored(e.name)]
+
+    def read(self, name: str, *, limit: int, settle: float, now: float) -> Activity | Rejected | None:
+        """Read an inbox entry without following links or blocking on FIFOs.
+
+        ``None`` means: gone, or not parseable yet but young enough to be still being written.
+        """
+        path = self.inbox / name
+        try:
+            st = os.lstat(path)
+        except FileNotFoundError:
+            return None
+        if not stat.S_ISREG(st.st_mode):
+            return Rejected(f"{name} is {_kind(st.st_mode)}, not an activity file")
+        if st.st_size > limit:
+            return Rejected(f"{name} is {st.st_size} bytes, over limits.activity-bytes={limit}")
+        settled = now - st.st_mtime >= settle
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY)
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            if exc.errno == errno.ELOOP:
+                return Rejected(f"{name} is a symbolic link (links are never followed)")
+            return Rejected(f"{name} cannot be read: {exc.strerror}") if settled else None
+        try:
+            st = os.fstat(fd)
+            if not stat.S_ISREG(st.st_mode):
+                return Rejected(f"{name} is {_kind(st.st_mode)}, not an activity file")
+            chunks: list[bytes] = []
+            size = 0
+            while size <= limit:
+                chunk = os.read(fd, limit + 1 - size)
+                if not chunk:
+                    break
+                chunks.append(chunk)
+                size += len(chunk)
+        except OSError as exc:
+            return Rejected(f"{name} cannot be read: {exc.strerror}") if settled else None
+        finally:
+            os.close(fd)
+        if size > limit:
+            return Rejected(f"{name} is over limits.activity-bytes={limit} bytes")
+        try:
+            return parse_activity(b"".join(chunks), name)
+        except InvalidActivity as exc:
+            settled = now - st.st_mtime >= settle
+            return Rejected(f"{name}: {exc.reason}") if settled else None
+
+    def quarantine(self, name: str, reason: str) -> Path | None:
+        """Move an inbox entry (of any kind) into ``invalid/`` with a reason. ``None`` if someone else did."""
+        token = new_id()
+        staging = self.tmp / f"{_QUARANTINE_PREFIX}{token}"
+        staging.mkdir()
+        write_file(staging / "reason.txt", (reason.rstrip() + "\n").encode(), self.durability)
+        try:
+            os.rename(self.inbox / name, staging / name)
+        except FileNotFoundError:
+            shutil.rmtree(staging, ignore_errors=True)
+            return None
+        self.durability.renamed(self.inbox / name, staging / name)
+        self.durability.barrier()
+        final = self.invalid / f"{name}~{token}"
+        os.rename(staging, final)
+        self.durability.renamed(staging, final)
+        self.durability.barrier()
+        return final
+
+    def claim(self, name: str, activity: Activity, worker: str) -> ClaimName | None:
+        """Take an inbox entry for ``worker``; ``None`` if another worker took it first."""
+        claim = ClaimName(activity.id, activity.attempt, worker)
+        target = self.running / claim.name
+        try:
+            os.rename(self.inbox / name, target)
+        except FileNotFoundError:
+            # An NFS client may retry a rename that already succeeded and report ENOENT.
+            return claim if target.exists() else None
+        self.durability.renamed(self.inbox / name, target)
+        return claim
+
+    # -- running -------------------------------------------------------------------------------
+
+    def claims(self) -> Iterator[ClaimName]:
+        """Every claim in ``running/``, committed or not, including stagings left without a claim."""
+        seen: set[str] = set()
+        with os.scandir(self.running) as entries:
+            names = [e.name for e in entries]
+        for name in names:
+            stem = name[:-2] + ".json" if name.endswith(".d") else name
+            claim = parse_claim_name(stem)
+            if claim is not None and claim.stem not in seen:
+                seen.add(claim.stem)
+                yield claim
+
+    def stage(self, claim: ClaimName, outcome: str, record: Any, follow_ups: Iterable[Any]) -> None:
+        """Write a claim's outcome record and follow-ups where only a commit will make them visible.
+
+        Durable after the next barrier; ``commit`` must come after that barrier.
+        """
+        staging = self.staging(claim)
+        shutil.rmtree(staging, ignore_errors=True)
+        staging.mkdir()
+        for doc in follow_ups:
+            write_file(staging / f"{doc['id']}.json", dumps(doc), self.durability)
+        write_file(staging / f"{outcome}.json", dumps(record), self.durability)
+        self.durability.renamed(staging)
+
+    def commit(self, claim: ClaimName) -> bool:
+        """The commit point: a staged claim becomes its outcome. False when the claim was lost (fenced)."""
+        staging = self.staging(claim)
+        committed = staging / _COMMITTED
+        try:
+            os.rename(self.running / claim.name, committed)
+        except FileNotFoundError:
+            if committed.exists():
+                return True
+            shutil.rmtree(staging, ignore_errors=True)
+            return False
+        self.durability.renamed(self.running / claim.name, committed)
+        return True
+
+    def finish(self, claims: Iterable[ClaimName]) -> None:
+        """Publish committed claims' follow-ups and outcomes; idempotent, so anyone may complete them."""
+        finished: list[Path] = []
+        for claim in claims:
+            staging = self.staging(claim)
+            try:
+                names = sorted(os.listdir(staging))
+            except FileNotFoundError:
+                continue
+            for name in names:
+                if name == _COMMITTED or name in _OUTCOMES:
+                    continue
+                with contextlib.suppress(FileNotFoundError):
+                    os.rename(staging / name, self.inbox / name)
+                    self.durability.renamed(self.inbox / name)
+            for name in _OUTCOMES:
+                target = (self.done if name == "done.json" else self.failed) / f"{claim.activity_id}.json"
+                with contextlib.suppress(FileNotFoundError):
+                    os.rename(staging / name, target)
+                    self.durability.renamed(target)
+            finished.append(staging)
+        self.durability.barrier()
+        for staging in finished:
+            shutil.rmtree(staging, ignore_errors=True)
+
+    def release(self, claim: ClaimName, attempt: int, not_before: float | None) -> bool:
+        """Put a claim back into the inbox as ``attempt``; False when it was no longer there."""
+        source = self.running / claim.name
+        target = self.inbox / queued_name(claim.activity_id, attempt, not_before)
+        try:
+            os.rename(source, target)
+        except FileNotFoundError:
+            return False
+        self.durability.renamed(source, target)
+        shutil.rmtree(self.staging(claim), ignore_errors=True)
+        return True
+
+    def recover(self, claim: ClaimName) -> str:
+        """Settle the claim of a dead worker: finish it if committed, else requeue it as the next attempt."""
+        if (self.staging(claim) / _COMMITTED).exists():
+            self.finish([claim])
+            return "finished"
+        if self.release(claim, claim.attempt + 1, None):
+            self.durability.barrier()
+            return "requeued"
+        if (self.staging(claim) / _COMMITTED).exists():
+            self.finish([claim])
+            return "finished"
+        shutil.rmtree(self.staging(claim), ignore_errors=True)
+        return "gone"
+
+    # -- upkeep --------------------------------------------------------------------------------
+
+    def sweep_tmp(self, now: float) -> None:
+        """Finish quarantines a crash interrupted and drop temp files nobody will rename any more."""
+        with os.scandir(self.tmp) as entries:
+            stale = [e for e in entries]
+        for entry in stale:
+            try:
+                age = now - entry.stat(follow_symlinks=False).st_mtime
+            except FileNotFoundError:
+                continue
+            if entry.name.startswith(_QUARANTINE_PREFIX) and entry.is_dir(follow_symlinks=False):
+                if age < _STALE_QUARANTINE_SECONDS:
+                    continue
+                if set(os.listdir(entry.path)) - {"reason.txt"}:
+                    token = entry.name[len(_QUARANTINE_PREFIX) :]
+                    with contextlib.suppress(FileNotFoundError):
+                        os.rename(entry.path, self.invalid / f"recovered~{token}")
+                else:
+                    shutil.rmtree(entry.path, ignore_errors=True)
+            elif age > _STALE_TMP_SECONDS:
+                with contextlib.suppress(FileNotFoundError, IsADirectoryError):
+                    os.unlink(entry.path)
+
+    def retry_failed(self, activity_id: str) -> Path:
+        """Send a failed activity back to the inbox as a first attempt."""
+        source = self.failed / f"{activity_id}.json"
+        target = self.inbox / f"{activity_id}.json"
+        if target.exists():
+            raise FileExistsError(f"inbox/{target.name} already exists")
+        os.rename(source, target)
+        self.durability.renamed(source, target)
+        self.durability.barrier()
+        return target
+
+    def count(self, directory: Path) -> int:
+        with os.scandir(directory) as entries:
+            return sum(1 for e in entries if not is_ignored(e.name))
+
+
+def filesystem_now(probe: Path) -> float:
+    """The shared file system's idea of now: the mtime it gives a file we just touched."""
+    try:
+        os.utime(probe, None)
+    except FileNotFoundError:
+        probe.touch()
+    return probe.stat().st_mtime
+
+
+class SharedClock:
+    """Local time corrected to the shared file system's clock, re-probed every ``refresh`` seconds."""
+
+    def __init__(self, probe: Path, refresh: float = 30.0) -> None:
+        self._probe = probe
+        self._refresh = refresh
+        self._offset = 0.0
+        self._probed_at = -refresh
+
+    def now(self) -> float:
+        local = time.monotonic()
+        if local - self._probed_at >= self._refresh:
+            with contextlib.suppress(OSError):
+                self._offset = filesystem_now(self._probe) - time.time()
+                self._probed_at = local
+        return time.time() + self._offset

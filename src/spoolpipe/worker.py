@@ -1,0 +1,682 @@
+"""The worker daemon: finds activities, claims them, runs them in the pool, commits the outcome.
+
+One thread owns every file operation, so claims, commits and recovery never
+race inside a worker. Filesystem notifications only wake the loop early; a
+full inbox scan every ``scan.interval-seconds`` is what finds files written by
+other machines.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import logging
+import os
+import shutil
+import signal
+import socket
+import time
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+from . import config
+from .activity import Activity, ClaimName, format_time
+from .liveness import OwnLock, Prober, WorkerAlreadyRunning, resolve_mode
+from .pool import Outcome, Pool, Setup, Slot, Task, import_processors
+from .processor import registered
+from .record import Attempt, done_record, failed_record, failure_document, follow_up_document
+from .repository import Rejected, Repository, SharedClock, dumps
+from .retry import RetryPolicy
+
+log = logging.getLogger("spoolpipe.worker")
+
+
+class StartupError(Exception):
+    """The worker cannot start; the message says why and what to do."""
+
+
+@dataclass
+class _Running:
+    """A claimed activity and its pool slot."""
+
+    claim: ClaimName
+    activity: Activity
+    started: float
+
+
+def default_worker_id() -> str:
+    host = socket.gethostname().split(".")[0]
+    cleaned = "".join(c if c.isalnum() or c in "._-" else "-" for c in host).strip("-._")
+    return cleaned or "worker"
+
+
+def _policy(settings: config.Settings) -> RetryPolicy:
+    return RetryPolicy(
+        settings.retry_max_attempts,
+        settings.retry_backoff_seconds,
+        settings.retry_backoff_max_seconds,
+        settings.retry_jitter,
+    )
+
+
+class Worker:
+    """``spoolpipe worker``: run until signalled (or, with ``until_idle``, until nothing is left)."""
+
+    def __init__(self, root: Path, worker_id: str, *, until_idle: bool = False) -> None:
+        self.root = root
+        self.worker_id = worker_id
+        self.until_idle = until_idle
+        self.host = socket.gethostname()
+        self.repo = Repository(root)
+        self._stopping = False
+        self._reload_requested = False
+        self._wake_r, self._wake_w = os.pipe()
+        os.set_blocking(self._wake_r, False)
+        os.set_blocking(self._wake_w, False)
+        self._queue: dict[str, Activity] = {}
+        self._order: list[str] = []
+        self._starved = True
+        self._pending: list[tuple[ClaimName, str, Any, list[Any], str]] = []
+        self._running: dict[int, _Running] = {}
+        self._recycle_all = False
+        self._observer: Any = None
+        self._unsettled = 0
+
+    # -- start-up ------------------------------------------------------------------------------
+
+    def _load(self) -> config.Settings:
+        loaded = config.load(self.root, self.worker_id)
+        for warning in loaded.warnings:
+            log.warning("%s", warning)
+        return loaded.settings
+
+    def _start(self) -> None:
+        self.repo.check()
+        try:
+            self.settings = self._load()
+        except config.ConfigError as exc:
+            raise StartupError(f"invalid configuration:\n{exc}") from None
+        self.repo.durability.enabled = self.settings.durability_fsync
+        logging.getLogger("spoolpipe").setLevel(self.settings.log_level)
+        self._config_stamp = self._config_mtimes()
+        try:
+            import_processors(self.settings.processors, [str(p) for p in self.settings.processors_path])
+        except Exception as exc:
+            raise StartupError(f"cannot import processors: {type(exc).__name__}: {exc}") from None
+        self.lock_mode = resolve_mode(self.settings.claims_lock, self.root)
+        self.own_lock = OwnLock(
+            self.repo.locks, self.worker_id, self.lock_mode, self.settings.claims_lease_seconds
+        )
+        try:
+            self.own_lock.acquire(wait=min(5.0, self.settings.claims_lease_seconds * 1.5))
+        except WorkerAlreadyRunning:
+            raise StartupError(
+                f"worker id {self.worker_id!r} is already running "
+                f"(lock {self.repo.locks / self.worker_id}.lock; "
+                f"see heartbeats/{self.worker_id}.json); give this worker another --worker-id"
+            ) from None
+        self.prober = Prober(self.repo.locks, self.lock_mode, self.settings.claims_lease_seconds)
+        self.clock = SharedClock(self.repo.heartbeats / f".clock-{self.worker_id}")
+        self.started = self.clock.now()
+        self.repo.sweep_tmp(self.clock.now())
+        self._recover(own_only=True)
+        self.pool = Pool(self.settings.pool_size, self._setup())
+        log.info(
+            "worker %s started on %s (pid %d): repository %s, lock mode %s, %d pool processes, types: %s",
+            self.worker_id,
+            self.host,
+            os.getpid(),
+            self.root,
+            self.lock_mode,
+            self.settings.pool_size,
+            ", ".join(self._handled_types()) or "none",
+        )
+
+    def _setup(self) -> Setup:
+        s = self.settings
+        return Setup(
+            s.processors,
+            tuple(str(p) for p in s.processors_path),
+            str(self.root),
+            self.worker_id,
+            dict(s.custom),
+        )
+
+    def _handled_types(self) -> list[str]:
+        return sorted(t for t in registered() if self.settings.concurrency_for(t) > 0)
+
+    # -- signals and wake-ups --------------------------------------------------------------------
+
+    def _wake(self) -> None:
+        with contextlib.suppress(BlockingIOError, OSError):
+            os.write(self._wake_w, b"!")
+
+    def _on_signal(self, signum: int, _frame: FrameType | None) -> None:
+        if signum == signal.SIGHUP:
+            self._reload_requested = True
+        else:
+            if self._stopping:
+                log.warning("second %s: stopping now", signal.Signals(signum).name)
+                self._grace_deadline = 0.0
+            self._stopping = True
+        self._wake()
+
+    def _start_watching(self) -> None:
+        if not self.settings.scan_watch:
+            return
+        try:
+            from watchdog.events import FileSystemEvent, FileSystemEventHandler
+            from watchdog.observers import Observer
+        except ImportError:  # pragma: no cover - watchdog is a dependency
+            return
+        worker = self
+
+        class _Hint(FileSystemEventHandler):
+            def on_any_event(self, event: FileSystemEvent) -> None:
+                worker._hinted = True
+                worker._wake()
+
+        observer = Observer()
+        try:
+            observer.schedule(_Hint(), str(self.repo.inbox), recursive=False)
+            observer.daemon = True
+            observer.start()
+        except OSError as exc:
+            log.warning(
+                "no filesystem notifications (%s); polling every %ss",
+                exc,
+                self.settings.scan_interval_seconds,
+            )
+            return
+        self._observer = observer
+
+    # -- the loop ----------------------------------------------------------------------------------
+
+    def run(self) -> int:
+        self._start()
+        previous = {
+            s: signal.signal(s, self._on_signal) for s in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+        }
+        self._hinted = True
+        self._start_watching()
+        self._grace_deadline = float("inf")
+        next_scan = next_recovery = next_heartbeat = 0.0
+        try:
+            while True:
+                now = time.monotonic()
+                if self._stopping:
+                    if self._grace_deadline == float("inf"):
+                        self._grace_deadline = now + self.settings.shutdown_grace_seconds
+                        log.info(
+                            "stopping: no new claims; %d running activities may finish within %ss",
+                            len(self._running),
+                            self.settings.shutdown_grace_seconds,
+                        )
+                    if not self._running:
+                        break
+                    if now >= self._grace_deadline:
+                        self._release_all("shutdown grace period over")
+                        break
+                if self.own_lock.lost:
+                    self._lost_lock()
+                if now >= next_heartbeat:
+                    self._heartbeat()
+                    self._maybe_reload()
+                    next_heartbeat = now + self.settings.heartbeat_interval_seconds
+                if not self._stopping:
+                    if now >= next_recovery:
+                        self._recover(own_only=False)
+                        next_recovery = now + self.settings.scan_interval_seconds
+                    if now >= next_scan or (self._hinted and self._starved):
+                        self._hinted = False
+                        self._scan()
+                        next_scan = now + self.settings.scan_interval_seconds
+                    self._dispatch()
+                    if self.until_idle and self._idle():
+                        log.info("nothing left to run: exiting (--until-idle)")
+                        break
+                timeout = min(next_heartbeat, next_scan, self._grace_deadline, self._next_deadline()) - now
+                self._settle(self.pool.wait(timeout, [self._wake_r]))
+                with contextlib.suppress(BlockingIOError):
+                    while os.read(self._wake_r, 4096):
+                        pass
+                self._enforce_timeouts()
+        finally:
+            for s, handler in previous.items():
+                signal.signal(s, handler)
+            self._shutdown()
+        return 0
+
+    def _shutdown(self) -> None:
+        if self._observer is not None:
+            self._observer.unschedule_all()
+            self._observer.stop()
+            self._observer.join(2)
+        self.pool.close()
+        with contextlib.suppress(OSError):
+            (self.repo.heartbeats / f"{self.worker_id}.json").unlink()
+        self.own_lock.release()
+        log.info("worker %s stopped", self.worker_id)
+
+    # -- finding and claiming work -------------------------------------------------------------------
+
+    def _scan(self) -> None:
+        names = self.repo.inbox_names()
+        present = set(names)
+        self._queue = {n: a for n, a in self._queue.items() if n in present}
+        self._starved = False
+        fresh = [n for n in names if n not in self._queue]
+        if not fresh:
+            return
+        now = self.clock.now()
+        running_ids = {c.activity_id for c in self.repo.claims()}
+        self._unsettled = 0
+        for name in fresh:
+            found = self.repo.read(
+                name,
+                limit=self.settings.limits_activity_bytes,
+                settle=self.settings.inbox_settle_seconds,
+                now=now,
+            )
+            if found is None:
+                self._unsettled += 1
+            elif isinstance(found, Rejected):
+                self._quarantine(name, found.reason)
+            elif (self.repo.done / f"{found.id}.json").exists() or (
+                found.attempt == 1 and found.id in running_ids
+            ):
+                self._quarantine(
+                    name,
+                    f"{name}: duplicate id {found.id}: an activity with this id already "
+                    "exists in done/ or running/",
+                )
+            else:
+                self._queue[name] = found
+        self._order = sorted(self._queue, key=lambda n: (self._queue[n].not_before or 0.0, n))
+
+    def _quarantine(self, name: str, reason: str) -> None:
+        try:
+            where = self.repo.quarantine(name, reason)
+        except OSError as exc:
+            log.error("cannot quarantine %s: %s", name, exc)
+            return
+        if where is not None:
+            log.warning("invalid: %s -> %s", reason, where.relative_to(self.root))
+
+    def _capacity(self) -> Counter[str]:
+        return Counter(r.activity.type for r in self._running.values())
+
+    def _runnable(self, activity: Activity, now: float, busy: Counter[str]) -> bool:
+        if activity.type not in registered():
+            return False
+        if busy[activity.type] >= self.settings.concurrency_for(activity.type):
+            return False
+        return activity.not_before is None or activity.not_before <= now
+
+    def _handles(self, type_: str) -> bool:
+        return type_ in registered() and self.settings.concurrency_for(type_) > 0
+
+    def _dispatch(self) -> None:
+        idle = self.pool.idle()
+        if not idle:
+            return
+        now, busy = self.clock.now(), self._capacity()
+        skipped: list[str] = []
+        position = 0
+        while idle and position < len(self._order):
+            name = self._order[position]
+            position += 1
+            activity = self._queue.get(name)
+            if activity is None:
+                continue
+            if not self._runnable(activity, now, busy):
+                skipped.append(name)
+                continue
+            del self._queue[name]
+            try:
+                claim = self.repo.claim(name, activity, self.worker_id)
+            except OSError as exc:
+                log.error("cannot claim %s: %s", name, exc)
+                continue
+            if claim is None:
+                continue
+            if activity.attempt > self.settings.retry_max_attempts:
+                self._fail(
+                    claim,
+                    activity,
+                    now,
+                    f"gave up: attempt {activity.attempt} exceeds retry.max-attempts="
+                    f"{self.settings.retry_max_attempts}; the previous attempt was interrupted "
+                    "(its worker died or was killed)",
+                    "",
+                )
+                continue
+            busy[activity.type] += 1
+            slot = idle.pop()
+            log.debug("claimed %s (%s, attempt %d)", activity.id, activity.type, activity.attempt)
+            task = Task(
+                activity, str(self.repo.logs / "activities" / f"{activity.id}~{activity.attempt}.log")
+            )
+            self._running[slot.index] = _Running(claim, activity, now)
+            self.pool.send(slot, task, time.monotonic() + self._timeout(activity.type), None)
+        self._order = skipped + self._order[position:]
+        self._starved = bool(idle)
+        self._flush()
+
+    def _timeout(self, type_: str) -> float:
+        if type_ in self.settings.timeouts:
+            return self.settings.timeouts[type_]
+        registration = registered().get(type_)
+        if registration is not None and registration.timeout is not None:
+            return registration.timeout
+        return self.settings.timeout_seconds
+
+    def _next_deadline(self) -> float:
+        deadlines = [s.deadline for s in self.pool.busy()]
+        return min(deadlines, default=float("inf"))
+
+    def _idle(self) -> bool:
+        """Nothing this worker could run remains: nothing running, queued, unsettled or recoverable."""
+        if self._running or self._unsettled or self._hinted:
+            return False
+        if any(self._handles(a.type) for a in self._queue.values()):
+            return False
+        for claim in self.repo.claims():
+            if claim.worker == self.worker_id:
+                return False
+            with self.prober.dead(claim.worker) as dead:
+                if dead:
+                    return False
+        return True
+
+    # -- settling outcomes ---------------------------------------------------------------------------
+
+    def _settle(self, messages: list[tuple[Slot, Any]]) -> None:
+        for slot, message in messages:
+            if isinstance(message, tuple) and message and message[0] == "ready":
+                slot.ready = True
+                continue
+            running = self._running.pop(slot.index, None)
+            slot.task = None
+            if isinstance(message, EOFError):
+                code = slot.process.exitcode
+                self.pool.replace(slot, kill=False)
+                if running is not None:
+                    self._outcome(running, Outcome("error", error=f"pool process died (exit code {code})"))
+                continue
+            if running is not None and isinstance(message, Outcome):
+                self._outcome(running, message)
+                if message.recycle or self._recycle_all:
+                    self.pool.replace(slot, kill=True)
+        if self._recycle_all:
+            for slot in self.pool.idle():
+                self.pool.replace(slot, kill=True)
+            self._recycle_all = False
+        self._flush()
+
+    def _enforce_timeouts(self) -> None:
+        now = time.monotonic()
+        for slot in self.pool.busy():
+            if now < slot.deadline:
+                continue
+            running = self._running.pop(slot.index, None)
+            limit = self._timeout(running.activity.type) if running else 0.0
+            self.pool.replace(slot, kill=True)
+            if running is not None:
+                log.warning(
+                    "%s (%s) timed out after %ss: pool process killed",
+                    running.activity.id,
+                    running.activity.type,
+                    limit,
+                )
+                self._outcome(
+                    running, Outcome("error", error=f"timed out after {limit}s; the processor was killed")
+                )
+        self._flush()
+
+    def _attempt(self, started: float) -> Attempt:
+        return Attempt(self.worker_id, self.host, os.getpid(), started, self.clock.now())
+
+    def _outcome(self, running: _Running, outcome: Outcome) -> None:
+        activity, claim = running.activity, running.claim
+        self._hinted = True
+        if outcome.status == "ok":
+            self._done(running, outcome)
+        elif outcome.status == "fatal" or _policy(self.settings).gives_up_after(activity.attempt):
+            self._fail(claim, activity, running.started, outcome.error, outcome.traceback)
+        else:
+            delay = _policy(self.settings).delay(activity.attempt)
+            try:
+                released = self.repo.release(claim, activity.attempt + 1, self.clock.now() + delay)
+            except OSError as exc:
+                log.error("cannot requeue %s: %s", activity.id, exc)
+                return
+            if released:
+                log.warning(
+                    "retry %s (%s) attempt %d in %.1fs: %s",
+                    activity.id,
+                    activity.type,
+                    activity.attempt + 1,
+                    delay,
+                    outcome.error,
+                )
+            else:
+                log.warning("lost the claim on %s before it could be retried; it was taken over", activity.id)
+
+    def _done(self, running: _Running, outcome: Outcome) -> None:
+        activity = running.activity
+        now = self.clock.now()
+        follow_ups = [
+            follow_up_document(
+                activity,
+                f["type"],
+                f["data"],
+                f["key"],
+                None if f["delay"] is None else now + float(f["delay"]),
+            )
+            for f in outcome.follow_ups
+        ]
+        record = done_record(
+            activity, self._attempt(running.started), outcome.result, [f["id"] for f in follow_ups]
+        )
+        extra = f", {len(follow_ups)} follow-ups" if follow_ups else ""
+        summary = (
+            f"done {activity.id} ({activity.type}, attempt {activity.attempt}) in "
+            f"{now - running.started:.2f}s{extra}"
+        )
+        self._pending.append((running.claim, "done", record, follow_ups, summary))
+
+    def _fail(
+        self, claim: ClaimName, activity: Activity, started: float, reason: str, traceback: str
+    ) -> None:
+        record = failed_record(activity, self._attempt(started), reason, traceback)
+        handler = self.settings.failures_handler
+        follow_ups = [] if not handler or activity.type == handler else [failure_document(handler, record)]
+        summary = f"failed {activity.id} ({activity.type}) after {activity.attempt} attempts: {reason}"
+        self._pending.append((claim, "failed", record, follow_ups, summary))
+
+    def _flush(self) -> None:
+        """Commit every pending outcome as one batch: stage all, one barrier, commit all, publish all."""
+        pending, self._pending = self._pending, []
+        staged: list[tuple[ClaimName, str, str]] = []
+        for claim, outcome, record, follow_ups, summary in pending:
+            try:
+                self.repo.stage(claim, outcome, record, follow_ups)
+            except OSError as exc:
+                self._requeue_unsettled(claim, exc)
+                continue
+            staged.append((claim, outcome, summary))
+        try:
+            self.repo.durability.barrier()
+        except OSError as exc:
+            for claim, _, _ in staged:
+                self._requeue_unsettled(claim, exc)
+            return
+        committed: list[ClaimName] = []
+        for claim, outcome, summary in staged:
+            if self.repo.commit(claim):
+                committed.append(claim)
+                (log.info if outcome == "done" else log.error)("%s", summary)
+            else:
+                log.warning(
+                    "claim on %s was lost (taken over after this worker was presumed dead); "
+                    "outcome discarded",
+                    claim.activity_id,
+                )
+        self.repo.finish(committed)
+
+    def _requeue_unsettled(self, claim: ClaimName, exc: OSError) -> None:
+        """A write failed (disk full...): nothing half-written stays, and the activity stays retryable."""
+        shutil.rmtree(self.repo.staging(claim), ignore_errors=True)
+        log.error("cannot record the outcome of %s: %s; requeueing it", claim.activity_id, exc)
+        try:
+            self.repo.release(claim, claim.attempt, self.clock.now() + 5.0)
+        except OSError as again:
+            log.error(
+                "cannot requeue %s either (%s); it stays claimed until this worker restarts",
+                claim.activity_id,
+                again,
+            )
+        if exc.errno == errno.ENOSPC:
+            time.sleep(0.5)
+
+    def _release_all(self, why: str) -> None:
+        for slot in self.pool.busy():
+            running = self._running.pop(slot.index, None)
+            self.pool.replace(slot, kill=True)
+            if running is not None and self.repo.release(running.claim, running.activity.attempt, None):
+                log.warning("released %s back to the inbox: %s", running.activity.id, why)
+        self.repo.durability.barrier()
+
+    def _lost_lock(self) -> None:
+        log.error("this worker's lease was lost (paused or cut off too long): abandoning running work")
+        for slot in self.pool.busy():
+            self._running.pop(slot.index, None)
+            self.pool.replace(slot, kill=True)
+        self.own_lock.release()
+        self.own_lock = OwnLock(
+            self.repo.locks, self.worker_id, self.lock_mode, self.settings.claims_lease_seconds
+        )
+        self.own_lock.acquire(wait=self.settings.claims_lease_seconds * 3)
+        log.info("lease re-acquired")
+
+    # -- recovery ------------------------------------------------------------------------------------
+
+    def _claims_by_worker(self) -> dict[str, list[ClaimName]]:
+        grouped: dict[str, list[ClaimName]] = {}
+        for claim in self.repo.claims():
+            grouped.setdefault(claim.worker, []).append(claim)
+        return grouped
+
+    def _recover(self, *, own_only: bool) -> None:
+        active = {r.claim.stem for r in self._running.values()}
+        for worker, claims in self._claims_by_worker().items():
+            if worker == self.worker_id:
+                stale = [c for c in claims if c.stem not in active]
+                self._recover_claims(worker, stale)
+            elif not own_only:
+                with self.prober.dead(worker) as dead:
+                    if dead:
+                        self._recover_claims(worker, claims)
+
+    def _recover_claims(self, worker: str, claims: list[ClaimName]) -> None:
+        if not claims:
+            return
+        outcomes = Counter(self.repo.recover(c) for c in claims)
+        self.repo.durability.barrier()
+        log.warning(
+            "recovered %d claims of dead worker %s: %s",
+            len(claims),
+            worker,
+            ", ".join(f"{n} {k}" for k, n in outcomes.items()),
+        )
+        self._hinted = True
+
+    # -- heartbeat and configuration -------------------------------------------------------------------
+
+    def _heartbeat(self) -> None:
+        doc = {
+            "worker": self.worker_id,
+            "host": self.host,
+            "pid": os.getpid(),
+            "started_at": format_time(self.started),
+            "lock_mode": self.lock_mode,
+            "pool_size": self.settings.pool_size,
+            "types": {t: self.settings.concurrency_for(t) for t in self._handled_types()},
+            "running": sorted(r.activity.id for r in self._running.values()),
+        }
+        target = self.repo.heartbeats / f"{self.worker_id}.json"
+        try:
+            tmp = self.repo.temp_path("heartbeat")
+            tmp.write_bytes(dumps(doc))
+            os.replace(tmp, target)
+        except OSError as exc:
+            log.warning("cannot write heartbeat: %s", exc)
+            with contextlib.suppress(OSError):
+                tmp.unlink()
+
+    def _config_mtimes(self) -> tuple[float | None, ...]:
+        stamps: list[float | None] = []
+        for path in config.config_files(self.root, self.worker_id):
+            try:
+                stamps.append(path.stat().st_mtime_ns)
+            except OSError:
+                stamps.append(None)
+        return tuple(stamps)
+
+    def _maybe_reload(self) -> None:
+        stamp = self._config_mtimes()
+        if stamp == self._config_stamp and not self._reload_requested:
+            return
+        self._config_stamp = stamp
+        self._reload_requested = False
+        try:
+            settings = self._load()
+            if (settings.processors, settings.processors_path) != (
+                self.settings.processors,
+                self.settings.processors_path,
+            ):
+                import_processors(settings.processors, [str(p) for p in settings.processors_path])
+        except config.ConfigError as exc:
+            log.error("configuration change rejected, keeping the previous configuration:\n%s", exc)
+            return
+        except Exception as exc:
+            log.error(
+                "configuration change rejected (cannot import processors: %s: %s), "
+                "keeping the previous configuration",
+                type(exc).__name__,
+                exc,
+            )
+            return
+        old = self.settings
+        self.settings = settings
+        self.repo.durability.enabled = settings.durability_fsync
+        logging.getLogger("spoolpipe").setLevel(settings.log_level)
+        if (settings.processors, settings.processors_path, settings.custom) != (
+            old.processors,
+            old.processors_path,
+            old.custom,
+        ):
+            self.pool.setup = self._setup()
+            self._recycle_all = True
+        if settings.pool_size != old.pool_size:
+            log.warning(
+                "pool.size changed from %d to %d: takes effect at restart", old.pool_size, settings.pool_size
+            )
+        log.info("configuration reloaded from %s", ", ".join(str(p) for p in settings.sources))
+
+
+def iter_heartbeats(repo: Repository) -> Iterator[tuple[dict[str, Any], float]]:
+    """Every heartbeat document and its mtime (by the shared file system's clock)."""
+    import json
+
+    for path in sorted(repo.heartbeats.glob("*.json")):
+        try:
+            mtime = path.stat().st_mtime
+            yield json.loads(path.read_text()), mtime
+        except (OSError, ValueError):
+            continue

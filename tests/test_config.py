@@ -1,0 +1,565 @@
+from __future__ import annotations
+
+import dataclasses
+import pickle
+from pathlib import Path
+
+import pytest
+
+from spoolpipe import config
+from spoolpipe.config import ConfigError, Settings, config_files, load
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+def write(path: Path, text: str, encoding: str = "utf-8") -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text, encoding=encoding)
+    return path
+
+
+def shared(repo: Path, text: str) -> Path:
+    return write(repo / "spoolpipe.properties", text)
+
+
+def worker(repo: Path, worker_id: str, text: str) -> Path:
+    return write(repo / "workers" / f"{worker_id}.properties", text)
+
+
+def errors_of(repo: Path, worker_id: str | None = None) -> list[str]:
+    with pytest.raises(ConfigError) as info:
+        load(repo, worker_id, cpu_count=4)
+    return info.value.errors
+
+
+# --------------------------------------------------------------------------
+# Defaults
+# --------------------------------------------------------------------------
+
+
+def test_defaults_without_any_file(tmp_path: Path) -> None:
+    loaded = load(tmp_path, "w1", cpu_count=4)
+    s = loaded.settings
+    assert loaded.warnings == ()
+    assert s.sources == ()
+    assert s.processors == ()
+    assert s.processors_path == ()
+    assert s.pool_size == 4
+    assert s.concurrency_default == 4
+    assert dict(s.concurrency) == {}
+    assert s.timeout_seconds == 300.0
+    assert dict(s.timeouts) == {}
+    assert s.retry_max_attempts == 5
+    assert s.retry_backoff_seconds == 2.0
+    assert s.retry_backoff_max_seconds == 600.0
+    assert s.retry_jitter == 0.25
+    assert s.claims_lock == "auto"
+    assert s.claims_lease_seconds == 30.0
+    assert s.scan_interval_seconds == 2.0
+    assert s.scan_watch is True
+    assert s.inbox_settle_seconds == 5.0
+    assert s.limits_activity_bytes == 1048576
+    assert s.shutdown_grace_seconds == 30.0
+    assert s.heartbeat_interval_seconds == 5.0
+    assert s.failures_handler == "spoolpipe.failure"
+    assert s.durability_fsync is True
+    assert s.log_level == "INFO"
+    assert s.images_roots == ()
+    assert s.images_max_megapixels == 0.0
+    assert dict(s.custom) == {}
+    assert s.concurrency_for("anything") == 4
+    assert s.timeout_for("anything") == 300.0
+
+
+def test_pool_size_zero_uses_cpus_of_this_machine(tmp_path: Path) -> None:
+    s = load(tmp_path).settings
+    assert s.pool_size >= 1
+    assert s.concurrency_default == s.pool_size
+
+
+def test_schema_covers_every_settings_field() -> None:
+    static = {
+        o.key.replace(".", "_").replace("-", "_") for o in config.OPTIONS if o.default is not None
+    }
+    fields = {f.name for f in dataclasses.fields(Settings)}
+    assert fields - static == {"concurrency", "timeouts", "custom", "sources"}
+    assert static <= fields
+
+
+def test_every_schema_default_is_valid_and_used(tmp_path: Path) -> None:
+    s = load(tmp_path, cpu_count=3).settings
+    for opt in config.OPTIONS:
+        assert opt.description.strip()
+        if opt.default is None:
+            assert opt.example
+            continue
+        value = opt.kind.parse(opt.default, tmp_path)
+        name = opt.key.replace(".", "_").replace("-", "_")
+        if opt.key in ("pool.size", "concurrency.default"):
+            assert value == 0
+        else:
+            assert getattr(s, name) == value, opt.key
+
+
+# --------------------------------------------------------------------------
+# Bad values
+# --------------------------------------------------------------------------
+
+BAD_VALUES = [
+    ("pool.size", "many", "'many' is not an integer; expected an integer >= 0"),
+    ("pool.size", "-1", "'-1' is out of range; expected an integer >= 0"),
+    ("pool.size", "2.5", "'2.5' is not an integer; expected an integer >= 0"),
+    ("pool.size", "", "'' is not an integer; expected an integer >= 0"),
+    ("retry.max-attempts", "0", "'0' is out of range; expected an integer >= 1"),
+    ("limits.activity-bytes", "1", "'1' is out of range; expected an integer >= 2"),
+    ("concurrency.default", "x", "'x' is not an integer; expected an integer >= 0"),
+    ("concurrency.image.resize", "-2", "'-2' is out of range; expected an integer >= 0"),
+    ("timeout.seconds", "0", "'0' is out of range; expected a number > 0"),
+    ("timeout.seconds", "soon", "'soon' is not a number; expected a number > 0"),
+    ("timeout.seconds", "inf", "'inf' is not a finite number; expected a number > 0"),
+    ("timeout.seconds", "nan", "'nan' is not a finite number; expected a number > 0"),
+    ("timeout.image", "-1", "'-1' is out of range; expected a number > 0"),
+    ("retry.backoff-seconds", "-0.5", "'-0.5' is out of range; expected a number >= 0"),
+    ("retry.jitter", "1.5", "'1.5' is out of range; expected a number between 0 and 1"),
+    ("retry.jitter", "-0.1", "'-0.1' is out of range; expected a number between 0 and 1"),
+    ("images.max-megapixels", "-3", "'-3' is out of range; expected a number >= 0"),
+    (
+        "scan.watch",
+        "maybe",
+        "'maybe' is not a boolean; expected a boolean (true/false, yes/no, on/off or 1/0)",
+    ),
+    (
+        "claims.lock",
+        "nfs",
+        "'nfs' is not a valid choice; expected one of auto, flock, lease, strict",
+    ),
+    (
+        "log.level",
+        "verbose",
+        "'verbose' is not a valid choice; expected one of DEBUG, INFO, WARNING, ERROR",
+    ),
+    (
+        "failures.handler",
+        "-oops",
+        "'-oops' is not a valid activity type name; expected an activity type name "
+        f"matching {config.TYPE_PATTERN}, or nothing to disable",
+    ),
+    (
+        "processors",
+        "good.module, my-module",
+        "'my-module' is not a Python module name; expected comma-separated Python module names",
+    ),
+]
+
+
+@pytest.mark.parametrize(("key", "value", "message"), BAD_VALUES)
+def test_bad_value_reports_file_line_key(
+    tmp_path: Path, key: str, value: str, message: str
+) -> None:
+    path = shared(tmp_path, f"# comment\n\n{key} = {value}\n")
+    assert errors_of(tmp_path) == [f"{path}:3: {key}: {message}"]
+
+
+def test_error_example_from_spec(tmp_path: Path) -> None:
+    path = shared(tmp_path, "\n" * 11 + "pool.size = many\n")
+    with pytest.raises(ConfigError) as info:
+        load(tmp_path)
+    assert str(info.value) == (
+        f"{path}:12: pool.size: 'many' is not an integer; expected an integer >= 0"
+    )
+
+
+def test_all_errors_are_reported_together(tmp_path: Path) -> None:
+    a = shared(tmp_path, "pool.size = x\nretry.jitter = 2\nscan.watch = yes\n")
+    b = worker(tmp_path, "w1", "\n\nlog.level = loud\n")
+    errors = errors_of(tmp_path, "w1")
+    assert errors == [
+        f"{a}:1: pool.size: 'x' is not an integer; expected an integer >= 0",
+        f"{a}:2: retry.jitter: '2' is out of range; expected a number between 0 and 1",
+        f"{b}:3: log.level: 'loud' is not a valid choice; "
+        "expected one of DEBUG, INFO, WARNING, ERROR",
+    ]
+    with pytest.raises(ConfigError) as info:
+        load(tmp_path, "w1")
+    assert str(info.value) == "\n".join(errors)
+
+
+def test_overridden_bad_value_is_still_an_error(tmp_path: Path) -> None:
+    path = shared(tmp_path, "pool.size = x\npool.size = 2\n")
+    assert errors_of(tmp_path) == [
+        f"{path}:1: pool.size: 'x' is not an integer; expected an integer >= 0"
+    ]
+
+
+def test_continuation_lines_report_the_line_the_key_starts_on(tmp_path: Path) -> None:
+    path = shared(
+        tmp_path,
+        "# header\n"
+        "processors = a,\\\n"
+        "    b,\\\n"
+        "    c\n"
+        "pool.size = \\\n"
+        "    lots\n"
+        "retry.jitter = 9\n",
+    )
+    assert errors_of(tmp_path) == [
+        f"{path}:5: pool.size: 'lots' is not an integer; expected an integer >= 0",
+        f"{path}:7: retry.jitter: '9' is out of range; expected a number between 0 and 1",
+    ]
+
+
+def test_line_numbers_with_crlf_and_cr_line_endings(tmp_path: Path) -> None:
+    path = tmp_path / "spoolpipe.properties"
+    path.write_bytes(b"# a\r\nprocessors = x,\\\r\n  y\r\r\npool.size = z\r\n")
+    assert errors_of(tmp_path) == [
+        f"{path}:5: pool.size: 'z' is not an integer; expected an integer >= 0"
+    ]
+
+
+def test_continued_value_is_joined(tmp_path: Path) -> None:
+    shared(tmp_path, "processors = a,\\\n    b.c,\\\n    d\n")
+    assert load(tmp_path).settings.processors == ("a", "b.c", "d")
+
+
+def test_invalid_unicode_escape_is_an_error_with_line(tmp_path: Path) -> None:
+    path = shared(tmp_path, "pool.size = 2\ncustom.x = \\u12\n")
+    errors = errors_of(tmp_path)
+    assert len(errors) == 1
+    assert errors[0].startswith(f"{path}:2: invalid escape sequence")
+
+
+def test_unreadable_file_is_an_error_naming_it(tmp_path: Path) -> None:
+    (tmp_path / "spoolpipe.properties").mkdir()
+    errors = errors_of(tmp_path)
+    assert len(errors) == 1
+    assert errors[0].startswith(f"{tmp_path / 'spoolpipe.properties'}: cannot read file")
+
+
+# --------------------------------------------------------------------------
+# Unknown keys and warnings
+# --------------------------------------------------------------------------
+
+
+def test_unknown_key_warns_with_suggestion(tmp_path: Path) -> None:
+    path = shared(tmp_path, "# c\npool.szie = 3\n")
+    loaded = load(tmp_path, cpu_count=2)
+    assert loaded.warnings == (f"{path}:2: unknown key 'pool.szie'; did you mean 'pool.size'?",)
+    assert loaded.settings.pool_size == 2
+
+
+@pytest.mark.parametrize(
+    ("key", "suggestion"),
+    [
+        ("POOL.SIZE", "pool.size"),
+        ("retry.max-attempt", "retry.max-attempts"),
+        ("concurency.image", "concurrency.image"),
+        ("timeuot.image", "timeout.image"),
+        ("costum.colour", "custom.colour"),
+    ],
+)
+def test_unknown_key_suggestions(tmp_path: Path, key: str, suggestion: str) -> None:
+    path = shared(tmp_path, f"{key} = 1\n")
+    assert load(tmp_path).warnings == (
+        f"{path}:1: unknown key {key!r}; did you mean {suggestion!r}?",
+    )
+
+
+def test_unknown_key_without_close_match_has_no_suggestion(tmp_path: Path) -> None:
+    path = shared(tmp_path, "zebra.stripes = 3\n")
+    assert load(tmp_path).warnings == (f"{path}:1: unknown key 'zebra.stripes'",)
+
+
+def test_later_key_wins_within_a_file_and_repeat_warns(tmp_path: Path) -> None:
+    path = shared(tmp_path, "pool.size = 2\n\npool.size = 3\n")
+    loaded = load(tmp_path)
+    assert loaded.settings.pool_size == 3
+    assert loaded.warnings == (f"{path}:3: 'pool.size' is set again; this replaces line 1",)
+
+
+# --------------------------------------------------------------------------
+# Files, precedence, paths
+# --------------------------------------------------------------------------
+
+
+def test_config_files(tmp_path: Path) -> None:
+    assert config_files(tmp_path, None) == (tmp_path / "spoolpipe.properties",)
+    assert config_files(tmp_path, "w1") == (
+        tmp_path / "spoolpipe.properties",
+        tmp_path / "workers" / "w1.properties",
+    )
+
+
+def test_config_files_are_absolute(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    assert config_files(Path("repo"), "w") == (
+        tmp_path / "repo" / "spoolpipe.properties",
+        tmp_path / "repo" / "workers" / "w.properties",
+    )
+
+
+@pytest.mark.parametrize("bad", ["", ".", "..", "a/b", "../x", "a\\b", "a\0b"])
+def test_bad_worker_id_is_rejected(tmp_path: Path, bad: str) -> None:
+    with pytest.raises(ValueError):
+        config_files(tmp_path, bad)
+    with pytest.raises(ValueError):
+        load(tmp_path, bad)
+
+
+def test_per_worker_file_overrides_shared(tmp_path: Path) -> None:
+    a = shared(tmp_path, "pool.size = 2\nretry.max-attempts = 3\nconcurrency.x = 4\n")
+    b = worker(tmp_path, "w1", "pool.size = 8\nconcurrency.x = 0\n")
+    s1 = load(tmp_path, "w1").settings
+    assert (s1.pool_size, s1.retry_max_attempts, s1.concurrency_for("x")) == (8, 3, 0)
+    assert s1.sources == (a, b)
+    s2 = load(tmp_path, "w2").settings
+    assert (s2.pool_size, s2.retry_max_attempts, s2.concurrency_for("x")) == (2, 3, 4)
+    assert s2.sources == (a,)
+
+
+def test_worker_file_alone(tmp_path: Path) -> None:
+    b = worker(tmp_path, "w1", "log.level = debug\n")
+    s = load(tmp_path, "w1").settings
+    assert s.log_level == "DEBUG"
+    assert s.sources == (b,)
+
+
+def test_relative_paths_resolve_against_defining_file(tmp_path: Path) -> None:
+    shared(tmp_path, "processors.path = lib, /opt/abs ,\nimages.roots = media\n")
+    worker(tmp_path, "w1", "images.roots = local, ../shared-media\n")
+    s = load(tmp_path, "w1").settings
+    assert s.processors_path == (tmp_path / "lib", Path("/opt/abs"))
+    assert s.images_roots == (tmp_path / "workers" / "local", tmp_path / "shared-media")
+    assert load(tmp_path).settings.images_roots == (tmp_path / "media",)
+    worker(tmp_path, "w2", "processors.path = plugins\n")
+    assert load(tmp_path, "w2").settings.processors_path == (tmp_path / "workers" / "plugins",)
+
+
+def test_relative_repo_gives_absolute_paths(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    shared(tmp_path / "repo", "processors.path = lib\n")
+    monkeypatch.chdir(tmp_path)
+    s = load(Path("repo")).settings
+    assert s.processors_path == (tmp_path / "repo" / "lib",)
+    assert s.sources == (tmp_path / "repo" / "spoolpipe.properties",)
+
+
+# --------------------------------------------------------------------------
+# Values
+# --------------------------------------------------------------------------
+
+
+def test_per_type_concurrency_and_timeouts(tmp_path: Path) -> None:
+    shared(
+        tmp_path,
+        "pool.size = 6\n"
+        "concurrency.default = 2\n"
+        "concurrency.image.resize = 3\n"
+        "concurrency.video = 0\n"
+        "timeout.seconds = 60\n"
+        "timeout.image.resize = 12.5\n",
+    )
+    s = load(tmp_path).settings
+    assert s.concurrency_default == 2
+    assert dict(s.concurrency) == {"image.resize": 3, "video": 0}
+    assert s.concurrency_for("image.resize") == 3
+    assert s.concurrency_for("video") == 0
+    assert s.concurrency_for("other") == 2
+    assert dict(s.timeouts) == {"image.resize": 12.5}
+    assert s.timeout_for("image.resize") == 12.5
+    assert s.timeout_for("other") == 60.0
+
+
+def test_concurrency_default_zero_means_pool_size(tmp_path: Path) -> None:
+    shared(tmp_path, "pool.size = 3\n")
+    s = load(tmp_path, cpu_count=16).settings
+    assert (s.pool_size, s.concurrency_default) == (3, 3)
+
+
+@pytest.mark.parametrize(
+    ("line", "bad_type"),
+    [
+        ("concurrency.bad\\ type = 3", "bad type"),
+        ("concurrency. = 3", ""),
+        ("timeout.-x = 3", "-x"),
+        ("concurrency.a/b = 1", "a/b"),
+        ("timeout." + "x" * 129 + " = 1", "x" * 129),
+    ],
+)
+def test_bad_type_name_in_key_is_an_error(tmp_path: Path, line: str, bad_type: str) -> None:
+    path = shared(tmp_path, line + "\n")
+    key = line.split(" = ")[0].replace("\\ ", " ")
+    assert errors_of(tmp_path) == [
+        f"{path}:1: {key}: {bad_type!r} is not a valid activity type name; "
+        f"expected an activity type name matching {config.TYPE_PATTERN}"
+    ]
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("true", True),
+        ("TRUE", True),
+        ("Yes", True),
+        ("on", True),
+        ("1", True),
+        ("false", False),
+        ("False", False),
+        ("no", False),
+        ("OFF", False),
+        ("0", False),
+        ("yes   ", True),
+    ],
+)
+def test_booleans(tmp_path: Path, text: str, expected: bool) -> None:
+    shared(tmp_path, f"scan.watch = {text}\ndurability.fsync:{text}\n")
+    s = load(tmp_path).settings
+    assert s.scan_watch is expected
+    assert s.durability_fsync is expected
+
+
+def test_properties_syntax(tmp_path: Path) -> None:
+    shared(
+        tmp_path,
+        "! bang comment\n"
+        "pool.size: 3\n"
+        "retry.max-attempts 7\n"
+        "   log.level=warning\n"
+        "custom.greeting = gr\\u00fc\\u00df dich\n"
+        "custom.with\\ space = a \\\n"
+        "   b\n",
+    )
+    s = load(tmp_path).settings
+    assert (s.pool_size, s.retry_max_attempts, s.log_level) == (3, 7, "WARNING")
+    assert dict(s.custom) == {"greeting": "grüß dich", "with space": "a b"}
+
+
+def test_lists_are_stripped_and_empties_dropped(tmp_path: Path) -> None:
+    shared(tmp_path, "processors = a ,, b.c ,  ,\n")
+    assert load(tmp_path).settings.processors == ("a", "b.c")
+
+
+def test_choices_are_case_insensitive(tmp_path: Path) -> None:
+    shared(tmp_path, "claims.lock = LEASE\nlog.level = error\n")
+    s = load(tmp_path).settings
+    assert (s.claims_lock, s.log_level) == ("lease", "ERROR")
+
+
+def test_failures_handler_can_be_disabled(tmp_path: Path) -> None:
+    shared(tmp_path, "failures.handler =\n")
+    assert load(tmp_path).settings.failures_handler == ""
+
+
+def test_custom_keys_are_free_form(tmp_path: Path) -> None:
+    shared(tmp_path, "custom.thumbnail.quality = 85\ncustom.anything-GOES here ok\n")
+    loaded = load(tmp_path)
+    assert loaded.warnings == ()
+    assert dict(loaded.settings.custom) == {
+        "thumbnail.quality": "85",
+        "anything-GOES": "here ok",
+    }
+
+
+def test_lease_must_cover_two_heartbeats(tmp_path: Path) -> None:
+    path = shared(tmp_path, "claims.lease-seconds = 8\n")
+    assert errors_of(tmp_path) == [
+        f"{path}:1: claims.lease-seconds: 8 is less than twice heartbeat.interval-seconds "
+        "(5); expected a number >= 10"
+    ]
+    path = shared(tmp_path, "heartbeat.interval-seconds = 20\n")
+    assert errors_of(tmp_path) == [
+        f"{path}:1: heartbeat.interval-seconds: 20 is more than half of "
+        "claims.lease-seconds (30); expected a number <= 15"
+    ]
+    shared(tmp_path, "heartbeat.interval-seconds = 20\nclaims.lease-seconds = 40\n")
+    assert load(tmp_path).settings.claims_lease_seconds == 40.0
+
+
+def test_utf8_and_latin1_files(tmp_path: Path) -> None:
+    write(tmp_path / "spoolpipe.properties", "\ufeffcustom.name = Zoë\n", encoding="utf-8")
+    loaded = load(tmp_path)
+    assert loaded.warnings == ()
+    assert dict(loaded.settings.custom) == {"name": "Zoë"}
+    write(tmp_path / "spoolpipe.properties", "custom.name = Zoë\n", encoding="latin-1")
+    assert dict(load(tmp_path).settings.custom) == {"name": "Zoë"}
+
+
+# --------------------------------------------------------------------------
+# Objects
+# --------------------------------------------------------------------------
+
+
+def test_settings_are_immutable_hashable_and_picklable(tmp_path: Path) -> None:
+    shared(tmp_path, "concurrency.a = 1\ntimeout.a = 2\ncustom.k = v\n")
+    s = load(tmp_path).settings
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        s.pool_size = 3  # type: ignore[misc]
+    with pytest.raises(TypeError):
+        s.concurrency["a"] = 2  # type: ignore[index]
+    clone = pickle.loads(pickle.dumps(s))
+    assert clone == s
+    assert hash(clone) == hash(s)
+
+
+def test_config_error_is_picklable() -> None:
+    err = ConfigError(["a:1: x", "b:2: y"])
+    clone = pickle.loads(pickle.dumps(err))
+    assert clone.errors == ["a:1: x", "b:2: y"]
+    assert str(clone) == "a:1: x\nb:2: y"
+    assert ConfigError("one").errors == ["one"]
+
+
+# --------------------------------------------------------------------------
+# Rendering and docs
+# --------------------------------------------------------------------------
+
+
+def test_render_defaults_round_trip(tmp_path: Path) -> None:
+    text = config.render_defaults()
+    path = shared(tmp_path, text)
+    loaded = load(tmp_path, cpu_count=4)
+    assert loaded.warnings == ()
+    assert loaded.settings == dataclasses.replace(
+        load(tmp_path / "empty", cpu_count=4).settings, sources=(path,)
+    )
+
+
+def test_render_defaults_lists_every_key(tmp_path: Path) -> None:
+    text = config.render_defaults()
+    assert text.isascii()
+    assert all(len(line) <= 79 for line in text.splitlines())
+    lines = text.splitlines()
+    for opt in config.OPTIONS:
+        if opt.default is None:
+            assert "#" + opt.example in lines
+        else:
+            assert any(line.startswith(opt.key + " =") for line in lines), opt.key
+    assert "#concurrency.image.resize = 2" in lines
+
+
+def test_rendered_examples_are_valid_when_uncommented(tmp_path: Path) -> None:
+    text = "".join(
+        line[1:] + "\n"
+        for line in config.render_defaults().splitlines()
+        if line.startswith("#") and " = " in line and not line.startswith("# ")
+    )
+    shared(tmp_path, text)
+    loaded = load(tmp_path)
+    assert loaded.warnings == ()
+    assert loaded.settings.concurrency_for("image.resize") == 2
+
+
+def test_describe_keys_is_a_table_of_every_key() -> None:
+    table = config.describe_keys()
+    rows = table.splitlines()
+    assert rows[0].startswith("| Key |")
+    assert len(rows) == 2 + len(config.OPTIONS)
+    for opt in config.OPTIONS:
+        assert f"| `{opt.key}` |" in table
+
+
+def test_docs_table_is_in_sync() -> None:
+    docs = (REPO_ROOT / "docs" / "configuration.md").read_text(encoding="utf-8")
+    assert config.describe_keys() in docs, (
+        "docs/configuration.md is out of date: paste spoolpipe.config.describe_keys() into it"
+    )
