@@ -124,6 +124,9 @@ class Repository:
         """A fresh name in ``tmp/``, on the same file system as every state directory."""
         return self.tmp / f"{tag}.{new_id()}.tmp"
 
+    def attempt_log(self, activity: Activity) -> Path:
+        return self.logs / "activities" / f"{activity.id}~{activity.attempt}.log"
+
     def staging(self, claim: ClaimName) -> Path:
         return self.running / f"{claim.stem}.d"
 

@@ -358,9 +358,7 @@ class Worker:
             busy[activity.type] += 1
             slot = idle.pop()
             log.debug("claimed %s (%s, attempt %d)", activity.id, activity.type, activity.attempt)
-            task = Task(
-                activity, str(self.repo.logs / "activities" / f"{activity.id}~{activity.attempt}.log")
-            )
+            task = Task(activity, str(self.repo.attempt_log(activity)))
             self._running[slot.index] = _Running(claim, activity, now)
             self.pool.send(slot, task, time.monotonic() + self._timeout(activity.type), None)
         self._order = skipped + self._order[position:]
@@ -406,7 +404,7 @@ class Worker:
                 code = slot.process.exitcode
                 self.pool.replace(slot, kill=False)
                 if running is not None:
-                    self._outcome(running, Outcome("error", error=f"pool process died (exit code {code})"))
+                    self._interrupted(running, f"pool process died (exit code {code})")
                 continue
             if running is not None and isinstance(message, Outcome):
                 self._outcome(running, message)
@@ -433,10 +431,17 @@ class Worker:
                     running.activity.type,
                     limit,
                 )
-                self._outcome(
-                    running, Outcome("error", error=f"timed out after {limit}s; the processor was killed")
-                )
+                self._interrupted(running, f"timed out after {limit}s; the processor was killed")
         self._flush()
+
+    def _interrupted(self, running: _Running, reason: str) -> None:
+        """An attempt that ended without an answer from its processor: note it in the attempt's log."""
+        with (
+            contextlib.suppress(OSError),
+            self.repo.attempt_log(running.activity).open("a", encoding="utf-8") as attempt_log,
+        ):
+            attempt_log.write(f"{format_time(self.clock.now())} ERROR {reason} (worker {self.worker_id})\n")
+        self._outcome(running, Outcome("error", error=reason))
 
     def _attempt(self, started: float) -> Attempt:
         return Attempt(self.worker_id, self.host, os.getpid(), started, self.clock.now())

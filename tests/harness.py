@@ -1,0 +1,196 @@
+"""Real repositories and real worker processes for the end-to-end tests."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any
+
+from spoolpipe import config
+from spoolpipe.activity import Activity, new_id
+from spoolpipe.repository import Repository
+
+# Processors used by the end-to-end tests. Side effects are appended to
+# REPO/effects/<type>.log so tests can count how often code really ran.
+PROCESSORS = '''
+import json, os, time
+from pathlib import Path
+from spoolpipe import processor, Fatal, Processor
+
+def _effect(ctx, activity):
+    path = ctx.repository / "effects" / f"{activity.type}.log"
+    with open(path, "a") as f:
+        f.write(f"{activity.id} {activity.attempt} {ctx.worker_id} {time.time()}\\n")
+
+@processor("t.parent", follow_ups=("t.child",))
+def parent(activity, ctx):
+    _effect(ctx, activity)
+    time.sleep(activity.data.get("sleep", 0))
+    for i in range(activity.data.get("children", 0)):
+        ctx.follow_up("t.child", {"parent": activity.id, "i": i})
+    return {"children": activity.data.get("children", 0)}
+
+@processor("t.child")
+def child(activity, ctx):
+    _effect(ctx, activity)
+    time.sleep(activity.data.get("sleep", 0))
+    return activity.data["i"]
+
+@processor("t.noop")
+def noop(activity, ctx):
+    return None
+
+@processor("t.flaky")
+def flaky(activity, ctx):
+    _effect(ctx, activity)
+    if activity.attempt < activity.data.get("succeed_on", 99):
+        raise RuntimeError(f"flaky attempt {activity.attempt}")
+    return "finally"
+
+@processor("t.fatal")
+def fatal(activity, ctx):
+    raise Fatal("this can never work")
+
+@processor("t.stuck")
+def stuck(activity, ctx):
+    _effect(ctx, activity)
+    if activity.attempt < activity.data.get("unstick_on", 99):
+        time.sleep(3600)
+    return "unstuck"
+
+@processor("t.slow")
+def slow(activity, ctx):
+    _effect(ctx, activity)
+    time.sleep(activity.data.get("sleep", 1))
+    return "slept"
+
+@processor("t.crash")
+def crash(activity, ctx):
+    _effect(ctx, activity)
+    os._exit(9)
+
+class Mailer(Processor):
+    type = "t.class"
+    follow_ups = ("t.noop",)
+    def process(self, activity, ctx):
+        ctx.follow_up("t.noop", {"from": "class"})
+        return {"class": True}
+'''
+
+
+def make_repository(base: Path, properties: str = "", *, extra_processors: str = "") -> Path:
+    """A repository at ``base/repo`` whose processors live in ``base/procs/e2e_procs.py``."""
+    repo = base / "repo"
+    Repository.create(repo, config.render_defaults())
+    procs = base / "procs"
+    procs.mkdir(exist_ok=True)
+    (procs / "e2e_procs.py").write_text(PROCESSORS + textwrap.dedent(extra_processors))
+    (repo / "effects").mkdir(exist_ok=True)
+    settings = textwrap.dedent(
+        f"""
+        processors = e2e_procs
+        processors.path = {procs}
+        scan.interval-seconds = 0.2
+        heartbeat.interval-seconds = 0.5
+        retry.backoff-seconds = 0.05
+        retry.jitter = 0
+        inbox.settle-seconds = 0.5
+        claims.lease-seconds = 3
+        """
+    )
+    (repo / "spoolpipe.properties").write_text(settings + textwrap.dedent(properties))
+    return repo
+
+
+def submit(repo: Path, type_: str, data: dict[str, Any] | None = None, **fields: Any) -> str:
+    activity = Activity(fields.pop("id", None) or new_id(), type_, data or {}, 1, fields.pop("not_before", None))
+    Repository(repo, fsync=False).submit(activity)
+    return activity.id
+
+
+def drop(repo: Path, name: str, content: bytes | str) -> Path:
+    """Drop a file into the inbox the way a person would: written in place."""
+    path = repo / "inbox" / name
+    path.write_bytes(content.encode() if isinstance(content, str) else content)
+    return path
+
+
+def start_worker(repo: Path, worker_id: str, *args: str, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+    log = open(repo.parent / f"worker-{worker_id}.stderr", "ab")  # noqa: SIM115 - lives as long as the process
+    return subprocess.Popen(
+        [sys.executable, "-m", "spoolpipe", "worker", str(repo), "--worker-id", worker_id, *args],
+        stdout=log,
+        stderr=log,
+        env={**os.environ, **(env or {})},
+        start_new_session=True,
+    )
+
+
+def run_until_idle(repo: Path, worker_id: str = "w1", timeout: float = 120) -> str:
+    proc = start_worker(repo, worker_id, "--until-idle")
+    try:
+        proc.wait(timeout)
+    finally:
+        if proc.poll() is None:
+            kill_group(proc)
+    output = (repo.parent / f"worker-{worker_id}.stderr").read_text()
+    assert proc.returncode == 0, output
+    return output
+
+
+def kill_group(proc: subprocess.Popen[bytes], sig: int = signal.SIGKILL) -> None:
+    """Kill a worker and its pool processes, as a machine crash would."""
+    try:
+        os.killpg(proc.pid, sig)
+    except ProcessLookupError:
+        pass
+    proc.wait(30)
+
+
+def wait_for(predicate: Callable[[], bool], timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(0.05)
+
+
+def ids_in(directory: Path) -> list[str]:
+    return [p.name[: -len(".json")] for p in directory.iterdir() if p.name.endswith(".json")]
+
+
+def records(directory: Path) -> dict[str, dict[str, Any]]:
+    return {p.stem: json.loads(p.read_text()) for p in directory.glob("*.json")}
+
+
+def effects(repo: Path, type_: str) -> list[list[str]]:
+    path = repo / "effects" / f"{type_}.log"
+    return [line.split() for line in path.read_text().splitlines()] if path.exists() else []
+
+
+def leftovers(repo: Path) -> dict[str, list[str]]:
+    """Anything that is neither settled nor empty: must be empty once all work is done."""
+    found = {}
+    for name in ("inbox", "running"):
+        entries = sorted(os.listdir(repo / name))
+        if entries:
+            found[name] = entries
+    tmp = [n for n in os.listdir(repo / "tmp") if not n.startswith(".clock")]
+    if tmp:
+        found["tmp"] = tmp
+    return found
+
+
+def count_lines(text: str, needle: str) -> int:
+    return sum(1 for line in text.splitlines() if needle in line)
+
+
+def all_equal(values: Iterable[int]) -> bool:
+    return len(set(values)) <= 1

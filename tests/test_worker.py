@@ -1,0 +1,245 @@
+"""The worker daemon end to end: real repositories, real worker processes, real signals."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import time
+from pathlib import Path
+
+from harness import (
+    count_lines,
+    drop,
+    effects,
+    ids_in,
+    kill_group,
+    leftovers,
+    make_repository,
+    records,
+    run_until_idle,
+    start_worker,
+    submit,
+    wait_for,
+)
+
+
+def test_results_and_follow_ups_are_stored_and_published(tmp_path: Path) -> None:
+    repo = make_repository(tmp_path)
+    parents = [submit(repo, "t.parent", {"children": 3}) for _ in range(5)]
+    klass = submit(repo, "t.class")
+    run_until_idle(repo)
+    done = records(repo / "done")
+    assert len(done) == 5 + 15 + 2
+    for pid in parents:
+        record = done[pid]
+        assert record["result"] == {"children": 3}
+        assert record["spoolpipe"]["status"] == "done"
+        assert record["spoolpipe"]["worker"] == "w1"
+        children = record["spoolpipe"]["follow_ups"]
+        assert len(children) == 3
+        assert sorted(done[c]["result"] for c in children) == [0, 1, 2]
+        assert all(done[c]["data"]["parent"] == pid for c in children)
+    assert done[klass]["result"] == {"class": True}
+    assert leftovers(repo) == {}
+
+
+def test_fatal_fails_at_once_and_the_failure_processor_reports(tmp_path: Path) -> None:
+    repo = make_repository(tmp_path)
+    aid = submit(repo, "t.fatal", {"invoice": 7})
+    run_until_idle(repo)
+    failed = records(repo / "failed")
+    assert list(failed) == [aid]
+    section = failed[aid]["spoolpipe"]
+    assert section["reason"] == "this can never work"
+    assert section["attempts"] == 1
+    assert "Fatal" in section["traceback"]
+    report = (repo / "reports" / f"{aid}.txt").read_text()
+    assert "this can never work" in report and '"invoice": 7' in report
+    # the failure activity itself is done, exactly once
+    assert sum(1 for r in records(repo / "done").values() if r["type"] == "spoolpipe.failure") == 1
+
+
+def test_a_failing_failure_processor_never_loops(tmp_path: Path) -> None:
+    repo = make_repository(tmp_path, "failures.handler = t.fatal\nretry.max-attempts = 2\n")
+    aid = submit(repo, "t.flaky")
+    run_until_idle(repo)
+    failed = records(repo / "failed")
+    # the activity failed, its failure activity failed too, and nothing more was created
+    assert len(failed) == 2
+    assert aid in failed
+    assert {r["type"] for r in failed.values()} == {"t.flaky", "t.fatal"}
+    assert leftovers(repo) == {}
+
+
+def test_retries_back_off_exponentially_then_succeed(tmp_path: Path) -> None:
+    repo = make_repository(tmp_path, "retry.backoff-seconds = 0.4\nretry.max-attempts = 5\n")
+    aid = submit(repo, "t.flaky", {"succeed_on": 3})
+    run_until_idle(repo)
+    runs = effects(repo, "t.flaky")
+    assert [int(r[1]) for r in runs] == [1, 2, 3]
+    times = [float(r[3]) for r in runs]
+    assert times[1] - times[0] >= 0.4
+    assert times[2] - times[1] >= 0.8
+    done = records(repo / "done")[aid]
+    assert done["result"] == "finally" and done["spoolpipe"]["attempts"] == 3
+    log = (repo / "logs" / "activities" / f"{aid}~1.log").read_text()
+    assert "flaky attempt 1" in log
+
+
+def test_retries_are_bounded_by_max_attempts(tmp_path: Path) -> None:
+    repo = make_repository(tmp_path, "retry.max-attempts = 3\n")
+    aid = submit(repo, "t.flaky")
+    run_until_idle(repo)
+    assert len(effects(repo, "t.flaky")) == 3
+    failed = records(repo / "failed")[aid]["spoolpipe"]
+    assert failed["attempts"] == 3 and "flaky attempt 3" in failed["reason"]
+
+
+def test_not_before_is_honoured(tmp_path: Path) -> None:
+    repo = make_repository(tmp_path)
+    start = time.time()
+    submit(repo, "t.slow", {"sleep": 0}, not_before=start + 1.5)
+    drop(
+        repo,
+        "later.json",
+        json.dumps({"type": "t.slow", "data": {"sleep": 0},
+                    "not_before": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(start + 2.5))}),
+    )
+    run_until_idle(repo)
+    ran = sorted(float(r[3]) for r in effects(repo, "t.slow"))
+    assert len(ran) == 2
+    assert ran[0] >= start + 1.5
+    assert ran[1] >= int(start + 2.5)
+
+
+def test_a_stuck_processor_is_killed_by_its_timeout_and_retried(tmp_path: Path) -> None:
+    repo = make_repository(tmp_path, "timeout.t.stuck = 1\n")
+    aid = submit(repo, "t.stuck", {"unstick_on": 2})
+    started = time.monotonic()
+    output = run_until_idle(repo)
+    assert time.monotonic() - started < 30
+    assert records(repo / "done")[aid]["result"] == "unstuck"
+    assert [r[1] for r in effects(repo, "t.stuck")] == ["1", "2"]
+    assert "timed out after 1.0s" in output
+    assert "timed out" in (repo / "logs" / "activities" / f"{aid}~1.log").read_text()
+
+
+def test_a_crashing_processor_counts_as_attempts_then_fails(tmp_path: Path) -> None:
+    repo = make_repository(tmp_path, "retry.max-attempts = 2\n")
+    aid = submit(repo, "t.crash")
+    ok = submit(repo, "t.noop")
+    run_until_idle(repo)
+    assert len(effects(repo, "t.crash")) == 2
+    assert "pool process died" in records(repo / "failed")[aid]["spoolpipe"]["reason"]
+    assert ok in ids_in(repo / "done")
+
+
+def test_sigterm_lets_running_work_finish(tmp_path: Path) -> None:
+    repo = make_repository(tmp_path, "shutdown.grace-seconds = 20\n")
+    aid = submit(repo, "t.slow", {"sleep": 1.5})
+    worker = start_worker(repo, "w1")
+    wait_for(lambda: len(effects(repo, "t.slow")) == 1, 20, "the activity to start")
+    worker.send_signal(signal.SIGTERM)
+    assert worker.wait(30) == 0
+    assert ids_in(repo / "done") == [aid]
+    assert leftovers(repo) == {}
+    assert not (repo / "heartbeats" / "w1.json").exists()
+
+
+def test_sigterm_releases_work_that_outlives_the_grace_period(tmp_path: Path) -> None:
+    repo = make_repository(tmp_path, "shutdown.grace-seconds = 0.5\n")
+    aid = submit(repo, "t.slow", {"sleep": 30})
+    worker = start_worker(repo, "w1")
+    wait_for(lambda: len(effects(repo, "t.slow")) == 1, 20, "the activity to start")
+    started = time.monotonic()
+    worker.send_signal(signal.SIGTERM)
+    assert worker.wait(30) == 0
+    assert time.monotonic() - started < 10
+    # released as the same attempt: a shutdown is not the activity's fault
+    assert os.listdir(repo / "inbox") == [f"{aid}.json"]
+    assert os.listdir(repo / "running") == []
+
+
+def test_a_killed_worker_is_recovered_by_a_restart(tmp_path: Path) -> None:
+    repo = make_repository(tmp_path)
+    aid = submit(repo, "t.stuck", {"unstick_on": 2})
+    worker = start_worker(repo, "w1")
+    wait_for(lambda: len(effects(repo, "t.stuck")) == 1, 20, "the activity to start")
+    kill_group(worker)
+    assert len(os.listdir(repo / "running")) == 1
+    # on restart the worker recovers its own dead claim; the crash counts as attempt 1
+    output = run_until_idle(repo, "w1")
+    assert "recovered 1 claims of dead worker w1" in output
+    assert [r[1] for r in effects(repo, "t.stuck")] == ["1", "2"]
+    assert records(repo / "done")[aid]["spoolpipe"]["attempts"] == 2
+    assert leftovers(repo) == {}
+
+
+def test_a_bad_hot_reload_keeps_the_last_good_configuration(tmp_path: Path) -> None:
+    repo = make_repository(tmp_path)
+    worker = start_worker(repo, "w1")
+    try:
+        first = submit(repo, "t.noop")
+        wait_for(lambda: first in ids_in(repo / "done"), 20, "the first activity")
+        props = repo / "spoolpipe.properties"
+        good = props.read_text()
+        props.write_text(good + "pool.size = many\n")
+        stderr = repo.parent / "worker-w1.stderr"
+        wait_for(lambda: "configuration change rejected" in stderr.read_text(), 20, "the rejection")
+        line = len((good + "pool.size = many\n").splitlines())
+        assert f"spoolpipe.properties:{line}: pool.size" in stderr.read_text()
+        second = submit(repo, "t.noop")
+        wait_for(lambda: second in ids_in(repo / "done"), 20, "work under the old configuration")
+        # a good change then takes effect: this worker stops taking t.noop
+        props.write_text(good + "concurrency.t.noop = 0\n")
+        wait_for(lambda: "configuration reloaded" in stderr.read_text(), 20, "the reload")
+        third = submit(repo, "t.noop")
+        time.sleep(1.5)
+        assert os.listdir(repo / "inbox") == [f"{third}.json"]
+        assert worker.poll() is None
+    finally:
+        worker.send_signal(signal.SIGTERM)
+        assert worker.wait(30) == 0
+
+
+def test_per_worker_properties_route_types_between_workers(tmp_path: Path) -> None:
+    repo = make_repository(tmp_path)
+    (repo / "workers" / "a.properties").write_text("concurrency.t.child = 0\n")
+    (repo / "workers" / "b.properties").write_text("concurrency.t.parent = 0\n")
+    a = start_worker(repo, "a")
+    b = start_worker(repo, "b")
+    try:
+        for _ in range(4):
+            submit(repo, "t.parent", {"children": 2})
+        wait_for(lambda: len(ids_in(repo / "done")) == 12, 60, "all activities")
+        assert {r[2] for r in effects(repo, "t.parent")} == {"a"}
+        assert {r[2] for r in effects(repo, "t.child")} == {"b"}
+    finally:
+        for w in (a, b):
+            w.send_signal(signal.SIGTERM)
+            assert w.wait(30) == 0
+
+
+def test_a_second_worker_with_the_same_id_refuses_to_start(tmp_path: Path) -> None:
+    repo = make_repository(tmp_path)
+    first = start_worker(repo, "same")
+    try:
+        wait_for(lambda: (repo / "heartbeats" / "same.json").exists(), 20, "the first worker")
+        second = start_worker(repo, "same", "--until-idle")
+        assert second.wait(30) == 3
+        assert "already running" in (repo.parent / "worker-same.stderr").read_text()
+        assert first.poll() is None
+    finally:
+        first.send_signal(signal.SIGTERM)
+        first.wait(30)
+
+
+def test_the_worker_log_and_attempt_logs_are_written(tmp_path: Path) -> None:
+    repo = make_repository(tmp_path)
+    aid = submit(repo, "t.fatal")
+    run_until_idle(repo)
+    worker_log = (repo / "logs" / "workers" / "w1.log").read_text()
+    assert count_lines(worker_log, f"failed {aid}") == 1
+    assert "worker w1 started" in worker_log
+    assert "this can never work" in (repo / "logs" / "activities" / f"{aid}~1.log").read_text()
