@@ -1,0 +1,242 @@
+"""Nothing lost, nothing done twice: several workers, random SIGKILLs, junk, paused workers."""
+
+from __future__ import annotations
+
+import json
+import multiprocessing
+import os
+import random
+import signal
+import time
+from collections import Counter
+from pathlib import Path
+
+from harness import (
+    drop,
+    effects,
+    ids_in,
+    kill_group,
+    leftovers,
+    make_repository,
+    records,
+    run_until_idle,
+    start_worker,
+    submit,
+    wait_for,
+)
+
+from spoolpipe.activity import Activity, new_id
+from spoolpipe.repository import Repository
+
+
+def _claims_of(repo: Path, worker: str) -> int:
+    return sum(1 for n in os.listdir(repo / "running") if n.endswith(f"~{worker}.json"))
+
+
+def test_three_workers_with_random_sigkills_complete_everything_exactly_once(tmp_path: Path) -> None:
+    repo = make_repository(tmp_path, "pool.size = 2\n")
+    parents, children = 300, 2
+    for _ in range(parents):
+        submit(repo, "t.parent", {"children": children, "sleep": 0.03})
+    expected = parents * (1 + children)
+    rng = random.Random(7)
+    workers = {f"w{i}": start_worker(repo, f"w{i}") for i in range(3)}
+    kills = claims_killed = 0
+    deadline = time.monotonic() + 300
+    try:
+        while len(os.listdir(repo / "done")) < expected:
+            assert time.monotonic() < deadline, f"stuck at {len(os.listdir(repo / 'done'))}/{expected}"
+            time.sleep(rng.uniform(0.5, 1.0))
+            holding = [w for w in sorted(workers) if _claims_of(repo, w)]
+            if kills < 10 and holding:
+                victim = rng.choice(holding)
+                kill_group(workers[victim])
+                kills += 1
+                claims_killed += _claims_of(repo, victim)
+                workers[victim] = start_worker(repo, victim)
+    finally:
+        for proc in workers.values():
+            proc.send_signal(signal.SIGTERM)
+        for proc in workers.values():
+            proc.wait(60)
+    done = ids_in(repo / "done")
+    assert kills >= 5 and claims_killed >= kills
+    assert len(done) == expected == len(set(done))
+    assert ids_in(repo / "failed") == []
+    assert leftovers(repo) == {}
+    # every parent's declared follow-ups exist, and no follow-up exists without its parent
+    all_records = records(repo / "done")
+    declared = [c for r in all_records.values() if r["type"] == "t.parent" for c in r["spoolpipe"]["follow_ups"]]
+    assert sorted(declared) == sorted(i for i, r in all_records.items() if r["type"] == "t.child")
+    # the claims held by killed workers ran again as their next attempt
+    ran = Counter(e[0] for e in effects(repo, "t.parent") + effects(repo, "t.child"))
+    assert set(ran) == set(done)
+    reruns = sum(ran.values()) - expected
+    assert reruns >= 1
+    assert sum(1 for r in all_records.values() if r["spoolpipe"]["attempts"] > 1) >= 1
+    print(f"\nchaos: activities={expected} kills={kills} claims-killed={claims_killed} re-executions={reruns}")
+
+
+def _claim_everything(
+    root: str, worker: str, names: list[str], start: float, queue: multiprocessing.Queue[list[str]]
+) -> None:
+    repo = Repository(Path(root), fsync=False)
+    time.sleep(max(0.0, start - time.time()))
+    won = []
+    for name in names:
+        activity = Activity(name[:-5], "t.noop")
+        if repo.claim(name, activity, worker) is not None:
+            won.append(name)
+    queue.put(won)
+
+
+def test_concurrent_claims_are_exclusive(tmp_path: Path) -> None:
+    repo = make_repository(tmp_path)
+    names = [f"{submit(repo, 't.noop')}.json" for _ in range(400)]
+    ctx = multiprocessing.get_context("spawn")
+    queue: multiprocessing.Queue[list[str]] = ctx.Queue()
+    procs = [ctx.Process(target=_claim_everything, args=(str(repo), f"c{i}", names, time.time() + 3, queue)) for i in range(4)]
+    for p in procs:
+        p.start()
+    won = [queue.get(timeout=60) for _ in procs]
+    for p in procs:
+        p.join(30)
+    claimed = [n for w in won for n in w]
+    assert sorted(claimed) == sorted(names)
+    assert sum(1 for w in won if w) >= 2  # they really competed
+
+
+JUNK: dict[str, bytes] = {
+    "malformed.json": b'{"type": "t.noop", "data": {',
+    "nan.json": b'{"type": "t.noop", "data": {"x": NaN}}',
+    "infinity.json": b'{"type": "t.noop", "data": {"x": -Infinity}}',
+    "array.json": b'[{"type": "t.noop"}]',
+    "string.json": b'"t.noop"',
+    "no-type.json": b'{"data": {}}',
+    "bad-type.json": b'{"type": "has space"}',
+    "numeric-type.json": b'{"type": 3}',
+    "bad-id.json": b'{"type": "t.noop", "id": "../../etc"}',
+    "data-not-object.json": b'{"type": "t.noop", "data": [1, 2]}',
+    "latin1.json": '{"type": "t.noop", "data": {"name": "café"}}'.encode("latin-1"),
+    "bom.json": b'\xef\xbb\xbf{"type": "t.noop"}',
+    "empty.json": b"",
+    "duplicate-keys.json": b'{"type": "t.noop", "type": "t.fatal"}',
+    "bad-not-before.json": b'{"type": "t.noop", "not_before": "tomorrow"}',
+    "naive-not-before.json": b'{"type": "t.noop", "not_before": "2030-01-01T00:00:00"}',
+    "binary.json": bytes(range(256)),
+    "bad name!.json": b'{"type": "t.noop"}',
+    "deep.json": b"[" * 100000 + b"]" * 100000,
+}
+
+
+def test_junk_is_quarantined_with_reasons_while_valid_work_completes(tmp_path: Path) -> None:
+    repo = make_repository(tmp_path, "limits.activity-bytes = 4096\ninbox.settle-seconds = 0.3\n")
+    worker = start_worker(repo, "w1")
+    try:
+        valid = []
+        for name, content in JUNK.items():
+            drop(repo, name, content)
+            valid.append(submit(repo, "t.noop"))
+        drop(repo, "oversized.json", json.dumps({"type": "t.noop", "data": {"x": "y" * 5000}}))
+        (repo / "inbox" / "a-directory").mkdir()
+        os.mkfifo(repo / "inbox" / "a-fifo")
+        (repo / "inbox" / "link.json").symlink_to(repo / "done")
+        outside = tmp_path / "outside.json"
+        outside.write_text('{"type": "t.noop"}')
+        (repo / "inbox" / "escape.json").symlink_to(outside)
+        # ignored names: atomic writers' temp files are never touched
+        drop(repo, ".hidden.json", b"{")
+        drop(repo, "partial.json.part", b"{")
+        drop(repo, "writing.tmp", b"{")
+        junk_count = len(JUNK) + 5
+        wait_for(lambda: len(os.listdir(repo / "invalid")) == junk_count, 60, "every junk file quarantined")
+        wait_for(lambda: set(valid) <= set(ids_in(repo / "done")), 60, "the valid activities")
+        assert worker.poll() is None, "the worker must stay up"
+        reasons = {}
+        for entry in (repo / "invalid").iterdir():
+            name = entry.name.rsplit("~", 1)[0]
+            assert (entry / name).exists() or (entry / name).is_symlink(), f"{entry} lost its payload"
+            reasons[name] = (entry / "reason.txt").read_text()
+        assert "NaN" in reasons["nan.json"]
+        assert "top level is a JSON list" in reasons["array.json"]
+        assert "missing required field 'type'" in reasons["no-type.json"]
+        assert "bad id" in reasons["bad-id.json"]
+        assert "not UTF-8" in reasons["latin1.json"]
+        assert "over limits.activity-bytes=4096" in reasons["oversized.json"]
+        assert "directory" in reasons["a-directory"]
+        assert "FIFO" in reasons["a-fifo"]
+        assert "symbolic link" in reasons["escape.json"]
+        assert "duplicate key" in reasons["duplicate-keys.json"]
+        assert "no time zone" in reasons["naive-not-before.json"]
+        assert "is not a valid id" in reasons["bad name!.json"]
+        assert sorted(os.listdir(repo / "inbox")) == [".hidden.json", "partial.json.part", "writing.tmp"]
+        assert outside.read_text() == '{"type": "t.noop"}'
+        # each was quarantined once: no payload appears twice
+        assert len(reasons) == junk_count
+    finally:
+        worker.send_signal(signal.SIGTERM)
+        assert worker.wait(30) == 0
+
+
+def test_a_half_written_file_is_not_quarantined(tmp_path: Path) -> None:
+    repo = make_repository(tmp_path, "inbox.settle-seconds = 3\n")
+    worker = start_worker(repo, "w1")
+    try:
+        path = drop(repo, "copied.json", b'{"type": "t.noop", "da')
+        time.sleep(1.5)
+        assert os.listdir(repo / "invalid") == []
+        with path.open("ab") as f:
+            f.write(b'ta": {"n": 1}}')
+        wait_for(lambda: "copied" in ids_in(repo / "done"), 20, "the completed file to run")
+        assert os.listdir(repo / "invalid") == []
+    finally:
+        worker.send_signal(signal.SIGTERM)
+        assert worker.wait(30) == 0
+
+
+def test_an_id_already_done_is_not_run_twice(tmp_path: Path) -> None:
+    repo = make_repository(tmp_path)
+    drop(repo, "job.json", '{"type": "t.parent"}')
+    run_until_idle(repo)
+    drop(repo, "job.json", '{"type": "t.parent"}')
+    run_until_idle(repo)
+    assert len(effects(repo, "t.parent")) == 1
+    [entry] = (repo / "invalid").iterdir()
+    assert "duplicate id job" in (entry / "reason.txt").read_text()
+
+
+def test_a_paused_worker_that_lost_its_lease_cannot_commit(tmp_path: Path) -> None:
+    repo = make_repository(tmp_path, "claims.lock = lease\nclaims.lease-seconds = 2\nheartbeat.interval-seconds = 0.5\n")
+    aid = submit(repo, "t.slow", {"sleep": 2})
+    paused = start_worker(repo, "paused")
+    wait_for(lambda: len(effects(repo, "t.slow")) == 1, 20, "the first attempt to start")
+    os.killpg(paused.pid, signal.SIGSTOP)
+    rescuer = start_worker(repo, "rescuer")
+    try:
+        wait_for(lambda: aid in ids_in(repo / "done"), 40, "the rescuer to recover and finish")
+        done = records(repo / "done")[aid]
+        assert done["spoolpipe"]["worker"] == "rescuer"
+        assert done["spoolpipe"]["attempts"] == 2
+        os.killpg(paused.pid, signal.SIGCONT)
+        time.sleep(4)  # the paused attempt's sleep ends and it tries to commit
+        assert ids_in(repo / "done") == [aid]
+        assert records(repo / "done")[aid]["spoolpipe"]["worker"] == "rescuer"
+        stderr = (repo.parent / "worker-paused.stderr").read_text()
+        assert "lost" in stderr
+        assert leftovers(repo) == {}
+    finally:
+        for proc in (paused, rescuer):
+            os.killpg(proc.pid, signal.SIGCONT)
+            proc.send_signal(signal.SIGTERM)
+            proc.wait(30)
+
+
+def test_submit_publishes_atomically_and_ids_are_unique(tmp_path: Path) -> None:
+    repo = make_repository(tmp_path)
+    ids = {new_id() for _ in range(10000)}
+    assert len(ids) == 10000
+    aid = submit(repo, "t.noop", {"k": "v"})
+    assert json.loads((repo / "inbox" / f"{aid}.json").read_text()) == {"id": aid, "type": "t.noop", "data": {"k": "v"}}
+    assert [n for n in os.listdir(repo / "tmp") if not n.startswith(".")] == []
+    run_until_idle(repo)
+    assert ids_in(repo / "done") == [aid]
