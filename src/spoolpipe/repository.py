@@ -35,8 +35,9 @@ from .durable import Durability, publish, write_file
 STATE_DIRS = ("inbox", "running", "done", "failed", "invalid")
 SUPPORT_DIRS = ("tmp", "workers", "locks", "heartbeats", "logs", "logs/workers", "logs/activities", "reports")
 PROPERTIES_FILE = "spoolpipe.properties"
-_COMMITTED = "claim.json"
-_OUTCOMES = ("done.json", "failed.json")
+_COMMITTED = "committed"
+_OUTCOMES = ("done", "failed")
+_FOLLOW_UP = "follow-up"
 _QUARANTINE_PREFIX = "quarantine-"
 _STALE_TMP_SECONDS = 3600.0
 _STALE_QUARANTINE_SECONDS = 60.0
@@ -44,6 +45,15 @@ _STALE_QUARANTINE_SECONDS = 60.0
 
 class NotARepository(Exception):
     """The directory lacks the layout ``spoolpipe init`` creates."""
+
+
+@dataclass(frozen=True)
+class Staged:
+    """The files staged for a claim in ``running/``: its outcome record and its follow-ups."""
+
+    claim: ClaimName
+    record: str
+    follow_ups: list[str]
 
 
 @dataclass(frozen=True)
@@ -126,9 +136,6 @@ class Repository:
 
     def attempt_log(self, activity: Activity) -> Path:
         return self.logs / "activities" / f"{activity.id}~{activity.attempt}.log"
-
-    def staging(self, claim: ClaimName) -> Path:
-        return self.running / f"{claim.stem}.d"
 
     # -- writing new activities ----------------------------------------------------------------
 
@@ -227,68 +234,79 @@ class Repository:
     # -- running -------------------------------------------------------------------------------
 
     def claims(self) -> Iterator[ClaimName]:
-        """Every claim in ``running/``, committed or not, including stagings left without a claim."""
+        """Every claim in ``running/``, committed or not, including staged files left without a claim."""
         seen: set[str] = set()
         with os.scandir(self.running) as entries:
             names = [e.name for e in entries]
         for name in names:
-            stem = name[:-2] + ".json" if name.endswith(".d") else name
+            stem = name if name.endswith(".json") else "~".join(name.split("~")[:3]) + ".json"
             claim = parse_claim_name(stem)
             if claim is not None and claim.stem not in seen:
                 seen.add(claim.stem)
                 yield claim
 
-    def stage(self, claim: ClaimName, outcome: str, record: Any, follow_ups: Iterable[Any]) -> None:
+    def _staged(self, claim: ClaimName) -> list[str]:
+        prefix = claim.stem + "~"
+        with os.scandir(self.running) as entries:
+            return sorted(e.name for e in entries if e.name.startswith(prefix))
+
+    def stage(self, claim: ClaimName, outcome: str, record: Any, follow_ups: Iterable[Any]) -> Staged:
         """Write a claim's outcome record and follow-ups where only a commit will make them visible.
 
         Durable after the next barrier; ``commit`` must come after that barrier.
         """
-        staging = self.staging(claim)
-        shutil.rmtree(staging, ignore_errors=True)
-        staging.mkdir()
-        for doc in follow_ups:
-            write_file(staging / f"{doc['id']}.json", dumps(doc), self.durability)
-        write_file(staging / f"{outcome}.json", dumps(record), self.durability)
-        self.durability.renamed(staging)
+        staged = Staged(claim, f"{claim.stem}~{outcome}", [])
+        try:
+            for doc in follow_ups:
+                name = f"{claim.stem}~{_FOLLOW_UP}~{doc['id']}"
+                write_file(self.running / name, dumps(doc), self.durability)
+                staged.follow_ups.append(name)
+            write_file(self.running / staged.record, dumps(record), self.durability)
+        except BaseException:
+            self.discard(claim)
+            raise
+        return staged
+
+    def discard(self, claim: ClaimName) -> None:
+        """Delete whatever was staged for an uncommitted claim."""
+        for name in self._staged(claim):
+            if not name.endswith(_COMMITTED):
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(self.running / name)
 
     def commit(self, claim: ClaimName) -> bool:
         """The commit point: a staged claim becomes its outcome. False when the claim was lost (fenced)."""
-        staging = self.staging(claim)
-        committed = staging / _COMMITTED
+        committed = self.running / f"{claim.stem}~{_COMMITTED}"
         try:
             os.rename(self.running / claim.name, committed)
         except FileNotFoundError:
+            # An NFS client may retry a rename that already succeeded and report ENOENT.
             if committed.exists():
                 return True
-            shutil.rmtree(staging, ignore_errors=True)
+            self.discard(claim)
             return False
-        self.durability.renamed(self.running / claim.name, committed)
+        self.durability.renamed(committed)
         return True
 
-    def finish(self, claims: Iterable[ClaimName]) -> None:
-        """Publish committed claims' follow-ups and outcomes; idempotent, so anyone may complete them."""
-        finished: list[Path] = []
-        for claim in claims:
-            staging = self.staging(claim)
-            try:
-                names = sorted(os.listdir(staging))
-            except FileNotFoundError:
-                continue
-            for name in names:
-                if name == _COMMITTED or name in _OUTCOMES:
-                    continue
+    def finish(self, staged: Iterable[Staged]) -> None:
+        """Publish committed claims' follow-ups, then their records; idempotent: anyone may complete them."""
+        finished: list[ClaimName] = []
+        for item in staged:
+            for name in item.follow_ups:
+                target = self.inbox / name.rsplit("~", 1)[1]
                 with contextlib.suppress(FileNotFoundError):
-                    os.rename(staging / name, self.inbox / name)
-                    self.durability.renamed(self.inbox / name)
-            for name in _OUTCOMES:
-                target = (self.done if name == "done.json" else self.failed) / f"{claim.activity_id}.json"
-                with contextlib.suppress(FileNotFoundError):
-                    os.rename(staging / name, target)
+                    os.rename(self.running / name, target)
                     self.durability.renamed(target)
-            finished.append(staging)
+            outcome = item.record.rsplit("~", 1)[1]
+            target = (self.done if outcome == "done" else self.failed) / f"{item.claim.activity_id}.json"
+            with contextlib.suppress(FileNotFoundError):
+                os.rename(self.running / item.record, target)
+                self.durability.renamed(target)
+            finished.append(item.claim)
         self.durability.barrier()
-        for staging in finished:
-            shutil.rmtree(staging, ignore_errors=True)
+        for claim in finished:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self.running / f"{claim.stem}~{_COMMITTED}")
 
     def release(self, claim: ClaimName, attempt: int, not_before: float | None) -> bool:
         """Put a claim back into the inbox as ``attempt``; False when it was no longer there."""
@@ -299,21 +317,28 @@ class Repository:
         except FileNotFoundError:
             return False
         self.durability.renamed(source, target)
-        shutil.rmtree(self.staging(claim), ignore_errors=True)
         return True
+
+    def _committed(self, claim: ClaimName) -> Staged | None:
+        names = self._staged(claim)
+        if f"{claim.stem}~{_COMMITTED}" not in names:
+            return None
+        records = [n for n in names if n.rsplit("~", 1)[1] in _OUTCOMES]
+        follow_ups = [n for n in names if n.split("~")[3] == _FOLLOW_UP]
+        return Staged(claim, records[0] if records else f"{claim.stem}~done", follow_ups)
 
     def recover(self, claim: ClaimName) -> str:
         """Settle the claim of a dead worker: finish it if committed, else requeue it as the next attempt."""
-        if (self.staging(claim) / _COMMITTED).exists():
-            self.finish([claim])
-            return "finished"
-        if self.release(claim, claim.attempt + 1, None):
-            self.durability.barrier()
-            return "requeued"
-        if (self.staging(claim) / _COMMITTED).exists():
-            self.finish([claim])
-            return "finished"
-        shutil.rmtree(self.staging(claim), ignore_errors=True)
+        for _ in range(2):
+            committed = self._committed(claim)
+            if committed is not None:
+                self.finish([committed])
+                return "finished"
+            if self.release(claim, claim.attempt + 1, None):
+                self.discard(claim)
+                self.durability.barrier()
+                return "requeued"
+        self.discard(claim)
         return "gone"
 
     # -- upkeep --------------------------------------------------------------------------------

@@ -12,7 +12,6 @@ import contextlib
 import errno
 import logging
 import os
-import shutil
 import signal
 import socket
 import time
@@ -29,10 +28,13 @@ from .liveness import OwnLock, Prober, WorkerAlreadyRunning, resolve_mode
 from .pool import Outcome, Pool, Setup, Slot, Task, import_processors
 from .processor import registered
 from .record import Attempt, done_record, failed_record, failure_document, follow_up_document
-from .repository import Rejected, Repository, SharedClock, dumps
+from .repository import Rejected, Repository, SharedClock, Staged, dumps
 from .retry import RetryPolicy
 
 log = logging.getLogger("spoolpipe.worker")
+# Outcomes are committed in groups: one flush to disk serves many activities.
+_GROUP_COMMIT_SIZE = 64
+_GROUP_COMMIT_SECONDS = 0.02
 
 
 class StartupError(Exception):
@@ -81,6 +83,7 @@ class Worker:
         self._order: list[str] = []
         self._starved = True
         self._pending: list[tuple[ClaimName, str, Any, list[Any], str]] = []
+        self._pending_since = 0.0
         self._running: dict[int, _Running] = {}
         self._recycle_all = False
         self._observer: Any = None
@@ -239,12 +242,21 @@ class Worker:
                     if self.until_idle and self._idle():
                         log.info("nothing left to run: exiting (--until-idle)")
                         break
-                timeout = min(next_heartbeat, next_scan, self._grace_deadline, self._next_deadline()) - now
-                self._settle(self.pool.wait(timeout, [self._wake_r]))
+                deadlines = [next_heartbeat, next_scan, self._grace_deadline, self._next_deadline()]
+                if self._pending:
+                    deadlines.append(self._pending_since + _GROUP_COMMIT_SECONDS)
+                self._settle(self.pool.wait(min(deadlines) - now, [self._wake_r]))
                 with contextlib.suppress(BlockingIOError):
                     while os.read(self._wake_r, 4096):
                         pass
                 self._enforce_timeouts()
+                if self._pending and (
+                    len(self._pending) >= _GROUP_COMMIT_SIZE
+                    or not self._running
+                    or self._stopping
+                    or time.monotonic() - self._pending_since >= _GROUP_COMMIT_SECONDS
+                ):
+                    self._flush()
         finally:
             for s, handler in previous.items():
                 signal.signal(s, handler)
@@ -252,6 +264,7 @@ class Worker:
         return 0
 
     def _shutdown(self) -> None:
+        self._flush()
         if self._observer is not None:
             self._observer.unschedule_all()
             self._observer.stop()
@@ -363,7 +376,6 @@ class Worker:
             self.pool.send(slot, task, time.monotonic() + self._timeout(activity.type), None)
         self._order = skipped + self._order[position:]
         self._starved = bool(idle)
-        self._flush()
 
     def _timeout(self, type_: str) -> float:
         if type_ in self.settings.timeouts:
@@ -379,7 +391,7 @@ class Worker:
 
     def _idle(self) -> bool:
         """Nothing this worker could run remains: nothing running, queued, unsettled or recoverable."""
-        if self._running or self._unsettled or self._hinted:
+        if self._running or self._pending or self._unsettled or self._hinted:
             return False
         if any(self._handles(a.type) for a in self._queue.values()):
             return False
@@ -414,7 +426,6 @@ class Worker:
             for slot in self.pool.idle():
                 self.pool.replace(slot, kill=True)
             self._recycle_all = False
-        self._flush()
 
     def _enforce_timeouts(self) -> None:
         now = time.monotonic()
@@ -432,7 +443,6 @@ class Worker:
                     limit,
                 )
                 self._interrupted(running, f"timed out after {limit}s; the processor was killed")
-        self._flush()
 
     def _interrupted(self, running: _Running, reason: str) -> None:
         """An attempt that ended without an answer from its processor: note it in the attempt's log."""
@@ -493,7 +503,7 @@ class Worker:
             f"done {activity.id} ({activity.type}, attempt {activity.attempt}) in "
             f"{now - running.started:.2f}s{extra}"
         )
-        self._pending.append((running.claim, "done", record, follow_ups, summary))
+        self._defer((running.claim, "done", record, follow_ups, summary))
 
     def _fail(
         self, claim: ClaimName, activity: Activity, started: float, reason: str, traceback: str
@@ -502,41 +512,47 @@ class Worker:
         handler = self.settings.failures_handler
         follow_ups = [] if not handler or activity.type == handler else [failure_document(handler, record)]
         summary = f"failed {activity.id} ({activity.type}) after {activity.attempt} attempts: {reason}"
-        self._pending.append((claim, "failed", record, follow_ups, summary))
+        self._defer((claim, "failed", record, follow_ups, summary))
+
+    def _defer(self, item: tuple[ClaimName, str, Any, list[Any], str]) -> None:
+        """Queue an outcome for the next group commit."""
+        if not self._pending:
+            self._pending_since = time.monotonic()
+        self._pending.append(item)
 
     def _flush(self) -> None:
         """Commit every pending outcome as one batch: stage all, one barrier, commit all, publish all."""
         pending, self._pending = self._pending, []
-        staged: list[tuple[ClaimName, str, str]] = []
+        if not pending:
+            return
+        staged: list[tuple[Staged, str, str]] = []
         for claim, outcome, record, follow_ups, summary in pending:
             try:
-                self.repo.stage(claim, outcome, record, follow_ups)
+                staged.append((self.repo.stage(claim, outcome, record, follow_ups), outcome, summary))
             except OSError as exc:
                 self._requeue_unsettled(claim, exc)
-                continue
-            staged.append((claim, outcome, summary))
         try:
             self.repo.durability.barrier()
         except OSError as exc:
-            for claim, _, _ in staged:
-                self._requeue_unsettled(claim, exc)
+            for item, _, _ in staged:
+                self.repo.discard(item.claim)
+                self._requeue_unsettled(item.claim, exc)
             return
-        committed: list[ClaimName] = []
-        for claim, outcome, summary in staged:
-            if self.repo.commit(claim):
-                committed.append(claim)
+        committed: list[Staged] = []
+        for item, outcome, summary in staged:
+            if self.repo.commit(item.claim):
+                committed.append(item)
                 (log.info if outcome == "done" else log.error)("%s", summary)
             else:
                 log.warning(
                     "claim on %s was lost (taken over after this worker was presumed dead); "
                     "outcome discarded",
-                    claim.activity_id,
+                    item.claim.activity_id,
                 )
         self.repo.finish(committed)
 
     def _requeue_unsettled(self, claim: ClaimName, exc: OSError) -> None:
         """A write failed (disk full...): nothing half-written stays, and the activity stays retryable."""
-        shutil.rmtree(self.repo.staging(claim), ignore_errors=True)
         log.error("cannot record the outcome of %s: %s; requeueing it", claim.activity_id, exc)
         try:
             self.repo.release(claim, claim.attempt, self.clock.now() + 5.0)
@@ -578,6 +594,7 @@ class Worker:
         return grouped
 
     def _recover(self, *, own_only: bool) -> None:
+        self._flush()
         active = {r.claim.stem for r in self._running.values()}
         for worker, claims in self._claims_by_worker().items():
             if worker == self.worker_id:
