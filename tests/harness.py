@@ -19,7 +19,7 @@ from spoolpipe.repository import Repository
 
 # Processors used by the end-to-end tests. Side effects are appended to
 # REPO/effects/<type>.log so tests can count how often code really ran.
-PROCESSORS = '''
+PROCESSORS = """
 import json, os, time
 from pathlib import Path
 from spoolpipe import processor, Fatal, Processor
@@ -82,7 +82,7 @@ class Mailer(Processor):
     def process(self, activity, ctx):
         ctx.follow_up("t.noop", {"from": "class"})
         return {"class": True}
-'''
+"""
 
 
 def make_repository(base: Path, properties: str = "", *, extra_processors: str = "") -> Path:
@@ -110,7 +110,9 @@ def make_repository(base: Path, properties: str = "", *, extra_processors: str =
 
 
 def submit(repo: Path, type_: str, data: dict[str, Any] | None = None, **fields: Any) -> str:
-    activity = Activity(fields.pop("id", None) or new_id(), type_, data or {}, 1, fields.pop("not_before", None))
+    activity = Activity(
+        fields.pop("id", None) or new_id(), type_, data or {}, 1, fields.pop("not_before", None)
+    )
     Repository(repo, fsync=False).submit(activity)
     return activity.id
 
@@ -122,7 +124,9 @@ def drop(repo: Path, name: str, content: bytes | str) -> Path:
     return path
 
 
-def start_worker(repo: Path, worker_id: str, *args: str, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+def start_worker(
+    repo: Path, worker_id: str, *args: str, env: dict[str, str] | None = None
+) -> subprocess.Popen[bytes]:
     log = open(repo.parent / f"worker-{worker_id}.stderr", "ab")  # noqa: SIM115 - lives as long as the process
     return subprocess.Popen(
         [sys.executable, "-m", "spoolpipe", "worker", str(repo), "--worker-id", worker_id, *args],

@@ -66,7 +66,9 @@ def test_three_workers_with_random_sigkills_complete_everything_exactly_once(tmp
     assert leftovers(repo) == {}
     # every parent's declared follow-ups exist, and no follow-up exists without its parent
     all_records = records(repo / "done")
-    declared = [c for r in all_records.values() if r["type"] == "t.parent" for c in r["spoolpipe"]["follow_ups"]]
+    declared = [
+        c for r in all_records.values() if r["type"] == "t.parent" for c in r["spoolpipe"]["follow_ups"]
+    ]
     assert sorted(declared) == sorted(i for i, r in all_records.items() if r["type"] == "t.child")
     # the claims held by killed workers ran again as their next attempt
     ran = Counter(e[0] for e in effects(repo, "t.parent") + effects(repo, "t.child"))
@@ -74,7 +76,9 @@ def test_three_workers_with_random_sigkills_complete_everything_exactly_once(tmp
     reruns = sum(ran.values()) - expected
     assert reruns >= 1
     assert sum(1 for r in all_records.values() if r["spoolpipe"]["attempts"] > 1) >= 1
-    print(f"\nchaos: activities={expected} kills={kills} claims-killed={claims_killed} re-executions={reruns}")
+    print(
+        f"\nchaos: activities={expected} kills={kills} claims-killed={claims_killed} re-executions={reruns}"
+    )
 
 
 def _claim_everything(
@@ -95,7 +99,10 @@ def test_concurrent_claims_are_exclusive(tmp_path: Path) -> None:
     names = [f"{submit(repo, 't.noop')}.json" for _ in range(400)]
     ctx = multiprocessing.get_context("spawn")
     queue: multiprocessing.Queue[list[str]] = ctx.Queue()
-    procs = [ctx.Process(target=_claim_everything, args=(str(repo), f"c{i}", names, time.time() + 3, queue)) for i in range(4)]
+    procs = [
+        ctx.Process(target=_claim_everything, args=(str(repo), f"c{i}", names, time.time() + 3, queue))
+        for i in range(4)
+    ]
     for p in procs:
         p.start()
     won = [queue.get(timeout=60) for _ in procs]
@@ -206,7 +213,9 @@ def test_an_id_already_done_is_not_run_twice(tmp_path: Path) -> None:
 
 
 def test_a_paused_worker_that_lost_its_lease_cannot_commit(tmp_path: Path) -> None:
-    repo = make_repository(tmp_path, "claims.lock = lease\nclaims.lease-seconds = 2\nheartbeat.interval-seconds = 0.5\n")
+    repo = make_repository(
+        tmp_path, "claims.lock = lease\nclaims.lease-seconds = 2\nheartbeat.interval-seconds = 0.5\n"
+    )
     aid = submit(repo, "t.slow", {"sleep": 2})
     paused = start_worker(repo, "paused")
     wait_for(lambda: len(effects(repo, "t.slow")) == 1, 20, "the first attempt to start")
@@ -236,7 +245,61 @@ def test_submit_publishes_atomically_and_ids_are_unique(tmp_path: Path) -> None:
     ids = {new_id() for _ in range(10000)}
     assert len(ids) == 10000
     aid = submit(repo, "t.noop", {"k": "v"})
-    assert json.loads((repo / "inbox" / f"{aid}.json").read_text()) == {"id": aid, "type": "t.noop", "data": {"k": "v"}}
+    assert json.loads((repo / "inbox" / f"{aid}.json").read_text()) == {
+        "id": aid,
+        "type": "t.noop",
+        "data": {"k": "v"},
+    }
     assert [n for n in os.listdir(repo / "tmp") if not n.startswith(".")] == []
     run_until_idle(repo)
     assert ids_in(repo / "done") == [aid]
+
+
+def _kill_holder_and_wait(repo: Path, mode: str) -> tuple[Path, float]:
+    """Two workers share the work; one is SIGKILLed while it holds claims. Returns how long recovery took."""
+    for _ in range(40):
+        submit(repo, "t.slow", {"sleep": 0.5})
+    victim = start_worker(repo, "victim")
+    wait_for(lambda: _claims_of(repo, "victim") >= 1, 30, "the victim to hold claims")
+    kill_group(victim)
+    held = _claims_of(repo, "victim")
+    assert held >= 1
+    killed_at = time.monotonic()
+    survivor = start_worker(repo, "survivor")
+    try:
+        if mode == "strict":
+            time.sleep(3)
+            assert _claims_of(repo, "victim") == held, (
+                "strict mode must not take a dead worker's claims by itself"
+            )
+            for claim in (repo / "locks" / "victim.lock.filelock" / "claims").iterdir():
+                claim.unlink()  # the operator's step, as docs/repository-format.md describes
+        wait_for(lambda: _claims_of(repo, "victim") == 0, 60, "the victim's claims to be recovered")
+        recovered_after = time.monotonic() - killed_at
+        wait_for(lambda: len(ids_in(repo / "done")) == 40, 120, "all activities")
+    finally:
+        survivor.send_signal(signal.SIGTERM)
+        survivor.wait(60)
+    done = ids_in(repo / "done")
+    assert len(done) == len(set(done)) == 40
+    assert leftovers(repo) == {}
+    return repo, recovered_after
+
+
+def test_flock_mode_recovers_a_killed_worker_at_once(tmp_path: Path) -> None:
+    repo = make_repository(tmp_path, "claims.lock = flock\npool.size = 2\n")
+    _, after = _kill_holder_and_wait(repo, "flock")
+    assert after < 20
+
+
+def test_lease_mode_recovers_a_killed_worker(tmp_path: Path) -> None:
+    # On one host the lease's owner is provably dead at once (its pid is gone); across hosts the
+    # lease must first go unrefreshed for claims.lease-seconds (tests/distributed shows that case).
+    repo = make_repository(tmp_path, "claims.lock = lease\nclaims.lease-seconds = 2\npool.size = 2\n")
+    _, after = _kill_holder_and_wait(repo, "lease")
+    assert after < 30
+
+
+def test_strict_mode_fails_closed_until_the_operator_clears_the_dead_claim(tmp_path: Path) -> None:
+    repo = make_repository(tmp_path, "claims.lock = strict\npool.size = 2\n")
+    _kill_holder_and_wait(repo, "strict")

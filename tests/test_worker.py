@@ -103,8 +103,13 @@ def test_not_before_is_honoured(tmp_path: Path) -> None:
     drop(
         repo,
         "later.json",
-        json.dumps({"type": "t.slow", "data": {"sleep": 0},
-                    "not_before": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(start + 2.5))}),
+        json.dumps(
+            {
+                "type": "t.slow",
+                "data": {"sleep": 0},
+                "not_before": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(start + 2.5)),
+            }
+        ),
     )
     run_until_idle(repo)
     ran = sorted(float(r[3]) for r in effects(repo, "t.slow"))

@@ -20,13 +20,14 @@ import signal
 import sys
 import traceback
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from multiprocessing.process import BaseProcess
 from pathlib import Path
 from typing import Any
 
 from .activity import Activity
+from .config import Settings
 from .processor import Context, Fatal, registered
 
 _PR_SET_PDEATHSIG = 1
@@ -41,7 +42,7 @@ class Setup:
     paths: tuple[str, ...]
     repository: str
     worker_id: str
-    properties: dict[str, str] = field(default_factory=dict)
+    settings: Settings
 
 
 @dataclass(frozen=True)
@@ -100,7 +101,7 @@ def _run(task: Task, setup: Setup) -> Outcome:
         log=log,
         worker_id=setup.worker_id,
         repository=Path(setup.repository),
-        properties=setup.properties,
+        settings=setup.settings,
         follow_up_types=registration.follow_up_types,
     )
     try:

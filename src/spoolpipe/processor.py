@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from .activity import Activity, is_valid_name
+from .config import Settings
 
 ProcessFunction = Callable[[Activity, "Context"], Any]
 
@@ -40,7 +41,13 @@ class Context:
     log: logging.Logger
     worker_id: str
     repository: Path
-    properties: Mapping[str, str] = field(default_factory=dict)
+    settings: Settings
+
+    @property
+    def properties(self) -> Mapping[str, str]:
+        """The ``custom.*`` properties, without the prefix: free-form settings for processors."""
+        return self.settings.custom
+
     follow_up_types: frozenset[str] | None = None
     follow_ups: list[FollowUp] = field(default_factory=list)
 

@@ -146,7 +146,7 @@ class Worker:
             tuple(str(p) for p in s.processors_path),
             str(self.root),
             self.worker_id,
-            dict(s.custom),
+            s,
         )
 
     def _handled_types(self) -> list[str]:
@@ -266,6 +266,8 @@ class Worker:
     def _shutdown(self) -> None:
         self._flush()
         if self._observer is not None:
+            # watchdog logs a spurious error when its reader thread is stopped mid-read.
+            logging.getLogger("watchdog").setLevel(logging.CRITICAL)
             self._observer.unschedule_all()
             self._observer.stop()
             self._observer.join(2)
@@ -678,11 +680,7 @@ class Worker:
         self.settings = settings
         self.repo.durability.enabled = settings.durability_fsync
         logging.getLogger("spoolpipe").setLevel(settings.log_level)
-        if (settings.processors, settings.processors_path, settings.custom) != (
-            old.processors,
-            old.processors_path,
-            old.custom,
-        ):
+        if settings != old:  # pool processes hold the settings: replace them as they become idle
             self.pool.setup = self._setup()
             self._recycle_all = True
         if settings.pool_size != old.pool_size:
