@@ -10,7 +10,7 @@ import math
 import random
 import re
 import string
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
 import pytest
@@ -153,7 +153,8 @@ def test_nan_and_infinity_are_rejected(token: str) -> None:
 
 
 @pytest.mark.parametrize(
-    ("raw", "kind"), [(b"[]", "list"), (b'"t"', "str"), (b"1", "int"), (b"null", "NoneType"), (b"true", "bool")]
+    ("raw", "kind"),
+    [(b"[]", "list"), (b'"t"', "str"), (b"1", "int"), (b"null", "NoneType"), (b"true", "bool")],
 )
 def test_top_level_must_be_an_object(raw: bytes, kind: str) -> None:
     reason = reason_of(raw)
@@ -260,9 +261,13 @@ def test_absurdly_long_number_is_invalid_not_a_crash() -> None:
         pytest.param(b'{"type": "t", "data": {"x": 1e400}}', "a.json", id="number-overflowing-to-inf"),
         pytest.param(b'{"type": "t", "data": {"x": -1e400}}', "a.json", id="number-overflowing-to-minus-inf"),
         pytest.param(b'{"type": "t", "data": {"x": "\\ud800"}}', "a.json", id="lone-surrogate-escape"),
-        pytest.param(b'{"type": "t", "not_before": "0001-01-01T00:00:00Z"}', "a.json", id="not-before-year-1"),
         pytest.param(
-            b'{"type": "t", "not_before": "0001-01-01T00:00:00+14:00"}', "a.json", id="not-before-before-year-1"
+            b'{"type": "t", "not_before": "0001-01-01T00:00:00Z"}', "a.json", id="not-before-year-1"
+        ),
+        pytest.param(
+            b'{"type": "t", "not_before": "0001-01-01T00:00:00+14:00"}',
+            "a.json",
+            id="not-before-before-year-1",
         ),
     ],
 )
@@ -302,14 +307,18 @@ _timestamps = st.one_of(
     st.datetimes(
         min_value=datetime(1, 1, 2),
         max_value=datetime(9999, 12, 30),
-        timezones=st.sampled_from([timezone.utc, timezone(timedelta(hours=5, minutes=30))]) | st.none(),
+        timezones=st.sampled_from([UTC, timezone(timedelta(hours=5, minutes=30))]) | st.none(),
     ).map(lambda d: d.isoformat()),
     st.text(max_size=30),
     st.integers(),
     st.none(),
 )
 _scalars = st.one_of(
-    st.none(), st.booleans(), st.integers(), st.floats(allow_nan=True, allow_infinity=True), st.text(max_size=20)
+    st.none(),
+    st.booleans(),
+    st.integers(),
+    st.floats(allow_nan=True, allow_infinity=True),
+    st.text(max_size=20),
 )
 _json = st.recursive(
     _scalars,
@@ -322,7 +331,9 @@ _field_values = {
     "data": st.one_of(st.dictionaries(st.text(max_size=8), _json, max_size=4), _json),
     "not_before": _timestamps,
 }
-_documents = st.fixed_dictionaries({}, optional={**_field_values, "extra": _json}).map(lambda d: json.dumps(d, allow_nan=True).encode())
+_documents = st.fixed_dictionaries({}, optional={**_field_values, "extra": _json}).map(
+    lambda d: json.dumps(d, allow_nan=True).encode()
+)
 
 
 def _mangle(raw: bytes, cut: int, junk: bytes) -> bytes:
@@ -460,7 +471,12 @@ def test_queued_name_shapes() -> None:
 
 def test_parse_inbox_name_of_a_foreign_name() -> None:
     parsed = parse_inbox_name("report 7.json")
-    assert (parsed.stem, parsed.attempt, parsed.not_before_ms, parsed.canonical) == ("report 7", 1, None, False)
+    assert (parsed.stem, parsed.attempt, parsed.not_before_ms, parsed.canonical) == (
+        "report 7",
+        1,
+        None,
+        False,
+    )
 
 
 def test_parse_claim_name() -> None:
@@ -473,7 +489,16 @@ def test_parse_claim_name() -> None:
 
 @pytest.mark.parametrize(
     "name",
-    ["job~3.json", "job~0~w.json", "job~a~w.json", "job~3~w", "job~3~w~x.json", "~3~w.json", "job~3~.json", ""],
+    [
+        "job~3.json",
+        "job~0~w.json",
+        "job~a~w.json",
+        "job~3~w",
+        "job~3~w~x.json",
+        "~3~w.json",
+        "job~3~.json",
+        "",
+    ],
 )
 def test_parse_claim_name_rejects_other_names(name: str) -> None:
     assert parse_claim_name(name) is None
@@ -680,4 +705,7 @@ def test_failure_ids_are_deterministic_but_differ_for_a_later_failure() -> None:
     record = failed_record(activity, ATTEMPT, "boom", "")
     assert failure_document("h", record)["id"] == failure_document("h", record)["id"]
     later = Attempt("nas", "nas.local", 4242, ATTEMPT.started + 60, ATTEMPT.finished + 60)
-    assert failure_document("h", record)["id"] != failure_document("h", failed_record(activity, later, "boom", ""))["id"]
+    assert (
+        failure_document("h", record)["id"]
+        != failure_document("h", failed_record(activity, later, "boom", ""))["id"]
+    )

@@ -24,7 +24,6 @@ from harness import (
     submit,
     wait_for,
 )
-
 from spoolpipe.activity import Activity, new_id
 from spoolpipe.repository import Repository
 

@@ -69,7 +69,9 @@ def claim_new(repo: Repository, activity_id: str = "job-7", worker: str = "w1", 
     return claim
 
 
-def outcome_with_follow_ups(activity: Activity, keys: list[str]) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+def outcome_with_follow_ups(
+    activity: Activity, keys: list[str]
+) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     follow_ups = [follow_up_document(activity, "child", {"key": k}, k, None) for k in keys]
     record = done_record(activity, ATTEMPT, {"ok": True}, [f["id"] for f in follow_ups])
     return record, follow_ups
@@ -324,7 +326,12 @@ def test_recover_requeues_an_uncommitted_claim_as_the_next_attempt(repo: Reposit
     assert listing(repo.inbox) == ["job-7~3.json"]
     assert listing(repo.running) == []
     activity = read_ok(repo, "job-7~3.json")
-    assert (activity.id, activity.attempt, activity.not_before, dict(activity.data)) == ("job-7", 3, None, {"n": 1})
+    assert (activity.id, activity.attempt, activity.not_before, dict(activity.data)) == (
+        "job-7",
+        3,
+        None,
+        {"n": 1},
+    )
 
 
 def test_recover_of_a_claim_that_is_gone_drops_its_staged_files(repo: Repository, tmp_path: Path) -> None:
@@ -630,14 +637,13 @@ def tiny_fs(tmp_path: Path) -> Iterator[Path]:
 def _fill(directory: Path, leave: int) -> None:
     """Fill the file system of ``directory`` until at most ``leave`` bytes are free."""
     chunk = b"\0" * 4096
-    with open(directory / "filler", "wb") as f:
-        with contextlib.suppress(OSError):
-            while True:
-                st = os.statvfs(directory)
-                if st.f_bavail * st.f_frsize <= leave:
-                    break
-                f.write(chunk)
-                f.flush()
+    with open(directory / "filler", "wb") as f, contextlib.suppress(OSError):
+        while True:
+            st = os.statvfs(directory)
+            if st.f_bavail * st.f_frsize <= leave:
+                break
+            f.write(chunk)
+            f.flush()
 
 
 def test_a_stage_that_hits_a_full_disk_leaves_no_partial_file(tiny_fs: Path) -> None:
