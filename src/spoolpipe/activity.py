@@ -29,6 +29,10 @@ _CLAIM = re.compile(
     rf"\A(?P<id>{NAME_PATTERN})~(?P<attempt>[1-9][0-9]{{0,5}})~(?P<worker>{NAME_PATTERN})\.json\Z"
 )
 _CROCKFORD = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
+# Fields spoolpipe interprets or writes itself; any other top-level field is carried along untouched.
+_KNOWN_FIELDS = frozenset({"id", "type", "data", "not_before", "result", "spoolpipe"})
+# Timestamps spoolpipe can write back: 1970-01-01 to 9999-12-31.
+_LATEST = 253402300799.0
 
 
 class InvalidActivity(ValueError):
@@ -123,10 +127,11 @@ class Activity:
     data: Mapping[str, Any] = field(default_factory=dict)
     attempt: int = 1
     not_before: float | None = None
+    extra: Mapping[str, Any] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
         """The activity as a file: what ``submit`` writes and what a processor's follow-up becomes."""
-        doc: dict[str, Any] = {"id": self.id, "type": self.type, "data": dict(self.data)}
+        doc: dict[str, Any] = {**self.extra, "id": self.id, "type": self.type, "data": dict(self.data)}
         if self.not_before is not None:
             doc["not_before"] = format_time(self.not_before)
         return doc
@@ -163,6 +168,12 @@ def parse_document(raw: bytes) -> dict[str, Any]:
         raise InvalidActivity(f"malformed JSON: {exc}") from None
     if not isinstance(doc, dict):
         raise InvalidActivity(f"top level is a JSON {type(doc).__name__}, expected an object")
+    try:  # what cannot be written back (1e400, a lone surrogate escape) must not be accepted
+        json.dumps(doc, ensure_ascii=False, allow_nan=False).encode("utf-8")
+    except ValueError:
+        raise InvalidActivity("a number is out of range (it would be infinite)") from None
+    except UnicodeEncodeError:
+        raise InvalidActivity("a string holds an unpaired \\u surrogate escape") from None
     return doc
 
 
@@ -208,9 +219,10 @@ def activity_from_document(doc: Mapping[str, Any], queued: QueuedName) -> Activi
     not_before = parse_time(doc["not_before"]) if doc.get("not_before") is not None else None
     if queued.not_before_ms is not None:
         not_before = queued.not_before_ms / 1000
-    if not_before is not None and not math.isfinite(not_before):
-        raise InvalidActivity("not_before is out of range")
-    return Activity(str(activity_id), str(type_), data, queued.attempt, not_before)
+    if not_before is not None and not (math.isfinite(not_before) and 0 <= not_before <= _LATEST):
+        raise InvalidActivity("not_before is out of range (1970-01-01 to 9999-12-31)")
+    extra = {k: v for k, v in doc.items() if k not in _KNOWN_FIELDS}
+    return Activity(str(activity_id), str(type_), data, queued.attempt, not_before, extra)
 
 
 def parse_activity(raw: bytes, name: str) -> Activity:

@@ -80,11 +80,8 @@ def cmd_submit(args: argparse.Namespace) -> int:
 
 
 def _live(repo: Repository, now: float) -> list[dict[str, Any]]:
-    try:
-        settings = config.load(repo.root).settings
-        horizon = max(3 * settings.heartbeat_interval_seconds, settings.claims_lease_seconds)
-    except config.ConfigError:
-        horizon = 30.0
+    settings = config.load(repo.root).settings
+    horizon = max(3 * settings.heartbeat_interval_seconds, settings.claims_lease_seconds)
     live = []
     for doc, mtime in iter_heartbeats(repo):
         doc["last_seen_seconds"] = round(max(0.0, now - mtime), 1)

@@ -139,11 +139,28 @@ class Repository:
 
     # -- writing new activities ----------------------------------------------------------------
 
+    def known(self, activity_id: str) -> str | None:
+        """Where an activity with this id already is (inbox, running, done, failed), if anywhere."""
+        for directory, names in (
+            (self.done, [f"{activity_id}.json"]),
+            (self.failed, [f"{activity_id}.json"]),
+        ):
+            if any((directory / n).exists() for n in names):
+                return directory.name
+        for directory in (self.inbox, self.running):
+            with os.scandir(directory) as entries:
+                if any(
+                    e.name == f"{activity_id}.json" or e.name.startswith(f"{activity_id}~") for e in entries
+                ):
+                    return directory.name
+        return None
+
     def submit(self, activity: Activity) -> Path:
         """Publish a new activity into the inbox, atomically and durably."""
         final = self.inbox / f"{activity.id}.json"
-        if final.exists() or (self.done / final.name).exists():
-            raise FileExistsError(f"an activity with id {activity.id} already exists")
+        where = self.known(activity.id)
+        if where is not None:
+            raise FileExistsError(f"an activity with id {activity.id} already exists in {where}/")
         publish(dumps(activity.to_json()), self.temp_path("submit"), final, self.durability)
         return final
 
@@ -223,6 +240,8 @@ class Repository:
         """Take an inbox entry for ``worker``; ``None`` if another worker took it first."""
         claim = ClaimName(activity.id, activity.attempt, worker)
         target = self.running / claim.name
+        if target.exists():  # this worker already runs this id: a duplicate, never replace it
+            return None
         try:
             os.rename(self.inbox / name, target)
         except FileNotFoundError:
@@ -293,7 +312,7 @@ class Repository:
         finished: list[ClaimName] = []
         for item in staged:
             for name in item.follow_ups:
-                target = self.inbox / name.rsplit("~", 1)[1]
+                target = self.inbox / f"{name.rsplit('~', 1)[1]}.json"
                 with contextlib.suppress(FileNotFoundError):
                     os.rename(self.running / name, target)
                     self.durability.renamed(target)

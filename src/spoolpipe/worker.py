@@ -284,12 +284,13 @@ class Worker:
         present = set(names)
         self._queue = {n: a for n, a in self._queue.items() if n in present}
         self._starved = False
+        self._unsettled = 0
         fresh = [n for n in names if n not in self._queue]
         if not fresh:
             return
         now = self.clock.now()
         running_ids = {c.activity_id for c in self.repo.claims()}
-        self._unsettled = 0
+        queued_ids = {a.id for a in self._queue.values()}
         for name in fresh:
             found = self.repo.read(
                 name,
@@ -301,16 +302,19 @@ class Worker:
                 self._unsettled += 1
             elif isinstance(found, Rejected):
                 self._quarantine(name, found.reason)
-            elif (self.repo.done / f"{found.id}.json").exists() or (
-                found.attempt == 1 and found.id in running_ids
+            elif (
+                found.id in queued_ids
+                or (self.repo.done / f"{found.id}.json").exists()
+                or (found.attempt == 1 and found.id in running_ids)
             ):
                 self._quarantine(
                     name,
                     f"{name}: duplicate id {found.id}: an activity with this id already "
-                    "exists in done/ or running/",
+                    "exists in inbox/, running/ or done/",
                 )
             else:
                 self._queue[name] = found
+                queued_ids.add(found.id)
         self._order = sorted(self._queue, key=lambda n: (self._queue[n].not_before or 0.0, n))
 
     def _quarantine(self, name: str, reason: str) -> None:
