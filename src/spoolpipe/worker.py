@@ -84,6 +84,7 @@ class Worker:
         self._starved = True
         self._pending: list[tuple[ClaimName, str, Any, list[Any], str]] = []
         self._pending_since = 0.0
+        self._next_due = float("inf")
         self._running: dict[int, _Running] = {}
         self._recycle_all = False
         self._observer: Any = None
@@ -242,7 +243,13 @@ class Worker:
                     if self.until_idle and self._idle():
                         log.info("nothing left to run: exiting (--until-idle)")
                         break
-                deadlines = [next_heartbeat, next_scan, self._grace_deadline, self._next_deadline()]
+                deadlines = [
+                    next_heartbeat,
+                    next_scan,
+                    self._grace_deadline,
+                    self._next_deadline(),
+                    self._next_due,
+                ]
                 if self._pending:
                     deadlines.append(self._pending_since + _GROUP_COMMIT_SECONDS)
                 self._settle(self.pool.wait(min(deadlines) - now, [self._wake_r]))
@@ -341,9 +348,11 @@ class Worker:
 
     def _dispatch(self) -> None:
         idle = self.pool.idle()
+        self._next_due = float("inf")
         if not idle:
             return
         now, busy = self.clock.now(), self._capacity()
+        next_due = float("inf")
         skipped: list[str] = []
         position = 0
         while idle and position < len(self._order):
@@ -353,6 +362,8 @@ class Worker:
             if activity is None:
                 continue
             if not self._runnable(activity, now, busy):
+                if activity.not_before is not None and activity.not_before > now:
+                    next_due = min(next_due, activity.not_before - now)
                 skipped.append(name)
                 continue
             del self._queue[name]
@@ -382,6 +393,8 @@ class Worker:
             self.pool.send(slot, task, time.monotonic() + self._timeout(activity.type), None)
         self._order = skipped + self._order[position:]
         self._starved = bool(idle)
+        # Wake up when the earliest waiting activity becomes due, not at the next periodic scan.
+        self._next_due = time.monotonic() + next_due
 
     def _timeout(self, type_: str) -> float:
         if type_ in self.settings.timeouts:
