@@ -255,12 +255,16 @@ def _is_mounted(path: Path) -> bool:
 def _umount(path: Path) -> None:
     """Unmount, lazily if busy or dead; no error if not mounted."""
     umount = _binary("umount")
-    while _is_mounted(path):  # mounts can be stacked at one path
+    for _ in range(10):  # mounts can be stacked at one path
+        if not _is_mounted(path):
+            return
         proc = _run([umount, str(path)], timeout=30)
         if proc.returncode != 0:
             proc = _run([umount, "-l", str(path)], timeout=30)
             if proc.returncode != 0 and _is_mounted(path):
                 raise GlusterError(f"cannot unmount {path}: {proc.stderr.strip()}")
+    if _is_mounted(path):
+        raise GlusterError(f"{path} is still mounted after 10 unmounts")
 
 
 def _volume_list() -> list[str]:
