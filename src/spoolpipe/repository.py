@@ -40,6 +40,8 @@ _OUTCOMES = ("done", "failed")
 _FOLLOW_UP = "follow-up"
 _QUARANTINE_PREFIX = "quarantine-"
 _STALE_TMP_SECONDS = 3600.0
+# Errors a network file system gives for a while without the file being at fault: try again later.
+_TRANSIENT = frozenset({errno.ESTALE, errno.EIO, errno.ENOTCONN, errno.EAGAIN, errno.EINTR, errno.ETIMEDOUT})
 _STALE_QUARANTINE_SECONDS = 60.0
 
 
@@ -192,6 +194,8 @@ class Repository:
         except OSError as exc:
             if exc.errno == errno.ELOOP:
                 return Rejected(f"{name} is a symbolic link (links are never followed)")
+            if exc.errno in _TRANSIENT:
+                return None
             return Rejected(f"{name} cannot be read: {exc.strerror}") if settled else None
         try:
             st = os.fstat(fd)
@@ -206,6 +210,8 @@ class Repository:
                 chunks.append(chunk)
                 size += len(chunk)
         except OSError as exc:
+            if exc.errno in _TRANSIENT:
+                return None
             return Rejected(f"{name} cannot be read: {exc.strerror}") if settled else None
         finally:
             os.close(fd)

@@ -208,67 +208,80 @@ class Worker:
         self._hinted = True
         self._start_watching()
         self._grace_deadline = float("inf")
-        next_scan = next_recovery = next_heartbeat = 0.0
+        self._next_scan = self._next_recovery = self._next_heartbeat = 0.0
         try:
             while True:
-                now = time.monotonic()
-                if self._stopping:
-                    if self._grace_deadline == float("inf"):
-                        self._grace_deadline = now + self.settings.shutdown_grace_seconds
-                        log.info(
-                            "stopping: no new claims; %d running activities may finish within %ss",
-                            len(self._running),
-                            self.settings.shutdown_grace_seconds,
-                        )
-                    if not self._running:
+                try:
+                    if not self._step():
                         break
-                    if now >= self._grace_deadline:
-                        self._release_all("shutdown grace period over")
-                        break
-                if self.own_lock.lost:
-                    self._lost_lock()
-                if now >= next_heartbeat:
-                    self._heartbeat()
-                    self._maybe_reload()
-                    next_heartbeat = now + self.settings.heartbeat_interval_seconds
-                if not self._stopping:
-                    if now >= next_recovery:
-                        self._recover(own_only=False)
-                        next_recovery = now + self.settings.scan_interval_seconds
-                    if now >= next_scan or (self._hinted and self._starved):
-                        self._hinted = False
-                        self._scan()
-                        next_scan = now + self.settings.scan_interval_seconds
-                    self._dispatch()
-                    if self.until_idle and self._idle():
-                        log.info("nothing left to run: exiting (--until-idle)")
-                        break
-                deadlines = [
-                    next_heartbeat,
-                    next_scan,
-                    self._grace_deadline,
-                    self._next_deadline(),
-                    self._next_due,
-                ]
-                if self._pending:
-                    deadlines.append(self._pending_since + _GROUP_COMMIT_SECONDS)
-                self._settle(self.pool.wait(min(deadlines) - now, [self._wake_r]))
-                with contextlib.suppress(BlockingIOError):
-                    while os.read(self._wake_r, 4096):
-                        pass
-                self._enforce_timeouts()
-                if self._pending and (
-                    len(self._pending) >= _GROUP_COMMIT_SIZE
-                    or not self._running
-                    or self._stopping
-                    or time.monotonic() - self._pending_since >= _GROUP_COMMIT_SECONDS
-                ):
-                    self._flush()
+                except OSError as exc:
+                    # A shared file system can fail for a while (server gone, ENOTCONN, ESTALE, disk
+                    # full). Nothing in memory is needed to recover: claims on disk say it all.
+                    log.error("file system error: %s; retrying in 1s", exc)
+                    self._pending.clear()
+                    time.sleep(1.0)
         finally:
             for s, handler in previous.items():
                 signal.signal(s, handler)
             self._shutdown()
         return 0
+
+    def _step(self) -> bool:
+        """One turn of the loop; False when the worker should stop."""
+        now = time.monotonic()
+        if self._stopping:
+            if self._grace_deadline == float("inf"):
+                self._grace_deadline = now + self.settings.shutdown_grace_seconds
+                log.info(
+                    "stopping: no new claims; %d running activities may finish within %ss",
+                    len(self._running),
+                    self.settings.shutdown_grace_seconds,
+                )
+            if not self._running:
+                return False
+            if now >= self._grace_deadline:
+                self._release_all("shutdown grace period over")
+                return False
+        if self.own_lock.lost:
+            self._lost_lock()
+        if now >= self._next_heartbeat:
+            self._next_heartbeat = now + self.settings.heartbeat_interval_seconds
+            self._heartbeat()
+            self._maybe_reload()
+        if not self._stopping:
+            if now >= self._next_recovery:
+                self._next_recovery = now + self.settings.scan_interval_seconds
+                self._recover(own_only=False)
+            if now >= self._next_scan or (self._hinted and self._starved):
+                self._hinted = False
+                self._next_scan = now + self.settings.scan_interval_seconds
+                self._scan()
+            self._dispatch()
+            if self.until_idle and self._idle():
+                log.info("nothing left to run: exiting (--until-idle)")
+                return False
+        deadlines = [
+            self._next_heartbeat,
+            self._next_scan,
+            self._grace_deadline,
+            self._next_deadline(),
+            self._next_due,
+        ]
+        if self._pending:
+            deadlines.append(self._pending_since + _GROUP_COMMIT_SECONDS)
+        self._settle(self.pool.wait(min(deadlines) - now, [self._wake_r]))
+        with contextlib.suppress(BlockingIOError):
+            while os.read(self._wake_r, 4096):
+                pass
+        self._enforce_timeouts()
+        if self._pending and (
+            len(self._pending) >= _GROUP_COMMIT_SIZE
+            or not self._running
+            or self._stopping
+            or time.monotonic() - self._pending_since >= _GROUP_COMMIT_SECONDS
+        ):
+            self._flush()
+        return True
 
     def _shutdown(self) -> None:
         self._flush()
