@@ -8,6 +8,7 @@ import logging
 import math
 import sys
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -186,10 +187,24 @@ def cmd_worker(args: argparse.Namespace) -> int:
         raise _UsageError(f"--worker-id {worker_id!r} must match [A-Za-z0-9][A-Za-z0-9._-]{{0,127}}")
     _configure_logging(repo, worker_id, args.log_level)
     try:
-        return Worker(repo.root, worker_id, until_idle=args.until_idle).run()
+        return Worker(repo.root, worker_id, until_idle=args.until_idle, log_level=args.log_level).run()
     except StartupError as exc:
         logging.getLogger("spoolpipe").error("%s", exc)
         return 3
+
+
+def _command(
+    sub: argparse._SubParsersAction[argparse.ArgumentParser],
+    name: str,
+    func: Callable[[argparse.Namespace], int],
+    *,
+    help: str,
+    description: str,
+) -> argparse.ArgumentParser:
+    parser = sub.add_parser(name, help=help, description=description)
+    parser.add_argument("repo", metavar="REPO", help="the repository directory")
+    parser.set_defaults(func=func)
+    return parser
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -202,21 +217,22 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"spoolpipe {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    p = sub.add_parser(
+    _command(
+        sub,
         "init",
+        cmd_init,
         help="create a repository (idempotent, never overwrites)",
         description="Create REPO's directories and a commented spoolpipe.properties "
         "listing every setting with its default. Existing files are kept.",
     )
-    p.add_argument("repo", metavar="REPO")
-    p.set_defaults(func=cmd_init)
 
-    p = sub.add_parser(
+    p = _command(
+        sub,
         "submit",
+        cmd_submit,
         help="publish an activity into REPO/inbox/",
         description="Write an activity atomically into REPO/inbox/ and print its id.",
     )
-    p.add_argument("repo", metavar="REPO")
     p.add_argument("type", metavar="TYPE", help="activity type, e.g. invoice.render")
     p.add_argument(
         "data", metavar="JSON", nargs="?", help="the data object as JSON, or - to read it from stdin"
@@ -224,15 +240,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--id", help="activity id (default: a new ULID)")
     p.add_argument("--delay", type=float, metavar="SECONDS", help="do not start before SECONDS from now")
     p.add_argument("-v", "--verbose", action="store_true", help="also print the file written")
-    p.set_defaults(func=cmd_submit)
 
-    p = sub.add_parser(
+    p = _command(
+        sub,
         "worker",
+        cmd_worker,
         help="run a worker daemon on REPO",
         description="Claim and run activities from REPO until SIGTERM/SIGINT "
         "(running work gets shutdown.grace-seconds to finish, then is released).",
     )
-    p.add_argument("repo", metavar="REPO")
     p.add_argument(
         "--worker-id",
         metavar="ID",
@@ -247,29 +263,28 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--log-level",
         choices=["DEBUG", "INFO", "WARNING", "ERROR"],
-        help="log level until the configuration is loaded (then log.level applies)",
+        help="log level for this run (overrides log.level)",
     )
-    p.set_defaults(func=cmd_worker)
 
-    p = sub.add_parser(
+    p = _command(
+        sub,
         "status",
+        cmd_status,
         help="counts per state and the live workers",
         description="Show how many activities are in each state, which workers are alive "
         "on which machine, and types nobody handles.",
     )
-    p.add_argument("repo", metavar="REPO")
     p.add_argument("--json", action="store_true", help="machine-readable output")
-    p.set_defaults(func=cmd_status)
 
-    p = sub.add_parser(
+    p = _command(
+        sub,
         "retry",
+        cmd_retry,
         help="move failed activities back to the inbox",
         description="Move failed/ID.json back to inbox/ID.json as a first attempt.",
     )
-    p.add_argument("repo", metavar="REPO")
     p.add_argument("ids", metavar="ID", nargs="*")
     p.add_argument("--all-failed", action="store_true", help="retry every failed activity")
-    p.set_defaults(func=cmd_retry)
     return parser
 
 

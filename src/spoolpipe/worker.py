@@ -50,6 +50,17 @@ class _Running:
     started: float
 
 
+@dataclass
+class _Settled:
+    """An outcome waiting for the next group commit."""
+
+    claim: ClaimName
+    outcome: str
+    record: Any
+    follow_ups: list[Any]
+    summary: str
+
+
 def default_worker_id() -> str:
     host = socket.gethostname().split(".")[0]
     cleaned = "".join(c if c.isalnum() or c in "._-" else "-" for c in host).strip("-._")
@@ -68,8 +79,11 @@ def _policy(settings: config.Settings) -> RetryPolicy:
 class Worker:
     """``spoolpipe worker``: run until signalled (or, with ``until_idle``, until nothing is left)."""
 
-    def __init__(self, root: Path, worker_id: str, *, until_idle: bool = False) -> None:
+    def __init__(
+        self, root: Path, worker_id: str, *, until_idle: bool = False, log_level: str | None = None
+    ) -> None:
         self.root = root
+        self.log_level = log_level
         self.worker_id = worker_id
         self.until_idle = until_idle
         self.host = socket.gethostname()
@@ -82,7 +96,7 @@ class Worker:
         self._queue: dict[str, Activity] = {}
         self._order: list[str] = []
         self._starved = True
-        self._pending: list[tuple[ClaimName, str, Any, list[Any], str]] = []
+        self._pending: list[_Settled] = []
         self._pending_since = 0.0
         self._next_due = float("inf")
         self._running: dict[int, _Running] = {}
@@ -105,7 +119,7 @@ class Worker:
         except config.ConfigError as exc:
             raise StartupError(f"invalid configuration:\n{exc}") from None
         self.repo.durability.enabled = self.settings.durability_fsync
-        logging.getLogger("spoolpipe").setLevel(self.settings.log_level)
+        logging.getLogger("spoolpipe").setLevel(self.log_level or self.settings.log_level)
         self._config_stamp = self._config_mtimes()
         try:
             import_processors(self.settings.processors, [str(p) for p in self.settings.processors_path])
@@ -535,7 +549,7 @@ class Worker:
             f"done {activity.id} ({activity.type}, attempt {activity.attempt}) in "
             f"{now - running.started:.2f}s{extra}"
         )
-        self._defer((running.claim, "done", record, follow_ups, summary))
+        self._defer(_Settled(running.claim, "done", record, follow_ups, summary))
 
     def _fail(
         self, claim: ClaimName, activity: Activity, started: float, reason: str, traceback: str
@@ -544,9 +558,9 @@ class Worker:
         handler = self.settings.failures_handler
         follow_ups = [] if not handler or activity.type == handler else [failure_document(handler, record)]
         summary = f"failed {activity.id} ({activity.type}) after {activity.attempt} attempts: {reason}"
-        self._defer((claim, "failed", record, follow_ups, summary))
+        self._defer(_Settled(claim, "failed", record, follow_ups, summary))
 
-    def _defer(self, item: tuple[ClaimName, str, Any, list[Any], str]) -> None:
+    def _defer(self, item: _Settled) -> None:
         """Queue an outcome for the next group commit."""
         if not self._pending:
             self._pending_since = time.monotonic()
@@ -557,24 +571,24 @@ class Worker:
         pending, self._pending = self._pending, []
         if not pending:
             return
-        staged: list[tuple[Staged, str, str]] = []
-        for claim, outcome, record, follow_ups, summary in pending:
+        staged: list[tuple[Staged, _Settled]] = []
+        for item in pending:
             try:
-                staged.append((self.repo.stage(claim, outcome, record, follow_ups), outcome, summary))
+                staged.append((self.repo.stage(item.claim, item.outcome, item.record, item.follow_ups), item))
             except OSError as exc:
-                self._requeue_unsettled(claim, exc)
+                self._requeue_unsettled(item.claim, exc)
         try:
             self.repo.durability.barrier()
         except OSError as exc:
-            for item, _, _ in staged:
-                self.repo.discard(item.claim)
-                self._requeue_unsettled(item.claim, exc)
+            for files, _ in staged:
+                self.repo.discard(files.claim)
+                self._requeue_unsettled(files.claim, exc)
             return
         committed: list[Staged] = []
-        for item, outcome, summary in staged:
+        for files, item in staged:
             if self.repo.commit(item.claim):
-                committed.append(item)
-                (log.info if outcome == "done" else log.error)("%s", summary)
+                committed.append(files)
+                (log.info if item.outcome == "done" else log.error)("%s", item.summary)
             else:
                 log.warning(
                     "claim on %s was lost (taken over after this worker was presumed dead); "
@@ -709,7 +723,7 @@ class Worker:
         old = self.settings
         self.settings = settings
         self.repo.durability.enabled = settings.durability_fsync
-        logging.getLogger("spoolpipe").setLevel(settings.log_level)
+        logging.getLogger("spoolpipe").setLevel(self.log_level or settings.log_level)
         if settings != old:  # pool processes hold the settings: replace them as they become idle
             self.pool.setup = self._setup()
             self._recycle_all = True
