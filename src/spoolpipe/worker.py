@@ -130,7 +130,9 @@ class Worker:
             self.repo.locks, self.worker_id, self.lock_mode, self.settings.claims_lease_seconds
         )
         try:
-            self.own_lock.acquire(wait=min(5.0, self.settings.claims_lease_seconds * 1.5))
+            # A lease left by a dead incarnation on another host expires only after lease-seconds.
+            lease = self.settings.claims_lease_seconds
+            self.own_lock.acquire(wait=lease * 1.5 if self.lock_mode == "lease" else 5.0)
         except WorkerAlreadyRunning:
             raise StartupError(
                 f"worker id {self.worker_id!r} is already running "
