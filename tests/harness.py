@@ -197,3 +197,105 @@ def count_lines(text: str, needle: str) -> int:
 
 def all_equal(values: Iterable[int]) -> bool:
     return len(set(values)) <= 1
+
+
+# -- additions for tests/distributed: repositories on shared mounts, workers standing for machines --
+
+FAKETIME_LIBRARY = "/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1"
+
+
+def make_repository_on(
+    repo: Path,
+    procs: Path,
+    properties: str = "",
+    *,
+    extra_processors: str = "",
+    effects_dir: Path | None = None,
+) -> Path:
+    """Like :func:`make_repository`, but at ``repo`` (e.g. on a shared mount) with processors in ``procs``.
+
+    Keep ``procs`` on local disk so that a worker whose mount dies can still restart its pool.
+    With ``effects_dir``, ``REPO/effects`` is a symlink to that (local) directory: side effects
+    are then counted outside the file system under test, whichever mount a processor ran on.
+    """
+    Repository.create(repo, config.render_defaults())
+    procs.mkdir(parents=True, exist_ok=True)
+    (procs / "e2e_procs.py").write_text(PROCESSORS + textwrap.dedent(extra_processors))
+    if effects_dir is None:
+        (repo / "effects").mkdir(exist_ok=True)
+    else:
+        effects_dir.mkdir(parents=True, exist_ok=True)
+        (repo / "effects").symlink_to(effects_dir, target_is_directory=True)
+    settings = textwrap.dedent(
+        f"""
+        processors = e2e_procs
+        processors.path = {procs}
+        scan.interval-seconds = 0.2
+        heartbeat.interval-seconds = 0.5
+        retry.backoff-seconds = 0.05
+        retry.jitter = 0
+        inbox.settle-seconds = 0.5
+        claims.lease-seconds = 3
+        """
+    )
+    (repo / "spoolpipe.properties").write_text(settings + textwrap.dedent(properties))
+    return repo
+
+
+def faketime_env(offset: str) -> dict[str, str]:
+    """Environment that makes a process's wall clock run ``offset`` off (libfaketime, e.g. "+10m").
+
+    The monotonic clock is left alone, as on a real machine whose wall clock is wrong.
+    Needs Debian's ``libfaketime`` package (``faketime`` pulls it in).
+    """
+    if not os.path.exists(FAKETIME_LIBRARY):
+        raise FileNotFoundError(f"{FAKETIME_LIBRARY} missing: apt-get install faketime")
+    return {"LD_PRELOAD": FAKETIME_LIBRARY, "FAKETIME": offset, "FAKETIME_DONT_FAKE_MONOTONIC": "1"}
+
+
+def start_worker_as(
+    repo: Path,
+    worker_id: str,
+    *args: str,
+    log: Path,
+    hostname: str | None = None,
+    env: dict[str, str] | None = None,
+) -> subprocess.Popen[bytes]:
+    """Start a worker whose stderr goes to ``log`` (keep it off the mount under test).
+
+    With ``hostname`` the worker runs in its own UTS namespace under that host name (needs root and
+    ``unshare``), so workers on one machine look like workers on different machines: filelock then
+    cannot see the other's pid, and a lease is taken over only by age, as across real machines.
+    """
+    command = [sys.executable, "-m", "spoolpipe", "worker", str(repo), "--worker-id", worker_id, *args]
+    if hostname is not None:
+        command = ["unshare", "--uts", "--", "sh", "-c", 'hostname "$0" && exec "$@"', hostname, *command]
+    out = open(log, "ab")  # noqa: SIM115 - lives as long as the process
+    return subprocess.Popen(
+        command,
+        stdout=out,
+        stderr=out,
+        env={**os.environ, **(env or {})},
+        start_new_session=True,
+    )
+
+
+def claims_of(repo: Path, worker: str) -> list[str]:
+    """Uncommitted claims in ``running/`` held by ``worker``."""
+    return [n for n in os.listdir(repo / "running") if n.endswith(f"~{worker}.json")]
+
+
+def unparsable_json(
+    repo: Path, directories: Iterable[str] = ("inbox", "running", "done", "failed")
+) -> list[str]:
+    """Every file in these directories that is not a complete JSON document (should be none)."""
+    bad = []
+    for name in directories:
+        for path in (repo / name).iterdir():
+            if not path.is_file():
+                continue
+            try:
+                json.loads(path.read_bytes())
+            except (ValueError, OSError) as exc:
+                bad.append(f"{name}/{path.name}: {exc}")
+    return bad

@@ -71,6 +71,7 @@ __all__ = [
     "Limits",
     "Op",
     "Output",
+    "PathRejected",
     "PixelBudget",
     "PlaceholderOp",
     "Recipe",
@@ -100,7 +101,9 @@ __all__ = [
     "parse_recipe",
     "pixel_sha256",
     "placeholder",
+    "real_roots",
     "resize",
+    "resolve_path",
     "rotate",
     "run_recipe",
     "save_image",
@@ -957,6 +960,10 @@ class _Invalid(Exception):
     """A bad value; the message completes "<json path>: "."""
 
 
+class PathRejected(_Invalid, ValueError):
+    """A path that is malformed, missing, of the wrong kind, or outside the image roots."""
+
+
 _Check = Callable[[object, tuple[Path, ...]], object]
 
 
@@ -1045,10 +1052,10 @@ def _kinds(value: object, roots: tuple[Path, ...]) -> object:
 
 def _candidate(value: object, roots: tuple[Path, ...]) -> tuple[str, Path]:
     if not isinstance(value, str) or not value or "\x00" in value:
-        raise _Invalid(f"expected a path, got {_got(value)}")
+        raise PathRejected(f"expected a path, got {_got(value)}")
     path = Path(value)
     if ".." in path.parts:
-        raise _Invalid(f"{value!r}: '..' is not allowed")
+        raise PathRejected(f"{value!r}: '..' is not allowed")
     return value, Path(os.path.abspath(path if path.is_absolute() else roots[0] / path))
 
 
@@ -1056,10 +1063,10 @@ def _inside(path: Path, roots: tuple[Path, ...]) -> bool:
     return any(path.is_relative_to(root) for root in roots)
 
 
-def _escape(raw: str, lexical: Path, roots: tuple[Path, ...]) -> _Invalid:
+def _escape(raw: str, lexical: Path, roots: tuple[Path, ...]) -> PathRejected:
     if _inside(lexical, roots):
-        return _Invalid(f"{raw!r} leads outside the image roots through a symbolic link")
-    return _Invalid(f"{raw!r} is outside the image roots")
+        return PathRejected(f"{raw!r} leads outside the image roots through a symbolic link")
+    return PathRejected(f"{raw!r} is outside the image roots")
 
 
 def _existing_file(value: object, roots: tuple[Path, ...]) -> Path:
@@ -1068,11 +1075,11 @@ def _existing_file(value: object, roots: tuple[Path, ...]) -> Path:
     try:
         real = Path(os.path.realpath(lexical, strict=True))
     except OSError:
-        raise _Invalid(f"{raw!r} does not exist") from None
+        raise PathRejected(f"{raw!r} does not exist") from None
     if not _inside(real, roots):
         raise _escape(raw, lexical, roots)
     if not real.is_file():
-        raise _Invalid(f"{raw!r} is not a regular file")
+        raise PathRejected(f"{raw!r} is not a regular file")
     return real
 
 
@@ -1080,22 +1087,47 @@ def _output_file(value: object, roots: tuple[Path, ...]) -> Path:
     """A file path whose deepest existing ancestor really lies in a root (missing folders get made)."""
     raw, lexical = _candidate(value, roots)
     if raw.endswith(("/", os.sep)):
-        raise _Invalid(f"{raw!r} names a folder, not a file")
+        raise PathRejected(f"{raw!r} names a folder, not a file")
     existing, missing = lexical.parent, [lexical.name]
     while not os.path.lexists(existing):
         existing, missing = existing.parent, [existing.name, *missing]
     try:
         real_parent = Path(os.path.realpath(existing, strict=True))
     except OSError:
-        raise _Invalid(f"{raw!r}: cannot resolve {existing}") from None
+        raise PathRejected(f"{raw!r}: cannot resolve {existing}") from None
     if not _inside(real_parent, roots):
         raise _escape(raw, lexical, roots)
     if not real_parent.is_dir():
-        raise _Invalid(f"{raw!r}: {existing} is not a folder")
+        raise PathRejected(f"{raw!r}: {existing} is not a folder")
     target = real_parent.joinpath(*missing)
     if target.is_dir():
-        raise _Invalid(f"{raw!r} is a folder")
+        raise PathRejected(f"{raw!r} is a folder")
     return target
+
+
+def _existing_folder(value: object, roots: tuple[Path, ...]) -> Path:
+    """An existing folder whose real path lies in a root; returns that real path."""
+    raw, lexical = _candidate(value, roots)
+    try:
+        real = Path(os.path.realpath(lexical, strict=True))
+    except OSError:
+        raise PathRejected(f"{raw!r} does not exist") from None
+    if not _inside(real, roots):
+        raise _escape(raw, lexical, roots)
+    if not real.is_dir():
+        raise PathRejected(f"{raw!r} is not a folder")
+    return real
+
+
+def resolve_path(value: object, roots: Sequence[Path], *, kind: Literal["file", "folder"] = "file") -> Path:
+    """The real path of an existing file (or folder) named by ``value``, confined to ``roots``.
+
+    The rules of a recipe's ``input`` (docs/images.md): relative paths start at the
+    first root, ``..`` is refused, links are resolved before the check. Raises
+    ``PathRejected``; ``ValueError`` when a root is missing.
+    """
+    real = real_roots(roots)
+    return _existing_file(value, real) if kind == "file" else _existing_folder(value, real)
 
 
 _DIM: Final = _int(1, MAX_DIMENSION, f"a positive integer up to {MAX_DIMENSION}")
@@ -1483,7 +1515,7 @@ def _parse_output(raw: object, where: str, roots: tuple[Path, ...], errors: list
     return Output(path, tuple(ops), dataclasses.replace(save, format=fmt))
 
 
-def _real_roots(roots: Sequence[Path]) -> tuple[Path, ...]:
+def real_roots(roots: Sequence[Path]) -> tuple[Path, ...]:
     if not roots:
         raise ValueError("image recipes need at least one root folder")
     real: list[Path] = []
@@ -1506,7 +1538,7 @@ def parse_recipe(data: Mapping[str, object], roots: Sequence[Path]) -> Recipe:
     check. Inputs and watermarks must exist; outputs need an existing ancestor
     inside a root (missing folders are created when the recipe runs).
     """
-    real_roots = _real_roots(roots)
+    resolved = real_roots(roots)
     if not isinstance(data, Mapping):
         raise RecipeError([f"recipe: expected an object with input and outputs, got {_got(data)}"])
     errors = [
@@ -1517,7 +1549,7 @@ def parse_recipe(data: Mapping[str, object], roots: Sequence[Path]) -> Recipe:
         errors.append("input: required")
     else:
         try:
-            source = _existing_file(data["input"], real_roots)
+            source = _existing_file(data["input"], resolved)
         except _Invalid as exc:
             errors.append(f"input: {exc}")
     raw_outputs = data.get("outputs")
@@ -1527,7 +1559,7 @@ def parse_recipe(data: Mapping[str, object], roots: Sequence[Path]) -> Recipe:
     else:
         seen: dict[Path, int] = {}
         for i, raw in enumerate(raw_outputs):
-            output = _parse_output(raw, f"outputs[{i}]", real_roots, errors)
+            output = _parse_output(raw, f"outputs[{i}]", resolved, errors)
             if output is None:
                 continue
             if output.path in seen:
@@ -1536,7 +1568,7 @@ def parse_recipe(data: Mapping[str, object], roots: Sequence[Path]) -> Recipe:
             outputs.append(output)
     if errors or source is None:
         raise RecipeError(errors)
-    return Recipe(source, tuple(outputs), real_roots)
+    return Recipe(source, tuple(outputs), resolved)
 
 
 # --------------------------------------------------------------------------- recipe execution

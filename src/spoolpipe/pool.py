@@ -31,7 +31,7 @@ from .config import Settings
 from .processor import Context, Fatal, registered
 
 _PR_SET_PDEATHSIG = 1
-_BUILTIN_MODULES = ("spoolpipe.failure",)
+_BUILTIN_MODULES = ("spoolpipe.failure", "spoolpipe.image_processors")
 
 
 @dataclass(frozen=True)

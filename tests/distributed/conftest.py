@@ -15,7 +15,7 @@ import itertools
 import os
 import sys
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import NoReturn
 
@@ -24,6 +24,9 @@ import pytest
 _HERE = str(Path(__file__).resolve().parent)
 if _HERE not in sys.path:  # also works under --import-mode=importlib
     sys.path.insert(0, _HERE)
+_TESTS = str(Path(__file__).resolve().parent.parent)
+if _TESTS not in sys.path:  # tests/harness.py, for the end-to-end scenarios
+    sys.path.append(_TESTS)
 
 from gluster import (  # noqa: E402
     GlusterError,
@@ -108,10 +111,11 @@ def gluster_mount(gluster: GlusterVolume) -> Iterator[MountFactory]:
         volume: GlusterVolume | None = None,
         coherent: bool = False,
         client_args: Sequence[str] = (),
+        env: Mapping[str, str] | None = None,
     ) -> Path:
         vol = volume or gluster
         path = vol.mount(
-            f"{label}-{os.getpid()}-{next(_mount_ids)}", coherent=coherent, client_args=client_args
+            f"{label}-{os.getpid()}-{next(_mount_ids)}", coherent=coherent, client_args=client_args, env=env
         )
         made.append((vol, path))
         return path
@@ -134,3 +138,26 @@ def unique_name(request: pytest.FixtureRequest) -> Callable[[], str]:
     counter = itertools.count()
     stem = "".join(c if c.isalnum() else "_" for c in request.node.name)[:40]
     return lambda: f"{stem}-{os.getpid()}-{time.time_ns()}-{next(counter)}"
+
+
+# -- figures of the end-to-end scenarios (test_scenarios.py), repeated at the end of the run ------
+
+_FIGURES: list[str] = []
+
+
+@pytest.fixture
+def scenario_figures() -> Callable[[str], None]:
+    """``record("scenario N: k=v ...")``: print the line now and again in pytest's closing summary."""
+
+    def record(line: str) -> None:
+        print(f"\n{line}")
+        _FIGURES.append(line)
+
+    return record
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    if _FIGURES:
+        terminalreporter.section("spoolpipe scenario figures")
+        for line in _FIGURES:
+            terminalreporter.write_line(line)

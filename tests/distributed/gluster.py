@@ -307,6 +307,7 @@ class _Mount:
     client_args: tuple[str, ...]
     pid_file: Path
     log_file: Path
+    env: tuple[tuple[str, str], ...] = ()
 
 
 class GlusterVolume:
@@ -342,11 +343,14 @@ class GlusterVolume:
         *,
         coherent: bool = False,
         client_args: Sequence[str] = (),
+        env: Mapping[str, str] | None = None,
     ) -> Path:
         """Mount the volume at ``base/mnt/<name>`` with a new glusterfs client; return the path.
 
         ``coherent=True`` adds COHERENT_CLIENT_ARGS (no kernel caching). ``client_args`` are
-        extra ``glusterfs`` arguments (e.g. ``--attribute-timeout=0``).
+        extra ``glusterfs`` arguments (e.g. ``--attribute-timeout=0``). ``env`` is added to the
+        client's environment (e.g. libfaketime's, for a machine whose clock is off: with the
+        volume's default ``features.ctime=on`` a client stamps the files it writes with its clock).
         """
         if self._destroyed:
             raise GlusterError(f"volume {self.name} was destroyed")
@@ -359,7 +363,9 @@ class GlusterVolume:
         path.mkdir(parents=True, exist_ok=True)
         run_dir = self.base / "run"
         run_dir.mkdir(parents=True, exist_ok=True)
-        m = _Mount(name, path, args, run_dir / f"{name}.pid", run_dir / f"{name}.log")
+        m = _Mount(
+            name, path, args, run_dir / f"{name}.pid", run_dir / f"{name}.log", tuple((env or {}).items())
+        )
         with contextlib.suppress(FileNotFoundError):
             m.pid_file.unlink()
         self._start_client(m)
@@ -386,6 +392,7 @@ class GlusterVolume:
             timeout=60,
             start_new_session=True,
             check=False,
+            env={**os.environ, **dict(m.env)},
         )
         if proc.returncode != 0:
             raise GlusterError(
@@ -474,7 +481,7 @@ class GlusterVolume:
         """Unmount (lazily: works on a dead mount with open files) and mount again, same args."""
         m = self._get(path)
         self.unmount(m.path)
-        return self.mount(m.name, client_args=m.client_args)
+        return self.mount(m.name, client_args=m.client_args, env=dict(m.env))
 
     # -- volume ---------------------------------------------------------------------------
 
@@ -513,6 +520,7 @@ class MountFactory(Protocol):
         volume: GlusterVolume | None = None,
         coherent: bool = False,
         client_args: Sequence[str] = (),
+        env: Mapping[str, str] | None = None,
     ) -> Path: ...
 
 

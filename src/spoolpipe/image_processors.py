@@ -1,0 +1,316 @@
+"""Image work as activities: the no-Python ``image.process`` type and step pipelines bound to a type.
+
+- ``image.process``: the activity's ``data`` is a recipe (docs/images.md). It is
+  validated in full against ``images.roots`` before any work; a bad recipe or a
+  refused image is ``Fatal`` (never retried). The result is one dict per output.
+- ``pipeline_processor(type, build)``: registers a processor that opens
+  ``data["input"]`` (confined to ``images.roots``, under ``open_image``'s
+  limits), runs the ``Pipeline`` that ``build()`` returns over it, and returns a
+  JSON summary. A step that timed out in a thread taints the process; the
+  attempt then fails with ``recycle_process = True`` so the worker replaces it.
+
+Each pool process gives ``PIXEL_BUDGET`` an even share of
+``images.max-megapixels`` (``configure_pixel_budget``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import threading
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any, Final, Literal
+
+from . import images
+from .activity import Activity
+from .config import Settings
+from .images import DEFAULT_LIMITS, PIXEL_BUDGET, ImageRejected, Limits, RecipeError
+from .processor import Context, Fatal, processor
+from .steps import (
+    IMAGE_KEY,
+    Pipeline,
+    PipelineGraphError,
+    PipelineResult,
+    PipelineRunError,
+    StepFatal,
+    StepResult,
+    StepStatus,
+    any_step_abandoned,
+)
+
+__all__ = [
+    "ACTIVITY_KEY",
+    "FOLLOW_UP_KEY",
+    "IMAGE_PROCESS",
+    "INPUT_PATH_KEY",
+    "LOG_KEY",
+    "RESERVED_KEYS",
+    "ROOTS_KEY",
+    "SETTINGS_KEY",
+    "FollowUpFunction",
+    "ProcessTainted",
+    "configure_pixel_budget",
+    "image_roots",
+    "pipeline_processor",
+    "resolve_input",
+]
+
+IMAGE_PROCESS: Final = "image.process"
+"""The built-in activity type whose ``data`` is a recipe."""
+
+# Keys a pipeline_processor adds to the initial context, next to the activity's data.
+ACTIVITY_KEY: Final = "activity"
+"""The ``Activity`` being run (id, type, data, attempt)."""
+INPUT_PATH_KEY: Final = "input_path"
+"""The real path of ``data["input"]``, checked to lie in ``images.roots``."""
+ROOTS_KEY: Final = "roots"
+"""The image roots as real paths (a tuple of ``Path``); the first one anchors relative paths."""
+FOLLOW_UP_KEY: Final = "follow_up"
+"""``follow_up(type, data=None, *, key=None, delay=None)``: ask for a follow-up (thread-safe)."""
+LOG_KEY: Final = "log"
+"""The attempt's logger (``logs/activities/ID~N.log``)."""
+SETTINGS_KEY: Final = "settings"
+"""The worker's ``config.Settings`` (``custom`` holds the ``custom.*`` keys)."""
+RESERVED_KEYS: Final = frozenset(
+    {ACTIVITY_KEY, INPUT_PATH_KEY, ROOTS_KEY, FOLLOW_UP_KEY, LOG_KEY, SETTINGS_KEY, IMAGE_KEY}
+)
+"""Context keys the activity's data may not use."""
+
+FollowUpFunction = Callable[..., None]
+
+_budget_lock = threading.Lock()
+_budget_share: float | None = None
+
+
+class ProcessTainted(RuntimeError):
+    """A step timed out in a thread that cannot be stopped: fail the attempt and replace the process."""
+
+    recycle_process = True
+
+
+def configure_pixel_budget(settings: Settings) -> float:
+    """Give this process's ``PIXEL_BUDGET`` its share of ``images.max-megapixels``; returns the share.
+
+    The cap is for the whole worker, so each of its ``pool.size`` processes gets
+    an even share. 0 (automatic) stays automatic. Idempotent and cheap: image
+    processors call it at the start of every activity, so a hot-reloaded setting
+    applies (the pool is recycled on a change anyway).
+    """
+    global _budget_share
+    total = settings.images_max_megapixels
+    share = total / max(1, settings.pool_size) if total > 0 else 0.0
+    with _budget_lock:
+        if share != _budget_share:
+            PIXEL_BUDGET.capacity = share
+            _budget_share = share
+    return share
+
+
+def image_roots(settings: Settings) -> tuple[Path, ...]:
+    """The configured roots as real paths; ``Fatal`` when none is configured.
+
+    A configured root that does not exist (a share not mounted yet) is a plain
+    ``RuntimeError``, so the activity is retried rather than failed.
+    """
+    if not settings.images_roots:
+        raise Fatal(
+            "no image roots configured: set images.roots in spoolpipe.properties "
+            "to the folders image activities may read and write"
+        )
+    try:
+        return images.real_roots(settings.images_roots)
+    except ValueError as exc:
+        raise RuntimeError(str(exc)) from exc
+
+
+def resolve_input(
+    value: object, roots: Sequence[Path], *, field: str = "input", kind: Literal["file", "folder"] = "file"
+) -> Path:
+    """``images.resolve_path`` for a processor: a refused path is ``Fatal``, naming ``field``."""
+    try:
+        return images.resolve_path(value, roots, kind=kind)
+    except images.PathRejected as exc:
+        raise Fatal(f"{field}: {exc}") from None
+
+
+# --------------------------------------------------------------------------- image.process
+
+
+@processor(IMAGE_PROCESS, follow_ups=())
+def process_recipe(activity: Activity, ctx: Context) -> list[dict[str, object]]:
+    """Run the recipe in ``activity.data``; bad recipes and refused images fail at once."""
+    configure_pixel_budget(ctx.settings)
+    roots = image_roots(ctx.settings)
+    try:
+        recipe = images.parse_recipe(activity.data, roots)
+    except RecipeError as exc:
+        raise Fatal(f"invalid recipe: {exc}") from exc
+    try:
+        outputs = images.run_recipe(recipe)
+    except RecipeError as exc:
+        raise Fatal(f"recipe failed: {exc}") from exc
+    except ImageRejected as exc:
+        raise Fatal(f"image refused: {exc.reason}") from exc
+    for output in outputs:
+        ctx.log.info(
+            "wrote %s (%sx%s %s)", output["path"], output["width"], output["height"], output["format"]
+        )
+    return outputs
+
+
+# --------------------------------------------------------------------------- pipelines
+
+
+class _FollowUps:
+    """``ctx.follow_up`` for steps: serialised across step threads, closed when the run ends."""
+
+    def __init__(self, ctx: Context) -> None:
+        self._ctx = ctx
+        self._lock = threading.Lock()
+        self._open = True
+
+    def __call__(
+        self,
+        type: str,
+        data: Mapping[str, Any] | None = None,
+        *,
+        key: str | None = None,
+        delay: float | None = None,
+    ) -> None:
+        with self._lock:
+            if not self._open:
+                raise StepFatal(f"follow-up {type!r} asked for after the pipeline run ended")
+            try:
+                self._ctx.follow_up(type, data, key=key, delay=delay)
+            except Fatal as exc:  # an undeclared type is a bug: no point retrying the step
+                raise StepFatal(str(exc)) from exc
+
+    def close(self) -> None:
+        with self._lock:
+            self._open = False
+
+
+def _jsonable(value: object) -> tuple[bool, object]:
+    """``value`` as JSON data (paths become strings, tuples lists), or ``(False, None)``."""
+    if value is None or isinstance(value, str | bool | int):
+        return True, value
+    if isinstance(value, float):
+        return (True, value) if math.isfinite(value) else (False, None)
+    if isinstance(value, Path):
+        return True, str(value)
+    if isinstance(value, list | tuple):
+        items = [_jsonable(v) for v in value]
+        return (True, [v for _, v in items]) if all(ok for ok, _ in items) else (False, None)
+    if isinstance(value, Mapping) and all(isinstance(k, str) for k in value):
+        pairs = {k: _jsonable(v) for k, v in value.items()}
+        if all(ok for ok, _ in pairs.values()):
+            return True, {k: v for k, (_, v) in pairs.items()}
+    return False, None
+
+
+def _summary(
+    result: PipelineResult, initial: Mapping[str, Any], input_path: Path, image_size: tuple[int, int]
+) -> dict[str, Any]:
+    """Input, each step's status, and every step output that is JSON data (images are left out)."""
+    outputs: dict[str, object] = {}
+    for key, value in result.items():
+        if key in initial and initial[key] is value:
+            continue
+        ok, converted = _jsonable(value)
+        if ok:
+            outputs[key] = converted
+    return {
+        "input": str(input_path),
+        "width": image_size[0],
+        "height": image_size[1],
+        "steps": {name: step.status.value for name, step in result.step_results.items()},
+        "outputs": outputs,
+    }
+
+
+def _retryable(result: StepResult) -> bool:
+    failed = [item for item in result.items if item.status is StepStatus.FAILED]
+    if failed:
+        return any(_retryable(item) for item in failed)
+    return result.retryable
+
+
+def pipeline_processor(
+    type_: str,
+    build: Callable[[], Pipeline],
+    *,
+    follow_ups: tuple[str, ...] = (),
+    timeout: float | None = None,
+    limits: Limits = DEFAULT_LIMITS,
+    summary: Callable[[PipelineResult], Any] | None = None,
+) -> Callable[[Activity, Context], Any]:
+    """Register a processor for ``type_`` that runs ``build()``'s pipeline over ``data["input"]``.
+
+    The input is opened with ``open_image`` (``limits``) after being confined to
+    ``images.roots``, and normalised to L, LA, RGB or RGBA (not auto-oriented).
+    The initial context holds the activity's data (top-level keys) plus
+    ``RESERVED_KEYS``: ``activity``, ``input_path``, ``roots``, ``follow_up``,
+    ``log`` and ``settings``. ``follow_ups`` are the types steps may create.
+
+    Outcomes: the result is ``summary(result)`` if given, else a JSON summary
+    (input, size, each step's status, the JSON-able step outputs). A bad input,
+    an invalid graph, or a failure of steps that were all non-retryable is
+    ``Fatal``; other step failures are retried per ``retry.*``; a step left
+    running in a thread after its timeout raises ``ProcessTainted`` so the
+    worker replaces this process. ``build`` runs once per activity.
+    """
+
+    def run(activity: Activity, ctx: Context) -> Any:
+        configure_pixel_budget(ctx.settings)
+        roots = image_roots(ctx.settings)
+        if "input" not in activity.data:
+            raise Fatal("input: required (the image to process, a path inside images.roots)")
+        clashes = sorted(key for key in activity.data if key in RESERVED_KEYS)
+        if clashes:
+            raise Fatal(f"data field(s) {', '.join(clashes)} are reserved for the pipeline context")
+        input_path = resolve_input(activity.data["input"], roots)
+        try:
+            decoded = images.open_image(
+                input_path, max_bytes=limits.max_bytes, max_pixels=limits.max_pixels, formats=limits.formats
+            )
+            image = images.normalize_mode(decoded)
+        except ImageRejected as exc:
+            raise Fatal(f"image refused: {exc.reason}") from exc
+        except ValueError as exc:
+            raise Fatal(f"image refused: {input_path}: unsupported pixel mode ({exc})") from exc
+        pipeline = build()
+        follow_up = _FollowUps(ctx)
+        initial: dict[str, Any] = {
+            **activity.data,
+            ACTIVITY_KEY: activity,
+            INPUT_PATH_KEY: input_path,
+            ROOTS_KEY: roots,
+            FOLLOW_UP_KEY: follow_up,
+            LOG_KEY: ctx.log,
+            SETTINGS_KEY: ctx.settings,
+        }
+        try:
+            result = asyncio.run(pipeline.run(image, initial))
+        except PipelineGraphError as exc:
+            raise Fatal(f"pipeline cannot run: {exc}") from exc
+        except PipelineRunError as exc:
+            if pipeline.tainted or any_step_abandoned():
+                raise ProcessTainted(f"{exc} (a step thread was abandoned: replacing the process)") from exc
+            failed = [r for r in exc.result.step_results.values() if r.status is StepStatus.FAILED]
+            if failed and not any(_retryable(r) for r in failed):
+                raise Fatal(str(exc)) from exc
+            raise
+        finally:
+            follow_up.close()
+        if any_step_abandoned():
+            ctx.log.warning("a step thread of an earlier run is still running; this process is tainted")
+        ctx.log.info("pipeline done: %s", ", ".join(result.step_results) or "no steps")
+        if summary is not None:
+            return summary(result)
+        return _summary(result, initial, input_path, image.size)
+
+    run.__qualname__ = f"pipeline_processor[{type_}]"
+    run.__module__ = getattr(build, "__module__", __name__)
+    processor(type_, follow_ups=follow_ups, timeout=timeout)(run)
+    return run

@@ -1,0 +1,360 @@
+"""``image.process`` and ``pipeline_processor`` end to end: real images, real worker processes."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import pytest
+from PIL import Image
+
+import imagefactory as factory
+from harness import leftovers, make_repository, records, run_until_idle, submit
+from spoolpipe import Activity, Context, Fatal, config
+from spoolpipe.image_processors import (
+    configure_pixel_budget,
+    process_recipe,
+    resolve_input,
+)
+from spoolpipe.images import PIXEL_BUDGET, parse_recipe
+
+# Processors appended to the harness's e2e_procs module: pipelines bound with pipeline_processor.
+PIPELINES = """
+import os, time
+from spoolpipe.image_processors import pipeline_processor
+from spoolpipe.images import PIXEL_BUDGET, resize, save_image
+from spoolpipe.steps import (
+    Pipeline, PipelineConfig, PipelineStep, StepFatal, StepResult, StepStatus,
+    fan_out, max_retries, provides, requires, step, timeout,
+)
+
+def _note(context, what):
+    with open(context["roots"][0] / "effects.log", "a") as f:
+        f.write(f"{context['activity'].id} {context['activity'].attempt} {os.getpid()} {what}\\n")
+
+class Shrink(PipelineStep):
+    @step("shrink")
+    @fan_out("sizes", as_key="size")
+    @provides("written")
+    def process(self, image, context):
+        size = context["size"]
+        target = context["roots"][0] / "out" / f"{context['activity'].id}-{size}.png"
+        target.parent.mkdir(exist_ok=True)
+        saved = save_image(resize(image, size, size), target)
+        return StepResult(StepStatus.COMPLETED, {"written": saved.path})
+
+class Facts(PipelineStep):
+    @step("facts")
+    @provides("budget", "pid", "mode", "copy")
+    def process(self, image, context):
+        return StepResult(StepStatus.COMPLETED, {
+            "budget": PIXEL_BUDGET.capacity, "pid": os.getpid(), "mode": image.mode, "copy": image.copy(),
+        })
+
+class Tell(PipelineStep):
+    @step("tell")
+    @requires("written")
+    @provides("told")
+    async def process(self, image, context):
+        for i, path in enumerate(context["written"]):
+            context["follow_up"]("t.child", {"i": i, "parent": path.name}, key=f"child-{i}")
+        return StepResult(StepStatus.COMPLETED, {"told": len(context["written"])})
+
+def build_pipe():
+    pipeline = Pipeline(PipelineConfig(max_retries=0, timeout=20))
+    for part in (Shrink(), Facts(), Tell()):
+        pipeline.add_step(part)
+    return pipeline
+
+pipeline_processor("t.pipe", build_pipe, follow_ups=("t.child",))
+
+class Judge(PipelineStep):
+    @step("judge")
+    @provides("attempt")
+    @max_retries(1)
+    def process(self, image, context):
+        _note(context, context["mode"])
+        if context["mode"] == "fatal":
+            raise StepFatal("this picture can never pass")
+        if context["mode"] == "flaky" and context["activity"].attempt < 2:
+            raise RuntimeError("flaky step")
+        if context["mode"] == "undeclared":
+            context["follow_up"]("t.noop", {})
+        return StepResult(StepStatus.COMPLETED, {"attempt": context["activity"].attempt})
+
+def build_judge():
+    pipeline = Pipeline(PipelineConfig(retry_delay=0.01))
+    pipeline.add_step(Judge())
+    return pipeline
+
+pipeline_processor("t.judge", build_judge)
+
+class Runaway(PipelineStep):
+    @step("runaway")
+    @provides("pid")
+    @timeout(0.3)
+    @max_retries(0)
+    def process(self, image, context):
+        _note(context, "start")
+        if context["activity"].attempt == 1:
+            time.sleep(60)  # in a thread: cannot be stopped, only killed with its process
+        return StepResult(StepStatus.COMPLETED, {"pid": os.getpid()})
+
+def build_runaway():
+    pipeline = Pipeline()
+    pipeline.add_step(Runaway())
+    return pipeline
+
+pipeline_processor("t.runaway", build_runaway)
+"""
+
+SETTINGS = """
+images.roots = photos
+images.max-megapixels = 40
+pool.size = 2
+retry.max-attempts = 3
+"""
+
+
+def _recipe(**overrides: Any) -> dict[str, Any]:
+    recipe: dict[str, Any] = {
+        "input": "in/cat.jpg",
+        "outputs": [
+            {
+                "path": "out/cat-200.webp",
+                "ops": [
+                    {"op": "auto_orient"},
+                    {"op": "resize", "width": 200},
+                    {"op": "strip"},
+                    {"op": "save", "quality": 80},
+                ],
+            },
+            {
+                "path": "out/thumbs/cat-96.jpg",
+                "ops": [{"op": "thumbnail", "width": 96, "height": 96}, {"op": "save", "quality": 70}],
+            },
+            {
+                "path": "out/cat-square.png",
+                "ops": [{"op": "resize", "width": 64, "height": 64, "mode": "pad"}, {"op": "save"}],
+            },
+        ],
+    }
+    recipe.update(overrides)
+    return recipe
+
+
+@pytest.fixture(scope="module")
+def shared(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """One repository, every activity submitted up front, one worker run until idle."""
+    base = tmp_path_factory.mktemp("images-e2e")
+    repo = make_repository(base, SETTINGS, extra_processors=PIPELINES)
+    photos = repo / "photos"
+    (photos / "in").mkdir(parents=True)
+    factory.photo(photos / "in" / "cat.jpg", (640, 480))
+    factory.palette_png(photos / "in" / "sticker.png")
+    outside = factory.photo(base / "outside.jpg")
+    (photos / "in" / "link.jpg").symlink_to(outside)
+    bad_output = _recipe()
+    bad_output["outputs"][1]["path"] = str(base / "evil.jpg")
+    bad_fields = _recipe()
+    bad_fields["outputs"][0]["ops"][1]["width"] = -3
+    bad_fields["outputs"][2]["ops"][1]["quality"] = 50
+    ids = {
+        "ok": submit(repo, "image.process", _recipe()),
+        "bad-field": submit(repo, "image.process", bad_fields),
+        "dotdot": submit(repo, "image.process", _recipe(input="../outside.jpg")),
+        "absolute": submit(repo, "image.process", _recipe(input=str(outside))),
+        "link": submit(repo, "image.process", _recipe(input="in/link.jpg")),
+        "bad-output": submit(repo, "image.process", bad_output),
+        "pipe": submit(repo, "t.pipe", {"input": "in/sticker.png", "sizes": [8, 16]}),
+        "pipe-escape": submit(repo, "t.pipe", {"input": "../outside.jpg", "sizes": [8]}),
+        "pipe-reserved": submit(repo, "t.pipe", {"input": "in/cat.jpg", "sizes": [8], "roots": "/"}),
+        "pipe-no-key": submit(repo, "t.pipe", {"input": "in/cat.jpg"}),
+        "fatal": submit(repo, "t.judge", {"input": "in/cat.jpg", "mode": "fatal"}),
+        "flaky": submit(repo, "t.judge", {"input": "in/cat.jpg", "mode": "flaky"}),
+        "undeclared": submit(repo, "t.judge", {"input": "in/cat.jpg", "mode": "undeclared"}),
+    }
+    output = run_until_idle(repo)
+    return {
+        "repo": repo,
+        "ids": ids,
+        "done": records(repo / "done"),
+        "failed": records(repo / "failed"),
+        "output": output,
+    }
+
+
+def _reason(shared: dict[str, Any], name: str) -> str:
+    record = shared["failed"][shared["ids"][name]]["spoolpipe"]
+    assert record["attempts"] == 1, record  # Fatal: never retried
+    return str(record["reason"])
+
+
+def test_image_process_writes_the_promised_outputs(shared: dict[str, Any]) -> None:
+    photos = shared["repo"] / "photos"
+    result = shared["done"][shared["ids"]["ok"]]["result"]
+    assert [(r["format"], r["width"], r["height"]) for r in result] == [
+        ("webp", 200, 150),
+        ("jpeg", 96, 72),
+        ("png", 64, 64),
+    ]
+    for entry, name in zip(result, ["cat-200.webp", "thumbs/cat-96.jpg", "cat-square.png"], strict=True):
+        path = photos / "out" / name
+        assert entry["path"] == str(path.resolve())
+        with Image.open(path) as image:
+            assert (image.format.lower(), image.size) == (entry["format"], (entry["width"], entry["height"]))
+        assert entry["bytes"] == path.stat().st_size
+    assert leftovers(shared["repo"]) == {}
+
+
+def test_a_bad_recipe_fails_at_once_naming_every_bad_field(shared: dict[str, Any]) -> None:
+    reason = _reason(shared, "bad-field")
+    assert reason.startswith("invalid recipe: ")
+    assert "outputs[0].ops[1].width: expected a positive integer up to 8192, got -3" in reason
+    assert "outputs[2].ops[1].quality: does not apply to png" in reason
+    # the failure processor reported it too
+    assert (
+        "outputs[0].ops[1].width"
+        in (shared["repo"] / "reports" / f"{shared['ids']['bad-field']}.txt").read_text()
+    )
+
+
+@pytest.mark.parametrize(
+    ("name", "message"),
+    [
+        ("dotdot", "input: '../outside.jpg': '..' is not allowed"),
+        ("absolute", "is outside the image roots"),
+        ("link", "'in/link.jpg' leads outside the image roots through a symbolic link"),
+        ("bad-output", "outputs[1].path: "),
+    ],
+)
+def test_paths_escaping_the_roots_fail(shared: dict[str, Any], name: str, message: str) -> None:
+    assert message in _reason(shared, name)
+    assert not (shared["repo"].parent / "evil.jpg").exists()
+
+
+def test_a_bound_pipeline_runs_and_its_steps_create_follow_ups(shared: dict[str, Any]) -> None:
+    done = shared["done"]
+    record = done[shared["ids"]["pipe"]]
+    result = record["result"]
+    photos = (shared["repo"] / "photos").resolve()
+    assert result["input"] == str(photos / "in" / "sticker.png")
+    assert (result["width"], result["height"]) == (32, 32)
+    assert result["steps"] == {"shrink": "completed", "facts": "completed", "tell": "completed"}
+    outputs = result["outputs"]
+    # The palette-with-transparency input arrives normalised; images (copy) are left out of the summary.
+    assert outputs["mode"] == "RGBA" and "copy" not in outputs and outputs["told"] == 2
+    assert outputs["written"] == [str(photos / "out" / f"{shared['ids']['pipe']}-{n}.png") for n in (8, 16)]
+    for path, size in zip(outputs["written"], (8, 16), strict=True):
+        with Image.open(path) as image:
+            assert image.size == (size, size)
+    # Each pool process holds an even share of images.max-megapixels (40 over pool.size 2).
+    assert outputs["budget"] == 20.0
+    children = record["spoolpipe"]["follow_ups"]
+    assert sorted(done[c]["result"] for c in children) == [0, 1]
+    assert {done[c]["data"]["parent"] for c in children} == {Path(p).name for p in outputs["written"]}
+
+
+def test_bound_pipelines_refuse_bad_activities_at_once(shared: dict[str, Any]) -> None:
+    assert "input: '../outside.jpg': '..' is not allowed" in _reason(shared, "pipe-escape")
+    assert "data field(s) roots are reserved" in _reason(shared, "pipe-reserved")
+    assert "pipeline cannot run: step 'shrink' requires 'sizes'" in _reason(shared, "pipe-no-key")
+
+
+def test_step_failures_are_fatal_or_retried_by_their_kind(shared: dict[str, Any]) -> None:
+    notes = (shared["repo"] / "photos" / "effects.log").read_text().split("\n")
+    # StepFatal: one step attempt, one activity attempt.
+    assert "this picture can never pass" in _reason(shared, "fatal")
+    assert sum(1 for line in notes if line.startswith(shared["ids"]["fatal"])) == 1
+    # A follow-up of an undeclared type is a bug: not retried either.
+    assert "follow-up type 't.noop' is not declared" in _reason(shared, "undeclared")
+    # An ordinary exception: the step is retried (max_retries(1)), then the activity (retry.*).
+    flaky = shared["done"][shared["ids"]["flaky"]]
+    assert flaky["result"]["outputs"]["attempt"] == 2
+    assert flaky["spoolpipe"]["attempts"] == 2
+    assert sum(1 for line in notes if line.startswith(shared["ids"]["flaky"])) == 3
+
+
+def test_a_runaway_step_thread_gets_its_process_replaced(tmp_path: Path) -> None:
+    repo = make_repository(
+        tmp_path, "images.roots = photos\npool.size = 1\nretry.max-attempts = 2\n", extra_processors=PIPELINES
+    )
+    (repo / "photos").mkdir()
+    factory.photo(repo / "photos" / "cat.jpg")
+    aid = submit(repo, "t.runaway", {"input": "cat.jpg"})
+    run_until_idle(repo)
+    record = records(repo / "done")[aid]
+    assert record["spoolpipe"]["attempts"] == 2
+    runs = [line.split() for line in (repo / "photos" / "effects.log").read_text().splitlines()]
+    assert [r[1] for r in runs] == ["1", "2"]
+    first, second = int(runs[0][2]), int(runs[1][2])
+    assert first != second  # attempt 2 ran in a new pool process (pool.size = 1)
+    assert record["result"]["outputs"]["pid"] == second
+    with pytest.raises(ProcessLookupError):
+        os.kill(first, 0)  # the process, and the sleeping thread with it, are gone
+    log = (repo / "logs" / "activities" / f"{aid}~1.log").read_text()
+    assert "step 'runaway' timed out after 0.3s" in log
+    assert "ProcessTainted" in log and "replacing the process" in log
+    assert leftovers(repo) == {}
+
+
+# --------------------------------------------------------------------------- in-process details
+
+
+def _context(tmp_path: Path, properties: str) -> Context:
+    (tmp_path / "spoolpipe.properties").write_text(properties)
+    settings = config.load(tmp_path, cpu_count=4).settings
+    return Context(logging.getLogger("test"), "w", tmp_path, settings)
+
+
+def test_image_process_without_roots_says_to_set_them(tmp_path: Path) -> None:
+    ctx = _context(tmp_path, "")
+    with pytest.raises(Fatal, match=r"no image roots configured: set images\.roots"):
+        process_recipe(Activity("a", "image.process", _recipe()), ctx)
+
+
+def test_the_pixel_budget_is_split_across_pool_processes(tmp_path: Path) -> None:
+    before = PIXEL_BUDGET.capacity
+    try:
+        ctx = _context(tmp_path, "images.max-megapixels = 100\npool.size = 4\n")
+        assert configure_pixel_budget(ctx.settings) == 25.0
+        assert PIXEL_BUDGET.capacity == 25.0
+        automatic = replace(ctx.settings, images_max_megapixels=0.0)
+        assert configure_pixel_budget(automatic) == 0.0
+        assert PIXEL_BUDGET.capacity > 0  # 0 means automatic
+    finally:
+        PIXEL_BUDGET.capacity = before
+
+
+def test_resolving_paths_reuses_the_recipe_confinement(tmp_path: Path) -> None:
+    root = tmp_path / "root"
+    (root / "sub").mkdir(parents=True)
+    factory.photo(root / "sub" / "a.png")
+    assert resolve_input("sub/a.png", [root]) == (root / "sub" / "a.png").resolve()
+    assert resolve_input("sub", [root], kind="folder") == (root / "sub").resolve()
+    with pytest.raises(Fatal, match=r"^file: 'sub/\.\./sub/a\.png': '\.\.' is not allowed$"):
+        resolve_input("sub/../sub/a.png", [root], field="file")
+    with pytest.raises(Fatal, match="is not a folder"):
+        resolve_input("sub/a.png", [root], kind="folder")
+    with pytest.raises(Fatal, match="is outside the image roots"):
+        resolve_input(str(tmp_path), [root], kind="folder")
+    (root / "away").symlink_to(tmp_path)
+    with pytest.raises(Fatal, match="through a symbolic link"):
+        resolve_input("away", [root], kind="folder")
+
+
+def test_activity_files_from_the_docs_are_valid_recipes(tmp_path: Path) -> None:
+    """The activity file docs/images.md tells people to cp into the inbox is a valid recipe."""
+    docs = (Path(__file__).resolve().parent.parent / "docs" / "images.md").read_text()
+    heredoc = docs.split("cat > cat-web.json <<'EOF'\n", 1)[1].split("\nEOF\n", 1)[0]
+    activity = json.loads(heredoc)
+    assert activity["type"] == "image.process"
+    root = tmp_path / "photos"
+    (root / "incoming").mkdir(parents=True)
+    factory.photo(root / "incoming" / "cat.jpg")
+    recipe = parse_recipe(activity["data"], [root])
+    assert recipe.input == (root / "incoming" / "cat.jpg").resolve()
