@@ -17,6 +17,7 @@ from harness import leftovers, make_repository, records, run_until_idle, submit
 from spoolpipe import Activity, Context, Fatal, config
 from spoolpipe.image_processors import (
     configure_pixel_budget,
+    input_megapixels,
     process_recipe,
     resolve_input,
 )
@@ -253,7 +254,7 @@ def test_a_bound_pipeline_runs_and_its_steps_create_follow_ups(shared: dict[str,
         with Image.open(path) as image:
             assert image.size == (size, size)
     # Each pool process holds an even share of images.max-megapixels (40 over pool.size 2).
-    assert outputs["budget"] == 20.0
+    assert outputs["budget"] == 40.0
     children = record["spoolpipe"]["follow_ups"]
     assert sorted(done[c]["result"] for c in children) == [0, 1]
     assert {done[c]["data"]["parent"] for c in children} == {Path(p).name for p in outputs["written"]}
@@ -317,17 +318,28 @@ def test_image_process_without_roots_says_to_set_them(tmp_path: Path) -> None:
         process_recipe(Activity("a", "image.process", _recipe()), ctx)
 
 
-def test_the_pixel_budget_is_split_across_pool_processes(tmp_path: Path) -> None:
+def test_each_pool_process_budget_is_the_whole_cap(tmp_path: Path) -> None:
+    # Across pool processes the worker admits image work by estimate (test_worker.py);
+    # inside one activity the process budget bounds the fan-out threads with the same cap.
     before = PIXEL_BUDGET.capacity
     try:
         ctx = _context(tmp_path, "images.max-megapixels = 100\npool.size = 4\n")
-        assert configure_pixel_budget(ctx.settings) == 25.0
-        assert PIXEL_BUDGET.capacity == 25.0
+        assert configure_pixel_budget(ctx.settings) == 100.0
+        assert PIXEL_BUDGET.capacity == 100.0
         automatic = replace(ctx.settings, images_max_megapixels=0.0)
-        assert configure_pixel_budget(automatic) == 0.0
-        assert PIXEL_BUDGET.capacity > 0  # 0 means automatic
+        assert configure_pixel_budget(automatic) > 0  # 0 means automatic
     finally:
         PIXEL_BUDGET.capacity = before
+
+
+def test_input_megapixels_reads_the_header(tmp_path: Path) -> None:
+    root = tmp_path / "root"
+    root.mkdir()
+    factory.photo(root / "a.png")
+    settings = _context(tmp_path, f"images.roots = {root}\n").settings
+    with Image.open(root / "a.png") as im:
+        expected = 3 * im.width * im.height / 1e6
+    assert input_megapixels(Activity("a", "image.process", {"input": "a.png"}), settings) == expected
 
 
 def test_resolving_paths_reuses_the_recipe_confinement(tmp_path: Path) -> None:

@@ -251,3 +251,34 @@ def test_the_worker_log_and_attempt_logs_are_written(tmp_path: Path) -> None:
     assert count_lines(worker_log, f"failed {aid}") == 1
     assert "worker w1 started" in worker_log
     assert "this can never work" in (repo / "logs" / "activities" / f"{aid}~1.log").read_text()
+
+
+def test_image_work_is_admitted_by_megapixels_across_pool_processes(tmp_path: Path) -> None:
+    repo = make_repository(
+        tmp_path,
+        "pool.size = 3\nimages.max-megapixels = 10\n",
+        extra_processors="""
+        @processor("t.pixels", megapixels=lambda activity, settings: activity.data["mpx"])
+        def pixels(activity, ctx):
+            _effect(ctx, activity)
+            time.sleep(0.6)
+            with open(ctx.repository / "effects" / "t.pixels.end", "a") as f:
+                f.write(f"{activity.id} {time.time()}\\n")
+        """,
+    )
+    big = [submit(repo, "t.pixels", {"mpx": 8}) for _ in range(3)]
+    small = [submit(repo, "t.pixels", {"mpx": 3}) for _ in range(3)]
+    run_until_idle(repo)
+    starts = {e[0]: float(e[3]) for e in effects(repo, "t.pixels")}
+    ends = {
+        line.split()[0]: float(line.split()[1])
+        for line in (repo / "effects" / "t.pixels.end").read_text().splitlines()
+    }
+    spans = {i: (starts[i], ends[i]) for i in big + small}
+
+    def overlap(a: str, b: str) -> bool:
+        return spans[a][0] < spans[b][1] and spans[b][0] < spans[a][1]
+
+    # 8 + 8 > 10: two big ones never ran at once; 3 + 3 + 3 <= 10: the small ones did
+    assert not any(overlap(a, b) for a in big for b in big if a < b)
+    assert any(overlap(a, b) for a in small for b in small if a < b)

@@ -611,6 +611,20 @@ class Settings:
         """Wall-clock limit in seconds for one activity of ``type_``."""
         return self.timeouts.get(type_, self.timeout_seconds)
 
+    @property
+    def megapixel_cap(self) -> float:
+        """``images.max-megapixels``, with 0 resolved to the automatic value."""
+        return self.images_max_megapixels or automatic_megapixels()
+
+
+def automatic_megapixels() -> float:
+    """A quarter of physical memory at 4 bytes per pixel; 256 Mpx where that is unknown."""
+    try:
+        ram = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (AttributeError, ValueError, OSError):
+        return 256.0
+    return ram / 4 / 4 / 1e6 if ram > 0 else 256.0
+
 
 @dataclass(frozen=True)
 class Loaded:

@@ -9,8 +9,8 @@
   JSON summary. A step that timed out in a thread taints the process; the
   attempt then fails with ``recycle_process = True`` so the worker replaces it.
 
-Each pool process gives ``PIXEL_BUDGET`` an even share of
-``images.max-megapixels`` (``configure_pixel_budget``).
+Both declare how many megapixels an activity will hold (``input_megapixels``),
+so the worker keeps the image work running at once under ``images.max-megapixels``.
 """
 
 from __future__ import annotations
@@ -21,6 +21,8 @@ import threading
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Final, Literal
+
+from PIL import Image
 
 from . import images
 from .activity import Activity
@@ -52,6 +54,7 @@ __all__ = [
     "ProcessTainted",
     "configure_pixel_budget",
     "image_roots",
+    "input_megapixels",
     "pipeline_processor",
     "resolve_input",
 ]
@@ -90,21 +93,33 @@ class ProcessTainted(RuntimeError):
 
 
 def configure_pixel_budget(settings: Settings) -> float:
-    """Give this process's ``PIXEL_BUDGET`` its share of ``images.max-megapixels``; returns the share.
+    """Set this process's ``PIXEL_BUDGET`` to ``images.max-megapixels``; returns the capacity.
 
-    The cap is for the whole worker, so each of its ``pool.size`` processes gets
-    an even share. 0 (automatic) stays automatic. Idempotent and cheap: image
-    processors call it at the start of every activity, so a hot-reloaded setting
-    applies (the pool is recycled on a change anyway).
+    Across pool processes the worker admits image activities by their estimated
+    megapixels (``input_megapixels``); inside one activity, the budget bounds the
+    threads of a pipeline's fan-out. Idempotent and cheap: image processors call
+    it at the start of every activity, so a hot-reloaded setting applies.
     """
     global _budget_share
-    total = settings.images_max_megapixels
-    share = total / max(1, settings.pool_size) if total > 0 else 0.0
+    capacity = settings.images_max_megapixels
     with _budget_lock:
-        if share != _budget_share:
-            PIXEL_BUDGET.capacity = share
-            _budget_share = share
-    return share
+        if capacity != _budget_share:
+            PIXEL_BUDGET.capacity = capacity
+            _budget_share = capacity
+    return PIXEL_BUDGET.capacity
+
+
+def input_megapixels(activity: Activity, settings: Settings) -> float:
+    """What running ``activity`` will hold: ``WORKING_COPIES`` times its input's decoded megapixels.
+
+    Read from the image header only (no decode), so the worker can afford it
+    before claiming. Whatever is wrong with the input is left for the processor
+    to report: this raises and the worker counts nothing.
+    """
+    path = images.resolve_path(activity.data["input"], settings.images_roots)
+    with Image.open(path) as header:
+        width, height = header.size
+    return images.WORKING_COPIES * width * height / 1e6
 
 
 def image_roots(settings: Settings) -> tuple[Path, ...]:
@@ -137,7 +152,7 @@ def resolve_input(
 # --------------------------------------------------------------------------- image.process
 
 
-@processor(IMAGE_PROCESS, follow_ups=())
+@processor(IMAGE_PROCESS, follow_ups=(), megapixels=input_megapixels)
 def process_recipe(activity: Activity, ctx: Context) -> list[dict[str, object]]:
     """Run the recipe in ``activity.data``; bad recipes and refused images fail at once."""
     configure_pixel_budget(ctx.settings)
@@ -312,5 +327,5 @@ def pipeline_processor(
 
     run.__qualname__ = f"pipeline_processor[{type_}]"
     run.__module__ = getattr(build, "__module__", __name__)
-    processor(type_, follow_ups=follow_ups, timeout=timeout)(run)
+    processor(type_, follow_ups=follow_ups, timeout=timeout, megapixels=input_megapixels)(run)
     return run

@@ -47,6 +47,7 @@ from PIL import (
     features,
 )
 
+from .config import automatic_megapixels
 from .durable import fsync_directory
 
 __all__ = [
@@ -321,15 +322,6 @@ def open_image(
 # --------------------------------------------------------------------------- memory budget
 
 
-def _automatic_capacity() -> float:
-    """A quarter of physical memory at 4 bytes per pixel; 256 Mpx where that is unknown."""
-    try:
-        ram = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-    except (AttributeError, ValueError, OSError):
-        return 256.0
-    return ram / 4 / 4 / 1e6 if ram > 0 else 256.0
-
-
 class PixelBudget:
     """A weighted semaphore counted in megapixels, shared by the image jobs of one process.
 
@@ -350,7 +342,7 @@ class PixelBudget:
     def _checked(capacity: float) -> float:
         if not capacity >= 0:
             raise ValueError(f"capacity must be >= 0 megapixels, got {capacity}")
-        return capacity or _automatic_capacity()
+        return capacity or automatic_megapixels()
 
     @property
     def capacity(self) -> float:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import dataclasses
 import importlib
 import json
 import logging
@@ -29,6 +30,7 @@ from typing import Any
 from .activity import Activity
 from .config import Settings
 from .processor import Context, Fatal, registered
+from .steps import any_step_abandoned
 
 _PR_SET_PDEATHSIG = 1
 _BUILTIN_MODULES = ("spoolpipe.failure", "spoolpipe.image_processors")
@@ -144,6 +146,9 @@ def _child_main(conn: Connection, setup: Setup) -> None:
         if message is None:
             return
         outcome = _run(message, setup)
+        if any_step_abandoned() and not outcome.recycle:
+            # A step thread outlived its timeout: only ending this process stops it.
+            outcome = dataclasses.replace(outcome, recycle=True)
         try:
             conn.send(outcome)
         except (TypeError, ValueError) as exc:  # an unpicklable result

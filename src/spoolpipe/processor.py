@@ -18,6 +18,8 @@ from .activity import Activity, is_valid_name
 from .config import Settings
 
 ProcessFunction = Callable[[Activity, "Context"], Any]
+# Decoded megapixels an activity will hold, estimated before it is claimed (image work).
+MegapixelEstimate = Callable[[Activity, Settings], float]
 
 
 class Fatal(Exception):
@@ -78,6 +80,7 @@ class Registration:
     follow_up_types: frozenset[str] | None
     timeout: float | None
     origin: str
+    megapixels: MegapixelEstimate | None = None
 
 
 _registry: dict[str, Registration] = {}
@@ -99,13 +102,19 @@ def processor(
     *,
     follow_ups: tuple[str, ...] | None = None,
     timeout: float | None = None,
+    megapixels: MegapixelEstimate | None = None,
 ) -> Callable[[ProcessFunction], ProcessFunction]:
-    """Register ``function(activity, ctx)`` as the processor of ``type``."""
+    """Register ``function(activity, ctx)`` as the processor of ``type``.
+
+    ``megapixels(activity, settings)`` estimates the decoded pixels an activity
+    will hold; the worker then starts it only while the total held by its
+    running activities stays under ``images.max-megapixels``.
+    """
 
     def decorate(function: ProcessFunction) -> ProcessFunction:
         origin = f"{function.__module__}.{function.__qualname__}"
         declared = None if follow_ups is None else frozenset(follow_ups)
-        _register(Registration(type, function, declared, timeout, origin))
+        _register(Registration(type, function, declared, timeout, origin, megapixels))
         return function
 
     return decorate

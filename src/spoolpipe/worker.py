@@ -48,6 +48,7 @@ class _Running:
     claim: ClaimName
     activity: Activity
     started: float
+    megapixels: float = 0.0
 
 
 @dataclass
@@ -103,6 +104,7 @@ class Worker:
         self._recycle_all = False
         self._observer: Any = None
         self._unsettled = 0
+        self._estimates: dict[str, float] = {}
 
     # -- start-up ------------------------------------------------------------------------------
 
@@ -352,6 +354,7 @@ class Worker:
                 self._queue[name] = found
                 queued_ids.add(found.id)
         self._order = sorted(self._queue, key=lambda n: (self._queue[n].not_before or 0.0, n))
+        self._estimates = {k: v for k, v in self._estimates.items() if k in queued_ids}
 
     def _quarantine(self, name: str, reason: str) -> None:
         try:
@@ -370,7 +373,24 @@ class Worker:
             return False
         if busy[activity.type] >= self.settings.concurrency_for(activity.type):
             return False
-        return activity.not_before is None or activity.not_before <= now
+        if activity.not_before is not None and activity.not_before > now:
+            return False
+        need = self._megapixels(activity)
+        held = sum(r.megapixels for r in self._running.values())
+        # An image bigger than the whole cap still runs, alone, rather than never.
+        return not held or held + need <= self.settings.megapixel_cap
+
+    def _megapixels(self, activity: Activity) -> float:
+        """The decoded megapixels ``activity`` will hold, by its processor's estimate (0 if none)."""
+        estimate = registered()[activity.type].megapixels
+        if estimate is None:
+            return 0.0
+        if activity.id not in self._estimates:
+            try:
+                self._estimates[activity.id] = max(0.0, float(estimate(activity, self.settings)))
+            except Exception:  # the processor itself will report what is wrong with its input
+                self._estimates[activity.id] = 0.0
+        return self._estimates[activity.id]
 
     def _handles(self, type_: str) -> bool:
         return type_ in registered() and self.settings.concurrency_for(type_) > 0
@@ -418,7 +438,8 @@ class Worker:
             slot = idle.pop()
             log.debug("claimed %s (%s, attempt %d)", activity.id, activity.type, activity.attempt)
             task = Task(activity, str(self.repo.attempt_log(activity)))
-            self._running[slot.index] = _Running(claim, activity, now)
+            megapixels = self._estimates.pop(activity.id, 0.0)
+            self._running[slot.index] = _Running(claim, activity, now, megapixels)
             self.pool.send(slot, task, time.monotonic() + self._timeout(activity.type), None)
         self._order = skipped + self._order[position:]
         self._starved = bool(idle)
