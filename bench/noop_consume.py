@@ -45,7 +45,9 @@ def bare_loop(base: Path, jobs: int) -> float:
 def spoolpipe_worker(base: Path, jobs: int, fsync: bool) -> float:
     repo = base / "repo"
     Repository.create(repo, config.render_defaults())
-    (base / "bench_procs.py").write_text("from spoolpipe import processor\n\n@processor('noop')\ndef noop(a, ctx):\n    return None\n")
+    (base / "bench_procs.py").write_text(
+        "from spoolpipe import processor\n\n@processor('noop')\ndef noop(a, ctx):\n    return None\n"
+    )
     (repo / "spoolpipe.properties").write_text(
         textwrap.dedent(
             f"""
@@ -102,7 +104,9 @@ def huey_file(base: Path, jobs: int) -> float | None:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--jobs", type=int, default=5000)
     parser.add_argument("--dir", type=Path, default=None, help="where to run (default: a temp dir)")
     args = parser.parse_args()

@@ -78,9 +78,7 @@ def test_pool_size_zero_uses_cpus_of_this_machine(tmp_path: Path) -> None:
 
 
 def test_schema_covers_every_settings_field() -> None:
-    static = {
-        o.key.replace(".", "_").replace("-", "_") for o in config.OPTIONS if o.default is not None
-    }
+    static = {o.key.replace(".", "_").replace("-", "_") for o in config.OPTIONS if o.default is not None}
     fields = {f.name for f in dataclasses.fields(Settings)}
     assert fields - static == {"concurrency", "timeouts", "custom", "sources"}
     assert static <= fields
@@ -153,9 +151,7 @@ BAD_VALUES = [
 
 
 @pytest.mark.parametrize(("key", "value", "message"), BAD_VALUES)
-def test_bad_value_reports_file_line_key(
-    tmp_path: Path, key: str, value: str, message: str
-) -> None:
+def test_bad_value_reports_file_line_key(tmp_path: Path, key: str, value: str, message: str) -> None:
     path = shared(tmp_path, f"# comment\n\n{key} = {value}\n")
     assert errors_of(tmp_path) == [f"{path}:3: {key}: {message}"]
 
@@ -164,9 +160,7 @@ def test_error_example_from_spec(tmp_path: Path) -> None:
     path = shared(tmp_path, "\n" * 11 + "pool.size = many\n")
     with pytest.raises(ConfigError) as info:
         load(tmp_path)
-    assert str(info.value) == (
-        f"{path}:12: pool.size: 'many' is not an integer; expected an integer >= 0"
-    )
+    assert str(info.value) == (f"{path}:12: pool.size: 'many' is not an integer; expected an integer >= 0")
 
 
 def test_all_errors_are_reported_together(tmp_path: Path) -> None:
@@ -176,8 +170,7 @@ def test_all_errors_are_reported_together(tmp_path: Path) -> None:
     assert errors == [
         f"{a}:1: pool.size: 'x' is not an integer; expected an integer >= 0",
         f"{a}:2: retry.jitter: '2' is out of range; expected a number between 0 and 1",
-        f"{b}:3: log.level: 'loud' is not a valid choice; "
-        "expected one of DEBUG, INFO, WARNING, ERROR",
+        f"{b}:3: log.level: 'loud' is not a valid choice; expected one of DEBUG, INFO, WARNING, ERROR",
     ]
     with pytest.raises(ConfigError) as info:
         load(tmp_path, "w1")
@@ -186,21 +179,13 @@ def test_all_errors_are_reported_together(tmp_path: Path) -> None:
 
 def test_overridden_bad_value_is_still_an_error(tmp_path: Path) -> None:
     path = shared(tmp_path, "pool.size = x\npool.size = 2\n")
-    assert errors_of(tmp_path) == [
-        f"{path}:1: pool.size: 'x' is not an integer; expected an integer >= 0"
-    ]
+    assert errors_of(tmp_path) == [f"{path}:1: pool.size: 'x' is not an integer; expected an integer >= 0"]
 
 
 def test_continuation_lines_report_the_line_the_key_starts_on(tmp_path: Path) -> None:
     path = shared(
         tmp_path,
-        "# header\n"
-        "processors = a,\\\n"
-        "    b,\\\n"
-        "    c\n"
-        "pool.size = \\\n"
-        "    lots\n"
-        "retry.jitter = 9\n",
+        "# header\nprocessors = a,\\\n    b,\\\n    c\npool.size = \\\n    lots\nretry.jitter = 9\n",
     )
     assert errors_of(tmp_path) == [
         f"{path}:5: pool.size: 'lots' is not an integer; expected an integer >= 0",
@@ -211,9 +196,7 @@ def test_continuation_lines_report_the_line_the_key_starts_on(tmp_path: Path) ->
 def test_line_numbers_with_crlf_and_cr_line_endings(tmp_path: Path) -> None:
     path = tmp_path / "spoolpipe.properties"
     path.write_bytes(b"# a\r\nprocessors = x,\\\r\n  y\r\r\npool.size = z\r\n")
-    assert errors_of(tmp_path) == [
-        f"{path}:5: pool.size: 'z' is not an integer; expected an integer >= 0"
-    ]
+    assert errors_of(tmp_path) == [f"{path}:5: pool.size: 'z' is not an integer; expected an integer >= 0"]
 
 
 def test_continued_value_is_joined(tmp_path: Path) -> None:
@@ -259,9 +242,7 @@ def test_unknown_key_warns_with_suggestion(tmp_path: Path) -> None:
 )
 def test_unknown_key_suggestions(tmp_path: Path, key: str, suggestion: str) -> None:
     path = shared(tmp_path, f"{key} = 1\n")
-    assert load(tmp_path).warnings == (
-        f"{path}:1: unknown key {key!r}; did you mean {suggestion!r}?",
-    )
+    assert load(tmp_path).warnings == (f"{path}:1: unknown key {key!r}; did you mean {suggestion!r}?",)
 
 
 def test_unknown_key_without_close_match_has_no_suggestion(tmp_path: Path) -> None:
@@ -334,9 +315,7 @@ def test_relative_paths_resolve_against_defining_file(tmp_path: Path) -> None:
     assert load(tmp_path, "w2").settings.processors_path == (tmp_path / "workers" / "plugins",)
 
 
-def test_relative_repo_gives_absolute_paths(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_relative_repo_gives_absolute_paths(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     shared(tmp_path / "repo", "processors.path = lib\n")
     monkeypatch.chdir(tmp_path)
     s = load(Path("repo")).settings
