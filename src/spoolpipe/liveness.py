@@ -75,10 +75,14 @@ def resolve_mode(mode: str, repository: Path) -> str:
 
 
 def _make_lock(
-    path: Path, mode: str, lease_seconds: float, on_compromise: Callable[[object], None] | None = None
+    path: Path,
+    mode: str,
+    lease_seconds: float,
+    on_compromise: Callable[[object], None] | None = None,
+    on_acquired: Callable[[int], None] | None = None,
 ) -> BaseFileLock:
     if mode == "flock":
-        return FileLock(path, thread_local=False)
+        return FileLock(path, thread_local=False, on_acquired=on_acquired)
     if mode == "lease":
         return SoftFileLease(
             path, lease_duration=lease_seconds, on_compromise=on_compromise, thread_local=False
@@ -89,14 +93,19 @@ def _make_lock(
 
 
 class OwnLock:
-    """The lock a worker holds for its whole life; losing it (lease compromise) means stop committing."""
+    """The lock a worker holds for its whole life; once it is lost, others may take the worker's claims."""
 
     def __init__(self, locks: Path, worker: str, mode: str, lease_seconds: float) -> None:
-        self.lost = False
-        self._lock = _make_lock(locks / f"{worker}.lock", mode, lease_seconds, self._compromised)
+        self._path = locks / f"{worker}.lock"
+        self._lost = False
+        self._fd: int | None = None
+        self._lock = _make_lock(self._path, mode, lease_seconds, self._compromised, self._acquired)
 
     def _compromised(self, _compromise: object) -> None:
-        self.lost = True
+        self._lost = True
+
+    def _acquired(self, fd: int) -> None:
+        self._fd = fd
 
     def acquire(self, wait: float) -> None:
         try:
@@ -104,7 +113,26 @@ class OwnLock:
         except Timeout:
             raise WorkerAlreadyRunning(self._lock.lock_file) from None
 
+    def held(self) -> bool:
+        """False once the lock is provably lost.
+
+        A lease reports its own compromise. An flock is lost without a word when
+        the file system that granted it goes away (a network client killed and
+        remounted): the lock file we hold open then no longer is the file at the
+        lock path, or cannot even be looked at.
+        """
+        if self._lost:
+            return False
+        if self._fd is None:
+            return True
+        try:
+            mine, current = os.fstat(self._fd), os.stat(self._path)
+        except OSError:
+            return False
+        return (mine.st_dev, mine.st_ino) == (current.st_dev, current.st_ino)
+
     def release(self) -> None:
+        self._fd = None
         with contextlib.suppress(Exception):
             self._lock.release()
 

@@ -260,7 +260,7 @@ class Worker:
             if now >= self._grace_deadline:
                 self._release_all("shutdown grace period over")
                 return False
-        if self.own_lock.lost:
+        if not self.own_lock.held():
             self._lost_lock()
         if now >= self._next_heartbeat:
             self._next_heartbeat = now + self.settings.heartbeat_interval_seconds
@@ -643,7 +643,9 @@ class Worker:
         self.repo.durability.barrier()
 
     def _lost_lock(self) -> None:
-        log.error("this worker's lease was lost (paused or cut off too long): abandoning running work")
+        log.error(
+            "this worker lost its lock (paused, or cut off from the file system): abandoning running work"
+        )
         for slot in self.pool.busy():
             self._running.pop(slot.index, None)
             self.pool.replace(slot, kill=True)
@@ -652,7 +654,7 @@ class Worker:
             self.repo.locks, self.worker_id, self.lock_mode, self.settings.claims_lease_seconds
         )
         self.own_lock.acquire(wait=self.settings.claims_lease_seconds * 3)
-        log.info("lease re-acquired")
+        log.info("lock re-acquired")
 
     # -- recovery ------------------------------------------------------------------------------------
 
