@@ -56,7 +56,7 @@ def drop(repo: Repository, name: str, doc: Any) -> Path:
 
 
 def read_ok(repo: Repository, name: str) -> Activity:
-    found = repo.read(name, limit=LIMIT, settle=5.0, now=time.time())
+    found = repo.read(name, limit=LIMIT)
     assert isinstance(found, Activity), found
     return found
 
@@ -387,12 +387,12 @@ def test_read_a_valid_file(repo: Repository) -> None:
 
 
 def test_read_of_a_missing_file_is_none(repo: Repository) -> None:
-    assert repo.read("nothing.json", limit=LIMIT, settle=0, now=time.time()) is None
+    assert repo.read("nothing.json", limit=LIMIT) is None
 
 
 def test_read_never_blocks_on_a_fifo(repo: Repository) -> None:
     os.mkfifo(repo.inbox / "pipe.json")
-    found = _read_in_thread(repo, "pipe.json", limit=LIMIT, settle=0, now=time.time() + 100)
+    found = _read_in_thread(repo, "pipe.json", limit=LIMIT)
     assert isinstance(found, Rejected)
     assert "pipe.json" in found.reason
     assert "FIFO" in found.reason
@@ -405,7 +405,7 @@ def test_read_never_follows_a_symlink(repo: Repository, tmp_path: Path) -> None:
     os.mkfifo(tmp_path / "outside.fifo")
     os.symlink(tmp_path / "outside.fifo", repo.inbox / "fifo-link.json")
     for name in ("link.json", "fifo-link.json"):
-        found = _read_in_thread(repo, name, limit=LIMIT, settle=0, now=time.time() + 100)
+        found = _read_in_thread(repo, name, limit=LIMIT)
         assert isinstance(found, Rejected)
         assert "symbolic link" in found.reason
     assert target.read_text() == json.dumps({"type": "t"})
@@ -424,7 +424,7 @@ def test_read_of_other_kinds_is_rejected(repo: Repository, kind: str) -> None:
         server.bind(str(path))
         server.close()
         expected = "a socket"
-    found = repo.read("thing.json", limit=LIMIT, settle=0, now=time.time())
+    found = repo.read("thing.json", limit=LIMIT)
     assert isinstance(found, Rejected)
     assert expected in found.reason
 
@@ -434,33 +434,39 @@ def test_read_respects_the_size_limit(repo: Repository) -> None:
     body = b'{"type": "t"}'
     drop(repo, "fits.json", body + b" " * (limit - len(body)))
     drop(repo, "big.json", body + b" " * (limit + 1 - len(body)))
-    assert isinstance(repo.read("fits.json", limit=limit, settle=60, now=time.time()), Activity)
-    found = repo.read("big.json", limit=limit, settle=60, now=time.time())
+    assert isinstance(repo.read("fits.json", limit=limit), Activity)
+    found = repo.read("big.json", limit=limit)
     assert isinstance(found, Rejected)
     assert "limits.activity-bytes=100" in found.reason
     assert "big.json" in found.reason
 
 
-def test_an_unparsable_file_waits_for_the_settle_time(repo: Repository) -> None:
+def test_an_unparsable_file_is_rejected_with_a_stamp_so_the_worker_can_wait(repo: Repository) -> None:
     path = drop(repo, "half.json", b'{"type": "t", "da')
-    mtime = path.stat().st_mtime
-    assert repo.read("half.json", limit=LIMIT, settle=5, now=mtime + 1) is None
-    os.utime(path, (mtime - 10, mtime - 10))
-    found = repo.read("half.json", limit=LIMIT, settle=5, now=mtime)
+    found = repo.read("half.json", limit=LIMIT)
     assert isinstance(found, Rejected)
     assert found.reason.startswith("half.json: malformed JSON at line 1")
+    st = path.stat()
+    assert found.stamp == (st.st_ino, st.st_size, st.st_mtime_ns)
     # Finished by its writer in the meantime: it is simply an activity.
     path.write_text('{"type": "t", "data": {}}')
-    assert isinstance(repo.read("half.json", limit=LIMIT, settle=5, now=time.time()), Activity)
+    assert isinstance(repo.read("half.json", limit=LIMIT), Activity)
 
 
-def test_an_invalid_but_complete_file_also_waits_for_the_settle_time(repo: Repository) -> None:
-    path = drop(repo, "bad.json", {"type": "no spaces allowed"})
-    mtime = path.stat().st_mtime
-    assert repo.read("bad.json", limit=LIMIT, settle=5, now=mtime) is None
-    found = repo.read("bad.json", limit=LIMIT, settle=5, now=mtime + 5)
+def test_an_invalid_but_complete_file_also_carries_a_stamp(repo: Repository) -> None:
+    drop(repo, "bad.json", {"type": "no spaces allowed"})
+    found = repo.read("bad.json", limit=LIMIT)
     assert isinstance(found, Rejected)
     assert "bad type" in found.reason
+    assert found.stamp is not None
+
+
+def test_what_can_never_become_valid_has_no_stamp(repo: Repository) -> None:
+    (repo.inbox / "dir").mkdir()
+    drop(repo, "big.json", b" " * (LIMIT + 1))
+    for name in ("dir", "big.json"):
+        found = repo.read(name, limit=LIMIT)
+        assert isinstance(found, Rejected) and found.stamp is None
 
 
 # -- quarantine --------------------------------------------------------------------------------------

@@ -429,8 +429,9 @@ OPTIONS: tuple[Option, ...] = (
         "inbox.settle-seconds",
         FloatKind(0),
         "5.0",
-        "An activity file that does not parse and was modified less than this many "
-        "seconds ago is presumed to still be being written, and is left alone.",
+        "An activity file that does not parse is presumed to still be being written, and is "
+        "left alone, until it is this many seconds old by the shared file system's clock and "
+        "has stayed unchanged this long while a worker watched it.",
     ),
     Option(
         "limits.activity-bytes",

@@ -60,9 +60,18 @@ class Staged:
 
 @dataclass(frozen=True)
 class Rejected:
-    """An inbox entry that can never run, and why."""
+    """An inbox entry that cannot run, and why.
+
+    ``stamp`` (inode, size, mtime) is set when the content might still be being
+    written: the caller quarantines it only once it has stayed unchanged long enough.
+    """
 
     reason: str
+    stamp: tuple[int, int, int] | None = None
+
+
+def _stamp(st: os.stat_result) -> tuple[int, int, int]:
+    return st.st_ino, st.st_size, st.st_mtime_ns
 
 
 def _kind(mode: int) -> str:
@@ -172,11 +181,8 @@ class Repository:
         with os.scandir(self.inbox) as entries:
             return [e.name for e in entries if not is_ignored(e.name)]
 
-    def read(self, name: str, *, limit: int, settle: float, now: float) -> Activity | Rejected | None:
-        """Read an inbox entry without following links or blocking on FIFOs.
-
-        ``None`` means: gone, or not parseable yet but young enough to be still being written.
-        """
+    def read(self, name: str, *, limit: int) -> Activity | Rejected | None:
+        """Read an inbox entry without following links or blocking on FIFOs; ``None`` if it is gone."""
         path = self.inbox / name
         try:
             st = os.lstat(path)
@@ -186,7 +192,6 @@ class Repository:
             return Rejected(f"{name} is {_kind(st.st_mode)}, not an activity file")
         if st.st_size > limit:
             return Rejected(f"{name} is {st.st_size} bytes, over limits.activity-bytes={limit}")
-        settled = now - st.st_mtime >= settle
         try:
             fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY)
         except FileNotFoundError:
@@ -196,7 +201,7 @@ class Repository:
                 return Rejected(f"{name} is a symbolic link (links are never followed)")
             if exc.errno in _TRANSIENT:
                 return None
-            return Rejected(f"{name} cannot be read: {exc.strerror}") if settled else None
+            return Rejected(f"{name} cannot be read: {exc.strerror}", _stamp(st))
         try:
             st = os.fstat(fd)
             if not stat.S_ISREG(st.st_mode):
@@ -212,7 +217,7 @@ class Repository:
         except OSError as exc:
             if exc.errno in _TRANSIENT:
                 return None
-            return Rejected(f"{name} cannot be read: {exc.strerror}") if settled else None
+            return Rejected(f"{name} cannot be read: {exc.strerror}", _stamp(st))
         finally:
             os.close(fd)
         if size > limit:
@@ -220,8 +225,7 @@ class Repository:
         try:
             return parse_activity(b"".join(chunks), name)
         except InvalidActivity as exc:
-            settled = now - st.st_mtime >= settle
-            return Rejected(f"{name}: {exc.reason}") if settled else None
+            return Rejected(f"{name}: {exc.reason}", _stamp(st))
 
     def quarantine(self, name: str, reason: str) -> Path | None:
         """Move an inbox entry (of any kind) into ``invalid/`` with a reason. ``None`` if someone else did."""

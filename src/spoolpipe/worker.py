@@ -105,6 +105,7 @@ class Worker:
         self._observer: Any = None
         self._unsettled = 0
         self._estimates: dict[str, float] = {}
+        self._suspects: dict[str, tuple[tuple[int, int, int], float]] = {}
 
     # -- start-up ------------------------------------------------------------------------------
 
@@ -329,17 +330,16 @@ class Worker:
         now = self.clock.now()
         running_ids = {c.activity_id for c in self.repo.claims()}
         queued_ids = {a.id for a in self._queue.values()}
+        self._suspects = {n: seen for n, seen in self._suspects.items() if n in present}
         for name in fresh:
-            found = self.repo.read(
-                name,
-                limit=self.settings.limits_activity_bytes,
-                settle=self.settings.inbox_settle_seconds,
-                now=now,
-            )
+            found = self.repo.read(name, limit=self.settings.limits_activity_bytes)
             if found is None:
-                self._unsettled += 1
-            elif isinstance(found, Rejected):
-                self._quarantine(name, found.reason)
+                continue
+            if isinstance(found, Rejected):
+                if found.stamp is None or self._settled(name, found.stamp, now):
+                    self._quarantine(name, found.reason)
+                else:
+                    self._unsettled += 1
             elif (
                 found.id in queued_ids
                 or (self.repo.done / f"{found.id}.json").exists()
@@ -355,6 +355,24 @@ class Worker:
                 queued_ids.add(found.id)
         self._order = sorted(self._queue, key=lambda n: (self._queue[n].not_before or 0.0, n))
         self._estimates = {k: v for k, v in self._estimates.items() if k in queued_ids}
+
+    def _settled(self, name: str, stamp: tuple[int, int, int], now: float) -> bool:
+        """Whether a file that does not parse is done being written, so it may be quarantined.
+
+        Its modification time must be ``inbox.settle-seconds`` old by the shared
+        file system's clock, and it must have stayed unchanged that long while this
+        worker watched it: a writer whose clock is behind cannot make a file it is
+        still writing look old.
+        """
+        settle = self.settings.inbox_settle_seconds
+        seen = self._suspects.get(name)
+        watched = time.monotonic()
+        if seen is None or seen[0] != stamp:
+            self._suspects[name] = (stamp, watched)
+            watched_for = 0.0
+        else:
+            watched_for = watched - seen[1]
+        return watched_for >= settle and now - stamp[2] / 1e9 >= settle
 
     def _quarantine(self, name: str, reason: str) -> None:
         try:
