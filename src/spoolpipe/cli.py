@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import logging.handlers
 import math
 import sys
 from collections import Counter
@@ -172,7 +173,8 @@ def _configure_logging(repo: Repository, worker_id: str, level: str | None) -> N
     root.handlers.clear()
     for handler in (
         logging.StreamHandler(sys.stderr),
-        logging.FileHandler(repo.logs / "workers" / f"{worker_id}.log", encoding="utf-8"),
+        # Reopened when the file is moved (log rotation) or its file system was remounted.
+        logging.handlers.WatchedFileHandler(repo.logs / "workers" / f"{worker_id}.log", encoding="utf-8"),
     ):
         handler.setFormatter(fmt)
         root.addHandler(handler)

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -92,14 +93,60 @@ def _make_lock(
     raise ValueError(f"unknown claims.lock mode {mode!r}; expected one of auto, {', '.join(MODES)}")
 
 
+class _LeaseWatch:
+    """Tells when a lease marker has gone unrefreshed for ``lease_seconds`` on this process's monotonic clock.
+
+    ``SoftFileLease`` takes an expired lease over with an atomic exchange of two
+    names (``renameat2``), which NFS and GlusterFS refuse; there it never takes
+    over by itself, and its documentation leaves the break to the caller. A
+    holder refreshes the marker, which changes its times, so an unchanged marker
+    for a whole lease means nobody is refreshing it.
+    """
+
+    def __init__(self, path: Path, lease_seconds: float) -> None:
+        self._path = path
+        self._lease_seconds = lease_seconds
+        self._seen: tuple[tuple[int, int, int], float] | None = None
+
+    def expired(self) -> bool:
+        try:
+            st = os.lstat(self._path)
+        except OSError:
+            self._seen = None
+            return False
+        key, now = (st.st_ino, st.st_mtime_ns, st.st_ctime_ns), time.monotonic()
+        if self._seen is None or self._seen[0] != key:
+            self._seen = (key, now)
+            return False
+        return now - self._seen[1] >= self._lease_seconds
+
+
+def _take(lock: BaseFileLock, watch: _LeaseWatch | None) -> bool:
+    """Try once to take ``lock``; break an expired lease the file system would not let filelock take over."""
+    try:
+        lock.acquire(blocking=False)
+        return True
+    except Timeout:
+        if watch is None or not watch.expired():
+            return False
+    lock.break_lock()  # type: ignore[attr-defined]
+    try:
+        lock.acquire(blocking=False)
+    except Timeout:
+        return False
+    return True
+
+
 class OwnLock:
     """The lock a worker holds for its whole life; once it is lost, others may take the worker's claims."""
 
     def __init__(self, locks: Path, worker: str, mode: str, lease_seconds: float) -> None:
         self._path = locks / f"{worker}.lock"
+        self._held = False
         self._lost = False
         self._fd: int | None = None
         self._lock = _make_lock(self._path, mode, lease_seconds, self._compromised, self._acquired)
+        self._watch = _LeaseWatch(self._path, lease_seconds) if mode == "lease" else None
 
     def _compromised(self, _compromise: object) -> None:
         self._lost = True
@@ -108,20 +155,23 @@ class OwnLock:
         self._fd = fd
 
     def acquire(self, wait: float) -> None:
-        try:
-            self._lock.acquire(timeout=wait)
-        except Timeout:
-            raise WorkerAlreadyRunning(self._lock.lock_file) from None
+        """Take the lock within ``wait`` seconds (a dead incarnation's lease is waited out and broken)."""
+        deadline = time.monotonic() + wait
+        while not _take(self._lock, self._watch):
+            if time.monotonic() >= deadline:
+                raise WorkerAlreadyRunning(self._lock.lock_file)
+            time.sleep(min(0.1, wait))
+        self._held = True
 
     def held(self) -> bool:
-        """False once the lock is provably lost.
+        """False until acquired, and once the lock is provably lost.
 
         A lease reports its own compromise. An flock is lost without a word when
         the file system that granted it goes away (a network client killed and
         remounted): the lock file we hold open then no longer is the file at the
         lock path, or cannot even be looked at.
         """
-        if self._lost:
+        if not self._held or self._lost:
             return False
         if self._fd is None:
             return True
@@ -132,6 +182,7 @@ class OwnLock:
         return (mine.st_dev, mine.st_ino) == (current.st_dev, current.st_ino)
 
     def release(self) -> None:
+        self._held = False
         self._fd = None
         with contextlib.suppress(Exception):
             self._lock.release()
@@ -144,22 +195,21 @@ class Prober:
         self._locks = locks
         self._mode = mode
         self._lease_seconds = lease_seconds
-        self._contenders: dict[str, BaseFileLock] = {}
+        self._contenders: dict[str, tuple[BaseFileLock, _LeaseWatch | None]] = {}
 
     @contextlib.contextmanager
     def dead(self, worker: str) -> Iterator[bool]:
         """Yield True while holding ``worker``'s lock if it is dead (so it cannot come back meanwhile)."""
-        lock = self._contenders.get(worker)
-        if lock is None:
-            lock = self._contenders[worker] = _make_lock(
-                self._locks / f"{worker}.lock", self._mode, self._lease_seconds
-            )
+        if worker not in self._contenders:
+            path = self._locks / f"{worker}.lock"
+            watch = _LeaseWatch(path, self._lease_seconds) if self._mode == "lease" else None
+            self._contenders[worker] = (_make_lock(path, self._mode, self._lease_seconds), watch)
+        lock, watch = self._contenders[worker]
         try:
-            lock.acquire(blocking=False)
-        except Timeout:
-            yield False
-            return
+            taken = _take(lock, watch)
         except OSError:
+            taken = False
+        if not taken:
             yield False
             return
         try:

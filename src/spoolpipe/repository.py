@@ -416,6 +416,9 @@ def filesystem_now(probe: Path) -> float:
         os.utime(probe, None)
     except FileNotFoundError:
         probe.touch()
+        # Some file systems (GlusterFS's ctime) stamp a new file with the creating client's clock;
+        # only a "set to now" takes the server's.
+        os.utime(probe, None)
     return probe.stat().st_mtime
 
 

@@ -240,9 +240,9 @@ class Worker:
                     self._pending.clear()
                     time.sleep(1.0)
         finally:
+            self._shutdown()
             for s, handler in previous.items():
                 signal.signal(s, handler)
-            self._shutdown()
         return 0
 
     def _step(self) -> bool:
@@ -661,9 +661,11 @@ class Worker:
         self.repo.durability.barrier()
 
     def _lost_lock(self) -> None:
-        log.error(
-            "this worker lost its lock (paused, or cut off from the file system): abandoning running work"
-        )
+        """Abandon running work (others may take its claims) and take the lock again before claiming more."""
+        if self._running:
+            log.error(
+                "this worker lost its lock (paused, or cut off from the file system): abandoning running work"
+            )
         for slot in self.pool.busy():
             self._running.pop(slot.index, None)
             self.pool.replace(slot, kill=True)
@@ -671,7 +673,11 @@ class Worker:
         self.own_lock = OwnLock(
             self.repo.locks, self.worker_id, self.lock_mode, self.settings.claims_lease_seconds
         )
-        self.own_lock.acquire(wait=self.settings.claims_lease_seconds * 3)
+        try:
+            self.own_lock.acquire(wait=self.settings.claims_lease_seconds * 3)
+        except WorkerAlreadyRunning:
+            log.error("cannot take this worker's lock back yet; retrying")
+            return
         log.info("lock re-acquired")
 
     # -- recovery ------------------------------------------------------------------------------------
@@ -721,14 +727,13 @@ class Worker:
             "running": sorted(r.activity.id for r in self._running.values()),
         }
         target = self.repo.heartbeats / f"{self.worker_id}.json"
+        # One temp name per worker: one killed mid-write leaves one file, which its next heartbeat reuses.
+        tmp = self.repo.tmp / f"heartbeat-{self.worker_id}.tmp"
         try:
-            tmp = self.repo.temp_path("heartbeat")
             tmp.write_bytes(dumps(doc))
             os.replace(tmp, target)
         except OSError as exc:
             log.warning("cannot write heartbeat: %s", exc)
-            with contextlib.suppress(OSError):
-                tmp.unlink()
 
     def _config_mtimes(self) -> tuple[float | None, ...]:
         stamps: list[float | None] = []
