@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import glob
 import json
 import os
 import signal
@@ -201,7 +202,10 @@ def all_equal(values: Iterable[int]) -> bool:
 
 # -- additions for tests/distributed: repositories on shared mounts, workers standing for machines --
 
-FAKETIME_LIBRARY = "/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1"
+FAKETIME_LIBRARY = next(
+    iter(sorted(glob.glob("/usr/lib/*/faketime/libfaketime.so.1"))),
+    "/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1",
+)
 
 
 def make_repository_on(
@@ -243,14 +247,44 @@ def make_repository_on(
 
 
 def faketime_env(offset: str) -> dict[str, str]:
-    """Environment that makes a process's wall clock run ``offset`` off (libfaketime, e.g. "+10m").
+    """Environment that makes a C program's wall clock run ``offset`` off (libfaketime, e.g. "+10m").
 
-    The monotonic clock is left alone, as on a real machine whose wall clock is wrong.
-    Needs Debian's ``libfaketime`` package (``faketime`` pulls it in).
+    The monotonic clock is left alone, as on a real machine whose wall clock is wrong. Needs
+    Debian's ``libfaketime`` package. Good for a GlusterFS client; not
+    for Python 3.11 (Debian 12's libfaketime 0.9.10 makes ``time.sleep()`` fail with EINVAL when the
+    monotonic clock is not faked): use :func:`skewed_clock_env` for workers.
     """
     if not os.path.exists(FAKETIME_LIBRARY):
-        raise FileNotFoundError(f"{FAKETIME_LIBRARY} missing: apt-get install faketime")
+        raise FileNotFoundError(f"{FAKETIME_LIBRARY} missing: apt-get install libfaketime")
     return {"LD_PRELOAD": FAKETIME_LIBRARY, "FAKETIME": offset, "FAKETIME_DONT_FAKE_MONOTONIC": "1"}
+
+
+_SKEWED_CLOCK = """\
+# Written by tests/harness.py: shift this process's wall clock (not its monotonic clock).
+import os as _os
+import time as _time
+
+_offset = float(_os.environ.get("SPOOLPIPE_TEST_CLOCK_OFFSET") or 0)
+if _offset:
+    _real_time, _real_time_ns = _time.time, _time.time_ns
+    _time.time = lambda: _real_time() + _offset
+    _time.time_ns = lambda: _real_time_ns() + int(_offset * 1e9)
+"""
+
+
+def skewed_clock_env(offset_seconds: float, directory: Path) -> dict[str, str]:
+    """Environment under which Python processes (a worker and its pool) see a wall clock that is off.
+
+    An injected clock: a ``sitecustomize`` module in ``directory`` shifts ``time.time()`` and
+    ``time.time_ns()`` by ``offset_seconds``; monotonic clocks and the kernel's file times are left
+    alone, as on a machine whose clock is wrong. (libfaketime does not work for CPython 3.11 here:
+    with ``FAKETIME_DONT_FAKE_MONOTONIC=1`` every ``time.sleep()`` fails with EINVAL, without it
+    ``threading`` waits hang; see :func:`faketime_env`, still fine for C programs.)
+    """
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / "sitecustomize.py").write_text(_SKEWED_CLOCK)
+    path = os.pathsep.join(p for p in (str(directory), os.environ.get("PYTHONPATH", "")) if p)
+    return {"PYTHONPATH": path, "SPOOLPIPE_TEST_CLOCK_OFFSET": repr(float(offset_seconds))}
 
 
 def start_worker_as(
@@ -288,14 +322,19 @@ def claims_of(repo: Path, worker: str) -> list[str]:
 def unparsable_json(
     repo: Path, directories: Iterable[str] = ("inbox", "running", "done", "failed")
 ) -> list[str]:
-    """Every file in these directories that is not a complete JSON document (should be none)."""
+    """Every file in these directories that is not a complete JSON document (should be none).
+
+    Files that vanish while being looked at (renamed by a worker meanwhile) are skipped.
+    """
     bad = []
     for name in directories:
         for path in (repo / name).iterdir():
-            if not path.is_file():
-                continue
             try:
+                if not path.is_file():
+                    continue
                 json.loads(path.read_bytes())
+            except FileNotFoundError:
+                continue
             except (ValueError, OSError) as exc:
                 bad.append(f"{name}/{path.name}: {exc}")
     return bad
