@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import logging.handlers
@@ -167,14 +168,22 @@ def cmd_retry(args: argparse.Namespace) -> int:
     return 1 if problems else 0
 
 
+class _WorkerLogHandler(logging.handlers.WatchedFileHandler):
+    """Reopens the log when it is moved (rotation) or its file system is remounted; never stops the worker."""
+
+    def reopenIfNeeded(self) -> None:
+        # While the file system is away, emit() reports each failed write on stderr.
+        with contextlib.suppress(OSError):
+            super().reopenIfNeeded()
+
+
 def _configure_logging(repo: Repository, worker_id: str, level: str | None) -> None:
     fmt = logging.Formatter(f"%(asctime)s %(levelname)s [{worker_id}] %(message)s")
     root = logging.getLogger("spoolpipe")
     root.handlers.clear()
     for handler in (
         logging.StreamHandler(sys.stderr),
-        # Reopened when the file is moved (log rotation) or its file system was remounted.
-        logging.handlers.WatchedFileHandler(repo.logs / "workers" / f"{worker_id}.log", encoding="utf-8"),
+        _WorkerLogHandler(repo.logs / "workers" / f"{worker_id}.log", encoding="utf-8"),
     ):
         handler.setFormatter(fmt)
         root.addHandler(handler)

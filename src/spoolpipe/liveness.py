@@ -154,14 +154,20 @@ class OwnLock:
     def _acquired(self, fd: int) -> None:
         self._fd = fd
 
-    def acquire(self, wait: float) -> None:
-        """Take the lock within ``wait`` seconds (a dead incarnation's lease is waited out and broken)."""
+    def acquire(self, wait: float, cancelled: Callable[[], bool] = lambda: False) -> bool:
+        """Take the lock within ``wait`` seconds (a dead incarnation's lease is waited out and broken).
+
+        False when ``cancelled()`` turned true while waiting.
+        """
         deadline = time.monotonic() + wait
         while not _take(self._lock, self._watch):
+            if cancelled():
+                return False
             if time.monotonic() >= deadline:
                 raise WorkerAlreadyRunning(self._lock.lock_file)
             time.sleep(min(0.1, wait))
         self._held = True
+        return True
 
     def held(self) -> bool:
         """False until acquired, and once the lock is provably lost.

@@ -115,7 +115,8 @@ class Worker:
             log.warning("%s", warning)
         return loaded.settings
 
-    def _start(self) -> None:
+    def _start(self) -> bool:
+        """Load, lock and spawn the pool; False when a signal stopped the worker before it could start."""
         self.repo.check()
         try:
             self.settings = self._load()
@@ -135,7 +136,9 @@ class Worker:
         try:
             # A lease left by a dead incarnation on another host expires only after lease-seconds.
             lease = self.settings.claims_lease_seconds
-            self.own_lock.acquire(wait=lease * 1.5 if self.lock_mode == "lease" else 5.0)
+            wait = lease * 1.5 if self.lock_mode == "lease" else 5.0
+            if not self.own_lock.acquire(wait=wait, cancelled=lambda: self._stopping):
+                return False
         except WorkerAlreadyRunning:
             raise StartupError(
                 f"worker id {self.worker_id!r} is already running "
@@ -158,6 +161,7 @@ class Worker:
             self.settings.pool_size,
             ", ".join(self._handled_types()) or "none",
         )
+        return True
 
     def _setup(self) -> Setup:
         s = self.settings
@@ -220,27 +224,32 @@ class Worker:
     # -- the loop ----------------------------------------------------------------------------------
 
     def run(self) -> int:
-        self._start()
+        # Signals are ours from the start: a SIGTERM while waiting for the lock stops the worker cleanly.
         previous = {
             s: signal.signal(s, self._on_signal) for s in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
         }
-        self._hinted = True
-        self._start_watching()
-        self._grace_deadline = float("inf")
-        self._next_scan = self._next_recovery = self._next_heartbeat = 0.0
         try:
-            while True:
-                try:
-                    if not self._step():
-                        break
-                except OSError as exc:
-                    # A shared file system can fail for a while (server gone, ENOTCONN, ESTALE, disk
-                    # full). Nothing in memory is needed to recover: claims on disk say it all.
-                    log.error("file system error: %s; retrying in 1s", exc)
-                    self._pending.clear()
-                    time.sleep(1.0)
+            if not self._start():
+                log.info("worker %s stopped before it started", self.worker_id)
+                return 0
+            self._hinted = True
+            self._start_watching()
+            self._grace_deadline = float("inf")
+            self._next_scan = self._next_recovery = self._next_heartbeat = 0.0
+            try:
+                while True:
+                    try:
+                        if not self._step():
+                            break
+                    except OSError as exc:
+                        # A shared file system can fail for a while (server gone, ENOTCONN, ESTALE, disk
+                        # full). Nothing in memory is needed to recover: claims on disk say it all.
+                        log.error("file system error: %s; retrying in 1s", exc)
+                        self._pending.clear()
+                        time.sleep(1.0)
+            finally:
+                self._shutdown()
         finally:
-            self._shutdown()
             for s, handler in previous.items():
                 signal.signal(s, handler)
         return 0
