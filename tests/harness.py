@@ -89,26 +89,7 @@ class Mailer(Processor):
 
 def make_repository(base: Path, properties: str = "", *, extra_processors: str = "") -> Path:
     """A repository at ``base/repo`` whose processors live in ``base/procs/e2e_procs.py``."""
-    repo = base / "repo"
-    Repository.create(repo, config.render_defaults())
-    procs = base / "procs"
-    procs.mkdir(exist_ok=True)
-    (procs / "e2e_procs.py").write_text(PROCESSORS + textwrap.dedent(extra_processors))
-    (repo / "effects").mkdir(exist_ok=True)
-    settings = textwrap.dedent(
-        f"""
-        processors = e2e_procs
-        processors.path = {procs}
-        scan.interval-seconds = 0.2
-        heartbeat.interval-seconds = 0.5
-        retry.backoff-seconds = 0.05
-        retry.jitter = 0
-        inbox.settle-seconds = 0.5
-        claims.lease-seconds = 3
-        """
-    )
-    (repo / "spoolpipe.properties").write_text(settings + textwrap.dedent(properties))
-    return repo
+    return make_repository_on(base / "repo", base / "procs", properties, extra_processors=extra_processors)
 
 
 def submit(repo: Path, type_: str, data: dict[str, Any] | None = None, **fields: Any) -> str:
