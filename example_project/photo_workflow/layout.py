@@ -30,6 +30,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from spoolpipe import write_atomic
+
 INGEST = "photo.ingest"
 RENDITIONS = "photo.renditions"
 INDEX = "photo.index"
@@ -98,34 +100,13 @@ def extras_recipe(master: str, photo: str) -> dict[str, Any]:
 def write_json(path: Path, doc: Mapping[str, Any] | list[Any]) -> None:
     """Replace ``path`` atomically: a reader sees the old file or the new one, never half of one."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
-    try:
-        with open(tmp, "x", encoding="utf-8") as fh:
-            json.dump(doc, fh, indent=2, ensure_ascii=False)
-            fh.write("\n")
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    _fsync_folder(path.parent)
+    write_atomic(path, (json.dumps(doc, indent=2, ensure_ascii=False) + "\n").encode())
 
 
 def write_text(path: Path, text: str) -> None:
     """Like ``write_json``, for a text file."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
-    try:
-        with open(tmp, "x", encoding="utf-8") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    _fsync_folder(path.parent)
+    write_atomic(path, text.encode())
 
 
 def _fsync_folder(folder: Path) -> None:

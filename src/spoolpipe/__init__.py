@@ -7,8 +7,18 @@ every machine that mounts the folder.
 from __future__ import annotations
 
 from .activity import Activity, InvalidActivity
+from .durable import write_atomic
 from .processor import Context, Fatal, Processor, processor
 
 __version__ = "0.1.0"
 
-__all__ = ["Activity", "Context", "Fatal", "InvalidActivity", "Processor", "__version__", "processor"]
+__all__ = [
+    "Activity",
+    "Context",
+    "Fatal",
+    "InvalidActivity",
+    "Processor",
+    "__version__",
+    "processor",
+    "write_atomic",
+]

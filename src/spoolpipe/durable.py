@@ -103,6 +103,15 @@ def write_file(path: Path, data: bytes, durability: Durability) -> None:
     durability.wrote(path)
 
 
+def write_atomic(path: Path, data: bytes) -> None:
+    """Replace ``path`` with ``data``: readers see the old file or the new one, never part of one.
+
+    For processors writing their own outputs; durable when it returns.
+    """
+    tmp = path.with_name(f".{path.name}.{os.urandom(6).hex()}.tmp")
+    publish(data, tmp, path, Durability(path.parent))
+
+
 def publish(data: bytes, tmp: Path, final: Path, durability: Durability) -> None:
     """Write ``data`` at ``tmp`` and rename it to ``final``, durable when this returns."""
     write_file(tmp, data, durability)

@@ -12,7 +12,7 @@ import json
 from typing import Any
 
 from .activity import Activity
-from .durable import Durability, publish
+from .durable import write_atomic
 from .processor import Context, processor
 
 TYPE = "spoolpipe.failure"
@@ -41,7 +41,6 @@ def report(activity: Activity, ctx: Context) -> dict[str, str]:
     failed = dict(activity.data.get("failed", {}))
     reports = ctx.repository / "reports"
     target = reports / f"{failed.get('id', activity.id)}.txt"
-    durability = Durability(ctx.repository)
-    publish(render_report(failed).encode(), reports / f".{activity.id}.tmp", target, durability)
+    write_atomic(target, render_report(failed).encode())
     ctx.log.info("wrote %s", target)
     return {"report": str(target.relative_to(ctx.repository))}
