@@ -12,6 +12,7 @@ import logging
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any, ClassVar
 
 from .activity import Activity, is_valid_name
@@ -84,6 +85,7 @@ class Registration:
 
 
 _registry: dict[str, Registration] = {}
+_view: Mapping[str, Registration] = MappingProxyType(_registry)
 
 
 def _register(registration: Registration) -> None:
@@ -143,5 +145,5 @@ class Processor:
 
 
 def registered() -> Mapping[str, Registration]:
-    """The processors imported so far, by type."""
-    return dict(_registry)
+    """The processors imported so far, by type (a read-only view: asked on every dispatch)."""
+    return _view
