@@ -16,7 +16,7 @@ from typing import Any
 
 from . import __version__, config
 from .activity import Activity, InvalidActivity, is_valid_name, new_id, parse_document
-from .repository import NotARepository, Repository
+from .repository import NotARepository, Repository, filesystem_now
 from .worker import StartupError, Worker, default_worker_id, iter_heartbeats
 
 EPILOG = """\
@@ -66,11 +66,9 @@ def cmd_submit(args: argparse.Namespace) -> int:
     if args.delay is not None and not (math.isfinite(args.delay) and args.delay >= 0):
         raise _UsageError("--delay must be a number of seconds >= 0")
     data = _read_data(args.data)
-    from .repository import SharedClock
-
     not_before = None
     if args.delay:
-        not_before = SharedClock(repo.tmp / ".clock-submit", refresh=0).now() + args.delay
+        not_before = filesystem_now(repo.tmp / ".clock-submit") + args.delay
     activity = Activity(args.id or new_id(), args.type, data, 1, not_before)
     try:
         path = repo.submit(activity)
@@ -95,8 +93,6 @@ def _live(repo: Repository, now: float) -> list[dict[str, Any]]:
 
 def status(repo: Repository) -> dict[str, Any]:
     """Everything ``status`` shows, as one JSON-serialisable document."""
-    from .repository import filesystem_now
-
     now = filesystem_now(repo.tmp / ".clock-status")
     counts = {
         "inbox": repo.count(repo.inbox),

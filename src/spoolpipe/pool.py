@@ -167,7 +167,6 @@ class Slot:
     ready: bool = False
     task: Task | None = None
     deadline: float = 0.0
-    context: Any = None
 
 
 class Pool:
@@ -193,8 +192,8 @@ class Pool:
     def busy(self) -> list[Slot]:
         return [s for s in self.slots if s.task is not None]
 
-    def send(self, slot: Slot, task: Task, deadline: float, context: Any) -> None:
-        slot.task, slot.deadline, slot.context = task, deadline, context
+    def send(self, slot: Slot, task: Task, deadline: float) -> None:
+        slot.task, slot.deadline = task, deadline
         slot.conn.send(task)
 
     def wait(self, timeout: float, extra: Sequence[int]) -> list[tuple[Slot, Any]]:

@@ -467,7 +467,7 @@ class Worker:
             task = Task(activity, str(self.repo.attempt_log(activity)))
             megapixels = self._estimates.pop(activity.id, 0.0)
             self._running[slot.index] = _Running(claim, activity, now, megapixels)
-            self.pool.send(slot, task, time.monotonic() + self._timeout(activity.type), None)
+            self.pool.send(slot, task, time.monotonic() + self._timeout(activity.type))
         self._order = skipped + self._order[position:]
         self._starved = bool(idle)
         # Wake up when the earliest waiting activity becomes due, not at the next periodic scan.
@@ -491,10 +491,10 @@ class Worker:
             return False
         if any(self._handles(a.type) for a in self._queue.values()):
             return False
-        for claim in self.repo.claims():
-            if claim.worker == self.worker_id:
+        for worker in self._claims_by_worker():
+            if worker == self.worker_id:
                 return False
-            with self.prober.dead(claim.worker) as dead:
+            with self.prober.dead(worker) as dead:
                 if dead:
                     return False
         return True
