@@ -457,14 +457,14 @@ def test_queued_name_round_trips(activity_id: str, attempt: int, ms: int | None)
     else:
         assert parsed.not_before_ms == int(not_before * 1000)
         assert abs(parsed.not_before_ms - ms) <= 1
-    assert parsed.canonical is not (attempt == 1 and not_before is None)
+    assert parsed.canonical  # always with the attempt: never taken for a file a person dropped
     # The same file read back: attempt and not_before come from the name alone.
     activity = parse_activity(b'{"type": "t"}', name)
     assert (activity.id, activity.attempt) == (activity_id, attempt)
 
 
 def test_queued_name_shapes() -> None:
-    assert queued_name("X", 1, None) == "X.json"
+    assert queued_name("X", 1, None) == "X~1.json"
     assert queued_name("X", 2, None) == "X~2.json"
     assert queued_name("X", 3, 1_795_334_400.5) == "X~3~1795334400500.json"
     assert queued_name("X", 1, 1.0) == "X~1~1000.json"

@@ -358,7 +358,7 @@ def test_retry_usage_and_errors(repo: Path) -> None:
         assert "--all-failed" in result.stderr
     assert problems.returncode == 1, str(problems)
     assert "failed/nope.json does not exist" in problems.stderr
-    assert "inbox/f1.json already exists" in problems.stderr
+    assert "an activity with id f1 already exists: inbox/f1.json" in problems.stderr
     assert os.listdir(repo / "failed") == ["f1.json"]
     assert (repo / "inbox" / "f1.json").read_text() == '{"type": "t.x"}'
 

@@ -264,7 +264,7 @@ def test_commit_after_a_release_is_fenced(repo: Repository) -> None:
     assert repo.release(claim, 1, None)
     assert repo.commit(claim) is False
     assert listing(repo.running) == []
-    assert listing(repo.inbox) == ["job-7.json"]
+    assert listing(repo.inbox) == ["job-7~1.json"]
 
 
 def test_commit_is_idempotent_once_committed(repo: Repository) -> None:
@@ -346,7 +346,7 @@ def test_recover_of_a_claim_that_is_gone_drops_its_staged_files(repo: Repository
 
 @pytest.mark.parametrize(
     ("attempt", "not_before", "expected"),
-    [(1, None, "job-7.json"), (3, None, "job-7~3.json"), (4, 1_795_334_400.5, "job-7~4~1795334400500.json")],
+    [(1, None, "job-7~1.json"), (3, None, "job-7~3.json"), (4, 1_795_334_400.5, "job-7~4~1795334400500.json")],
 )
 def test_release_puts_the_claim_back_with_the_given_attempt(
     repo: Repository, attempt: int, not_before: float | None, expected: str
@@ -473,7 +473,7 @@ def test_what_can_never_become_valid_has_no_stamp(repo: Repository) -> None:
 
 
 def _quarantined(repo: Repository, name: str, reason: str) -> Path:
-    final = repo.quarantine(name, reason)
+    final = repo.quarantine(repo.inbox, name, reason)
     assert final is not None
     assert final.parent == repo.invalid
     assert final.name.startswith(f"{name}~")
@@ -522,7 +522,7 @@ def test_quarantine_a_dangling_symlink(repo: Repository) -> None:
 
 
 def test_quarantine_of_something_already_gone_returns_none(repo: Repository) -> None:
-    assert repo.quarantine("gone.json", "whatever") is None
+    assert repo.quarantine(repo.inbox, "gone.json", "whatever") is None
     assert listing(repo.invalid) == []
     assert listing(repo.tmp) == []
 
@@ -530,7 +530,7 @@ def test_quarantine_of_something_already_gone_returns_none(repo: Repository) -> 
 def test_quarantining_the_same_name_twice_keeps_both(repo: Repository) -> None:
     for content in (b"one", b"two"):
         drop(repo, "junk.json", content)
-        assert repo.quarantine("junk.json", "junk") is not None
+        assert repo.quarantine(repo.inbox, "junk.json", "junk") is not None
     contents = sorted((repo.invalid / d / "junk.json").read_bytes() for d in os.listdir(repo.invalid))
     assert contents == [b"one", b"two"]
 
@@ -595,11 +595,16 @@ def test_retry_failed_moves_the_record_back_as_attempt_one(repo: Repository) -> 
     (repo.failed / "job-7.json").write_bytes(dumps(record))
     assert repo.retry_failed("job-7") == repo.inbox / "job-7.json"
     assert listing(repo.failed) == []
-    assert read_ok(repo, "job-7.json") == Activity("job-7", "t", {"n": 1}, 1, None)
+    again = read_ok(repo, "job-7.json")
+    assert again == Activity("job-7", "t", {"n": 1}, 1, None, history=again.history)
+    assert [h["reason"] for h in again.history] == ["boom"]
+    assert load(repo.inbox / "job-7.json")["spoolpipe"] == {"history": [dict(again.history[0])]}
+    assert "traceback" not in again.history[0]
 
 
 def test_retry_failed_never_replaces_an_inbox_file(repo: Repository) -> None:
-    (repo.failed / "job-7.json").write_bytes(dumps({"id": "job-7", "type": "t"}))
+    record = failed_record(Activity("job-7", "t", {"n": 1}, 5), ATTEMPT, "boom", "tb")
+    (repo.failed / "job-7.json").write_bytes(dumps(record))
     drop(repo, "job-7.json", {"type": "other"})
     with pytest.raises(FileExistsError):
         repo.retry_failed("job-7")
@@ -670,7 +675,7 @@ def test_a_stage_that_hits_a_full_disk_leaves_no_partial_file(tiny_fs: Path) -> 
     assert listing(repo.inbox) == []
     # ...so the activity can be put back and run again.
     assert repo.release(claim, claim.attempt, None)
-    assert listing(repo.inbox) == ["job-7.json"]
+    assert listing(repo.inbox) == ["job-7~1.json"]
     assert listing(repo.running) == []
     assert listing(repo.done) == []
 

@@ -7,6 +7,7 @@ contract written down in ``docs/repository-format.md``.
 from __future__ import annotations
 
 import base64
+import dataclasses
 import hashlib
 import json
 import math
@@ -87,9 +88,11 @@ def parse_inbox_name(name: str) -> QueuedName:
 
 
 def queued_name(activity_id: str, attempt: int, not_before: float | None) -> str:
-    """The inbox name of a requeued activity: attempt and earliest start are visible without a read."""
-    if attempt == 1 and not_before is None:
-        return f"{activity_id}.json"
+    """The inbox name of a requeued activity: attempt and earliest start are visible without a read.
+
+    Always with the attempt, even the first, so that it never collides with a
+    copy a person dropped as ``ID.json``.
+    """
     suffix = "" if not_before is None else f"~{int(not_before * 1000)}"
     return f"{activity_id}~{attempt}{suffix}.json"
 
@@ -128,12 +131,16 @@ class Activity:
     attempt: int = 1
     not_before: float | None = None
     extra: Mapping[str, Any] = field(default_factory=dict)
+    # Earlier runs this activity was retried from (``spoolpipe retry``), oldest first.
+    history: tuple[Mapping[str, Any], ...] = ()
 
     def to_json(self) -> dict[str, Any]:
         """The activity as a file: what ``submit`` writes and what a processor's follow-up becomes."""
         doc: dict[str, Any] = {**self.extra, "id": self.id, "type": self.type, "data": dict(self.data)}
         if self.not_before is not None:
             doc["not_before"] = format_time(self.not_before)
+        if self.history:
+            doc["spoolpipe"] = {"history": [dict(h) for h in self.history]}
         return doc
 
 
@@ -222,7 +229,31 @@ def activity_from_document(doc: Mapping[str, Any], queued: QueuedName) -> Activi
     if not_before is not None and not (math.isfinite(not_before) and 0 <= not_before <= _LATEST):
         raise InvalidActivity("not_before is out of range (1970-01-01 to 9999-12-31)")
     extra = {k: v for k, v in doc.items() if k not in _KNOWN_FIELDS}
-    return Activity(str(activity_id), str(type_), data, queued.attempt, not_before, extra)
+    return Activity(str(activity_id), str(type_), data, queued.attempt, not_before, extra, _history(doc))
+
+
+def _history(doc: Mapping[str, Any]) -> tuple[Mapping[str, Any], ...]:
+    section = doc.get("spoolpipe")
+    history = section.get("history") if isinstance(section, dict) else None
+    if not isinstance(history, list):
+        return ()
+    return tuple(h for h in history if isinstance(h, dict))
+
+
+# What of a failed record's ``spoolpipe`` section a retried activity carries in its history.
+_HISTORY_FIELDS = ("status", "attempts", "reason", "worker", "host", "started_at", "finished_at")
+
+
+def retried_activity(record: Mapping[str, Any]) -> Activity:
+    """The activity a failed record came from, as a first attempt again, the record added to its history."""
+    section = record.get("spoolpipe")
+    if not isinstance(section, dict) or section.get("status") != "failed":
+        raise InvalidActivity("not a failed record (no spoolpipe section with status failed)")
+    original = {k: v for k, v in record.items() if k not in ("result", "spoolpipe", "not_before")}
+    activity = activity_from_document(original, QueuedName(str(record.get("id", ""))))
+    earlier = _history(record)
+    entry = {k: section[k] for k in _HISTORY_FIELDS if k in section}
+    return dataclasses.replace(activity, history=(*earlier, entry))
 
 
 def parse_activity(raw: bytes, name: str) -> Activity:

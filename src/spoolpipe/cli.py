@@ -161,6 +161,9 @@ def cmd_retry(args: argparse.Namespace) -> int:
         except FileExistsError as exc:
             print(f"error: {exc}", file=sys.stderr)
             problems += 1
+        except InvalidActivity as exc:
+            print(f"error: failed/{activity_id}.json cannot be retried: {exc.reason}", file=sys.stderr)
+            problems += 1
     return 1 if problems else 0
 
 
@@ -288,7 +291,8 @@ def build_parser() -> argparse.ArgumentParser:
         "retry",
         cmd_retry,
         help="move failed activities back to the inbox",
-        description="Move failed/ID.json back to inbox/ID.json as a first attempt.",
+        description="Queue the activity of failed/ID.json again as inbox/ID.json, a first attempt; "
+        "the failed record joins the activity's history (spoolpipe.history).",
     )
     p.add_argument("ids", metavar="ID", nargs="*")
     p.add_argument("--all-failed", action="store_true", help="retry every failed activity")

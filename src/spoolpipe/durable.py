@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import ctypes.util
+import errno
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -30,6 +31,86 @@ def _load_syncfs() -> Callable[[int], int] | None:
 
 
 _syncfs = _load_syncfs()
+
+_AT_FDCWD = -100
+_RENAME_NOREPLACE = 1
+
+
+def _load_renameat2() -> Callable[[int, bytes, int, bytes, int], int] | None:
+    name = ctypes.util.find_library("c")
+    if name is None:
+        return None
+    try:
+        function = ctypes.CDLL(name, use_errno=True).renameat2
+    except (OSError, AttributeError):
+        return None
+    function.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+    function.restype = ctypes.c_int
+    return cast("Callable[[int, bytes, int, bytes, int], int]", function)
+
+
+_renameat2 = _load_renameat2()
+# File systems (by st_dev) that refused RENAME_NOREPLACE: NFS, SMB, GlusterFS's FUSE client.
+_no_renameat2: set[int] = set()
+_REFUSED = frozenset({errno.EINVAL, errno.ENOSYS, errno.ENOTSUP, errno.EOPNOTSUPP})
+
+
+def _rename_noreplace(source: Path, target: Path) -> bool:
+    """``renameat2(RENAME_NOREPLACE)``; False when this file system does not offer it."""
+    if _renameat2 is None:
+        return False
+    device = os.lstat(target.parent).st_dev
+    if device in _no_renameat2:
+        return False
+    if _renameat2(_AT_FDCWD, os.fsencode(source), _AT_FDCWD, os.fsencode(target), _RENAME_NOREPLACE) == 0:
+        return True
+    code = ctypes.get_errno()
+    if code in _REFUSED:
+        _no_renameat2.add(device)
+        return False
+    raise OSError(code, os.strerror(code), str(source), None, str(target))
+
+
+def take(source: Path, target: Path) -> bool:
+    """Rename ``source`` to ``target``; of several takers of one source only one succeeds.
+
+    False when ``source`` is gone (someone else took it). Never replaces ``target``
+    (``FileExistsError``): with ``RENAME_NOREPLACE`` where the file system has it,
+    otherwise by looking first, which is safe because every name spoolpipe takes
+    into has a single writer by protocol (``docs/repository-format.md``).
+    """
+    try:
+        if _rename_noreplace(source, target):
+            return True
+        if os.path.lexists(target):
+            raise FileExistsError(errno.EEXIST, "File exists", str(target))
+        os.rename(source, target)
+    except FileNotFoundError:
+        return False
+    return True
+
+
+def move_noreplace(source: Path, target: Path) -> None:
+    """Move a file only this process renames to ``target``, never replacing it (``FileExistsError``).
+
+    ``RENAME_NOREPLACE`` where the file system has it, else ``link`` + ``unlink``,
+    which refuses an existing target on every POSIX file system, NFS and GlusterFS
+    included. Idempotent: a move interrupted between link and unlink is completed.
+    """
+    if _rename_noreplace(source, target):
+        return
+    try:
+        os.link(source, target, follow_symlinks=False)
+    except FileExistsError:
+        if not os.path.samestat(os.lstat(source), os.lstat(target)):
+            raise
+    except IsADirectoryError:
+        if os.path.lexists(target):
+            raise FileExistsError(errno.EEXIST, "File exists", str(target)) from None
+        os.rename(source, target)
+        return
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(source)
 
 
 def fsync_directory(path: Path) -> None:
@@ -109,15 +190,21 @@ def write_atomic(path: Path, data: bytes) -> None:
     For processors writing their own outputs; durable when it returns.
     """
     tmp = path.with_name(f".{path.name}.{os.urandom(6).hex()}.tmp")
-    publish(data, tmp, path, Durability(path.parent))
+    publish(data, tmp, path, Durability(path.parent), replace=True)
 
 
-def publish(data: bytes, tmp: Path, final: Path, durability: Durability) -> None:
-    """Write ``data`` at ``tmp`` and rename it to ``final``, durable when this returns."""
+def publish(data: bytes, tmp: Path, final: Path, durability: Durability, *, replace: bool = False) -> None:
+    """Write ``data`` at ``tmp`` and move it to ``final``, durable when this returns.
+
+    Never replaces an existing ``final`` (``FileExistsError``) unless ``replace``.
+    """
     write_file(tmp, data, durability)
     try:
         durability.barrier()
-        os.rename(tmp, final)
+        if replace:
+            os.replace(tmp, final)
+        else:
+            move_noreplace(tmp, final)
     except BaseException:
         with contextlib.suppress(OSError):
             os.unlink(tmp)

@@ -25,7 +25,7 @@ class Attempt:
 
 
 def _section(activity: Activity, attempt: Attempt, status: str) -> dict[str, Any]:
-    return {
+    section: dict[str, Any] = {
         "status": status,
         "attempts": activity.attempt,
         "worker": attempt.worker,
@@ -34,6 +34,9 @@ def _section(activity: Activity, attempt: Attempt, status: str) -> dict[str, Any
         "started_at": format_time(attempt.started),
         "finished_at": format_time(attempt.finished),
     }
+    if activity.history:
+        section["history"] = [dict(h) for h in activity.history]
+    return section
 
 
 def done_record(

@@ -28,12 +28,14 @@ from .activity import (
     new_id,
     parse_activity,
     parse_claim_name,
+    parse_document,
     queued_name,
+    retried_activity,
 )
-from .durable import Durability, publish, write_file
+from .durable import Durability, move_noreplace, publish, take, write_file
 
 STATE_DIRS = ("inbox", "running", "done", "failed", "invalid")
-SUPPORT_DIRS = ("tmp", "workers", "locks", "heartbeats", "logs", "logs/workers", "logs/activities", "reports")
+SUPPORT_DIRS = ("ids", "tmp", "workers", "locks", "heartbeats", "logs", "logs/workers", "logs/activities", "reports")
 PROPERTIES_FILE = "spoolpipe.properties"
 _COMMITTED = "committed"
 _OUTCOMES = ("done", "failed")
@@ -108,6 +110,7 @@ class Repository:
         self.heartbeats = root / "heartbeats"
         self.logs = root / "logs"
         self.reports = root / "reports"
+        self.ids = root / "ids"
         self.durability = Durability(root, enabled=fsync)
 
     # -- layout ------------------------------------------------------------------------------
@@ -135,6 +138,9 @@ class Repository:
 
     def check(self) -> None:
         missing = [d for d in (*STATE_DIRS, *SUPPORT_DIRS) if not (self.root / d).is_dir()]
+        if missing == ["ids"]:  # added in 0.2: a repository made before lacks only this
+            self.ids.mkdir(exist_ok=True)
+            missing = []
         if missing:
             raise NotARepository(
                 f"{self.root} is not a spoolpipe repository (missing {', '.join(missing)}); "
@@ -150,30 +156,46 @@ class Repository:
 
     # -- writing new activities ----------------------------------------------------------------
 
-    def known(self, activity_id: str) -> str | None:
-        """Where an activity with this id already is (inbox, running, done, failed), if anywhere."""
-        for directory, names in (
-            (self.done, [f"{activity_id}.json"]),
-            (self.failed, [f"{activity_id}.json"]),
-        ):
-            if any((directory / n).exists() for n in names):
-                return directory.name
-        for directory in (self.inbox, self.running):
+    def where(self, activity_id: str, *, besides: str = "") -> str | None:
+        """Where a copy of this id is, as ``DIR/NAME`` (``besides``, one such, not counted), if anywhere.
+
+        Looks at the names spoolpipe gives an id; a file a person dropped under
+        another name is known only once a worker claims it.
+        """
+        for directory in (self.done, self.failed):
+            if os.path.lexists(directory / f"{activity_id}.json"):
+                found = f"{directory.name}/{activity_id}.json"
+                if found != besides:
+                    return found
+        for directory in (self.running, self.inbox):
             with os.scandir(directory) as entries:
-                if any(
-                    e.name == f"{activity_id}.json" or e.name.startswith(f"{activity_id}~") for e in entries
-                ):
-                    return directory.name
+                for e in entries:
+                    found = f"{directory.name}/{e.name}"
+                    if found != besides and (
+                        e.name == f"{activity_id}.json" or e.name.startswith(f"{activity_id}~")
+                    ):
+                        return found
+        if os.path.lexists(self.ids / activity_id):
+            return f"ids/{activity_id} (a copy being moved)"
         return None
 
     def submit(self, activity: Activity) -> Path:
-        """Publish a new activity into the inbox, atomically and durably."""
+        """Publish a new activity into the inbox, atomically and durably, if its id is free."""
         final = self.inbox / f"{activity.id}.json"
-        where = self.known(activity.id)
-        if where is not None:
-            raise FileExistsError(f"an activity with id {activity.id} already exists in {where}/")
-        publish(dumps(activity.to_json()), self.temp_path("submit"), final, self.durability)
+        self._publish_new(activity, "submit", "")
         return final
+
+    def _publish_new(self, activity: Activity, tag: str, besides: str) -> None:
+        """``inbox/ID.json`` for an activity whose id is free (but for ``besides``): the rule of submit and retry."""
+        where = self.where(activity.id, besides=besides)
+        if where is not None:
+            raise FileExistsError(f"an activity with id {activity.id} already exists: {where}")
+        try:
+            publish(dumps(activity.to_json()), self.temp_path(tag), self.inbox / f"{activity.id}.json", self.durability)
+        except FileExistsError:
+            raise FileExistsError(
+                f"an activity with id {activity.id} already exists: inbox/{activity.id}.json"
+            ) from None
 
     # -- intake --------------------------------------------------------------------------------
 
@@ -227,18 +249,18 @@ class Repository:
         except InvalidActivity as exc:
             return Rejected(f"{name}: {exc.reason}", _stamp(st))
 
-    def quarantine(self, name: str, reason: str) -> Path | None:
-        """Move an inbox entry (of any kind) into ``invalid/`` with a reason. ``None`` if someone else did."""
+    def quarantine(self, directory: Path, name: str, reason: str) -> Path | None:
+        """Move an entry (of any kind) into ``invalid/`` with a reason. ``None`` if someone else did."""
         token = new_id()
         staging = self.tmp / f"{_QUARANTINE_PREFIX}{token}"
         staging.mkdir()
         write_file(staging / "reason.txt", (reason.rstrip() + "\n").encode(), self.durability)
         try:
-            os.rename(self.inbox / name, staging / name)
+            os.rename(directory / name, staging / name)
         except FileNotFoundError:
             shutil.rmtree(staging, ignore_errors=True)
             return None
-        self.durability.renamed(self.inbox / name, staging / name)
+        self.durability.renamed(directory / name, staging / name)
         self.durability.barrier()
         final = self.invalid / f"{name}~{token}"
         os.rename(staging, final)
@@ -247,18 +269,108 @@ class Repository:
         return final
 
     def claim(self, name: str, activity: Activity, worker: str) -> ClaimName | None:
-        """Take an inbox entry for ``worker``; ``None`` if another worker took it first."""
+        """Take an inbox entry for ``worker``; ``None`` if another worker took it first.
+
+        Also ``None`` while this worker already holds a claim of the same id and
+        attempt (another copy): it is left in the inbox until that claim is settled.
+        """
         claim = ClaimName(activity.id, activity.attempt, worker)
         target = self.running / claim.name
-        if target.exists():  # this worker already runs this id: a duplicate, never replace it
-            return None
         try:
-            os.rename(self.inbox / name, target)
-        except FileNotFoundError:
             # An NFS client may retry a rename that already succeeded and report ENOENT.
-            return claim if target.exists() else None
+            if not take(self.inbox / name, target) and not os.path.lexists(target):
+                return None
+        except FileExistsError:
+            return None
         self.durability.renamed(self.inbox / name, target)
         return claim
+
+    def reserve(self, claim: ClaimName, activity: Activity, name: str) -> str | None:
+        """Make the claim's id its own: ``None`` if it is, else why the claim is a duplicate.
+
+        ``ids/ID`` is a hard link to the one file that holds the id (claims,
+        retries and releases are renames, so the link follows it); creating it
+        is what makes an id exclusive across workers and machines. A file with
+        more names than that (a hard-linked copy) is first replaced by a private
+        copy of itself, so that each copy competes on its own. A duplicate's
+        reservation is given up before the caller quarantines it.
+        """
+        path = self.running / claim.name
+        marker = self.ids / claim.activity_id
+        st = os.lstat(path)
+        mine = _same(marker, st)
+        if st.st_nlink > 1 + mine:
+            st = self._detach(path)
+            mine = False
+        if mine:
+            return None
+        for _ in range(2):
+            try:
+                os.link(path, marker, follow_symlinks=False)
+                break
+            except FileExistsError:
+                if not self._orphan(marker):
+                    where = self.where(claim.activity_id, besides=f"running/{claim.name}")
+                    return f"{name}: duplicate id {claim.activity_id}: another copy is {where or 'in ids/'}"
+        self.durability.renamed(marker)
+        settled = self._settled_copy(activity)
+        if settled is None:
+            return None
+        self.release_id(claim.activity_id, st)
+        return f"{name}: duplicate id {claim.activity_id}: {settled}"
+
+    def _settled_copy(self, activity: Activity) -> str | None:
+        """What makes an id taken though no live copy holds it: its record in done/ or failed/.
+
+        A failed record this activity was retried from (``spoolpipe retry``) is not
+        a duplicate: its history ends with that record, which is then dropped.
+        """
+        record = f"{activity.id}.json"
+        if os.path.lexists(self.done / record):
+            return f"done/{record} exists"
+        try:
+            failed = json.loads((self.failed / record).read_bytes())
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError):
+            failed = None
+        if activity.history and isinstance(failed, dict) and _finished_at(failed) == _finished_at(
+            {"spoolpipe": activity.history[-1]}
+        ):
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self.failed / record)
+            self.durability.renamed(self.failed / record)
+            return None
+        return f"failed/{record} exists (spoolpipe retry REPO {activity.id} runs it again)"
+
+    def _orphan(self, marker: Path) -> bool:
+        """Drop a reservation whose file is gone (only the marker's own name is left); True if it was one."""
+        try:
+            st = os.lstat(marker)
+        except FileNotFoundError:
+            return True
+        if st.st_nlink > 1:
+            return False
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(marker)
+        return True
+
+    def _detach(self, path: Path) -> os.stat_result:
+        """Give a claim a file of its own: a copy of its bytes replaces this one name of a shared file."""
+        tmp = self.temp_path("detach")
+        write_file(tmp, path.read_bytes(), self.durability)
+        self.durability.barrier()
+        os.replace(tmp, path)  # replaces only a name: the shared file lives on under its other names
+        self.durability.renamed(path)
+        return os.lstat(path)
+
+    def release_id(self, activity_id: str, holder: os.stat_result) -> None:
+        """Give up the id reservation, if ``holder`` (the file it was made for) still has it."""
+        marker = self.ids / activity_id
+        if _same(marker, holder):
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(marker)
+            self.durability.renamed(marker)
 
     # -- running -------------------------------------------------------------------------------
 
@@ -306,12 +418,8 @@ class Repository:
     def commit(self, claim: ClaimName) -> bool:
         """The commit point: a staged claim becomes its outcome. False when the claim was lost (fenced)."""
         committed = self.running / f"{claim.stem}~{_COMMITTED}"
-        try:
-            os.rename(self.running / claim.name, committed)
-        except FileNotFoundError:
-            # An NFS client may retry a rename that already succeeded and report ENOENT.
-            if committed.exists():
-                return True
+        # An NFS client may retry a rename that already succeeded and report ENOENT.
+        if not take(self.running / claim.name, committed) and not os.path.lexists(committed):
             self.discard(claim)
             return False
         self.durability.renamed(committed)
@@ -322,28 +430,41 @@ class Repository:
         finished: list[ClaimName] = []
         for item in staged:
             for name in item.follow_ups:
-                target = self.inbox / f"{name.rsplit('~', 1)[1]}.json"
-                with contextlib.suppress(FileNotFoundError):
-                    os.rename(self.running / name, target)
-                    self.durability.renamed(target)
+                self._publish_staged(name, self.inbox / f"{name.rsplit('~', 1)[1]}.json")
             outcome = item.record.rsplit("~", 1)[1]
-            target = (self.done if outcome == "done" else self.failed) / f"{item.claim.activity_id}.json"
-            with contextlib.suppress(FileNotFoundError):
-                os.rename(self.running / item.record, target)
-                self.durability.renamed(target)
+            directory = self.done if outcome == "done" else self.failed
+            self._publish_staged(item.record, directory / f"{item.claim.activity_id}.json")
             finished.append(item.claim)
         self.durability.barrier()
         for claim in finished:
+            committed = self.running / f"{claim.stem}~{_COMMITTED}"
             with contextlib.suppress(FileNotFoundError):
-                os.unlink(self.running / f"{claim.stem}~{_COMMITTED}")
+                self.release_id(claim.activity_id, os.lstat(committed))
+            self.durability.barrier()
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(committed)
+
+    def _publish_staged(self, name: str, target: Path) -> None:
+        """Move a committed claim's staged file to where it is seen; an existing file is never replaced."""
+        try:
+            move_noreplace(self.running / name, target)
+        except FileNotFoundError:
+            return  # published by an earlier finish
+        except FileExistsError:
+            self.quarantine(
+                self.running,
+                name,
+                f"{name}: not published: {target.parent.name}/{target.name} already exists "
+                "(a file with this id was put there by something other than this activity's commit)",
+            )
+            return
+        self.durability.renamed(target)
 
     def release(self, claim: ClaimName, attempt: int, not_before: float | None) -> bool:
         """Put a claim back into the inbox as ``attempt``; False when it was no longer there."""
         source = self.running / claim.name
         target = self.inbox / queued_name(claim.activity_id, attempt, not_before)
-        try:
-            os.rename(source, target)
-        except FileNotFoundError:
+        if not take(source, target):
             return False
         self.durability.renamed(source, target)
         return True
@@ -395,19 +516,35 @@ class Repository:
                     os.unlink(entry.path)
 
     def retry_failed(self, activity_id: str) -> Path:
-        """Send a failed activity back to the inbox as a first attempt."""
+        """Queue a failed activity's own document again as a first attempt; the record joins its history.
+
+        The new file is published before the record is dropped; a worker that
+        claims it meanwhile recognises the record as the one it was retried from.
+        """
         source = self.failed / f"{activity_id}.json"
-        target = self.inbox / f"{activity_id}.json"
-        if target.exists():
-            raise FileExistsError(f"inbox/{target.name} already exists")
-        os.rename(source, target)
-        self.durability.renamed(source, target)
+        activity = retried_activity(parse_document(source.read_bytes()))
+        self._publish_new(activity, "retry", f"failed/{source.name}")
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(source)
+        self.durability.renamed(source)
         self.durability.barrier()
-        return target
+        return self.inbox / source.name
 
     def count(self, directory: Path) -> int:
         with os.scandir(directory) as entries:
             return sum(1 for e in entries if not is_ignored(e.name))
+
+
+def _same(path: Path, st: os.stat_result) -> bool:
+    try:
+        return os.path.samestat(os.lstat(path), st)
+    except FileNotFoundError:
+        return False
+
+
+def _finished_at(record: dict[str, Any]) -> object:
+    section = record.get("spoolpipe")
+    return section.get("finished_at") if isinstance(section, dict) else None
 
 
 def filesystem_now(probe: Path) -> float:

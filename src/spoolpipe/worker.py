@@ -337,8 +337,6 @@ class Worker:
         if not fresh:
             return
         now = self.clock.now()
-        running_ids = {c.activity_id for c in self.repo.claims()}
-        queued_ids = {a.id for a in self._queue.values()}
         self._suspects = {n: seen for n, seen in self._suspects.items() if n in present}
         for name in fresh:
             found = self.repo.read(name, limit=self.settings.limits_activity_bytes)
@@ -346,23 +344,13 @@ class Worker:
                 continue
             if isinstance(found, Rejected):
                 if found.stamp is None or self._settled(name, found.stamp, now):
-                    self._quarantine(name, found.reason)
+                    self._quarantine(self.repo.inbox, name, found.reason)
                 else:
                     self._unsettled += 1
-            elif (
-                found.id in queued_ids
-                or (self.repo.done / f"{found.id}.json").exists()
-                or (found.attempt == 1 and found.id in running_ids)
-            ):
-                self._quarantine(
-                    name,
-                    f"{name}: duplicate id {found.id}: an activity with this id already "
-                    "exists in inbox/, running/ or done/",
-                )
-            else:
+            else:  # a duplicate id is found out when it is claimed (Repository.reserve)
                 self._queue[name] = found
-                queued_ids.add(found.id)
         self._order = sorted(self._queue, key=lambda n: (self._queue[n].not_before or 0.0, n))
+        queued_ids = {a.id for a in self._queue.values()}
         self._estimates = {k: v for k, v in self._estimates.items() if k in queued_ids}
 
     def _settled(self, name: str, stamp: tuple[int, int, int], now: float) -> bool:
@@ -383,9 +371,9 @@ class Worker:
             watched_for = watched - seen[1]
         return watched_for >= settle and now - stamp[2] / 1e9 >= settle
 
-    def _quarantine(self, name: str, reason: str) -> None:
+    def _quarantine(self, directory: Path, name: str, reason: str) -> None:
         try:
-            where = self.repo.quarantine(name, reason)
+            where = self.repo.quarantine(directory, name, reason)
         except OSError as exc:
             log.error("cannot quarantine %s: %s", name, exc)
             return
@@ -449,6 +437,15 @@ class Worker:
                 log.error("cannot claim %s: %s", name, exc)
                 continue
             if claim is None:
+                continue
+            try:
+                duplicate = self.repo.reserve(claim, activity, name)
+            except OSError as exc:
+                log.error("cannot reserve id %s: %s; requeueing it", activity.id, exc)
+                self._requeue_unsettled(claim, exc)
+                continue
+            if duplicate is not None:
+                self._quarantine(self.repo.running, claim.name, duplicate)
                 continue
             if activity.attempt > self.settings.retry_max_attempts:
                 self._fail(
