@@ -163,7 +163,7 @@ def effects(repo: Path, type_: str) -> list[list[str]]:
 def leftovers(repo: Path) -> dict[str, list[str]]:
     """Anything that is neither settled nor empty: must be empty once all work is done."""
     found = {}
-    for name in ("inbox", "running"):
+    for name in ("inbox", "running", "ids"):
         entries = sorted(os.listdir(repo / name))
         if entries:
             found[name] = entries

@@ -346,7 +346,11 @@ def test_recover_of_a_claim_that_is_gone_drops_its_staged_files(repo: Repository
 
 @pytest.mark.parametrize(
     ("attempt", "not_before", "expected"),
-    [(1, None, "job-7~1.json"), (3, None, "job-7~3.json"), (4, 1_795_334_400.5, "job-7~4~1795334400500.json")],
+    [
+        (1, None, "job-7~1.json"),
+        (3, None, "job-7~3.json"),
+        (4, 1_795_334_400.5, "job-7~4~1795334400500.json"),
+    ],
 )
 def test_release_puts_the_claim_back_with_the_given_attempt(
     repo: Repository, attempt: int, not_before: float | None, expected: str

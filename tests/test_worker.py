@@ -165,7 +165,7 @@ def test_sigterm_releases_work_that_outlives_the_grace_period(tmp_path: Path) ->
     assert worker.wait(30) == 0
     assert time.monotonic() - started < 10
     # released as the same attempt: a shutdown is not the activity's fault
-    assert os.listdir(repo / "inbox") == [f"{aid}.json"]
+    assert os.listdir(repo / "inbox") == [f"{aid}~1.json"]
     assert os.listdir(repo / "running") == []
 
 

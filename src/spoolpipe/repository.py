@@ -35,7 +35,17 @@ from .activity import (
 from .durable import Durability, move_noreplace, publish, take, write_file
 
 STATE_DIRS = ("inbox", "running", "done", "failed", "invalid")
-SUPPORT_DIRS = ("ids", "tmp", "workers", "locks", "heartbeats", "logs", "logs/workers", "logs/activities", "reports")
+SUPPORT_DIRS = (
+    "ids",
+    "tmp",
+    "workers",
+    "locks",
+    "heartbeats",
+    "logs",
+    "logs/workers",
+    "logs/activities",
+    "reports",
+)
 PROPERTIES_FILE = "spoolpipe.properties"
 _COMMITTED = "committed"
 _OUTCOMES = ("done", "failed")
@@ -186,12 +196,17 @@ class Repository:
         return final
 
     def _publish_new(self, activity: Activity, tag: str, besides: str) -> None:
-        """``inbox/ID.json`` for an activity whose id is free (but for ``besides``): the rule of submit and retry."""
+        """Publish ``inbox/ID.json`` if the id is free but for ``besides``: the rule of submit and retry."""
         where = self.where(activity.id, besides=besides)
         if where is not None:
             raise FileExistsError(f"an activity with id {activity.id} already exists: {where}")
         try:
-            publish(dumps(activity.to_json()), self.temp_path(tag), self.inbox / f"{activity.id}.json", self.durability)
+            publish(
+                dumps(activity.to_json()),
+                self.temp_path(tag),
+                self.inbox / f"{activity.id}.json",
+                self.durability,
+            )
         except FileExistsError:
             raise FileExistsError(
                 f"an activity with id {activity.id} already exists: inbox/{activity.id}.json"
@@ -276,6 +291,8 @@ class Repository:
         """
         claim = ClaimName(activity.id, activity.attempt, worker)
         target = self.running / claim.name
+        if os.path.lexists(target):
+            return None
         try:
             # An NFS client may retry a rename that already succeeded and report ENOENT.
             if not take(self.inbox / name, target) and not os.path.lexists(target):
@@ -334,8 +351,10 @@ class Repository:
             return None
         except (OSError, ValueError):
             failed = None
-        if activity.history and isinstance(failed, dict) and _finished_at(failed) == _finished_at(
-            {"spoolpipe": activity.history[-1]}
+        if (
+            activity.history
+            and isinstance(failed, dict)
+            and _finished_at(failed) == _finished_at({"spoolpipe": activity.history[-1]})
         ):
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(self.failed / record)
