@@ -321,14 +321,11 @@ class Repository:
             mine = False
         if mine:
             return None
-        for _ in range(2):
-            try:
-                os.link(path, marker, follow_symlinks=False)
-                break
-            except FileExistsError:
-                if not self._orphan(marker):
-                    where = self.where(claim.activity_id, besides=f"running/{claim.name}")
-                    return f"{name}: duplicate id {claim.activity_id}: another copy is {where or 'in ids/'}"
+        try:
+            os.link(path, marker, follow_symlinks=False)
+        except FileExistsError:
+            where = self.where(claim.activity_id, besides=f"running/{claim.name}")
+            return f"{name}: duplicate id {claim.activity_id}: another copy is {where or 'in ids/'}"
         self.durability.renamed(marker)
         settled = self._settled_copy(activity)
         if settled is None:
@@ -361,18 +358,6 @@ class Repository:
             self.durability.renamed(self.failed / record)
             return None
         return f"failed/{record} exists (spoolpipe retry REPO {activity.id} runs it again)"
-
-    def _orphan(self, marker: Path) -> bool:
-        """Drop a reservation whose file is gone (only the marker's own name is left); True if it was one."""
-        try:
-            st = os.lstat(marker)
-        except FileNotFoundError:
-            return True
-        if st.st_nlink > 1:
-            return False
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(marker)
-        return True
 
     def _detach(self, path: Path) -> os.stat_result:
         """Give a claim a file of its own: a copy of its bytes replaces this one name of a shared file."""
@@ -533,6 +518,21 @@ class Repository:
             elif age > _STALE_TMP_SECONDS:
                 with contextlib.suppress(FileNotFoundError, IsADirectoryError):
                     os.unlink(entry.path)
+        self._sweep_ids(now)
+
+    def _sweep_ids(self, now: float) -> None:
+        """Drop reservations left without their file (only the marker's own name is left).
+
+        Only a crash between a record's publication and the reservation's removal
+        leaves one (or a person deleting files by hand). Judged at start-up and by
+        age, as client caches may show a link count late.
+        """
+        with os.scandir(self.ids) as entries:
+            for entry in entries:
+                with contextlib.suppress(FileNotFoundError):
+                    st = entry.stat(follow_symlinks=False)
+                    if st.st_nlink == 1 and now - st.st_ctime > _STALE_QUARANTINE_SECONDS:
+                        os.unlink(entry.path)
 
     def retry_failed(self, activity_id: str) -> Path:
         """Queue a failed activity's own document again as a first attempt; the record joins its history.

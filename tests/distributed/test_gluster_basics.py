@@ -326,6 +326,38 @@ def test_b_exclusive_create_from_two_mounts_exactly_one_wins(
         assert (on_brick / name).exists()
 
 
+def test_b_no_replace_moves_never_replace_a_file_made_through_another_mount(
+    pair: tuple[Path, Path], record_property: Callable[[str, object], None]
+) -> None:
+    """What docs/filesystems.md says of GlusterFS: whether RENAME_NOREPLACE is offered, and that
+    spoolpipe's no-replace moves refuse a target made through another mount either way."""
+    from spoolpipe import durable
+
+    a, b = pair
+    (a / "src").write_text("mine")
+    (b / "target").write_text("theirs")
+    wait_for(lambda: (a / "target").exists(), STOCK_SLACK, "target visible on A")
+    renameat2 = durable._rename_noreplace(a / "src", a / "fresh")
+    record_property("renameat2_noreplace", renameat2)
+    print(f"RENAME_NOREPLACE offered by the GlusterFS FUSE client: {renameat2}")
+    if renameat2:
+        os.rename(a / "fresh", a / "src")
+    for move in (durable.move_noreplace, durable.take):
+        with pytest.raises(FileExistsError):
+            move(a / "src", a / "target")
+        assert (b / "target").read_text() == "theirs"
+        assert (a / "src").read_text() == "mine"
+    durable.move_noreplace(a / "src", a / "moved")
+    assert not (a / "src").exists() and (a / "moved").read_text() == "mine"
+    wait_for(lambda: (b / "moved").exists(), STOCK_SLACK, "moved visible on B")
+    # An id reservation: a hard link made through one mount is seen as the same file through the other.
+    os.link(a / "moved", a / "marker")
+    wait_for(lambda: (b / "marker").exists(), STOCK_SLACK, "marker visible on B")
+    assert os.path.samestat(os.lstat(b / "marker"), os.lstat(b / "moved"))
+    with pytest.raises(FileExistsError):
+        os.link(b / "target", b / "marker")
+
+
 def test_b_concurrent_mkdir_never_both_win_but_both_may_lose(
     gluster: GlusterVolume, pair: tuple[Path, Path]
 ) -> None:

@@ -938,3 +938,58 @@ def test_scenario_7_each_lock_mode_is_exclusive_on_local_disk(
         _exclusive_run(machines, team, mode, "local disk", scenario_figures)
     finally:
         team.kill_all()
+
+
+# -- scenario 8 ----------------------------------------------------------------------------------
+
+DUP_PROCESSORS = """
+@processor("t.dup")
+def dup(activity, ctx):
+    _effect(ctx, activity)
+    time.sleep(activity.data.get("sleep", 0))
+    return {"copy": activity.data.get("copy")}
+"""
+
+
+def test_scenario_8_copies_of_one_id_dropped_on_two_machines_run_once(
+    cluster: ClusterFactory, workers: Workers, scenario_figures: Figures
+) -> None:
+    """Copies of each id are dropped through both mounts at once and in bursts, while it runs and after."""
+    c = cluster("pool.size = 2\n", extra_processors=DUP_PROCESSORS)
+    for machine, worker_id in ((c.a, "wa1"), (c.a, "wa2"), (c.b, "wb1")):
+        workers.start(machine, worker_id)
+    wait_for(lambda: len(os.listdir(c.a.repo / "heartbeats")) >= 3, 30, "three workers")
+    ids = [f"dup{i:02d}" for i in range(12)]
+    copies = 0
+    for round_ in range(3):
+        for i, aid in enumerate(ids):
+            for machine in (c.a, c.b):
+                name = f"{aid}-{machine.name}{round_}.json"
+                doc = {"id": aid, "type": "t.dup", "data": {"copy": name, "sleep": 0.1 * (i % 3)}}
+                tmp = machine.repo / "inbox" / f".{name}.tmp"
+                tmp.write_text(json.dumps(doc))
+                os.rename(tmp, machine.repo / "inbox" / name)
+                copies += 1
+        time.sleep(0.3)
+
+    def settled() -> bool:
+        return (
+            len(os.listdir(c.a.repo / "invalid")) == copies - len(ids)
+            and set(ids) <= set(ids_in(c.a.repo / "done"))
+            and not leftovers(c.a.repo)
+        )
+
+    wait_for(settled, 90, "every copy settled")
+    codes = workers.stop_all()
+    ran = Counter(line[0] for line in effects(c.a.repo, "t.dup"))
+    reasons = [(e / "reason.txt").read_text() for e in (c.a.repo / "invalid").iterdir()]
+    refused = Counter(r.split("duplicate id ", 1)[1].split(":", 1)[0] for r in reasons if "duplicate id" in r)
+    scenario_figures(
+        f"scenario 8: ids={len(ids)} copies={copies} ran-once={sum(ran[i] == 1 for i in ids)} "
+        f"refused={sum(refused.values())}"
+    )
+    assert {i: ran[i] for i in ids} == dict.fromkeys(ids, 1)
+    assert refused == dict.fromkeys(ids, copies // len(ids) - 1)
+    assert all(r.count("\n") == 1 for r in reasons)
+    assert leftovers(c.a.repo) == {} and os.listdir(c.a.repo / "ids") == []
+    assert set(codes.values()) == {0}, {w: workers.log(w)[-2000:] for w in codes}
