@@ -444,8 +444,6 @@ class Repository:
             committed = self.running / f"{claim.stem}~{_COMMITTED}"
             with contextlib.suppress(FileNotFoundError):
                 self.release_id(claim.activity_id, os.lstat(committed))
-            self.durability.barrier()
-            with contextlib.suppress(FileNotFoundError):
                 os.unlink(committed)
 
     def _publish_staged(self, name: str, target: Path) -> None:
