@@ -473,7 +473,7 @@ def test_what_can_never_become_valid_has_no_stamp(repo: Repository) -> None:
 
 
 def _quarantined(repo: Repository, name: str, reason: str) -> Path:
-    final = repo.quarantine(name, reason)
+    final = repo.quarantine(repo.inbox, name, reason)
     assert final is not None
     assert final.parent == repo.invalid
     assert final.name.startswith(f"{name}~")
@@ -522,7 +522,7 @@ def test_quarantine_a_dangling_symlink(repo: Repository) -> None:
 
 
 def test_quarantine_of_something_already_gone_returns_none(repo: Repository) -> None:
-    assert repo.quarantine("gone.json", "whatever") is None
+    assert repo.quarantine(repo.inbox, "gone.json", "whatever") is None
     assert listing(repo.invalid) == []
     assert listing(repo.tmp) == []
 
@@ -530,7 +530,7 @@ def test_quarantine_of_something_already_gone_returns_none(repo: Repository) -> 
 def test_quarantining_the_same_name_twice_keeps_both(repo: Repository) -> None:
     for content in (b"one", b"two"):
         drop(repo, "junk.json", content)
-        assert repo.quarantine("junk.json", "junk") is not None
+        assert repo.quarantine(repo.inbox, "junk.json", "junk") is not None
     contents = sorted((repo.invalid / d / "junk.json").read_bytes() for d in os.listdir(repo.invalid))
     assert contents == [b"one", b"two"]
 

@@ -24,10 +24,12 @@ from .activity import (
     Activity,
     ClaimName,
     InvalidActivity,
+    invalid_entry_name,
     is_ignored,
     new_id,
     parse_activity,
     parse_claim_name,
+    printable,
     queued_name,
 )
 from .durable import Durability, publish, write_file
@@ -227,24 +229,49 @@ class Repository:
         except InvalidActivity as exc:
             return Rejected(f"{name}: {exc.reason}", _stamp(st))
 
-    def quarantine(self, name: str, reason: str) -> Path | None:
-        """Move an inbox entry (of any kind) into ``invalid/`` with a reason. ``None`` if someone else did."""
+    def quarantine(self, directory: Path, name: str, reason: str) -> Path | None:
+        """Move ``directory/name`` (of any kind) into ``invalid/`` with a reason; ``None`` if it was gone.
+
+        ``reason`` should name the entry; it is written escaped, on one line. Any name the
+        file system accepts fits: the entry keeps its name inside ``invalid/NAME~TOKEN/``,
+        whose ``NAME`` is shortened. All or nothing: if a step fails, the entry is put back
+        where it was and the staging folder removed before the error is raised, so nothing
+        hides in ``tmp/``.
+        """
         token = new_id()
+        source = directory / name
         staging = self.tmp / f"{_QUARANTINE_PREFIX}{token}"
+        staged = staging / name
         staging.mkdir()
-        write_file(staging / "reason.txt", (reason.rstrip() + "\n").encode(), self.durability)
         try:
-            os.rename(self.inbox / name, staging / name)
+            write_file(staging / "reason.txt", (printable(reason.rstrip()) + "\n").encode(), self.durability)
+            os.rename(source, staged)
         except FileNotFoundError:
             shutil.rmtree(staging, ignore_errors=True)
             return None
-        self.durability.renamed(self.inbox / name, staging / name)
-        self.durability.barrier()
-        final = self.invalid / f"{name}~{token}"
-        os.rename(staging, final)
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
+        final = self.invalid / invalid_entry_name(name, token)
+        try:
+            self.durability.renamed(source, staged)
+            self.durability.barrier()
+            os.rename(staging, final)
+        except BaseException:
+            self._put_back(staged, source)
+            raise
         self.durability.renamed(staging, final)
         self.durability.barrier()
         return final
+
+    def _put_back(self, staged: Path, source: Path) -> None:
+        """Undo the first step of a quarantine; if something new took the name meanwhile, leave it
+        for ``sweep_tmp`` (``invalid/recovered~TOKEN``) rather than replace it."""
+        if os.path.lexists(source):
+            return
+        os.rename(staged, source)
+        self.durability.renamed(staged, source)
+        shutil.rmtree(staged.parent, ignore_errors=True)
 
     def claim(self, name: str, activity: Activity, worker: str) -> ClaimName | None:
         """Take an inbox entry for ``worker``; ``None`` if another worker took it first."""
@@ -386,7 +413,7 @@ class Repository:
                     continue
                 if set(os.listdir(entry.path)) - {"reason.txt"}:
                     token = entry.name[len(_QUARANTINE_PREFIX) :]
-                    with contextlib.suppress(FileNotFoundError):
+                    with contextlib.suppress(OSError):  # upkeep: the next start tries again
                         os.rename(entry.path, self.invalid / f"recovered~{token}")
                 else:
                     shutil.rmtree(entry.path, ignore_errors=True)
