@@ -13,6 +13,7 @@ import re
 import signal
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -139,6 +140,20 @@ def test_a_quarantine_failing_half_way_puts_the_entry_back(repo: Repository) -> 
         assert (repo.inbox / "junk.json").read_bytes() == b"junk"
         assert os.listdir(repo.tmp) == [], "no staging folder is left"
         assert os.listdir(repo.invalid) == []
+
+
+def test_an_interrupted_quarantine_that_cannot_reach_invalid_waits_in_tmp(repo: Repository) -> None:
+    staging = repo.tmp / f"quarantine-{new_id()}"
+    staging.mkdir()
+    (staging / "junk.json").write_bytes(b"junk")
+    then = time.time() - 120
+    os.utime(staging, (then, then))
+    with _tmpfs(repo.invalid, "1m"):
+        repo.sweep_tmp(time.time())  # a worker starting up: must not stop it
+        assert os.listdir(repo.tmp) == [staging.name]
+    repo.sweep_tmp(time.time())
+    assert os.listdir(repo.tmp) == []
+    assert (repo.invalid / f"recovered~{staging.name.split('-', 1)[1]}" / "junk.json").read_bytes() == b"junk"
 
 
 def test_a_full_disk_leaves_no_staging_folders(tmp_path: Path) -> None:
