@@ -105,6 +105,21 @@ def test_any_name_is_quarantined_with_the_original_kept(repo: Repository, kind: 
     assert os.listdir(repo.inbox) == [] and os.listdir(repo.tmp) == []
 
 
+@pytest.mark.parametrize("kind", ["file", "directory"])
+def test_an_entry_named_reason_txt_keeps_both_itself_and_its_reason(repo: Repository, kind: str) -> None:
+    entry = repo.inbox / "reason.txt"
+    if kind == "file":
+        entry.write_bytes(b"junk")
+    else:
+        entry.mkdir()
+    final = repo.quarantine(repo.inbox, "reason.txt", "reason.txt: not an activity file")
+    assert final is not None
+    assert _reason_line(final) == "reason.txt: not an activity file"
+    kept = final / "reason.txt~entry"
+    assert kept.read_bytes() == b"junk" if kind == "file" else kept.is_dir()
+    assert os.listdir(repo.inbox) == [] and os.listdir(repo.tmp) == []
+
+
 def test_an_entry_is_quarantined_out_of_running(repo: Repository) -> None:
     claim = "job-7~1~w2.json"
     (repo.running / claim).write_text('{"type": "t"}')

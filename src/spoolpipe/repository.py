@@ -41,6 +41,9 @@ _COMMITTED = "committed"
 _OUTCOMES = ("done", "failed")
 _FOLLOW_UP = "follow-up"
 _QUARANTINE_PREFIX = "quarantine-"
+_REASON = "reason.txt"
+# Where an entry that is itself named reason.txt is kept beside its reason.
+_REASON_NAMESAKE = "reason.txt~entry"
 _STALE_TMP_SECONDS = 3600.0
 # Errors a network file system gives for a while without the file being at fault: try again later.
 _TRANSIENT = frozenset({errno.ESTALE, errno.EIO, errno.ENOTCONN, errno.EAGAIN, errno.EINTR, errno.ETIMEDOUT})
@@ -233,25 +236,27 @@ class Repository:
         """Move ``directory/name`` (of any kind) into ``invalid/`` with a reason; ``None`` if it was gone.
 
         ``reason`` should name the entry; it is written escaped, on one line. Any name the
-        file system accepts fits: the entry keeps its name inside ``invalid/NAME~TOKEN/``,
-        whose ``NAME`` is shortened. All or nothing: if a step fails, the entry is put back
-        where it was and the staging folder removed before the error is raised, so nothing
-        hides in ``tmp/``.
+        file system accepts fits: the entry keeps its name (``reason.txt`` becomes
+        ``reason.txt~entry``) inside ``invalid/NAME~TOKEN/``, whose ``NAME`` is shortened.
+        All or nothing: if a step fails, the entry is put back where it was and the staging
+        folder removed before the error is raised, so nothing hides in ``tmp/``.
         """
         token = new_id()
         source = directory / name
         staging = self.tmp / f"{_QUARANTINE_PREFIX}{token}"
-        staged = staging / name
+        staged = staging / (_REASON_NAMESAKE if name == _REASON else name)
         staging.mkdir()
+        moved = False
         try:
-            write_file(staging / "reason.txt", (printable(reason.rstrip()) + "\n").encode(), self.durability)
-            os.rename(source, staged)
-        except FileNotFoundError:
-            shutil.rmtree(staging, ignore_errors=True)
+            write_file(staging / _REASON, (printable(reason.rstrip()) + "\n").encode(), self.durability)
+            with contextlib.suppress(FileNotFoundError):
+                os.rename(source, staged)
+                moved = True
+        finally:
+            if not moved:
+                shutil.rmtree(staging, ignore_errors=True)
+        if not moved:
             return None
-        except BaseException:
-            shutil.rmtree(staging, ignore_errors=True)
-            raise
         final = self.invalid / invalid_entry_name(name, token)
         try:
             self.durability.renamed(source, staged)
@@ -265,8 +270,7 @@ class Repository:
         return final
 
     def _put_back(self, staged: Path, source: Path) -> None:
-        """Undo the first step of a quarantine; if something new took the name meanwhile, leave it
-        for ``sweep_tmp`` (``invalid/recovered~TOKEN``) rather than replace it."""
+        """Undo a quarantine's move, never over something new at ``source`` (``sweep_tmp`` recovers that)."""
         if os.path.lexists(source):
             return
         os.rename(staged, source)
@@ -411,7 +415,7 @@ class Repository:
             if entry.name.startswith(_QUARANTINE_PREFIX) and entry.is_dir(follow_symlinks=False):
                 if age < _STALE_QUARANTINE_SECONDS:
                     continue
-                if set(os.listdir(entry.path)) - {"reason.txt"}:
+                if set(os.listdir(entry.path)) - {_REASON}:
                     token = entry.name[len(_QUARANTINE_PREFIX) :]
                     with contextlib.suppress(OSError):  # upkeep: the next start tries again
                         os.rename(entry.path, self.invalid / f"recovered~{token}")
