@@ -233,3 +233,16 @@ def test_status_escapes_names_in_text_and_json(tmp_path: Path) -> None:
     report = json.loads(subprocess.run([*command, "--json"], capture_output=True, check=True).stdout)
     assert report["inbox_by_type"] == {"evil\\x1b[2J\\ntype": 1}
     assert report["unhandled_types"] == ["evil\\x1b[2J\\ntype"]
+
+
+def test_status_escapes_what_a_heartbeat_file_says(tmp_path: Path) -> None:
+    repo = make_repository(tmp_path)
+    heartbeat = {"worker": "w\x1b[2J", "host": "evil\nhost", "pid": 1, "running": [], "types": {"t\x07": 1}}
+    (repo / "heartbeats" / "w.json").write_text(json.dumps(heartbeat))
+    command = [sys.executable, "-m", "spoolpipe", "status", str(repo)]
+    text = subprocess.run(command, capture_output=True, check=True).stdout.decode()
+    assert "  w\\x1b[2J on evil\\nhost pid 1, running 0" in text
+    assert "\x1b" not in text and "\x07" not in text
+    report = json.loads(subprocess.run([*command, "--json"], capture_output=True, check=True).stdout)
+    [worker] = report["workers"]
+    assert (worker["worker"], worker["host"], worker["types"]) == ("w\\x1b[2J", "evil\\nhost", {"t\\x07": 1})
