@@ -246,3 +246,32 @@ def test_status_escapes_what_a_heartbeat_file_says(tmp_path: Path) -> None:
     report = json.loads(subprocess.run([*command, "--json"], capture_output=True, check=True).stdout)
     [worker] = report["workers"]
     assert (worker["worker"], worker["host"], worker["types"]) == ("w\\x1b[2J", "evil\\nhost", {"t\\x07": 1})
+
+
+def test_a_worker_whose_quarantines_fail_leaves_the_file_in_the_inbox_and_logs_it_escaped(
+    tmp_path: Path,
+) -> None:
+    repo = make_repository(tmp_path, "inbox.settle-seconds = 0.3\n")
+    name = HOSTILE["newline"]
+    drop(repo, name, b"{not json")
+    log = repo / "logs" / "workers" / "w1.log"
+    with _tmpfs(repo / "invalid", "1m"):  # every quarantine fails after the move (EXDEV)
+        worker = start_worker(repo, "w1")
+        try:
+            failed = "cannot quarantine"
+            wait_for(lambda: log.exists() and failed in log.read_text(), 60, "a failed quarantine")
+            assert os.listdir(repo / "inbox") == [name]
+            assert [n for n in os.listdir(repo / "tmp") if n.startswith("quarantine-")] == []
+        finally:
+            worker.send_signal(signal.SIGTERM)
+            assert worker.wait(30) == 0
+    for line in log.read_text(encoding="utf-8").splitlines():
+        assert _LOG_LINE.match(line), f"not a line the worker wrote: {line!r}"
+    assert f"cannot quarantine {printable(name)}: " in log.read_text(encoding="utf-8")
+    worker = start_worker(repo, "w1")  # with invalid/ back, the same file is quarantined
+    try:
+        wait_for(lambda: len(os.listdir(repo / "invalid")) == 1, 60, "the quarantine")
+    finally:
+        worker.send_signal(signal.SIGTERM)
+        assert worker.wait(30) == 0
+    assert leftovers(repo) == {}
