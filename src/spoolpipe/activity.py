@@ -44,6 +44,45 @@ class InvalidActivity(ValueError):
         self.reason = reason
 
 
+# Longest file name (in bytes) the supported file systems accept.
+NAME_MAX = 255
+_ESCAPES = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
+
+
+def _escaped(char: str) -> str:
+    code = ord(char)
+    if char in _ESCAPES:
+        return _ESCAPES[char]
+    if 0xDC80 <= code <= 0xDCFF:  # a byte that is not UTF-8, as os.fsdecode hands it over
+        return f"\\x{code - 0xDC00:02x}"
+    if code < 0x80:
+        return f"\\x{code:02x}"
+    return f"\\u{code:04x}" if code <= 0xFFFF else f"\\U{code:08x}"
+
+
+def printable(text: str) -> str:
+    """``text`` safe to write into a line of a log, ``reason.txt`` or a terminal, and always valid UTF-8.
+
+    A name may hold anything the file system accepts: each character that is not
+    printable (line breaks, terminal escapes, bidi overrides, bytes that are not
+    UTF-8) is written as ``\\n``, ``\\xNN``, ``\\uNNNN`` or ``\\UNNNNNNNN``; an undecodable
+    byte as ``\\xNN`` of the byte itself (80 to ff; C1 controls are ``\\u0080``...).
+    Backslashes are kept, so escaping twice changes nothing and can be done at every edge.
+    """
+    return "".join(c if c.isprintable() else _escaped(c) for c in text)
+
+
+def invalid_entry_name(name: str, token: str) -> str:
+    """The name of ``invalid/NAME~TOKEN/`` for an entry named ``name``: printable, within ``NAME_MAX`` bytes.
+
+    Cut on a character boundary; the entry inside keeps its own name and
+    ``reason.txt`` the whole (escaped) original.
+    """
+    suffix = f"~{token}"
+    budget = NAME_MAX - len(suffix.encode())
+    return printable(name).encode()[:budget].decode("utf-8", "ignore") + suffix
+
+
 def is_valid_name(value: object) -> bool:
     """Whether ``value`` is a usable activity id or type."""
     return isinstance(value, str) and _NAME.match(value) is not None

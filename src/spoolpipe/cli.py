@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from . import __version__, config
-from .activity import Activity, InvalidActivity, is_valid_name, new_id, parse_document
+from .activity import Activity, InvalidActivity, is_valid_name, new_id, parse_document, printable
 from .repository import NotARepository, Repository, filesystem_now
 from .worker import StartupError, Worker, default_worker_id, iter_heartbeats
 
@@ -85,6 +85,11 @@ def _live(repo: Repository, now: float) -> list[dict[str, Any]]:
     horizon = max(3 * settings.heartbeat_interval_seconds, settings.claims_lease_seconds)
     live = []
     for doc, mtime in iter_heartbeats(repo):
+        for key in ("worker", "host"):  # a heartbeat is a file anyone may have written
+            if isinstance(doc.get(key), str):
+                doc[key] = printable(doc[key])
+        if isinstance(doc.get("types"), dict):
+            doc["types"] = {printable(t): n for t, n in doc["types"].items()}
         doc["last_seen_seconds"] = round(max(0.0, now - mtime), 1)
         if now - mtime <= horizon:
             live.append(doc)
@@ -113,9 +118,9 @@ def status(repo: Repository) -> dict[str, Any]:
         except (OSError, InvalidActivity):
             continue
         if isinstance(type_, str):
-            waiting[type_] += 1
+            waiting[printable(type_)] += 1
     return {
-        "repository": str(repo.root),
+        "repository": printable(str(repo.root)),
         "counts": counts,
         "workers": workers,
         "inbox_by_type": dict(sorted(waiting.items())),

@@ -24,11 +24,13 @@ from .activity import (
     Activity,
     ClaimName,
     InvalidActivity,
+    invalid_entry_name,
     is_ignored,
     new_id,
     parse_activity,
     parse_claim_name,
     parse_document,
+    printable,
     queued_name,
     retried_activity,
 )
@@ -51,6 +53,9 @@ _COMMITTED = "committed"
 _OUTCOMES = ("done", "failed")
 _FOLLOW_UP = "follow-up"
 _QUARANTINE_PREFIX = "quarantine-"
+_REASON = "reason.txt"
+# Where an entry that is itself named reason.txt is kept beside its reason.
+_REASON_NAMESAKE = "reason.txt~entry"
 _STALE_TMP_SECONDS = 3600.0
 # Errors a network file system gives for a while without the file being at fault: try again later.
 _TRANSIENT = frozenset({errno.ESTALE, errno.EIO, errno.ENOTCONN, errno.EAGAIN, errno.EINTR, errno.ETIMEDOUT})
@@ -265,23 +270,49 @@ class Repository:
             return Rejected(f"{name}: {exc.reason}", _stamp(st))
 
     def quarantine(self, directory: Path, name: str, reason: str) -> Path | None:
-        """Move an entry (of any kind) into ``invalid/`` with a reason. ``None`` if someone else did."""
+        """Move ``directory/name`` (of any kind) into ``invalid/`` with a reason; ``None`` if it was gone.
+
+        ``reason`` should name the entry; it is written escaped, on one line. Any name the
+        file system accepts fits: the entry keeps its name (``reason.txt`` becomes
+        ``reason.txt~entry``) inside ``invalid/NAME~TOKEN/``, whose ``NAME`` is shortened.
+        All or nothing: if a step fails, the entry is put back where it was and the staging
+        folder removed before the error is raised, so nothing hides in ``tmp/``.
+        """
         token = new_id()
+        source = directory / name
         staging = self.tmp / f"{_QUARANTINE_PREFIX}{token}"
+        staged = staging / (_REASON_NAMESAKE if name == _REASON else name)
         staging.mkdir()
-        write_file(staging / "reason.txt", (reason.rstrip() + "\n").encode(), self.durability)
+        moved = False
         try:
-            os.rename(directory / name, staging / name)
-        except FileNotFoundError:
-            shutil.rmtree(staging, ignore_errors=True)
+            write_file(staging / _REASON, (printable(reason.rstrip()) + "\n").encode(), self.durability)
+            moved = take(source, staged)
+        finally:
+            if not moved:
+                shutil.rmtree(staging, ignore_errors=True)
+        if not moved:
             return None
-        self.durability.renamed(directory / name, staging / name)
-        self.durability.barrier()
-        final = self.invalid / f"{name}~{token}"
-        os.rename(staging, final)
+        final = self.invalid / invalid_entry_name(name, token)
+        try:
+            self.durability.renamed(source, staged)
+            self.durability.barrier()
+            move_noreplace(staging, final)
+        except BaseException:
+            self._put_back(staged, source)
+            raise
         self.durability.renamed(staging, final)
         self.durability.barrier()
         return final
+
+    def _put_back(self, staged: Path, source: Path) -> None:
+        """Undo a quarantine's move, never over something new at ``source`` (``sweep_tmp`` recovers that)."""
+        try:
+            if not take(staged, source):
+                return
+        except FileExistsError:
+            return
+        self.durability.renamed(staged, source)
+        shutil.rmtree(staged.parent, ignore_errors=True)
 
     def claim(self, name: str, activity: Activity, worker: str) -> ClaimName | None:
         """Take an inbox entry for ``worker``; ``None`` if another worker took it first.
@@ -507,10 +538,10 @@ class Repository:
             if entry.name.startswith(_QUARANTINE_PREFIX) and entry.is_dir(follow_symlinks=False):
                 if age < _STALE_QUARANTINE_SECONDS:
                     continue
-                if set(os.listdir(entry.path)) - {"reason.txt"}:
+                if set(os.listdir(entry.path)) - {_REASON}:
                     token = entry.name[len(_QUARANTINE_PREFIX) :]
-                    with contextlib.suppress(FileNotFoundError):
-                        os.rename(entry.path, self.invalid / f"recovered~{token}")
+                    with contextlib.suppress(OSError):  # upkeep: the next start tries again
+                        move_noreplace(Path(entry.path), self.invalid / f"recovered~{token}")
                 else:
                     shutil.rmtree(entry.path, ignore_errors=True)
             elif age > _STALE_TMP_SECONDS:

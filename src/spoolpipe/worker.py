@@ -23,7 +23,7 @@ from types import FrameType
 from typing import Any
 
 from . import config
-from .activity import Activity, ClaimName, format_time
+from .activity import Activity, ClaimName, format_time, printable
 from .liveness import OwnLock, Prober, WorkerAlreadyRunning, resolve_mode
 from .pool import Outcome, Pool, Setup, Slot, Task, import_processors
 from .processor import registered
@@ -375,10 +375,10 @@ class Worker:
         try:
             where = self.repo.quarantine(directory, name, reason)
         except OSError as exc:
-            log.error("cannot quarantine %s: %s", name, exc)
+            log.error("cannot quarantine %s: %s", printable(name), printable(str(exc)))
             return
         if where is not None:
-            log.warning("invalid: %s -> %s", reason, where.relative_to(self.root))
+            log.warning("invalid: %s -> %s", printable(reason), where.relative_to(self.root))
 
     def _capacity(self) -> Counter[str]:
         return Counter(r.activity.type for r in self._running.values())
@@ -434,7 +434,7 @@ class Worker:
             try:
                 claim = self.repo.claim(name, activity, self.worker_id)
             except OSError as exc:
-                log.error("cannot claim %s: %s", name, exc)
+                log.error("cannot claim %s: %s", printable(name), printable(str(exc)))
                 continue
             if claim is None:
                 continue
