@@ -725,14 +725,16 @@ class Worker:
     # -- heartbeat and configuration -------------------------------------------------------------------
 
     def _heartbeat(self) -> None:
+        # What runs, not what is configured: a reloaded pool.size applies only at restart.
+        pool_size = len(self.pool.slots)
         doc = {
             "worker": self.worker_id,
             "host": self.host,
             "pid": os.getpid(),
             "started_at": format_time(self.started),
             "lock_mode": self.lock_mode,
-            "pool_size": self.settings.pool_size,
-            "types": {t: self.settings.concurrency_for(t) for t in self._handled_types()},
+            "pool_size": pool_size,
+            "types": {t: min(self.settings.concurrency_for(t), pool_size) for t in self._handled_types()},
             "running": sorted(r.activity.id for r in self._running.values()),
         }
         target = self.repo.heartbeats / f"{self.worker_id}.json"
@@ -784,9 +786,11 @@ class Worker:
         if settings != old:  # pool processes hold the settings: replace them as they become idle
             self.pool.setup = self._setup()
             self._recycle_all = True
-        if settings.pool_size != old.pool_size:
+        if settings.pool_size != len(self.pool.slots):
             log.warning(
-                "pool.size changed from %d to %d: takes effect at restart", old.pool_size, settings.pool_size
+                "pool.size is %d, the pool runs %d processes: takes effect at restart",
+                settings.pool_size,
+                len(self.pool.slots),
             )
         log.info("configuration reloaded from %s", ", ".join(str(p) for p in settings.sources))
 
