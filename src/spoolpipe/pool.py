@@ -157,6 +157,20 @@ def _child_main(conn: Connection, setup: Setup) -> None:
             return
 
 
+def how_it_ended(process: BaseProcess) -> str:
+    """``exit code N`` or ``killed by SIGNAME``, once the (dead) process is reaped."""
+    process.join(5)
+    code = process.exitcode
+    if code is None:
+        return "exit code unknown: still running"
+    if code >= 0:
+        return f"exit code {code}"
+    try:
+        return f"killed by {signal.Signals(-code).name}"
+    except ValueError:
+        return f"killed by signal {-code}"
+
+
 @dataclass
 class Slot:
     """One pool process and what it is running."""
@@ -214,12 +228,18 @@ class Pool:
 
     def replace(self, slot: Slot, *, kill: bool) -> None:
         """Kill (if asked) and replace a pool process; its task, if any, is the caller's to settle."""
-        if kill and slot.process.is_alive():
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(slot.process.pid or 0, signal.SIGKILL)
+        if kill:
+            self.kill(slot)
         slot.process.join(5)
         slot.conn.close()
         self.slots[slot.index] = self._spawn(slot.index)
+
+    def kill(self, slot: Slot) -> None:
+        """Kill a pool process without replacing it (stopping: :meth:`close` reaps it)."""
+        if slot.process.is_alive():
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(slot.process.pid or 0, signal.SIGKILL)
+        slot.process.join(5)
 
     def close(self) -> None:
         for slot in self.slots:

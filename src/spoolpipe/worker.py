@@ -25,7 +25,7 @@ from typing import Any
 from . import config
 from .activity import Activity, ClaimName, format_time
 from .liveness import OwnLock, Prober, WorkerAlreadyRunning, resolve_mode
-from .pool import Outcome, Pool, Setup, Slot, Task, import_processors
+from .pool import Outcome, Pool, Setup, Slot, Task, how_it_ended, import_processors
 from .processor import registered
 from .record import Attempt, done_record, failed_record, failure_document, follow_up_document
 from .repository import Rejected, Repository, SharedClock, Staged, dumps
@@ -509,10 +509,10 @@ class Worker:
             running = self._running.pop(slot.index, None)
             slot.task = None
             if isinstance(message, EOFError):
-                code = slot.process.exitcode
+                ended = how_it_ended(slot.process)
                 self.pool.replace(slot, kill=False)
                 if running is not None:
-                    self._interrupted(running, f"pool process died (exit code {code})")
+                    self._interrupted(running, f"pool process died ({ended})")
                 continue
             if running is not None and isinstance(message, Outcome):
                 self._outcome(running, message)
@@ -664,7 +664,7 @@ class Worker:
     def _release_all(self, why: str) -> None:
         for slot in self.pool.busy():
             running = self._running.pop(slot.index, None)
-            self.pool.replace(slot, kill=True)
+            self.pool.kill(slot)  # stopping: no replacement
             if running is not None and self.repo.release(running.claim, running.activity.attempt, None):
                 log.warning("released %s back to the inbox: %s", running.activity.id, why)
         self.repo.durability.barrier()
