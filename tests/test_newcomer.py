@@ -91,7 +91,9 @@ def test_unknown_keys_are_reported_with_the_errors_of_the_same_load(tmp_path: Pa
     text = str(caught.value)
     assert ":2: retry.max-attempts: 'none' is not an integer" in text
     assert ":1: unknown key 'pool.szie'; did you mean 'pool.size'?" in text
-    assert caught.value.warnings == [f"{tmp_path / config.SHARED_FILE}:1: unknown key 'pool.szie'; did you mean 'pool.size'?"]
+    assert caught.value.warnings == [
+        f"{tmp_path / config.SHARED_FILE}:1: unknown key 'pool.szie'; did you mean 'pool.size'?"
+    ]
 
 
 # -- crashes and idleness ------------------------------------------------------------------------
@@ -324,7 +326,9 @@ with open(os.path.join(os.path.dirname(__file__), "imports.log"), "a") as _f:
 
 
 def test_stopping_after_the_grace_period_spawns_no_replacement_processes(tmp_path: Path) -> None:
-    repo = make_repository(tmp_path, "pool.size = 2\nshutdown.grace-seconds = 0.2\n", extra_processors=COUNTED)
+    repo = make_repository(
+        tmp_path, "pool.size = 2\nshutdown.grace-seconds = 0.2\n", extra_processors=COUNTED
+    )
     imports = tmp_path / "procs" / "imports.log"
     a, b = submit(repo, "t.slow", {"sleep": 60}), submit(repo, "t.slow", {"sleep": 60})
     worker = start_worker(repo, "w1")

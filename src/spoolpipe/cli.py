@@ -133,7 +133,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     print("  " + "  ".join(f"{k} {v}" for k, v in counts.items()))
     print(f"workers alive: {len(report['workers'])}")
     for w in report["workers"]:
-        types = ", ".join(f"{t}x{n}" for t, n in sorted(w.get("types", {}).items()))
+        types = ", ".join(f"{t} (concurrency {n})" for t, n in sorted(w.get("types", {}).items()))
         print(
             f"  {w['worker']} on {w['host']} pid {w['pid']}, running {len(w.get('running', []))}, "
             f"seen {w['last_seen_seconds']}s ago; types: {types}"

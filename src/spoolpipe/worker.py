@@ -68,6 +68,11 @@ def default_worker_id() -> str:
     return cleaned or "worker"
 
 
+def _counted(number: int, noun: str) -> str:
+    """``1 attempt``, ``2 attempts``: log lines read as sentences."""
+    return f"{number} {noun}" if number == 1 else f"{number} {noun}s"
+
+
 def _policy(settings: config.Settings) -> RetryPolicy:
     return RetryPolicy(
         settings.retry_max_attempts,
@@ -594,7 +599,7 @@ class Worker:
         record = done_record(
             activity, self._attempt(running.started), outcome.result, [f["id"] for f in follow_ups]
         )
-        extra = f", {len(follow_ups)} follow-ups" if follow_ups else ""
+        extra = f", {_counted(len(follow_ups), 'follow-up')}" if follow_ups else ""
         summary = (
             f"done {activity.id} ({activity.type}, attempt {activity.attempt}) in "
             f"{now - running.started:.2f}s{extra}"
@@ -607,7 +612,9 @@ class Worker:
         record = failed_record(activity, self._attempt(started), reason, traceback)
         handler = self.settings.failures_handler
         follow_ups = [] if not handler or activity.type == handler else [failure_document(handler, record)]
-        summary = f"failed {activity.id} ({activity.type}) after {activity.attempt} attempts: {reason}"
+        summary = (
+            f"failed {activity.id} ({activity.type}) after {_counted(activity.attempt, 'attempt')}: {reason}"
+        )
         self._defer(_Settled(claim, "failed", record, follow_ups, summary))
 
     def _defer(self, item: _Settled) -> None:
@@ -703,21 +710,22 @@ class Worker:
         for worker, claims in self._claims_by_worker().items():
             if worker == self.worker_id:
                 stale = [c for c in claims if c.stem not in active]
-                self._recover_claims(worker, stale)
+                whose = "left by an earlier run of" if own_only else "abandoned by"
+                self._recover_claims(f"{whose} this worker ({worker})", stale)
             elif not own_only:
                 with self.prober.dead(worker) as dead:
                     if dead:
-                        self._recover_claims(worker, claims)
+                        self._recover_claims(f"of dead worker {worker}", claims)
 
-    def _recover_claims(self, worker: str, claims: list[ClaimName]) -> None:
+    def _recover_claims(self, whose: str, claims: list[ClaimName]) -> None:
         if not claims:
             return
         outcomes = Counter(self.repo.recover(c) for c in claims)
         self.repo.durability.barrier()
         log.warning(
-            "recovered %d claims of dead worker %s: %s",
-            len(claims),
-            worker,
+            "recovered %s %s: %s",
+            _counted(len(claims), "claim"),
+            whose,
             ", ".join(f"{n} {k}" for k, n in outcomes.items()),
         )
         self._hinted = True
