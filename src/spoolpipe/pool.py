@@ -12,6 +12,7 @@ import contextlib
 import ctypes
 import dataclasses
 import importlib
+import io
 import json
 import logging
 import multiprocessing
@@ -74,12 +75,39 @@ def import_processors(modules: Sequence[str], paths: Sequence[str]) -> None:
         importlib.import_module(module)
 
 
-class _LazyFileHandler(logging.FileHandler):
-    """Creates the attempt's log file only when something is logged, so silent attempts cost no file."""
+class _AttemptLog(io.TextIOBase):
+    """The attempt's log file, created only when something is written, so silent attempts cost no file.
+
+    The processor's logger writes to it, and so do ``print()`` and anything else
+    written to ``sys.stdout`` or ``sys.stderr`` while the processor runs.
+    """
 
     def __init__(self, path: str) -> None:
-        super().__init__(path, encoding="utf-8", delay=True)
-        self.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+        self._path = path
+        self._file: io.TextIOWrapper | None = None
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, text: str) -> int:
+        if self._file is None:
+            self._file = open(self._path, "a", encoding="utf-8", errors="backslashreplace")  # noqa: SIM115
+        written = self._file.write(text)
+        self._file.flush()
+        return written
+
+    def close(self) -> None:
+        if self._file is not None:
+            self._file.close()
+        super().close()
+
+
+# One logger for every attempt, its handler swapped per activity: a logger per activity would never be
+# freed (the logging module keeps every named logger) and each new one's setLevel clears a cache over all.
+_activity_log = logging.getLogger("spoolpipe.activity")
+_activity_log.propagate = False
+_activity_log.setLevel(logging.DEBUG)
+_ATTEMPT_FORMAT = logging.Formatter("%(asctime)s %(levelname)s %(message)s")
 
 
 def _die_with_parent() -> None:
@@ -94,11 +122,13 @@ def _run(task: Task, setup: Setup) -> Outcome:
     registration = registered().get(task.activity.type)
     if registration is None:
         return Outcome("error", error=f"no processor for type {task.activity.type!r} in this worker")
-    log = logging.getLogger(f"spoolpipe.activity.{task.activity.id}")
-    log.propagate = False
-    log.setLevel(logging.DEBUG)
-    handler = _LazyFileHandler(task.log_path)
+    attempt_log = _AttemptLog(task.log_path)
+    handler = logging.StreamHandler(attempt_log)
+    handler.setFormatter(_ATTEMPT_FORMAT)
+    log = _activity_log
     log.addHandler(handler)
+    saved_streams = sys.stdout, sys.stderr
+    sys.stdout = sys.stderr = attempt_log
     ctx = Context(
         log=log,
         worker_id=setup.worker_id,
@@ -128,8 +158,10 @@ def _run(task: Task, setup: Setup) -> Outcome:
             return Outcome("fatal", error=f"result or follow-up data is not JSON-serialisable: {exc}")
         return Outcome("ok", result=result, follow_ups=follow_ups)
     finally:
+        sys.stdout, sys.stderr = saved_streams
         log.removeHandler(handler)
         handler.close()
+        attempt_log.close()
 
 
 def _child_main(conn: Connection, setup: Setup) -> None:
