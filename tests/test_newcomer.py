@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
+
 from harness import (
     effects,
     ids_in,
@@ -22,7 +23,6 @@ from harness import (
     submit,
     wait_for,
 )
-
 from spoolpipe import config, write_atomic
 from spoolpipe.activity import format_time
 from spoolpipe.config import ConfigError
