@@ -66,13 +66,29 @@ class Outcome:
     recycle: bool = False
 
 
+class ProcessorImportError(Exception):
+    """A processor module could not be imported: which one, where it was looked for, and the traceback."""
+
+    def __init__(self, module: str, paths: Sequence[str], error: BaseException) -> None:
+        self.module = module
+        searched = ", ".join(p if os.path.isdir(p) else f"{p} (missing)" for p in paths) or "(empty)"
+        self.traceback = "".join(traceback.format_exception(error))
+        super().__init__(
+            f"cannot import processor module {module!r}: {type(error).__name__}: {error}\n"
+            f"processors.path: {searched} (searched before the rest of sys.path)\n{self.traceback}".rstrip()
+        )
+
+
 def import_processors(modules: Sequence[str], paths: Sequence[str]) -> None:
-    """Import the built-in and configured processor modules; errors propagate to the caller."""
+    """Import the built-in and configured processor modules; raises :class:`ProcessorImportError`."""
     for path in paths:
         if path not in sys.path:
             sys.path.insert(0, path)
     for module in (*_BUILTIN_MODULES, *modules):
-        importlib.import_module(module)
+        try:
+            importlib.import_module(module)
+        except Exception as exc:
+            raise ProcessorImportError(module, paths, exc) from exc
 
 
 class _AttemptLog(io.TextIOBase):

@@ -25,7 +25,16 @@ from typing import Any
 from . import config
 from .activity import Activity, ClaimName, format_time
 from .liveness import OwnLock, Prober, WorkerAlreadyRunning, resolve_mode
-from .pool import Outcome, Pool, Setup, Slot, Task, how_it_ended, import_processors
+from .pool import (
+    Outcome,
+    Pool,
+    ProcessorImportError,
+    Setup,
+    Slot,
+    Task,
+    how_it_ended,
+    import_processors,
+)
 from .processor import registered
 from .record import Attempt, done_record, failed_record, failure_document, follow_up_document
 from .repository import Rejected, Repository, SharedClock, Staged, dumps
@@ -132,8 +141,8 @@ class Worker:
         self._config_stamp = self._config_mtimes()
         try:
             import_processors(self.settings.processors, [str(p) for p in self.settings.processors_path])
-        except Exception as exc:
-            raise StartupError(f"cannot import processors: {type(exc).__name__}: {exc}") from None
+        except ProcessorImportError as exc:
+            raise StartupError(str(exc)) from None
         self.lock_mode = resolve_mode(self.settings.claims_lock, self.root)
         self.own_lock = OwnLock(
             self.repo.locks, self.worker_id, self.lock_mode, self.settings.claims_lease_seconds
@@ -779,13 +788,8 @@ class Worker:
         except config.ConfigError as exc:
             log.error("configuration change rejected, keeping the previous configuration:\n%s", exc)
             return
-        except Exception as exc:
-            log.error(
-                "configuration change rejected (cannot import processors: %s: %s), "
-                "keeping the previous configuration",
-                type(exc).__name__,
-                exc,
-            )
+        except ProcessorImportError as exc:
+            log.error("configuration change rejected, keeping the previous configuration:\n%s", exc)
             return
         old = self.settings
         self.settings = settings
