@@ -77,9 +77,9 @@ def default_worker_id() -> str:
     return cleaned or "worker"
 
 
-def _counted(number: int, noun: str) -> str:
+def _counted(number: int, noun: str, plural: str = "") -> str:
     """``1 attempt``, ``2 attempts``: log lines read as sentences."""
-    return f"{number} {noun}" if number == 1 else f"{number} {noun}s"
+    return f"{number} {noun}" if number == 1 else f"{number} {plural or noun + 's'}"
 
 
 def _policy(settings: config.Settings) -> RetryPolicy:
@@ -92,15 +92,27 @@ def _policy(settings: config.Settings) -> RetryPolicy:
 
 
 class Worker:
-    """``spoolpipe worker``: run until signalled (or, with ``until_idle``, until nothing is left)."""
+    """``spoolpipe worker``: run until signalled (or, with ``until_idle``, until nothing is left).
+
+    With ``until_idle`` the worker waits for delayed activities (``not_before``,
+    retry backoff) it could run, unless ``no_wait``: then it leaves them queued.
+    """
 
     def __init__(
-        self, root: Path, worker_id: str, *, until_idle: bool = False, log_level: str | None = None
+        self,
+        root: Path,
+        worker_id: str,
+        *,
+        until_idle: bool = False,
+        no_wait: bool = False,
+        log_level: str | None = None,
     ) -> None:
         self.root = root
         self.log_level = log_level
         self.worker_id = worker_id
         self.until_idle = until_idle
+        self.no_wait = no_wait
+        self._waiting_for: tuple[str, float] | None = None  # the delayed activity --until-idle last named
         self.host = socket.gethostname()
         self.repo = Repository(root)
         self._stopping = False
@@ -503,7 +515,10 @@ class Worker:
         """Nothing this worker could run remains: nothing running, queued, unsettled or recoverable."""
         if self._running or self._pending or self._unsettled or self._hinted:
             return False
-        if any(self._handles(a.type) for a in self._queue.values()):
+        handled = [a for a in self._queue.values() if self._handles(a.type)]
+        now = self.clock.now()
+        delayed = [a for a in handled if a.not_before is not None and a.not_before > now]
+        if len(delayed) < len(handled):
             return False
         for worker in self._claims_by_worker():
             if worker == self.worker_id:
@@ -511,7 +526,30 @@ class Worker:
             with self.prober.dead(worker) as dead:
                 if dead:
                     return False
-        return True
+        if not delayed:
+            return True
+        count = _counted(len(delayed), "delayed activity", "delayed activities")
+        if self.no_wait:
+            log.info("%s left queued (--until-idle --no-wait)", count)
+            return True
+        self._say_waiting(delayed, count, now)
+        return False
+
+    def _say_waiting(self, delayed: list[Activity], count: str, now: float) -> None:
+        """Say once what ``--until-idle`` waits for, and until when (again when the next one changes)."""
+        first = min(delayed, key=lambda a: (a.not_before or 0.0, a.id))
+        due = first.not_before or now
+        if self._waiting_for == (first.id, due):
+            return
+        self._waiting_for = (first.id, due)
+        log.info(
+            "--until-idle: waiting for %s; the next, %s (%s), is due at %s (in %.1fs)",
+            count,
+            first.id,
+            first.type,
+            format_time(due),
+            due - now,
+        )
 
     # -- settling outcomes ---------------------------------------------------------------------------
 
