@@ -216,20 +216,23 @@ from spoolpipe import processor
 
 @processor("t.version")
 def version(activity, ctx):
+    import time
+    time.sleep(activity.data.get("sleep", 0))
     return {VERSION!r}
 """
 
 
 def test_a_changed_processor_module_is_picked_up_by_recycling_the_pool(tmp_path: Path) -> None:
-    repo = make_repository(tmp_path, "processors = e2e_procs, versioned\n")
+    repo = make_repository(tmp_path, "processors = e2e_procs, versioned\npool.size = 1\n")
     module = tmp_path / "procs" / "versioned.py"
     module.write_text(VERSIONED.replace("{VERSION!r}", "'one'"))
     worker = start_worker(repo, "w1")
     try:
-        first = submit(repo, "t.version")
-        wait_for(lambda: first in ids_in(repo / "done"), 30, "the first version")
-        module.write_text(VERSIONED.replace("{VERSION!r}", "'second'"))
+        first = submit(repo, "t.version", {"sleep": 2})
+        wait_for(lambda: (repo / "running" / f"{first}~1~w1.json").exists(), 30, "the first to run")
+        module.write_text(VERSIONED.replace("{VERSION!r}", "'second'"))  # while the only process is busy
         wait_for(lambda: "processor code changed" in _stderr(repo), 20, "the recycle")
+        wait_for(lambda: first in ids_in(repo / "done"), 30, "the first version")
         second = submit(repo, "t.version")
         wait_for(lambda: second in ids_in(repo / "done"), 30, "the second version")
     finally:

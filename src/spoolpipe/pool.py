@@ -91,6 +91,30 @@ def import_processors(modules: Sequence[str], paths: Sequence[str]) -> None:
             raise ProcessorImportError(module, paths, exc) from exc
 
 
+def processor_files(modules: Sequence[str]) -> dict[str, tuple[str, int | None]]:
+    """Each imported module's source file and its mtime (None once it is gone), to notice code changes."""
+    files: dict[str, tuple[str, int | None]] = {}
+    for name in modules:
+        path = getattr(sys.modules.get(name), "__file__", None)
+        if not path:
+            continue
+        try:
+            files[name] = (path, os.stat(path).st_mtime_ns)
+        except OSError:
+            files[name] = (path, None)
+    return files
+
+
+def reload_processors(modules: Sequence[str], paths: Sequence[str]) -> None:
+    """Re-import changed processor modules here; raises :class:`ProcessorImportError` (old code stays)."""
+    importlib.invalidate_caches()
+    for module in modules:
+        try:
+            importlib.reload(sys.modules[module])
+        except Exception as exc:
+            raise ProcessorImportError(module, paths, exc) from exc
+
+
 class _AttemptLog(io.TextIOBase):
     """The attempt's log file, created only when something is written, so silent attempts cost no file.
 
@@ -238,6 +262,7 @@ class Pool:
         self._mp = multiprocessing.get_context("spawn")
         self.setup = setup
         self.slots = [self._spawn(i) for i in range(size)]
+        self._stale: set[int] = set()  # pids of processes started before the setup or the code changed
 
     def _spawn(self, index: int) -> Slot:
         parent, child = self._mp.Pipe()
@@ -247,6 +272,13 @@ class Pool:
         process.start()
         child.close()
         return Slot(index, process, parent)
+
+    def mark_stale(self) -> None:
+        """Every current process is to be replaced once it is idle (new settings or processor code)."""
+        self._stale = {s.process.pid or 0 for s in self.slots}
+
+    def is_stale(self, slot: Slot) -> bool:
+        return (slot.process.pid or 0) in self._stale
 
     def idle(self) -> list[Slot]:
         return [s for s in self.slots if s.ready and s.task is None]
@@ -280,6 +312,7 @@ class Pool:
             self.kill(slot)
         slot.process.join(5)
         slot.conn.close()
+        self._stale.discard(slot.process.pid or 0)
         self.slots[slot.index] = self._spawn(slot.index)
 
     def kill(self, slot: Slot) -> None:

@@ -34,6 +34,8 @@ from .pool import (
     Task,
     how_it_ended,
     import_processors,
+    processor_files,
+    reload_processors,
 )
 from .processor import registered
 from .record import Attempt, done_record, failed_record, failure_document, follow_up_document
@@ -127,7 +129,6 @@ class Worker:
         self._pending_since = 0.0
         self._next_due = float("inf")
         self._running: dict[int, _Running] = {}
-        self._recycle_all = False
         self._observer: Any = None
         self._unsettled = 0
         self._estimates: dict[str, float] = {}
@@ -155,6 +156,7 @@ class Worker:
             import_processors(self.settings.processors, [str(p) for p in self.settings.processors_path])
         except ProcessorImportError as exc:
             raise StartupError(str(exc)) from None
+        self._code_stamp = processor_files(self.settings.processors)
         self.lock_mode = resolve_mode(self.settings.claims_lock, self.root)
         self.own_lock = OwnLock(
             self.repo.locks, self.worker_id, self.lock_mode, self.settings.claims_lease_seconds
@@ -302,6 +304,7 @@ class Worker:
             self._next_heartbeat = now + self.settings.heartbeat_interval_seconds
             self._heartbeat()
             self._maybe_reload()
+            self._maybe_reload_code()
         if not self._stopping:
             if now >= self._next_recovery:
                 self._next_recovery = now + self.settings.scan_interval_seconds
@@ -568,12 +571,11 @@ class Worker:
                 continue
             if running is not None and isinstance(message, Outcome):
                 self._outcome(running, message)
-                if message.recycle or self._recycle_all:
+                if message.recycle or self.pool.is_stale(slot):
                     self.pool.replace(slot, kill=True)
-        if self._recycle_all:
-            for slot in self.pool.idle():
+        for slot in self.pool.idle():
+            if self.pool.is_stale(slot):
                 self.pool.replace(slot, kill=True)
-            self._recycle_all = False
 
     def _enforce_timeouts(self) -> None:
         now = time.monotonic()
@@ -835,7 +837,7 @@ class Worker:
         logging.getLogger("spoolpipe").setLevel(self.log_level or settings.log_level)
         if settings != old:  # pool processes hold the settings: replace them as they become idle
             self.pool.setup = self._setup()
-            self._recycle_all = True
+            self.pool.mark_stale()
         if settings.pool_size != len(self.pool.slots):
             log.warning(
                 "pool.size is %d, the pool runs %d processes: takes effect at restart",
@@ -843,6 +845,26 @@ class Worker:
                 len(self.pool.slots),
             )
         log.info("configuration reloaded from %s", ", ".join(str(p) for p in settings.sources))
+
+    def _maybe_reload_code(self) -> None:
+        """Re-import configured processor modules whose file changed, then replace the pool's processes."""
+        stamp = processor_files(self.settings.processors)
+        changed = sorted(m for m in stamp.keys() & self._code_stamp.keys() if stamp[m] != self._code_stamp[m])
+        self._code_stamp = stamp
+        if not changed:
+            return
+        files = ", ".join(stamp[m][0] for m in changed)
+        try:
+            reload_processors(changed, [str(p) for p in self.settings.processors_path])
+        except ProcessorImportError as exc:
+            log.error(
+                "processor code changed (%s) but cannot be imported, keeping the running pool processes:\n%s",
+                files,
+                exc,
+            )
+            return
+        log.info("processor code changed (%s): replacing pool processes as they become idle", files)
+        self.pool.mark_stale()
 
 
 def iter_heartbeats(repo: Repository) -> Iterator[tuple[dict[str, Any], float]]:
