@@ -165,6 +165,7 @@ def printer(activity, ctx):
     print("printed to stdout", activity.id)
     print("printed to stderr", file=sys.stderr)
     ctx.log.info("logged")
+    assert sys.stdout.encoding == "utf-8" and sys.stderr.fileno() == 2  # code asking for them still works
     return "printed"
 
 @processor("t.loggers")
@@ -187,6 +188,7 @@ def test_print_in_a_processor_goes_to_the_attempt_log(tmp_path: Path) -> None:
     repo = make_repository(tmp_path, extra_processors=UNDECLARED)
     aid = submit(repo, "t.printer")
     output = run_until_idle(repo)
+    assert records(repo / "done")[aid]["result"] == "printed"
     attempt_log = (repo / "logs" / "activities" / f"{aid}~1.log").read_text()
     assert f"printed to stdout {aid}" in attempt_log
     assert "printed to stderr" in attempt_log

@@ -129,6 +129,14 @@ class _AttemptLog(io.TextIOBase):
     def writable(self) -> bool:
         return True
 
+    @property
+    def encoding(self) -> str:  # type: ignore[override]  # read-only at run time, as on any text stream
+        return "utf-8"
+
+    def fileno(self) -> int:
+        """Code writing to a file descriptor (child processes, C code) still reaches the worker's stderr."""
+        return 2
+
     def write(self, text: str) -> int:
         if self._file is None:
             self._file = open(self._path, "a", encoding="utf-8", errors="backslashreplace")  # noqa: SIM115
