@@ -825,10 +825,7 @@ class Worker:
                 self.settings.processors_path,
             ):
                 import_processors(settings.processors, [str(p) for p in settings.processors_path])
-        except config.ConfigError as exc:
-            log.error("configuration change rejected, keeping the previous configuration:\n%s", exc)
-            return
-        except ProcessorImportError as exc:
+        except (config.ConfigError, ProcessorImportError) as exc:
             log.error("configuration change rejected, keeping the previous configuration:\n%s", exc)
             return
         old = self.settings
@@ -840,9 +837,9 @@ class Worker:
             self.pool.mark_stale()
         if settings.pool_size != len(self.pool.slots):
             log.warning(
-                "pool.size is %d, the pool runs %d processes: takes effect at restart",
+                "pool.size = %d takes effect at restart; until then the pool keeps its %s",
                 settings.pool_size,
-                len(self.pool.slots),
+                _counted(len(self.pool.slots), "process", "processes"),
             )
         log.info("configuration reloaded from %s", ", ".join(str(p) for p in settings.sources))
 
