@@ -124,9 +124,9 @@ def test_until_idle_says_what_it_waits_for_and_no_wait_leaves_it_queued(tmp_path
     now = submit(repo, "t.noop")
     worker = start_worker(repo, "w1", "--until-idle")
     try:
-        wait_for(lambda: "waiting" in _stderr(repo), 20, "the waiting message")
+        wait_for(lambda: "--until-idle: waiting" in _stderr(repo), 20, "the waiting message")
         assert worker.poll() is None
-        line = next(x for x in _stderr(repo).splitlines() if "waiting" in x)
+        line = next(x for x in _stderr(repo).splitlines() if "--until-idle: waiting" in x)
         assert delayed in line
         assert format_time(later)[:16] in line  # until when, to the minute
     finally:
