@@ -66,11 +66,7 @@ def render_properties() -> str:
     """``data/spoolpipe.properties``: every default, commented; the example's keys set once at the end."""
     from spoolpipe import config
 
-    ours = {key for key, _, _ in EXAMPLE_SETTINGS}
-    lines = []
-    for line in config.render_defaults().splitlines():
-        key = line.split("=", 1)[0].strip() if "=" in line and not line.startswith(("#", "!")) else None
-        lines.append(f"#{line}" if key in ours else line)
+    lines = config.render_defaults().splitlines()
     lines += [
         "",
         "# " + "=" * 77,

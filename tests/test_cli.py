@@ -88,7 +88,7 @@ HELP = {
     (): ["init", "submit", "worker", "status", "retry", "--version"],
     ("init",): ["REPO"],
     ("submit",): ["REPO", "TYPE", "JSON", "--id", "--delay", "--verbose"],
-    ("worker",): ["REPO", "--worker-id", "--until-idle", "--log-level"],
+    ("worker",): ["REPO", "--worker-id", "--until-idle", "--no-wait", "--log-level"],
     ("status",): ["REPO", "--json"],
     ("retry",): ["REPO", "ID", "--all-failed"],
 }

@@ -512,7 +512,8 @@ def test_render_defaults_lists_every_key(tmp_path: Path) -> None:
         if opt.default is None:
             assert "#" + opt.example in lines
         else:
-            assert any(line.startswith(opt.key + " =") for line in lines), opt.key
+            assert any(line.startswith("#" + opt.key + " =") for line in lines), opt.key
+    assert not [line for line in lines if line and not line.startswith("#")]  # nothing set twice
     assert "#concurrency.image.resize = 2" in lines
 
 

@@ -92,7 +92,7 @@ def build_judge():
     pipeline.add_step(Judge())
     return pipeline
 
-pipeline_processor("t.judge", build_judge)
+pipeline_processor("t.judge", build_judge, follow_ups=())  # creates none
 
 class Runaway(PipelineStep):
     @step("runaway")

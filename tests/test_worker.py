@@ -178,7 +178,7 @@ def test_a_killed_worker_is_recovered_by_a_restart(tmp_path: Path) -> None:
     assert len(os.listdir(repo / "running")) == 1
     # on restart the worker recovers its own dead claim; the crash counts as attempt 1
     output = run_until_idle(repo, "w1")
-    assert "recovered 1 claims of dead worker w1" in output
+    assert "recovered 1 claim left by an earlier run of this worker (w1)" in output
     assert [r[1] for r in effects(repo, "t.stuck")] == ["1", "2"]
     assert records(repo / "done")[aid]["spoolpipe"]["attempts"] == 2
     assert leftovers(repo) == {}

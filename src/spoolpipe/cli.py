@@ -138,7 +138,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     print("  " + "  ".join(f"{k} {v}" for k, v in counts.items()))
     print(f"workers alive: {len(report['workers'])}")
     for w in report["workers"]:
-        types = ", ".join(f"{t}x{n}" for t, n in sorted(w.get("types", {}).items()))
+        types = ", ".join(f"{t} (concurrency {n})" for t, n in sorted(w.get("types", {}).items()))
         print(
             f"  {w['worker']} on {w['host']} pid {w['pid']}, running {len(w.get('running', []))}, "
             f"seen {w['last_seen_seconds']}s ago; types: {types}"
@@ -200,9 +200,14 @@ def cmd_worker(args: argparse.Namespace) -> int:
     worker_id = args.worker_id or default_worker_id()
     if not is_valid_name(worker_id):
         raise _UsageError(f"--worker-id {worker_id!r} must match [A-Za-z0-9][A-Za-z0-9._-]{{0,127}}")
+    if args.no_wait and not args.until_idle:
+        raise _UsageError("--no-wait only applies with --until-idle")
     _configure_logging(repo, worker_id, args.log_level)
     try:
-        return Worker(repo.root, worker_id, until_idle=args.until_idle, log_level=args.log_level).run()
+        worker = Worker(
+            repo.root, worker_id, until_idle=args.until_idle, no_wait=args.no_wait, log_level=args.log_level
+        )
+        return worker.run()
     except StartupError as exc:
         logging.getLogger("spoolpipe").error("%s", exc)
         return 3
@@ -273,7 +278,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--until-idle",
         action="store_true",
-        help="exit 0 once nothing this worker could run remains (batch jobs, tests)",
+        help="exit 0 once nothing this worker could run remains (batch jobs, tests); "
+        "it waits for delayed activities (not_before, retry backoff) it could run, and says so",
+    )
+    p.add_argument(
+        "--no-wait",
+        action="store_true",
+        help="with --until-idle: exit once only delayed activities remain, leaving them queued",
     )
     p.add_argument(
         "--log-level",

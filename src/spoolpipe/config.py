@@ -79,17 +79,21 @@ class ConfigError(Exception):
 
     ``errors`` holds one line per problem, normally of the form
     ``<path>:<line>: <key>: <what is wrong>; expected <what is expected>``;
-    ``str()`` joins them with newlines.
+    ``warnings`` holds the warnings of the same load (unknown keys...), so that
+    all its problems are reported together; ``str()`` joins errors, then
+    warnings, with newlines.
     """
 
     errors: list[str]
+    warnings: list[str]
 
-    def __init__(self, errors: str | Iterable[str]) -> None:
+    def __init__(self, errors: str | Iterable[str], warnings: Iterable[str] = ()) -> None:
         self.errors = [errors] if isinstance(errors, str) else list(errors)
-        super().__init__(self.errors)  # keeps the exception picklable
+        self.warnings = list(warnings)
+        super().__init__(self.errors, self.warnings)  # keeps the exception picklable
 
     def __str__(self) -> str:
-        return "\n".join(self.errors)
+        return "\n".join([*self.errors, *self.warnings])
 
 
 class _Invalid(Exception):
@@ -782,7 +786,7 @@ def load(repo: Path, worker_id: str | None = None, *, cpu_count: int | None = No
 
     _check_lease(values, where, errors)
     if errors:
-        raise ConfigError(errors)
+        raise ConfigError(errors, warnings)
 
     pool_size = cast(int, values["pool.size"]) or (cpu_count if cpu_count is not None else _cpu_count())
     settings = Settings(
@@ -855,8 +859,12 @@ _HEADER = f"""\
 #
 # Running daemons re-read these files when they change. When the new
 # configuration is invalid they log the errors (file:line) and keep using the
-# last valid one. Changes to processors, processors.path and pool.size take
-# effect by recycling the pool's processes.
+# last valid one. Changes to processors, processors.path and custom.* take
+# effect by recycling the pool's processes as they become idle (as does a
+# change to a processor module's file); pool.size takes effect at restart.
+#
+# Every key below is commented out and shows its default: uncomment a line,
+# or append "key = value" at the end, to change it.
 """
 
 
@@ -873,8 +881,9 @@ def _line(key: str, value: str) -> str:
 def render_defaults() -> str:
     """The commented ``spoolpipe.properties`` written by ``spoolpipe init``.
 
-    Every key appears with its default as an active line; pattern keys appear
-    as commented-out examples. Loading it yields exactly the defaults.
+    Every key appears commented out with its default, and pattern keys as
+    commented-out examples, so a key a user uncomments or appends is set once
+    (no "set again" warning). Loading it yields exactly the defaults.
     """
     parts = [_HEADER]
     group = None
@@ -888,7 +897,7 @@ def render_defaults() -> str:
             key, _, value = opt.example.partition(" = ")
             parts.append("#" + _line(key, value) + "\n")
         else:
-            parts.append(_line(opt.key, opt.default) + "\n")
+            parts.append("#" + _line(opt.key, opt.default) + "\n")
     return "".join(parts)
 
 

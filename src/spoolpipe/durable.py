@@ -184,13 +184,21 @@ def write_file(path: Path, data: bytes, durability: Durability) -> None:
     durability.wrote(path)
 
 
-def write_atomic(path: Path, data: bytes) -> None:
+def write_atomic(path: str | os.PathLike[str], data: bytes | str) -> None:
     """Replace ``path`` with ``data``: readers see the old file or the new one, never part of one.
 
-    For processors writing their own outputs; durable when it returns.
+    For processors writing their own outputs; durable when it returns. ``path``
+    is a ``str`` or path-like, ``data`` bytes or text (written as UTF-8). The
+    directory must exist; an error names ``path``, never the hidden temp file
+    (``.NAME.RANDOM.tmp`` beside it, removed on failure).
     """
-    tmp = path.with_name(f".{path.name}.{os.urandom(6).hex()}.tmp")
-    publish(data, tmp, path, Durability(path.parent), replace=True)
+    target = Path(path)
+    content = data.encode("utf-8") if isinstance(data, str) else data
+    tmp = target.with_name(f".{target.name}.{os.urandom(6).hex()}.tmp")
+    try:
+        publish(content, tmp, target, Durability(target.parent), replace=True)
+    except OSError as exc:
+        raise type(exc)(exc.errno, exc.strerror, str(target)) from exc
 
 
 def publish(data: bytes, tmp: Path, final: Path, durability: Durability, *, replace: bool = False) -> None:

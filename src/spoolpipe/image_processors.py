@@ -255,7 +255,7 @@ def pipeline_processor(
     type_: str,
     build: Callable[[], Pipeline],
     *,
-    follow_ups: tuple[str, ...] = (),
+    follow_ups: tuple[str, ...] | None = None,
     timeout: float | None = None,
     limits: Limits = DEFAULT_LIMITS,
     summary: Callable[[PipelineResult], Any] | None = None,
@@ -266,7 +266,8 @@ def pipeline_processor(
     ``images.roots``, and normalised to L, LA, RGB or RGBA (not auto-oriented).
     The initial context holds the activity's data (top-level keys) plus
     ``RESERVED_KEYS``: ``activity``, ``input_path``, ``roots``, ``follow_up``,
-    ``log`` and ``settings``. ``follow_ups`` are the types steps may create.
+    ``log`` and ``settings``. ``follow_ups`` are the types steps may create
+    (None: any type, the rule of every processor form).
 
     Outcomes: the result is ``summary(result)`` if given, else a JSON summary
     (input, size, each step's status, the JSON-able step outputs). A bad input,

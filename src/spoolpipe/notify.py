@@ -46,7 +46,7 @@ class Arrivals:
             init, add = libc.inotify_init1, libc.inotify_add_watch
         except AttributeError:
             raise OSError(errno.ENOSYS, "inotify is not available on this system") from None
-        fd = init(_IN_NONBLOCK | _IN_CLOEXEC)
+        fd: int = init(_IN_NONBLOCK | _IN_CLOEXEC)
         if fd < 0:
             code = ctypes.get_errno()
             raise OSError(code, f"inotify_init1: {os.strerror(code)}")

@@ -12,6 +12,7 @@ import contextlib
 import ctypes
 import dataclasses
 import importlib
+import io
 import json
 import logging
 import multiprocessing
@@ -65,21 +66,96 @@ class Outcome:
     recycle: bool = False
 
 
+class ProcessorImportError(Exception):
+    """A processor module could not be imported: which one, where it was looked for, and the traceback."""
+
+    def __init__(self, module: str, paths: Sequence[str], error: BaseException) -> None:
+        self.module = module
+        searched = ", ".join(p if os.path.isdir(p) else f"{p} (missing)" for p in paths) or "(empty)"
+        self.traceback = "".join(traceback.format_exception(error))
+        super().__init__(
+            f"cannot import processor module {module!r}: {type(error).__name__}: {error}\n"
+            f"processors.path: {searched} (searched before the rest of sys.path)\n{self.traceback}".rstrip()
+        )
+
+
 def import_processors(modules: Sequence[str], paths: Sequence[str]) -> None:
-    """Import the built-in and configured processor modules; errors propagate to the caller."""
+    """Import the built-in and configured processor modules; raises :class:`ProcessorImportError`."""
     for path in paths:
         if path not in sys.path:
             sys.path.insert(0, path)
     for module in (*_BUILTIN_MODULES, *modules):
-        importlib.import_module(module)
+        try:
+            importlib.import_module(module)
+        except Exception as exc:
+            raise ProcessorImportError(module, paths, exc) from exc
 
 
-class _LazyFileHandler(logging.FileHandler):
-    """Creates the attempt's log file only when something is logged, so silent attempts cost no file."""
+def processor_files(modules: Sequence[str]) -> dict[str, tuple[str, int | None]]:
+    """Each imported module's source file and its mtime (None once it is gone), to notice code changes."""
+    files: dict[str, tuple[str, int | None]] = {}
+    for name in modules:
+        path = getattr(sys.modules.get(name), "__file__", None)
+        if not path:
+            continue
+        try:
+            files[name] = (path, os.stat(path).st_mtime_ns)
+        except OSError:
+            files[name] = (path, None)
+    return files
+
+
+def reload_processors(modules: Sequence[str], paths: Sequence[str]) -> None:
+    """Re-import changed processor modules here; raises :class:`ProcessorImportError` (old code stays)."""
+    importlib.invalidate_caches()
+    for module in modules:
+        try:
+            importlib.reload(sys.modules[module])
+        except Exception as exc:
+            raise ProcessorImportError(module, paths, exc) from exc
+
+
+class _AttemptLog(io.TextIOBase):
+    """The attempt's log file, created only when something is written, so silent attempts cost no file.
+
+    The processor's logger writes to it, and so do ``print()`` and anything else
+    written to ``sys.stdout`` or ``sys.stderr`` while the processor runs.
+    """
 
     def __init__(self, path: str) -> None:
-        super().__init__(path, encoding="utf-8", delay=True)
-        self.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+        self._path = path
+        self._file: io.TextIOWrapper | None = None
+
+    def writable(self) -> bool:
+        return True
+
+    @property
+    def encoding(self) -> str:  # type: ignore[override]  # read-only at run time, as on any text stream
+        return "utf-8"
+
+    def fileno(self) -> int:
+        """Code writing to a file descriptor (child processes, C code) still reaches the worker's stderr."""
+        return 2
+
+    def write(self, text: str) -> int:
+        if self._file is None:
+            self._file = open(self._path, "a", encoding="utf-8", errors="backslashreplace")  # noqa: SIM115
+        written = self._file.write(text)
+        self._file.flush()
+        return written
+
+    def close(self) -> None:
+        if self._file is not None:
+            self._file.close()
+        super().close()
+
+
+# One logger for every attempt, its handler swapped per activity: a logger per activity would never be
+# freed (the logging module keeps every named logger) and each new one's setLevel clears a cache over all.
+_activity_log = logging.getLogger("spoolpipe.activity")
+_activity_log.propagate = False
+_activity_log.setLevel(logging.DEBUG)
+_ATTEMPT_FORMAT = logging.Formatter("%(asctime)s %(levelname)s %(message)s")
 
 
 def _die_with_parent() -> None:
@@ -94,11 +170,13 @@ def _run(task: Task, setup: Setup) -> Outcome:
     registration = registered().get(task.activity.type)
     if registration is None:
         return Outcome("error", error=f"no processor for type {task.activity.type!r} in this worker")
-    log = logging.getLogger(f"spoolpipe.activity.{task.activity.id}")
-    log.propagate = False
-    log.setLevel(logging.DEBUG)
-    handler = _LazyFileHandler(task.log_path)
+    attempt_log = _AttemptLog(task.log_path)
+    handler = logging.StreamHandler(attempt_log)
+    handler.setFormatter(_ATTEMPT_FORMAT)
+    log = _activity_log
     log.addHandler(handler)
+    saved_streams = sys.stdout, sys.stderr
+    sys.stdout = sys.stderr = attempt_log
     ctx = Context(
         log=log,
         worker_id=setup.worker_id,
@@ -128,8 +206,10 @@ def _run(task: Task, setup: Setup) -> Outcome:
             return Outcome("fatal", error=f"result or follow-up data is not JSON-serialisable: {exc}")
         return Outcome("ok", result=result, follow_ups=follow_ups)
     finally:
+        sys.stdout, sys.stderr = saved_streams
         log.removeHandler(handler)
         handler.close()
+        attempt_log.close()
 
 
 def _child_main(conn: Connection, setup: Setup) -> None:
@@ -157,6 +237,20 @@ def _child_main(conn: Connection, setup: Setup) -> None:
             return
 
 
+def how_it_ended(process: BaseProcess) -> str:
+    """``exit code N`` or ``killed by SIGNAME``, once the (dead) process is reaped."""
+    process.join(5)
+    code = process.exitcode
+    if code is None:
+        return "exit code unknown: still running"
+    if code >= 0:
+        return f"exit code {code}"
+    try:
+        return f"killed by {signal.Signals(-code).name}"
+    except ValueError:
+        return f"killed by signal {-code}"
+
+
 @dataclass
 class Slot:
     """One pool process and what it is running."""
@@ -176,6 +270,7 @@ class Pool:
         self._mp = multiprocessing.get_context("spawn")
         self.setup = setup
         self.slots = [self._spawn(i) for i in range(size)]
+        self._stale: set[int] = set()  # pids of processes started before the setup or the code changed
 
     def _spawn(self, index: int) -> Slot:
         parent, child = self._mp.Pipe()
@@ -185,6 +280,13 @@ class Pool:
         process.start()
         child.close()
         return Slot(index, process, parent)
+
+    def mark_stale(self) -> None:
+        """Every current process is to be replaced once it is idle (new settings or processor code)."""
+        self._stale = {s.process.pid or 0 for s in self.slots}
+
+    def is_stale(self, slot: Slot) -> bool:
+        return (slot.process.pid or 0) in self._stale
 
     def idle(self) -> list[Slot]:
         return [s for s in self.slots if s.ready and s.task is None]
@@ -214,12 +316,19 @@ class Pool:
 
     def replace(self, slot: Slot, *, kill: bool) -> None:
         """Kill (if asked) and replace a pool process; its task, if any, is the caller's to settle."""
-        if kill and slot.process.is_alive():
+        if kill:
+            self.kill(slot)
+        slot.process.join(5)
+        slot.conn.close()
+        self._stale.discard(slot.process.pid or 0)
+        self.slots[slot.index] = self._spawn(slot.index)
+
+    def kill(self, slot: Slot) -> None:
+        """Kill a pool process without replacing it (stopping: :meth:`close` reaps it)."""
+        if slot.process.is_alive():
             with contextlib.suppress(ProcessLookupError):
                 os.kill(slot.process.pid or 0, signal.SIGKILL)
         slot.process.join(5)
-        slot.conn.close()
-        self.slots[slot.index] = self._spawn(slot.index)
 
     def close(self) -> None:
         for slot in self.slots:

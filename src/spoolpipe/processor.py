@@ -4,6 +4,10 @@ Two forms register into one registry: the ``@processor("type")`` decorator and a
 ``Processor`` subclass bound to one type (the drs.pypeline form). A processor
 returns a JSON-serialisable result (stored with the done activity), raises
 ``Fatal`` to fail at once, or raises anything else to be retried per policy.
+
+Both forms follow one rule for follow-ups: without ``follow_ups`` a processor
+may create activities of any type; with ``follow_ups`` (even empty) only of
+the types listed, and asking for another type fails the activity (``Fatal``).
 """
 
 from __future__ import annotations
@@ -108,6 +112,8 @@ def processor(
 ) -> Callable[[ProcessFunction], ProcessFunction]:
     """Register ``function(activity, ctx)`` as the processor of ``type``.
 
+    ``follow_ups`` lists the only types it may create (None: any type).
+
     ``megapixels(activity, settings)`` estimates the decoded pixels an activity
     will hold; the worker then starts it only while the total held by its
     running activities stays under ``images.max-megapixels``.
@@ -123,10 +129,14 @@ def processor(
 
 
 class Processor:
-    """Class form: set ``type`` (and ``follow_ups``) on a subclass and implement ``process``."""
+    """Class form: set ``type`` on a subclass and implement ``process``.
+
+    ``follow_ups``, if set, lists the only types it may create (unset: any type,
+    as for the decorator).
+    """
 
     type: ClassVar[str]
-    follow_ups: ClassVar[tuple[str, ...]] = ()
+    follow_ups: ClassVar[tuple[str, ...] | None] = None
     timeout: ClassVar[float | None] = None
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
@@ -138,7 +148,8 @@ class Processor:
         def run(activity: Activity, ctx: Context) -> Any:
             return cls().process(activity, ctx)
 
-        _register(Registration(cls.type, run, frozenset(cls.follow_ups), cls.timeout, origin))
+        declared = None if cls.follow_ups is None else frozenset(cls.follow_ups)
+        _register(Registration(cls.type, run, declared, cls.timeout, origin))
 
     def process(self, activity: Activity, ctx: Context) -> Any:
         raise NotImplementedError

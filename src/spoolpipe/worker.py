@@ -25,7 +25,18 @@ from typing import Any
 from . import config
 from .activity import Activity, ClaimName, format_time, printable
 from .liveness import OwnLock, Prober, WorkerAlreadyRunning, resolve_mode
-from .pool import Outcome, Pool, Setup, Slot, Task, import_processors
+from .pool import (
+    Outcome,
+    Pool,
+    ProcessorImportError,
+    Setup,
+    Slot,
+    Task,
+    how_it_ended,
+    import_processors,
+    processor_files,
+    reload_processors,
+)
 from .processor import registered
 from .record import Attempt, done_record, failed_record, failure_document, follow_up_document
 from .repository import Rejected, Repository, SharedClock, Staged, dumps
@@ -68,6 +79,11 @@ def default_worker_id() -> str:
     return cleaned or "worker"
 
 
+def _counted(number: int, noun: str, plural: str = "") -> str:
+    """``1 attempt``, ``2 attempts``: log lines read as sentences."""
+    return f"{number} {noun}" if number == 1 else f"{number} {plural or noun + 's'}"
+
+
 def _policy(settings: config.Settings) -> RetryPolicy:
     return RetryPolicy(
         settings.retry_max_attempts,
@@ -78,15 +94,27 @@ def _policy(settings: config.Settings) -> RetryPolicy:
 
 
 class Worker:
-    """``spoolpipe worker``: run until signalled (or, with ``until_idle``, until nothing is left)."""
+    """``spoolpipe worker``: run until signalled (or, with ``until_idle``, until nothing is left).
+
+    With ``until_idle`` the worker waits for delayed activities (``not_before``,
+    retry backoff) it could run, unless ``no_wait``: then it leaves them queued.
+    """
 
     def __init__(
-        self, root: Path, worker_id: str, *, until_idle: bool = False, log_level: str | None = None
+        self,
+        root: Path,
+        worker_id: str,
+        *,
+        until_idle: bool = False,
+        no_wait: bool = False,
+        log_level: str | None = None,
     ) -> None:
         self.root = root
         self.log_level = log_level
         self.worker_id = worker_id
         self.until_idle = until_idle
+        self.no_wait = no_wait
+        self._waiting_for: tuple[str, float] | None = None  # the delayed activity --until-idle last named
         self.host = socket.gethostname()
         self.repo = Repository(root)
         self._stopping = False
@@ -101,7 +129,6 @@ class Worker:
         self._pending_since = 0.0
         self._next_due = float("inf")
         self._running: dict[int, _Running] = {}
-        self._recycle_all = False
         self._observer: Any = None
         self._unsettled = 0
         self._estimates: dict[str, float] = {}
@@ -127,8 +154,9 @@ class Worker:
         self._config_stamp = self._config_mtimes()
         try:
             import_processors(self.settings.processors, [str(p) for p in self.settings.processors_path])
-        except Exception as exc:
-            raise StartupError(f"cannot import processors: {type(exc).__name__}: {exc}") from None
+        except ProcessorImportError as exc:
+            raise StartupError(str(exc)) from None
+        self._code_stamp = processor_files(self.settings.processors)
         self.lock_mode = resolve_mode(self.settings.claims_lock, self.root)
         self.own_lock = OwnLock(
             self.repo.locks, self.worker_id, self.lock_mode, self.settings.claims_lease_seconds
@@ -276,6 +304,7 @@ class Worker:
             self._next_heartbeat = now + self.settings.heartbeat_interval_seconds
             self._heartbeat()
             self._maybe_reload()
+            self._maybe_reload_code()
         if not self._stopping:
             if now >= self._next_recovery:
                 self._next_recovery = now + self.settings.scan_interval_seconds
@@ -486,7 +515,10 @@ class Worker:
         """Nothing this worker could run remains: nothing running, queued, unsettled or recoverable."""
         if self._running or self._pending or self._unsettled or self._hinted:
             return False
-        if any(self._handles(a.type) for a in self._queue.values()):
+        handled = [a for a in self._queue.values() if self._handles(a.type)]
+        now = self.clock.now()
+        delayed = [a for a in handled if a.not_before is not None and a.not_before > now]
+        if len(delayed) < len(handled):
             return False
         for worker in self._claims_by_worker():
             if worker == self.worker_id:
@@ -494,7 +526,30 @@ class Worker:
             with self.prober.dead(worker) as dead:
                 if dead:
                     return False
-        return True
+        if not delayed:
+            return True
+        count = _counted(len(delayed), "delayed activity", "delayed activities")
+        if self.no_wait:
+            log.info("%s left queued (--until-idle --no-wait)", count)
+            return True
+        self._say_waiting(delayed, count, now)
+        return False
+
+    def _say_waiting(self, delayed: list[Activity], count: str, now: float) -> None:
+        """Say once what ``--until-idle`` waits for, and until when (again when the next one changes)."""
+        first = min(delayed, key=lambda a: (a.not_before or 0.0, a.id))
+        due = first.not_before or now
+        if self._waiting_for == (first.id, due):
+            return
+        self._waiting_for = (first.id, due)
+        log.info(
+            "--until-idle: waiting for %s; the next, %s (%s), is due at %s (in %.1fs)",
+            count,
+            first.id,
+            first.type,
+            format_time(due),
+            due - now,
+        )
 
     # -- settling outcomes ---------------------------------------------------------------------------
 
@@ -506,19 +561,18 @@ class Worker:
             running = self._running.pop(slot.index, None)
             slot.task = None
             if isinstance(message, EOFError):
-                code = slot.process.exitcode
+                ended = how_it_ended(slot.process)
                 self.pool.replace(slot, kill=False)
                 if running is not None:
-                    self._interrupted(running, f"pool process died (exit code {code})")
+                    self._interrupted(running, f"pool process died ({ended})")
                 continue
             if running is not None and isinstance(message, Outcome):
                 self._outcome(running, message)
-                if message.recycle or self._recycle_all:
+                if message.recycle or self.pool.is_stale(slot):
                     self.pool.replace(slot, kill=True)
-        if self._recycle_all:
-            for slot in self.pool.idle():
+        for slot in self.pool.idle():
+            if self.pool.is_stale(slot):
                 self.pool.replace(slot, kill=True)
-            self._recycle_all = False
 
     def _enforce_timeouts(self) -> None:
         now = time.monotonic()
@@ -591,7 +645,7 @@ class Worker:
         record = done_record(
             activity, self._attempt(running.started), outcome.result, [f["id"] for f in follow_ups]
         )
-        extra = f", {len(follow_ups)} follow-ups" if follow_ups else ""
+        extra = f", {_counted(len(follow_ups), 'follow-up')}" if follow_ups else ""
         summary = (
             f"done {activity.id} ({activity.type}, attempt {activity.attempt}) in "
             f"{now - running.started:.2f}s{extra}"
@@ -604,7 +658,9 @@ class Worker:
         record = failed_record(activity, self._attempt(started), reason, traceback)
         handler = self.settings.failures_handler
         follow_ups = [] if not handler or activity.type == handler else [failure_document(handler, record)]
-        summary = f"failed {activity.id} ({activity.type}) after {activity.attempt} attempts: {reason}"
+        summary = (
+            f"failed {activity.id} ({activity.type}) after {_counted(activity.attempt, 'attempt')}: {reason}"
+        )
         self._defer(_Settled(claim, "failed", record, follow_ups, summary))
 
     def _defer(self, item: _Settled) -> None:
@@ -661,7 +717,7 @@ class Worker:
     def _release_all(self, why: str) -> None:
         for slot in self.pool.busy():
             running = self._running.pop(slot.index, None)
-            self.pool.replace(slot, kill=True)
+            self.pool.kill(slot)  # stopping: no replacement
             if running is not None and self.repo.release(running.claim, running.activity.attempt, None):
                 log.warning("released %s back to the inbox: %s", running.activity.id, why)
         self.repo.durability.barrier()
@@ -700,21 +756,22 @@ class Worker:
         for worker, claims in self._claims_by_worker().items():
             if worker == self.worker_id:
                 stale = [c for c in claims if c.stem not in active]
-                self._recover_claims(worker, stale)
+                whose = "left by an earlier run of" if own_only else "abandoned by"
+                self._recover_claims(f"{whose} this worker ({worker})", stale)
             elif not own_only:
                 with self.prober.dead(worker) as dead:
                     if dead:
-                        self._recover_claims(worker, claims)
+                        self._recover_claims(f"of dead worker {worker}", claims)
 
-    def _recover_claims(self, worker: str, claims: list[ClaimName]) -> None:
+    def _recover_claims(self, whose: str, claims: list[ClaimName]) -> None:
         if not claims:
             return
         outcomes = Counter(self.repo.recover(c) for c in claims)
         self.repo.durability.barrier()
         log.warning(
-            "recovered %d claims of dead worker %s: %s",
-            len(claims),
-            worker,
+            "recovered %s %s: %s",
+            _counted(len(claims), "claim"),
+            whose,
             ", ".join(f"{n} {k}" for k, n in outcomes.items()),
         )
         self._hinted = True
@@ -722,14 +779,16 @@ class Worker:
     # -- heartbeat and configuration -------------------------------------------------------------------
 
     def _heartbeat(self) -> None:
+        # What runs, not what is configured: a reloaded pool.size applies only at restart.
+        pool_size = len(self.pool.slots)
         doc = {
             "worker": self.worker_id,
             "host": self.host,
             "pid": os.getpid(),
             "started_at": format_time(self.started),
             "lock_mode": self.lock_mode,
-            "pool_size": self.settings.pool_size,
-            "types": {t: self.settings.concurrency_for(t) for t in self._handled_types()},
+            "pool_size": pool_size,
+            "types": {t: min(self.settings.concurrency_for(t), pool_size) for t in self._handled_types()},
             "running": sorted(r.activity.id for r in self._running.values()),
         }
         target = self.repo.heartbeats / f"{self.worker_id}.json"
@@ -763,16 +822,8 @@ class Worker:
                 self.settings.processors_path,
             ):
                 import_processors(settings.processors, [str(p) for p in settings.processors_path])
-        except config.ConfigError as exc:
+        except (config.ConfigError, ProcessorImportError) as exc:
             log.error("configuration change rejected, keeping the previous configuration:\n%s", exc)
-            return
-        except Exception as exc:
-            log.error(
-                "configuration change rejected (cannot import processors: %s: %s), "
-                "keeping the previous configuration",
-                type(exc).__name__,
-                exc,
-            )
             return
         old = self.settings
         self.settings = settings
@@ -780,12 +831,34 @@ class Worker:
         logging.getLogger("spoolpipe").setLevel(self.log_level or settings.log_level)
         if settings != old:  # pool processes hold the settings: replace them as they become idle
             self.pool.setup = self._setup()
-            self._recycle_all = True
-        if settings.pool_size != old.pool_size:
+            self.pool.mark_stale()
+        if settings.pool_size != len(self.pool.slots):
             log.warning(
-                "pool.size changed from %d to %d: takes effect at restart", old.pool_size, settings.pool_size
+                "pool.size = %d takes effect at restart; until then the pool keeps its %s",
+                settings.pool_size,
+                _counted(len(self.pool.slots), "process", "processes"),
             )
         log.info("configuration reloaded from %s", ", ".join(str(p) for p in settings.sources))
+
+    def _maybe_reload_code(self) -> None:
+        """Re-import configured processor modules whose file changed, then replace the pool's processes."""
+        stamp = processor_files(self.settings.processors)
+        changed = sorted(m for m in stamp.keys() & self._code_stamp.keys() if stamp[m] != self._code_stamp[m])
+        self._code_stamp = stamp
+        if not changed:
+            return
+        files = ", ".join(stamp[m][0] for m in changed)
+        try:
+            reload_processors(changed, [str(p) for p in self.settings.processors_path])
+        except ProcessorImportError as exc:
+            log.error(
+                "processor code changed (%s) but cannot be imported, keeping the running pool processes:\n%s",
+                files,
+                exc,
+            )
+            return
+        log.info("processor code changed (%s): replacing pool processes as they become idle", files)
+        self.pool.mark_stale()
 
 
 def iter_heartbeats(repo: Repository) -> Iterator[tuple[dict[str, Any], float]]:

@@ -467,11 +467,11 @@ def test_scenario_2_a_remounted_worker_does_not_make_every_activity_run_twice(
     failed = sorted(ids & set(ids_in(c.b.repo / "failed")))
     runs = Counter(e[0] for e in effects(c.b.repo, "t.slow"))
     twice = sorted(aid for aid, n in runs.items() if n > 1)
-    takeovers = workers.log("wb").count("claims of dead worker wa")
+    takeovers = workers.log("wb").count("of dead worker wa")
     assert not twice and not takeovers and not failed, (
         f"{len(failed)} of {len(ids)} failed, {len(twice)} ran twice: wa (alive, mount back) kept claiming "
         f"without holding locks/wa.lock and wb requeued its claims {takeovers} times "
-        f"(see {workers.log_path('wa')} 'was lost' and {workers.log_path('wb')} 'claims of dead worker wa')"
+        f"(see {workers.log_path('wa')} 'was lost' and {workers.log_path('wb')} 'of dead worker wa')"
     )
 
 
