@@ -346,4 +346,4 @@ def test_stopping_after_the_grace_period_spawns_no_replacement_processes(tmp_pat
             kill_group(worker)
     time.sleep(1)  # a replacement, had one been spawned, has imported the module by now
     assert len(imports.read_text().splitlines()) == 3  # the daemon and its two pool processes
-    assert sorted(os.listdir(repo / "inbox")) == sorted([f"{a}.json", f"{b}.json"])
+    assert sorted(os.listdir(repo / "inbox")) == sorted([f"{a}~1.json", f"{b}~1.json"])
