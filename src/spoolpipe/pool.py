@@ -12,13 +12,13 @@ import contextlib
 import ctypes
 import dataclasses
 import importlib
-import json
 import logging
 import multiprocessing
 import multiprocessing.connection
 import os
 import signal
 import sys
+import time
 import traceback
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -29,11 +29,15 @@ from typing import Any
 
 from .activity import Activity
 from .config import Settings
-from .processor import Context, Fatal, registered
+from .processor import Context, Fatal, FollowUp, registered
+from .record import follow_up_document
 from .steps import any_step_abandoned
+from .storable import NotStorable, bounded_text, check_text, encode, reason_line, storable
 
 _PR_SET_PDEATHSIG = 1
 _BUILTIN_MODULES = ("spoolpipe.failure", "spoolpipe.image_processors")
+#: Longest delay a follow-up may ask for: 100 years, so that its start time can always be written.
+MAX_FOLLOW_UP_DELAY = 100 * 365.25 * 86400
 
 
 @dataclass(frozen=True)
@@ -78,7 +82,8 @@ class _LazyFileHandler(logging.FileHandler):
     """Creates the attempt's log file only when something is logged, so silent attempts cost no file."""
 
     def __init__(self, path: str) -> None:
-        super().__init__(path, encoding="utf-8", delay=True)
+        # Lone surrogates in a processor's messages are escaped: the log must take any text.
+        super().__init__(path, encoding="utf-8", errors="backslashreplace", delay=True)
         self.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
 
 
@@ -88,6 +93,52 @@ def _die_with_parent() -> None:
         libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
     if os.getppid() == 1:
         os._exit(1)
+
+
+def _message(exc: BaseException) -> str:
+    """``str(exc)``, even for an exception whose ``__str__`` fails."""
+    try:
+        return str(exc)
+    except Exception:
+        return f"<str() of this {type(exc).__name__} failed>"
+
+
+def _failed(status: str, log: logging.Logger, attempt: int, message: str, text: str = "") -> Outcome:
+    """An attempt that failed: the whole text into the attempt log, a bounded one into the outcome."""
+    log.error("attempt %d failed%s: %s\n%s", attempt, " for good" if status == "fatal" else "", message, text)
+    return Outcome(status, error=reason_line(message), traceback=bounded_text(text))
+
+
+def _checked(activity: Activity, settings: Settings, result: Any, follow_ups: Sequence[FollowUp]) -> Outcome:
+    """The outcome as plain JSON values the daemon can always write; NotStorable says what cannot be."""
+    checked_result, _ = storable(
+        result, "result", limit=settings.limits_result_bytes, limit_key="limits.result-bytes"
+    )
+    checked: list[dict[str, Any]] = []
+    for number, f in enumerate(follow_ups, 1):
+        what = f"follow-up {number} ({f.type}, key {f.key!r})"
+        if not isinstance(f.key, str):
+            raise NotStorable(f"{what}: the key must be a string, not a {type(f.key).__name__}")
+        check_text(f.key, f"{what}: key")
+        delay = f.delay
+        if delay is not None and (
+            isinstance(delay, bool)
+            or not isinstance(delay, (int, float))
+            or not 0 <= delay <= MAX_FOLLOW_UP_DELAY
+        ):
+            raise NotStorable(
+                f"{what}: delay {delay!r} is not a number of seconds from 0 to {MAX_FOLLOW_UP_DELAY:.0f}"
+            )
+        limit = settings.limits_activity_bytes
+        data, _ = storable(f.data, f"{what}: data", limit=limit, limit_key="limits.activity-bytes")
+        not_before = None if delay is None else time.time() + delay
+        size = len(encode(follow_up_document(activity, f.type, data, f.key, not_before)))
+        if size > limit:
+            raise NotStorable(
+                f"{what} is {size} bytes as an activity file, over limits.activity-bytes={limit}"
+            )
+        checked.append({"type": f.type, "data": data, "key": f.key, "delay": delay})
+    return Outcome("ok", result=checked_result, follow_ups=tuple(checked))
 
 
 def _run(task: Task, setup: Setup) -> Outcome:
@@ -106,27 +157,21 @@ def _run(task: Task, setup: Setup) -> Outcome:
         settings=setup.settings,
         follow_up_types=registration.follow_up_types,
     )
+    attempt = task.activity.attempt
     try:
         try:
             result = registration.run(task.activity, ctx)
         except Fatal as exc:
-            text = traceback.format_exc()
-            log.error("attempt %d failed for good: %s\n%s", task.activity.attempt, exc, text)
-            return Outcome("fatal", error=str(exc), traceback=text)
+            return _failed("fatal", log, attempt, _message(exc), traceback.format_exc())
         except Exception as exc:
-            text = traceback.format_exc()
-            log.error("attempt %d failed: %s\n%s", task.activity.attempt, exc, text)
-            recycle = bool(getattr(exc, "recycle_process", False))
-            return Outcome("error", error=f"{type(exc).__name__}: {exc}", traceback=text, recycle=recycle)
-        follow_ups = tuple(
-            {"type": f.type, "data": f.data, "key": f.key, "delay": f.delay} for f in ctx.follow_ups
-        )
+            outcome = _failed(
+                "error", log, attempt, f"{type(exc).__name__}: {_message(exc)}", traceback.format_exc()
+            )
+            return dataclasses.replace(outcome, recycle=bool(getattr(exc, "recycle_process", False)))
         try:
-            json.dumps([result, follow_ups], allow_nan=False)
-        except (TypeError, ValueError) as exc:
-            log.error("result or follow-up data is not JSON: %s", exc)
-            return Outcome("fatal", error=f"result or follow-up data is not JSON-serialisable: {exc}")
-        return Outcome("ok", result=result, follow_ups=follow_ups)
+            return _checked(task.activity, setup.settings, result, ctx.follow_ups)
+        except NotStorable as exc:
+            return _failed("fatal", log, attempt, str(exc))
     finally:
         log.removeHandler(handler)
         handler.close()
@@ -151,8 +196,8 @@ def _child_main(conn: Connection, setup: Setup) -> None:
             outcome = dataclasses.replace(outcome, recycle=True)
         try:
             conn.send(outcome)
-        except (TypeError, ValueError) as exc:  # an unpicklable result
-            conn.send(Outcome("error", error=f"result could not be sent back: {exc}"))
+        except Exception as exc:  # checked outcomes are plain values: this is only a last guard
+            conn.send(Outcome("fatal", error=reason_line(f"outcome could not be sent back: {exc!r}")))
         if outcome.recycle:
             return
 
@@ -209,6 +254,12 @@ class Pool:
                 message = slot.conn.recv()
             except (EOFError, OSError):
                 message = EOFError()
+            except Exception as exc:  # garbled: the process cannot be trusted to answer again
+                message = Outcome(
+                    "fatal",
+                    error=reason_line(f"unreadable answer from the pool process: {exc!r}"),
+                    recycle=True,
+                )
             messages.append((slot, message))
         return messages
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import json
 import os
 import shutil
 import stat
@@ -31,6 +30,7 @@ from .activity import (
     queued_name,
 )
 from .durable import Durability, publish, write_file
+from .storable import encode
 
 STATE_DIRS = ("inbox", "running", "done", "failed", "invalid")
 SUPPORT_DIRS = ("tmp", "workers", "locks", "heartbeats", "logs", "logs/workers", "logs/activities", "reports")
@@ -89,7 +89,8 @@ def _kind(mode: int) -> str:
 
 
 def dumps(doc: Any) -> bytes:
-    return (json.dumps(doc, indent=2, ensure_ascii=False, allow_nan=False) + "\n").encode()
+    """Compact, so that a record or follow-up is about as large as its content."""
+    return encode(doc)
 
 
 class Repository:
