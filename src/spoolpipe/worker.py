@@ -540,12 +540,7 @@ class Worker:
                     self._interrupted(running, f"pool process died (exit code {code})")
                 continue
             if running is not None and isinstance(message, Outcome):
-                try:
-                    self._outcome(running, message)
-                except OSError:
-                    raise
-                except Exception as exc:
-                    self._unrecordable(running.claim, running.activity, running.started, exc)
+                self._outcome(running, message)
                 if message.recycle or self._recycle_all:
                     self.pool.replace(slot, kill=True)
         if self._recycle_all:
@@ -598,15 +593,27 @@ class Worker:
         reason = f"spoolpipe could not record the outcome: {type(exc).__name__}: {exc}"
         log.error("%s: %s", activity.id, reason_line(reason), exc_info=True)
         self._note_in_attempt_log(activity, f"{reason}\n{text}")
-        if last_resort or any(p.claim == claim for p in self._pending):
-            log.error("%s stays claimed until its claim is recovered (as its next attempt)", activity.id)
-            return
-        self._fail(claim, activity, started, reason, text, last_resort=True)
+        if not last_resort and not any(p.claim == claim for p in self._pending):
+            try:
+                self._fail(claim, activity, started, reason, text, last_resort=True)
+                return
+            except Exception:
+                log.error("cannot fail %s either:", activity.id, exc_info=True)
+        log.error("%s stays claimed until its claim is recovered (as its next attempt)", activity.id)
 
     def _attempt(self, started: float) -> Attempt:
         return Attempt(self.worker_id, self.host, os.getpid(), started, self.clock.now())
 
     def _outcome(self, running: _Running, outcome: Outcome) -> None:
+        """Settle one attempt; whatever goes wrong with this one activity fails it, not the daemon."""
+        try:
+            self._settle_outcome(running, outcome)
+        except OSError:
+            raise
+        except Exception as exc:
+            self._unrecordable(running.claim, running.activity, running.started, exc)
+
+    def _settle_outcome(self, running: _Running, outcome: Outcome) -> None:
         activity, claim = running.activity, running.claim
         self._hinted = True
         if outcome.status == "ok":
