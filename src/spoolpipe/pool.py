@@ -131,6 +131,7 @@ def _checked(activity: Activity, settings: Settings, result: Any, follow_ups: Se
             )
         limit = settings.limits_activity_bytes
         data, _ = storable(f.data, f"{what}: data", limit=limit, limit_key="limits.activity-bytes")
+        # The daemon sets the real start time when it commits; written, it is just as long.
         not_before = None if delay is None else time.time() + delay
         size = len(encode(follow_up_document(activity, f.type, data, f.key, not_before)))
         if size > limit:
@@ -172,6 +173,9 @@ def _run(task: Task, setup: Setup) -> Outcome:
             return _checked(task.activity, setup.settings, result, ctx.follow_ups)
         except NotStorable as exc:
             return _failed("fatal", log, attempt, str(exc))
+        except Exception as exc:  # e.g. a dict subclass whose items() raises
+            message = f"the result could not be checked: {type(exc).__name__}: {_message(exc)}"
+            return _failed("fatal", log, attempt, message, traceback.format_exc())
     finally:
         log.removeHandler(handler)
         handler.close()
