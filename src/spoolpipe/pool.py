@@ -59,7 +59,11 @@ class Task:
 
 @dataclass(frozen=True)
 class Outcome:
-    """What a processor did: ``status`` is ``ok``, ``error`` (retry per policy) or ``fatal``."""
+    """What a processor did: ``status`` is ``ok``, ``error`` (retry per policy) or ``fatal``.
+
+    ``result`` and the follow-ups' data are checked plain JSON values; ``error`` is one bounded
+    line and ``traceback`` bounded (the full texts are in the attempt log).
+    """
 
     status: str
     result: Any = None
