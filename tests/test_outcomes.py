@@ -10,6 +10,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
+
 from harness import make_repository, records, run_until_idle, start_worker, submit, wait_for
 
 HOSTILE = """
@@ -38,6 +40,27 @@ def nan(activity, ctx):
 @processor("h.bad-follow-up", follow_ups=("t.noop",))
 def bad_follow_up(activity, ctx):
     ctx.follow_up("t.noop", {"text": "\\udfff"})
+    return "ok"
+
+@processor("h.follow-up", follow_ups=("t.noop",))
+def follow_up(activity, ctx):
+    ctx.follow_up("t.noop", {"x": "y" * activity.data.get("size", 1)},
+                  key=activity.data.get("key"), delay=activity.data.get("delay"))
+    return "ok"
+
+@processor("h.int-key", follow_ups=("t.noop",))
+def int_key(activity, ctx):
+    ctx.follow_up("t.noop", key=5)
+    return "ok"
+
+@processor("h.surrogate-key", follow_ups=("t.noop",))
+def surrogate_key(activity, ctx):
+    ctx.follow_up("t.noop", key="\\udc00")
+    return "ok"
+
+@processor("h.nan-delay", follow_ups=("t.noop",))
+def nan_delay(activity, ctx):
+    ctx.follow_up("t.noop", delay=float("nan"))
     return "ok"
 
 @processor("h.huge-error")
@@ -111,6 +134,31 @@ def test_follow_up_data_that_cannot_be_stored_fails_its_parent_and_publishes_not
     assert reason.startswith("follow-up 1 (t.noop, key '1'): data[\"text\"]"), reason
     # only the ordinary activity and the failure activity ran: no follow-up was published
     assert {r["type"] for r in records(repo / "done").values()} == {"t.noop", "spoolpipe.failure"}
+
+
+@pytest.mark.parametrize(
+    ("type_", "data", "reason"),
+    [
+        ("h.int-key", {}, "follow-up 1 (t.noop, key 5): the key must be a string, not int 5"),
+        ("h.nan-delay", {}, "follow-up 1 (t.noop, key '1'): delay nan is not a number of seconds from 0 to"),
+        ("h.surrogate-key", {}, "follow-up 1 (t.noop, key '\\udc00'): key: the string holds a lone"),
+        # data within the limit, but not once it is an activity file with id and type
+        ("h.follow-up", {"size": 1480}, "follow-up 1 (t.noop, key '1') is 15"),
+    ],
+)
+def test_a_follow_up_the_daemon_could_not_write_fails_its_parent(
+    tmp_path: Path, type_: str, data: dict[str, object], reason: str
+) -> None:
+    repo = _repository(tmp_path, "limits.activity-bytes = 1500\n")
+    bad = submit(repo, type_, data)
+    good = submit(repo, "t.noop")
+    run_until_idle(repo)
+    assert good in records(repo / "done")
+    section = records(repo / "failed")[bad]["spoolpipe"]
+    assert section["reason"].startswith(reason), section["reason"]
+    assert section["attempts"] == 1
+    assert sorted(r["type"] for r in records(repo / "done").values()) == ["spoolpipe.failure", "t.noop"]
+    assert list((repo / "invalid").iterdir()) == []
 
 
 def test_an_error_text_with_a_lone_surrogate_is_recorded_escaped(tmp_path: Path) -> None:

@@ -122,7 +122,7 @@ def _checked(activity: Activity, settings: Settings, result: Any, follow_ups: Se
     for number, f in enumerate(follow_ups, 1):
         what = f"follow-up {number} ({f.type}, key {f.key!r})"
         if not isinstance(f.key, str):
-            raise NotStorable(f"{what}: the key must be a string, not a {type(f.key).__name__}")
+            raise NotStorable(f"{what}: the key must be a string, not {type(f.key).__name__} {f.key!r}")
         check_text(f.key, f"{what}: key")
         delay = f.delay
         if delay is not None and (
