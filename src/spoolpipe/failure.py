@@ -3,8 +3,8 @@
 Every failed activity is followed by an activity of type ``failures.handler``
 (default ``spoolpipe.failure``) whose ``data`` is described in
 ``docs/repository-format.md``; what it leaves out (``omitted``, when the
-failed activity's data is too large to copy) is read from the failed record. Replace this processor by setting
-``failures.handler`` to a type of your own.
+failed activity's data is too large to copy) is read from the failed record.
+Replace this processor by setting ``failures.handler`` to a type of your own.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ from typing import Any
 from .activity import Activity, is_valid_name
 from .durable import write_atomic
 from .processor import Context, Fatal, processor
+from .record import OMITTABLE
 
 TYPE = "spoolpipe.failure"
 
@@ -39,7 +40,7 @@ def render_report(failed: dict[str, Any]) -> str:
 
 def _with_omitted(failed: dict[str, Any], ctx: Context) -> dict[str, Any]:
     """``failed`` completed from its record with what the failure activity left out (too large to copy)."""
-    omitted = [f for f in failed.get("omitted", []) if f in ("data", "traceback")]
+    omitted = [f for f in failed.get("omitted", []) if f in OMITTABLE]
     if not omitted:
         return failed
     path = ctx.repository / "failed" / f"{failed['id']}.json"

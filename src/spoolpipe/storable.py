@@ -33,9 +33,13 @@ class _OverBudget(Exception):
     """The byte budget ran out while checking: the value is over its size limit."""
 
 
+def _compact(value: Any) -> bytes:
+    return json.dumps(value, ensure_ascii=False, allow_nan=False, separators=(",", ":")).encode()
+
+
 def encode(doc: Any) -> bytes:
     """A document as spoolpipe writes it: compact UTF-8 JSON (no NaN), one line."""
-    return (json.dumps(doc, ensure_ascii=False, allow_nan=False, separators=(",", ":")) + "\n").encode()
+    return _compact(doc) + b"\n"
 
 
 def _where(path: list[str]) -> str:
@@ -108,7 +112,7 @@ def storable(value: Any, what: str, *, limit: int, limit_key: str) -> tuple[Any,
     """
     try:
         _check(value, [what], [limit])
-        encoded = json.dumps(value, ensure_ascii=False, allow_nan=False, separators=(",", ":")).encode()
+        encoded = _compact(value)
     except NotStorable:
         raise
     except _OverBudget:
