@@ -681,7 +681,7 @@ def test_follow_up_document_shape() -> None:
 def test_failure_document_fields() -> None:
     activity = Activity("job-7", "invoice.render", {"n": 1}, 5, None)
     record = failed_record(activity, ATTEMPT, "RuntimeError: boom", "tb")
-    doc = failure_document("spoolpipe.failure", record)
+    doc = failure_document("spoolpipe.failure", record, 1_048_576)
     assert set(doc) == {"id", "type", "data"}
     assert doc["type"] == "spoolpipe.failure"
     assert is_valid_name(doc["id"])
@@ -697,6 +697,7 @@ def test_failure_document_fields() -> None:
             "host": "nas.local",
             "failed_at": record["spoolpipe"]["finished_at"],
             "record": "failed/job-7.json",
+            "omitted": [],
         }
     }
 
@@ -704,9 +705,9 @@ def test_failure_document_fields() -> None:
 def test_failure_ids_are_deterministic_but_differ_for_a_later_failure() -> None:
     activity = Activity("job-7", "t")
     record = failed_record(activity, ATTEMPT, "boom", "")
-    assert failure_document("h", record)["id"] == failure_document("h", record)["id"]
+    assert failure_document("h", record, 1_048_576)["id"] == failure_document("h", record, 1_048_576)["id"]
     later = Attempt("nas", "nas.local", 4242, ATTEMPT.started + 60, ATTEMPT.finished + 60)
     assert (
-        failure_document("h", record)["id"]
-        != failure_document("h", failed_record(activity, later, "boom", ""))["id"]
+        failure_document("h", record, 1_048_576)["id"]
+        != failure_document("h", failed_record(activity, later, "boom", ""), 1_048_576)["id"]
     )

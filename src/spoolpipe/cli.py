@@ -17,7 +17,7 @@ from typing import Any
 from . import __version__, config
 from .activity import Activity, InvalidActivity, is_valid_name, new_id, parse_document, printable
 from .repository import NotARepository, Repository, filesystem_now
-from .worker import StartupError, Worker, default_worker_id, iter_heartbeats
+from .worker import EXIT_CRASH, StartupError, Worker, default_worker_id, iter_heartbeats
 
 EPILOG = """\
 Activities are JSON files {"type": ..., "data": {...}} dropped into REPO/inbox/.
@@ -268,6 +268,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="run a worker daemon on REPO",
         description="Claim and run activities from REPO until SIGTERM/SIGINT "
         "(running work gets shutdown.grace-seconds to finish, then is released).",
+    )
+    p.epilog = (
+        "Exit codes: 0 stopped (SIGTERM/SIGINT, or nothing left with --until-idle); 2 bad usage "
+        "or not a repository; 3 cannot start (invalid configuration, processors that do not "
+        "import, worker id already running); "
+        f"{EXIT_CRASH} crashed on an unexpected error (a bug in spoolpipe), logged with its "
+        "traceback in REPO/logs/workers/ID.log. Claims a crashed worker leaves are recovered "
+        "when it starts again."
     )
     p.add_argument(
         "--worker-id",

@@ -444,6 +444,13 @@ OPTIONS: tuple[Option, ...] = (
         "Activity files larger than this many bytes are invalid.",
     ),
     Option(
+        "limits.result-bytes",
+        IntKind(4),
+        "1048576",
+        "Largest result, in bytes of compact JSON, a processor may return; a larger result "
+        "fails its activity for good.",
+    ),
+    Option(
         "shutdown.grace-seconds",
         FloatKind(0),
         "30.0",
@@ -593,6 +600,7 @@ class Settings:
     scan_watch: bool
     inbox_settle_seconds: float
     limits_activity_bytes: int
+    limits_result_bytes: int
     shutdown_grace_seconds: float
     heartbeat_interval_seconds: float
     #: Activity type created for failed activities; "" when disabled.
@@ -807,6 +815,7 @@ def load(repo: Path, worker_id: str | None = None, *, cpu_count: int | None = No
         scan_watch=cast(bool, values["scan.watch"]),
         inbox_settle_seconds=cast(float, values["inbox.settle-seconds"]),
         limits_activity_bytes=cast(int, values["limits.activity-bytes"]),
+        limits_result_bytes=cast(int, values["limits.result-bytes"]),
         shutdown_grace_seconds=cast(float, values["shutdown.grace-seconds"]),
         heartbeat_interval_seconds=cast(float, values["heartbeat.interval-seconds"]),
         failures_handler=cast(str, values["failures.handler"]),

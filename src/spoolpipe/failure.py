@@ -2,8 +2,9 @@
 
 Every failed activity is followed by an activity of type ``failures.handler``
 (default ``spoolpipe.failure``) whose ``data`` is described in
-``docs/repository-format.md``. Replace this processor by setting
-``failures.handler`` to a type of your own.
+``docs/repository-format.md``; what it leaves out (``omitted``, when the
+failed activity's data is too large to copy) is read from the failed record.
+Replace this processor by setting ``failures.handler`` to a type of your own.
 """
 
 from __future__ import annotations
@@ -11,9 +12,10 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from .activity import Activity
+from .activity import Activity, is_valid_name
 from .durable import write_atomic
-from .processor import Context, processor
+from .processor import Context, Fatal, processor
+from .record import OMITTABLE
 
 TYPE = "spoolpipe.failure"
 
@@ -36,11 +38,32 @@ def render_report(failed: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _with_omitted(failed: dict[str, Any], ctx: Context) -> dict[str, Any]:
+    """``failed`` completed from its record with what the failure activity left out (too large to copy)."""
+    omitted = [f for f in failed.get("omitted", []) if f in OMITTABLE]
+    if not omitted:
+        return failed
+    path = ctx.repository / "failed" / f"{failed['id']}.json"
+    try:
+        record = json.loads(path.read_bytes())
+    except FileNotFoundError:
+        # The failure activity is published just before its record: try again shortly.
+        raise FileNotFoundError(f"failed/{failed['id']}.json is not there (yet)") from None
+    section = record.get("spoolpipe", {})
+    found = {"data": record.get("data", {}), "traceback": section.get("traceback", "")}
+    return {**failed, **{f: found[f] for f in omitted}}
+
+
 @processor(TYPE)
 def report(activity: Activity, ctx: Context) -> dict[str, str]:
     failed = dict(activity.data.get("failed", {}))
+    failed_id = failed.get("id", activity.id)
+    if not is_valid_name(failed_id):  # it names files: never a path
+        raise Fatal(f"failed.id {failed_id!r} is not a valid activity id")
+    failed["id"] = failed_id
+    failed = _with_omitted(failed, ctx)
     reports = ctx.repository / "reports"
-    target = reports / f"{failed.get('id', activity.id)}.txt"
+    target = reports / f"{failed_id}.txt"
     write_atomic(target, render_report(failed).encode())
     ctx.log.info("wrote %s", target)
     return {"report": str(target.relative_to(ctx.repository))}

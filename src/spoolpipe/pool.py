@@ -13,13 +13,13 @@ import ctypes
 import dataclasses
 import importlib
 import io
-import json
 import logging
 import multiprocessing
 import multiprocessing.connection
 import os
 import signal
 import sys
+import time
 import traceback
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -30,11 +30,15 @@ from typing import Any
 
 from .activity import Activity
 from .config import Settings
-from .processor import Context, Fatal, registered
+from .processor import Context, Fatal, FollowUp, registered
+from .record import follow_up_document
 from .steps import any_step_abandoned
+from .storable import NotStorable, bounded_text, check_text, encode, reason_line, storable
 
 _PR_SET_PDEATHSIG = 1
 _BUILTIN_MODULES = ("spoolpipe.failure", "spoolpipe.image_processors")
+#: Longest delay a follow-up may ask for: 100 years, so that its start time can always be written.
+MAX_FOLLOW_UP_DELAY = 100 * 365.25 * 86400
 
 
 @dataclass(frozen=True)
@@ -56,7 +60,11 @@ class Task:
 
 @dataclass(frozen=True)
 class Outcome:
-    """What a processor did: ``status`` is ``ok``, ``error`` (retry per policy) or ``fatal``."""
+    """What a processor did: ``status`` is ``ok``, ``error`` (retry per policy) or ``fatal``.
+
+    ``result`` and the follow-ups' data are checked plain JSON values; ``error`` is one bounded
+    line and ``traceback`` bounded (the full texts are in the attempt log).
+    """
 
     status: str
     result: Any = None
@@ -166,6 +174,53 @@ def _die_with_parent() -> None:
         os._exit(1)
 
 
+def _message(exc: BaseException) -> str:
+    """``str(exc)``, even for an exception whose ``__str__`` fails."""
+    try:
+        return str(exc)
+    except Exception:
+        return f"<str() of this {type(exc).__name__} failed>"
+
+
+def _failed(status: str, log: logging.Logger, attempt: int, message: str, text: str = "") -> Outcome:
+    """An attempt that failed: the whole text into the attempt log, a bounded one into the outcome."""
+    log.error("attempt %d failed%s: %s\n%s", attempt, " for good" if status == "fatal" else "", message, text)
+    return Outcome(status, error=reason_line(message), traceback=bounded_text(text))
+
+
+def _checked(activity: Activity, settings: Settings, result: Any, follow_ups: Sequence[FollowUp]) -> Outcome:
+    """The outcome as plain JSON values the daemon can always write; NotStorable says what cannot be."""
+    checked_result, _ = storable(
+        result, "result", limit=settings.limits_result_bytes, limit_key="limits.result-bytes"
+    )
+    checked: list[dict[str, Any]] = []
+    for number, f in enumerate(follow_ups, 1):
+        what = f"follow-up {number} ({f.type}, key {f.key!r})"
+        if not isinstance(f.key, str):
+            raise NotStorable(f"{what}: the key must be a string, not {type(f.key).__name__} {f.key!r}")
+        check_text(f.key, f"{what}: key")
+        delay = f.delay
+        if delay is not None and (
+            isinstance(delay, bool)
+            or not isinstance(delay, (int, float))
+            or not 0 <= delay <= MAX_FOLLOW_UP_DELAY
+        ):
+            raise NotStorable(
+                f"{what}: delay {delay!r} is not a number of seconds from 0 to {MAX_FOLLOW_UP_DELAY:.0f}"
+            )
+        limit = settings.limits_activity_bytes
+        data, _ = storable(f.data, f"{what}: data", limit=limit, limit_key="limits.activity-bytes")
+        # The daemon sets the real start time when it commits; written, it is just as long.
+        not_before = None if delay is None else time.time() + delay
+        size = len(encode(follow_up_document(activity, f.type, data, f.key, not_before)))
+        if size > limit:
+            raise NotStorable(
+                f"{what} is {size} bytes as an activity file, over limits.activity-bytes={limit}"
+            )
+        checked.append({"type": f.type, "data": data, "key": f.key, "delay": delay})
+    return Outcome("ok", result=checked_result, follow_ups=tuple(checked))
+
+
 def _run(task: Task, setup: Setup) -> Outcome:
     registration = registered().get(task.activity.type)
     if registration is None:
@@ -184,27 +239,24 @@ def _run(task: Task, setup: Setup) -> Outcome:
         settings=setup.settings,
         follow_up_types=registration.follow_up_types,
     )
+    attempt = task.activity.attempt
     try:
         try:
             result = registration.run(task.activity, ctx)
         except Fatal as exc:
-            text = traceback.format_exc()
-            log.error("attempt %d failed for good: %s\n%s", task.activity.attempt, exc, text)
-            return Outcome("fatal", error=str(exc), traceback=text)
+            return _failed("fatal", log, attempt, _message(exc), traceback.format_exc())
         except Exception as exc:
-            text = traceback.format_exc()
-            log.error("attempt %d failed: %s\n%s", task.activity.attempt, exc, text)
-            recycle = bool(getattr(exc, "recycle_process", False))
-            return Outcome("error", error=f"{type(exc).__name__}: {exc}", traceback=text, recycle=recycle)
-        follow_ups = tuple(
-            {"type": f.type, "data": f.data, "key": f.key, "delay": f.delay} for f in ctx.follow_ups
-        )
+            outcome = _failed(
+                "error", log, attempt, f"{type(exc).__name__}: {_message(exc)}", traceback.format_exc()
+            )
+            return dataclasses.replace(outcome, recycle=bool(getattr(exc, "recycle_process", False)))
         try:
-            json.dumps([result, follow_ups], allow_nan=False)
-        except (TypeError, ValueError) as exc:
-            log.error("result or follow-up data is not JSON: %s", exc)
-            return Outcome("fatal", error=f"result or follow-up data is not JSON-serialisable: {exc}")
-        return Outcome("ok", result=result, follow_ups=follow_ups)
+            return _checked(task.activity, setup.settings, result, ctx.follow_ups)
+        except NotStorable as exc:
+            return _failed("fatal", log, attempt, str(exc))
+        except Exception as exc:  # e.g. a dict subclass whose items() raises
+            message = f"the result could not be checked: {type(exc).__name__}: {_message(exc)}"
+            return _failed("fatal", log, attempt, message, traceback.format_exc())
     finally:
         sys.stdout, sys.stderr = saved_streams
         log.removeHandler(handler)
@@ -231,8 +283,8 @@ def _child_main(conn: Connection, setup: Setup) -> None:
             outcome = dataclasses.replace(outcome, recycle=True)
         try:
             conn.send(outcome)
-        except (TypeError, ValueError) as exc:  # an unpicklable result
-            conn.send(Outcome("error", error=f"result could not be sent back: {exc}"))
+        except Exception as exc:  # checked outcomes are plain values: this is only a last guard
+            conn.send(Outcome("fatal", error=reason_line(f"outcome could not be sent back: {exc!r}")))
         if outcome.recycle:
             return
 
@@ -311,6 +363,12 @@ class Pool:
                 message = slot.conn.recv()
             except (EOFError, OSError):
                 message = EOFError()
+            except Exception as exc:  # garbled: the process cannot be trusted to answer again
+                message = Outcome(
+                    "fatal",
+                    error=reason_line(f"unreadable answer from the pool process: {exc!r}"),
+                    recycle=True,
+                )
             messages.append((slot, message))
         return messages
 

@@ -11,6 +11,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from .activity import Activity, derived_id, format_time
+from .storable import bounded_text, encode, reason_line
+
+#: What a failure activity leaves out, in this order, when it would exceed limits.activity-bytes.
+OMITTABLE = ("data", "traceback")
 
 
 @dataclass(frozen=True)
@@ -52,11 +56,12 @@ def done_record(
 
 
 def failed_record(activity: Activity, attempt: Attempt, reason: str, traceback: str) -> dict[str, Any]:
+    """The record of a failure; ``reason`` becomes one bounded line, ``traceback`` is bounded too."""
     doc = activity.to_json()
     doc.pop("not_before", None)
     section = _section(activity, attempt, "failed")
-    section["reason"] = reason
-    section["traceback"] = traceback
+    section["reason"] = reason_line(reason)
+    section["traceback"] = bounded_text(traceback)
     doc["spoolpipe"] = section
     return doc
 
@@ -68,8 +73,12 @@ def follow_up_document(
     return Activity(derived_id(parent.id, key), type_, dict(data), 1, not_before).to_json()
 
 
-def failure_document(handler: str, record: Mapping[str, Any]) -> dict[str, Any]:
-    """The activity handed to the failure processor."""
+def failure_document(handler: str, record: Mapping[str, Any], limit: int) -> dict[str, Any]:
+    """The activity handed to the failure processor, at most ``limit`` bytes as written.
+
+    What would make it larger is left out, ``data`` first, then ``traceback``, and named in
+    ``omitted``: the failure processor reads it from the failed record instead.
+    """
     section = record["spoolpipe"]
     failed = {
         "id": record["id"],
@@ -82,7 +91,14 @@ def failure_document(handler: str, record: Mapping[str, Any]) -> dict[str, Any]:
         "host": section["host"],
         "failed_at": section["finished_at"],
         "record": f"failed/{record['id']}.json",
+        "omitted": [],
     }
     # The failure time is part of the id: the same activity may fail again after `spoolpipe retry`.
     failure_id = derived_id(record["id"], "failure", section["finished_at"])
-    return Activity(failure_id, handler, {"failed": failed}).to_json()
+    document = Activity(failure_id, handler, {"failed": failed}).to_json()
+    for field in OMITTABLE:
+        if len(encode(document)) <= limit:
+            break
+        del document["data"]["failed"][field]
+        document["data"]["failed"]["omitted"].append(field)
+    return document

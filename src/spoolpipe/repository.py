@@ -35,6 +35,7 @@ from .activity import (
     retried_activity,
 )
 from .durable import Durability, move_noreplace, publish, take, write_file
+from .storable import encode
 
 STATE_DIRS = ("inbox", "running", "done", "failed", "invalid")
 SUPPORT_DIRS = (
@@ -106,7 +107,8 @@ def _kind(mode: int) -> str:
 
 
 def dumps(doc: Any) -> bytes:
-    return (json.dumps(doc, indent=2, ensure_ascii=False, allow_nan=False) + "\n").encode()
+    """Compact, so that a record or follow-up is about as large as its content."""
+    return encode(doc)
 
 
 class Repository:

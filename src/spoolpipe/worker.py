@@ -15,6 +15,7 @@ import os
 import signal
 import socket
 import time
+import traceback
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -41,11 +42,14 @@ from .processor import registered
 from .record import Attempt, done_record, failed_record, failure_document, follow_up_document
 from .repository import Rejected, Repository, SharedClock, Staged, dumps
 from .retry import RetryPolicy
+from .storable import reason_line
 
 log = logging.getLogger("spoolpipe.worker")
 # Outcomes are committed in groups: one flush to disk serves many activities.
 _GROUP_COMMIT_SIZE = 64
 _GROUP_COMMIT_SECONDS = 0.02
+#: Exit code of a worker stopped by an unexpected exception (a bug): EX_SOFTWARE of sysexits.h.
+EXIT_CRASH = 70
 
 
 class StartupError(Exception):
@@ -67,10 +71,14 @@ class _Settled:
     """An outcome waiting for the next group commit."""
 
     claim: ClaimName
+    activity: Activity
+    started: float
     outcome: str
     record: Any
     follow_ups: list[Any]
     summary: str
+    #: The failure that replaced an outcome which could not be written: nothing is left to fall back on.
+    last_resort: bool = False
 
 
 def default_worker_id() -> str:
@@ -252,35 +260,52 @@ class Worker:
     # -- the loop ----------------------------------------------------------------------------------
 
     def run(self) -> int:
+        """0 once stopped; ``EXIT_CRASH`` after an unexpected exception, logged with its traceback."""
         # Signals are ours from the start: a SIGTERM while waiting for the lock stops the worker cleanly.
         previous = {
             s: signal.signal(s, self._on_signal) for s in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
         }
+        started = False
         try:
-            if not self._start():
+            started = self._start()
+            if not started:
                 log.info("worker %s stopped before it started", self.worker_id)
                 return 0
-            self._hinted = True
-            self._start_watching()
-            self._grace_deadline = float("inf")
-            self._next_scan = self._next_recovery = self._next_heartbeat = 0.0
-            try:
-                while True:
-                    try:
-                        if not self._step():
-                            break
-                    except OSError as exc:
-                        # A shared file system can fail for a while (server gone, ENOTCONN, ESTALE, disk
-                        # full). Nothing in memory is needed to recover: claims on disk say it all.
-                        log.error("file system error: %s; retrying in 1s", exc)
-                        self._pending.clear()
-                        time.sleep(1.0)
-            finally:
-                self._shutdown()
+            self._loop()
+            self._shutdown()
+            log.info("worker %s stopped", self.worker_id)
+            return 0
+        except StartupError:
+            raise
+        except Exception:
+            log.critical("unexpected error in worker %s (a bug in spoolpipe):", self.worker_id, exc_info=True)
+            if started:
+                try:
+                    self._shutdown()
+                except Exception:
+                    log.critical("cannot shut down cleanly either:", exc_info=True)
+            # Claims left behind are recovered at the next start, each as its next attempt.
+            log.critical("worker %s crashed: exit code %d", self.worker_id, EXIT_CRASH)
+            return EXIT_CRASH
         finally:
             for s, handler in previous.items():
                 signal.signal(s, handler)
-        return 0
+
+    def _loop(self) -> None:
+        self._hinted = True
+        self._start_watching()
+        self._grace_deadline = float("inf")
+        self._next_scan = self._next_recovery = self._next_heartbeat = 0.0
+        while True:
+            try:
+                if not self._step():
+                    return
+            except OSError as exc:
+                # A shared file system can fail for a while (server gone, ENOTCONN, ESTALE, disk
+                # full). Nothing in memory is needed to recover: claims on disk say it all.
+                log.error("file system error: %s; retrying in 1s", exc)
+                self._pending.clear()
+                time.sleep(1.0)
 
     def _step(self) -> bool:
         """One turn of the loop; False when the worker should stop."""
@@ -341,7 +366,8 @@ class Worker:
         return True
 
     def _shutdown(self) -> None:
-        self._flush()
+        while self._pending:  # a flush may queue the failure of an outcome it could not write
+            self._flush()
         if self._observer is not None:
             # watchdog logs a spurious error when its reader thread is stopped mid-read.
             logging.getLogger("watchdog").setLevel(logging.CRITICAL)
@@ -352,7 +378,6 @@ class Worker:
         with contextlib.suppress(OSError):
             (self.repo.heartbeats / f"{self.worker_id}.json").unlink()
         self.own_lock.release()
-        log.info("worker %s stopped", self.worker_id)
 
     # -- finding and claiming work -------------------------------------------------------------------
 
@@ -593,17 +618,53 @@ class Worker:
 
     def _interrupted(self, running: _Running, reason: str) -> None:
         """An attempt that ended without an answer from its processor: note it in the attempt's log."""
+        self._note_in_attempt_log(running.activity, reason)
+        self._outcome(running, Outcome("error", error=reason))
+
+    def _note_in_attempt_log(self, activity: Activity, text: str) -> None:
         with (
             contextlib.suppress(OSError),
-            self.repo.attempt_log(running.activity).open("a", encoding="utf-8") as attempt_log,
+            self.repo.attempt_log(activity).open(
+                "a", encoding="utf-8", errors="backslashreplace"
+            ) as attempt_log,
         ):
-            attempt_log.write(f"{format_time(self.clock.now())} ERROR {reason} (worker {self.worker_id})\n")
-        self._outcome(running, Outcome("error", error=reason))
+            attempt_log.write(f"{format_time(self.clock.now())} ERROR {text} (worker {self.worker_id})\n")
+
+    def _unrecordable(
+        self,
+        claim: ClaimName,
+        activity: Activity,
+        started: float,
+        exc: Exception,
+        *,
+        last_resort: bool = False,
+    ) -> None:
+        """An outcome this worker cannot record fails its activity, never the daemon."""
+        text = traceback.format_exc()
+        reason = f"spoolpipe could not record the outcome: {type(exc).__name__}: {exc}"
+        log.error("%s: %s", activity.id, reason_line(reason), exc_info=True)
+        self._note_in_attempt_log(activity, f"{reason}\n{text}")
+        if not last_resort and not any(p.claim == claim for p in self._pending):
+            try:
+                self._fail(claim, activity, started, reason, text, last_resort=True)
+                return
+            except Exception:
+                log.error("cannot fail %s either:", activity.id, exc_info=True)
+        log.error("%s stays claimed until its claim is recovered (as its next attempt)", activity.id)
 
     def _attempt(self, started: float) -> Attempt:
         return Attempt(self.worker_id, self.host, os.getpid(), started, self.clock.now())
 
     def _outcome(self, running: _Running, outcome: Outcome) -> None:
+        """Settle one attempt; whatever goes wrong with this one activity fails it, not the daemon."""
+        try:
+            self._settle_outcome(running, outcome)
+        except OSError:
+            raise
+        except Exception as exc:
+            self._unrecordable(running.claim, running.activity, running.started, exc)
+
+    def _settle_outcome(self, running: _Running, outcome: Outcome) -> None:
         activity, claim = running.activity, running.claim
         self._hinted = True
         if outcome.status == "ok":
@@ -624,7 +685,7 @@ class Worker:
                     activity.type,
                     activity.attempt + 1,
                     delay,
-                    outcome.error,
+                    reason_line(outcome.error),
                 )
             else:
                 log.warning("lost the claim on %s before it could be retried; it was taken over", activity.id)
@@ -650,18 +711,30 @@ class Worker:
             f"done {activity.id} ({activity.type}, attempt {activity.attempt}) in "
             f"{now - running.started:.2f}s{extra}"
         )
-        self._defer(_Settled(running.claim, "done", record, follow_ups, summary))
+        self._defer(_Settled(running.claim, activity, running.started, "done", record, follow_ups, summary))
 
     def _fail(
-        self, claim: ClaimName, activity: Activity, started: float, reason: str, traceback: str
+        self,
+        claim: ClaimName,
+        activity: Activity,
+        started: float,
+        reason: str,
+        traceback: str,
+        *,
+        last_resort: bool = False,
     ) -> None:
         record = failed_record(activity, self._attempt(started), reason, traceback)
         handler = self.settings.failures_handler
-        follow_ups = [] if not handler or activity.type == handler else [failure_document(handler, record)]
-        summary = (
-            f"failed {activity.id} ({activity.type}) after {_counted(activity.attempt, 'attempt')}: {reason}"
+        follow_ups = (
+            []
+            if not handler or activity.type == handler
+            else [failure_document(handler, record, self.settings.limits_activity_bytes)]
         )
-        self._defer(_Settled(claim, "failed", record, follow_ups, summary))
+        summary = (
+            f"failed {activity.id} ({activity.type}) after {_counted(activity.attempt, 'attempt')}: "
+            f"{record['spoolpipe']['reason']}"
+        )
+        self._defer(_Settled(claim, activity, started, "failed", record, follow_ups, summary, last_resort))
 
     def _defer(self, item: _Settled) -> None:
         """Queue an outcome for the next group commit."""
@@ -680,6 +753,8 @@ class Worker:
                 staged.append((self.repo.stage(item.claim, item.outcome, item.record, item.follow_ups), item))
             except OSError as exc:
                 self._requeue_unsettled(item.claim, exc)
+            except Exception as exc:  # e.g. a record that cannot be encoded: fail that activity
+                self._unrecordable(item.claim, item.activity, item.started, exc, last_resort=item.last_resort)
         try:
             self.repo.durability.barrier()
         except OSError as exc:
