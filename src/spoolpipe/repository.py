@@ -15,10 +15,10 @@ import os
 import shutil
 import stat
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from .activity import (
     Activity,
@@ -65,6 +65,26 @@ _STALE_QUARANTINE_SECONDS = 60.0
 
 class NotARepository(Exception):
     """The directory lacks the layout ``spoolpipe init`` creates."""
+
+
+@dataclass(frozen=True)
+class Settlement:
+    """An attempt's outcome to commit: its record and the follow-ups it publishes."""
+
+    claim: ClaimName
+    outcome: Literal["done", "failed"]
+    record: Mapping[str, Any]
+    follow_ups: Sequence[Mapping[str, Any]]
+
+
+@dataclass(frozen=True)
+class Settled:
+    """What became of a settlement: ``lost`` when fenced (the claim was taken over), ``unwritten`` when
+    writing or flushing failed (nothing half-written stays; the claim is still in ``running/``)."""
+
+    settlement: Settlement
+    status: Literal["committed", "lost", "unwritten"]
+    error: Exception | None = None
 
 
 @dataclass(frozen=True)
@@ -462,6 +482,32 @@ class Repository:
         self.durability.renamed(committed)
         return True
 
+    def settle(self, batch: Sequence[Settlement]) -> list[Settled]:
+        """Commit a batch of outcomes: stage all, one barrier, commit all, publish all."""
+        results: list[Settled] = []
+        staged: list[tuple[Staged, Settlement]] = []
+        for item in batch:
+            try:
+                staged.append((self.stage(item.claim, item.outcome, item.record, item.follow_ups), item))
+            except Exception as exc:  # disk full, or a record that cannot be encoded
+                results.append(Settled(item, "unwritten", exc))
+        try:
+            self.durability.barrier()
+        except OSError as exc:
+            for files, item in staged:
+                self.discard(files.claim)
+                results.append(Settled(item, "unwritten", exc))
+            return results
+        committed: list[Staged] = []
+        for files, item in staged:
+            if self.commit(item.claim):
+                committed.append(files)
+                results.append(Settled(item, "committed"))
+            else:
+                results.append(Settled(item, "lost"))
+        self.finish(committed)
+        return results
+
     def finish(self, staged: Iterable[Staged]) -> None:
         """Publish committed claims' follow-ups, then their records; idempotent: anyone may complete them."""
         finished: list[ClaimName] = []
@@ -503,6 +549,12 @@ class Repository:
             return False
         self.durability.renamed(source, target)
         return True
+
+    def claim_state(self, claim: ClaimName) -> Literal["absent", "claimed", "committed"]:
+        """Whether the claim is there, and whether it was committed (its outcome awaits publication)."""
+        if os.path.lexists(self.running / f"{claim.stem}~{_COMMITTED}"):
+            return "committed"
+        return "claimed" if os.path.lexists(self.running / claim.name) else "absent"
 
     def _committed(self, claim: ClaimName) -> Staged | None:
         names = self._staged(claim)

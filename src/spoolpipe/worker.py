@@ -1,104 +1,63 @@
-"""The worker daemon: finds activities, claims them, runs them in the pool, commits the outcome.
+"""The worker daemon: reads the inbox, hands batches to its pool processes, supervises them.
 
-One thread owns every file operation, so claims, commits and recovery never
-race inside a worker. Filesystem notifications only wake the loop early; a
-full inbox scan every ``scan.interval-seconds`` is what finds files written by
-other machines.
+One activity's path: the intake finds it (``Intake.take``), the daemon hands it
+to an idle pool process (``_dispatch``), which claims, runs, decides and
+commits it (``attempt.Attempts``) and reports back; the daemon logs the report
+(``_finished``). Everything else is supervision: timeouts, dead pool
+processes, recovery of dead workers' claims, heartbeats, reloads, shutdown.
+Filesystem notifications bring new names at once; a full listing every
+``scan.interval-seconds`` is what finds files written by other machines.
 """
 
 from __future__ import annotations
 
 import contextlib
-import errno
 import logging
 import os
 import signal
 import socket
 import time
-import traceback
 from collections import Counter
-from collections.abc import Iterator
-from dataclasses import dataclass
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from types import FrameType
 from typing import Any
 
 from . import config
 from .activity import Activity, ClaimName, format_time, printable
+from .attempt import Item, Setup, counted
+from .intake import Delayed, Intake
 from .liveness import OwnLock, Prober, WorkerAlreadyRunning, resolve_mode
+from .notify import Arrivals
 from .pool import (
-    Outcome,
+    Died,
+    Event,
+    Finished,
     Pool,
     ProcessorImportError,
-    Setup,
     Slot,
-    Task,
-    how_it_ended,
     import_processors,
     processor_files,
     reload_processors,
 )
 from .processor import registered
-from .record import Attempt, done_record, failed_record, failure_document, follow_up_document
-from .repository import Rejected, Repository, SharedClock, Staged, dumps
-from .retry import RetryPolicy
-from .storable import reason_line
+from .repository import Repository, SharedClock, dumps
 
 log = logging.getLogger("spoolpipe.worker")
-# Outcomes are committed in groups: one flush to disk serves many activities.
-_GROUP_COMMIT_SIZE = 64
-_GROUP_COMMIT_SECONDS = 0.02
 #: Exit code of a worker stopped by an unexpected exception (a bug): EX_SOFTWARE of sysexits.h.
 EXIT_CRASH = 70
+#: Most activities handed to a pool process at once (each is still timed on its own).
+BATCH_MAX = 32
 
 
 class StartupError(Exception):
     """The worker cannot start; the message says why and what to do."""
 
 
-@dataclass
-class _Running:
-    """A claimed activity and its pool slot."""
-
-    claim: ClaimName
-    activity: Activity
-    started: float
-    megapixels: float = 0.0
-
-
-@dataclass
-class _Settled:
-    """An outcome waiting for the next group commit."""
-
-    claim: ClaimName
-    activity: Activity
-    started: float
-    outcome: str
-    record: Any
-    follow_ups: list[Any]
-    summary: str
-    #: The failure that replaced an outcome which could not be written: nothing is left to fall back on.
-    last_resort: bool = False
-
-
 def default_worker_id() -> str:
     host = socket.gethostname().split(".")[0]
     cleaned = "".join(c if c.isalnum() or c in "._-" else "-" for c in host).strip("-._")
     return cleaned or "worker"
-
-
-def _counted(number: int, noun: str, plural: str = "") -> str:
-    """``1 attempt``, ``2 attempts``: log lines read as sentences."""
-    return f"{number} {noun}" if number == 1 else f"{number} {plural or noun + 's'}"
-
-
-def _policy(settings: config.Settings) -> RetryPolicy:
-    return RetryPolicy(
-        settings.retry_max_attempts,
-        settings.retry_backoff_seconds,
-        settings.retry_backoff_max_seconds,
-        settings.retry_jitter,
-    )
 
 
 class Worker:
@@ -130,17 +89,10 @@ class Worker:
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_r, False)
         os.set_blocking(self._wake_w, False)
-        self._queue: dict[str, Activity] = {}
-        self._order: list[str] = []
-        self._starved = True
-        self._pending: list[_Settled] = []
-        self._pending_since = 0.0
-        self._next_due = float("inf")
-        self._running: dict[int, _Running] = {}
-        self._observer: Any = None
-        self._unsettled = 0
-        self._estimates: dict[str, float] = {}
-        self._suspects: dict[str, tuple[tuple[int, int, int], float]] = {}
+        self._arrivals: Arrivals | None = None
+        self._interrupted: list[Item] = []  # claims whose attempt ended without an answer, to settle
+        self._megapixels: dict[int, float] = {}  # held by the batch of each busy slot
+        self._rescan = True
 
     # -- start-up ------------------------------------------------------------------------------
 
@@ -186,6 +138,11 @@ class Worker:
         self.started = self.clock.now()
         self.repo.sweep_tmp(self.clock.now())
         self._recover(own_only=True)
+        self.intake = Intake(
+            self.repo,
+            limit=lambda: self.settings.limits_activity_bytes,
+            settle=lambda: self.settings.inbox_settle_seconds,
+        )
         self.pool = Pool(self.settings.pool_size, self._setup())
         log.info(
             "worker %s started on %s (pid %d): repository %s, lock mode %s, %d pool processes, types: %s",
@@ -206,11 +163,16 @@ class Worker:
             tuple(str(p) for p in s.processors_path),
             str(self.root),
             self.worker_id,
+            self.host,
+            os.getpid(),
             s,
         )
 
     def _handled_types(self) -> list[str]:
-        return sorted(t for t in registered() if self.settings.concurrency_for(t) > 0)
+        return sorted(t for t in registered() if self._handles(t))
+
+    def _handles(self, type_: str) -> bool:
+        return type_ in registered() and self.settings.concurrency_for(type_) > 0
 
     # -- signals and wake-ups --------------------------------------------------------------------
 
@@ -232,30 +194,13 @@ class Worker:
         if not self.settings.scan_watch:
             return
         try:
-            from watchdog.events import FileSystemEvent, FileSystemEventHandler
-            from watchdog.observers import Observer
-        except ImportError:  # pragma: no cover - watchdog is a dependency
-            return
-        worker = self
-
-        class _Hint(FileSystemEventHandler):
-            def on_any_event(self, event: FileSystemEvent) -> None:
-                worker._hinted = True
-                worker._wake()
-
-        observer = Observer()
-        try:
-            observer.schedule(_Hint(), str(self.repo.inbox), recursive=False)
-            observer.daemon = True
-            observer.start()
+            self._arrivals = Arrivals(self.repo.inbox)
         except OSError as exc:
             log.warning(
                 "no filesystem notifications (%s); polling every %ss",
                 exc,
                 self.settings.scan_interval_seconds,
             )
-            return
-        self._observer = observer
 
     # -- the loop ----------------------------------------------------------------------------------
 
@@ -292,7 +237,6 @@ class Worker:
                 signal.signal(s, handler)
 
     def _loop(self) -> None:
-        self._hinted = True
         self._start_watching()
         self._grace_deadline = float("inf")
         self._next_scan = self._next_recovery = self._next_heartbeat = 0.0
@@ -304,25 +248,14 @@ class Worker:
                 # A shared file system can fail for a while (server gone, ENOTCONN, ESTALE, disk
                 # full). Nothing in memory is needed to recover: claims on disk say it all.
                 log.error("file system error: %s; retrying in 1s", exc)
-                self._pending.clear()
+                self._rescan = True
                 time.sleep(1.0)
 
     def _step(self) -> bool:
         """One turn of the loop; False when the worker should stop."""
         now = time.monotonic()
-        if self._stopping:
-            if self._grace_deadline == float("inf"):
-                self._grace_deadline = now + self.settings.shutdown_grace_seconds
-                log.info(
-                    "stopping: no new claims; %d running activities may finish within %ss",
-                    len(self._running),
-                    self.settings.shutdown_grace_seconds,
-                )
-            if not self._running:
-                return False
-            if now >= self._grace_deadline:
-                self._release_all("shutdown grace period over")
-                return False
+        if self._stopping and not self._stop_step(now):
+            return False
         if not self.own_lock.held():
             self._lost_lock()
         if now >= self._next_heartbeat:
@@ -334,197 +267,136 @@ class Worker:
             if now >= self._next_recovery:
                 self._next_recovery = now + self.settings.scan_interval_seconds
                 self._recover(own_only=False)
-            if now >= self._next_scan or (self._hinted and self._starved):
-                self._hinted = False
+            if now >= self._next_scan or self._rescan:
+                self._rescan = False
                 self._next_scan = now + self.settings.scan_interval_seconds
-                self._scan()
+                self.intake.rescan()
             self._dispatch()
             if self.until_idle and self._idle():
                 log.info("nothing left to run: exiting (--until-idle)")
                 return False
-        deadlines = [
-            self._next_heartbeat,
-            self._next_scan,
-            self._grace_deadline,
-            self._next_deadline(),
-            self._next_due,
-        ]
-        if self._pending:
-            deadlines.append(self._pending_since + _GROUP_COMMIT_SECONDS)
-        self._settle(self.pool.wait(min(deadlines) - now, [self._wake_r]))
+        for event in self.pool.wait(self._timeout(now), self._wakers()):
+            self._handle(event)
+        self._drain_wakers()
+        self._enforce_timeouts()
+        return True
+
+    def _timeout(self, now: float) -> float:
+        """How long the loop may wait for an event: until the next thing it must do by itself."""
+        deadlines = [self._next_heartbeat, self._next_scan, self._grace_deadline, self._next_deadline()]
+        due = self.intake.next_due()
+        if due < float("inf") and self.pool.idle():
+            # Wake up when the earliest waiting activity becomes due, not at the next periodic scan.
+            deadlines.append(now + max(0.0, due - self.clock.now()))
+        return min(deadlines) - now
+
+    def _wakers(self) -> list[Any]:
+        return [self._wake_r] if self._arrivals is None else [self._wake_r, self._arrivals]
+
+    def _drain_wakers(self) -> None:
         with contextlib.suppress(BlockingIOError):
             while os.read(self._wake_r, 4096):
                 pass
-        self._enforce_timeouts()
-        if self._pending and (
-            len(self._pending) >= _GROUP_COMMIT_SIZE
-            or not self._running
-            or self._stopping
-            or time.monotonic() - self._pending_since >= _GROUP_COMMIT_SECONDS
-        ):
-            self._flush()
+        if self._arrivals is not None:
+            names = self._arrivals.read()
+            if names is None:  # events were lost
+                self._rescan = True
+            else:
+                self.intake.add(names)
+
+    def _stop_step(self, now: float) -> bool:
+        """Stopping: let running work end within the grace period; False once the worker may exit."""
+        if self._grace_deadline == float("inf"):
+            self._grace_deadline = now + self.settings.shutdown_grace_seconds
+            for slot in self.pool.busy():
+                slot.progress[2] = 1  # stop after the running item
+            log.info(
+                "stopping: no new claims; %s may finish within %ss",
+                counted(len(self.pool.busy()), "running activity", "running activities"),
+                self.settings.shutdown_grace_seconds,
+            )
+        if not self.pool.busy():
+            return False
+        if now >= self._grace_deadline:
+            self._release_all("shutdown grace period over")
+            return False
         return True
 
     def _shutdown(self) -> None:
-        while self._pending:  # a flush may queue the failure of an outcome it could not write
-            self._flush()
-        if self._observer is not None:
-            # watchdog logs a spurious error when its reader thread is stopped mid-read.
-            logging.getLogger("watchdog").setLevel(logging.CRITICAL)
-            self._observer.unschedule_all()
-            self._observer.stop()
-            self._observer.join(2)
+        for item in self._interrupted:  # never settled: a crash counts as an attempt
+            self.repo.recover(self._claim_of(item))
         self.pool.close()
+        if self._arrivals is not None:
+            self._arrivals.close()
         with contextlib.suppress(OSError):
             (self.repo.heartbeats / f"{self.worker_id}.json").unlink()
         self.own_lock.release()
 
-    # -- finding and claiming work -------------------------------------------------------------------
+    # -- handing out work ------------------------------------------------------------------------------
 
-    def _scan(self) -> None:
-        names = self.repo.inbox_names()
-        present = set(names)
-        self._queue = {n: a for n, a in self._queue.items() if n in present}
-        self._starved = False
-        self._unsettled = 0
-        fresh = [n for n in names if n not in self._queue]
-        if not fresh:
+    def _dispatch(self) -> None:
+        """Give each idle pool process a batch: activities due now, of one type, that may run here."""
+        if not self.pool.slots:
+            if not self._interrupted and self.intake.next_due() > self.clock.now():
+                return
+            self.pool.start()  # only once there is work: an idle start costs no processes
+        idle = self.pool.idle()
+        while idle and self._interrupted:
+            self._send(idle.pop(), [self._interrupted.pop(0)])
+        if not idle:
             return
         now = self.clock.now()
-        self._suspects = {n: seen for n, seen in self._suspects.items() if n in present}
-        for name in fresh:
-            found = self.repo.read(name, limit=self.settings.limits_activity_bytes)
-            if found is None:
-                continue
-            if isinstance(found, Rejected):
-                if found.stamp is None or self._settled(name, found.stamp, now):
-                    self._quarantine(self.repo.inbox, name, found.reason)
-                else:
-                    self._unsettled += 1
-            else:  # a duplicate id is found out when it is claimed (Repository.reserve)
-                self._queue[name] = found
-        self._order = sorted(self._queue, key=lambda n: (self._queue[n].not_before or 0.0, n))
-        queued_ids = {a.id for a in self._queue.values()}
-        self._estimates = {k: v for k, v in self._estimates.items() if k in queued_ids}
+        busy = Counter(i.activity.type for s in self.pool.busy() for i in s.batch[:1])
+        size = max(1, min(BATCH_MAX, len(self.intake) // (2 * len(self.pool.slots))))
+        for slot in idle:
+            found = self._take(now, lambda a: self._admit(a, busy), 1)
+            if not found:
+                break
+            first = found[0].activity
+            if size > 1 and registered()[first.type].megapixels is None:
+                found += self._take(now, lambda a, same=first.type: a.type == same, size - 1)
+            busy[first.type] += 1
+            self._megapixels[slot.index] = self._estimate(first)
+            self._send(slot, found)
 
-    def _settled(self, name: str, stamp: tuple[int, int, int], now: float) -> bool:
-        """Whether a file that does not parse is done being written, so it may be quarantined.
+    def _take(self, now: float, admit: Any, want: int) -> list[Item]:
+        quarantine = self._quarantine
+        found = self.intake.take(now, admit, self._handles, want, quarantine)
+        for name, _ in found:
+            self.intake.forget(name)
+        return [Item(name, activity) for name, activity in found]
 
-        Its modification time must be ``inbox.settle-seconds`` old by the shared
-        file system's clock, and it must have stayed unchanged that long while this
-        worker watched it: a writer whose clock is behind cannot make a file it is
-        still writing look old.
-        """
-        settle = self.settings.inbox_settle_seconds
-        seen = self._suspects.get(name)
-        watched = time.monotonic()
-        if seen is None or seen[0] != stamp:
-            self._suspects[name] = (stamp, watched)
-            watched_for = 0.0
-        else:
-            watched_for = watched - seen[1]
-        return watched_for >= settle and now - stamp[2] / 1e9 >= settle
+    def _send(self, slot: Slot, batch: Sequence[Item]) -> None:
+        log.debug("handing %s to pool process %d", counted(len(batch), "activity", "activities"), slot.index)
+        self.pool.send(slot, batch)
 
-    def _quarantine(self, directory: Path, name: str, reason: str) -> None:
+    def _admit(self, activity: Activity, busy: Counter[str]) -> bool:
+        if busy[activity.type] >= self.settings.concurrency_for(activity.type):
+            return False
+        held = sum(self._megapixels.get(s.index, 0.0) for s in self.pool.busy())
+        # An image bigger than the whole cap still runs, alone, rather than never.
+        return not held or held + self._estimate(activity) <= self.settings.megapixel_cap
+
+    def _estimate(self, activity: Activity) -> float:
+        """The decoded megapixels ``activity`` will hold, by its processor's estimate (0 if none)."""
+        estimate = registered()[activity.type].megapixels
+        if estimate is None:
+            return 0.0
         try:
-            where = self.repo.quarantine(directory, name, reason)
+            return max(0.0, float(estimate(activity, self.settings)))
+        except Exception:  # the processor itself will report what is wrong with its input
+            return 0.0
+
+    def _quarantine(self, name: str, reason: str) -> None:
+        try:
+            where = self.repo.quarantine(self.repo.inbox, name, reason)
         except OSError as exc:
             log.error("cannot quarantine %s: %s", printable(name), printable(str(exc)))
             return
         if where is not None:
             log.warning("invalid: %s -> %s", printable(reason), where.relative_to(self.root))
 
-    def _capacity(self) -> Counter[str]:
-        return Counter(r.activity.type for r in self._running.values())
-
-    def _runnable(self, activity: Activity, now: float, busy: Counter[str]) -> bool:
-        if activity.type not in registered():
-            return False
-        if busy[activity.type] >= self.settings.concurrency_for(activity.type):
-            return False
-        if activity.not_before is not None and activity.not_before > now:
-            return False
-        need = self._megapixels(activity)
-        held = sum(r.megapixels for r in self._running.values())
-        # An image bigger than the whole cap still runs, alone, rather than never.
-        return not held or held + need <= self.settings.megapixel_cap
-
-    def _megapixels(self, activity: Activity) -> float:
-        """The decoded megapixels ``activity`` will hold, by its processor's estimate (0 if none)."""
-        estimate = registered()[activity.type].megapixels
-        if estimate is None:
-            return 0.0
-        if activity.id not in self._estimates:
-            try:
-                self._estimates[activity.id] = max(0.0, float(estimate(activity, self.settings)))
-            except Exception:  # the processor itself will report what is wrong with its input
-                self._estimates[activity.id] = 0.0
-        return self._estimates[activity.id]
-
-    def _handles(self, type_: str) -> bool:
-        return type_ in registered() and self.settings.concurrency_for(type_) > 0
-
-    def _dispatch(self) -> None:
-        idle = self.pool.idle()
-        self._next_due = float("inf")
-        if not idle:
-            return
-        now, busy = self.clock.now(), self._capacity()
-        next_due = float("inf")
-        skipped: list[str] = []
-        position = 0
-        while idle and position < len(self._order):
-            name = self._order[position]
-            position += 1
-            activity = self._queue.get(name)
-            if activity is None:
-                continue
-            if not self._runnable(activity, now, busy):
-                if activity.not_before is not None and activity.not_before > now:
-                    next_due = min(next_due, activity.not_before - now)
-                skipped.append(name)
-                continue
-            del self._queue[name]
-            try:
-                claim = self.repo.claim(name, activity, self.worker_id)
-            except OSError as exc:
-                log.error("cannot claim %s: %s", printable(name), printable(str(exc)))
-                continue
-            if claim is None:
-                continue
-            try:
-                duplicate = self.repo.reserve(claim, activity, name)
-            except OSError as exc:
-                log.error("cannot reserve id %s: %s; requeueing it", activity.id, exc)
-                self._requeue_unsettled(claim, exc)
-                continue
-            if duplicate is not None:
-                self._quarantine(self.repo.running, claim.name, duplicate)
-                continue
-            if activity.attempt > self.settings.retry_max_attempts:
-                self._fail(
-                    claim,
-                    activity,
-                    now,
-                    f"gave up: attempt {activity.attempt} exceeds retry.max-attempts="
-                    f"{self.settings.retry_max_attempts}; the previous attempt was interrupted "
-                    "(its worker died or was killed)",
-                    "",
-                )
-                continue
-            busy[activity.type] += 1
-            slot = idle.pop()
-            log.debug("claimed %s (%s, attempt %d)", activity.id, activity.type, activity.attempt)
-            task = Task(activity, str(self.repo.attempt_log(activity)))
-            megapixels = self._estimates.pop(activity.id, 0.0)
-            self._running[slot.index] = _Running(claim, activity, now, megapixels)
-            self.pool.send(slot, task, time.monotonic() + self._timeout(activity.type))
-        self._order = skipped + self._order[position:]
-        self._starved = bool(idle)
-        # Wake up when the earliest waiting activity becomes due, not at the next periodic scan.
-        self._next_due = time.monotonic() + next_due
-
-    def _timeout(self, type_: str) -> float:
+    def _item_timeout(self, type_: str) -> float:
         if type_ in self.settings.timeouts:
             return self.settings.timeouts[type_]
         registration = registered().get(type_)
@@ -533,17 +405,19 @@ class Worker:
         return self.settings.timeout_seconds
 
     def _next_deadline(self) -> float:
-        deadlines = [s.deadline for s in self.pool.busy()]
-        return min(deadlines, default=float("inf"))
+        deadlines = [0.0]
+        for slot in self.pool.busy():
+            current = slot.current()
+            if current is not None:
+                deadlines.append(current[1] + self._item_timeout(current[0].activity.type))
+        return min(deadlines[1:], default=float("inf"))
 
     def _idle(self) -> bool:
         """Nothing this worker could run remains: nothing running, queued, unsettled or recoverable."""
-        if self._running or self._pending or self._unsettled or self._hinted:
+        if self.pool.busy() or self._interrupted or self._rescan or self.intake.unsettled():
             return False
-        handled = [a for a in self._queue.values() if self._handles(a.type)]
         now = self.clock.now()
-        delayed = [a for a in handled if a.not_before is not None and a.not_before > now]
-        if len(delayed) < len(handled):
+        if self.intake.next_due() <= now:
             return False
         for worker in self._claims_by_worker():
             if worker == self.worker_id:
@@ -551,19 +425,20 @@ class Worker:
             with self.prober.dead(worker) as dead:
                 if dead:
                     return False
+        delayed = self.intake.delayed(now, self._handles)
         if not delayed:
             return True
-        count = _counted(len(delayed), "delayed activity", "delayed activities")
+        count = counted(len(delayed), "delayed activity", "delayed activities")
         if self.no_wait:
             log.info("%s left queued (--until-idle --no-wait)", count)
             return True
         self._say_waiting(delayed, count, now)
         return False
 
-    def _say_waiting(self, delayed: list[Activity], count: str, now: float) -> None:
+    def _say_waiting(self, delayed: list[Delayed], count: str, now: float) -> None:
         """Say once what ``--until-idle`` waits for, and until when (again when the next one changes)."""
-        first = min(delayed, key=lambda a: (a.not_before or 0.0, a.id))
-        due = first.not_before or now
+        first = min(delayed, key=lambda d: (d.due, d.id))
+        due = first.due
         if self._waiting_for == (first.id, due):
             return
         self._waiting_for = (first.id, due)
@@ -576,236 +451,98 @@ class Worker:
             due - now,
         )
 
-    # -- settling outcomes ---------------------------------------------------------------------------
+    # -- what pool processes say ---------------------------------------------------------------------
 
-    def _settle(self, messages: list[tuple[Slot, Any]]) -> None:
-        for slot, message in messages:
-            if isinstance(message, tuple) and message and message[0] == "ready":
-                slot.ready = True
-                continue
-            running = self._running.pop(slot.index, None)
-            slot.task = None
-            if isinstance(message, EOFError):
-                ended = how_it_ended(slot.process)
-                self.pool.replace(slot, kill=False)
-                if running is not None:
-                    self._interrupted(running, f"pool process died ({ended})")
-                continue
-            if running is not None and isinstance(message, Outcome):
-                self._outcome(running, message)
-                if message.recycle or self.pool.is_stale(slot):
-                    self.pool.replace(slot, kill=True)
-        for slot in self.pool.idle():
-            if self.pool.is_stale(slot):
-                self.pool.replace(slot, kill=True)
+    def _handle(self, event: Event) -> None:
+        if isinstance(event, Finished):
+            self._finished(event)
+        elif isinstance(event, Died):
+            self._died(event)
+
+    def _finished(self, event: Finished) -> None:
+        for report in event.reports:
+            log.log(report.level, "%s", report.message)
+        self.intake.add(item.name for item in event.batch[event.taken :])  # untouched: still in the inbox
+        self._megapixels.pop(event.slot.index, None)
+        self._rescan = self._rescan or self._arrivals is None  # follow-ups and retries to find
+        if (event.recycle or self.pool.is_stale(event.slot)) and not self._stopping:
+            self.pool.replace(event.slot)
+
+    def _died(self, event: Died) -> None:
+        self._megapixels.pop(event.slot.index, None)
+        self._abandoned(event.batch, event.current, f"pool process died ({event.how})")
+        if not self._stopping:
+            self.pool.replace(event.slot)
 
     def _enforce_timeouts(self) -> None:
         now = time.monotonic()
         for slot in self.pool.busy():
-            if now < slot.deadline:
+            current = slot.current()
+            if current is None:
                 continue
-            running = self._running.pop(slot.index, None)
-            limit = self._timeout(running.activity.type) if running else 0.0
-            self.pool.replace(slot, kill=True)
-            if running is not None:
-                log.warning(
-                    "%s (%s) timed out after %ss: pool process killed",
-                    running.activity.id,
-                    running.activity.type,
-                    limit,
-                )
-                self._interrupted(running, f"timed out after {limit}s; the processor was killed")
-
-    def _interrupted(self, running: _Running, reason: str) -> None:
-        """An attempt that ended without an answer from its processor: note it in the attempt's log."""
-        self._note_in_attempt_log(running.activity, reason)
-        self._outcome(running, Outcome("error", error=reason))
-
-    def _note_in_attempt_log(self, activity: Activity, text: str) -> None:
-        with (
-            contextlib.suppress(OSError),
-            self.repo.attempt_log(activity).open(
-                "a", encoding="utf-8", errors="backslashreplace"
-            ) as attempt_log,
-        ):
-            attempt_log.write(f"{format_time(self.clock.now())} ERROR {text} (worker {self.worker_id})\n")
-
-    def _unrecordable(
-        self,
-        claim: ClaimName,
-        activity: Activity,
-        started: float,
-        exc: Exception,
-        *,
-        last_resort: bool = False,
-    ) -> None:
-        """An outcome this worker cannot record fails its activity, never the daemon."""
-        text = traceback.format_exc()
-        reason = f"spoolpipe could not record the outcome: {type(exc).__name__}: {exc}"
-        log.error("%s: %s", activity.id, reason_line(reason), exc_info=True)
-        self._note_in_attempt_log(activity, f"{reason}\n{text}")
-        if not last_resort and not any(p.claim == claim for p in self._pending):
-            try:
-                self._fail(claim, activity, started, reason, text, last_resort=True)
-                return
-            except Exception:
-                log.error("cannot fail %s either:", activity.id, exc_info=True)
-        log.error("%s stays claimed until its claim is recovered (as its next attempt)", activity.id)
-
-    def _attempt(self, started: float) -> Attempt:
-        return Attempt(self.worker_id, self.host, os.getpid(), started, self.clock.now())
-
-    def _outcome(self, running: _Running, outcome: Outcome) -> None:
-        """Settle one attempt; whatever goes wrong with this one activity fails it, not the daemon."""
-        try:
-            self._settle_outcome(running, outcome)
-        except OSError:
-            raise
-        except Exception as exc:
-            self._unrecordable(running.claim, running.activity, running.started, exc)
-
-    def _settle_outcome(self, running: _Running, outcome: Outcome) -> None:
-        activity, claim = running.activity, running.claim
-        self._hinted = True
-        if outcome.status == "ok":
-            self._done(running, outcome)
-        elif outcome.status == "fatal" or _policy(self.settings).gives_up_after(activity.attempt):
-            self._fail(claim, activity, running.started, outcome.error, outcome.traceback)
-        else:
-            delay = _policy(self.settings).delay(activity.attempt)
-            try:
-                released = self.repo.release(claim, activity.attempt + 1, self.clock.now() + delay)
-            except OSError as exc:
-                log.error("cannot requeue %s: %s", activity.id, exc)
-                return
-            if released:
-                log.warning(
-                    "retry %s (%s) attempt %d in %.1fs: %s",
-                    activity.id,
-                    activity.type,
-                    activity.attempt + 1,
-                    delay,
-                    reason_line(outcome.error),
-                )
-            else:
-                log.warning("lost the claim on %s before it could be retried; it was taken over", activity.id)
-
-    def _done(self, running: _Running, outcome: Outcome) -> None:
-        activity = running.activity
-        now = self.clock.now()
-        follow_ups = [
-            follow_up_document(
-                activity,
-                f["type"],
-                f["data"],
-                f["key"],
-                None if f["delay"] is None else now + float(f["delay"]),
+            item, started = current
+            limit = self._item_timeout(item.activity.type)
+            if now < started + limit:
+                continue
+            batch, index = slot.batch, int(slot.progress[0])
+            log.warning(
+                "%s (%s) timed out after %ss: pool process killed",
+                item.activity.id,
+                item.activity.type,
+                limit,
             )
-            for f in outcome.follow_ups
-        ]
-        record = done_record(
-            activity, self._attempt(running.started), outcome.result, [f["id"] for f in follow_ups]
-        )
-        extra = f", {_counted(len(follow_ups), 'follow-up')}" if follow_ups else ""
-        summary = (
-            f"done {activity.id} ({activity.type}, attempt {activity.attempt}) in "
-            f"{now - running.started:.2f}s{extra}"
-        )
-        self._defer(_Settled(running.claim, activity, running.started, "done", record, follow_ups, summary))
+            self.pool.kill(slot)
+            slot.batch = ()
+            self._megapixels.pop(slot.index, None)
+            self._abandoned(batch, index, f"timed out after {limit}s; the processor was killed")
+            self.pool.replace(slot)
 
-    def _fail(
-        self,
-        claim: ClaimName,
-        activity: Activity,
-        started: float,
-        reason: str,
-        traceback: str,
-        *,
-        last_resort: bool = False,
-    ) -> None:
-        record = failed_record(activity, self._attempt(started), reason, traceback)
-        handler = self.settings.failures_handler
-        follow_ups = (
-            []
-            if not handler or activity.type == handler
-            else [failure_document(handler, record, self.settings.limits_activity_bytes)]
-        )
-        summary = (
-            f"failed {activity.id} ({activity.type}) after {_counted(activity.attempt, 'attempt')}: "
-            f"{record['spoolpipe']['reason']}"
-        )
-        self._defer(_Settled(claim, activity, started, "failed", record, follow_ups, summary, last_resort))
+    def _claim_of(self, item: Item) -> ClaimName:
+        return ClaimName(item.activity.id, item.activity.attempt, self.worker_id)
 
-    def _defer(self, item: _Settled) -> None:
-        """Queue an outcome for the next group commit."""
-        if not self._pending:
-            self._pending_since = time.monotonic()
-        self._pending.append(item)
-
-    def _flush(self) -> None:
-        """Commit every pending outcome as one batch: stage all, one barrier, commit all, publish all."""
-        pending, self._pending = self._pending, []
-        if not pending:
-            return
-        staged: list[tuple[Staged, _Settled]] = []
-        for item in pending:
-            try:
-                staged.append((self.repo.stage(item.claim, item.outcome, item.record, item.follow_ups), item))
-            except OSError as exc:
-                self._requeue_unsettled(item.claim, exc)
-            except Exception as exc:  # e.g. a record that cannot be encoded: fail that activity
-                self._unrecordable(item.claim, item.activity, item.started, exc, last_resort=item.last_resort)
-        try:
-            self.repo.durability.barrier()
-        except OSError as exc:
-            for files, _ in staged:
-                self.repo.discard(files.claim)
-                self._requeue_unsettled(files.claim, exc)
-            return
-        committed: list[Staged] = []
-        for files, item in staged:
-            if self.repo.commit(item.claim):
-                committed.append(files)
-                (log.info if item.outcome == "done" else log.error)("%s", item.summary)
-            else:
-                log.warning(
-                    "claim on %s was lost (taken over after this worker was presumed dead); "
-                    "outcome discarded",
-                    item.claim.activity_id,
-                )
-        self.repo.finish(committed)
-
-    def _requeue_unsettled(self, claim: ClaimName, exc: OSError) -> None:
-        """A write failed (disk full...): nothing half-written stays, and the activity stays retryable."""
-        log.error("cannot record the outcome of %s: %s; requeueing it", claim.activity_id, exc)
-        try:
-            self.repo.release(claim, claim.attempt, self.clock.now() + 5.0)
-        except OSError as again:
-            log.error(
-                "cannot requeue %s either (%s); it stays claimed until this worker restarts",
-                claim.activity_id,
-                again,
-            )
-        if exc.errno == errno.ENOSPC:
-            time.sleep(0.5)
+    def _abandoned(self, batch: Sequence[Item], current: int, reason: str) -> None:
+        """Settle a batch whose process ended: the running item's attempt was interrupted (``reason``);
+        the others are put back as they were, their attempts not counted."""
+        for index, item in enumerate(batch):
+            claim = self._claim_of(item)
+            state = self.repo.claim_state(claim)
+            if state == "committed":
+                self.repo.recover(claim)
+            elif state == "claimed" and index == current and not item.interrupted:
+                self._interrupted.append(Item("", item.activity, reason))
+            elif state == "claimed":
+                attempt = claim.attempt + 1 if item.interrupted else claim.attempt
+                if self.repo.release(claim, attempt, None):
+                    self.repo.discard(claim)
+            elif item.name:
+                self.intake.add([item.name])
+        self.repo.durability.barrier()
 
     def _release_all(self, why: str) -> None:
         for slot in self.pool.busy():
-            running = self._running.pop(slot.index, None)
+            batch = slot.batch
             self.pool.kill(slot)  # stopping: no replacement
-            if running is not None and self.repo.release(running.claim, running.activity.attempt, None):
-                log.warning("released %s back to the inbox: %s", running.activity.id, why)
+            slot.batch = ()
+            for item in batch:
+                claim = self._claim_of(item)
+                state = self.repo.claim_state(claim)
+                if state == "committed":
+                    self.repo.recover(claim)
+                elif state == "claimed" and self.repo.release(claim, claim.attempt, None):
+                    self.repo.discard(claim)
+                    log.warning("released %s back to the inbox: %s", item.activity.id, why)
         self.repo.durability.barrier()
 
     def _lost_lock(self) -> None:
         """Abandon running work (others may take its claims) and take the lock again before claiming more."""
-        if self._running:
+        if self.pool.busy():
             log.error(
                 "this worker lost its lock (paused, or cut off from the file system): abandoning running work"
             )
         for slot in self.pool.busy():
-            self._running.pop(slot.index, None)
-            self.pool.replace(slot, kill=True)
+            slot.batch = ()
+            self.pool.replace(slot)
+        self._interrupted.clear()
         self.own_lock.release()
         self.own_lock = OwnLock(
             self.repo.locks, self.worker_id, self.lock_mode, self.settings.claims_lease_seconds
@@ -816,6 +553,7 @@ class Worker:
             log.error("cannot take this worker's lock back yet; retrying")
             return
         log.info("lock re-acquired")
+        self._rescan = True
 
     # -- recovery ------------------------------------------------------------------------------------
 
@@ -826,8 +564,10 @@ class Worker:
         return grouped
 
     def _recover(self, *, own_only: bool) -> None:
-        self._flush()
-        active = {r.claim.stem for r in self._running.values()}
+        active = (
+            {self._claim_of(i).stem for s in self.pool.busy() for i in s.batch} if not own_only else set()
+        )
+        active |= {self._claim_of(i).stem for i in self._interrupted}
         for worker, claims in self._claims_by_worker().items():
             if worker == self.worker_id:
                 stale = [c for c in claims if c.stem not in active]
@@ -845,17 +585,17 @@ class Worker:
         self.repo.durability.barrier()
         log.warning(
             "recovered %s %s: %s",
-            _counted(len(claims), "claim"),
+            counted(len(claims), "claim"),
             whose,
             ", ".join(f"{n} {k}" for k, n in outcomes.items()),
         )
-        self._hinted = True
+        self._rescan = True
 
     # -- heartbeat and configuration -------------------------------------------------------------------
 
     def _heartbeat(self) -> None:
         # What runs, not what is configured: a reloaded pool.size applies only at restart.
-        pool_size = len(self.pool.slots)
+        pool_size = self.pool.size
         doc = {
             "worker": self.worker_id,
             "host": self.host,
@@ -864,7 +604,7 @@ class Worker:
             "lock_mode": self.lock_mode,
             "pool_size": pool_size,
             "types": {t: min(self.settings.concurrency_for(t), pool_size) for t in self._handled_types()},
-            "running": sorted(r.activity.id for r in self._running.values()),
+            "running": sorted(c[0].activity.id for s in self.pool.busy() if (c := s.current()) is not None),
         }
         target = self.repo.heartbeats / f"{self.worker_id}.json"
         # One temp name per worker: one killed mid-write leaves one file, which its next heartbeat reuses.
@@ -907,11 +647,12 @@ class Worker:
         if settings != old:  # pool processes hold the settings: replace them as they become idle
             self.pool.setup = self._setup()
             self.pool.mark_stale()
-        if settings.pool_size != len(self.pool.slots):
+            self.intake.reconsider(self._handles)
+        if settings.pool_size != self.pool.size:
             log.warning(
                 "pool.size = %d takes effect at restart; until then the pool keeps its %s",
                 settings.pool_size,
-                _counted(len(self.pool.slots), "process", "processes"),
+                counted(self.pool.size, "process", "processes"),
             )
         log.info("configuration reloaded from %s", ", ".join(str(p) for p in settings.sources))
 

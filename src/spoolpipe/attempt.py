@@ -1,0 +1,362 @@
+"""One activity's path, inside a pool process: claim, run, decide, commit.
+
+Each pool process does the file work of the activities it is given, so that it
+runs on every core; the processes of one worker coordinate through the
+repository exactly as workers on different machines do. A batch of short
+activities is committed together (one flush to disk for all of them); the
+daemon only reads the inbox, hands out batches, supervises timeouts and logs
+what each batch reports.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import logging
+import time
+import traceback
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .activity import Activity, ClaimName, format_time, printable
+from .config import Settings
+from .execute import execute
+from .outcome import Done, Failed, Outcome, Retry, decide
+from .record import Attempt, done_record, failed_record, failure_document, follow_up_document
+from .repository import Repository, Settlement, SharedClock
+from .retry import RetryPolicy
+from .steps import any_step_abandoned
+from .storable import reason_line
+
+# Outcomes are committed in groups: one flush to disk serves many activities.
+GROUP_COMMIT_SIZE = 64
+GROUP_COMMIT_SECONDS = 0.02
+
+
+@dataclass(frozen=True)
+class Setup:
+    """What every pool process needs before its first activity."""
+
+    modules: tuple[str, ...]
+    paths: tuple[str, ...]
+    repository: str
+    worker_id: str
+    host: str
+    pid: int  # the daemon's: records name the worker process that answers for them
+    settings: Settings
+
+
+@dataclass(frozen=True)
+class Item:
+    """An inbox entry to claim and run, or (``interrupted``) a claim whose attempt ended without an answer."""
+
+    name: str
+    activity: Activity
+    interrupted: str = ""
+
+
+@dataclass(frozen=True)
+class Report:
+    """A line for the worker log, written by the daemon."""
+
+    level: int
+    message: str
+
+
+def counted(number: int, noun: str, plural: str = "") -> str:
+    """``1 attempt``, ``2 attempts``: log lines read as sentences."""
+    return f"{number} {noun}" if number == 1 else f"{number} {plural or noun + 's'}"
+
+
+def policy(settings: Settings) -> RetryPolicy:
+    return RetryPolicy(
+        settings.retry_max_attempts,
+        settings.retry_backoff_seconds,
+        settings.retry_backoff_max_seconds,
+        settings.retry_jitter,
+    )
+
+
+@dataclass
+class _Pending:
+    """An outcome waiting for the next group commit."""
+
+    settlement: Settlement
+    activity: Activity
+    started: float
+    summary: str
+    #: The failure that replaced an outcome which could not be written: nothing is left to fall back on.
+    last_resort: bool = False
+
+
+@dataclass
+class Attempts:
+    """The activity path of one pool process."""
+
+    setup: Setup
+    reports: list[Report] = field(default_factory=list)
+    _pending: list[_Pending] = field(default_factory=list)
+    _pending_since: float = 0.0
+
+    def __post_init__(self) -> None:
+        root = Path(self.setup.repository)
+        self.repo = Repository(root, fsync=self.setup.settings.durability_fsync)
+        self.clock = SharedClock(self.repo.heartbeats / f".clock-{self.setup.worker_id}")
+        self.settings = self.setup.settings
+        self.worker_id = self.setup.worker_id
+
+    def run(self, batch: Sequence[Item], progress: Any) -> tuple[list[Report], int, bool]:
+        """Run a batch in order: the reports, how many items were taken (the rest were not touched),
+        and whether this process is to be replaced.
+
+        ``progress`` tells the daemon which item runs since when (timeouts). A
+        processor that asks for its process to be replaced ends the batch early.
+        """
+        self.reports = []
+        taken, recycle = 0, False
+        for index, item in enumerate(batch):
+            if progress[2]:  # the worker is stopping: the rest stays in the inbox
+                break
+            progress[0], progress[1] = index, time.monotonic()
+            recycle = self._one(item)
+            taken = index + 1
+            if self._pending and (
+                len(self._pending) >= GROUP_COMMIT_SIZE
+                or time.monotonic() - self._pending_since >= GROUP_COMMIT_SECONDS
+            ):
+                self.commit()
+            if recycle:
+                break
+        self.commit()
+        progress[0] = -1
+        return self.reports, taken, recycle
+
+    def _report(self, level: int, message: str) -> None:
+        self.reports.append(Report(level, message))
+
+    # -- claim and run ---------------------------------------------------------------------------
+
+    def _one(self, item: Item) -> bool:
+        """Claim and run one item; True if its processor asked for this process to be replaced."""
+        activity = item.activity
+        if item.interrupted:
+            claim = ClaimName(activity.id, activity.attempt, self.worker_id)
+            self._note_in_attempt_log(activity, item.interrupted)
+            self._outcome(claim, activity, self.clock.now(), Outcome("error", error=item.interrupted))
+            return False
+        taken = self._claim(item)
+        if taken is None:
+            return False
+        claim, started = taken, self.clock.now()
+        if activity.attempt > self.settings.retry_max_attempts:
+            reason = (
+                f"gave up: attempt {activity.attempt} exceeds retry.max-attempts="
+                f"{self.settings.retry_max_attempts}; the previous attempt was interrupted "
+                "(its worker died or was killed)"
+            )
+            self._outcome(claim, activity, started, Outcome("fatal", error=reason))
+            return False
+        log_path = str(self.repo.attempt_log(activity))
+        outcome = execute(activity, log_path, self.worker_id, self.repo.root, self.settings)
+        self._outcome(claim, activity, started, outcome)
+        # A step thread that outlived its timeout is stopped only by ending this process.
+        return outcome.recycle or any_step_abandoned()
+
+    def _claim(self, item: Item) -> ClaimName | None:
+        """Claim the entry and make its id this claim's; ``None`` if taken, a duplicate, or unreachable."""
+        activity = item.activity
+        try:
+            claim = self.repo.claim(item.name, activity, self.worker_id)
+        except OSError as exc:
+            self._report(logging.ERROR, f"cannot claim {printable(item.name)}: {printable(str(exc))}")
+            return None
+        if claim is None:
+            return None
+        try:
+            duplicate = self.repo.reserve(claim, activity, item.name)
+        except OSError as exc:
+            self._report(logging.ERROR, f"cannot reserve id {activity.id}: {exc}; requeueing it")
+            self._requeue_unwritten(claim, exc)
+            return None
+        if duplicate is not None:
+            self.quarantine(self.repo.running, claim.name, duplicate)
+            return None
+        return claim
+
+    def quarantine(self, directory: Path, name: str, reason: str) -> None:
+        try:
+            where = self.repo.quarantine(directory, name, reason)
+        except OSError as exc:
+            self._report(logging.ERROR, f"cannot quarantine {printable(name)}: {printable(str(exc))}")
+            return
+        if where is not None:
+            self._report(
+                logging.WARNING, f"invalid: {printable(reason)} -> {where.relative_to(self.repo.root)}"
+            )
+
+    # -- deciding --------------------------------------------------------------------------------
+
+    def _outcome(self, claim: ClaimName, activity: Activity, started: float, outcome: Outcome) -> None:
+        """Settle one attempt; whatever goes wrong with this one activity fails it, not the daemon."""
+        try:
+            self._decide(claim, activity, started, outcome)
+        except OSError:
+            raise
+        except Exception as exc:
+            self._unrecordable(claim, activity, started, exc)
+
+    def _decide(self, claim: ClaimName, activity: Activity, started: float, outcome: Outcome) -> None:
+        decision = decide(outcome, activity.attempt, policy(self.settings))
+        if isinstance(decision, Done):
+            self._done(claim, activity, started, outcome)
+        elif isinstance(decision, Failed):
+            self._fail(claim, activity, started, outcome.error, outcome.traceback)
+        elif isinstance(decision, Retry):
+            self._retry(claim, activity, decision.delay, outcome.error)
+
+    def _retry(self, claim: ClaimName, activity: Activity, delay: float, error: str) -> None:
+        try:
+            released = self.repo.release(claim, activity.attempt + 1, self.clock.now() + delay)
+        except OSError as exc:
+            self._report(logging.ERROR, f"cannot requeue {activity.id}: {exc}")
+            return
+        if released:
+            self._report(
+                logging.WARNING,
+                f"retry {activity.id} ({activity.type}) attempt {activity.attempt + 1} in {delay:.1f}s: "
+                f"{reason_line(error)}",
+            )
+        else:
+            self._report(
+                logging.WARNING,
+                f"lost the claim on {activity.id} before it could be retried; it was taken over",
+            )
+
+    def _attempt(self, started: float) -> Attempt:
+        return Attempt(self.worker_id, self.setup.host, self.setup.pid, started, self.clock.now())
+
+    def _done(self, claim: ClaimName, activity: Activity, started: float, outcome: Outcome) -> None:
+        now = self.clock.now()
+        follow_ups = [
+            follow_up_document(
+                activity,
+                f["type"],
+                f["data"],
+                f["key"],
+                None if f["delay"] is None else now + float(f["delay"]),
+            )
+            for f in outcome.follow_ups
+        ]
+        record = done_record(activity, self._attempt(started), outcome.result, [f["id"] for f in follow_ups])
+        extra = f", {counted(len(follow_ups), 'follow-up')}" if follow_ups else ""
+        summary = (
+            f"done {activity.id} ({activity.type}, attempt {activity.attempt}) in {now - started:.2f}s{extra}"
+        )
+        self._defer(_Pending(Settlement(claim, "done", record, follow_ups), activity, started, summary))
+
+    def _fail(
+        self,
+        claim: ClaimName,
+        activity: Activity,
+        started: float,
+        reason: str,
+        text: str,
+        *,
+        last_resort: bool = False,
+    ) -> None:
+        record = failed_record(activity, self._attempt(started), reason, text)
+        handler = self.settings.failures_handler
+        follow_ups = (
+            []
+            if not handler or activity.type == handler
+            else [failure_document(handler, record, self.settings.limits_activity_bytes)]
+        )
+        summary = (
+            f"failed {activity.id} ({activity.type}) after {counted(activity.attempt, 'attempt')}: "
+            f"{record['spoolpipe']['reason']}"
+        )
+        settlement = Settlement(claim, "failed", record, follow_ups)
+        self._defer(_Pending(settlement, activity, started, summary, last_resort))
+
+    def _unrecordable(
+        self,
+        claim: ClaimName,
+        activity: Activity,
+        started: float,
+        exc: Exception,
+        *,
+        last_resort: bool = False,
+    ) -> None:
+        """An outcome this worker cannot record fails its activity, never the worker."""
+        text = "".join(traceback.format_exception(exc))
+        reason = f"spoolpipe could not record the outcome: {type(exc).__name__}: {exc}"
+        self._report(logging.ERROR, f"{activity.id}: {reason_line(reason)}\n{text.rstrip()}")
+        self._note_in_attempt_log(activity, f"{reason}\n{text}")
+        if not last_resort and not any(p.settlement.claim == claim for p in self._pending):
+            try:
+                self._fail(claim, activity, started, reason, text, last_resort=True)
+                return
+            except Exception:
+                self._report(logging.ERROR, f"cannot fail {activity.id} either:\n{traceback.format_exc()}")
+        self._report(
+            logging.ERROR, f"{activity.id} stays claimed until its claim is recovered (as its next attempt)"
+        )
+
+    def _note_in_attempt_log(self, activity: Activity, text: str) -> None:
+        with (
+            contextlib.suppress(OSError),
+            self.repo.attempt_log(activity).open("a", encoding="utf-8", errors="backslashreplace") as log,
+        ):
+            log.write(f"{format_time(self.clock.now())} ERROR {text} (worker {self.worker_id})\n")
+
+    # -- committing ------------------------------------------------------------------------------
+
+    def _defer(self, item: _Pending) -> None:
+        if not self._pending:
+            self._pending_since = time.monotonic()
+        self._pending.append(item)
+
+    def commit(self) -> None:
+        """Commit every pending outcome as one batch (a failure that replaces one is committed too)."""
+        while self._pending:
+            pending, self._pending = self._pending, []
+            by_claim = {p.settlement.claim: p for p in pending}
+            for settled in self.repo.settle([p.settlement for p in pending]):
+                item = by_claim[settled.settlement.claim]
+                if settled.status == "committed":
+                    self._report(
+                        logging.INFO if item.settlement.outcome == "done" else logging.ERROR, item.summary
+                    )
+                elif settled.status == "lost":
+                    self._report(
+                        logging.WARNING,
+                        f"claim on {item.activity.id} was lost (taken over after this worker was presumed "
+                        "dead); outcome discarded",
+                    )
+                elif isinstance(settled.error, OSError):
+                    self._requeue_unwritten(item.settlement.claim, settled.error)
+                else:
+                    error = settled.error or RuntimeError("unknown")
+                    self._unrecordable(
+                        item.settlement.claim,
+                        item.activity,
+                        item.started,
+                        error,
+                        last_resort=item.last_resort,
+                    )
+
+    def _requeue_unwritten(self, claim: ClaimName, exc: OSError) -> None:
+        """A write failed (disk full...): nothing half-written stays, and the activity stays retryable."""
+        self._report(logging.ERROR, f"cannot record the outcome of {claim.activity_id}: {exc}; requeueing it")
+        try:
+            self.repo.release(claim, claim.attempt, self.clock.now() + 5.0)
+        except OSError as again:
+            self._report(
+                logging.ERROR,
+                f"cannot requeue {claim.activity_id} either ({again}); "
+                "it stays claimed until it is recovered",
+            )
+        if exc.errno == errno.ENOSPC:
+            time.sleep(0.5)
