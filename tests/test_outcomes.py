@@ -219,24 +219,27 @@ def test_a_failure_of_activity_data_near_the_size_limit_still_reaches_the_failur
 CRASH_IN_DAEMON = """
 import multiprocessing, os
 from spoolpipe import processor
+import spoolpipe.attempt as _attempt
 
 @processor("h.record-bug")
 def record_bug(activity, ctx):
     return "fine"
 
+# Fault injection in spoolpipe itself (this module is imported in the daemon and its pool
+# processes): a bug in building one activity's record, where records are built.
+_done_record = _attempt.done_record
+
+def _buggy_done_record(activity, *args):
+    if activity.type == "h.record-bug":
+        raise KeyError("injected record bug")
+    return _done_record(activity, *args)
+
+_attempt.done_record = _buggy_done_record
+
 if multiprocessing.current_process().name == "MainProcess":
-    # Fault injection in the daemon itself (this module is imported there too): a bug in
-    # building one activity's record, and a bug in the loop once REPO/crash-now exists.
+    # ...and a bug in the daemon's loop once REPO/crash-now exists.
     import spoolpipe.worker as _worker
 
-    _done_record = _worker.done_record
-
-    def _buggy_done_record(activity, *args):
-        if activity.type == "h.record-bug":
-            raise KeyError("injected record bug")
-        return _done_record(activity, *args)
-
-    _worker.done_record = _buggy_done_record
     _heartbeat = _worker.Worker._heartbeat
 
     def _buggy_heartbeat(self):

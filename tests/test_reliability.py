@@ -36,7 +36,7 @@ def test_three_workers_with_random_sigkills_complete_everything_exactly_once(tmp
     repo = make_repository(tmp_path, "pool.size = 2\n")
     parents, children = 300, 2
     for _ in range(parents):
-        submit(repo, "t.parent", {"children": children, "sleep": 0.03})
+        submit(repo, "t.parent", {"children": children, "sleep": 0.2})
     expected = parents * (1 + children)
     rng = random.Random(7)
     workers = {f"w{i}": start_worker(repo, f"w{i}") for i in range(3)}

@@ -170,7 +170,12 @@ class Intake:
     def delayed(self, now: float, handled: Callable[[str], bool]) -> list[Delayed]:
         """The handled activities waiting for a later time; reads those known only by name so far."""
         for due, name in self._heap:
-            if due > now and name in self._known and name not in self._delayed and name not in self._unhandled:
+            if (
+                due > now
+                and name in self._known
+                and name not in self._delayed
+                and name not in self._unhandled
+            ):
                 found = self._repo.read(name, limit=self._limit())
                 if isinstance(found, Activity):
                     if handled(found.type):
