@@ -700,3 +700,52 @@ def test_claim_name_of_a_claim_round_trips_through_the_running_directory(repo: R
     claim = claim_new(repo, "01M80FE64HTEC8XYP509KA1G1P", worker="nas.local")
     [name] = listing(repo.running)
     assert parse_claim_name(name) == claim
+
+
+# -- moves where the file system has no RENAME_NOREPLACE (NFS, SMB, GlusterFS) -----------------------
+
+
+@pytest.fixture
+def without_renameat2(tmp_path: Path) -> Iterator[Path]:
+    """Make this file system take the fallback of durable's moves (link + unlink), as GlusterFS does."""
+    from spoolpipe import durable
+
+    device = os.lstat(tmp_path).st_dev
+    durable._no_renameat2.add(device)
+    try:
+        yield tmp_path
+    finally:
+        durable._no_renameat2.discard(device)
+
+
+def test_the_fallback_moves_files_and_directories_and_never_replaces(without_renameat2: Path) -> None:
+    from spoolpipe.durable import move_noreplace, take
+
+    base = without_renameat2
+    (base / "file").write_text("mine")
+    (base / "dir").mkdir()
+    (base / "dir" / "inside").write_text("in")
+    (base / "taken").write_text("theirs")
+    (base / "taken-dir").mkdir()
+    for move in (move_noreplace, take):
+        with pytest.raises(FileExistsError):
+            move(base / "file", base / "taken")
+        with pytest.raises(FileExistsError):
+            move(base / "dir", base / "taken-dir")
+    assert (base / "taken").read_text() == "theirs" and os.listdir(base / "taken-dir") == []
+    move_noreplace(base / "file", base / "moved")
+    move_noreplace(base / "dir", base / "moved-dir")
+    assert (base / "moved").read_text() == "mine" and not (base / "file").exists()
+    assert (base / "moved-dir" / "inside").read_text() == "in" and not (base / "dir").exists()
+
+
+def test_quarantine_works_through_the_fallback(without_renameat2: Path) -> None:
+    root = without_renameat2 / "repo"
+    Repository.create(root, "")
+    repo = Repository(root, fsync=False)
+    (repo.inbox / "junk.json").write_text("{")
+    (repo.inbox / "folder").mkdir()
+    for name in ("junk.json", "folder"):
+        entry = repo.quarantine(repo.inbox, name, f"{name}: junk")
+        assert entry is not None and (entry / name).exists(), name
+    assert listing(repo.inbox) == [] and os.listdir(repo.tmp) == []

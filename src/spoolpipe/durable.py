@@ -12,6 +12,7 @@ import ctypes
 import ctypes.util
 import errno
 import os
+import stat
 from collections.abc import Callable
 from pathlib import Path
 from typing import cast
@@ -95,20 +96,22 @@ def move_noreplace(source: Path, target: Path) -> None:
 
     ``RENAME_NOREPLACE`` where the file system has it, else ``link`` + ``unlink``,
     which refuses an existing target on every POSIX file system, NFS and GlusterFS
-    included. Idempotent: a move interrupted between link and unlink is completed.
+    included (a directory, which cannot be linked, is renamed after looking: its
+    name is this process's own). Idempotent: a move interrupted between link and
+    unlink is completed.
     """
     if _rename_noreplace(source, target):
+        return
+    if stat.S_ISDIR(os.lstat(source).st_mode):  # directories cannot be linked: look, then rename
+        if os.path.lexists(target):
+            raise FileExistsError(errno.EEXIST, "File exists", str(target))
+        os.rename(source, target)
         return
     try:
         os.link(source, target, follow_symlinks=False)
     except FileExistsError:
         if not os.path.samestat(os.lstat(source), os.lstat(target)):
             raise
-    except IsADirectoryError:
-        if os.path.lexists(target):
-            raise FileExistsError(errno.EEXIST, "File exists", str(target)) from None
-        os.rename(source, target)
-        return
     with contextlib.suppress(FileNotFoundError):
         os.unlink(source)
 
