@@ -17,6 +17,7 @@ from harness import leftovers, make_repository, records, run_until_idle, submit
 from spoolpipe import Activity, Context, Fatal, config
 from spoolpipe.image_processors import (
     configure_pixel_budget,
+    image_roots,
     input_megapixels,
     process_recipe,
     resolve_input,
@@ -370,3 +371,30 @@ def test_activity_files_from_the_docs_are_valid_recipes(tmp_path: Path) -> None:
     factory.photo(root / "incoming" / "cat.jpg")
     recipe = parse_recipe(activity["data"], [root])
     assert recipe.input == (root / "incoming" / "cat.jpg").resolve()
+
+
+def test_the_properties_example_in_the_docs_sets_the_roots(tmp_path: Path) -> None:
+    """The ``images.roots`` line docs/images.md tells people to write names REPO/photos."""
+    docs = (Path(__file__).resolve().parent.parent / "docs" / "images.md").read_text()
+    block = docs.split("```properties\n", 1)[1].split("\n```", 1)[0]
+    (tmp_path / "photos").mkdir()
+    settings = _context(tmp_path, block + "\n").settings
+    assert settings.images_roots == (tmp_path / "photos",)
+
+
+def test_a_missing_image_root_fails_the_activity_at_once_naming_it(tmp_path: Path) -> None:
+    repo = make_repository(tmp_path, "images.roots = photos, gone\nretry.max-attempts = 5\npool.size = 1\n")
+    (repo / "photos" / "in").mkdir(parents=True)
+    factory.photo(repo / "photos" / "in" / "cat.jpg")
+    aid = submit(repo, "image.process", _recipe())
+    run_until_idle(repo)
+    record = records(repo / "failed")[aid]["spoolpipe"]
+    assert record["attempts"] == 1, record  # Fatal: not retried while the root stays missing
+    assert f"image root {repo / 'gone'} does not exist" in record["reason"]
+
+
+def test_an_image_root_that_is_a_file_is_fatal_naming_it(tmp_path: Path) -> None:
+    (tmp_path / "photos").write_text("not a folder")
+    ctx = _context(tmp_path, "images.roots = photos\n")
+    with pytest.raises(Fatal, match=rf"image root {tmp_path / 'photos'} is not a folder"):
+        image_roots(ctx.settings)

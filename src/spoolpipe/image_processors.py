@@ -123,10 +123,10 @@ def input_megapixels(activity: Activity, settings: Settings) -> float:
 
 
 def image_roots(settings: Settings) -> tuple[Path, ...]:
-    """The configured roots as real paths; ``Fatal`` when none is configured.
+    """The configured roots as real paths; ``Fatal`` when none is configured or one is unusable.
 
-    A configured root that does not exist (a share not mounted yet) is a plain
-    ``RuntimeError``, so the activity is retried rather than failed.
+    A root that is missing or not a folder fails the activity at once, naming
+    the root: retrying cannot fix a configuration, and five attempts only hide it.
     """
     if not settings.images_roots:
         raise Fatal(
@@ -136,7 +136,7 @@ def image_roots(settings: Settings) -> tuple[Path, ...]:
     try:
         return images.real_roots(settings.images_roots)
     except ValueError as exc:
-        raise RuntimeError(str(exc)) from exc
+        raise Fatal(f"{exc} (check images.roots in spoolpipe.properties)") from exc
 
 
 def resolve_input(
