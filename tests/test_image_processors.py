@@ -13,7 +13,7 @@ import pytest
 from PIL import Image
 
 import imagefactory as factory
-from harness import leftovers, make_repository, records, run_until_idle, submit
+from harness import kill_group, leftovers, make_repository, records, run_until_idle, start_worker, submit
 from spoolpipe import Activity, Context, Fatal, config
 from spoolpipe.image_processors import (
     configure_pixel_budget,
@@ -398,3 +398,34 @@ def test_an_image_root_that_is_a_file_is_fatal_naming_it(tmp_path: Path) -> None
     ctx = _context(tmp_path, "images.roots = photos\n")
     with pytest.raises(Fatal, match=rf"image root {tmp_path / 'photos'} is not a folder"):
         image_roots(ctx.settings)
+
+
+PIL_PROBE = """
+import sys
+from spoolpipe import processor
+
+@processor("t.pil-probe")
+def pil_probe(activity, ctx):
+    return "PIL" in sys.modules
+"""
+
+
+def test_a_worker_with_no_image_work_never_imports_pillow(tmp_path: Path) -> None:
+    """Start-up must not pay for Pillow when no image work comes: not in the daemon, not in the pool."""
+    repo = make_repository(tmp_path, "pool.size = 1\n", extra_processors=PIL_PROBE)
+    aid = submit(repo, "t.pil-probe")
+    proc = start_worker(repo, "w1", "--until-idle", env={"PYTHONPROFILEIMPORTTIME": "1"})
+    try:
+        assert proc.wait(120) == 0
+    finally:
+        if proc.poll() is None:
+            kill_group(proc)
+    assert records(repo / "done")[aid]["result"] is False  # asked inside the pool process
+    output = (tmp_path / "worker-w1.stderr").read_text()
+    assert "types: image.process, " in output  # the built-in image processors did register
+    # Import statements run by any process of the worker, daemon included, as -X importtime logs them.
+    imported = {
+        line.rsplit("|", 1)[1].strip() for line in output.splitlines() if line.startswith("import time:")
+    }
+    assert "spoolpipe.worker" in imported
+    assert sorted(m for m in imported if m == "PIL" or m.startswith("PIL.")) == []

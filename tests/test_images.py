@@ -756,11 +756,11 @@ def test_run_recipe_decodes_small_when_every_output_shrinks_first(root: Path) ->
         ],
     }
     recipe = parse_recipe(data, [root])
-    assert recipe.draft_box() == (100, 100)
+    assert recipe.decode_size((640, 480), 1) == (100, 75)  # covers the largest output
     budget = RecordingBudget()
     results = run_recipe(recipe, budget=budget)
     assert [(r["width"], r["height"]) for r in results] == [(100, 75), (16, 12)]
-    assert budget.held == [pytest.approx(3 * 320 * 240 / 1e6)]  # JPEG decoded at 1/2 scale
+    assert budget.held == [pytest.approx(3 * 160 * 120 / 1e6)]  # JPEG decoded at 1/4 scale
 
 
 def test_run_recipe_takes_the_first_gif_frame_and_applies_limits(root: Path) -> None:

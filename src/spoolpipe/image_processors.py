@@ -20,14 +20,10 @@ import math
 import threading
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Final, Literal
+from typing import TYPE_CHECKING, Any, Final, Literal
 
-from PIL import Image
-
-from . import images
 from .activity import Activity
 from .config import Settings
-from .images import DEFAULT_LIMITS, PIXEL_BUDGET, ImageRejected, Limits, RecipeError
 from .processor import Context, Fatal, processor
 from .steps import (
     IMAGE_KEY,
@@ -40,6 +36,12 @@ from .steps import (
     StepStatus,
     any_step_abandoned,
 )
+
+if TYPE_CHECKING:
+    from .images import Limits
+
+# Pillow, through ``spoolpipe.images``, is imported only where image work happens:
+# every worker imports this module, and one with no image work should start without it.
 
 __all__ = [
     "ACTIVITY_KEY",
@@ -100,6 +102,8 @@ def configure_pixel_budget(settings: Settings) -> float:
     threads of a pipeline's fan-out. Idempotent and cheap: image processors call
     it at the start of every activity, so a hot-reloaded setting applies.
     """
+    from .images import PIXEL_BUDGET
+
     global _budget_share
     capacity = settings.images_max_megapixels
     with _budget_lock:
@@ -116,6 +120,10 @@ def input_megapixels(activity: Activity, settings: Settings) -> float:
     before claiming. Whatever is wrong with the input is left for the processor
     to report: this raises and the worker counts nothing.
     """
+    from PIL import Image
+
+    from . import images
+
     path = images.resolve_path(activity.data["input"], settings.images_roots)
     with Image.open(path) as header:
         width, height = header.size
@@ -133,6 +141,8 @@ def image_roots(settings: Settings) -> tuple[Path, ...]:
             "no image roots configured: set images.roots in spoolpipe.properties "
             "to the folders image activities may read and write"
         )
+    from . import images
+
     try:
         return images.real_roots(settings.images_roots)
     except ValueError as exc:
@@ -143,6 +153,8 @@ def resolve_input(
     value: object, roots: Sequence[Path], *, field: str = "input", kind: Literal["file", "folder"] = "file"
 ) -> Path:
     """``images.resolve_path`` for a processor: a refused path is ``Fatal``, naming ``field``."""
+    from . import images
+
     try:
         return images.resolve_path(value, roots, kind=kind)
     except images.PathRejected as exc:
@@ -155,17 +167,19 @@ def resolve_input(
 @processor(IMAGE_PROCESS, follow_ups=(), megapixels=input_megapixels)
 def process_recipe(activity: Activity, ctx: Context) -> list[dict[str, object]]:
     """Run the recipe in ``activity.data``; bad recipes and refused images fail at once."""
+    from . import images
+
     configure_pixel_budget(ctx.settings)
     roots = image_roots(ctx.settings)
     try:
         recipe = images.parse_recipe(activity.data, roots)
-    except RecipeError as exc:
+    except images.RecipeError as exc:
         raise Fatal(f"invalid recipe: {exc}") from exc
     try:
         outputs = images.run_recipe(recipe)
-    except RecipeError as exc:
+    except images.RecipeError as exc:
         raise Fatal(f"recipe failed: {exc}") from exc
-    except ImageRejected as exc:
+    except images.ImageRejected as exc:
         raise Fatal(f"image refused: {exc.reason}") from exc
     for output in outputs:
         ctx.log.info(
@@ -257,12 +271,13 @@ def pipeline_processor(
     *,
     follow_ups: tuple[str, ...] = (),
     timeout: float | None = None,
-    limits: Limits = DEFAULT_LIMITS,
+    limits: Limits | None = None,
     summary: Callable[[PipelineResult], Any] | None = None,
 ) -> Callable[[Activity, Context], Any]:
     """Register a processor for ``type_`` that runs ``build()``'s pipeline over ``data["input"]``.
 
-    The input is opened with ``open_image`` (``limits``) after being confined to
+    The input is opened with ``open_image`` (``limits``, default
+    ``images.DEFAULT_LIMITS``) after being confined to
     ``images.roots``, and normalised to L, LA, RGB or RGBA (not auto-oriented).
     The initial context holds the activity's data (top-level keys) plus
     ``RESERVED_KEYS``: ``activity``, ``input_path``, ``roots``, ``follow_up``,
@@ -277,6 +292,9 @@ def pipeline_processor(
     """
 
     def run(activity: Activity, ctx: Context) -> Any:
+        from . import images
+
+        caps = limits or images.DEFAULT_LIMITS
         configure_pixel_budget(ctx.settings)
         roots = image_roots(ctx.settings)
         if "input" not in activity.data:
@@ -287,10 +305,10 @@ def pipeline_processor(
         input_path = resolve_input(activity.data["input"], roots)
         try:
             decoded = images.open_image(
-                input_path, max_bytes=limits.max_bytes, max_pixels=limits.max_pixels, formats=limits.formats
+                input_path, max_bytes=caps.max_bytes, max_pixels=caps.max_pixels, formats=caps.formats
             )
             image = images.normalize_mode(decoded)
-        except ImageRejected as exc:
+        except images.ImageRejected as exc:
             raise Fatal(f"image refused: {exc.reason}") from exc
         except ValueError as exc:
             raise Fatal(f"image refused: {input_path}: unsupported pixel mode ({exc})") from exc

@@ -23,9 +23,10 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from enum import Enum
 from types import MappingProxyType
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
-from PIL import Image
+if TYPE_CHECKING:  # only in annotations: a worker with no image work never imports Pillow
+    from PIL import Image
 
 __all__ = [
     "IMAGE_KEY",
