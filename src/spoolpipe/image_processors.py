@@ -273,12 +273,15 @@ def pipeline_processor(
     timeout: float | None = None,
     limits: Limits | None = None,
     summary: Callable[[PipelineResult], Any] | None = None,
+    draft: tuple[int, int] | None = None,
 ) -> Callable[[Activity, Context], Any]:
     """Register a processor for ``type_`` that runs ``build()``'s pipeline over ``data["input"]``.
 
     The input is opened with ``open_image`` (``limits``, default
     ``images.DEFAULT_LIMITS``) after being confined to
     ``images.roots``, and normalised to L, LA, RGB or RGBA (not auto-oriented).
+    When every step needs at most a ``draft=(w, h)`` box of the image, a JPEG
+    input is decoded just large enough for it (``open_image``'s ``draft``).
     The initial context holds the activity's data (top-level keys) plus
     ``RESERVED_KEYS``: ``activity``, ``input_path``, ``roots``, ``follow_up``,
     ``log`` and ``settings``. ``follow_ups`` are the types steps may create.
@@ -305,7 +308,11 @@ def pipeline_processor(
         input_path = resolve_input(activity.data["input"], roots)
         try:
             decoded = images.open_image(
-                input_path, max_bytes=caps.max_bytes, max_pixels=caps.max_pixels, formats=caps.formats
+                input_path,
+                max_bytes=caps.max_bytes,
+                max_pixels=caps.max_pixels,
+                formats=caps.formats,
+                draft=draft,
             )
             image = images.normalize_mode(decoded)
         except images.ImageRejected as exc:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 import stat
 import struct
@@ -138,13 +139,16 @@ def open_image(
 
     Size, format and dimensions are checked before decoding; Pillow's bomb
     threshold (``Image.MAX_IMAGE_PIXELS``) is a hard limit too, and truncated
-    files are errors. With ``draft=(w, h)`` a JPEG is decoded at the smallest
-    1/2, 1/4 or 1/8 scale that keeps both sides at least twice ``max(w, h)``:
-    the fast path for ``thumbnail``. The image keeps its file mode (CMYK, P,
-    I;16...); the operations normalise it (see ``normalize_mode``).
+    files are errors. With ``draft=(w, h)`` a JPEG is decoded at the largest
+    DCT scale (1/2, 1/4 or 1/8) that still covers the image fitted into a
+    square of side ``max(w, h)`` (square: the box may apply after a 90-degree
+    EXIF turn), libvips' shrink-on-load: the fast path for ``thumbnail``. The
+    image keeps its file mode (CMYK, P, I;16...); the operations normalise it
+    (see ``normalize_mode``).
     """
     with open_lazy(path, max_bytes, max_pixels, formats) as lazy:
         if draft is not None and max(draft) > 0:
-            side = 2 * max(draft)  # square: the box may apply after a 90-degree EXIF turn
-            lazy.draft(None, (side, side))
+            side = max(draft)
+            scale = min(1.0, side / lazy.width, side / lazy.height)
+            lazy.draft(None, (max(1, math.ceil(lazy.width * scale)), max(1, math.ceil(lazy.height * scale))))
         return decode(lazy, os.fspath(path))
