@@ -20,6 +20,7 @@ from spoolpipe.image_processors import (
     image_roots,
     input_megapixels,
     process_recipe,
+    recipe_megapixels,
     resolve_input,
 )
 from spoolpipe.images import PIXEL_BUDGET, parse_recipe
@@ -429,3 +430,17 @@ def test_a_worker_with_no_image_work_never_imports_pillow(tmp_path: Path) -> Non
     }
     assert "spoolpipe.worker" in imported
     assert sorted(m for m in imported if m == "PIL" or m.startswith("PIL.")) == []
+
+
+def test_an_image_process_estimate_counts_the_size_the_jpeg_is_decoded_to(tmp_path: Path) -> None:
+    """Admission counts what a run holds: a recipe that only makes thumbnails decodes its JPEG small."""
+    root = tmp_path / "root"
+    root.mkdir()
+    factory.photo(root / "a.jpg", (640, 480))
+    settings = _context(tmp_path, f"images.roots = {root}\n").settings
+    thumbnail = {"path": "t.jpg", "ops": [{"op": "thumbnail", "width": 100}, {"op": "save"}]}
+    whole = {"path": "w.jpg", "ops": [{"op": "save"}]}
+    small = Activity("a", "image.process", {"input": "a.jpg", "outputs": [thumbnail]})
+    full = Activity("b", "image.process", {"input": "a.jpg", "outputs": [thumbnail, whole]})
+    assert recipe_megapixels(small, settings) == 3 * 160 * 120 / 1e6  # decoded at 1/4 scale
+    assert recipe_megapixels(full, settings) == 3 * 640 * 480 / 1e6

@@ -58,6 +58,7 @@ __all__ = [
     "image_roots",
     "input_megapixels",
     "pipeline_processor",
+    "recipe_megapixels",
     "resolve_input",
 ]
 
@@ -130,6 +131,18 @@ def input_megapixels(activity: Activity, settings: Settings) -> float:
     return images.WORKING_COPIES * width * height / 1e6
 
 
+def recipe_megapixels(activity: Activity, settings: Settings) -> float:
+    """What ``image.process`` will hold: ``input_megapixels``, but at the size the JPEG is decoded to.
+
+    A recipe whose outputs all start by shrinking decodes its input small
+    (``images.run_recipe``), so the worker can admit more of them at once.
+    Raises, like ``input_megapixels``, whatever is wrong with the recipe.
+    """
+    from . import images
+
+    return images.recipe_megapixels(images.parse_recipe(activity.data, settings.images_roots))
+
+
 def image_roots(settings: Settings) -> tuple[Path, ...]:
     """The configured roots as real paths; ``Fatal`` when none is configured or one is unusable.
 
@@ -164,7 +177,7 @@ def resolve_input(
 # --------------------------------------------------------------------------- image.process
 
 
-@processor(IMAGE_PROCESS, follow_ups=(), megapixels=input_megapixels)
+@processor(IMAGE_PROCESS, follow_ups=(), megapixels=recipe_megapixels)
 def process_recipe(activity: Activity, ctx: Context) -> list[dict[str, object]]:
     """Run the recipe in ``activity.data``; bad recipes and refused images fail at once."""
     from . import images

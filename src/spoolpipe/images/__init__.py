@@ -89,6 +89,7 @@ from ._recipe import (
     parse_recipe,
 )
 from ._run import (
+    recipe_megapixels,
     run_recipe,
 )
 from ._save import (
@@ -150,6 +151,7 @@ __all__ = [
     "pixel_sha256",
     "placeholder",
     "real_roots",
+    "recipe_megapixels",
     "resize",
     "resolve_path",
     "rotate",

@@ -9,7 +9,7 @@ from contextlib import ExitStack
 from pathlib import Path
 from typing import Final
 
-from PIL import Image
+from PIL import Image, ImageFile
 
 from ._budget import PIXEL_BUDGET, WORKING_COPIES, PixelBudget
 from ._decode import DEFAULT_LIMITS, ImageRejected, Limits, decode, open_image, open_lazy
@@ -91,6 +91,22 @@ def _make(
     return image, shrunk
 
 
+def _shrink_on_load(recipe: Recipe, lazy: ImageFile.ImageFile) -> int:
+    """Draft ``lazy`` down to ``recipe.decode_size`` (nothing is decoded); returns its EXIF orientation."""
+    orientation = _orientation(lazy)
+    target = recipe.decode_size(lazy.size, orientation)
+    if target is not None:
+        lazy.draft(None, target)
+    return orientation
+
+
+def recipe_megapixels(recipe: Recipe, *, limits: Limits = DEFAULT_LIMITS) -> float:
+    """What ``run_recipe`` will hold from its budget, read from the input's header alone."""
+    with open_lazy(recipe.input, limits.max_bytes, limits.max_pixels, limits.formats) as lazy:
+        _shrink_on_load(recipe, lazy)
+        return WORKING_COPIES * lazy.width * lazy.height / 1e6
+
+
 def run_recipe(
     recipe: Recipe, *, limits: Limits = DEFAULT_LIMITS, budget: PixelBudget = PIXEL_BUDGET
 ) -> list[dict[str, object]]:
@@ -120,10 +136,7 @@ def run_recipe(
     with ExitStack() as held:
         name = str(recipe.input)
         with open_lazy(recipe.input, limits.max_bytes, limits.max_pixels, limits.formats) as lazy:
-            orientation = _orientation(lazy)
-            target = recipe.decode_size(lazy.size, orientation)
-            if target is not None:
-                lazy.draft(None, target)
+            orientation = _shrink_on_load(recipe, lazy)
             held.enter_context(budget.hold(WORKING_COPIES * lazy.width * lazy.height / 1e6))
             source = _working(decode(lazy, name), name)
         shrunk: _Shrunk | None = None
