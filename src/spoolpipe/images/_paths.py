@@ -41,15 +41,21 @@ def _escape(raw: str, lexical: Path, roots: tuple[Path, ...]) -> PathRejected:
     return PathRejected(f"{raw!r} is outside the image roots")
 
 
+def _confined(path: Path, raw: str, lexical: Path, roots: tuple[Path, ...], unresolved: str) -> Path:
+    """The real path of ``path`` (``lexical`` or an ancestor), refused unless it lies in a root."""
+    try:
+        real = Path(os.path.realpath(path, strict=True))
+    except OSError:
+        raise PathRejected(unresolved) from None
+    if not _inside(real, roots):
+        raise _escape(raw, lexical, roots)
+    return real
+
+
 def _existing(value: object, roots: tuple[Path, ...], kind: Literal["file", "folder"]) -> Path:
     """An existing regular file (or folder) whose real path lies in a root; returns that real path."""
     raw, lexical = _candidate(value, roots)
-    try:
-        real = Path(os.path.realpath(lexical, strict=True))
-    except OSError:
-        raise PathRejected(f"{raw!r} does not exist") from None
-    if not _inside(real, roots):
-        raise _escape(raw, lexical, roots)
+    real = _confined(lexical, raw, lexical, roots, f"{raw!r} does not exist")
     if kind == "file" and not real.is_file():
         raise PathRejected(f"{raw!r} is not a regular file")
     if kind == "folder" and not real.is_dir():
@@ -69,12 +75,7 @@ def _output_file(value: object, roots: tuple[Path, ...]) -> Path:
     existing, missing = lexical.parent, [lexical.name]
     while not os.path.lexists(existing):
         existing, missing = existing.parent, [existing.name, *missing]
-    try:
-        real_parent = Path(os.path.realpath(existing, strict=True))
-    except OSError:
-        raise PathRejected(f"{raw!r}: cannot resolve {existing}") from None
-    if not _inside(real_parent, roots):
-        raise _escape(raw, lexical, roots)
+    real_parent = _confined(existing, raw, lexical, roots, f"{raw!r}: cannot resolve {existing}")
     if not real_parent.is_dir():
         raise PathRejected(f"{raw!r}: {existing} is not a folder")
     target = real_parent.joinpath(*missing)
