@@ -89,6 +89,7 @@ from ._recipe import (
     parse_recipe,
 )
 from ._run import (
+    DERIVE_GAP,
     recipe_megapixels,
     run_recipe,
 )
@@ -104,6 +105,7 @@ __all__ = [
     "DEFAULT_LIMITS",
     "DEFAULT_MAX_BYTES",
     "DEFAULT_MAX_PIXELS",
+    "DERIVE_GAP",
     "MAX_DIMENSION",
     "PIXEL_BUDGET",
     "SAVE_FORMATS",
