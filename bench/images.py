@@ -17,12 +17,16 @@ same generated 12-megapixel JPEGs, and makes the same two files of each: a
 
 Contenders run alternately, ``--runs`` rounds; the medians and the ratios of
 the median rates are printed, with the machine's load average before and after
-(a busy machine makes every figure noisy: rerun on a quiet one).
+(a busy machine makes every figure noisy: rerun on a quiet one). Two sets of
+figures: whole processes (what a user waits for, start-up and exit included),
+and the work alone (first image started to last one done), which shows the
+per-image cost without the fixed cost of starting a worker.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shutil
 import statistics
@@ -32,15 +36,17 @@ import tempfile
 import textwrap
 import time
 from collections.abc import Callable
+from datetime import datetime
 from pathlib import Path
 
 HAND_SCRIPT = """
-import os, sys
+import os, sys, time
 from pathlib import Path
 from PIL import Image
 
 source, out = Path(sys.argv[1]), Path(sys.argv[2])
 out.mkdir(parents=True, exist_ok=True)
+start = time.perf_counter()
 for name in sorted(os.listdir(source)):
     stem = name.rsplit(".", 1)[0]
     with Image.open(source / name) as im:
@@ -50,6 +56,7 @@ for name in sorted(os.listdir(source)):
         im.save(out / f"{stem}-1600.jpg", quality=85)
         im.thumbnail((256, 256), reducing_gap=3)
         im.save(out / f"{stem}-256.jpg", quality=85)
+print(time.perf_counter() - start)  # the loop alone, for the steady-state figure
 """
 
 PIPELINE_PROCESSORS = """
@@ -160,17 +167,36 @@ def prepare_worker(base: Path, photos: Path, names: list[str], *, pool: int, kin
     return repo
 
 
-def timed(command: list[str]) -> float:
+def timed(command: list[str]) -> tuple[float, float]:
+    """Whole-process seconds, and the seconds of the work alone (first image started to last one done).
+
+    The work alone is what the hand script prints, or for a worker the span of
+    its done records' ``started_at`` to ``finished_at``.
+    """
     start = time.perf_counter()
-    subprocess.run(command, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    return time.perf_counter() - start
+    run = subprocess.run(command, check=True, capture_output=True, text=True)
+    whole = time.perf_counter() - start
+    if "worker" not in command:
+        return whole, float(run.stdout.split()[-1])
+    repo = Path(command[command.index("worker") + 1])
+    spans = [json.loads(path.read_bytes())["spoolpipe"] for path in (repo / "done").glob("*.json")]
+    first = min(datetime.fromisoformat(span["started_at"]) for span in spans)
+    last = max(datetime.fromisoformat(span["finished_at"]) for span in spans)
+    return whole, (last - first).total_seconds()
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--images", type=int, default=30, help="12 Mpx JPEGs per run (default 30)")
-    parser.add_argument("--runs", type=int, default=5, help="rounds of all contenders (default 5, at least 5)")
+    parser.add_argument(
+        "--runs", type=int, default=5, help="rounds of all contenders (default 5, at least 5)"
+    )
     parser.add_argument("--dir", type=Path, default=None, help="where to run (default: a temp dir)")
+    parser.add_argument(
+        "--only", default="", help="comma-separated contenders to run (default: all; ratios need their pair)"
+    )
     args = parser.parse_args()
     if args.runs < 5:
         parser.error("--runs must be at least 5: a median of fewer says little on a shared machine")
@@ -185,18 +211,40 @@ def main() -> int:
         (base / "bench_image_procs.py").write_text(PIPELINE_PROCESSORS)
         worker = [sys.executable, "-m", "spoolpipe", "worker"]
         contenders: dict[str, Callable[[], list[str]]] = {
-            "hand": lambda: [sys.executable, "-c", HAND_SCRIPT, str(photos / "in"), str(photos / "out" / "hand")],
-            "recipe pool=1": lambda: [*worker, str(prepare_worker(base, photos, names, pool=1, kind="recipe")), "--until-idle"],
-            "recipe pool=2": lambda: [*worker, str(prepare_worker(base, photos, names, pool=2, kind="recipe")), "--until-idle"],
-            "pipeline pool=1": lambda: [*worker, str(prepare_worker(base, photos, names, pool=1, kind="pipeline")), "--until-idle"],
+            "hand": lambda: [
+                sys.executable,
+                "-c",
+                HAND_SCRIPT,
+                str(photos / "in"),
+                str(photos / "out" / "hand"),
+            ],
+            "recipe pool=1": lambda: [
+                *worker,
+                str(prepare_worker(base, photos, names, pool=1, kind="recipe")),
+                "--until-idle",
+            ],
+            "recipe pool=2": lambda: [
+                *worker,
+                str(prepare_worker(base, photos, names, pool=2, kind="recipe")),
+                "--until-idle",
+            ],
+            "pipeline pool=1": lambda: [
+                *worker,
+                str(prepare_worker(base, photos, names, pool=1, kind="pipeline")),
+                "--until-idle",
+            ],
         }
+        if args.only:
+            contenders = {name: contenders[name] for name in args.only.split(",")}
         load_before = os.getloadavg()
         seconds: dict[str, list[float]] = {name: [] for name in contenders}
+        steady: dict[str, list[float]] = {name: [] for name in contenders}
         for round_ in range(args.runs + 1):  # round 0 warms the page cache and is not counted
             for name, command in contenders.items():
-                elapsed = timed(command())
+                whole, work = timed(command())
                 if round_:
-                    seconds[name].append(elapsed)
+                    seconds[name].append(whole)
+                    steady[name].append(work)
         load_after = os.getloadavg()
         for repo in base.glob("repo-*"):
             left = sum(1 for _ in (repo / "inbox").iterdir()) + sum(1 for _ in (repo / "failed").iterdir())
@@ -204,15 +252,24 @@ def main() -> int:
     finally:
         shutil.rmtree(base, ignore_errors=True)
     print(f"{args.images} images of 4000x3000 per run, {args.runs} runs, {os.cpu_count()} cores")
-    print(f"load average before: {load_before[0]:.2f} {load_before[1]:.2f}; after: {load_after[0]:.2f} {load_after[1]:.2f}")
-    rates = {name: args.images / statistics.median(values) for name, values in seconds.items()}
-    for name, values in seconds.items():
-        spread = ", ".join(f"{v:.2f}" for v in values)
-        print(f"{name:16s} median {statistics.median(values):6.2f} s  {rates[name]:6.1f} images/s   ({spread})")
-    print()
-    print(f"recipe pool=1 / hand:          {rates['recipe pool=1'] / rates['hand']:.2f}  (target >= 0.9)")
-    print(f"pipeline pool=1 / hand:        {rates['pipeline pool=1'] / rates['hand']:.2f}  (target >= 0.9)")
-    print(f"recipe pool=2 / recipe pool=1: {rates['recipe pool=2'] / rates['recipe pool=1']:.2f}  (target >= 1.8)")
+    print(
+        f"load average before: {load_before[0]:.2f} {load_before[1]:.2f}; after: {load_after[0]:.2f} {load_after[1]:.2f}"
+    )
+    for title, figures in (("whole process (start-up and exit included)", seconds), ("work alone", steady)):
+        rates = {name: args.images / statistics.median(values) for name, values in figures.items()}
+        print(f"\n{title}:")
+        for name, values in figures.items():
+            spread = ", ".join(f"{v:.2f}" for v in values)
+            median = statistics.median(values)
+            print(f"  {name:16s} median {median:6.2f} s  {rates[name]:6.1f} images/s   ({spread})")
+        for faster, slower, target in (
+            ("recipe pool=1", "hand", 0.9),
+            ("pipeline pool=1", "hand", 0.9),
+            ("recipe pool=2", "recipe pool=1", 1.8),
+        ):
+            if faster in rates and slower in rates:
+                ratio = rates[faster] / rates[slower]
+                print(f"  {faster} / {slower}: {ratio:.2f}  (target >= {target})")
     return 0
 
 

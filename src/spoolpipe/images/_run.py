@@ -43,7 +43,7 @@ def _ready_folder(target: Path, roots: tuple[Path, ...], where: str) -> None:
 
 @dataclasses.dataclass(frozen=True)
 class _Shrunk:
-    """An output's image right after its leading shrink, kept for the outputs that follow."""
+    """An output's image right after its leading shrink (an op that ``rescales()``), for the next outputs."""
 
     prefix: tuple[Op, ...]
     op: Op
@@ -54,7 +54,6 @@ class _Shrunk:
         return (
             self.prefix == prefix
             and type(self.op) is type(op)
-            and self.op.rescales()
             and op.rescales()
             and self.image.width >= DERIVE_GAP * size[0]
             and self.image.height >= DERIVE_GAP * size[1]
