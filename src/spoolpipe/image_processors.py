@@ -9,8 +9,10 @@
   JSON summary. A step that timed out in a thread taints the process; the
   attempt then fails with ``recycle_process = True`` so the worker replaces it.
 
-Both declare how many megapixels an activity will hold (``input_megapixels``),
-so the worker keeps the image work running at once under ``images.max-megapixels``.
+Both declare how many megapixels an activity will hold (``recipe_megapixels``,
+``input_megapixels``), so the worker keeps the image work running at once under
+``images.max-megapixels``. Pillow is imported only inside the functions that
+do image work: every worker imports this module.
 """
 
 from __future__ import annotations
@@ -39,9 +41,6 @@ from .steps import (
 
 if TYPE_CHECKING:
     from .images import Limits
-
-# Pillow, through ``spoolpipe.images``, is imported only where image work happens:
-# every worker imports this module, and one with no image work should start without it.
 
 __all__ = [
     "ACTIVITY_KEY",
