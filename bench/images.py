@@ -167,22 +167,25 @@ def prepare_worker(base: Path, photos: Path, names: list[str], *, pool: int, kin
     return repo
 
 
-def timed(command: list[str]) -> tuple[float, float]:
-    """Whole-process seconds, and the seconds of the work alone (first image started to last one done).
+def timed(command: list[str]) -> tuple[float, float, float]:
+    """Whole-process seconds, the seconds of the work alone, and how many images ran at once on average.
 
-    The work alone is what the hand script prints, or for a worker the span of
-    its done records' ``started_at`` to ``finished_at``.
+    The work alone is what the hand script prints, or for a worker the span
+    from its first done record's ``started_at`` to its last ``finished_at``;
+    the average concurrency is the records' summed run times over that span.
     """
     start = time.perf_counter()
     run = subprocess.run(command, check=True, capture_output=True, text=True)
     whole = time.perf_counter() - start
     if "worker" not in command:
-        return whole, float(run.stdout.split()[-1])
+        return whole, float(run.stdout.split()[-1]), 1.0
     repo = Path(command[command.index("worker") + 1])
-    spans = [json.loads(path.read_bytes())["spoolpipe"] for path in (repo / "done").glob("*.json")]
-    first = min(datetime.fromisoformat(span["started_at"]) for span in spans)
-    last = max(datetime.fromisoformat(span["finished_at"]) for span in spans)
-    return whole, (last - first).total_seconds()
+    records = [json.loads(path.read_bytes())["spoolpipe"] for path in (repo / "done").glob("*.json")]
+    spans = [
+        (datetime.fromisoformat(r["started_at"]), datetime.fromisoformat(r["finished_at"])) for r in records
+    ]
+    work = (max(end for _, end in spans) - min(begin for begin, _ in spans)).total_seconds()
+    return whole, work, sum((end - begin).total_seconds() for begin, end in spans) / work
 
 
 def main() -> int:
@@ -239,12 +242,14 @@ def main() -> int:
         load_before = os.getloadavg()
         seconds: dict[str, list[float]] = {name: [] for name in contenders}
         steady: dict[str, list[float]] = {name: [] for name in contenders}
+        overlap: dict[str, list[float]] = {name: [] for name in contenders}
         for round_ in range(args.runs + 1):  # round 0 warms the page cache and is not counted
             for name, command in contenders.items():
-                whole, work = timed(command())
+                whole, work, concurrency = timed(command())
                 if round_:
                     seconds[name].append(whole)
                     steady[name].append(work)
+                    overlap[name].append(concurrency)
         load_after = os.getloadavg()
         for repo in base.glob("repo-*"):
             left = sum(1 for _ in (repo / "inbox").iterdir()) + sum(1 for _ in (repo / "failed").iterdir())
@@ -270,6 +275,9 @@ def main() -> int:
             if faster in rates and slower in rates:
                 ratio = rates[faster] / rates[slower]
                 print(f"  {faster} / {slower}: {ratio:.2f}  (target >= {target})")
+    print("\nimages running at once on average (summed run times over the span of the work):")
+    for name, values in overlap.items():
+        print(f"  {name:16s} median {statistics.median(values):.2f}")
     return 0
 
 
