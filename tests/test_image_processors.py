@@ -19,11 +19,13 @@ from spoolpipe.image_processors import (
     configure_pixel_budget,
     image_roots,
     input_megapixels,
+    pipeline_processor,
     process_recipe,
     recipe_megapixels,
     resolve_input,
 )
 from spoolpipe.images import PIXEL_BUDGET, parse_recipe
+from spoolpipe.steps import Pipeline, PipelineStep, StepResult, StepStatus, provides, step
 
 # Processors appended to the harness's e2e_procs module: pipelines bound with pipeline_processor.
 PIPELINES = """
@@ -444,3 +446,29 @@ def test_an_image_process_estimate_counts_the_size_the_jpeg_is_decoded_to(tmp_pa
     full = Activity("b", "image.process", {"input": "a.jpg", "outputs": [thumbnail, whole]})
     assert recipe_megapixels(small, settings) == 3 * 160 * 120 / 1e6  # decoded at 1/4 scale
     assert recipe_megapixels(full, settings) == 3 * 640 * 480 / 1e6
+
+
+class _Size(PipelineStep):
+    @step("size")
+    @provides("size")
+    def process(self, image: Image.Image, context: dict[str, Any]) -> StepResult:
+        return StepResult(StepStatus.COMPLETED, {"size": list(image.size)})
+
+
+def _size_pipeline() -> Pipeline:
+    pipeline = Pipeline()
+    pipeline.add_step(_Size())
+    return pipeline
+
+
+def test_a_pipeline_with_a_draft_box_gets_its_jpeg_shrunk_on_load(tmp_path: Path) -> None:
+    root = tmp_path / "photos"
+    root.mkdir()
+    factory.photo(root / "cat.jpg", (640, 480))
+    ctx = _context(tmp_path, "images.roots = photos\n")
+    drafted = pipeline_processor("t.drafted-size", _size_pipeline, draft=(100, 100))
+    whole = pipeline_processor("t.whole-size", _size_pipeline)
+    activity = Activity("a", "t.drafted-size", {"input": "cat.jpg"})
+    # Decoded at 1/4: 160x120 still covers the 100x75 the box asks for; without a box, every pixel.
+    assert drafted(activity, ctx)["outputs"]["size"] == [160, 120]
+    assert whole(activity, ctx)["outputs"]["size"] == [640, 480]
