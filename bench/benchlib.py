@@ -166,13 +166,14 @@ def alternate(contenders: Mapping[str, Callable[[], float]], runs: int, unit: st
 
 def table(title: str, figures: Mapping[str, Figure], baseline: str | None = None) -> None:
     """Median, spread and ratio to the baseline's median for each contender."""
+    width = max(len(name) for name in [*figures, "contender"])
     print(f"\n## {title}\n")
-    print(f"| {'contender':44s} | {'median':>12s} | {'min':>10s} | {'max':>10s} | ratio |")
-    print(f"|{'-' * 46}|{'-' * 14}|{'-' * 12}|{'-' * 12}|-------|")
+    print(f"| {'contender':{width}s} | {'median':>12s} | {'min':>10s} | {'max':>10s} | ratio |")
+    print(f"|{'-' * (width + 2)}|{'-' * 14}|{'-' * 12}|{'-' * 12}|-------|")
     for name, fig in figures.items():
         ratio = f"{fig.median / figures[baseline].median:5.2f}" if baseline else "    -"
         low, high = min(fig.values), max(fig.values)
-        print(f"| {name:44s} | {fig.median:12.4g} | {low:10.4g} | {high:10.4g} | {ratio} |")
+        print(f"| {name:{width}s} | {fig.median:12.4g} | {low:10.4g} | {high:10.4g} | {ratio} |")
     print(f"\n(unit: {next(iter(figures.values())).unit}; ratio against: {baseline or 'none'})")
 
 

@@ -1,13 +1,14 @@
 """Pick-up latency (issue 8, target 3): from a rename into inbox/ to the processor starting, idle worker.
 
-    python bench/latency.py [--quick] [--samples 200] [--interval 2.0] [--dir DIR]
+    python bench/latency.py [--quick] [--samples 200] [--interval 2.0] [--max-gap 1.0] [--dir DIR]
 
 Two idle daemons (`spoolpipe worker REPO`, default pool) run side by side on two repositories: one with
 notifications (scan.watch = true), one polling only (scan.watch = false); both with scan.interval-seconds =
---interval. Samples alternate between them: write inbox/.ID.tmp, read CLOCK_MONOTONIC, rename it to
-inbox/ID.json; the bench.stamp processor appends CLOCK_MONOTONIC as it starts. After each sample the bench
-waits 50-150 ms (random, so that arrivals fall at every phase of the polling period) so the worker is idle
-again. Percentiles are nearest-rank over all samples of a mode.
+--interval. Samples go to one daemon in blocks of 10, alternating between the two. A sample: write
+inbox/.ID.tmp, read CLOCK_MONOTONIC, rename it to inbox/ID.json; the bench.stamp processor appends
+CLOCK_MONOTONIC as it starts. The bench then waits for done/ID.json (the worker is idle again) and sleeps
+a random 0 to --max-gap seconds, so that arrivals fall at every phase of the polling period and at every
+distance from the worker's previous claim. Percentiles are nearest-rank over all samples of a mode.
 """
 
 from __future__ import annotations
@@ -48,6 +49,9 @@ class IdleWorker:
         b.wait_for(
             lambda: self.stamps.refresh() > 0 and name in self.stamps.started, timeout, name, poll=0.0005
         )
+        b.wait_for(
+            lambda: (self.repo / "done" / f"{name}.json").exists(), timeout, f"done/{name}.json", 0.001
+        )
         return self.stamps.started[name] - published
 
     def close(self) -> None:
@@ -60,6 +64,7 @@ def main() -> int:
     p.add_argument(
         "--interval", type=float, default=None, help="scan.interval-seconds (default 2.0; --quick 0.5)"
     )
+    p.add_argument("--max-gap", type=float, default=1.0, help="most seconds between samples (default 1.0)")
     args = p.parse_args()
     samples = args.samples or (30 if args.quick else 200)
     interval = args.interval or (0.5 if args.quick else 2.0)
@@ -72,12 +77,13 @@ def main() -> int:
             for i, (mode, watch) in enumerate(modes.items())
         }
         try:
-            for i in range(samples):
+            while min(len(v) for v in latencies.values()) < samples:
                 for mode, worker in workers.items():
-                    latencies[mode].append(worker.sample(timeout=interval * 3 + 10))
-                    time.sleep(random.uniform(0.05, 0.15))
-                if (i + 1) % 10 == 0:
-                    print(f"  {i + 1}/{samples} samples per mode", file=sys.stderr, flush=True)
+                    for _ in range(min(10, samples - len(latencies[mode]))):
+                        latencies[mode].append(worker.sample(timeout=interval * 3 + 10))
+                        time.sleep(random.uniform(0, args.max_gap))
+                taken = min(len(v) for v in latencies.values())
+                print(f"  {taken}/{samples} samples per mode", file=sys.stderr, flush=True)
         finally:
             for worker in workers.values():
                 worker.close()
