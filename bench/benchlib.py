@@ -91,8 +91,15 @@ def machine() -> dict[str, Any]:
     version = subprocess.run(
         [PYTHON, "-m", "spoolpipe", "--version"], capture_output=True, text=True, check=False
     ).stdout.strip()
+    commit = subprocess.run(
+        ["git", "-C", str(Path(__file__).parent), "describe", "--always", "--dirty"],
+        capture_output=True,
+        text=True,
+        check=False,
+    ).stdout.strip()
     return {
         "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        "commit": commit or None,
         "host": platform.node(),
         "cpus": os.cpu_count(),
         "python": platform.python_version(),
