@@ -79,7 +79,11 @@ class Backlog:
         sampler = b.RssSampler(proc.pid)
         try:
             b.wait_for(
-                lambda: stamps.refresh() >= self.take, 600, f"{self.take} activities started", poll=0.05
+                lambda: stamps.refresh() >= self.take,
+                600,
+                f"{self.take} activities started",
+                poll=0.05,
+                worker=proc,
             )
         finally:
             sampler.close()

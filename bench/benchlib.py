@@ -302,9 +302,18 @@ def stop(proc: subprocess.Popen[bytes], timeout: float = 120) -> None:
         raise
 
 
-def wait_for(predicate: Callable[[], bool], timeout: float, what: str, poll: float = 0.01) -> None:
+def wait_for(
+    predicate: Callable[[], bool],
+    timeout: float,
+    what: str,
+    poll: float = 0.01,
+    worker: subprocess.Popen[bytes] | None = None,
+) -> None:
+    """Poll until predicate() holds; fail early if `worker` exits meanwhile (its stderr file says why)."""
     deadline = time.monotonic() + timeout
     while not predicate():
+        if worker is not None and worker.poll() is not None:
+            raise RuntimeError(f"the worker (pid {worker.pid}) exited {worker.returncode} before {what}")
         if time.monotonic() > deadline:
             raise TimeoutError(f"timed out after {timeout:g} s waiting for {what}")
         time.sleep(poll)

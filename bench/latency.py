@@ -33,9 +33,16 @@ class IdleWorker:
         self.proc = b.start(
             b.worker_command(self.repo, name, until_idle=False), work / "worker.stderr", env=self.stamps.env()
         )
-        b.wait_for(lambda: (self.repo / "heartbeats" / f"{name}.json").exists(), 60, f"{name} to start")
+        b.wait_for(
+            lambda: (self.repo / "heartbeats" / f"{name}.json").exists(),
+            60,
+            f"{name} to start",
+            worker=self.proc,
+        )
         self.serial = 0
-        for _ in range(3):  # the first activities import the processors in each pool process
+        for _ in range(
+            2 * (os.cpu_count() or 1)
+        ):  # the first activities import processors in each pool process
             self.sample(timeout=60)
 
     def sample(self, timeout: float) -> float:
@@ -47,10 +54,18 @@ class IdleWorker:
         published = time.monotonic()
         os.rename(tmp, self.repo / "inbox" / f"{name}.json")
         b.wait_for(
-            lambda: self.stamps.refresh() > 0 and name in self.stamps.started, timeout, name, poll=0.0005
+            lambda: self.stamps.refresh() > 0 and name in self.stamps.started,
+            timeout,
+            name,
+            poll=0.0005,
+            worker=self.proc,
         )
         b.wait_for(
-            lambda: (self.repo / "done" / f"{name}.json").exists(), timeout, f"done/{name}.json", 0.001
+            lambda: (self.repo / "done" / f"{name}.json").exists(),
+            timeout,
+            f"done/{name}.json",
+            poll=0.001,
+            worker=self.proc,
         )
         return self.stamps.started[name] - published
 

@@ -56,7 +56,7 @@ def one_lifetime(base: Path, total: int, inbox_max: int) -> dict[str, float]:
     sampler = b.RssSampler(proc.pid)
     feeder.start()
     try:
-        b.wait_for(lambda: stamps.refresh() >= total, timeout=3600, what=f"{total:,} activities", poll=0.2)
+        b.wait_for(lambda: stamps.refresh() >= total, 3600, f"{total:,} activities", poll=0.2, worker=proc)
     finally:
         stop.set()
         feeder.join()
