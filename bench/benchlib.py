@@ -63,9 +63,6 @@ def cpu(activity, ctx):
     return total % 7
 '''
 
-NOOP_ACTIVITY = b'{"type": "bench.noop", "data": {}}'
-
-
 # ----------------------------------------------------------------------------- command line and output
 
 

@@ -15,10 +15,10 @@ Writes results/throughput.json and results/throughput.png (rate against queue si
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -37,7 +37,23 @@ for name in os.listdir(inbox):
     os.unlink(mine)
 """
 
-HUEY_APP = """
+
+@dataclass(frozen=True)
+class PythonQueue:
+    """A file queue driven from Python: `app` (imported as NAME_app, with sys.argv[1] the queue folder) is
+    filled by `produce` (untimed, sys.argv[2] messages), then drained by `consume` (timed whole); `files`
+    is where, below the folder, the waiting messages are."""
+
+    name: str
+    app: str
+    produce: str
+    consume: str
+    files: str
+
+
+HUEY = PythonQueue(
+    name="huey",
+    app="""
 import sys
 from huey import FileHuey
 
@@ -46,16 +62,20 @@ huey = FileHuey("bench", path=sys.argv[1])
 @huey.task()
 def noop():
     return None
-"""
-HUEY_PRODUCE = "import sys, huey_app\nfor _ in range(int(sys.argv[2])): huey_app.noop()\n"
-HUEY_CONSUME = """
+""",
+    produce="import sys, huey_app\nfor _ in range(int(sys.argv[2])): huey_app.noop()\n",
+    consume="""
 import huey_app
 huey = huey_app.huey
 while (task := huey.dequeue()) is not None:
     huey.execute(task)
-"""
+""",
+    files="queue",
+)
 
-KOMBU_APP = """
+KOMBU = PythonQueue(
+    name="kombu",
+    app="""
 import sys
 from kombu import Connection
 
@@ -63,14 +83,14 @@ def queue():
     folder = sys.argv[1]
     options = {"data_folder_in": folder, "data_folder_out": folder, "control_folder": folder + "-control"}
     return Connection(transport="filesystem", transport_options=options).SimpleQueue("bench")
-"""
-KOMBU_PRODUCE = """
+""",
+    produce="""
 import sys, kombu_app
 q = kombu_app.queue()
 for _ in range(int(sys.argv[2])):
     q.put({"type": "noop", "data": {}})
-"""
-KOMBU_CONSUME = """
+""",
+    consume="""
 import kombu_app
 q = kombu_app.queue()
 while True:
@@ -78,7 +98,9 @@ while True:
         q.get(block=False).ack()
     except q.Empty:
         break
-"""
+""",
+    files=".",
+)
 
 CPU_LOOPS = 1_000_000
 """Loops of bench.cpu per activity: about 50 ms of one core here, so the work outweighs start-up."""
@@ -87,7 +109,7 @@ CPU_LOOPS = 1_000_000
 def spoolpipe_rate(base: Path, queued: int) -> float:
     work = b.fresh(base, "spoolpipe")
     repo = b.make_repository(work)
-    b.enqueue(repo / "inbox", b.ids("a", 0, queued), b.NOOP_ACTIVITY)
+    b.enqueue(repo / "inbox", b.ids("a", 0, queued), b.activity("bench.noop"))
     seconds = b.run_whole([b.worker_command(repo, until_idle=True)], work / "logs")
     return checked(queued, b.entries(repo / "done"), "spoolpipe") / seconds
 
@@ -96,7 +118,7 @@ def bare_rate(base: Path, queued: int) -> float:
     work = b.fresh(base, "bare")
     (work / "inbox").mkdir()
     (work / "claimed").mkdir()
-    b.enqueue(work / "inbox", b.ids("a", 0, queued), b.NOOP_ACTIVITY)
+    b.enqueue(work / "inbox", b.ids("a", 0, queued), b.activity("bench.noop"))
     seconds = b.run_whole(
         [[b.PYTHON, "-c", BARE_LOOP, str(work / "inbox"), str(work / "claimed")]], work / "logs"
     )
@@ -104,18 +126,15 @@ def bare_rate(base: Path, queued: int) -> float:
     return queued / seconds
 
 
-def python_app_rate(base: Path, queued: int, name: str, app: str, produce: str, consume: str) -> float:
-    """huey and kombu: an app module in the work dir, a producer process (untimed), a consumer (timed)."""
-    work = b.fresh(base, name)
-    (work / f"{name}_app.py").write_text(app)
-    folder = str(work / "queue")
-    os.makedirs(folder)
-    subprocess.run([b.PYTHON, "-c", produce, folder, str(queued)], cwd=work, check=True)
-    waiting = b.entries(work / "queue") if name == "kombu" else b.entries(work / "queue" / "queue")
-    checked(queued, waiting, f"{name} (queued)")
-    seconds = b.run_whole([[b.PYTHON, "-c", consume, folder]], work / "logs", cwd=work)
-    left = b.entries(work / "queue") if name == "kombu" else b.entries(work / "queue" / "queue")
-    checked(0, left, f"{name} (left over)")
+def python_queue_rate(base: Path, queued: int, queue: PythonQueue) -> float:
+    work = b.fresh(base, queue.name)
+    (work / f"{queue.name}_app.py").write_text(queue.app)
+    folder = work / "queue"
+    folder.mkdir()
+    subprocess.run([b.PYTHON, "-c", queue.produce, str(folder), str(queued)], cwd=work, check=True)
+    checked(queued, b.entries(folder / queue.files), f"{queue.name} (queued)")
+    seconds = b.run_whole([[b.PYTHON, "-c", queue.consume, str(folder)]], work / "logs", cwd=work)
+    checked(0, b.entries(folder / queue.files), f"{queue.name} (left over)")
     return queued / seconds
 
 
@@ -129,7 +148,7 @@ def daemons_rate(base: Path, queued: int, daemons: int) -> float:
     """`daemons` workers on one repository, worker i pinned to core i, pool.size=1 each."""
     work = b.fresh(base, f"daemons{daemons}")
     repo = b.make_repository(work, {"pool.size": 1})
-    b.enqueue(repo / "inbox", b.ids("a", 0, queued), b.NOOP_ACTIVITY)
+    b.enqueue(repo / "inbox", b.ids("a", 0, queued), b.activity("bench.noop"))
     seconds = b.run_whole(
         [b.worker_command(repo, f"w{i}", until_idle=True, cpu=i) for i in range(daemons)], work / "logs"
     )
@@ -192,12 +211,8 @@ def main() -> int:
             print(f"\n# {size:,} queued", file=sys.stderr)
             contenders: dict[str, Callable[[], float]] = {
                 "spoolpipe worker --until-idle (durability on)": partial(spoolpipe_rate, base, size),
-                "huey FileHuey": partial(
-                    python_app_rate, base, size, "huey", HUEY_APP, HUEY_PRODUCE, HUEY_CONSUME
-                ),
-                "kombu filesystem transport": partial(
-                    python_app_rate, base, size, "kombu", KOMBU_APP, KOMBU_PRODUCE, KOMBU_CONSUME
-                ),
+                "huey FileHuey": partial(python_queue_rate, base, size, HUEY),
+                "kombu filesystem transport": partial(python_queue_rate, base, size, KOMBU),
                 "bare rename-claim loop": partial(bare_rate, base, size),
             }
             figures = b.alternate(contenders, runs, "activities/s")
