@@ -391,23 +391,32 @@ class RssSample:
 
 
 class RssSampler:
-    """Samples tree_rss(pid) on a thread every `interval` seconds (time.monotonic stamps)."""
+    """Samples tree_rss(pid) at once, then every `interval` seconds on a thread, and once more on close()
+    (call it while the process still runs), so even a run shorter than `interval` has samples."""
 
     def __init__(self, pid: int, interval: float = 0.25) -> None:
         self.samples: list[RssSample] = []
+        self._pid = pid
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, args=(pid, interval), daemon=True)
+        self._thread = threading.Thread(target=self._run, args=(interval,), daemon=True)
         self._thread.start()
 
-    def _run(self, pid: int, interval: float) -> None:
+    def _sample(self) -> None:
+        daemon, tree = tree_rss(self._pid)
+        if daemon:
+            self.samples.append(RssSample(time.monotonic(), daemon, tree))
+
+    def _run(self, interval: float) -> None:
+        self._sample()
         while not self._stop.wait(interval):
-            daemon, tree = tree_rss(pid)
-            if daemon:
-                self.samples.append(RssSample(time.monotonic(), daemon, tree))
+            self._sample()
 
     def close(self) -> None:
         self._stop.set()
         self._thread.join()
+        self._sample()
+        if not self.samples:
+            raise RuntimeError(f"process {self._pid} was gone before its memory could be sampled")
 
     def at(self, moment: float) -> RssSample:
         """The sample nearest to `moment`."""
