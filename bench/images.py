@@ -86,7 +86,8 @@ class Small(PipelineStep):
     @provides("small")
     def process(self, image, context):
         small = thumbnail(context["large"], 256, 256)
-        return StepResult(StepStatus.COMPLETED, {"small": save_image(small, _target(context, 256), quality=85).path})
+        saved = save_image(small, _target(context, 256), quality=85)
+        return StepResult(StepStatus.COMPLETED, {"small": saved.path})
 
 
 def build():
@@ -258,7 +259,8 @@ def main() -> int:
         shutil.rmtree(base, ignore_errors=True)
     print(f"{args.images} images of 4000x3000 per run, {args.runs} runs, {os.cpu_count()} cores")
     print(
-        f"load average before: {load_before[0]:.2f} {load_before[1]:.2f}; after: {load_after[0]:.2f} {load_after[1]:.2f}"
+        f"load average before: {load_before[0]:.2f} {load_before[1]:.2f}; "
+        f"after: {load_after[0]:.2f} {load_after[1]:.2f}"
     )
     for title, figures in (("whole process (start-up and exit included)", seconds), ("work alone", steady)):
         rates = {name: args.images / statistics.median(values) for name, values in figures.items()}
