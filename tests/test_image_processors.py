@@ -13,15 +13,19 @@ import pytest
 from PIL import Image
 
 import imagefactory as factory
-from harness import leftovers, make_repository, records, run_until_idle, submit
+from harness import kill_group, leftovers, make_repository, records, run_until_idle, start_worker, submit
 from spoolpipe import Activity, Context, Fatal, config
 from spoolpipe.image_processors import (
     configure_pixel_budget,
+    image_roots,
     input_megapixels,
+    pipeline_processor,
     process_recipe,
+    recipe_megapixels,
     resolve_input,
 )
 from spoolpipe.images import PIXEL_BUDGET, parse_recipe
+from spoolpipe.steps import Pipeline, PipelineStep, StepResult, StepStatus, provides, step
 
 # Processors appended to the harness's e2e_procs module: pipelines bound with pipeline_processor.
 PIPELINES = """
@@ -370,3 +374,101 @@ def test_activity_files_from_the_docs_are_valid_recipes(tmp_path: Path) -> None:
     factory.photo(root / "incoming" / "cat.jpg")
     recipe = parse_recipe(activity["data"], [root])
     assert recipe.input == (root / "incoming" / "cat.jpg").resolve()
+
+
+def test_the_properties_example_in_the_docs_sets_the_roots(tmp_path: Path) -> None:
+    """The ``images.roots`` line docs/images.md tells people to write names REPO/photos."""
+    docs = (Path(__file__).resolve().parent.parent / "docs" / "images.md").read_text()
+    block = docs.split("```properties\n", 1)[1].split("\n```", 1)[0]
+    (tmp_path / "photos").mkdir()
+    settings = _context(tmp_path, block + "\n").settings
+    assert settings.images_roots == (tmp_path / "photos",)
+
+
+def test_a_missing_image_root_fails_the_activity_at_once_naming_it(tmp_path: Path) -> None:
+    repo = make_repository(tmp_path, "images.roots = photos, gone\nretry.max-attempts = 5\npool.size = 1\n")
+    (repo / "photos" / "in").mkdir(parents=True)
+    factory.photo(repo / "photos" / "in" / "cat.jpg")
+    aid = submit(repo, "image.process", _recipe())
+    run_until_idle(repo)
+    record = records(repo / "failed")[aid]["spoolpipe"]
+    assert record["attempts"] == 1, record  # Fatal: not retried while the root stays missing
+    assert f"image root {repo / 'gone'} does not exist" in record["reason"]
+
+
+def test_an_image_root_that_is_a_file_is_fatal_naming_it(tmp_path: Path) -> None:
+    (tmp_path / "photos").write_text("not a folder")
+    ctx = _context(tmp_path, "images.roots = photos\n")
+    with pytest.raises(Fatal, match=rf"image root {tmp_path / 'photos'} is not a folder"):
+        image_roots(ctx.settings)
+
+
+PIL_PROBE = """
+import sys
+from spoolpipe import processor
+
+@processor("t.pil-probe")
+def pil_probe(activity, ctx):
+    return "PIL" in sys.modules
+"""
+
+
+def test_a_worker_with_no_image_work_never_imports_pillow(tmp_path: Path) -> None:
+    """Start-up must not pay for Pillow when no image work comes: not in the daemon, not in the pool."""
+    repo = make_repository(tmp_path, "pool.size = 1\n", extra_processors=PIL_PROBE)
+    aid = submit(repo, "t.pil-probe")
+    proc = start_worker(repo, "w1", "--until-idle", env={"PYTHONPROFILEIMPORTTIME": "1"})
+    try:
+        assert proc.wait(120) == 0
+    finally:
+        if proc.poll() is None:
+            kill_group(proc)
+    assert records(repo / "done")[aid]["result"] is False  # asked inside the pool process
+    output = (tmp_path / "worker-w1.stderr").read_text()
+    assert "types: image.process, " in output  # the built-in image processors did register
+    # Import statements run by any process of the worker, daemon included, as -X importtime logs them.
+    imported = {
+        line.rsplit("|", 1)[1].strip() for line in output.splitlines() if line.startswith("import time:")
+    }
+    assert "spoolpipe.worker" in imported
+    assert sorted(m for m in imported if m == "PIL" or m.startswith("PIL.")) == []
+
+
+def test_an_image_process_estimate_counts_the_size_the_jpeg_is_decoded_to(tmp_path: Path) -> None:
+    """Admission counts what a run holds: a recipe that only makes thumbnails decodes its JPEG small."""
+    root = tmp_path / "root"
+    root.mkdir()
+    factory.photo(root / "a.jpg", (640, 480))
+    settings = _context(tmp_path, f"images.roots = {root}\n").settings
+    thumbnail = {"path": "t.jpg", "ops": [{"op": "thumbnail", "width": 100}, {"op": "save"}]}
+    whole = {"path": "w.jpg", "ops": [{"op": "save"}]}
+    small = Activity("a", "image.process", {"input": "a.jpg", "outputs": [thumbnail]})
+    full = Activity("b", "image.process", {"input": "a.jpg", "outputs": [thumbnail, whole]})
+    assert recipe_megapixels(small, settings) == 3 * 160 * 120 / 1e6  # decoded at 1/4 scale
+    assert recipe_megapixels(full, settings) == 3 * 640 * 480 / 1e6
+
+
+class _Size(PipelineStep):
+    @step("size")
+    @provides("size")
+    def process(self, image: Image.Image, context: dict[str, Any]) -> StepResult:
+        return StepResult(StepStatus.COMPLETED, {"size": list(image.size)})
+
+
+def _size_pipeline() -> Pipeline:
+    pipeline = Pipeline()
+    pipeline.add_step(_Size())
+    return pipeline
+
+
+def test_a_pipeline_with_a_draft_box_gets_its_jpeg_shrunk_on_load(tmp_path: Path) -> None:
+    root = tmp_path / "photos"
+    root.mkdir()
+    factory.photo(root / "cat.jpg", (640, 480))
+    ctx = _context(tmp_path, "images.roots = photos\n")
+    drafted = pipeline_processor("t.drafted-size", _size_pipeline, draft=(100, 100))
+    whole = pipeline_processor("t.whole-size", _size_pipeline)
+    activity = Activity("a", "t.drafted-size", {"input": "cat.jpg"})
+    # Decoded at 1/4: 160x120 still covers the 100x75 the box asks for; without a box, every pixel.
+    assert drafted(activity, ctx)["outputs"]["size"] == [160, 120]
+    assert whole(activity, ctx)["outputs"]["size"] == [640, 480]

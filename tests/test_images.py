@@ -12,7 +12,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
-from PIL import Image, ImageStat
+from PIL import Image, ImageChops, ImageStat
 
 import imagefactory as factory
 from spoolpipe import images
@@ -756,11 +756,88 @@ def test_run_recipe_decodes_small_when_every_output_shrinks_first(root: Path) ->
         ],
     }
     recipe = parse_recipe(data, [root])
-    assert recipe.draft_box() == (100, 100)
+    assert recipe.decode_size((640, 480), 1) == (100, 75)  # covers the largest output
     budget = RecordingBudget()
     results = run_recipe(recipe, budget=budget)
     assert [(r["width"], r["height"]) for r in results] == [(100, 75), (16, 12)]
-    assert budget.held == [pytest.approx(3 * 320 * 240 / 1e6)]  # JPEG decoded at 1/2 scale
+    assert budget.held == [pytest.approx(3 * 160 * 120 / 1e6)]  # JPEG decoded at 1/4 scale
+
+
+def test_decode_size_covers_each_output_as_its_leading_shrink_sees_the_source(root: Path) -> None:
+    def outputs(*ops_lists: list[dict[str, object]]) -> dict[str, object]:
+        return {
+            "input": "photos/in/cat.jpg",
+            "outputs": [{"path": f"o{i}.png", "ops": [*ops, SAVE]} for i, ops in enumerate(ops_lists)],
+        }
+
+    recipe = parse_recipe(
+        outputs(
+            [{"op": "thumbnail", "width": 100}],
+            [{"op": "auto_orient"}, {"op": "resize", "width": 200}],
+        ),
+        [root],
+    )
+    # Stored 480x640, EXIF 6 (upright 640x480): both shrink the upright picture, so the widths turn.
+    assert recipe.decode_size((480, 640), 6) == (150, 200)
+    assert recipe.decode_size((480, 640), 1) == (200, 267)
+    fill = parse_recipe(outputs([{"op": "resize", "width": 100, "height": 100, "mode": "fill"}]), [root])
+    assert fill.decode_size((640, 480), 1) == (134, 100)  # covers the box before the crop
+    cropped = parse_recipe(
+        outputs([{"op": "thumbnail", "width": 100}], [{"op": "crop", "width": 50}]), [root]
+    )
+    assert cropped.decode_size((640, 480), 1) is None  # a crop needs every pixel
+
+
+@pytest.mark.parametrize("orientation", range(1, 9))
+def test_outputs_shrunk_on_load_keep_their_size_and_orientation(root: Path, orientation: int) -> None:
+    factory.oriented_jpeg(root / "o.jpg", orientation, size=(640, 480))
+    data = {
+        "input": "o.jpg",
+        "outputs": [
+            {"path": "thumb.png", "ops": [{"op": "thumbnail", "width": 80, "height": 80}, SAVE]},
+            {"path": "fit.png", "ops": [{"op": "auto_orient"}, {"op": "resize", "width": 120}, SAVE]},
+        ],
+    }
+    results = run_recipe(parse_recipe(data, [root]))
+    assert [(r["width"], r["height"]) for r in results] == [(80, 60), (120, 90)]
+    for name in ("thumb.png", "fit.png"):
+        with Image.open(root / name) as written:
+            corners_ok(written)
+
+
+def test_a_smaller_output_made_after_a_larger_one_matches_a_direct_thumbnail(root: Path) -> None:
+    factory.photo(root / "big.jpg", (1200, 900))
+    sides = (900, 300, 120)
+    data = {
+        "input": "big.jpg",
+        "outputs": [
+            {"path": f"t{side}.png", "ops": [{"op": "thumbnail", "width": side, "height": side}, SAVE]}
+            for side in sides
+        ],
+    }
+    run_recipe(parse_recipe(data, [root]))
+    source = open_image(root / "big.jpg")
+    for side in sides:
+        direct = images.thumbnail(source, side, side)
+        with Image.open(root / f"t{side}.png") as made:
+            assert made.size == direct.size
+            difference = ImageStat.Stat(ImageChops.difference(made.convert("RGB"), direct)).mean
+            assert max(difference) < 2.0, (side, difference)
+
+
+def test_a_cropped_output_is_never_the_base_of_a_later_fit(root: Path) -> None:
+    data = {
+        "input": "photos/in/cat.jpg",
+        "outputs": [
+            {
+                "path": "square.png",
+                "ops": [{"op": "resize", "width": 400, "height": 400, "mode": "fill"}, SAVE],
+            },
+            {"path": "wide.png", "ops": [{"op": "resize", "width": 100}, SAVE]},
+        ],
+    }
+    results = run_recipe(parse_recipe(data, [root]))
+    assert [(r["width"], r["height"]) for r in results] == [(400, 400), (100, 75)]
 
 
 def test_run_recipe_takes_the_first_gif_frame_and_applies_limits(root: Path) -> None:

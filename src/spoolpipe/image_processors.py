@@ -9,8 +9,10 @@
   JSON summary. A step that timed out in a thread taints the process; the
   attempt then fails with ``recycle_process = True`` so the worker replaces it.
 
-Both declare how many megapixels an activity will hold (``input_megapixels``),
-so the worker keeps the image work running at once under ``images.max-megapixels``.
+Both declare how many megapixels an activity will hold (``recipe_megapixels``,
+``input_megapixels``), so the worker keeps the image work running at once under
+``images.max-megapixels``. Pillow is imported only inside the functions that
+do image work: every worker imports this module.
 """
 
 from __future__ import annotations
@@ -20,14 +22,10 @@ import math
 import threading
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Final, Literal
+from typing import TYPE_CHECKING, Any, Final, Literal
 
-from PIL import Image
-
-from . import images
 from .activity import Activity
 from .config import Settings
-from .images import DEFAULT_LIMITS, PIXEL_BUDGET, ImageRejected, Limits, RecipeError
 from .processor import Context, Fatal, processor
 from .steps import (
     IMAGE_KEY,
@@ -40,6 +38,9 @@ from .steps import (
     StepStatus,
     any_step_abandoned,
 )
+
+if TYPE_CHECKING:
+    from .images import Limits
 
 __all__ = [
     "ACTIVITY_KEY",
@@ -56,6 +57,7 @@ __all__ = [
     "image_roots",
     "input_megapixels",
     "pipeline_processor",
+    "recipe_megapixels",
     "resolve_input",
 ]
 
@@ -100,6 +102,8 @@ def configure_pixel_budget(settings: Settings) -> float:
     threads of a pipeline's fan-out. Idempotent and cheap: image processors call
     it at the start of every activity, so a hot-reloaded setting applies.
     """
+    from .images import PIXEL_BUDGET
+
     global _budget_share
     capacity = settings.images_max_megapixels
     with _budget_lock:
@@ -116,33 +120,53 @@ def input_megapixels(activity: Activity, settings: Settings) -> float:
     before claiming. Whatever is wrong with the input is left for the processor
     to report: this raises and the worker counts nothing.
     """
+    from PIL import Image
+
+    from . import images
+
     path = images.resolve_path(activity.data["input"], settings.images_roots)
     with Image.open(path) as header:
         width, height = header.size
     return images.WORKING_COPIES * width * height / 1e6
 
 
-def image_roots(settings: Settings) -> tuple[Path, ...]:
-    """The configured roots as real paths; ``Fatal`` when none is configured.
+def recipe_megapixels(activity: Activity, settings: Settings) -> float:
+    """What ``image.process`` will hold: ``input_megapixels``, but at the size the JPEG is decoded to.
 
-    A configured root that does not exist (a share not mounted yet) is a plain
-    ``RuntimeError``, so the activity is retried rather than failed.
+    A recipe whose outputs all start by shrinking decodes its input small
+    (``images.run_recipe``), so the worker can admit more of them at once.
+    Raises, like ``input_megapixels``, whatever is wrong with the recipe.
+    """
+    from . import images
+
+    return images.recipe_megapixels(images.parse_recipe(activity.data, settings.images_roots))
+
+
+def image_roots(settings: Settings) -> tuple[Path, ...]:
+    """The configured roots as real paths; ``Fatal`` when none is configured or one is unusable.
+
+    A root that is missing or not a folder fails the activity at once, naming
+    the root: retrying cannot fix a configuration, and five attempts only hide it.
     """
     if not settings.images_roots:
         raise Fatal(
             "no image roots configured: set images.roots in spoolpipe.properties "
             "to the folders image activities may read and write"
         )
+    from . import images
+
     try:
         return images.real_roots(settings.images_roots)
     except ValueError as exc:
-        raise RuntimeError(str(exc)) from exc
+        raise Fatal(f"{exc} (check images.roots in spoolpipe.properties)") from exc
 
 
 def resolve_input(
     value: object, roots: Sequence[Path], *, field: str = "input", kind: Literal["file", "folder"] = "file"
 ) -> Path:
     """``images.resolve_path`` for a processor: a refused path is ``Fatal``, naming ``field``."""
+    from . import images
+
     try:
         return images.resolve_path(value, roots, kind=kind)
     except images.PathRejected as exc:
@@ -152,20 +176,22 @@ def resolve_input(
 # --------------------------------------------------------------------------- image.process
 
 
-@processor(IMAGE_PROCESS, follow_ups=(), megapixels=input_megapixels)
+@processor(IMAGE_PROCESS, follow_ups=(), megapixels=recipe_megapixels)
 def process_recipe(activity: Activity, ctx: Context) -> list[dict[str, object]]:
     """Run the recipe in ``activity.data``; bad recipes and refused images fail at once."""
+    from . import images
+
     configure_pixel_budget(ctx.settings)
     roots = image_roots(ctx.settings)
     try:
         recipe = images.parse_recipe(activity.data, roots)
-    except RecipeError as exc:
+    except images.RecipeError as exc:
         raise Fatal(f"invalid recipe: {exc}") from exc
     try:
         outputs = images.run_recipe(recipe)
-    except RecipeError as exc:
+    except images.RecipeError as exc:
         raise Fatal(f"recipe failed: {exc}") from exc
-    except ImageRejected as exc:
+    except images.ImageRejected as exc:
         raise Fatal(f"image refused: {exc.reason}") from exc
     for output in outputs:
         ctx.log.info(
@@ -257,13 +283,17 @@ def pipeline_processor(
     *,
     follow_ups: tuple[str, ...] | None = None,
     timeout: float | None = None,
-    limits: Limits = DEFAULT_LIMITS,
+    limits: Limits | None = None,
     summary: Callable[[PipelineResult], Any] | None = None,
+    draft: tuple[int, int] | None = None,
 ) -> Callable[[Activity, Context], Any]:
     """Register a processor for ``type_`` that runs ``build()``'s pipeline over ``data["input"]``.
 
-    The input is opened with ``open_image`` (``limits``) after being confined to
+    The input is opened with ``open_image`` (``limits``, default
+    ``images.DEFAULT_LIMITS``) after being confined to
     ``images.roots``, and normalised to L, LA, RGB or RGBA (not auto-oriented).
+    When every step needs at most a ``draft=(w, h)`` box of the image, a JPEG
+    input is decoded just large enough for it (``open_image``'s ``draft``).
     The initial context holds the activity's data (top-level keys) plus
     ``RESERVED_KEYS``: ``activity``, ``input_path``, ``roots``, ``follow_up``,
     ``log`` and ``settings``. ``follow_ups`` are the types steps may create
@@ -278,6 +308,9 @@ def pipeline_processor(
     """
 
     def run(activity: Activity, ctx: Context) -> Any:
+        from . import images
+
+        caps = limits or images.DEFAULT_LIMITS
         configure_pixel_budget(ctx.settings)
         roots = image_roots(ctx.settings)
         if "input" not in activity.data:
@@ -288,10 +321,14 @@ def pipeline_processor(
         input_path = resolve_input(activity.data["input"], roots)
         try:
             decoded = images.open_image(
-                input_path, max_bytes=limits.max_bytes, max_pixels=limits.max_pixels, formats=limits.formats
+                input_path,
+                max_bytes=caps.max_bytes,
+                max_pixels=caps.max_pixels,
+                formats=caps.formats,
+                draft=draft,
             )
             image = images.normalize_mode(decoded)
-        except ImageRejected as exc:
+        except images.ImageRejected as exc:
             raise Fatal(f"image refused: {exc.reason}") from exc
         except ValueError as exc:
             raise Fatal(f"image refused: {input_path}: unsupported pixel mode ({exc})") from exc

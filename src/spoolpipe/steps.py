@@ -23,9 +23,10 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from enum import Enum
 from types import MappingProxyType
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
-from PIL import Image
+if TYPE_CHECKING:  # only in annotations: a worker with no image work never imports Pillow
+    from PIL import Image
 
 __all__ = [
     "IMAGE_KEY",
@@ -185,26 +186,25 @@ def step(name: str | None = None) -> Callable[[_F], _F]:
     return decorate
 
 
-def requires(*keys: str) -> Callable[[_F], _F]:
-    """Context keys the step reads; the step runs after their providers."""
+def _declaring(kind: Literal["requires", "provides"], keys: tuple[str, ...]) -> Callable[[_F], _F]:
+    """Add ``keys`` to the step's ``kind`` keys (first mention first), whatever the decorator order."""
 
     def decorate(method: _F) -> _F:
         meta = _meta(method)
-        meta.requires = tuple(dict.fromkeys(keys + meta.requires))
+        setattr(meta, kind, tuple(dict.fromkeys(keys + getattr(meta, kind))))
         return method
 
     return decorate
+
+
+def requires(*keys: str) -> Callable[[_F], _F]:
+    """Context keys the step reads; the step runs after their providers."""
+    return _declaring("requires", keys)
 
 
 def provides(*keys: str) -> Callable[[_F], _F]:
     """Context keys the step must return in ``StepResult.data`` (checked after each run)."""
-
-    def decorate(method: _F) -> _F:
-        meta = _meta(method)
-        meta.provides = tuple(dict.fromkeys(keys + meta.provides))
-        return method
-
-    return decorate
+    return _declaring("provides", keys)
 
 
 def timeout(seconds: float) -> Callable[[_F], _F]:

@@ -1,0 +1,110 @@
+"""Path confinement: every path a recipe or a pipeline names must really lie in an image root."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Literal
+
+
+class _Invalid(Exception):
+    """A bad value; the message completes "<json path>: "."""
+
+
+class PathRejected(_Invalid, ValueError):
+    """A path that is malformed, missing, of the wrong kind, or outside the image roots."""
+
+
+def _got(value: object) -> str:
+    text = json.dumps(value, default=repr)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _candidate(value: object, roots: tuple[Path, ...]) -> tuple[str, Path]:
+    if not isinstance(value, str) or not value or "\x00" in value:
+        raise PathRejected(f"expected a path, got {_got(value)}")
+    path = Path(value)
+    if ".." in path.parts:
+        raise PathRejected(f"{value!r}: '..' is not allowed")
+    return value, Path(os.path.abspath(path if path.is_absolute() else roots[0] / path))
+
+
+def _inside(path: Path, roots: tuple[Path, ...]) -> bool:
+    return any(path.is_relative_to(root) for root in roots)
+
+
+def _escape(raw: str, lexical: Path, roots: tuple[Path, ...]) -> PathRejected:
+    if _inside(lexical, roots):
+        return PathRejected(f"{raw!r} leads outside the image roots through a symbolic link")
+    return PathRejected(f"{raw!r} is outside the image roots")
+
+
+def _confined(path: Path, raw: str, lexical: Path, roots: tuple[Path, ...], unresolved: str) -> Path:
+    """The real path of ``path`` (``lexical`` or an ancestor), refused unless it lies in a root."""
+    try:
+        real = Path(os.path.realpath(path, strict=True))
+    except OSError:
+        raise PathRejected(unresolved) from None
+    if not _inside(real, roots):
+        raise _escape(raw, lexical, roots)
+    return real
+
+
+def _existing(value: object, roots: tuple[Path, ...], kind: Literal["file", "folder"]) -> Path:
+    """An existing regular file (or folder) whose real path lies in a root; returns that real path."""
+    raw, lexical = _candidate(value, roots)
+    real = _confined(lexical, raw, lexical, roots, f"{raw!r} does not exist")
+    if kind == "file" and not real.is_file():
+        raise PathRejected(f"{raw!r} is not a regular file")
+    if kind == "folder" and not real.is_dir():
+        raise PathRejected(f"{raw!r} is not a folder")
+    return real
+
+
+def _existing_file(value: object, roots: tuple[Path, ...]) -> Path:
+    return _existing(value, roots, "file")
+
+
+def _output_file(value: object, roots: tuple[Path, ...]) -> Path:
+    """A file path whose deepest existing ancestor really lies in a root (missing folders get made)."""
+    raw, lexical = _candidate(value, roots)
+    if raw.endswith(("/", os.sep)):
+        raise PathRejected(f"{raw!r} names a folder, not a file")
+    existing, missing = lexical.parent, [lexical.name]
+    while not os.path.lexists(existing):
+        existing, missing = existing.parent, [existing.name, *missing]
+    real_parent = _confined(existing, raw, lexical, roots, f"{raw!r}: cannot resolve {existing}")
+    if not real_parent.is_dir():
+        raise PathRejected(f"{raw!r}: {existing} is not a folder")
+    target = real_parent.joinpath(*missing)
+    if target.is_dir():
+        raise PathRejected(f"{raw!r} is a folder")
+    return target
+
+
+def real_roots(roots: Sequence[Path]) -> tuple[Path, ...]:
+    """The roots as real paths; ``ValueError`` naming a root that is missing or not a folder."""
+    if not roots:
+        raise ValueError("image recipes need at least one root folder")
+    real: list[Path] = []
+    for root in roots:
+        try:
+            resolved = Path(os.path.realpath(root, strict=True))
+        except OSError as exc:
+            raise ValueError(f"image root {root} does not exist") from exc
+        if not resolved.is_dir():
+            raise ValueError(f"image root {root} is not a folder")
+        real.append(resolved)
+    return tuple(real)
+
+
+def resolve_path(value: object, roots: Sequence[Path], *, kind: Literal["file", "folder"] = "file") -> Path:
+    """The real path of an existing file (or folder) named by ``value``, confined to ``roots``.
+
+    The rules of a recipe's ``input`` (docs/images.md): relative paths start at the
+    first root, ``..`` is refused, links are resolved before the check. Raises
+    ``PathRejected``; ``ValueError`` when a root is missing.
+    """
+    return _existing(value, real_roots(roots), kind)
