@@ -1,0 +1,133 @@
+"""The intake on a real inbox, and what an outcome means (pure): both called directly."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from spoolpipe.activity import Activity
+from spoolpipe.intake import Intake
+from spoolpipe.outcome import Done, Failed, Outcome, Retry, decide
+from spoolpipe.repository import Repository
+from spoolpipe.retry import RetryPolicy
+
+NOW = 1_800_000_000.0
+
+
+@pytest.fixture
+def repo(tmp_path: Path) -> Repository:
+    Repository.create(tmp_path / "repo", "")
+    return Repository(tmp_path / "repo", fsync=False)
+
+
+def drop(repo: Repository, name: str, doc: dict[str, object] | str) -> None:
+    (repo.inbox / name).write_text(doc if isinstance(doc, str) else json.dumps(doc))
+
+
+def intake_of(repo: Repository) -> Intake:
+    intake = Intake(repo, limit=lambda: 1 << 20, settle=lambda: 0.0)
+    intake.rescan()
+    return intake
+
+
+def take(intake: Intake, want: int, *, admit=lambda a: True, handled=lambda t: t != "other", now=NOW):  # type: ignore[no-untyped-def]
+    quarantined: list[str] = []
+    found = intake.take(now, admit, handled, want, lambda name, reason: quarantined.append(name))
+    for name, _ in found:
+        intake.forget(name)
+    return [name for name, _ in found], quarantined
+
+
+def test_files_are_read_only_when_their_turn_comes(repo: Repository) -> None:
+    for i in range(5):
+        drop(repo, f"a{i}.json", {"type": "t"})
+    intake = intake_of(repo)
+    assert len(intake) == 5
+    for i in range(2, 5):
+        (repo.inbox / f"a{i}.json").write_text("not json yet")  # never looked at below
+    assert take(intake, 2) == (["a0.json", "a1.json"], [])
+
+
+def test_delayed_and_unhandled_entries_wait_without_blocking_the_rest(repo: Repository) -> None:
+    drop(repo, "a-later.json", {"type": "t", "not_before": "2030-01-01T00:00:00Z"})
+    drop(repo, "b-other.json", {"type": "other"})
+    drop(repo, "c-now.json", {"type": "t"})
+    drop(repo, "d-retry~2~1700000000000.json", {"id": "d-retry", "type": "t"})  # due long ago
+    drop(repo, "e-retry~3~1900000000000.json", {"id": "e-retry", "type": "t"})  # due after NOW
+    intake = intake_of(repo)
+    assert take(intake, 10) == (["c-now.json", "d-retry~2~1700000000000.json"], [])
+    assert sorted(d.id for d in intake.delayed(NOW, lambda t: t != "other")) == ["a-later", "e-retry"]
+    assert intake.next_due() == 1_893_456_000.0  # 2030-01-01, the earliest of the two
+    assert take(intake, 10, now=1_950_000_000.0)[0] == ["a-later.json", "e-retry~3~1900000000000.json"]
+    intake.reconsider(lambda t: True)  # the configuration now handles "other"
+    assert take(intake, 10, handled=lambda t: True)[0] == ["b-other.json"]
+
+
+def test_an_entry_refused_for_capacity_keeps_its_place(repo: Repository) -> None:
+    drop(repo, "a.json", {"type": "busy"})
+    drop(repo, "b.json", {"type": "t"})
+    intake = intake_of(repo)
+    assert take(intake, 10, admit=lambda a: a.type != "busy")[0] == ["b.json"]
+    os.unlink(repo.inbox / "a.json")  # claimed by another worker meanwhile: its parsed copy still runs
+    assert take(intake, 10)[0] == ["a.json"]
+
+
+def test_arrivals_join_without_a_listing_and_vanished_names_leave_at_the_next(repo: Repository) -> None:
+    intake = intake_of(repo)
+    drop(repo, "new.json", {"type": "t"})
+    drop(repo, "gone.json", {"type": "t"})
+    intake.add(["new.json", "gone.json", ".hidden.json", "x.part"])
+    assert len(intake) == 2
+    os.unlink(repo.inbox / "gone.json")
+    intake.rescan()
+    assert len(intake) == 1
+    assert take(intake, 10)[0] == ["new.json"]
+
+
+def test_junk_is_quarantined_once_settled(repo: Repository) -> None:
+    drop(repo, "junk.json", "{")
+    (repo.inbox / "folder.json").mkdir()
+    intake = intake_of(repo)
+    assert take(intake, 10) == ([], ["folder.json", "junk.json"])
+    assert intake.unsettled() == 0
+
+
+def test_a_half_written_file_waits_for_the_settle_time(repo: Repository) -> None:
+    drop(repo, "half.json", '{"type": ')
+    intake = Intake(repo, limit=lambda: 1 << 20, settle=lambda: 3600.0)
+    intake.rescan()
+    now = os.stat(repo.inbox / "half.json").st_mtime + 10
+    assert take(intake, 10, now=now) == ([], [])
+    assert intake.unsettled() == 1
+    drop(repo, "half.json", {"type": "t"})  # the writer finished
+    intake.add(["half.json"])  # inotify: closed after writing
+    assert take(intake, 10, now=now) == (["half.json"], [])
+    assert intake.unsettled() == 0
+
+
+POLICY = RetryPolicy(max_attempts=3, backoff_seconds=2.0, backoff_max_seconds=600.0, jitter=0.0)
+
+
+@pytest.mark.parametrize(
+    ("status", "attempt", "decision"),
+    [
+        ("ok", 1, Done()),
+        ("ok", 3, Done()),
+        ("fatal", 1, Failed()),
+        ("error", 1, Retry(2.0)),
+        ("error", 2, Retry(4.0)),
+        ("error", 3, Failed()),
+    ],
+)
+def test_what_an_outcome_means(status: str, attempt: int, decision: object) -> None:
+    assert decide(Outcome(status), attempt, POLICY) == decision  # type: ignore[arg-type]
+
+
+def test_an_activity_is_what_the_intake_hands_out(repo: Repository) -> None:
+    drop(repo, "a.json", {"type": "t", "data": {"n": 1}})
+    intake = intake_of(repo)
+    found = intake.take(NOW, lambda a: True, lambda t: True, 1, lambda n, r: None)
+    assert found == [("a.json", Activity("a", "t", {"n": 1}))]

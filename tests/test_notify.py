@@ -1,0 +1,43 @@
+"""Inotify arrivals, on a real directory: what arrives is heard at once, what leaves is not."""
+
+from __future__ import annotations
+
+import multiprocessing.connection
+import os
+from pathlib import Path
+
+from spoolpipe.notify import Arrivals
+
+
+def test_arrivals_are_heard_at_once_and_departures_not_at_all(tmp_path: Path) -> None:
+    inbox = tmp_path / "inbox"
+    inbox.mkdir()
+    (tmp_path / "elsewhere").mkdir()
+    arrivals = Arrivals(inbox)
+    try:
+        assert arrivals.read() == []
+        (tmp_path / "a.json").write_text("{}")
+        os.rename(tmp_path / "a.json", inbox / "a.json")  # an atomic publication
+        # pollable: the daemon waits on it with its pool pipes, and it is ready without delay
+        assert multiprocessing.connection.wait([arrivals], timeout=5) == [arrivals]
+        assert arrivals.read() == ["a.json"]
+        (inbox / "b.json").write_text("{}")  # written in place: created, then closed after writing
+        (inbox / "dir").mkdir()
+        assert arrivals.read() == ["b.json", "b.json", "dir"]
+        os.rename(inbox / "a.json", tmp_path / "elsewhere" / "a.json")  # a claim
+        os.unlink(inbox / "b.json")
+        assert multiprocessing.connection.wait([arrivals], timeout=0.2) == []
+        assert arrivals.read() == []
+    finally:
+        arrivals.close()
+
+
+def test_a_watched_directory_that_goes_away_asks_for_a_rescan(tmp_path: Path) -> None:
+    inbox = tmp_path / "inbox"
+    inbox.mkdir()
+    arrivals = Arrivals(inbox)
+    try:
+        inbox.rmdir()
+        assert arrivals.read() is None
+    finally:
+        arrivals.close()
