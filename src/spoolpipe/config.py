@@ -427,7 +427,8 @@ OPTIONS: tuple[Option, ...] = (
         "scan.watch",
         BoolKind(),
         "true",
-        "Use filesystem notifications as a hint to scan sooner than the next periodic rescan.",
+        "Listen to inotify: a file moved or written into inbox/ on this machine is looked at "
+        "at once, not at the next periodic rescan (files other machines write are found by the rescan).",
     ),
     Option(
         "inbox.settle-seconds",
