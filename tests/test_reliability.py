@@ -302,3 +302,14 @@ def test_lease_mode_recovers_a_killed_worker(tmp_path: Path) -> None:
 def test_strict_mode_fails_closed_until_the_operator_clears_the_dead_claim(tmp_path: Path) -> None:
     repo = make_repository(tmp_path, "claims.lock = strict\npool.size = 2\n")
     _kill_holder_and_wait(repo, "strict")
+
+
+def test_a_worker_never_runs_one_activity_in_two_pool_processes(tmp_path: Path) -> None:
+    """Rescans find names that a pool process was handed but has not claimed yet: never hand them twice."""
+    repo = make_repository(tmp_path, "pool.size = 2\nscan.interval-seconds = 0.01\n")
+    ids = [submit(repo, "t.child", {"i": i}) for i in range(1500)]
+    run_until_idle(repo)
+    ran = Counter(e[0] for e in effects(repo, "t.child"))
+    assert {i: ran[i] for i in ids} == dict.fromkeys(ids, 1)
+    assert sorted(ids_in(repo / "done")) == sorted(ids)
+    assert leftovers(repo) == {}

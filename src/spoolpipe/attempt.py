@@ -25,7 +25,7 @@ from .config import Settings
 from .execute import execute
 from .outcome import Done, Failed, Outcome, Retry, decide
 from .record import Attempt, done_record, failed_record, failure_document, follow_up_document
-from .repository import Repository, Settlement, SharedClock
+from .repository import Busy, Duplicate, Repository, Settlement, SharedClock
 from .retry import RetryPolicy
 from .steps import any_step_abandoned
 from .storable import reason_line
@@ -175,13 +175,17 @@ class Attempts:
         if claim is None:
             return None
         try:
-            duplicate = self.repo.reserve(claim, activity, item.name)
+            reserved = self.repo.reserve(claim, activity, item.name, self.clock.now())
         except OSError as exc:
             self._report(logging.ERROR, f"cannot reserve id {activity.id}: {exc}; requeueing it")
             self._requeue_unwritten(claim, exc)
             return None
-        if duplicate is not None:
-            self.quarantine(self.repo.running, claim.name, duplicate)
+        if isinstance(reserved, Duplicate):
+            self.quarantine(self.repo.running, claim.name, reserved.reason)
+            return None
+        if isinstance(reserved, Busy):
+            self._report(logging.INFO, f"{reserved.reason}: {activity.id} goes back to the inbox for 1s")
+            self.repo.release(claim, claim.attempt, self.clock.now() + 1.0)
             return None
         return claim
 

@@ -68,6 +68,20 @@ class NotARepository(Exception):
 
 
 @dataclass(frozen=True)
+class Duplicate:
+    """The claim is a copy of an activity another file holds: quarantine it with ``reason``."""
+
+    reason: str
+
+
+@dataclass(frozen=True)
+class Busy:
+    """The claim's id is held by a file not seen yet (caches): put the claim back and try later."""
+
+    reason: str
+
+
+@dataclass(frozen=True)
 class Settlement:
     """An attempt's outcome to commit: its record and the follow-ups it publishes."""
 
@@ -355,36 +369,67 @@ class Repository:
         self.durability.renamed(self.inbox / name, target)
         return claim
 
-    def reserve(self, claim: ClaimName, activity: Activity, name: str) -> str | None:
-        """Make the claim's id its own: ``None`` if it is, else why the claim is a duplicate.
+    def reserve(self, claim: ClaimName, activity: Activity, name: str, now: float) -> Duplicate | Busy | None:
+        """Make the claim's id its own: ``None`` if it is; :class:`Duplicate` if another copy holds it;
+        :class:`Busy` if the id is held but no other copy can be seen (yet): try again later.
 
         ``ids/ID`` is a hard link to the one file that holds the id (claims,
         retries and releases are renames, so the link follows it); creating it
         is what makes an id exclusive across workers and machines. A file with
         more names than that (a hard-linked copy) is first replaced by a private
-        copy of itself, so that each copy competes on its own. A duplicate's
-        reservation is given up before the caller quarantines it.
+        copy of itself, so that each copy competes on its own. A copy is called a
+        duplicate only once the other copy is seen (client caches of a network
+        file system may hide a file for a while); a duplicate's reservation is
+        given up before the caller quarantines it. ``now``: the shared clock.
         """
         path = self.running / claim.name
         marker = self.ids / claim.activity_id
         st = os.lstat(path)
-        mine = _same(marker, st)
-        if st.st_nlink > 1 + mine:
-            st = self._detach(path)
-            mine = False
-        if mine:
+        if _same(marker, st):
             return None
-        try:
-            os.link(path, marker, follow_symlinks=False)
-        except FileExistsError:
-            where = self.where(claim.activity_id, besides=f"running/{claim.name}")
-            return f"{name}: duplicate id {claim.activity_id}: another copy is {where or 'in ids/'}"
+        if st.st_nlink > 1:
+            st = self._detach(path)
+        for _ in range(2):
+            try:
+                os.link(path, marker, follow_symlinks=False)
+                break
+            except FileExistsError:
+                held = _lstat(marker)
+                if held is not None and os.path.samestat(held, st):
+                    return None  # ours after all: the first look came from a stale cache
+                if (
+                    held is not None
+                    and held.st_nlink == 1
+                    and now - held.st_ctime > _STALE_QUARANTINE_SECONDS
+                ):
+                    with contextlib.suppress(FileNotFoundError):
+                        os.unlink(marker)  # left without its file by a crash: see _sweep_ids
+                    continue
+                other = self._other_copy(claim, st)
+                if other is None:
+                    return Busy(
+                        f"id {claim.activity_id} is reserved (ids/{claim.activity_id}) "
+                        "but no other copy of it can be seen yet"
+                    )
+                return Duplicate(f"{name}: duplicate id {claim.activity_id}: another copy is {other}")
+        else:
+            return Busy(f"id {claim.activity_id} could not be reserved")
         self.durability.renamed(marker)
         settled = self._settled_copy(activity)
         if settled is None:
             return None
         self.release_id(claim.activity_id, st)
-        return f"{name}: duplicate id {claim.activity_id}: {settled}"
+        return Duplicate(f"{name}: duplicate id {claim.activity_id}: {settled}")
+
+    def _other_copy(self, claim: ClaimName, mine: os.stat_result) -> str | None:
+        """Where another file with this claim's id is, checked to exist and to be another file."""
+        where = self.where(claim.activity_id, besides=f"running/{claim.name}")
+        if where is None or where.startswith("ids/"):
+            return None
+        found = _lstat(self.root / where)
+        if found is None or os.path.samestat(found, mine):
+            return None
+        return where
 
     def _settled_copy(self, activity: Activity) -> str | None:
         """What makes an id taken though no live copy holds it: its record in done/ or failed/.
@@ -635,6 +680,13 @@ class Repository:
     def count(self, directory: Path) -> int:
         with os.scandir(directory) as entries:
             return sum(1 for e in entries if not is_ignored(e.name))
+
+
+def _lstat(path: Path) -> os.stat_result | None:
+    try:
+        return os.lstat(path)
+    except FileNotFoundError:
+        return None
 
 
 def _same(path: Path, st: os.stat_result) -> bool:

@@ -24,7 +24,7 @@ from types import FrameType
 from typing import Any
 
 from . import config
-from .activity import Activity, ClaimName, format_time, printable
+from .activity import Activity, format_time, printable
 from .attempt import Item, Setup, counted
 from .intake import Delayed, Intake
 from .liveness import OwnLock, Prober, WorkerAlreadyRunning, resolve_mode
@@ -41,6 +41,7 @@ from .pool import (
     reload_processors,
 )
 from .processor import registered
+from .recovery import Recovery
 from .repository import Repository, SharedClock, dumps
 
 log = logging.getLogger("spoolpipe.worker")
@@ -134,16 +135,17 @@ class Worker:
                 f"see heartbeats/{self.worker_id}.json); give this worker another --worker-id"
             ) from None
         self.prober = Prober(self.repo.locks, self.lock_mode, self.settings.claims_lease_seconds)
+        self.recovery = Recovery(self.repo, self.prober, self.worker_id)
         self.clock = SharedClock(self.repo.heartbeats / f".clock-{self.worker_id}")
         self.started = self.clock.now()
         self.repo.sweep_tmp(self.clock.now())
+        self.pool = Pool(self.settings.pool_size, self._setup())  # started once there is work
         self._recover(own_only=True)
         self.intake = Intake(
             self.repo,
             limit=lambda: self.settings.limits_activity_bytes,
             settle=lambda: self.settings.inbox_settle_seconds,
         )
-        self.pool = Pool(self.settings.pool_size, self._setup())
         log.info(
             "worker %s started on %s (pid %d): repository %s, lock mode %s, %d pool processes, types: %s",
             self.worker_id,
@@ -324,7 +326,7 @@ class Worker:
 
     def _shutdown(self) -> None:
         for item in self._interrupted:  # never settled: a crash counts as an attempt
-            self.repo.recover(self._claim_of(item))
+            self.repo.recover(self.recovery.claim_of(item))
         self.pool.close()
         if self._arrivals is not None:
             self._arrivals.close()
@@ -347,17 +349,31 @@ class Worker:
             return
         now = self.clock.now()
         busy = Counter(i.activity.type for s in self.pool.busy() for i in s.batch[:1])
+        # One copy of an id at a time in this worker: its pool processes share one claim name for it.
+        ids = {i.activity.id for s in self.pool.busy() for i in s.batch} | {
+            i.activity.id for i in self._interrupted
+        }
         size = max(1, min(BATCH_MAX, len(self.intake) // (2 * len(self.pool.slots))))
         for slot in idle:
-            found = self._take(now, lambda a: self._admit(a, busy), 1)
+            found = self._take(now, lambda a: self._admit(a, busy, ids), 1)
             if not found:
                 break
             first = found[0].activity
             if size > 1 and registered()[first.type].megapixels is None:
-                found += self._take(now, lambda a, same=first.type: a.type == same, size - 1)
+                found += self._take(
+                    now, lambda a, same=first.type: a.type == same and self._fresh(a, ids), size - 1
+                )
             busy[first.type] += 1
             self._megapixels[slot.index] = self._estimate(first)
             self._send(slot, found)
+
+    @staticmethod
+    def _fresh(activity: Activity, ids: set[str]) -> bool:
+        """Not in flight yet (and from now on it is)."""
+        if activity.id in ids:
+            return False
+        ids.add(activity.id)
+        return True
 
     def _take(self, now: float, admit: Any, want: int) -> list[Item]:
         quarantine = self._quarantine
@@ -370,12 +386,14 @@ class Worker:
         log.debug("handing %s to pool process %d", counted(len(batch), "activity", "activities"), slot.index)
         self.pool.send(slot, batch)
 
-    def _admit(self, activity: Activity, busy: Counter[str]) -> bool:
-        if busy[activity.type] >= self.settings.concurrency_for(activity.type):
+    def _admit(self, activity: Activity, busy: Counter[str], ids: set[str]) -> bool:
+        if busy[activity.type] >= self.settings.concurrency_for(activity.type) or activity.id in ids:
             return False
         held = sum(self._megapixels.get(s.index, 0.0) for s in self.pool.busy())
         # An image bigger than the whole cap still runs, alone, rather than never.
-        return not held or held + self._estimate(activity) <= self.settings.megapixel_cap
+        if held and held + self._estimate(activity) > self.settings.megapixel_cap:
+            return False
+        return self._fresh(activity, ids)
 
     def _estimate(self, activity: Activity) -> float:
         """The decoded megapixels ``activity`` will hold, by its processor's estimate (0 if none)."""
@@ -419,12 +437,8 @@ class Worker:
         now = self.clock.now()
         if self.intake.next_due() <= now:
             return False
-        for worker in self._claims_by_worker():
-            if worker == self.worker_id:
-                return False
-            with self.prober.dead(worker) as dead:
-                if dead:
-                    return False
+        if self.recovery.recoverable():
+            return False
         delayed = self.intake.delayed(now, self._handles)
         if not delayed:
             return True
@@ -497,41 +511,21 @@ class Worker:
             self._abandoned(batch, index, f"timed out after {limit}s; the processor was killed")
             self.pool.replace(slot)
 
-    def _claim_of(self, item: Item) -> ClaimName:
-        return ClaimName(item.activity.id, item.activity.attempt, self.worker_id)
-
     def _abandoned(self, batch: Sequence[Item], current: int, reason: str) -> None:
-        """Settle a batch whose process ended: the running item's attempt was interrupted (``reason``);
-        the others are put back as they were, their attempts not counted."""
-        for index, item in enumerate(batch):
-            claim = self._claim_of(item)
-            state = self.repo.claim_state(claim)
-            if state == "committed":
-                self.repo.recover(claim)
-            elif state == "claimed" and index == current and not item.interrupted:
-                self._interrupted.append(Item("", item.activity, reason))
-            elif state == "claimed":
-                attempt = claim.attempt + 1 if item.interrupted else claim.attempt
-                if self.repo.release(claim, attempt, None):
-                    self.repo.discard(claim)
-            elif item.name:
-                self.intake.add([item.name])
-        self.repo.durability.barrier()
+        abandoned = self.recovery.abandoned(batch, current, reason)
+        self._interrupted += abandoned.interrupted
+        self.intake.add(abandoned.untouched)
 
     def _release_all(self, why: str) -> None:
         for slot in self.pool.busy():
-            batch = slot.batch
+            batch, slot.batch = slot.batch, ()
             self.pool.kill(slot)  # stopping: no replacement
-            slot.batch = ()
-            for item in batch:
-                claim = self._claim_of(item)
-                state = self.repo.claim_state(claim)
-                if state == "committed":
-                    self.repo.recover(claim)
-                elif state == "claimed" and self.repo.release(claim, claim.attempt, None):
-                    self.repo.discard(claim)
-                    log.warning("released %s back to the inbox: %s", item.activity.id, why)
-        self.repo.durability.barrier()
+            self.recovery.release(batch, why)
+
+    def _recover(self, *, own_only: bool) -> None:
+        active = [i for s in self.pool.busy() for i in s.batch] + self._interrupted
+        if self.recovery.recover(active, own_only=own_only):
+            self._rescan = True
 
     def _lost_lock(self) -> None:
         """Abandon running work (others may take its claims) and take the lock again before claiming more."""
@@ -553,42 +547,6 @@ class Worker:
             log.error("cannot take this worker's lock back yet; retrying")
             return
         log.info("lock re-acquired")
-        self._rescan = True
-
-    # -- recovery ------------------------------------------------------------------------------------
-
-    def _claims_by_worker(self) -> dict[str, list[ClaimName]]:
-        grouped: dict[str, list[ClaimName]] = {}
-        for claim in self.repo.claims():
-            grouped.setdefault(claim.worker, []).append(claim)
-        return grouped
-
-    def _recover(self, *, own_only: bool) -> None:
-        active = (
-            {self._claim_of(i).stem for s in self.pool.busy() for i in s.batch} if not own_only else set()
-        )
-        active |= {self._claim_of(i).stem for i in self._interrupted}
-        for worker, claims in self._claims_by_worker().items():
-            if worker == self.worker_id:
-                stale = [c for c in claims if c.stem not in active]
-                whose = "left by an earlier run of" if own_only else "abandoned by"
-                self._recover_claims(f"{whose} this worker ({worker})", stale)
-            elif not own_only:
-                with self.prober.dead(worker) as dead:
-                    if dead:
-                        self._recover_claims(f"of dead worker {worker}", claims)
-
-    def _recover_claims(self, whose: str, claims: list[ClaimName]) -> None:
-        if not claims:
-            return
-        outcomes = Counter(self.repo.recover(c) for c in claims)
-        self.repo.durability.barrier()
-        log.warning(
-            "recovered %s %s: %s",
-            counted(len(claims), "claim"),
-            whose,
-            ", ".join(f"{n} {k}" for k, n in outcomes.items()),
-        )
         self._rescan = True
 
     # -- heartbeat and configuration -------------------------------------------------------------------

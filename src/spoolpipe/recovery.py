@@ -1,0 +1,121 @@
+"""Settling claims whose attempt ended without its process: dead workers', and this worker's own.
+
+A claim's file says everything needed: committed ones are finished (their
+outcome was decided), uncommitted ones go back to the inbox. Whether the
+interrupted attempt counts is the one decision made here: a crash or a timeout
+counts against the activity; being put back because a batch neighbour died, or
+because the worker stopped, does not.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+
+from .activity import ClaimName
+from .attempt import Item, counted
+from .liveness import Prober
+from .repository import Repository
+
+log = logging.getLogger("spoolpipe.worker")
+
+
+@dataclass
+class Abandoned:
+    """What became of a batch whose process ended early."""
+
+    interrupted: list[Item] = field(default_factory=list)  # to settle with their reason (a pool process)
+    untouched: list[str] = field(default_factory=list)  # inbox names never claimed
+
+
+@dataclass
+class Recovery:
+    repo: Repository
+    prober: Prober
+    worker_id: str
+
+    def claim_of(self, item: Item) -> ClaimName:
+        return ClaimName(item.activity.id, item.activity.attempt, self.worker_id)
+
+    def claims_by_worker(self) -> dict[str, list[ClaimName]]:
+        grouped: dict[str, list[ClaimName]] = {}
+        for claim in self.repo.claims():
+            grouped.setdefault(claim.worker, []).append(claim)
+        return grouped
+
+    def recover(self, active: Iterable[Item], *, own_only: bool) -> bool:
+        """Settle this worker's claims that nothing runs (``active`` does), and, unless ``own_only``,
+        those of every dead worker. True if any was settled."""
+        running = {self.claim_of(i).stem for i in active}
+        settled = False
+        for worker, claims in self.claims_by_worker().items():
+            if worker == self.worker_id:
+                stale = [c for c in claims if c.stem not in running]
+                whose = "left by an earlier run of" if own_only else "abandoned by"
+                settled |= self._settle(f"{whose} this worker ({worker})", stale)
+            elif not own_only:
+                with self.prober.dead(worker) as dead:
+                    if dead:
+                        settled |= self._settle(f"of dead worker {worker}", claims)
+        return settled
+
+    def recoverable(self) -> bool:
+        """Whether any claim waits to be settled by this worker (its own, or a dead worker's)."""
+        for worker in self.claims_by_worker():
+            if worker == self.worker_id:
+                return True
+            with self.prober.dead(worker) as dead:
+                if dead:
+                    return True
+        return False
+
+    def _settle(self, whose: str, claims: list[ClaimName]) -> bool:
+        if not claims:
+            return False
+        outcomes = Counter(self.repo.recover(c) for c in claims)
+        self.repo.durability.barrier()
+        log.warning(
+            "recovered %s %s: %s",
+            counted(len(claims), "claim"),
+            whose,
+            ", ".join(f"{n} {k}" for k, n in outcomes.items()),
+        )
+        return True
+
+    def abandoned(self, batch: Sequence[Item], current: int, reason: str) -> Abandoned:
+        """A batch whose process ended: the running item's attempt was interrupted (``reason``);
+        the others are put back as they were, their attempts not counted."""
+        result = Abandoned()
+        for index, item in enumerate(batch):
+            claim = self.claim_of(item)
+            state = self.repo.claim_state(claim)
+            if state == "committed":
+                self.repo.recover(claim)
+            elif state == "claimed" and index == current and not item.interrupted:
+                result.interrupted.append(Item("", item.activity, reason))
+            elif state == "claimed":
+                # An interrupted attempt whose settling died too counts, as a crash does.
+                self._put_back(claim, claim.attempt + 1 if item.interrupted else claim.attempt)
+            elif item.name:
+                result.untouched.append(item.name)
+        self.repo.durability.barrier()
+        return result
+
+    def release(self, batch: Sequence[Item], why: str) -> None:
+        """Stopping: every claim of the batch goes back as it was (committed ones are finished)."""
+        for item in batch:
+            claim = self.claim_of(item)
+            state = self.repo.claim_state(claim)
+            if state == "committed":
+                self.repo.recover(claim)
+            elif state == "claimed" and self._put_back(claim, claim.attempt):
+                log.warning("released %s back to the inbox: %s", item.activity.id, why)
+        self.repo.durability.barrier()
+
+    def _put_back(self, claim: ClaimName, attempt: int) -> bool:
+        if not self.repo.release(claim, attempt, None):
+            return False
+        self.repo.discard(claim)
+        return True
