@@ -14,10 +14,12 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import importlib
+import logging
 import multiprocessing
 import multiprocessing.connection
 import multiprocessing.sharedctypes
 import os
+import random
 import signal
 import sys
 import threading
@@ -139,8 +141,13 @@ def _close_inherited(keep: int) -> None:
 
 def _child_main(conn: Connection, setup: Setup, progress: Any, forked: bool) -> None:
     _die_with_parent()
-    if forked:
+    if forked:  # start as a spawned process would: no daemon log handlers, its own random state
         _close_inherited(conn.fileno())
+        spoolpipe_log = logging.getLogger("spoolpipe")
+        spoolpipe_log.handlers.clear()
+        spoolpipe_log.setLevel(logging.NOTSET)
+        spoolpipe_log.propagate = True
+        random.seed()
     for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         signal.signal(s, signal.SIG_IGN)
     import_processors(setup.modules, setup.paths)
