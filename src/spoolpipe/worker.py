@@ -342,6 +342,9 @@ class Worker:
             if not self._interrupted and self.intake.next_due() > self.clock.now():
                 return
             self.pool.start()  # only once there is work: an idle start costs no processes
+        for slot in self.pool.idle():
+            if self.pool.is_stale(slot):  # new settings or processor code: a fresh process runs the next
+                self.pool.replace(slot)
         idle = self.pool.idle()
         while idle and self._interrupted:
             self._send(idle.pop(), [self._interrupted.pop(0)])
