@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import multiprocessing
+import multiprocessing.synchronize
 import os
 import random
 import signal
@@ -81,10 +82,14 @@ def test_three_workers_with_random_sigkills_complete_everything_exactly_once(tmp
 
 
 def _claim_everything(
-    root: str, worker: str, names: list[str], start: float, queue: multiprocessing.Queue[list[str]]
+    root: str,
+    worker: str,
+    names: list[str],
+    ready: multiprocessing.synchronize.Barrier,
+    queue: multiprocessing.Queue[list[str]],
 ) -> None:
     repo = Repository(Path(root), fsync=False)
-    time.sleep(max(0.0, start - time.time()))
+    ready.wait()
     won = []
     for name in names:
         activity = Activity(name[:-5], "t.noop")
@@ -95,11 +100,15 @@ def _claim_everything(
 
 def test_concurrent_claims_are_exclusive(tmp_path: Path) -> None:
     repo = make_repository(tmp_path)
-    names = [f"{submit(repo, 't.noop')}.json" for _ in range(400)]
+    # Enough files that claiming them takes longer than the processes take to be scheduled.
+    names = [f"{new_id()}.json" for _ in range(3000)]
+    for name in names:
+        drop(repo, name, b'{"type": "t.noop"}')
     ctx = multiprocessing.get_context("spawn")
     queue: multiprocessing.Queue[list[str]] = ctx.Queue()
+    ready = ctx.Barrier(4)  # all start together, however long each took to start
     procs = [
-        ctx.Process(target=_claim_everything, args=(str(repo), f"c{i}", names, time.time() + 3, queue))
+        ctx.Process(target=_claim_everything, args=(str(repo), f"c{i}", names, ready, queue))
         for i in range(4)
     ]
     for p in procs:

@@ -17,7 +17,7 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import Any, Literal, get_args
 
 NAME_PATTERN = r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}"
 _NAME = re.compile(rf"\A{NAME_PATTERN}\Z")
@@ -25,9 +25,11 @@ _NAME = re.compile(rf"\A{NAME_PATTERN}\Z")
 _QUEUED = re.compile(
     rf"\A(?P<id>{NAME_PATTERN})~(?P<attempt>[1-9][0-9]{{0,5}})(?:~(?P<nb>[0-9]{{1,15}}))?\.json\Z"
 )
-# A claim in running/: ``ID~ATTEMPT~WORKER.json``.
+# A claim in running/: ``ID~ATTEMPT~WORKER.json``, or a file staged beside it: ``ID~ATTEMPT~WORKER~KIND``
+# (``KIND`` one of committed, done, failed) or ``ID~ATTEMPT~WORKER~follow-up~FID``.
 _CLAIM = re.compile(
-    rf"\A(?P<id>{NAME_PATTERN})~(?P<attempt>[1-9][0-9]{{0,5}})~(?P<worker>{NAME_PATTERN})\.json\Z"
+    rf"\A(?P<id>{NAME_PATTERN})~(?P<attempt>[1-9][0-9]{{0,5}})~(?P<worker>{NAME_PATTERN})"
+    rf"(?:\.json|~(?P<kind>committed|done|failed|follow-up~(?P<follow_up>{NAME_PATTERN})))\Z"
 )
 _CROCKFORD = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
 # Fields spoolpipe interprets or writes itself; any other top-level field is carried along untouched.
@@ -136,9 +138,17 @@ def queued_name(activity_id: str, attempt: int, not_before: float | None) -> str
     return f"{activity_id}~{attempt}{suffix}.json"
 
 
+#: What an activity's attempt ended as.
+OutcomeKind = Literal["done", "failed"]
+#: The kinds of file staged beside a claim in ``running/``: its commit mark, its outcome record, a follow-up.
+StagedKind = Literal["committed", "done", "failed", "follow-up"]
+OUTCOMES: tuple[OutcomeKind, ...] = get_args(OutcomeKind)
+_STAGED_KINDS: dict[str, StagedKind] = {kind: kind for kind in get_args(StagedKind)}
+
+
 @dataclass(frozen=True)
 class ClaimName:
-    """The parts of a claim file name in ``running/``."""
+    """The parts of a claim file name in ``running/``: ``ID~ATTEMPT~WORKER.json``."""
 
     activity_id: str
     attempt: int
@@ -146,18 +156,50 @@ class ClaimName:
 
     @property
     def name(self) -> str:
-        return f"{self.activity_id}~{self.attempt}~{self.worker}.json"
+        return f"{self.stem}.json"
 
     @property
     def stem(self) -> str:
-        return self.name[: -len(".json")]
+        return f"{self.activity_id}~{self.attempt}~{self.worker}"
+
+    def staged(self, kind: StagedKind, follow_up: str = "") -> str:
+        """The name of a file staged for this claim (``follow_up``: the follow-up's id, for that kind)."""
+        if kind == "follow-up":
+            return f"{self.stem}~follow-up~{follow_up}"
+        return f"{self.stem}~{kind}"
 
 
-def parse_claim_name(name: str) -> ClaimName | None:
+@dataclass(frozen=True)
+class RunningName:
+    """A name in ``running/`` split: the claim it belongs to and, for a staged file, what it is."""
+
+    claim: ClaimName
+    kind: StagedKind | None = None  # None: the claim itself
+    follow_up: str = ""  # the follow-up's id, for kind "follow-up"
+
+    @property
+    def name(self) -> str:
+        return self.claim.name if self.kind is None else self.claim.staged(self.kind, self.follow_up)
+
+
+def parse_running_name(name: str) -> RunningName | None:
+    """The inverse of ``ClaimName.name`` and ``ClaimName.staged``; None for any other name."""
     m = _CLAIM.match(name)
     if not m:
         return None
-    return ClaimName(m.group("id"), int(m.group("attempt")), m.group("worker"))
+    claim = ClaimName(m.group("id"), int(m.group("attempt")), m.group("worker"))
+    kind, follow_up = m.group("kind"), m.group("follow_up")
+    if kind is None:
+        return RunningName(claim)
+    if follow_up is not None:
+        return RunningName(claim, "follow-up", follow_up)
+    return RunningName(claim, _STAGED_KINDS[kind])
+
+
+def parse_claim_name(name: str) -> ClaimName | None:
+    """The claim a claim file name (``ID~ATTEMPT~WORKER.json``, nothing staged) stands for."""
+    parsed = parse_running_name(name)
+    return parsed.claim if parsed is not None and parsed.kind is None else None
 
 
 @dataclass(frozen=True)

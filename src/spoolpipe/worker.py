@@ -24,7 +24,7 @@ from types import FrameType
 from typing import Any
 
 from . import config
-from .activity import Activity, ClaimName, format_time, printable
+from .activity import Activity, ClaimName, OutcomeKind, format_time, printable
 from .liveness import OwnLock, Prober, WorkerAlreadyRunning, resolve_mode
 from .pool import (
     Outcome,
@@ -40,7 +40,7 @@ from .pool import (
 )
 from .processor import registered
 from .record import Attempt, done_record, failed_record, failure_document, follow_up_document
-from .repository import Rejected, Repository, SharedClock, Staged, dumps
+from .repository import Rejected, Repository, Settlement, SharedClock, dumps
 from .retry import RetryPolicy
 from .storable import reason_line
 
@@ -73,7 +73,7 @@ class _Settled:
     claim: ClaimName
     activity: Activity
     started: float
-    outcome: str
+    outcome: OutcomeKind
     record: Any
     follow_ups: list[Any]
     summary: str
@@ -640,7 +640,7 @@ class Worker:
         last_resort: bool = False,
     ) -> None:
         """An outcome this worker cannot record fails its activity, never the daemon."""
-        text = traceback.format_exc()
+        text = "".join(traceback.format_exception(exc))
         reason = f"spoolpipe could not record the outcome: {type(exc).__name__}: {exc}"
         log.error("%s: %s", activity.id, reason_line(reason), exc_info=True)
         self._note_in_attempt_log(activity, f"{reason}\n{text}")
@@ -747,33 +747,25 @@ class Worker:
         pending, self._pending = self._pending, []
         if not pending:
             return
-        staged: list[tuple[Staged, _Settled]] = []
-        for item in pending:
-            try:
-                staged.append((self.repo.stage(item.claim, item.outcome, item.record, item.follow_ups), item))
-            except OSError as exc:
-                self._requeue_unsettled(item.claim, exc)
-            except Exception as exc:  # e.g. a record that cannot be encoded: fail that activity
-                self._unrecordable(item.claim, item.activity, item.started, exc, last_resort=item.last_resort)
-        try:
-            self.repo.durability.barrier()
-        except OSError as exc:
-            for files, _ in staged:
-                self.repo.discard(files.claim)
-                self._requeue_unsettled(files.claim, exc)
-            return
-        committed: list[Staged] = []
-        for files, item in staged:
-            if self.repo.commit(item.claim):
-                committed.append(files)
+        for settled, item in zip(
+            self.repo.settle([Settlement(i.claim, i.outcome, i.record, i.follow_ups) for i in pending]),
+            pending,
+            strict=True,
+        ):
+            if settled.status == "committed":
                 (log.info if item.outcome == "done" else log.error)("%s", item.summary)
-            else:
+            elif settled.status == "lost":
                 log.warning(
                     "claim on %s was lost (taken over after this worker was presumed dead); "
                     "outcome discarded",
                     item.claim.activity_id,
                 )
-        self.repo.finish(committed)
+            elif isinstance(settled.error, OSError):
+                self._requeue_unsettled(item.claim, settled.error)
+            elif settled.error is not None:  # e.g. a record that cannot be encoded: fail that activity
+                self._unrecordable(
+                    item.claim, item.activity, item.started, settled.error, last_resort=item.last_resort
+                )
 
     def _requeue_unsettled(self, claim: ClaimName, exc: OSError) -> None:
         """A write failed (disk full...): nothing half-written stays, and the activity stays retryable."""
