@@ -100,25 +100,30 @@ def _claim_everything(
 
 def test_concurrent_claims_are_exclusive(tmp_path: Path) -> None:
     repo = make_repository(tmp_path)
-    # Enough files that claiming them takes longer than the processes take to be scheduled.
-    names = [f"{new_id()}.json" for _ in range(3000)]
-    for name in names:
-        drop(repo, name, b'{"type": "t.noop"}')
     ctx = multiprocessing.get_context("spawn")
-    queue: multiprocessing.Queue[list[str]] = ctx.Queue()
-    ready = ctx.Barrier(4)  # all start together, however long each took to start
-    procs = [
-        ctx.Process(target=_claim_everything, args=(str(repo), f"c{i}", names, ready, queue))
-        for i in range(4)
-    ]
-    for p in procs:
-        p.start()
-    won = [queue.get(timeout=60) for _ in procs]
-    for p in procs:
-        p.join(30)
-    claimed = [n for w in won for n in w]
-    assert sorted(claimed) == sorted(names)
-    assert sum(1 for w in won if w) >= 2  # they really competed
+    contended = 0
+    # On a loaded machine one claimer may finish before the others are scheduled: race again.
+    for _ in range(5):
+        names = [f"{new_id()}.json" for _ in range(2000)]
+        for name in names:
+            drop(repo, name, b'{"type": "t.noop"}')
+        queue: multiprocessing.Queue[list[str]] = ctx.Queue()
+        ready = ctx.Barrier(4)  # all start together, however long each took to start
+        procs = [
+            ctx.Process(target=_claim_everything, args=(str(repo), f"c{i}", names, ready, queue))
+            for i in range(4)
+        ]
+        for p in procs:
+            p.start()
+        won = [queue.get(timeout=60) for _ in procs]
+        for p in procs:
+            p.join(30)
+        claimed = [n for w in won for n in w]
+        assert sorted(claimed) == sorted(names)  # each file claimed exactly once
+        contended = sum(1 for w in won if w)
+        if contended >= 2:
+            break
+    assert contended >= 2  # they really competed
 
 
 JUNK: dict[str, bytes] = {

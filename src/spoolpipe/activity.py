@@ -229,6 +229,17 @@ def _reject_constant(token: str) -> Any:
     raise ValueError(f"{token} is not valid JSON (RFC 8259)")
 
 
+class _Infinite(Exception):
+    """A number too large for a float (``1e400``): it could not be written back."""
+
+
+def _finite_float(token: str) -> float:
+    value = float(token)
+    if math.isinf(value):
+        raise _Infinite
+    return value
+
+
 def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     doc: dict[str, Any] = {}
     for key, value in pairs:
@@ -249,19 +260,22 @@ def parse_document(raw: bytes) -> dict[str, Any]:
     if not text.strip():
         raise InvalidActivity("file is empty")
     try:
-        doc = json.loads(text, parse_constant=_reject_constant, object_pairs_hook=_unique_keys)
+        doc = json.loads(
+            text, parse_constant=_reject_constant, parse_float=_finite_float, object_pairs_hook=_unique_keys
+        )
+    except _Infinite:
+        raise InvalidActivity("a number is out of range (it would be infinite)") from None
     except json.JSONDecodeError as exc:
         raise InvalidActivity(f"malformed JSON at line {exc.lineno} column {exc.colno}: {exc.msg}") from None
     except (ValueError, RecursionError) as exc:
         raise InvalidActivity(f"malformed JSON: {exc}") from None
     if not isinstance(doc, dict):
         raise InvalidActivity(f"top level is a JSON {type(doc).__name__}, expected an object")
-    try:  # what cannot be written back (1e400, a lone surrogate escape) must not be accepted
-        json.dumps(doc, ensure_ascii=False, allow_nan=False).encode("utf-8")
-    except ValueError:
-        raise InvalidActivity("a number is out of range (it would be infinite)") from None
-    except UnicodeEncodeError:
-        raise InvalidActivity("a string holds an unpaired \\u surrogate escape") from None
+    if "\\u" in text:  # a lone surrogate, which cannot be written back, comes only from an escape
+        try:
+            json.dumps(doc, ensure_ascii=False).encode("utf-8")
+        except UnicodeEncodeError:
+            raise InvalidActivity("a string holds an unpaired \\u surrogate escape") from None
     return doc
 
 
