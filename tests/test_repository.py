@@ -361,6 +361,20 @@ def test_recover_completes_what_a_finisher_that_died_half_way_left(repo: Reposit
     assert listing(repo.running) == []
 
 
+def test_recover_completes_a_publication_interrupted_between_link_and_unlink(repo: Repository) -> None:
+    # A finisher on a client without renameat2 (NFS) moves by link + unlink, and died in between.
+    claim = claim_new(repo)
+    record, follow_ups = outcome_with_follow_ups(Activity("job-7", "t"), ["1"])
+    repo.stage(claim, "done", record, follow_ups)
+    assert repo.commit(claim)
+    os.link(repo.running / claim.staged("done"), repo.done / "job-7.json")
+    assert repo.recover(claim) == "finished"
+    assert listing(repo.done) == ["job-7.json"]
+    assert load(repo.done / "job-7.json") == record
+    assert listing(repo.invalid) == []  # the record's own second name is not "another file there"
+    assert listing(repo.running) == []
+
+
 def test_recover_requeues_an_uncommitted_claim_as_the_next_attempt(repo: Repository) -> None:
     drop(repo, "job-7~2~1000.json", {"type": "t", "data": {"n": 1}})
     claim = repo.claim("job-7~2~1000.json", read_ok(repo, "job-7~2~1000.json"), "w1")

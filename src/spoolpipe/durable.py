@@ -100,11 +100,11 @@ def move_noreplace(source: StrPath, target: StrPath) -> None:
     which refuses an existing target on every POSIX file system, NFS and GlusterFS
     included. Idempotent: a move interrupted between link and unlink is completed.
     """
-    if _rename_noreplace(source, target):
-        return
     try:
+        if _rename_noreplace(source, target):
+            return
         os.link(source, target, follow_symlinks=False)
-    except FileExistsError:
+    except FileExistsError:  # a move interrupted after its link, by this or a client without renameat2
         if not os.path.samestat(os.lstat(source), os.lstat(target)):
             raise
     except IsADirectoryError:
