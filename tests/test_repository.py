@@ -375,6 +375,22 @@ def test_recover_completes_a_publication_interrupted_between_link_and_unlink(rep
     assert listing(repo.running) == []
 
 
+def test_finish_gives_up_only_its_own_reservation(repo: Repository) -> None:
+    first = claim_new(repo)
+    assert repo.reserve(first, claimed_activity(repo, first), "job-7.json") is None
+    staged = repo.stage(first, "done", {"id": "job-7"}, [])
+    assert repo.commit(first)
+    # Meanwhile the reservation was deleted by hand and another copy of the id reserved it.
+    os.unlink(repo.ids / "job-7")
+    drop(repo, "copy.json", {"id": "job-7", "type": "t"})
+    second = repo.claim("copy.json", read_ok(repo, "copy.json"), "w2")
+    assert second is not None
+    assert repo.reserve(second, claimed_activity(repo, second), "copy.json") is None
+    repo.finish([staged])
+    assert listing(repo.done) == ["job-7.json"]
+    assert os.path.samestat(os.lstat(repo.ids / "job-7"), os.lstat(repo.running / second.name))
+
+
 def test_recover_requeues_an_uncommitted_claim_as_the_next_attempt(repo: Repository) -> None:
     drop(repo, "job-7~2~1000.json", {"type": "t", "data": {"n": 1}})
     claim = repo.claim("job-7~2~1000.json", read_ok(repo, "job-7~2~1000.json"), "w1")

@@ -549,6 +549,7 @@ class Repository:
             with contextlib.suppress(FileNotFoundError):
                 if os.lstat(marker).st_nlink == 1:
                     os.unlink(marker)
+                    self.durability.changed(self._ids)
 
     def _publish_staged(self, name: str, directory: str, target: str) -> None:
         """Move a committed claim's staged file to where it is seen; an existing file is never replaced."""
