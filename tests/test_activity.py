@@ -29,6 +29,7 @@ from spoolpipe.activity import (
     parse_activity,
     parse_claim_name,
     parse_inbox_name,
+    parse_running_name,
     queued_name,
 )
 from spoolpipe.record import Attempt, done_record, failed_record, failure_document, follow_up_document
@@ -514,6 +515,58 @@ def test_parse_claim_name_rejects_other_names(name: str) -> None:
 def test_claim_name_round_trips(activity_id: str, attempt: int, worker: str) -> None:
     claim = ClaimName(activity_id, attempt, worker)
     assert parse_claim_name(claim.name) == claim
+
+
+@pytest.mark.parametrize(
+    ("name", "kind", "follow_up"),
+    [
+        ("job-7~3~nas.local.json", None, ""),
+        ("job-7~3~nas.local~committed", "committed", ""),
+        ("job-7~3~nas.local~done", "done", ""),
+        ("job-7~3~nas.local~failed", "failed", ""),
+        ("job-7~3~nas.local~follow-up~5GRXJ3I2ASRSMFPRMWCD3WRST6", "follow-up", "5GRXJ3I2ASRSMFPRMWCD3WRST6"),
+    ],
+)
+def test_the_names_in_running_are_the_documented_ones(name: str, kind: str | None, follow_up: str) -> None:
+    parsed = parse_running_name(name)
+    assert parsed is not None
+    assert (parsed.claim, parsed.kind, parsed.follow_up) == (
+        ClaimName("job-7", 3, "nas.local"),
+        kind,
+        follow_up,
+    )
+    assert parsed.name == name
+    assert parse_claim_name(name) == (parsed.claim if kind is None else None)
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "job~3~w~committed.json",
+        "job~3~w~done~x",
+        "job~3~w~follow-up",
+        "job~3~w~follow-up~",
+        "job~3~w~follow-up~a~b",
+        "job~3~w~follow-up~bad id",
+        "job~3~w~running",
+        "job~3~w~DONE",
+        "job~3~w~done\n",
+        "not-a-claim.txt",
+    ],
+)
+def test_other_names_in_running_are_not_spoolpipes(name: str) -> None:
+    assert parse_running_name(name) is None
+
+
+@given(activity_id=_ids, attempt=st.integers(1, 999_999), worker=_ids, follow_up=_ids)
+@settings(max_examples=50, deadline=None)
+def test_staged_names_round_trip(activity_id: str, attempt: int, worker: str, follow_up: str) -> None:
+    claim = ClaimName(activity_id, attempt, worker)
+    for kind in ("committed", "done", "failed", "follow-up"):
+        parsed = parse_running_name(claim.staged(kind, follow_up))
+        assert parsed is not None
+        assert (parsed.claim, parsed.kind) == (claim, kind)
+        assert parsed.follow_up == (follow_up if kind == "follow-up" else "")
 
 
 def test_is_valid_name() -> None:

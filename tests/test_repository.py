@@ -31,6 +31,8 @@ from spoolpipe.repository import (
     NotARepository,
     Rejected,
     Repository,
+    Settled,
+    Settlement,
     dumps,
 )
 
@@ -187,23 +189,21 @@ def visible(repo: Repository) -> dict[str, list[str]]:
     return {d: listing(repo.root / d) for d in ("inbox", "done", "failed", "invalid")}
 
 
-def test_stage_commit_finish_publishes_follow_ups_and_the_record(tmp_path: Path) -> None:
+def claimed_activity(repo: Repository, claim: ClaimName) -> Activity:
+    return parse_activity((repo.running / claim.name).read_bytes(), f"{claim.activity_id}.json")
+
+
+def test_settle_publishes_follow_ups_and_the_record(tmp_path: Path) -> None:
     root = tmp_path / "repo"
     Repository.create(root, "")
     repo = Repository(root, fsync=True)  # the real durability path, barriers included
     claim = claim_new(repo, data={"n": 1})
-    activity = parse_activity((repo.running / claim.name).read_bytes(), "job-7.json")
+    activity = claimed_activity(repo, claim)
+    assert repo.reserve(claim, activity, "job-7.json", time.time()) is None
     record, follow_ups = outcome_with_follow_ups(activity, ["1", "2"])
 
-    staged = repo.stage(claim, "done", record, follow_ups)
-    assert visible(repo) == {"inbox": [], "done": [], "failed": [], "invalid": []}
-    assert (repo.running / claim.name).exists()
-    repo.durability.barrier()
-
-    assert repo.commit(claim) is True
-    assert not (repo.running / claim.name).exists()
-    assert visible(repo) == {"inbox": [], "done": [], "failed": [], "invalid": []}
-    repo.finish([staged])
+    settlement = Settlement(claim, "done", record, follow_ups)
+    assert repo.settle([settlement]) == [Settled(settlement, "committed")]
 
     assert listing(repo.running) == []
     assert listing(repo.inbox) == sorted(f"{f['id']}.json" for f in follow_ups)
@@ -213,15 +213,33 @@ def test_stage_commit_finish_publishes_follow_ups_and_the_record(tmp_path: Path)
     assert listing(repo.done) == ["job-7.json"]
     assert load(repo.done / "job-7.json") == record
     assert listing(repo.tmp) == []
+    assert listing(repo.ids) == []  # the id reservation goes with the claim
     assert list(repo.claims()) == []
+
+
+def test_stage_shows_nothing_until_the_commit(repo: Repository) -> None:
+    claim = claim_new(repo)
+    record, follow_ups = outcome_with_follow_ups(claimed_activity(repo, claim), ["1"])
+    staged = repo.stage(claim, "done", record, follow_ups)
+    assert visible(repo) == {"inbox": [], "done": [], "failed": [], "invalid": []}
+    assert (repo.running / claim.name).exists()
+    assert repo.commit(claim) is True
+    assert not (repo.running / claim.name).exists()
+    assert visible(repo) == {"inbox": [], "done": [], "failed": [], "invalid": []}
+    repo.finish([staged])
+    assert visible(repo) == {
+        "inbox": [f"{follow_ups[0]['id']}.json"],
+        "done": ["job-7.json"],
+        "failed": [],
+        "invalid": [],
+    }
 
 
 def test_a_failed_outcome_goes_to_failed(repo: Repository) -> None:
     claim = claim_new(repo)
     record = failed_record(Activity("job-7", "t"), ATTEMPT, "boom", "tb")
-    staged = repo.stage(claim, "failed", record, [])
-    assert repo.commit(claim)
-    repo.finish([staged])
+    settlement = Settlement(claim, "failed", record, [])
+    assert repo.settle([settlement]) == [Settled(settlement, "committed")]
     assert listing(repo.failed) == ["job-7.json"]
     assert load(repo.failed / "job-7.json") == record
     assert listing(repo.done) == []
@@ -234,11 +252,36 @@ def test_a_discarded_staging_leaves_only_the_claim(repo: Repository) -> None:
     repo.discard(claim)
     assert listing(repo.running) == [claim.name]
     record, follow_ups = outcome_with_follow_ups(Activity("job-7", "t"), ["1"])
-    staged = repo.stage(claim, "done", record, follow_ups)
-    assert repo.commit(claim)
-    repo.finish([staged])
+    assert [s.status for s in repo.settle([Settlement(claim, "done", record, follow_ups)])] == ["committed"]
     assert listing(repo.inbox) == [f"{follow_ups[0]['id']}.json"]
     assert listing(repo.running) == []
+
+
+def test_settle_commits_a_batch_and_reports_a_fenced_claim_as_lost(repo: Repository) -> None:
+    kept, taken_over = claim_new(repo, "kept"), claim_new(repo, "taken")
+    batch = [
+        Settlement(claim, "done", *outcome_with_follow_ups(claimed_activity(repo, claim), ["1"]))
+        for claim in (kept, taken_over)
+    ]
+    # The owner is presumed dead meanwhile; another worker recovers one claim as its next attempt.
+    assert repo.recover(taken_over) == "requeued"
+    assert [s.status for s in repo.settle(batch)] == ["committed", "lost"]
+    assert listing(repo.done) == ["kept.json"]
+    assert sorted(listing(repo.inbox)) == sorted([f"{batch[0].follow_ups[0]['id']}.json", "taken~2.json"])
+    assert listing(repo.running) == []  # the lost claim's staged files are gone too
+
+
+def test_settle_an_outcome_that_cannot_be_encoded_leaves_its_claim_unwritten(repo: Repository) -> None:
+    good, bad = claim_new(repo, "good"), claim_new(repo, "bad")
+    broken = Settlement(bad, "done", {"id": "bad", "result": {1, 2}}, [{"id": "child", "type": "t"}])
+    fine = Settlement(good, "done", {"id": "good"}, [])
+    [unwritten, committed] = repo.settle([broken, fine])
+    assert (unwritten.status, type(unwritten.error)) == ("unwritten", TypeError)
+    assert committed == Settled(fine, "committed")
+    # Nothing of the broken outcome was published or stays staged; its claim is there to release.
+    assert listing(repo.running) == [bad.name]
+    assert listing(repo.inbox) == []
+    assert listing(repo.done) == ["good.json"]
 
 
 def test_commit_after_the_claim_was_recovered_is_fenced(repo: Repository) -> None:
@@ -310,11 +353,42 @@ def test_recover_completes_what_a_finisher_that_died_half_way_left(repo: Reposit
     staged = repo.stage(claim, "done", record, follow_ups)
     assert repo.commit(claim)
     # The first finisher published one follow-up, then died.
-    os.rename(repo.running / staged.follow_ups[0], repo.inbox / f"{follow_ups[0]['id']}.json")
+    first = staged.follow_ups[0]
+    os.rename(repo.running / claim.staged("follow-up", first), repo.inbox / f"{first}.json")
     assert repo.recover(claim) == "finished"
     assert listing(repo.inbox) == sorted(f"{f['id']}.json" for f in follow_ups)
     assert listing(repo.done) == ["job-7.json"]
     assert listing(repo.running) == []
+
+
+def test_recover_completes_a_publication_interrupted_between_link_and_unlink(repo: Repository) -> None:
+    # A finisher on a client without renameat2 (NFS) moves by link + unlink, and died in between.
+    claim = claim_new(repo)
+    record, follow_ups = outcome_with_follow_ups(Activity("job-7", "t"), ["1"])
+    repo.stage(claim, "done", record, follow_ups)
+    assert repo.commit(claim)
+    os.link(repo.running / claim.staged("done"), repo.done / "job-7.json")
+    assert repo.recover(claim) == "finished"
+    assert listing(repo.done) == ["job-7.json"]
+    assert load(repo.done / "job-7.json") == record
+    assert listing(repo.invalid) == []  # the record's own second name is not "another file there"
+    assert listing(repo.running) == []
+
+
+def test_finish_gives_up_only_its_own_reservation(repo: Repository) -> None:
+    first = claim_new(repo)
+    assert repo.reserve(first, claimed_activity(repo, first), "job-7.json", time.time()) is None
+    staged = repo.stage(first, "done", {"id": "job-7"}, [])
+    assert repo.commit(first)
+    # Meanwhile the reservation was deleted by hand and another copy of the id reserved it.
+    os.unlink(repo.ids / "job-7")
+    drop(repo, "copy.json", {"id": "job-7", "type": "t"})
+    second = repo.claim("copy.json", read_ok(repo, "copy.json"), "w2")
+    assert second is not None
+    assert repo.reserve(second, claimed_activity(repo, second), "copy.json", time.time()) is None
+    repo.finish([staged])
+    assert listing(repo.done) == ["job-7.json"]
+    assert os.path.samestat(os.lstat(repo.ids / "job-7"), os.lstat(repo.running / second.name))
 
 
 def test_recover_requeues_an_uncommitted_claim_as_the_next_attempt(repo: Repository) -> None:
@@ -661,7 +735,7 @@ def _fill(directory: Path, leave: int) -> None:
             f.flush()
 
 
-def test_a_stage_that_hits_a_full_disk_leaves_no_partial_file(tiny_fs: Path) -> None:
+def test_a_settle_that_hits_a_full_disk_leaves_no_partial_file(tiny_fs: Path) -> None:
     root = tiny_fs / "repo"
     Repository.create(root, "")
     repo = Repository(root, fsync=True)
@@ -671,9 +745,9 @@ def test_a_stage_that_hits_a_full_disk_leaves_no_partial_file(tiny_fs: Path) -> 
     record = done_record(activity, ATTEMPT, {"blob": "x" * 64_000}, [follow_ups[0]["id"]])
     _fill(tiny_fs / "repo", leave=16 * 1024)
 
-    with pytest.raises(OSError) as info:
-        repo.stage(claim, "done", record, follow_ups)
-    assert info.value.errno == errno.ENOSPC
+    [settled] = repo.settle([Settlement(claim, "done", record, follow_ups)])
+    assert settled.status == "unwritten"
+    assert isinstance(settled.error, OSError) and settled.error.errno == errno.ENOSPC
     # Nothing staged stays behind, half-written or whole; the claim is untouched...
     assert listing(repo.running) == [claim.name]
     assert listing(repo.inbox) == []

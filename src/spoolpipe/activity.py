@@ -17,7 +17,7 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import Any, Literal, get_args
 
 NAME_PATTERN = r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}"
 _NAME = re.compile(rf"\A{NAME_PATTERN}\Z")
@@ -25,9 +25,11 @@ _NAME = re.compile(rf"\A{NAME_PATTERN}\Z")
 _QUEUED = re.compile(
     rf"\A(?P<id>{NAME_PATTERN})~(?P<attempt>[1-9][0-9]{{0,5}})(?:~(?P<nb>[0-9]{{1,15}}))?\.json\Z"
 )
-# A claim in running/: ``ID~ATTEMPT~WORKER.json``.
+# A claim in running/: ``ID~ATTEMPT~WORKER.json``, or a file staged beside it: ``ID~ATTEMPT~WORKER~KIND``
+# (``KIND`` one of committed, done, failed) or ``ID~ATTEMPT~WORKER~follow-up~FID``.
 _CLAIM = re.compile(
-    rf"\A(?P<id>{NAME_PATTERN})~(?P<attempt>[1-9][0-9]{{0,5}})~(?P<worker>{NAME_PATTERN})\.json\Z"
+    rf"\A(?P<id>{NAME_PATTERN})~(?P<attempt>[1-9][0-9]{{0,5}})~(?P<worker>{NAME_PATTERN})"
+    rf"(?:\.json|~(?P<kind>committed|done|failed|follow-up~(?P<follow_up>{NAME_PATTERN})))\Z"
 )
 _CROCKFORD = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
 # Fields spoolpipe interprets or writes itself; any other top-level field is carried along untouched.
@@ -136,9 +138,17 @@ def queued_name(activity_id: str, attempt: int, not_before: float | None) -> str
     return f"{activity_id}~{attempt}{suffix}.json"
 
 
+#: What an activity's attempt ended as.
+OutcomeKind = Literal["done", "failed"]
+#: The kinds of file staged beside a claim in ``running/``: its commit mark, its outcome record, a follow-up.
+StagedKind = Literal["committed", "done", "failed", "follow-up"]
+OUTCOMES: tuple[OutcomeKind, ...] = get_args(OutcomeKind)
+_STAGED_KINDS: dict[str, StagedKind] = {kind: kind for kind in get_args(StagedKind)}
+
+
 @dataclass(frozen=True)
 class ClaimName:
-    """The parts of a claim file name in ``running/``."""
+    """The parts of a claim file name in ``running/``: ``ID~ATTEMPT~WORKER.json``."""
 
     activity_id: str
     attempt: int
@@ -146,18 +156,50 @@ class ClaimName:
 
     @property
     def name(self) -> str:
-        return f"{self.activity_id}~{self.attempt}~{self.worker}.json"
+        return f"{self.stem}.json"
 
     @property
     def stem(self) -> str:
-        return self.name[: -len(".json")]
+        return f"{self.activity_id}~{self.attempt}~{self.worker}"
+
+    def staged(self, kind: StagedKind, follow_up: str = "") -> str:
+        """The name of a file staged for this claim (``follow_up``: the follow-up's id, for that kind)."""
+        if kind == "follow-up":
+            return f"{self.stem}~follow-up~{follow_up}"
+        return f"{self.stem}~{kind}"
 
 
-def parse_claim_name(name: str) -> ClaimName | None:
+@dataclass(frozen=True)
+class RunningName:
+    """A name in ``running/`` split: the claim it belongs to and, for a staged file, what it is."""
+
+    claim: ClaimName
+    kind: StagedKind | None = None  # None: the claim itself
+    follow_up: str = ""  # the follow-up's id, for kind "follow-up"
+
+    @property
+    def name(self) -> str:
+        return self.claim.name if self.kind is None else self.claim.staged(self.kind, self.follow_up)
+
+
+def parse_running_name(name: str) -> RunningName | None:
+    """The inverse of ``ClaimName.name`` and ``ClaimName.staged``; None for any other name."""
     m = _CLAIM.match(name)
     if not m:
         return None
-    return ClaimName(m.group("id"), int(m.group("attempt")), m.group("worker"))
+    claim = ClaimName(m.group("id"), int(m.group("attempt")), m.group("worker"))
+    kind, follow_up = m.group("kind"), m.group("follow_up")
+    if kind is None:
+        return RunningName(claim)
+    if follow_up is not None:
+        return RunningName(claim, "follow-up", follow_up)
+    return RunningName(claim, _STAGED_KINDS[kind])
+
+
+def parse_claim_name(name: str) -> ClaimName | None:
+    """The claim a claim file name (``ID~ATTEMPT~WORKER.json``, nothing staged) stands for."""
+    parsed = parse_running_name(name)
+    return parsed.claim if parsed is not None and parsed.kind is None else None
 
 
 @dataclass(frozen=True)
@@ -187,6 +229,17 @@ def _reject_constant(token: str) -> Any:
     raise ValueError(f"{token} is not valid JSON (RFC 8259)")
 
 
+class _Infinite(Exception):
+    """A number too large for a float (``1e400``): it could not be written back."""
+
+
+def _finite_float(token: str) -> float:
+    value = float(token)
+    if math.isinf(value):
+        raise _Infinite
+    return value
+
+
 def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     doc: dict[str, Any] = {}
     for key, value in pairs:
@@ -207,19 +260,22 @@ def parse_document(raw: bytes) -> dict[str, Any]:
     if not text.strip():
         raise InvalidActivity("file is empty")
     try:
-        doc = json.loads(text, parse_constant=_reject_constant, object_pairs_hook=_unique_keys)
+        doc = json.loads(
+            text, parse_constant=_reject_constant, parse_float=_finite_float, object_pairs_hook=_unique_keys
+        )
+    except _Infinite:
+        raise InvalidActivity("a number is out of range (it would be infinite)") from None
     except json.JSONDecodeError as exc:
         raise InvalidActivity(f"malformed JSON at line {exc.lineno} column {exc.colno}: {exc.msg}") from None
     except (ValueError, RecursionError) as exc:
         raise InvalidActivity(f"malformed JSON: {exc}") from None
     if not isinstance(doc, dict):
         raise InvalidActivity(f"top level is a JSON {type(doc).__name__}, expected an object")
-    try:  # what cannot be written back (1e400, a lone surrogate escape) must not be accepted
-        json.dumps(doc, ensure_ascii=False, allow_nan=False).encode("utf-8")
-    except ValueError:
-        raise InvalidActivity("a number is out of range (it would be infinite)") from None
-    except UnicodeEncodeError:
-        raise InvalidActivity("a string holds an unpaired \\u surrogate escape") from None
+    if "\\u" in text:  # a lone surrogate, which cannot be written back, comes only from an escape
+        try:
+            json.dumps(doc, ensure_ascii=False).encode("utf-8")
+        except UnicodeEncodeError:
+            raise InvalidActivity("a string holds an unpaired \\u surrogate escape") from None
     return doc
 
 

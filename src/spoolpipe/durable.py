@@ -51,28 +51,26 @@ def _load_renameat2() -> Callable[[int, bytes, int, bytes, int], int] | None:
 
 
 _renameat2 = _load_renameat2()
-# File systems (by st_dev) that refused RENAME_NOREPLACE: NFS, SMB, GlusterFS's FUSE client.
-_no_renameat2: set[int] = set()
+# Refusals of RENAME_NOREPLACE (NFS, SMB, GlusterFS's FUSE client): the kernel answers them without
+# touching the file, so trying costs one cheap system call; no per-file-system memory is kept.
 _REFUSED = frozenset({errno.EINVAL, errno.ENOSYS, errno.ENOTSUP, errno.EOPNOTSUPP})
+#: A path as the moves here take it: a ``str`` on the hot path, or a ``Path``.
+StrPath = str | os.PathLike[str]
 
 
-def _rename_noreplace(source: Path, target: Path) -> bool:
+def _rename_noreplace(source: StrPath, target: StrPath) -> bool:
     """``renameat2(RENAME_NOREPLACE)``; False when this file system does not offer it."""
     if _renameat2 is None:
-        return False
-    device = os.lstat(target.parent).st_dev
-    if device in _no_renameat2:
         return False
     if _renameat2(_AT_FDCWD, os.fsencode(source), _AT_FDCWD, os.fsencode(target), _RENAME_NOREPLACE) == 0:
         return True
     code = ctypes.get_errno()
     if code in _REFUSED:
-        _no_renameat2.add(device)
         return False
-    raise OSError(code, os.strerror(code), str(source), None, str(target))
+    raise OSError(code, os.strerror(code), os.fspath(source), None, os.fspath(target))
 
 
-def take(source: Path, target: Path) -> bool:
+def take(source: StrPath, target: StrPath) -> bool:
     """Rename ``source`` to ``target``; of several takers of one source only one succeeds.
 
     False when ``source`` is gone (someone else took it). Never replaces ``target``
@@ -83,15 +81,20 @@ def take(source: Path, target: Path) -> bool:
     try:
         if _rename_noreplace(source, target):
             return True
-        if os.path.lexists(target):
-            raise FileExistsError(errno.EEXIST, "File exists", str(target))
-        os.rename(source, target)
     except FileNotFoundError:
         return False
+    if os.path.lexists(target):
+        raise FileExistsError(errno.EEXIST, "File exists", os.fspath(target))
+    try:
+        os.rename(source, target)
+    except FileNotFoundError:
+        # An NFS client may retry a rename that already succeeded and report ENOENT: the target
+        # was absent a moment ago and has a single writer, so if it is there now, this rename made it.
+        return os.path.lexists(target)
     return True
 
 
-def move_noreplace(source: Path, target: Path) -> None:
+def move_noreplace(source: StrPath, target: StrPath) -> None:
     """Move a file only this process renames to ``target``, never replacing it (``FileExistsError``).
 
     ``RENAME_NOREPLACE`` where the file system has it, else ``link`` + ``unlink``,
@@ -100,23 +103,23 @@ def move_noreplace(source: Path, target: Path) -> None:
     name is this process's own). Idempotent: a move interrupted between link and
     unlink is completed.
     """
-    if _rename_noreplace(source, target):
-        return
-    if stat.S_ISDIR(os.lstat(source).st_mode):  # directories cannot be linked: look, then rename
-        if os.path.lexists(target):
-            raise FileExistsError(errno.EEXIST, "File exists", str(target))
-        os.rename(source, target)
-        return
     try:
+        if _rename_noreplace(source, target):
+            return
+        if stat.S_ISDIR(os.lstat(source).st_mode):  # directories cannot be linked: look, then rename
+            if os.path.lexists(target):
+                raise FileExistsError(errno.EEXIST, "File exists", os.fspath(target))
+            os.rename(source, target)
+            return
         os.link(source, target, follow_symlinks=False)
-    except FileExistsError:
+    except FileExistsError:  # a move interrupted after its link, by this or a client without renameat2
         if not os.path.samestat(os.lstat(source), os.lstat(target)):
             raise
     with contextlib.suppress(FileNotFoundError):
         os.unlink(source)
 
 
-def fsync_directory(path: Path) -> None:
+def fsync_directory(path: StrPath) -> None:
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
     try:
         os.fsync(fd)
@@ -132,18 +135,23 @@ class Durability:
     def __init__(self, root: Path, *, enabled: bool = True) -> None:
         self.enabled = enabled
         self._root = root
-        self._dirty_files: list[Path] = []
-        self._dirty_dirs: set[Path] = set()
+        self._dirty_files: list[StrPath] = []
+        self._dirty_dirs: set[str] = set()
 
-    def wrote(self, path: Path) -> None:
+    def wrote(self, path: StrPath) -> None:
         """``path`` got new content that must be on disk before it is renamed into place."""
         if self.enabled:
             self._dirty_files.append(path)
 
-    def renamed(self, *paths: Path) -> None:
+    def renamed(self, *paths: StrPath) -> None:
         """Entries in the parents of ``paths`` changed."""
         if self.enabled:
-            self._dirty_dirs.update(p.parent for p in paths)
+            self._dirty_dirs.update(os.path.dirname(os.fspath(p)) for p in paths)
+
+    def changed(self, *directories: str) -> None:
+        """Entries in ``directories`` changed (``renamed`` for callers that hold the directory already)."""
+        if self.enabled:
+            self._dirty_dirs.update(directories)
 
     def barrier(self) -> None:
         """Everything written or renamed so far is durable when this returns."""
@@ -171,7 +179,7 @@ class Durability:
         self._dirty_dirs.clear()
 
 
-def write_file(path: Path, data: bytes, durability: Durability) -> None:
+def write_file(path: StrPath, data: bytes, durability: Durability) -> None:
     """Create ``path`` (a temp name nobody else uses) with ``data``; durable after the next barrier."""
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)
     try:

@@ -21,15 +21,18 @@ from pathlib import Path
 from typing import Any, Literal
 
 from .activity import (
+    OUTCOMES,
     Activity,
     ClaimName,
     InvalidActivity,
+    OutcomeKind,
+    RunningName,
     invalid_entry_name,
     is_ignored,
     new_id,
     parse_activity,
-    parse_claim_name,
     parse_document,
+    parse_running_name,
     printable,
     queued_name,
     retried_activity,
@@ -50,9 +53,6 @@ SUPPORT_DIRS = (
     "reports",
 )
 PROPERTIES_FILE = "spoolpipe.properties"
-_COMMITTED = "committed"
-_OUTCOMES = ("done", "failed")
-_FOLLOW_UP = "follow-up"
 _QUARANTINE_PREFIX = "quarantine-"
 _REASON = "reason.txt"
 # Where an entry that is itself named reason.txt is kept beside its reason.
@@ -82,32 +82,38 @@ class Busy:
 
 
 @dataclass(frozen=True)
-class Settlement:
-    """An attempt's outcome to commit: its record and the follow-ups it publishes."""
+class Staged:
+    """What is staged for a claim in ``running/``: its outcome record and its follow-ups (by id)."""
 
     claim: ClaimName
-    outcome: Literal["done", "failed"]
+    outcome: OutcomeKind
+    follow_ups: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class Settlement:
+    """One claim's outcome, to be committed with others in one ``settle``."""
+
+    claim: ClaimName
+    outcome: OutcomeKind
     record: Mapping[str, Any]
     follow_ups: Sequence[Mapping[str, Any]]
 
 
 @dataclass(frozen=True)
 class Settled:
-    """What became of a settlement: ``lost`` when fenced (the claim was taken over), ``unwritten`` when
-    writing or flushing failed (nothing half-written stays; the claim is still in ``running/``)."""
+    """What ``settle`` made of a settlement.
+
+    ``committed``: published (record in ``done/``/``failed/``, follow-ups in ``inbox/``).
+    ``lost``: fenced, the claim was taken over (recovered or released); nothing was published.
+    ``unwritten``: nothing of it stays staged and the claim is still in ``running/`` for the
+    caller to release; ``error`` is an ``OSError`` when a write or flush failed (disk full...),
+    any other exception when the outcome cannot be encoded (a bug: fail the activity instead).
+    """
 
     settlement: Settlement
     status: Literal["committed", "lost", "unwritten"]
     error: Exception | None = None
-
-
-@dataclass(frozen=True)
-class Staged:
-    """The files staged for a claim in ``running/``: its outcome record and its follow-ups."""
-
-    claim: ClaimName
-    record: str
-    follow_ups: list[str]
 
 
 @dataclass(frozen=True)
@@ -163,6 +169,10 @@ class Repository:
         self.reports = root / "reports"
         self.ids = root / "ids"
         self.durability = Durability(root, enabled=fsync)
+        # The hot path joins plain strings: pathlib costs more than the system calls it wraps.
+        self._inbox, self._running, self._done, self._failed, self._ids = (
+            os.fspath(d) for d in (self.inbox, self.running, self.done, self.failed, self.ids)
+        )
 
     # -- layout ------------------------------------------------------------------------------
 
@@ -261,7 +271,7 @@ class Repository:
 
     def read(self, name: str, *, limit: int) -> Activity | Rejected | None:
         """Read an inbox entry without following links or blocking on FIFOs; ``None`` if it is gone."""
-        path = self.inbox / name
+        path = f"{self._inbox}/{name}"
         try:
             st = os.lstat(path)
         except FileNotFoundError:
@@ -286,12 +296,14 @@ class Repository:
                 return Rejected(f"{name} is {_kind(st.st_mode)}, not an activity file")
             chunks: list[bytes] = []
             size = 0
+            want = min(st.st_size, limit) + 1  # one read for a whole file; a short read is its end
             while size <= limit:
-                chunk = os.read(fd, limit + 1 - size)
-                if not chunk:
-                    break
+                chunk = os.read(fd, min(want, limit + 1 - size))
                 chunks.append(chunk)
                 size += len(chunk)
+                if len(chunk) < want:
+                    break
+                want = 1 << 16
         except OSError as exc:
             if exc.errno in _TRANSIENT:
                 return None
@@ -357,16 +369,12 @@ class Repository:
         attempt (another copy): it is left in the inbox until that claim is settled.
         """
         claim = ClaimName(activity.id, activity.attempt, worker)
-        target = self.running / claim.name
-        if os.path.lexists(target):
-            return None
         try:
-            # An NFS client may retry a rename that already succeeded and report ENOENT.
-            if not take(self.inbox / name, target) and not os.path.lexists(target):
+            if not take(f"{self._inbox}/{name}", f"{self._running}/{claim.name}"):
                 return None
         except FileExistsError:
             return None
-        self.durability.renamed(self.inbox / name, target)
+        self.durability.changed(self._inbox, self._running)
         return claim
 
     def reserve(self, claim: ClaimName, activity: Activity, name: str, now: float) -> Duplicate | Busy | None:
@@ -382,12 +390,12 @@ class Repository:
         file system may hide a file for a while); a duplicate's reservation is
         given up before the caller quarantines it. ``now``: the shared clock.
         """
-        path = self.running / claim.name
-        marker = self.ids / claim.activity_id
+        path = f"{self._running}/{claim.name}"
+        marker = f"{self._ids}/{claim.activity_id}"
         st = os.lstat(path)
-        if _same(marker, st):
-            return None
-        if st.st_nlink > 1:
+        if st.st_nlink > 1:  # its reservation, made at an earlier claim of this copy, or another copy
+            if _same(marker, st):
+                return None
             st = self._detach(path)
         for _ in range(2):
             try:
@@ -396,7 +404,7 @@ class Repository:
             except FileExistsError:
                 held = _lstat(marker)
                 if held is not None and os.path.samestat(held, st):
-                    return None  # ours after all: the first look came from a stale cache
+                    return None  # ours after all: a stale cache hid the link count
                 if (
                     held is not None
                     and held.st_nlink == 1
@@ -414,7 +422,7 @@ class Repository:
                 return Duplicate(f"{name}: duplicate id {claim.activity_id}: another copy is {other}")
         else:
             return Busy(f"id {claim.activity_id} could not be reserved")
-        self.durability.renamed(marker)
+        self.durability.changed(self._ids)
         settled = self._settled_copy(activity)
         if settled is None:
             return None
@@ -438,10 +446,13 @@ class Repository:
         a duplicate: its history ends with that record, which is then dropped.
         """
         record = f"{activity.id}.json"
-        if os.path.lexists(self.done / record):
+        if os.path.lexists(f"{self._done}/{record}"):
             return f"done/{record} exists"
+        path = f"{self._failed}/{record}"
+        if not os.path.lexists(path):
+            return None
         try:
-            failed = json.loads((self.failed / record).read_bytes())
+            failed = json.loads(self.failed.joinpath(record).read_bytes())
         except FileNotFoundError:
             return None
         except (OSError, ValueError):
@@ -452,15 +463,15 @@ class Repository:
             and _finished_at(failed) == _finished_at({"spoolpipe": activity.history[-1]})
         ):
             with contextlib.suppress(FileNotFoundError):
-                os.unlink(self.failed / record)
-            self.durability.renamed(self.failed / record)
+                os.unlink(path)
+            self.durability.changed(self._failed)
             return None
         return f"failed/{record} exists (spoolpipe retry REPO {activity.id} runs it again)"
 
-    def _detach(self, path: Path) -> os.stat_result:
+    def _detach(self, path: str) -> os.stat_result:
         """Give a claim a file of its own: a copy of its bytes replaces this one name of a shared file."""
         tmp = self.temp_path("detach")
-        write_file(tmp, path.read_bytes(), self.durability)
+        write_file(tmp, Path(path).read_bytes(), self.durability)
         self.durability.barrier()
         os.replace(tmp, path)  # replaces only a name: the shared file lives on under its other names
         self.durability.renamed(path)
@@ -468,123 +479,138 @@ class Repository:
 
     def release_id(self, activity_id: str, holder: os.stat_result) -> None:
         """Give up the id reservation, if ``holder`` (the file it was made for) still has it."""
-        marker = self.ids / activity_id
+        marker = f"{self._ids}/{activity_id}"
         if _same(marker, holder):
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(marker)
-            self.durability.renamed(marker)
+            self.durability.changed(self._ids)
 
     # -- running -------------------------------------------------------------------------------
 
     def claims(self) -> Iterator[ClaimName]:
         """Every claim in ``running/``, committed or not, including staged files left without a claim."""
-        seen: set[str] = set()
+        seen: set[ClaimName] = set()
+        for parsed in self._running_names():
+            if parsed.claim not in seen:
+                seen.add(parsed.claim)
+                yield parsed.claim
+
+    def _running_names(self) -> list[RunningName]:
         with os.scandir(self.running) as entries:
             names = [e.name for e in entries]
-        for name in names:
-            stem = name if name.endswith(".json") else "~".join(name.split("~")[:3]) + ".json"
-            claim = parse_claim_name(stem)
-            if claim is not None and claim.stem not in seen:
-                seen.add(claim.stem)
-                yield claim
+        return [parsed for parsed in map(parse_running_name, names) if parsed is not None]
 
-    def _staged(self, claim: ClaimName) -> list[str]:
-        prefix = claim.stem + "~"
-        with os.scandir(self.running) as entries:
-            return sorted(e.name for e in entries if e.name.startswith(prefix))
-
-    def stage(self, claim: ClaimName, outcome: str, record: Any, follow_ups: Iterable[Any]) -> Staged:
-        """Write a claim's outcome record and follow-ups where only a commit will make them visible.
-
-        Durable after the next barrier; ``commit`` must come after that barrier.
-        """
-        staged = Staged(claim, f"{claim.stem}~{outcome}", [])
-        try:
-            for doc in follow_ups:
-                name = f"{claim.stem}~{_FOLLOW_UP}~{doc['id']}"
-                write_file(self.running / name, dumps(doc), self.durability)
-                staged.follow_ups.append(name)
-            write_file(self.running / staged.record, dumps(record), self.durability)
-        except BaseException:
-            self.discard(claim)
-            raise
-        return staged
-
-    def discard(self, claim: ClaimName) -> None:
-        """Delete whatever was staged for an uncommitted claim."""
-        for name in self._staged(claim):
-            if not name.endswith(_COMMITTED):
-                with contextlib.suppress(FileNotFoundError):
-                    os.unlink(self.running / name)
-
-    def commit(self, claim: ClaimName) -> bool:
-        """The commit point: a staged claim becomes its outcome. False when the claim was lost (fenced)."""
-        committed = self.running / f"{claim.stem}~{_COMMITTED}"
-        # An NFS client may retry a rename that already succeeded and report ENOENT.
-        if not take(self.running / claim.name, committed) and not os.path.lexists(committed):
-            self.discard(claim)
-            return False
-        self.durability.renamed(committed)
-        return True
+    def _staged(self, claim: ClaimName) -> list[RunningName]:
+        """The files staged for ``claim`` (its ``~committed`` mark included), as found in ``running/``."""
+        return [p for p in self._running_names() if p.claim == claim and p.kind is not None]
 
     def settle(self, batch: Sequence[Settlement]) -> list[Settled]:
-        """Commit a batch of outcomes: stage all, one barrier, commit all, publish all."""
-        results: list[Settled] = []
-        staged: list[tuple[Staged, Settlement]] = []
-        for item in batch:
+        """Commit a batch of outcomes: stage all, one barrier, commit all, publish all (``finish``).
+
+        One ``Settled`` per settlement, in order. A claim whose stage or barrier failed
+        keeps nothing staged and stays in ``running/``; one that was fenced publishes nothing.
+        """
+        settled: dict[int, Settled] = {}
+        staged: list[tuple[int, Staged]] = []
+        for index, item in enumerate(batch):
             try:
-                staged.append((self.stage(item.claim, item.outcome, item.record, item.follow_ups), item))
-            except Exception as exc:  # disk full, or a record that cannot be encoded
-                results.append(Settled(item, "unwritten", exc))
+                staged.append((index, self.stage(item.claim, item.outcome, item.record, item.follow_ups)))
+            except Exception as exc:  # OSError: a write failed; anything else: the outcome cannot be encoded
+                settled[index] = Settled(item, "unwritten", exc)
         try:
             self.durability.barrier()
         except OSError as exc:
-            for files, item in staged:
+            for index, files in staged:
                 self.discard(files.claim)
-                results.append(Settled(item, "unwritten", exc))
-            return results
+                settled[index] = Settled(batch[index], "unwritten", exc)
+            staged = []
         committed: list[Staged] = []
-        for files, item in staged:
-            if self.commit(item.claim):
+        for index, files in staged:
+            if self.commit(files.claim):
                 committed.append(files)
-                results.append(Settled(item, "committed"))
+                settled[index] = Settled(batch[index], "committed")
             else:
-                results.append(Settled(item, "lost"))
+                settled[index] = Settled(batch[index], "lost")
         self.finish(committed)
-        return results
+        return [settled[index] for index in range(len(batch))]
+
+    def stage(
+        self, claim: ClaimName, outcome: OutcomeKind, record: Any, follow_ups: Iterable[Mapping[str, Any]]
+    ) -> Staged:
+        """Write a claim's outcome record and follow-ups where only a commit will make them visible.
+
+        Durable after the next barrier; ``commit`` must come after that barrier. On any
+        failure nothing stays staged for the claim.
+        """
+        ids: list[str] = []
+        try:
+            for doc in follow_ups:
+                name = claim.staged("follow-up", doc["id"])
+                write_file(f"{self._running}/{name}", dumps(doc), self.durability)
+                ids.append(doc["id"])
+            write_file(f"{self._running}/{claim.staged(outcome)}", dumps(record), self.durability)
+        except BaseException:
+            self.discard(claim)
+            raise
+        return Staged(claim, outcome, tuple(ids))
+
+    def discard(self, claim: ClaimName) -> None:
+        """Delete whatever was staged for an uncommitted claim."""
+        for parsed in self._staged(claim):
+            if parsed.kind != "committed":
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(f"{self._running}/{parsed.name}")
+
+    def commit(self, claim: ClaimName) -> bool:
+        """The commit point: a staged claim becomes its outcome. False when the claim was lost (fenced)."""
+        committed = f"{self._running}/{claim.staged('committed')}"
+        # Already committed (a retried commit) counts as committed: the mark has a single writer.
+        if not take(f"{self._running}/{claim.name}", committed) and not os.path.lexists(committed):
+            self.discard(claim)
+            return False
+        self.durability.changed(self._running)
+        return True
 
     def finish(self, staged: Iterable[Staged]) -> None:
-        """Publish committed claims' follow-ups, then their records; idempotent: anyone may complete them."""
+        """Publish committed claims' follow-ups, then their records; idempotent: anyone may complete them.
+
+        Once all is flushed, the ``~committed`` mark goes, then the id reservation if it has no
+        other name left: it is always made as a second name of a claim, so one whose only name
+        is left was this claim's (it was the ``~committed`` file) or was left by a crash.
+        """
         finished: list[ClaimName] = []
         for item in staged:
-            for name in item.follow_ups:
-                self._publish_staged(name, self.inbox / f"{name.rsplit('~', 1)[1]}.json")
-            outcome = item.record.rsplit("~", 1)[1]
-            directory = self.done if outcome == "done" else self.failed
-            self._publish_staged(item.record, directory / f"{item.claim.activity_id}.json")
-            finished.append(item.claim)
+            claim = item.claim
+            for follow_up in item.follow_ups:
+                self._publish_staged(claim.staged("follow-up", follow_up), self._inbox, f"{follow_up}.json")
+            records = self._done if item.outcome == "done" else self._failed
+            self._publish_staged(claim.staged(item.outcome), records, f"{claim.activity_id}.json")
+            finished.append(claim)
         self.durability.barrier()
         for claim in finished:
-            committed = self.running / f"{claim.stem}~{_COMMITTED}"
             with contextlib.suppress(FileNotFoundError):
-                self.release_id(claim.activity_id, os.lstat(committed))
-                os.unlink(committed)
+                os.unlink(f"{self._running}/{claim.staged('committed')}")
+            marker = f"{self._ids}/{claim.activity_id}"
+            with contextlib.suppress(FileNotFoundError):
+                if os.lstat(marker).st_nlink == 1:
+                    os.unlink(marker)
+                    self.durability.changed(self._ids)
 
-    def _publish_staged(self, name: str, target: Path) -> None:
+    def _publish_staged(self, name: str, directory: str, target: str) -> None:
         """Move a committed claim's staged file to where it is seen; an existing file is never replaced."""
         try:
-            move_noreplace(self.running / name, target)
+            move_noreplace(f"{self._running}/{name}", f"{directory}/{target}")
         except FileNotFoundError:
             return  # published by an earlier finish
         except FileExistsError:
             self.quarantine(
                 self.running,
                 name,
-                f"{name}: not published: {target.parent.name}/{target.name} already exists "
+                f"{name}: not published: {os.path.basename(directory)}/{target} already exists "
                 "(a file with this id was put there by something other than this activity's commit)",
             )
             return
-        self.durability.renamed(target)
+        self.durability.changed(directory)
 
     def release(self, claim: ClaimName, attempt: int, not_before: float | None) -> bool:
         """Put a claim back into the inbox as ``attempt``; False when it was no longer there."""
@@ -597,17 +623,18 @@ class Repository:
 
     def claim_state(self, claim: ClaimName) -> Literal["absent", "claimed", "committed"]:
         """Whether the claim is there, and whether it was committed (its outcome awaits publication)."""
-        if os.path.lexists(self.running / f"{claim.stem}~{_COMMITTED}"):
+        if os.path.lexists(f"{self._running}/{claim.staged('committed')}"):
             return "committed"
         return "claimed" if os.path.lexists(self.running / claim.name) else "absent"
 
     def _committed(self, claim: ClaimName) -> Staged | None:
-        names = self._staged(claim)
-        if f"{claim.stem}~{_COMMITTED}" not in names:
+        """What a committed claim has left to publish; None if it is not committed."""
+        staged = self._staged(claim)
+        if not any(p.kind == "committed" for p in staged):
             return None
-        records = [n for n in names if n.rsplit("~", 1)[1] in _OUTCOMES]
-        follow_ups = [n for n in names if n.split("~")[3] == _FOLLOW_UP]
-        return Staged(claim, records[0] if records else f"{claim.stem}~done", follow_ups)
+        outcomes = [o for o in OUTCOMES if any(p.kind == o for p in staged)]
+        follow_ups = tuple(p.follow_up for p in staged if p.kind == "follow-up")
+        return Staged(claim, outcomes[0] if outcomes else "done", follow_ups)
 
     def recover(self, claim: ClaimName) -> str:
         """Settle the claim of a dead worker: finish it if committed, else requeue it as the next attempt."""
@@ -682,14 +709,14 @@ class Repository:
             return sum(1 for e in entries if not is_ignored(e.name))
 
 
-def _lstat(path: Path) -> os.stat_result | None:
+def _lstat(path: str | Path) -> os.stat_result | None:
     try:
         return os.lstat(path)
     except FileNotFoundError:
         return None
 
 
-def _same(path: Path, st: os.stat_result) -> bool:
+def _same(path: str, st: os.stat_result) -> bool:
     try:
         return os.path.samestat(os.lstat(path), st)
     except FileNotFoundError:
