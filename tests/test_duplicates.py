@@ -55,6 +55,8 @@ def repo(tmp_path: Path) -> Iterator[Path]:
         extra_processors=EXTRA,
     )
     procs = [start_worker(repo, w) for w in WORKERS]
+    for w in WORKERS:  # started (signals handled) before the test may stop them
+        wait_for(lambda w=w: (repo / "heartbeats" / f"{w}.json").exists(), 30, f"{w} to start")
     yield repo
     for proc in procs:
         if proc.poll() is None:

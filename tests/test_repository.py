@@ -780,16 +780,12 @@ def test_claim_name_of_a_claim_round_trips_through_the_running_directory(repo: R
 
 
 @pytest.fixture
-def without_renameat2(tmp_path: Path) -> Iterator[Path]:
-    """Make this file system take the fallback of durable's moves (link + unlink), as GlusterFS does."""
+def without_renameat2(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Take the fallback of durable's moves (link + unlink), as on GlusterFS: no RENAME_NOREPLACE."""
     from spoolpipe import durable
 
-    device = os.lstat(tmp_path).st_dev
-    durable._no_renameat2.add(device)
-    try:
-        yield tmp_path
-    finally:
-        durable._no_renameat2.discard(device)
+    monkeypatch.setattr(durable, "_renameat2", None)
+    return tmp_path
 
 
 def test_the_fallback_moves_files_and_directories_and_never_replaces(without_renameat2: Path) -> None:

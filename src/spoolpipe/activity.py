@@ -134,7 +134,7 @@ def queued_name(activity_id: str, attempt: int, not_before: float | None) -> str
     Always with the attempt, even the first, so that it never collides with a
     copy a person dropped as ``ID.json``.
     """
-    suffix = "" if not_before is None else f"~{int(not_before * 1000)}"
+    suffix = "" if not_before is None else f"~{math.ceil(not_before * 1000)}"  # never due early
     return f"{activity_id}~{attempt}{suffix}.json"
 
 
