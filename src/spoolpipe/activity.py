@@ -134,7 +134,12 @@ def queued_name(activity_id: str, attempt: int, not_before: float | None) -> str
     Always with the attempt, even the first, so that it never collides with a
     copy a person dropped as ``ID.json``.
     """
-    suffix = "" if not_before is None else f"~{math.ceil(not_before * 1000)}"  # never due early
+    if not_before is None:
+        return f"{activity_id}~{attempt}.json"
+    ms = int(not_before * 1000)
+    if ms / 1000 < not_before:  # rounded up: never due before not_before
+        ms += 1
+    suffix = f"~{ms}"
     return f"{activity_id}~{attempt}{suffix}.json"
 
 

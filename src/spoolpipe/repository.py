@@ -740,6 +740,9 @@ def filesystem_now(probe: Path) -> float:
     return probe.stat().st_mtime
 
 
+_CLOCK_GRAIN = 0.02
+
+
 class SharedClock:
     """Local time corrected to the shared file system's clock, re-probed every ``refresh`` seconds."""
 
@@ -753,6 +756,9 @@ class SharedClock:
         local = time.monotonic()
         if local - self._probed_at >= self._refresh:
             with contextlib.suppress(OSError):
-                self._offset = filesystem_now(self._probe) - time.time()
+                offset = filesystem_now(self._probe) - time.time()
+                # File times come from a coarse kernel clock (a tick, a few ms): an offset that small
+                # is that coarseness, not another clock, and would make a delay end a little early.
+                self._offset = offset if abs(offset) > _CLOCK_GRAIN else 0.0
                 self._probed_at = local
         return time.time() + self._offset
