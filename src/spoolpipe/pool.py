@@ -23,6 +23,7 @@ import random
 import signal
 import sys
 import threading
+import time
 import traceback
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -107,6 +108,7 @@ class Finished:
     reports: tuple[Report, ...]
     taken: int
     recycle: bool
+    seconds: float  # from sending the batch to its answer
 
 
 @dataclass(frozen=True)
@@ -190,6 +192,7 @@ class Slot:
     progress: Any  # shared: [index of the running item or -1, monotonic time it started, 1 = stop]
     ready: bool = False
     batch: tuple[Item, ...] = ()
+    sent: float = 0.0  # time.monotonic() the batch was sent
 
     def current(self) -> tuple[Item, float] | None:
         """The item running now and since when (``time.monotonic``), if any."""
@@ -246,7 +249,7 @@ class Pool:
         return [s for s in self.slots if s.batch]
 
     def send(self, slot: Slot, batch: Sequence[Item]) -> None:
-        slot.batch = tuple(batch)
+        slot.batch, slot.sent = tuple(batch), time.monotonic()
         slot.progress[0] = -1
         slot.conn.send(list(batch))
 
@@ -273,7 +276,9 @@ class Pool:
             slot.ready = True
             return Ready(slot)
         slot.batch = ()
-        return Finished(slot, batch, message.reports, message.taken, message.recycle)
+        return Finished(
+            slot, batch, message.reports, message.taken, message.recycle, time.monotonic() - slot.sent
+        )
 
     def replace(self, slot: Slot) -> None:
         """Kill and replace a pool process; its batch, if any, is the caller's to settle."""

@@ -49,6 +49,8 @@ log = logging.getLogger("spoolpipe.worker")
 EXIT_CRASH = 70
 #: Most activities handed to a pool process at once (each is still timed on its own).
 BATCH_MAX = 32
+#: How long a batch should take: short activities are batched up to this, long ones are not.
+BATCH_SECONDS = 0.05
 
 
 class StartupError(Exception):
@@ -93,6 +95,7 @@ class Worker:
         self._arrivals: Arrivals | None = None
         self._interrupted: list[Item] = []  # claims whose attempt ended without an answer, to settle
         self._megapixels: dict[int, float] = {}  # held by the batch of each busy slot
+        self._pace: dict[str, float] = {}  # seconds per activity, by type (one entry per handled type)
         self._rescan = True
 
     # -- start-up ------------------------------------------------------------------------------
@@ -356,12 +359,13 @@ class Worker:
         ids = {i.activity.id for s in self.pool.busy() for i in s.batch} | {
             i.activity.id for i in self._interrupted
         }
-        size = max(1, min(BATCH_MAX, len(self.intake) // (2 * len(self.pool.slots))))
+        share = len(self.intake) // (2 * len(self.pool.slots))  # leave work for every process
         for slot in idle:
             found = self._take(now, lambda a: self._admit(a, busy, ids), 1)
             if not found:
                 break
             first = found[0].activity
+            size = min(share, self._batch_size(first.type))
             if size > 1 and registered()[first.type].megapixels is None:
                 found += self._take(
                     now, lambda a, same=first.type: a.type == same and self._fresh(a, ids), size - 1
@@ -369,6 +373,12 @@ class Worker:
             busy[first.type] += 1
             self._megapixels[slot.index] = self._estimate(first)
             self._send(slot, found)
+
+    def _batch_size(self, type_: str) -> int:
+        """As many as run in about ``BATCH_SECONDS`` at this type's pace so far: short ones share a
+        message and a flush to disk, long ones go one at a time so every process has its share."""
+        pace = self._pace.get(type_)
+        return 1 if pace is None else max(1, min(BATCH_MAX, int(BATCH_SECONDS / max(pace, 1e-6))))
 
     @staticmethod
     def _fresh(activity: Activity, ids: set[str]) -> bool:
@@ -479,6 +489,9 @@ class Worker:
     def _finished(self, event: Finished) -> None:
         for report in event.reports:
             log.log(report.level, "%s", report.message)
+        if event.taken:  # seconds per activity of this type, smoothed
+            type_, took = event.batch[0].activity.type, event.seconds / event.taken
+            self._pace[type_] = took if type_ not in self._pace else 0.7 * self._pace[type_] + 0.3 * took
         self.intake.add(item.name for item in event.batch[event.taken :])  # untouched: still in the inbox
         self._megapixels.pop(event.slot.index, None)
         self._rescan = self._rescan or self._arrivals is None  # follow-ups and retries to find
