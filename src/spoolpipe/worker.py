@@ -289,10 +289,11 @@ class Worker:
     def _timeout(self, now: float) -> float:
         """How long the loop may wait for an event: until the next thing it must do by itself."""
         deadlines = [self._next_heartbeat, self._next_scan, self._grace_deadline, self._next_deadline()]
-        due = self.intake.next_due()
-        if due < float("inf") and self.pool.idle():
+        due, shared_now = self.intake.next_due(), self.clock.now()
+        if shared_now < due < float("inf") and self.pool.idle():
             # Wake up when the earliest waiting activity becomes due, not at the next periodic scan.
-            deadlines.append(now + max(0.0, due - self.clock.now()))
+            # (One due already but not handed out waits for a pool process to finish: no busy loop.)
+            deadlines.append(now + due - shared_now)
         return min(deadlines) - now
 
     def _wakers(self) -> list[Any]:
@@ -494,7 +495,8 @@ class Worker:
             self._pace[type_] = took if type_ not in self._pace else 0.7 * self._pace[type_] + 0.3 * took
         self.intake.add(item.name for item in event.batch[event.taken :])  # untouched: still in the inbox
         self._megapixels.pop(event.slot.index, None)
-        self._rescan = self._rescan or self._arrivals is None  # follow-ups and retries to find
+        if self._arrivals is None and self.intake.next_due() > self.clock.now():
+            self._rescan = True  # nothing else to do: look for its follow-ups and retries now
         if (event.recycle or self.pool.is_stale(event.slot)) and not self._stopping:
             self.pool.replace(event.slot)
 
