@@ -163,10 +163,6 @@ class Intake:
         """When the earliest waiting entry is due (0: now; inf: nothing waits)."""
         return self._heap[0][0] if self._heap else float("inf")
 
-    def waiting(self, now: float) -> int:
-        """Entries due by ``now`` (some may turn out not to run here)."""
-        return sum(1 for due, name in self._heap if due <= now and name in self._known)
-
     def delayed(self, now: float, handled: Callable[[str], bool]) -> list[Delayed]:
         """The handled activities waiting for a later time; reads those known only by name so far."""
         for due, name in self._heap:
