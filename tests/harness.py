@@ -73,6 +73,12 @@ def slow(activity, ctx):
     time.sleep(activity.data.get("sleep", 1))
     return "slept"
 
+@processor("t.dup")
+def dup(activity, ctx):
+    _effect(ctx, activity)
+    time.sleep(activity.data.get("sleep", 0))
+    return {"copy": activity.data.get("copy")}
+
 @processor("t.crash")
 def crash(activity, ctx):
     _effect(ctx, activity)

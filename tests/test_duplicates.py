@@ -30,12 +30,6 @@ from harness import (
 )
 
 EXTRA = """
-@processor("t.dup")
-def dup(activity, ctx):
-    _effect(ctx, activity)
-    time.sleep(activity.data.get("sleep", 0))
-    return {"copy": activity.data.get("copy")}
-
 @processor("t.gate")
 def gate(activity, ctx):
     _effect(ctx, activity)

@@ -942,20 +942,12 @@ def test_scenario_7_each_lock_mode_is_exclusive_on_local_disk(
 
 # -- scenario 8 ----------------------------------------------------------------------------------
 
-DUP_PROCESSORS = """
-@processor("t.dup")
-def dup(activity, ctx):
-    _effect(ctx, activity)
-    time.sleep(activity.data.get("sleep", 0))
-    return {"copy": activity.data.get("copy")}
-"""
-
 
 def test_scenario_8_copies_of_one_id_dropped_on_two_machines_run_once(
     cluster: ClusterFactory, workers: Workers, scenario_figures: Figures
 ) -> None:
     """Copies of each id are dropped through both mounts at once and in bursts, while it runs and after."""
-    c = cluster("pool.size = 2\n", extra_processors=DUP_PROCESSORS)
+    c = cluster("pool.size = 2\n")
     for machine, worker_id in ((c.a, "wa1"), (c.a, "wa2"), (c.b, "wb1")):
         workers.start(machine, worker_id)
     wait_for(lambda: len(os.listdir(c.a.repo / "heartbeats")) >= 3, 30, "three workers")
