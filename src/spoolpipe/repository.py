@@ -574,9 +574,9 @@ class Repository:
     def finish(self, staged: Iterable[Staged]) -> None:
         """Publish committed claims' follow-ups, then their records; idempotent: anyone may complete them.
 
-        Once all is flushed, the ``~committed`` mark goes, then the id reservation if it has no
-        other name left: it is always made as a second name of a claim, so one whose only name
-        is left was this claim's (it was the ``~committed`` file) or was left by a crash.
+        Once all is flushed, the id reservation goes if it is still this claim's file (the
+        ``~committed`` one), then the ``~committed`` mark: in that order, a finisher killed between
+        the two leaves the mark, and whoever finishes the claim next removes both.
         """
         finished: list[ClaimName] = []
         for item in staged:
@@ -588,13 +588,10 @@ class Repository:
             finished.append(claim)
         self.durability.barrier()
         for claim in finished:
+            committed = f"{self._running}/{claim.staged('committed')}"
             with contextlib.suppress(FileNotFoundError):
-                os.unlink(f"{self._running}/{claim.staged('committed')}")
-            marker = f"{self._ids}/{claim.activity_id}"
-            with contextlib.suppress(FileNotFoundError):
-                if os.lstat(marker).st_nlink == 1:
-                    os.unlink(marker)
-                    self.durability.changed(self._ids)
+                self.release_id(claim.activity_id, os.lstat(committed))
+                os.unlink(committed)
 
     def _publish_staged(self, name: str, directory: str, target: str) -> None:
         """Move a committed claim's staged file to where it is seen; an existing file is never replaced."""
