@@ -79,6 +79,17 @@ def policy(settings: Settings) -> RetryPolicy:
     )
 
 
+def quarantine(repo: Repository, directory: Path, name: str, reason: str) -> Report | None:
+    """Move an entry into ``invalid/``; the line the worker log gets for it (``None``: it was gone)."""
+    try:
+        where = repo.quarantine(directory, name, reason)
+    except OSError as exc:
+        return Report(logging.ERROR, f"cannot quarantine {printable(name)}: {printable(str(exc))}")
+    if where is None:
+        return None
+    return Report(logging.WARNING, f"invalid: {printable(reason)} -> {where.relative_to(repo.root)}")
+
+
 @dataclass
 class _Pending:
     """An outcome waiting for the next group commit."""
@@ -181,7 +192,7 @@ class Attempts:
             self._requeue_unwritten(claim, exc)
             return None
         if isinstance(reserved, Duplicate):
-            self.quarantine(self.repo.running, claim.name, reserved.reason)
+            self._quarantine(self.repo.running, claim.name, reserved.reason)
             return None
         if isinstance(reserved, Busy):
             self._report(logging.INFO, f"{reserved.reason}: {activity.id} goes back to the inbox for 1s")
@@ -189,16 +200,10 @@ class Attempts:
             return None
         return claim
 
-    def quarantine(self, directory: Path, name: str, reason: str) -> None:
-        try:
-            where = self.repo.quarantine(directory, name, reason)
-        except OSError as exc:
-            self._report(logging.ERROR, f"cannot quarantine {printable(name)}: {printable(str(exc))}")
-            return
-        if where is not None:
-            self._report(
-                logging.WARNING, f"invalid: {printable(reason)} -> {where.relative_to(self.repo.root)}"
-            )
+    def _quarantine(self, directory: Path, name: str, reason: str) -> None:
+        report = quarantine(self.repo, directory, name, reason)
+        if report is not None:
+            self.reports.append(report)
 
     # -- deciding --------------------------------------------------------------------------------
 

@@ -24,8 +24,8 @@ from types import FrameType
 from typing import Any
 
 from . import config
-from .activity import Activity, format_time, printable
-from .attempt import Item, Setup, counted
+from .activity import Activity, format_time
+from .attempt import Item, Setup, counted, quarantine
 from .intake import Delayed, Intake
 from .liveness import OwnLock, Prober, WorkerAlreadyRunning, resolve_mode
 from .notify import Arrivals
@@ -420,13 +420,9 @@ class Worker:
             return 0.0
 
     def _quarantine(self, name: str, reason: str) -> None:
-        try:
-            where = self.repo.quarantine(self.repo.inbox, name, reason)
-        except OSError as exc:
-            log.error("cannot quarantine %s: %s", printable(name), printable(str(exc)))
-            return
-        if where is not None:
-            log.warning("invalid: %s -> %s", printable(reason), where.relative_to(self.root))
+        report = quarantine(self.repo, self.repo.inbox, name, reason)
+        if report is not None:
+            log.log(report.level, "%s", report.message)
 
     def _item_timeout(self, type_: str) -> float:
         if type_ in self.settings.timeouts:
