@@ -2,7 +2,8 @@
 
 Steps declare what they read (``@requires``) and write (``@provides``); the pipeline
 checks that graph before running anything, runs independent steps concurrently in
-waves, and enforces the declarations after each step. Sync steps run in a worker
+waves, and enforces the declarations after each step. What a failure means is each
+step's error strategy (retry, skip, halt; ``decide_error``). Sync steps run in a worker
 thread so blocking Pillow work never stalls the event loop and timeouts can fire.
 A thread cannot be killed, so a timed-out thread marks the process tainted
 (``Pipeline.tainted`` / ``any_step_abandoned()``) for the daemon to recycle it.
@@ -21,15 +22,18 @@ from abc import ABC, abstractmethod
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from enum import Enum
+from enum import Enum, StrEnum
 from types import MappingProxyType
-from typing import TYPE_CHECKING, Any, Literal, TypeVar
+from typing import TYPE_CHECKING, Any, Final, Literal, TypeVar
 
 if TYPE_CHECKING:  # only in annotations: a worker with no image work never imports Pillow
     from PIL import Image
 
 __all__ = [
     "IMAGE_KEY",
+    "ErrorAction",
+    "ErrorPolicy",
+    "ErrorStrategy",
     "Pipeline",
     "PipelineCallback",
     "PipelineConfig",
@@ -38,15 +42,21 @@ __all__ = [
     "PipelineResult",
     "PipelineRunError",
     "PipelineStep",
+    "StepFailure",
     "StepFatal",
+    "StepOutcome",
+    "StepReport",
     "StepResult",
     "StepStatus",
     "TimingCallback",
     "any_step_abandoned",
+    "decide_error",
     "fan_out",
     "max_retries",
+    "on_error",
     "provides",
     "requires",
+    "retry_on",
     "step",
     "timeout",
     "when",
@@ -97,6 +107,103 @@ class StepFatal(Exception):
     """Raise from a step to fail it without retrying (bad input, not a transient fault)."""
 
 
+# --- error strategies (pure) ------------------------------------------------------------
+
+
+class ErrorStrategy(StrEnum):
+    """What a step's failure does to the run, once the step is not retried (any more)."""
+
+    RETRY = "retry"
+    """Retry every retryable failure (unless ``retry_on`` narrows it), then fail the step:
+    its dependents are not run, independent steps still are, and the run fails."""
+    SKIP = "skip"
+    """Skip the step: its dependents are skipped too, and the run goes on and can succeed."""
+    HALT = "halt"
+    """Stop the run: no later wave starts, and the run fails naming this step."""
+
+
+class ErrorAction(Enum):
+    """``decide_error``'s answer for one failed attempt."""
+
+    RETRY = "retry"
+    FAIL = "fail"
+    SKIP = "skip"
+    HALT = "halt"
+
+
+_FINAL_ACTION: Final = {
+    ErrorStrategy.RETRY: ErrorAction.FAIL,
+    ErrorStrategy.SKIP: ErrorAction.SKIP,
+    ErrorStrategy.HALT: ErrorAction.HALT,
+}
+
+ExceptionTypes = tuple[type[BaseException], ...]
+
+
+@dataclass(frozen=True)
+class StepFailure:
+    """One failed attempt, as ``decide_error`` sees it.
+
+    ``exception`` is the type raised (``TimeoutError`` for a timeout), or None when
+    the step returned a FAILED result or broke its contract. ``retryable`` is False
+    for what no retry can fix (``StepFatal``, ``retryable=False``, contract breaks).
+    """
+
+    error: str
+    exception: type[BaseException] | None
+    retryable: bool
+
+
+@dataclass(frozen=True)
+class ErrorPolicy:
+    """A step's effective error settings: its decorators, else its pipeline's config."""
+
+    strategy: ErrorStrategy = ErrorStrategy.RETRY
+    max_retries: int = 3
+    retry_on: ExceptionTypes | None = None
+
+    def retries(self, exception: type[BaseException] | None) -> bool:
+        """Whether a retryable failure of this kind is worth another attempt.
+
+        Without ``retry_on`` the ``retry`` strategy retries everything retryable and
+        ``skip`` / ``halt`` retry nothing; with it, only exceptions of those types.
+        """
+        if self.retry_on is None:
+            return self.strategy is ErrorStrategy.RETRY
+        return exception is not None and issubclass(exception, self.retry_on)
+
+
+def decide_error(failure: StepFailure, *, retries_done: int, policy: ErrorPolicy) -> ErrorAction:
+    """What a failed attempt means: another attempt, or the strategy's final action."""
+    if failure.retryable and retries_done < policy.max_retries and policy.retries(failure.exception):
+        return ErrorAction.RETRY
+    return _FINAL_ACTION[policy.strategy]
+
+
+class StepOutcome(StrEnum):
+    """What happened to a step in one run (``PipelineResult.reports``)."""
+
+    OK = "ok"
+    FAILED = "failed"
+    SKIPPED = "skipped"
+    HALTED = "halted"
+    NOT_RUN = "not_run"
+
+
+@dataclass(frozen=True)
+class StepReport:
+    """A step's outcome in one run, and why.
+
+    ``error`` is the step's own failure (FAILED, HALTED, or SKIPPED by the ``skip``
+    strategy). ``cause`` is the step this one was skipped or not run because of:
+    the first of the chain (the step that failed, halted or was skipped itself).
+    """
+
+    outcome: StepOutcome
+    error: str | None = None
+    cause: str | None = None
+
+
 class PipelineError(Exception):
     """Base class for errors raised by :class:`Pipeline`."""
 
@@ -111,11 +218,18 @@ class PipelineGraphError(PipelineError, ValueError):
 
 
 class PipelineRunError(PipelineError, RuntimeError):
-    """A run had failed steps; ``result`` holds every step's outcome."""
+    """A run had failed steps or halted; ``result`` holds every step's outcome."""
 
     def __init__(self, result: PipelineResult) -> None:
-        details = "; ".join(f"step {name!r}: {error}" for name, error in result.errors.items())
-        super().__init__(f"pipeline failed: {details}")
+        halted_by = result.halted_by
+        failures = [(name, error) for name, error in result.errors.items() if name != halted_by]
+        details = "; ".join(f"step {name!r}: {error}" for name, error in failures)
+        if halted_by is None:
+            message = f"pipeline failed: {details}"
+        else:
+            message = f"pipeline halted at step {halted_by!r}: {result.errors[halted_by]}"
+            message += f"; also failed: {details}" if details else ""
+        super().__init__(message)
         self.result = result
 
 
@@ -129,11 +243,17 @@ class PipelineResult(dict[str, Any]):
         status: StepStatus,
         image: Image.Image,
         step_results: dict[str, StepResult],
+        reports: dict[str, StepReport],
+        halted_by: str | None = None,
     ) -> None:
         super().__init__(context)
         self.status = status
         self.image = image
         self.step_results = step_results
+        self.reports = reports
+        """Each step's ``StepReport`` by name, in insertion order."""
+        self.halted_by = halted_by
+        """The step whose ``halt`` strategy stopped the run (the first, by insertion order)."""
 
     @property
     def success(self) -> bool:
@@ -165,6 +285,8 @@ class _StepMeta:
     when: Callable[[Mapping[str, Any]], bool] | None = None
     fan_out: str | None = None
     fan_out_as: str = "item"
+    on_error: ErrorStrategy | None = None
+    retry_on: ExceptionTypes | None = None
 
 
 def _meta(method: Callable[..., Any]) -> _StepMeta:
@@ -226,6 +348,40 @@ def max_retries(count: int) -> Callable[[_F], _F]:
 
     def decorate(method: _F) -> _F:
         _meta(method).max_retries = count
+        return method
+
+    return decorate
+
+
+def on_error(strategy: ErrorStrategy) -> Callable[[_F], _F]:
+    """The step's error strategy, overriding ``PipelineConfig.on_error``."""
+    chosen = ErrorStrategy(strategy)
+
+    def decorate(method: _F) -> _F:
+        _meta(method).on_error = chosen
+        return method
+
+    return decorate
+
+
+def _exception_types(types: Iterable[object]) -> ExceptionTypes:
+    """``types`` checked to be exception classes: a typo must not silently retry nothing."""
+    checked = tuple(types)
+    for kind in checked:
+        if not (isinstance(kind, type) and issubclass(kind, BaseException)):
+            raise TypeError(f"retry_on takes exception classes, got {kind!r}")
+    return checked  # type: ignore[return-value]  # each element was checked above
+
+
+def retry_on(*exceptions: type[BaseException]) -> Callable[[_F], _F]:
+    """Retry only exceptions of these types (a timeout counts as ``TimeoutError``).
+
+    Other failures get the step's strategy at once. Overrides ``PipelineConfig.retry_on``.
+    """
+    types = _exception_types(exceptions)
+
+    def decorate(method: _F) -> _F:
+        _meta(method).retry_on = types
         return method
 
     return decorate
@@ -301,7 +457,7 @@ class PipelineStep(ABC):
 
 @dataclass
 class PipelineConfig:
-    """Defaults for steps without ``@max_retries`` / ``@timeout``.
+    """Defaults for steps without ``@max_retries`` / ``@timeout`` / ``@on_error`` / ``@retry_on``.
 
     ``retry_delay`` is the backoff base: retry n waits ``retry_delay * 2 ** (n - 1)``.
     """
@@ -309,8 +465,13 @@ class PipelineConfig:
     max_retries: int = 3
     timeout: float = 30.0
     retry_delay: float = 0.05
+    on_error: ErrorStrategy = ErrorStrategy.RETRY
+    retry_on: ExceptionTypes | None = None
 
     def __post_init__(self) -> None:
+        self.on_error = ErrorStrategy(self.on_error)
+        if self.retry_on is not None:
+            self.retry_on = _exception_types(self.retry_on)
         if self.max_retries < 0:
             raise ValueError(f"max_retries must be >= 0, got {self.max_retries!r}")
         if self.timeout <= 0:
@@ -367,6 +528,22 @@ class _Plan:
     providers: dict[str, str]
 
 
+@dataclass
+class _Run:
+    """One run's state, shared by the steps of a wave (they only read it)."""
+
+    image: Image.Image
+    context: dict[str, Any]
+    plan: _Plan
+    results: dict[str, StepResult] = field(default_factory=dict)
+    reports: dict[str, StepReport] = field(default_factory=dict)
+    halted_by: str | None = None
+
+    def root_cause(self, provider: str) -> str:
+        """The step at the start of the chain that left ``provider`` without output."""
+        return self.reports[provider].cause or provider
+
+
 def _failed(error: str, *, retryable: bool = True) -> StepResult:
     return StepResult(StepStatus.FAILED, error=error, retryable=retryable)
 
@@ -410,6 +587,35 @@ class Pipeline:
         """
         self._plan(list(self.steps), context_keys)
 
+    def to_mermaid(self) -> str:
+        """A Mermaid flowchart: a subgraph per wave, a node per step, an edge per dependency.
+
+        Each edge goes from provider to dependent, labelled with the keys it carries.
+        Required keys that no step provides count as initial context. Names and keys
+        are escaped, so no name can end a label. Raises :class:`PipelineGraphError`
+        for duplicate names or providers and for cycles, as ``run()`` would.
+        """
+        steps = list(self.steps)
+        provided = {key for s in steps for key in s.provided_context_keys}
+        inputs = {key for s in steps for key in s.required_context_keys if key not in provided}
+        plan = self._plan(steps, inputs)
+        node = {s.name: f"step{index}" for index, s in enumerate(steps)}
+        lines = ["flowchart TD"]
+        for number, wave in enumerate(plan.waves, 1):
+            lines.append(f'    subgraph wave{number}["wave {number}"]')
+            lines.extend(f'        {node[s.name]}["{_mermaid_text(s.name)}"]' for s in wave)
+            lines.append("    end")
+        for dependent in (s for wave in plan.waves for s in wave):
+            carried: dict[str, list[str]] = {}
+            for key in dependent.required_context_keys:
+                if key in plan.providers:
+                    carried.setdefault(plan.providers[key], []).append(key)
+            lines.extend(
+                f'    {node[provider]} -->|"{_mermaid_text(", ".join(keys))}"| {node[dependent.name]}'
+                for provider, keys in carried.items()
+            )
+        return "\n".join(lines) + "\n"
+
     async def run(
         self, image: Image.Image, initial_context: Mapping[str, Any] | None = None
     ) -> PipelineResult:
@@ -420,22 +626,24 @@ class Pipeline:
         """
         steps = list(self.steps)
         context = dict(initial_context or {})
-        plan = self._plan(steps, context)
-        results: dict[str, StepResult] = {}
-        for wave in plan.waves:
-            outcomes = await asyncio.gather(
-                *(self._evaluate(step, image, context, plan, results) for step in wave)
-            )
-            for step, outcome in zip(wave, outcomes, strict=True):
-                results[step.name] = outcome
+        state = _Run(image, context, self._plan(steps, context))
+        for wave in state.plan.waves:
+            outcomes = await asyncio.gather(*(self._evaluate(step, state) for step in wave))
+            for step, (outcome, report) in zip(wave, outcomes, strict=True):
+                state.results[step.name] = outcome
+                state.reports[step.name] = report
                 if outcome.status is StepStatus.COMPLETED:
                     context.update(outcome.data)
-        failed = any(r.status is StepStatus.FAILED for r in results.values())
+                if report.outcome is StepOutcome.HALTED and state.halted_by is None:
+                    state.halted_by = step.name
+        failed = any(r.status is StepStatus.FAILED for r in state.results.values())
         result = PipelineResult(
             context,
             status=StepStatus.FAILED if failed else StepStatus.COMPLETED,
             image=context.get(IMAGE_KEY, image),
-            step_results={step.name: results[step.name] for step in steps},
+            step_results={step.name: state.results[step.name] for step in steps},
+            reports={step.name: state.reports[step.name] for step in steps},
+            halted_by=state.halted_by,
         )
         if failed:
             raise PipelineRunError(result)
@@ -484,57 +692,72 @@ class Pipeline:
             pending = [s for s in pending if s.name not in done]
         return _Plan(waves, providers)
 
-    async def _evaluate(
-        self,
-        step: PipelineStep,
-        image: Image.Image,
-        context: dict[str, Any],
-        plan: _Plan,
-        results: Mapping[str, StepResult],
-    ) -> StepResult:
+    async def _evaluate(self, step: PipelineStep, state: _Run) -> tuple[StepResult, StepReport]:
         await self._notify("before_step", step.name)
-        result = await self._decide(step, image, context, plan, results)
-        log = logger.warning if result.status is StepStatus.FAILED else logger.debug
-        log("step %r %s: %s", step.name, result.status.value, result.error or "ok")
+        result, report = await self._decide(step, state)
+        failed = report.outcome in (StepOutcome.FAILED, StepOutcome.HALTED) or report.error is not None
+        log = logger.warning if failed else logger.debug
+        log("step %r %s: %s", step.name, report.outcome.value, result.error or "ok")
         await self._notify("after_step", step.name, result)
-        return result
+        return result, report
 
-    async def _decide(
-        self,
-        step: PipelineStep,
-        image: Image.Image,
-        context: dict[str, Any],
-        plan: _Plan,
-        results: Mapping[str, StepResult],
-    ) -> StepResult:
+    def _policy(self, step: PipelineStep) -> ErrorPolicy:
+        meta, config = step._step_meta, self.config
+        return ErrorPolicy(
+            strategy=config.on_error if meta.on_error is None else meta.on_error,
+            max_retries=config.max_retries if meta.max_retries is None else meta.max_retries,
+            retry_on=config.retry_on if meta.retry_on is None else meta.retry_on,
+        )
+
+    async def _decide(self, step: PipelineStep, state: _Run) -> tuple[StepResult, StepReport]:
         """Block, skip, or run the step (once, or once per fan-out item)."""
+        if state.halted_by is not None:
+            halted = f"not run: the run halted at step {state.halted_by!r}"
+            return (
+                StepResult(StepStatus.NOT_STARTED, error=halted),
+                StepReport(StepOutcome.NOT_RUN, cause=state.halted_by),
+            )
         for key in step.required_context_keys:
-            provider = plan.providers.get(key)
-            if provider is not None and results[provider].status in (
+            provider = state.plan.providers.get(key)
+            if provider is not None and state.results[provider].status in (
                 StepStatus.FAILED,
                 StepStatus.NOT_STARTED,
             ):
-                return StepResult(
-                    StepStatus.NOT_STARTED,
-                    error=f"not run: step {provider!r}, provider of {key!r}, did not complete",
+                return (
+                    StepResult(
+                        StepStatus.NOT_STARTED,
+                        error=f"not run: step {provider!r}, provider of {key!r}, did not complete",
+                    ),
+                    StepReport(StepOutcome.NOT_RUN, cause=state.root_cause(provider)),
                 )
+        context = state.context
         if not step.validate_context(context):
             key = next(k for k in step.required_context_keys if k not in context)
-            return StepResult(
-                StepStatus.SKIPPED,
-                error=f"skipped: {key!r} missing as step {plan.providers[key]!r} was skipped",
+            provider = state.plan.providers[key]
+            return (
+                StepResult(
+                    StepStatus.SKIPPED, error=f"skipped: {key!r} missing as step {provider!r} was skipped"
+                ),
+                StepReport(StepOutcome.SKIPPED, cause=state.root_cause(provider)),
             )
         meta = step._step_meta
+        policy = self._policy(step)
         if meta.when is not None:
             try:
                 wanted = meta.when(MappingProxyType(context))
             except Exception as exc:
-                return _failed(f"@when predicate raised {exc!r}", retryable=False)
+                broken = _failed(f"@when predicate raised {exc!r}", retryable=False)
+                return _conclude(broken, _give_up(broken, policy))
             if not wanted:
-                return StepResult(StepStatus.SKIPPED, error="skipped: @when predicate is false")
+                return (
+                    StepResult(StepStatus.SKIPPED, error="skipped: @when predicate is false"),
+                    StepReport(StepOutcome.SKIPPED),
+                )
         if meta.fan_out is None:
-            return await self._attempts(step, image, context)
-        return await self._fan_out(step, image, context, meta.fan_out, meta.fan_out_as)
+            return _conclude(*await self._attempts(step, state.image, context, policy))
+        return _conclude(
+            *await self._fan_out(step, state.image, context, meta.fan_out, meta.fan_out_as, policy)
+        )
 
     async def _fan_out(
         self,
@@ -543,49 +766,56 @@ class Pipeline:
         context: dict[str, Any],
         key: str,
         as_key: str,
-    ) -> StepResult:
+        policy: ErrorPolicy,
+    ) -> tuple[StepResult, ErrorAction | None]:
+        """One run per element; if any element fails, the step as a whole gets its strategy's action."""
         values = context[key]
         if not isinstance(values, list | tuple):
-            return _failed(
+            wrong = _failed(
                 f"step {step.name!r}: fan-out key {key!r} holds {type(values).__name__}, expected a list",
                 retryable=False,
             )
-        items = await asyncio.gather(
-            *(self._attempts(step, image, {**context, as_key: value}) for value in values)
+            return wrong, _give_up(wrong, policy)
+        runs = await asyncio.gather(
+            *(self._attempts(step, image, {**context, as_key: value}, policy) for value in values)
         )
+        items = [item for item, _ in runs]
         failures = [
             f"item {index} ({reprlib.repr(value)}): {item.error}"
             for index, (value, item) in enumerate(zip(values, items, strict=True))
             if item.status is StepStatus.FAILED
         ]
         if failures:
-            return StepResult(StepStatus.FAILED, error="; ".join(failures), items=list(items))
+            action = next(action for _, action in runs if action is not None)
+            return StepResult(StepStatus.FAILED, error="; ".join(failures), items=items), action
         data = {
             k: [item.data[k] if item.status is StepStatus.COMPLETED else None for item in items]
             for k in step.provided_context_keys
         }
-        return StepResult(StepStatus.COMPLETED, data=data, items=list(items))
+        return StepResult(StepStatus.COMPLETED, data=data, items=items), None
 
     async def _attempts(
-        self, step: PipelineStep, image: Image.Image, context: Mapping[str, Any]
-    ) -> StepResult:
-        """First attempt plus up to ``max_retries`` retries of retryable failures."""
-        meta = step._step_meta
-        retries = self.config.max_retries if meta.max_retries is None else meta.max_retries
-        limit = self.config.timeout if meta.timeout is None else meta.timeout
-        attempt = 0
+        self, step: PipelineStep, image: Image.Image, context: Mapping[str, Any], policy: ErrorPolicy
+    ) -> tuple[StepResult, ErrorAction | None]:
+        """Attempts until one does not fail or ``decide_error`` stops retrying; its action if it failed."""
+        limit = self.config.timeout if step._step_meta.timeout is None else step._step_meta.timeout
+        retries_done = 0
         while True:
             # A fresh copy per attempt: a failed attempt's edits must not leak.
-            result = await self._attempt(step, image, dict(context), limit)
-            if result.status is not StepStatus.FAILED or not result.retryable or attempt >= retries:
-                return result
-            attempt += 1
-            delay = self.config.retry_delay * 2 ** (attempt - 1)
+            result, exception = await self._attempt(step, image, dict(context), limit)
+            if result.status is not StepStatus.FAILED:
+                return result, None
+            failure = StepFailure(result.error or "failed", exception, result.retryable)
+            action = decide_error(failure, retries_done=retries_done, policy=policy)
+            if action is not ErrorAction.RETRY:
+                return result, action
+            retries_done += 1
+            delay = self.config.retry_delay * 2 ** (retries_done - 1)
             logger.info(
                 "retrying step %r (retry %d of %d) in %.3fs: %s",
                 step.name,
-                attempt,
-                retries,
+                retries_done,
+                policy.max_retries,
                 delay,
                 result.error,
             )
@@ -593,7 +823,8 @@ class Pipeline:
 
     async def _attempt(
         self, step: PipelineStep, image: Image.Image, context: dict[str, Any], limit: float
-    ) -> StepResult:
+    ) -> tuple[StepResult, type[BaseException] | None]:
+        """One attempt's result, and the type of exception it raised (``TimeoutError`` for a timeout)."""
         loop = asyncio.get_running_loop()
         started = loop.time()
         deadline = asyncio.timeout(limit)
@@ -616,16 +847,16 @@ class Pipeline:
                 outcome = returned
         except TimeoutError as exc:
             if deadline.expired():
-                return timed_out
-            return _failed(f"{type(exc).__name__}: {exc}")
+                return timed_out, TimeoutError
+            return _failed(f"{type(exc).__name__}: {exc}"), type(exc)
         except StepFatal as exc:
-            return _failed(f"{type(exc).__name__}: {exc}", retryable=False)
+            return _failed(f"{type(exc).__name__}: {exc}", retryable=False), type(exc)
         except Exception as exc:
-            return _failed(f"{type(exc).__name__}: {exc}")
+            return _failed(f"{type(exc).__name__}: {exc}"), type(exc)
         if loop.time() - started > limit:
             # Finished, but late (an async step blocked the loop): discard the result.
-            return timed_out
-        return _check(step, outcome)
+            return timed_out, TimeoutError
+        return _check(step, outcome), None
 
     def _abandon(self, step: PipelineStep, limit: float) -> None:
         global _abandoned
@@ -643,6 +874,27 @@ class Pipeline:
                 await getattr(callback, hook)(*args)
             except Exception:
                 logger.exception("callback %r.%s failed", callback, hook)
+
+
+def _give_up(result: StepResult, policy: ErrorPolicy) -> ErrorAction:
+    """The action for a failure found before any attempt ran (never retried: nothing ran)."""
+    failure = StepFailure(result.error or "failed", None, retryable=False)
+    return decide_error(failure, retries_done=0, policy=policy)
+
+
+def _conclude(result: StepResult, action: ErrorAction | None) -> tuple[StepResult, StepReport]:
+    """A step's final result and report, with its strategy's action applied to a failure."""
+    if result.status is StepStatus.COMPLETED:
+        return result, StepReport(StepOutcome.OK)
+    if result.status is not StepStatus.FAILED:
+        return result, StepReport(StepOutcome.SKIPPED)  # the step returned SKIPPED itself
+    error = result.error or "failed"
+    if action is ErrorAction.SKIP:
+        skipped = dataclasses.replace(result, status=StepStatus.SKIPPED, error=f"skipped on error: {error}")
+        return skipped, StepReport(StepOutcome.SKIPPED, error=error)
+    if action is ErrorAction.HALT:
+        return result, StepReport(StepOutcome.HALTED, error=error)
+    return result, StepReport(StepOutcome.FAILED, error=error)
 
 
 def _check(step: PipelineStep, outcome: object) -> StepResult:
@@ -671,6 +923,19 @@ def _check(step: PipelineStep, outcome: object) -> StepResult:
                 retryable=False,
             )
     return outcome
+
+
+_MERMAID_PLAIN: Final = frozenset(" _-.,:/")
+
+
+def _mermaid_text(text: str) -> str:
+    """``text`` for inside a quoted Mermaid label: every character but letters, digits,
+    spaces and ``_-.,:/`` as an entity code (``#34;``), so quotes, brackets, ``#``,
+    ``;``, ``<`` and line breaks show as themselves and cannot end the label."""
+    return "".join(
+        char if (char.isalnum() and char.isprintable()) or char in _MERMAID_PLAIN else f"#{ord(char)};"
+        for char in text
+    )
 
 
 def _cycle_error(
