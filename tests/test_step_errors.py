@@ -397,14 +397,18 @@ def _declared(name: str, needs: tuple[str, ...] = (), gives: tuple[str, ...] = (
     return Declared(name)
 
 
-def test_to_mermaid_draws_waves_and_dependencies() -> None:
-    pipeline = _pipeline(
+def _drawn() -> Pipeline:
+    """The pipeline docs/steps.md draws."""
+    return _pipeline(
         _declared("publish", ("thumbs", "exif")),
         _declared("load", (), ("pixels",)),
         _declared("exif", (), ("exif",)),
         _declared("thumbs", ("pixels", "sizes"), ("thumbs",)),
     )
-    assert pipeline.to_mermaid() == (
+
+
+def test_to_mermaid_draws_waves_and_dependencies() -> None:
+    assert _drawn().to_mermaid() == (
         "flowchart TD\n"
         '    subgraph wave1["wave 1"]\n'
         '        step1["load"]\n'
@@ -420,6 +424,12 @@ def test_to_mermaid_draws_waves_and_dependencies() -> None:
         '    step3 -->|"thumbs"| step0\n'
         '    step2 -->|"exif"| step0\n'
     )
+
+
+def test_the_diagram_in_the_docs_is_what_to_mermaid_draws() -> None:
+    docs = (Path(__file__).resolve().parent.parent / "docs" / "steps.md").read_text()
+    block = re.search(r"```mermaid\n(.*?)```", docs, re.DOTALL)
+    assert block is not None and block.group(1) == _drawn().to_mermaid()
 
 
 def test_to_mermaid_joins_the_keys_of_one_dependency_on_one_edge() -> None:
