@@ -435,6 +435,7 @@ def test_the_diagram_in_the_docs_is_what_to_mermaid_draws() -> None:
 def test_to_mermaid_joins_the_keys_of_one_dependency_on_one_edge() -> None:
     pipeline = _pipeline(_declared("size", (), ("w", "h")), _declared("crop", ("w", "h")))
     assert pipeline.to_mermaid().endswith('    step0 -->|"w, h"| step1\n')
+    assert Pipeline().to_mermaid() == "flowchart TD\n"
 
 
 def test_to_mermaid_refuses_a_graph_that_cannot_run() -> None:

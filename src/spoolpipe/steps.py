@@ -158,8 +158,8 @@ class StepFailure:
 class ErrorPolicy:
     """A step's effective error settings: its decorators, else its pipeline's config."""
 
-    strategy: ErrorStrategy = ErrorStrategy.RETRY
-    max_retries: int = 3
+    strategy: ErrorStrategy
+    max_retries: int
     retry_on: ExceptionTypes | None = None
 
     def retries(self, exception: type[BaseException] | None) -> bool:
@@ -366,11 +366,12 @@ def on_error(strategy: ErrorStrategy) -> Callable[[_F], _F]:
 
 def _exception_types(types: Iterable[object]) -> ExceptionTypes:
     """``types`` checked to be exception classes: a typo must not silently retry nothing."""
-    checked = tuple(types)
-    for kind in checked:
+    checked: list[type[BaseException]] = []
+    for kind in types:
         if not (isinstance(kind, type) and issubclass(kind, BaseException)):
             raise TypeError(f"retry_on takes exception classes, got {kind!r}")
-    return checked  # type: ignore[return-value]  # each element was checked above
+        checked.append(kind)
+    return tuple(checked)
 
 
 def retry_on(*exceptions: type[BaseException]) -> Callable[[_F], _F]:
