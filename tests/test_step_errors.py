@@ -260,6 +260,21 @@ def test_a_halt_also_lists_the_other_failures_of_its_wave() -> None:
     assert error.result.errors == {"gate": "RuntimeError: stop", "broken": "ValueError: bad"}
 
 
+def test_of_two_halts_in_one_wave_the_first_added_is_named() -> None:
+    second = _scripted("second", RuntimeError("b"), strategy=HALT)
+    first = _scripted("first", RuntimeError("a"), strategy=HALT)
+    error = _run_failing(_pipeline(first, second))
+    assert error.result.halted_by == "first"
+    assert _outcomes(error.result) == {
+        "first": (StepOutcome.HALTED, None),
+        "second": (StepOutcome.HALTED, None),
+    }
+    assert (
+        str(error)
+        == "pipeline halted at step 'first': RuntimeError: a; also failed: step 'second': RuntimeError: b"
+    )
+
+
 def test_retry_on_retries_only_the_named_exceptions() -> None:
     # ConnectionError is an OSError: retried; the ValueError that follows fails at once.
     filtered = _scripted(
