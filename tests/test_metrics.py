@@ -1,4 +1,4 @@
-"""Metrics real workers write metrics.file and serve metrics.port, read with the library's parser."""
+"""Metrics: real workers write metrics.file and serve metrics.port, read with the library's parser."""
 
 from __future__ import annotations
 
