@@ -144,6 +144,18 @@ def test_recovered_claims_are_counted(tmp_path: Path) -> None:
     assert value(found, "spoolpipe_worker_up", worker="w1") == 0
 
 
+def test_timeouts_are_counted(tmp_path: Path) -> None:
+    prom = tmp_path / "w1.prom"
+    repo = make_repository(tmp_path, f"metrics.file = {prom}\ntimeout.t.stuck = 0.5\n")
+    submit(repo, "t.stuck", {"unstick_on": 2})  # attempt 1 hangs and is killed; attempt 2 is done
+    run_until_idle(repo)
+    found = samples(prom.read_text())
+    assert value(found, "spoolpipe_timeouts_total", worker="w1", type="t.stuck") == 1
+    assert finished(found, "t.stuck", "retry") == 1
+    assert finished(found, "t.stuck", "done") == 1
+    assert value(found, "spoolpipe_run_duration_seconds_count", worker="w1", type="t.stuck") == 1
+
+
 def test_the_file_is_never_seen_half_written(tmp_path: Path) -> None:
     prom = tmp_path / "w1.prom"
     repo = make_repository(tmp_path, f"metrics.file = {prom}\nheartbeat.interval-seconds = 0.02\n")

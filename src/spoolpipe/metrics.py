@@ -266,6 +266,12 @@ class Metrics:
             buckets=BUCKETS,
             registry=r,
         )
+        self._timeouts = Counter(
+            "spoolpipe_timeouts",
+            "Attempts whose processor overran its timeout and was killed, by activity type.",
+            ("worker", "type"),
+            registry=r,
+        )
         self._depth = Gauge(
             "spoolpipe_queue_depth",
             "Entries per state directory of the repository (running: claims), at the last heartbeat.",
@@ -297,8 +303,10 @@ class Metrics:
         self._up.labels(worker_id).set(1)
         self._start.labels(worker_id).set(started)
         for type_ in types:  # counted from 0: the first increase is seen as one
+            label = self._types(type_)
+            self._timeouts.labels(worker_id, label)
             for ending in ENDINGS:
-                self._finished.labels(worker_id, self._types(type_), ending)
+                self._finished.labels(worker_id, label, ending)
 
     def configure(self, file: Path | None, host: str, port: int) -> None:
         """Write to ``file`` (now, once) and serve on ``host:port`` (``port`` 0: not served) from now
@@ -336,6 +344,9 @@ class Metrics:
 
     def recovered(self, claims: int) -> None:
         self._recovered.inc(claims)
+
+    def timed_out(self, type_: str) -> None:
+        self._timeouts.labels(self.worker_id, self._types(type_)).inc()
 
     # -- refreshing, writing, serving -------------------------------------------------------------
 

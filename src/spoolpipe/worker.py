@@ -538,6 +538,8 @@ class Worker:
                 item.activity.type,
                 limit,
             )
+            if self.metrics is not None:
+                self.metrics.timed_out(item.activity.type)
             self.pool.kill(slot)
             slot.batch = ()
             self._megapixels.pop(slot.index, None)
