@@ -28,7 +28,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.exposition import choose_encoder, generate_latest
 
 from .attempt import Report
-from .outcome import ENDINGS
+from .outcome import ENDINGS, Ending
 from .repository import Repository
 
 log = logging.getLogger("spoolpipe.worker")
@@ -251,6 +251,7 @@ class Metrics:
         self.file: Path | None = None
         self.endpoint: Endpoint | None = None
         self._listen: tuple[str, int] | None = None  # what the endpoint was asked for
+        self._series: dict[tuple[str, Ending], tuple[Counter, Histogram]] = {}
         self._file_error = ""  # the last write error logged, said once until it changes
         r, w = self.registry, ("worker",)
         self._finished = Counter(
@@ -335,10 +336,14 @@ class Metrics:
 
     def count(self, report: Report) -> None:
         if report.ending is not None:
-            label = self._types(report.type)
-            self._finished.labels(self.worker_id, label, report.ending).inc()
+            key = (self._types(report.type), report.ending)
+            series = self._series.get(key)
+            if series is None:  # once per (bounded) label pair
+                finished = self._finished.labels(self.worker_id, *key)
+                series = self._series[key] = (finished, self._duration.labels(self.worker_id, key[0]))
+            series[0].inc()
             if report.seconds is not None:
-                self._duration.labels(self.worker_id, label).observe(report.seconds)
+                series[1].observe(report.seconds)
         if report.quarantined:
             self._invalid.inc()
 
