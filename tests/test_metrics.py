@@ -231,6 +231,20 @@ def test_metrics_can_be_switched_on_by_a_reload(tmp_path: Path) -> None:
         wait_for(prom.exists, 30, "the metrics file")
         submit(repo, "t.noop")
         wait_for(lambda: finished(samples(prom.read_text()), "t.noop", "done") == 1, 30, "the count")
+        # moved to another file: the old one says the worker no longer reports there
+        moved = tmp_path / "moved.prom"
+        properties = (repo / "spoolpipe.properties").read_text()
+        (repo / "spoolpipe.properties").write_text(properties.replace(str(prom), str(moved)))
+        wait_for(moved.exists, 30, "the new metrics file")
+        assert value(samples(moved.read_text()), "spoolpipe_worker_up", worker="w1") == 1
+        assert value(samples(prom.read_text()), "spoolpipe_worker_up", worker="w1") == 0
+        # switched off: the last file says so too
+        (repo / "spoolpipe.properties").write_text(properties.replace(f"metrics.file = {prom}", ""))
+        wait_for(
+            lambda: value(samples(moved.read_text()), "spoolpipe_worker_up", worker="w1") == 0,
+            30,
+            "metrics switched off",
+        )
     finally:
         stop(proc)
 

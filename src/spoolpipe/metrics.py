@@ -246,7 +246,7 @@ class Metrics:
     ) -> None:
         self.repo = repo
         self.worker_id = worker_id
-        self.registry = CollectorRegistry(auto_describe=True)
+        self.registry = CollectorRegistry()
         self._types = TypeLabels(known)
         self.file: Path | None = None
         self.endpoint: Endpoint | None = None
@@ -312,8 +312,11 @@ class Metrics:
     def configure(self, file: Path | None, host: str, port: int) -> None:
         """Write to ``file`` (now, once) and serve on ``host:port`` (``port`` 0: not served) from now
         on; ``OSError`` if the file cannot be written or the port cannot be had."""
-        if self.file is not None and file != self.file:
-            self._write(up=0)  # the old file says the worker no longer reports there
+        if (
+            self.file is not None and file != self.file
+        ):  # the old file says the worker no longer reports there
+            self._up.labels(self.worker_id).set(0)
+            self._write()
             self._up.labels(self.worker_id).set(1)
         self.file = file
         listen = (host, port) if port else None
@@ -368,10 +371,9 @@ class Metrics:
             log.warning("metrics: cannot count the queues: %s", exc)
         self._heartbeat.labels(self.worker_id).set(now)
 
-    def _write(self, *, up: int = 1) -> None:
+    def _write(self) -> None:
         if self.file is None:
             return
-        self._up.labels(self.worker_id).set(up)
         try:
             write_metrics_file(self.file, generate_latest(self.registry))
         except OSError as exc:
@@ -391,7 +393,8 @@ class Metrics:
     def close(self, now: float) -> None:
         """The worker stops: the file says so (``spoolpipe_worker_up 0``), the port is closed."""
         self._refresh(now)
-        self._write(up=0)
+        self._up.labels(self.worker_id).set(0)
+        self._write()
         if self.endpoint is not None:
             with contextlib.suppress(OSError):
                 self.endpoint.close()
