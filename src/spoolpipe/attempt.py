@@ -23,7 +23,7 @@ from typing import Any
 from .activity import Activity, ClaimName, format_time, printable
 from .config import Settings
 from .execute import execute
-from .outcome import Done, Failed, Outcome, Retry, decide
+from .outcome import Done, Ending, Failed, Outcome, Retry, decide
 from .record import Attempt, done_record, failed_record, failure_document, follow_up_document
 from .repository import Busy, Duplicate, Repository, Settlement, SharedClock
 from .retry import RetryPolicy
@@ -59,10 +59,17 @@ class Item:
 
 @dataclass(frozen=True)
 class Report:
-    """A line for the worker log, written by the daemon."""
+    """A line for the worker log, written by the daemon, and what it counts as (metrics)."""
 
     level: int
     message: str
+    #: Set when an attempt ended: how, its activity's type, and how long its processor ran
+    #: (``None``: it did not run in this attempt, e.g. a timed-out attempt settled afterwards).
+    ending: Ending | None = None
+    type: str = ""
+    seconds: float | None = None
+    #: Set when an entry was moved into ``invalid/``.
+    quarantined: bool = False
 
 
 def counted(number: int, noun: str, plural: str = "") -> str:
@@ -87,7 +94,8 @@ def quarantine(repo: Repository, directory: Path, name: str, reason: str) -> Rep
         return Report(logging.ERROR, f"cannot quarantine {printable(name)}: {printable(str(exc))}")
     if where is None:
         return None
-    return Report(logging.WARNING, f"invalid: {printable(reason)} -> {where.relative_to(repo.root)}")
+    message = f"invalid: {printable(reason)} -> {where.relative_to(repo.root)}"
+    return Report(logging.WARNING, message, quarantined=True)
 
 
 @dataclass
@@ -98,6 +106,7 @@ class _Pending:
     activity: Activity
     started: float
     summary: str
+    seconds: float | None
     #: The failure that replaced an outcome which could not be written: nothing is left to fall back on.
     last_resort: bool = False
 
@@ -170,8 +179,9 @@ class Attempts:
             self._outcome(claim, activity, started, Outcome("fatal", error=reason))
             return False
         log_path = str(self.repo.attempt_log(activity))
+        ran = time.monotonic()
         outcome = execute(activity, log_path, self.worker_id, self.repo.root, self.settings)
-        self._outcome(claim, activity, started, outcome)
+        self._outcome(claim, activity, started, outcome, time.monotonic() - ran)
         # A step thread that outlived its timeout is stopped only by ending this process.
         return outcome.recycle or any_step_abandoned()
 
@@ -207,36 +217,48 @@ class Attempts:
 
     # -- deciding --------------------------------------------------------------------------------
 
-    def _outcome(self, claim: ClaimName, activity: Activity, started: float, outcome: Outcome) -> None:
-        """Settle one attempt; whatever goes wrong with this one activity fails it, not the daemon."""
+    def _outcome(
+        self,
+        claim: ClaimName,
+        activity: Activity,
+        started: float,
+        outcome: Outcome,
+        seconds: float | None = None,
+    ) -> None:
+        """Settle one attempt (its processor ran ``seconds``, if at all); whatever goes wrong with this
+        one activity fails it, not the daemon."""
         try:
-            self._decide(claim, activity, started, outcome)
+            self._decide(claim, activity, started, outcome, seconds)
         except OSError:
             raise
         except Exception as exc:
             self._unrecordable(claim, activity, started, exc)
 
-    def _decide(self, claim: ClaimName, activity: Activity, started: float, outcome: Outcome) -> None:
+    def _decide(
+        self, claim: ClaimName, activity: Activity, started: float, outcome: Outcome, seconds: float | None
+    ) -> None:
         decision = decide(outcome, activity.attempt, policy(self.settings))
         if isinstance(decision, Done):
-            self._done(claim, activity, started, outcome)
+            self._done(claim, activity, started, outcome, seconds)
         elif isinstance(decision, Failed):
-            self._fail(claim, activity, started, outcome.error, outcome.traceback)
+            self._fail(claim, activity, started, outcome.error, outcome.traceback, seconds=seconds)
         elif isinstance(decision, Retry):
-            self._retry(claim, activity, decision.delay, outcome.error)
+            self._retry(claim, activity, decision.delay, outcome.error, seconds)
 
-    def _retry(self, claim: ClaimName, activity: Activity, delay: float, error: str) -> None:
+    def _retry(
+        self, claim: ClaimName, activity: Activity, delay: float, error: str, seconds: float | None
+    ) -> None:
         try:
             released = self.repo.release(claim, activity.attempt + 1, self.clock.now() + delay)
         except OSError as exc:
             self._report(logging.ERROR, f"cannot requeue {activity.id}: {exc}")
             return
         if released:
-            self._report(
-                logging.WARNING,
+            message = (
                 f"retry {activity.id} ({activity.type}) attempt {activity.attempt + 1} in {delay:.1f}s: "
-                f"{reason_line(error)}",
+                f"{reason_line(error)}"
             )
+            self.reports.append(Report(logging.WARNING, message, "retry", activity.type, seconds))
         else:
             self._report(
                 logging.WARNING,
@@ -246,7 +268,9 @@ class Attempts:
     def _attempt(self, started: float) -> Attempt:
         return Attempt(self.worker_id, self.setup.host, self.setup.pid, started, self.clock.now())
 
-    def _done(self, claim: ClaimName, activity: Activity, started: float, outcome: Outcome) -> None:
+    def _done(
+        self, claim: ClaimName, activity: Activity, started: float, outcome: Outcome, seconds: float | None
+    ) -> None:
         now = self.clock.now()
         follow_ups = [
             follow_up_document(
@@ -263,7 +287,8 @@ class Attempts:
         summary = (
             f"done {activity.id} ({activity.type}, attempt {activity.attempt}) in {now - started:.2f}s{extra}"
         )
-        self._defer(_Pending(Settlement(claim, "done", record, follow_ups), activity, started, summary))
+        settlement = Settlement(claim, "done", record, follow_ups)
+        self._defer(_Pending(settlement, activity, started, summary, seconds))
 
     def _fail(
         self,
@@ -273,6 +298,7 @@ class Attempts:
         reason: str,
         text: str,
         *,
+        seconds: float | None = None,
         last_resort: bool = False,
     ) -> None:
         record = failed_record(activity, self._attempt(started), reason, text)
@@ -287,7 +313,7 @@ class Attempts:
             f"{record['spoolpipe']['reason']}"
         )
         settlement = Settlement(claim, "failed", record, follow_ups)
-        self._defer(_Pending(settlement, activity, started, summary, last_resort))
+        self._defer(_Pending(settlement, activity, started, summary, seconds, last_resort))
 
     def _unrecordable(
         self,
@@ -335,8 +361,10 @@ class Attempts:
             for settled in self.repo.settle([p.settlement for p in pending]):
                 item = by_claim[settled.settlement.claim]
                 if settled.status == "committed":
-                    self._report(
-                        logging.INFO if item.settlement.outcome == "done" else logging.ERROR, item.summary
+                    outcome = item.settlement.outcome
+                    level = logging.INFO if outcome == "done" else logging.ERROR
+                    self.reports.append(
+                        Report(level, item.summary, outcome, item.activity.type, item.seconds)
                     )
                 elif settled.status == "lost":
                     self._report(

@@ -272,7 +272,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.epilog = (
         "Exit codes: 0 stopped (SIGTERM/SIGINT, or nothing left with --until-idle); 2 bad usage "
         "or not a repository; 3 cannot start (invalid configuration, processors that do not "
-        "import, worker id already running); "
+        "import, worker id already running, metrics.port taken or metrics.file not writable); "
         f"{EXIT_CRASH} crashed on an unexpected error (a bug in spoolpipe), logged with its "
         "traceback in REPO/logs/workers/ID.log. Claims a crashed worker leaves are recovered "
         "when it starts again."

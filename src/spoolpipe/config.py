@@ -22,6 +22,7 @@ specification prescribes. ``\\uXXXX`` escapes work in both cases.
 from __future__ import annotations
 
 import difflib
+import ipaddress
 import os
 import re
 import textwrap
@@ -43,14 +44,17 @@ __all__ = [
     "ChoiceKind",
     "ConfigError",
     "FloatKind",
+    "HostKind",
     "IntKind",
     "Kind",
     "Loaded",
     "ModuleListKind",
     "Option",
     "PathListKind",
+    "PortKind",
     "Settings",
     "StringKind",
+    "SuffixFileKind",
     "TypeNameKind",
     "config_files",
     "describe_keys",
@@ -68,7 +72,7 @@ TYPE_PATTERN = NAME_PATTERN
 _TYPE_RE = re.compile(TYPE_PATTERN)
 _EOL_RE = re.compile(r"\r\n?|\n")  # the line terminators javaproperties splits on
 
-Value = int | float | bool | str | tuple[str, ...] | tuple[Path, ...]
+Value = int | float | bool | str | tuple[str, ...] | tuple[Path, ...] | Path | None
 
 K = TypeVar("K")
 V = TypeVar("V")
@@ -279,6 +283,75 @@ class StringKind(Kind):
 
     def parse(self, raw: str, base: Path) -> str:
         return raw
+
+
+# Kinds of the metrics keys
+
+
+@dataclass(frozen=True)
+class SuffixFileKind(Kind):
+    """A file whose name ends in ``suffix``, resolved against the defining file's directory (lexically,
+    as :class:`PathListKind`); empty: none (``None``)."""
+
+    suffix: str
+
+    @property
+    def expected(self) -> str:
+        return f"a file name ending in {self.suffix}, or nothing for none"
+
+    def parse(self, raw: str, base: Path) -> Path | None:
+        text = raw.strip()
+        if text == "":
+            return None
+        name = os.path.basename(text)
+        if "\0" in text:
+            raise _Invalid(f"{text!r} contains a NUL character")
+        if not name.endswith(self.suffix) or name.startswith("."):
+            raise _Invalid(f"{text!r} does not name a file ending in {self.suffix}")
+        return Path(os.path.abspath(base / text))
+
+
+@dataclass(frozen=True)
+class PortKind(Kind):
+    """A TCP port; 0 or empty: none."""
+
+    @property
+    def expected(self) -> str:
+        return "a TCP port from 1 to 65535, or 0 or nothing for none"
+
+    def parse(self, raw: str, base: Path) -> int:
+        text = raw.strip()
+        if text == "":
+            return 0
+        if not text.isascii() or not text.isdigit():
+            raise _Invalid(f"{text!r} is not a port number")
+        if int(text) > 65535:
+            raise _Invalid(f"{text!r} is out of range")
+        return int(text)
+
+
+_HOST_NAME_RE = re.compile(
+    r"[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*"
+)
+
+
+@dataclass(frozen=True)
+class HostKind(Kind):
+    """An IP address or a host name to listen on."""
+
+    @property
+    def expected(self) -> str:
+        return "an IP address or a host name"
+
+    def parse(self, raw: str, base: Path) -> str:
+        text = raw.strip()
+        try:
+            return str(ipaddress.ip_address(text))
+        except ValueError:
+            pass
+        if len(text) > 253 or not _HOST_NAME_RE.fullmatch(text):
+            raise _Invalid(f"{text!r} is not an IP address or a host name")
+        return text
 
 
 # --------------------------------------------------------------------------
@@ -500,6 +573,30 @@ OPTIONS: tuple[Option, ...] = (
         "this worker. 0 means automatic.",
     ),
     Option(
+        "metrics.file",
+        SuffixFileKind(".prom"),
+        "",
+        "File this worker writes its metrics to, in the Prometheus text format, at every "
+        "heartbeat (a temp file renamed over it: never seen half-written), for node_exporter's "
+        "textfile collector. Relative paths are resolved against the directory of the file "
+        "that sets this key; use a path on local disk, one per worker (set it in "
+        "REPO/workers/ID.properties when several workers share a machine). Empty: no file.",
+    ),
+    Option(
+        "metrics.port",
+        PortKind(),
+        "0",
+        "TCP port on which this worker serves its metrics over HTTP (GET /metrics) in the "
+        "Prometheus text format; one port per worker on a machine. 0 or empty: not served.",
+    ),
+    Option(
+        "metrics.host",
+        HostKind(),
+        "127.0.0.1",
+        "Address metrics.port listens on: the default serves this machine only; 0.0.0.0 "
+        "or :: serves every network.",
+    ),
+    Option(
         "custom.<name>",
         StringKind(),
         None,
@@ -531,6 +628,7 @@ _GROUP_TITLES = {
     "durability": "Durability",
     "log": "Logging",
     "images": "Image processing",
+    "metrics": "Metrics (Prometheus)",
     "custom": "Custom settings for processors",
 }
 
@@ -612,6 +710,11 @@ class Settings:
     images_roots: tuple[Path, ...]
     #: 0 means automatic.
     images_max_megapixels: float
+    #: Absolute; None: no metrics file.
+    metrics_file: Path | None
+    #: 0: no metrics served.
+    metrics_port: int
+    metrics_host: str
     #: ``custom.*`` keys, without the ``custom.`` prefix.
     custom: Mapping[str, str]
     #: The configuration files that were actually read, in precedence order.
@@ -824,6 +927,9 @@ def load(repo: Path, worker_id: str | None = None, *, cpu_count: int | None = No
         log_level=cast(str, values["log.level"]),
         images_roots=cast(tuple[Path, ...], values["images.roots"]),
         images_max_megapixels=cast(float, values["images.max-megapixels"]),
+        metrics_file=cast(Path | None, values["metrics.file"]),
+        metrics_port=cast(int, values["metrics.port"]),
+        metrics_host=cast(str, values["metrics.host"]),
         custom=_FrozenMap(custom),
         sources=tuple(sources),
     )

@@ -8,8 +8,9 @@ activity is done, failed for good, or retried after a delay.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
+from .activity import OutcomeKind
 from .retry import RetryPolicy
 
 #: ``ok``: the processor returned; ``error``: it raised (retried per policy); ``fatal``: never retried.
@@ -49,6 +50,10 @@ class Retry:
 
 
 Decision = Done | Failed | Retry
+
+#: How an attempt ended, as the worker counts it (metrics): what it committed, or a retry.
+Ending = Literal[OutcomeKind, "retry"]
+ENDINGS: tuple[Ending, ...] = get_args(Ending)
 
 
 def decide(outcome: Outcome, attempt: int, policy: RetryPolicy) -> Decision:

@@ -45,20 +45,20 @@ class Recovery:
             grouped.setdefault(claim.worker, []).append(claim)
         return grouped
 
-    def recover(self, active: Iterable[Item], *, own_only: bool) -> bool:
+    def recover(self, active: Iterable[Item], *, own_only: bool) -> int:
         """Settle this worker's claims that nothing runs (``active`` does), and, unless ``own_only``,
-        those of every dead worker. True if any was settled."""
+        those of every dead worker. How many were settled."""
         running = {self.claim_of(i).stem for i in active}
-        settled = False
+        settled = 0
         for worker, claims in self.claims_by_worker().items():
             if worker == self.worker_id:
                 stale = [c for c in claims if c.stem not in running]
                 whose = "left by an earlier run of" if own_only else "abandoned by"
-                settled |= self._settle(f"{whose} this worker ({worker})", stale)
+                settled += self._settle(f"{whose} this worker ({worker})", stale)
             elif not own_only:
                 with self.prober.dead(worker) as dead:
                     if dead:
-                        settled |= self._settle(f"of dead worker {worker}", claims)
+                        settled += self._settle(f"of dead worker {worker}", claims)
         return settled
 
     def recoverable(self) -> bool:
@@ -71,9 +71,9 @@ class Recovery:
                     return True
         return False
 
-    def _settle(self, whose: str, claims: list[ClaimName]) -> bool:
+    def _settle(self, whose: str, claims: list[ClaimName]) -> int:
         if not claims:
-            return False
+            return 0
         outcomes = Counter(self.repo.recover(c) for c in claims)
         self.repo.durability.barrier()
         log.warning(
@@ -82,7 +82,7 @@ class Recovery:
             whose,
             ", ".join(f"{n} {k}" for k, n in outcomes.items()),
         )
-        return True
+        return len(claims)
 
     def abandoned(self, batch: Sequence[Item], current: int, reason: str) -> Abandoned:
         """A batch whose process ended: the running item's attempt was interrupted (``reason``);

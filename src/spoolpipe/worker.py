@@ -21,7 +21,7 @@ from collections import Counter
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from types import FrameType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from . import config
 from .activity import Activity, format_time
@@ -43,6 +43,9 @@ from .pool import (
 from .processor import registered
 from .recovery import Recovery
 from .repository import Repository, SharedClock, dumps
+
+if TYPE_CHECKING:
+    from .metrics import Metrics
 
 log = logging.getLogger("spoolpipe.worker")
 #: Exit code of a worker stopped by an unexpected exception (a bug): EX_SOFTWARE of sysexits.h.
@@ -97,6 +100,7 @@ class Worker:
         self._megapixels: dict[int, float] = {}  # held by the batch of each busy slot
         self._pace: dict[str, float] = {}  # seconds per activity, by type (one entry per handled type)
         self._rescan = True
+        self.metrics: Metrics | None = None  # only with metrics.file or metrics.port
 
     # -- start-up ------------------------------------------------------------------------------
 
@@ -143,6 +147,11 @@ class Worker:
         self.started = self.clock.now()
         self.repo.sweep_tmp(self.clock.now())
         self.pool = Pool(self.settings.pool_size, self._setup())  # started once there is work
+        try:
+            self._configure_metrics()
+        except OSError as exc:
+            self.own_lock.release()
+            raise StartupError(str(exc)) from None
         self._recover(own_only=True)
         self.intake = Intake(
             self.repo,
@@ -297,7 +306,8 @@ class Worker:
         return min(deadlines) - now
 
     def _wakers(self) -> list[Any]:
-        return [self._wake_r] if self._arrivals is None else [self._wake_r, self._arrivals]
+        wakers: list[Any] = [self._wake_r] if self._arrivals is None else [self._wake_r, self._arrivals]
+        return wakers if self.metrics is None else wakers + self.metrics.waitables()
 
     def _drain_wakers(self) -> None:
         with contextlib.suppress(BlockingIOError):
@@ -309,6 +319,8 @@ class Worker:
                 self._rescan = True
             else:
                 self.intake.add(names)
+        if self.metrics is not None:
+            self.metrics.serve()
 
     def _stop_step(self, now: float) -> bool:
         """Stopping: let running work end within the grace period; False once the worker may exit."""
@@ -334,6 +346,8 @@ class Worker:
         self.pool.close()
         if self._arrivals is not None:
             self._arrivals.close()
+        if self.metrics is not None:
+            self.metrics.close(self.clock.now())
         with contextlib.suppress(OSError):
             (self.repo.heartbeats / f"{self.worker_id}.json").unlink()
         self.own_lock.release()
@@ -423,6 +437,8 @@ class Worker:
         report = quarantine(self.repo, self.repo.inbox, name, reason)
         if report is not None:
             log.log(report.level, "%s", report.message)
+            if self.metrics is not None:
+                self.metrics.count(report)
 
     def _item_timeout(self, type_: str) -> float:
         if type_ in self.settings.timeouts:
@@ -484,8 +500,11 @@ class Worker:
             self._died(event)
 
     def _finished(self, event: Finished) -> None:
+        metrics = self.metrics
         for report in event.reports:
             log.log(report.level, "%s", report.message)
+            if metrics is not None:
+                metrics.count(report)
         if event.taken:  # seconds per activity of this type, smoothed
             type_, took = event.batch[0].activity.type, event.seconds / event.taken
             self._pace[type_] = took if type_ not in self._pace else 0.7 * self._pace[type_] + 0.3 * took
@@ -519,6 +538,8 @@ class Worker:
                 item.activity.type,
                 limit,
             )
+            if self.metrics is not None:
+                self.metrics.timed_out(item.activity.type)
             self.pool.kill(slot)
             slot.batch = ()
             self._megapixels.pop(slot.index, None)
@@ -538,8 +559,11 @@ class Worker:
 
     def _recover(self, *, own_only: bool) -> None:
         active = [i for s in self.pool.busy() for i in s.batch] + self._interrupted
-        if self.recovery.recover(active, own_only=own_only):
+        settled = self.recovery.recover(active, own_only=own_only)
+        if settled:
             self._rescan = True
+            if self.metrics is not None:
+                self.metrics.recovered(settled)
 
     def _lost_lock(self) -> None:
         """Abandon running work (others may take its claims) and take the lock again before claiming more."""
@@ -586,6 +610,8 @@ class Worker:
             os.replace(tmp, target)
         except OSError as exc:
             log.warning("cannot write heartbeat: %s", exc)
+        if self.metrics is not None:
+            self.metrics.heartbeat(self.clock.now())
 
     def _config_mtimes(self) -> tuple[float | None, ...]:
         stamps: list[float | None] = []
@@ -614,6 +640,10 @@ class Worker:
             return
         old = self.settings
         self.settings = settings
+        try:
+            self._configure_metrics()
+        except OSError as exc:
+            log.error("metrics: %s", exc)
         self.repo.durability.enabled = settings.durability_fsync
         logging.getLogger("spoolpipe").setLevel(self.log_level or settings.log_level)
         if settings != old:  # pool processes hold the settings: replace them as they become idle
@@ -627,6 +657,23 @@ class Worker:
                 counted(self.pool.size, "process", "processes"),
             )
         log.info("configuration reloaded from %s", ", ".join(str(p) for p in settings.sources))
+
+    def _configure_metrics(self) -> None:
+        """Start, change or stop reporting metrics as the settings say; ``OSError`` if they cannot be."""
+        s = self.settings
+        if s.metrics_file is None and not s.metrics_port:
+            if self.metrics is not None:
+                self.metrics.close(self.clock.now())
+                self.metrics = None
+            return
+        if self.metrics is None:
+            from .metrics import Metrics  # only now: a worker without metrics never loads prometheus_client
+
+            known = registered()
+            self.metrics = Metrics(
+                self.repo, self.worker_id, self.started, lambda t: t in known, self._handled_types()
+            )
+        self.metrics.configure(s.metrics_file, s.metrics_host, s.metrics_port)
 
     def _maybe_reload_code(self) -> None:
         """Re-import configured processor modules whose file changed, then replace the pool's processes."""
