@@ -8,13 +8,15 @@ import json
 import logging
 import logging.handlers
 import math
+import os
 import sys
+import traceback
 from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from . import __version__, config
+from . import __version__, check, config, control, service
 from .activity import Activity, InvalidActivity, is_valid_name, new_id, parse_document, printable
 from .repository import NotARepository, Repository, filesystem_now
 from .worker import EXIT_CRASH, StartupError, Worker, default_worker_id, iter_heartbeats
@@ -195,13 +197,22 @@ def _configure_logging(repo: Repository, worker_id: str, level: str | None) -> N
     root.propagate = False
 
 
-def cmd_worker(args: argparse.Namespace) -> int:
-    repo = _repository(args.repo)
-    worker_id = args.worker_id or default_worker_id()
+def _worker_id(value: str | None) -> str:
+    worker_id = value or default_worker_id()
     if not is_valid_name(worker_id):
         raise _UsageError(f"--worker-id {worker_id!r} must match [A-Za-z0-9][A-Za-z0-9._-]{{0,127}}")
+    return worker_id
+
+
+def cmd_worker(args: argparse.Namespace) -> int:
+    repo = _repository(args.repo)
+    worker_id = _worker_id(args.worker_id)
     if args.no_wait and not args.until_idle:
         raise _UsageError("--no-wait only applies with --until-idle")
+    if args.check:
+        if args.until_idle:
+            raise _UsageError("--check starts no worker: it takes no --until-idle")
+        return check.check_worker(repo.root, worker_id, sys.stdout, sys.stderr)
     _configure_logging(repo, worker_id, args.log_level)
     try:
         worker = Worker(
@@ -211,6 +222,40 @@ def cmd_worker(args: argparse.Namespace) -> int:
     except StartupError as exc:
         logging.getLogger("spoolpipe").error("%s", exc)
         return 3
+
+
+def _targets(args: argparse.Namespace) -> list[str]:
+    if args.all == bool(args.workers):
+        raise _UsageError("give WORKER ids or --all (not both)")
+    for worker_id in args.workers:
+        if not is_valid_name(worker_id):
+            raise _UsageError(f"WORKER {worker_id!r} is not a worker id ([A-Za-z0-9][A-Za-z0-9._-]{{0,127}})")
+    return list(args.workers)
+
+
+def cmd_stop(args: argparse.Namespace) -> int:
+    repo, targets = _repository(args.repo), _targets(args)
+    request = control.Request.STOP_NOW if args.now else control.Request.STOP
+    return control.request_workers(repo, targets, every=args.all, request=request, wait=args.wait)
+
+
+def cmd_reload(args: argparse.Namespace) -> int:
+    repo, targets = _repository(args.repo), _targets(args)
+    return control.request_workers(
+        repo, targets, every=args.all, request=control.Request.RELOAD, wait=args.wait
+    )
+
+
+def cmd_systemd_unit(args: argparse.Namespace) -> int:
+    repo = _repository(args.repo)
+    worker_id = _worker_id(args.worker_id)
+    grace = config.load(repo.root, worker_id).settings.shutdown_grace_seconds
+    unit = service.Unit(os.path.realpath(repo.root), worker_id, service.interpreter(), grace, args.user)
+    try:
+        sys.stdout.write(service.render(unit))
+    except service.UnitError as exc:
+        raise _UsageError(str(exc)) from None
+    return 0
 
 
 def _command(
@@ -299,6 +344,13 @@ def build_parser() -> argparse.ArgumentParser:
         choices=["DEBUG", "INFO", "WARNING", "ERROR"],
         help="log level for this run (overrides log.level)",
     )
+    p.add_argument(
+        "--check",
+        action="store_true",
+        help="start nothing: validate the configuration, import the processors, print the types this "
+        "worker would take and any warnings, then exit 0, 2 (invalid configuration, file:line) or 3 "
+        "(processors that do not import, file:line); takes no lock and never touches the inbox",
+    )
 
     p = _command(
         sub,
@@ -320,6 +372,73 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("ids", metavar="ID", nargs="*")
     p.add_argument("--all-failed", action="store_true", help="retry every failed activity")
+
+    for name, func, summary, says in (
+        (
+            "stop",
+            cmd_stop,
+            "stop workers on any machine (drain, or --now)",
+            "drain: it claims nothing more, lets running activities finish within shutdown.grace-seconds "
+            "(then releases them to the inbox) and exits 0, as on SIGTERM. With --now it releases its "
+            "running activities to the inbox at once.",
+        ),
+        (
+            "reload",
+            cmd_reload,
+            "make workers on any machine re-read their configuration",
+            "reload: it re-reads its configuration as on SIGHUP (an invalid one is refused here, "
+            "with file:line, and not sent).",
+        ),
+    ):
+        p = _command(
+            sub,
+            name,
+            func,
+            help=summary,
+            description=f"Write REPO/control/WORKER.{name}{'[-now]' if name == 'stop' else ''} for each "
+            "live worker named (or every live one, --all). The worker takes it within "
+            f"heartbeat.interval-seconds and does what it asks: {says} A request names the "
+            "worker's current run (host, pid, start time): a worker started later discards it.",
+        )
+        p.epilog = (
+            "Exit codes: 0 every worker got its request (with --wait: and acted on it); 1 a worker named "
+            "is not alive (the others still get theirs), no live worker at all for --all"
+            + (", or, with --wait, a worker stopped before it took the request" if name == "reload" else "")
+            + "; 2 bad usage or not a repository"
+            + (", or the worker's configuration is invalid (nothing sent to it)" if name == "reload" else "")
+            + f"; {EXIT_CRASH} crashed (a bug)."
+        )
+        p.add_argument("workers", metavar="WORKER", nargs="*", help="worker ids (see spoolpipe status)")
+        p.add_argument("--all", action="store_true", help="every worker alive now (recent heartbeat)")
+        p.add_argument(
+            "--wait",
+            action="store_true",
+            help="block until each worker has exited"
+            if name == "stop"
+            else "block until each worker took it",
+        )
+        if name == "stop":
+            p.add_argument(
+                "--now", action="store_true", help="release running activities to the inbox at once"
+            )
+
+    p = _command(
+        sub,
+        "systemd-unit",
+        cmd_systemd_unit,
+        help="print a systemd service unit that runs a worker on REPO",
+        description="Print a unit (to save as /etc/systemd/system/spoolpipe-ID.service) running "
+        "`spoolpipe worker REPO --worker-id ID` with this interpreter: restarted on failure, "
+        "stopped by SIGTERM with shutdown.grace-seconds to drain (read from REPO's configuration), "
+        "reloaded by SIGHUP, KillMode=mixed so pool processes go with the daemon, after the network "
+        "and REPO's mount. See docs/operations.md, Running as a service.",
+    )
+    p.epilog = (
+        "Exit codes: 0 printed; 2 bad usage (an invalid id or user name, a path a unit cannot "
+        f"hold), not a repository, or invalid configuration; {EXIT_CRASH} crashed (a bug)."
+    )
+    p.add_argument("--worker-id", metavar="ID", help="the worker's id (default: the host name)")
+    p.add_argument("--user", metavar="USER", help="run the worker as USER (default: root)")
     return parser
 
 
@@ -337,3 +456,9 @@ def main(argv: list[str] | None = None) -> int:
     except config.ConfigError as exc:
         print(f"spoolpipe {args.command}: invalid configuration:\n{exc}", file=sys.stderr)
         return 2
+    except Exception:
+        traceback.print_exc()
+        print(
+            f"spoolpipe {args.command}: crashed (a bug in spoolpipe): exit code {EXIT_CRASH}", file=sys.stderr
+        )
+        return EXIT_CRASH
