@@ -33,6 +33,7 @@ from typing import Any, Literal, TextIO
 from . import config
 from .activity import InvalidActivity, format_time, is_valid_name, parse_document, printable
 from .durable import publish
+from .liveness import Prober, resolve_mode
 from .repository import Repository, dumps, filesystem_now
 
 log = logging.getLogger("spoolpipe.control")
@@ -252,15 +253,14 @@ class Live:
     running: int
 
 
-def _silence_limit(root: Path, worker_id: str | None) -> float:
-    """How long a heartbeat may be old before its worker counts as gone (its own settings if valid)."""
+def _settings(root: Path, worker_id: str) -> config.Settings | None:
+    """The worker's settings, else the shared ones, else None (a worker keeps its last valid ones)."""
     for who in (worker_id, None):
         try:
-            s = config.load(root, who).settings
+            return config.load(root, who).settings
         except (config.ConfigError, ValueError):
             continue
-        return max(3 * s.heartbeat_interval_seconds, s.claims_lease_seconds)
-    return 600.0  # no valid configuration at all: be generous, a request to a dead run is harmless
+    return None
 
 
 def _heartbeat(repo: Repository, worker_id: str) -> tuple[dict[str, Any], float] | None:
@@ -273,14 +273,30 @@ def _heartbeat(repo: Repository, worker_id: str) -> tuple[dict[str, Any], float]
     return (doc, mtime) if isinstance(doc, dict) else None
 
 
+def _lock_free(repo: Repository, worker_id: str, s: config.Settings) -> bool:
+    """With flock, whether the worker's lock is free: then it is dead, whatever its heartbeat says."""
+    if resolve_mode(s.claims_lock, repo.root) != "flock":
+        return False  # a lease is judged dead only after a whole lease of watching: trust the heartbeat
+    with Prober(repo.locks, "flock", s.claims_lease_seconds).dead(worker_id) as dead:
+        return dead
+
+
 def live_worker(repo: Repository, worker_id: str, now: float) -> Live | None:
-    """The live run of ``worker_id`` by its heartbeat and the shared clock ``now``; None if none."""
+    """The live run of ``worker_id`` by its heartbeat and the shared clock ``now``; None if none.
+
+    Alive: its heartbeat is recent (as for ``status``) and, where locks are flock, it holds its lock.
+    """
     found = _heartbeat(repo, worker_id)
     if found is None:
         return None
     doc, mtime = found
     run = Incarnation.from_json(doc)
-    if run is None or doc.get("worker") != worker_id or now - mtime > _silence_limit(repo.root, worker_id):
+    if run is None or doc.get("worker") != worker_id:
+        return None
+    s = _settings(repo.root, worker_id)
+    # With no valid configuration at all, be generous: a request to a dead run is harmless.
+    silence = 600.0 if s is None else max(3 * s.heartbeat_interval_seconds, s.claims_lease_seconds)
+    if now - mtime > silence or (s is not None and _lock_free(repo, worker_id, s)):
         return None
     running = doc.get("running")
     return Live(worker_id, run, len(running) if isinstance(running, list) else 0)
