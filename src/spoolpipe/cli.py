@@ -315,12 +315,13 @@ def build_parser() -> argparse.ArgumentParser:
         "(running work gets shutdown.grace-seconds to finish, then is released).",
     )
     p.epilog = (
-        "Exit codes: 0 stopped (SIGTERM/SIGINT, or nothing left with --until-idle); 2 bad usage "
-        "or not a repository; 3 cannot start (invalid configuration, processors that do not "
+        "Exit codes: 0 stopped (SIGTERM/SIGINT, spoolpipe stop, or nothing left with --until-idle); "
+        "2 bad usage or not a repository; 3 cannot start (invalid configuration, processors that do not "
         "import, worker id already running); "
         f"{EXIT_CRASH} crashed on an unexpected error (a bug in spoolpipe), logged with its "
         "traceback in REPO/logs/workers/ID.log. Claims a crashed worker leaves are recovered "
-        "when it starts again."
+        "when it starts again. With --check: 0 it could start, 2 invalid configuration, 3 processors "
+        "that do not import."
     )
     p.add_argument(
         "--worker-id",
@@ -439,7 +440,20 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--worker-id", metavar="ID", help="the worker's id (default: the host name)")
     p.add_argument("--user", metavar="USER", help="run the worker as USER (default: root)")
+    for name, codes in _EXIT_CODES.items():
+        sub.choices[name].epilog = f"Exit codes: {codes}; {EXIT_CRASH} crashed on an unexpected error."
     return parser
+
+
+#: The exit codes of the commands whose parsers above do not state them (docs/operations.md, Exit codes).
+_EXIT_CODES = {
+    "init": "0 created what was missing (or nothing was); 2 bad usage",
+    "submit": "0 published, the id is printed; 2 bad usage (an invalid TYPE, --id, JSON or --delay, "
+    "an id already in use) or not a repository",
+    "status": "0 printed; 2 bad usage, not a repository or invalid configuration",
+    "retry": "0 every ID requeued; 1 an ID without failed/ID.json, or one that cannot be requeued "
+    "(the others still are); 2 bad usage or not a repository",
+}
 
 
 def main(argv: list[str] | None = None) -> int:
