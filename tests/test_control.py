@@ -278,6 +278,19 @@ def test_sigterm_drains_and_leaves_no_pool_process_behind(tmp_path: Path) -> Non
     assert session(worker.pid) == []
 
 
+def test_pool_processes_die_with_a_killed_daemon(tmp_path: Path) -> None:
+    # What the unit's KillMode=mixed counts on besides its own SIGKILL: no pool process outlives its daemon.
+    repo = repository(tmp_path, "pool.size = 2\n")
+    holding(repo, "w1")
+    submit(repo, "t.hold")
+    worker = start_worker(repo, "w1")
+    wait_for(lambda: len(effects(repo, "t.hold")) == 1, 30, "the activity to run")
+    assert len(session(worker.pid)) == 3
+    os.kill(worker.pid, signal.SIGKILL)  # the daemon alone
+    worker.wait(30)
+    wait_for(lambda: session(worker.pid) == [], 30, "its pool processes to die with it")
+
+
 # -- worker --check ------------------------------------------------------------------------------------
 
 
@@ -328,6 +341,17 @@ def test_worker_check_names_where_a_processor_fails_to_import_and_exits_3(
     assert result.returncode == 3, result
     assert result.stderr.startswith(f"{module}:{line}: {error}"), result.stderr
     assert "cannot import processor module 'broken_procs'" in result.stderr
+
+
+def test_worker_check_names_the_processors_line_of_a_module_that_is_not_there(tmp_path: Path) -> None:
+    repo = repository(tmp_path)
+    own = repo / "workers" / "w1.properties"
+    own.write_text("# this worker only\n\nprocessors = e2e_procs, e2e_typo\n")
+    result = spoolpipe("worker", str(repo), "--worker-id", "w1", "--check")
+    assert result.returncode == 3, result
+    assert result.stderr.startswith(f"{own}:3: ModuleNotFoundError: No module named 'e2e_typo'"), (
+        result.stderr
+    )
 
 
 # -- systemd-unit ----------------------------------------------------------------------------------------

@@ -9,29 +9,44 @@ upgrade, in a deployment script).
 
 from __future__ import annotations
 
+import re
 import traceback
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TextIO
 
-from . import config
+from . import config, pool
 from .attempt import counted
 from .liveness import resolve_mode
 from .pool import ProcessorImportError, import_processors
 from .processor import Registration, registered
 
+_PROCESSORS_KEY = re.compile(r"\s*processors\s*[=:\s]")
 #: Exit codes, per the shared convention (docs/operations.md, *Exit codes*).
 EXIT_OK, EXIT_CONFIGURATION, EXIT_CANNOT_START = 0, 2, 3
 
 
-def where_it_failed(error: BaseException) -> str:
-    """``FILE:LINE`` of the code that raised ``error`` (of the bad line, for a syntax error)."""
+def where_it_failed(error: BaseException, sources: Sequence[Path]) -> str:
+    """``FILE:LINE`` of the code that raised ``error`` (the bad line of a syntax error), or, for a
+    module that is not found at all, of the ``processors`` line naming it."""
     if isinstance(error, SyntaxError) and error.filename:
         return f"{error.filename}:{error.lineno}"
-    frames = traceback.extract_tb(error.__traceback__)
-    ours = [f for f in frames if "importlib" not in f.filename]
-    frame = (ours or frames)[-1] if frames else None
-    return f"{frame.filename}:{frame.lineno}" if frame is not None else "(unknown place)"
+    frames = [
+        f
+        for f in traceback.extract_tb(error.__traceback__)
+        if "importlib" not in f.filename and f.filename != pool.__file__
+    ]
+    if frames:
+        return f"{frames[-1].filename}:{frames[-1].lineno}"
+    for path in reversed(sources):  # the per-worker file wins over the shared one
+        try:
+            lines = path.read_text(encoding="utf-8", errors="replace").splitlines()
+        except OSError:
+            continue
+        found = [n for n, line in enumerate(lines, 1) if _PROCESSORS_KEY.match(line)]
+        if found:
+            return f"{path}:{found[-1]}"
+    return "processors"
 
 
 def review(settings: config.Settings, processors: Mapping[str, Registration]) -> list[str]:
@@ -71,7 +86,7 @@ def check_worker(root: Path, worker_id: str, out: TextIO, err: TextIO) -> int:
         import_processors(s.processors, paths)
     except ProcessorImportError as exc:
         cause = exc.__cause__ or exc
-        print(f"{where_it_failed(cause)}: {type(cause).__name__}: {cause}", file=err)
+        print(f"{where_it_failed(cause, s.sources)}: {type(cause).__name__}: {cause}", file=err)
         print(f"the worker cannot start: {exc}", file=err)
         return EXIT_CANNOT_START
     processors = registered()
