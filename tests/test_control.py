@@ -174,6 +174,12 @@ def test_stop_or_reload_of_an_unknown_or_dead_worker_exits_1(tmp_path: Path) -> 
         )
     )
     os.utime(repo / "heartbeats" / "gone.json", (1_700_000_000, 1_700_000_000))  # silent for years
+    beats = repo / "heartbeats"  # and junk anyone could leave there: never a live worker, never a crash
+    (beats / "deep.json").write_text("[" * 50_000)
+    (beats / "dir.json").mkdir()
+    (beats / "link.json").symlink_to("/dev/zero")
+    (beats / "odd.json").write_text('{"worker": "odd", "host": "\\ud800", "pid": true, "started_at": 1}')
+    (beats / "big.json").write_bytes(b" " * (1 << 20) + b"{}")
     for args in (("stop", "nosuch"), ("stop", "gone", "--now"), ("reload", "gone"), ("stop", "--all")):
         result = spoolpipe(args[0], str(repo), *args[1:])
         assert result.returncode == 1, result

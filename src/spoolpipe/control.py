@@ -17,7 +17,6 @@ from __future__ import annotations
 import contextlib
 import enum
 import errno
-import json
 import logging
 import os
 import shutil
@@ -32,6 +31,7 @@ from typing import Any, Literal, TextIO
 
 from . import config
 from .activity import InvalidActivity, format_time, is_valid_name, parse_document, printable
+from .attempt import counted
 from .durable import publish
 from .liveness import Prober, resolve_mode
 from .repository import Repository, dumps, filesystem_now
@@ -264,13 +264,13 @@ def _settings(root: Path, worker_id: str) -> config.Settings | None:
 
 
 def _heartbeat(repo: Repository, worker_id: str) -> tuple[dict[str, Any], float] | None:
+    """The worker's heartbeat document and its mtime (by the shared clock), if it is one."""
     path = repo.heartbeats / f"{worker_id}.json"
     try:
         mtime = path.lstat().st_mtime
-        doc = json.loads(_read_small(path))
-    except (OSError, ValueError):
+        return parse_document(_read_small(path)), mtime  # a heartbeat is a file anyone may write
+    except (OSError, InvalidActivity):
         return None
-    return (doc, mtime) if isinstance(doc, dict) else None
 
 
 def _lock_free(repo: Repository, worker_id: str, s: config.Settings) -> bool:
@@ -389,10 +389,15 @@ def request_workers(
             code = 2
             continue
         path = write_request(repo, target, request, now)
-        sent.append((target, path, path.lstat().st_ino))
+        try:
+            inode = path.lstat().st_ino
+        except FileNotFoundError:  # taken already
+            inode = -1
+        sent.append((target, path, inode))
+        running = counted(target.running, "activity running", "activities running")
         print(
-            f"{target.worker_id}: {request.value} requested ({target.run.describe()}, "
-            f"running {target.running}): {_SAYS[request]}",
+            f"{target.worker_id}: {request.value} requested ({target.run.describe()}, {running}): "
+            f"{_SAYS[request]}",
             file=out,
         )
     if wait and sent:
