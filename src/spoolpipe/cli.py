@@ -258,6 +258,18 @@ def cmd_systemd_unit(args: argparse.Namespace) -> int:
     return 0
 
 
+_REQUEST_NOTE = (
+    "A request names the worker's current run (host, pid, start time, from its heartbeat): a worker "
+    "started later discards it. See docs/operations.md, Control."
+)
+
+
+def _add_targets(parser: argparse.ArgumentParser, wait_help: str) -> None:
+    parser.add_argument("workers", metavar="WORKER", nargs="*", help="worker ids (see spoolpipe status)")
+    parser.add_argument("--all", action="store_true", help="every worker alive now (recent heartbeat)")
+    parser.add_argument("--wait", action="store_true", help=wait_help)
+
+
 def _command(
     sub: argparse._SubParsersAction[argparse.ArgumentParser],
     name: str,
@@ -374,54 +386,42 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("ids", metavar="ID", nargs="*")
     p.add_argument("--all-failed", action="store_true", help="retry every failed activity")
 
-    for name, func, summary, says in (
-        (
-            "stop",
-            cmd_stop,
-            "stop workers on any machine (drain, or --now)",
-            "drain: it claims nothing more, lets running activities finish within shutdown.grace-seconds "
-            "(then releases them to the inbox) and exits 0, as on SIGTERM. With --now it releases its "
-            "running activities to the inbox at once.",
-        ),
-        (
-            "reload",
-            cmd_reload,
-            "make workers on any machine re-read their configuration",
-            "reload: it re-reads its configuration as on SIGHUP (an invalid one is refused here, "
-            "with file:line, and not sent).",
-        ),
-    ):
-        p = _command(
-            sub,
-            name,
-            func,
-            help=summary,
-            description=f"Write REPO/control/WORKER.{name}{'[-now]' if name == 'stop' else ''} for each "
-            "live worker named (or every live one, --all). The worker takes it within "
-            f"heartbeat.interval-seconds and does what it asks: {says} A request names the "
-            "worker's current run (host, pid, start time): a worker started later discards it.",
-        )
-        p.epilog = (
-            "Exit codes: 0 every worker got its request (with --wait: and acted on it); 1 a worker named "
-            "is not alive (the others still get theirs), no live worker at all for --all"
-            + (", or, with --wait, a worker stopped before it took the request" if name == "reload" else "")
-            + "; 2 bad usage or not a repository"
-            + (", or the worker's configuration is invalid (nothing sent to it)" if name == "reload" else "")
-            + f"; {EXIT_CRASH} crashed (a bug)."
-        )
-        p.add_argument("workers", metavar="WORKER", nargs="*", help="worker ids (see spoolpipe status)")
-        p.add_argument("--all", action="store_true", help="every worker alive now (recent heartbeat)")
-        p.add_argument(
-            "--wait",
-            action="store_true",
-            help="block until each worker has exited"
-            if name == "stop"
-            else "block until each worker took it",
-        )
-        if name == "stop":
-            p.add_argument(
-                "--now", action="store_true", help="release running activities to the inbox at once"
-            )
+    p = _command(
+        sub,
+        "stop",
+        cmd_stop,
+        help="stop workers on any machine (drain, or --now)",
+        description="Write REPO/control/WORKER.stop (with --now: WORKER.stop-now) for each live worker "
+        "named, or every live one with --all. Within heartbeat.interval-seconds the worker does what "
+        "SIGTERM does: it claims nothing more, lets running activities finish within "
+        "shutdown.grace-seconds (then releases them to the inbox) and exits 0. With --now it releases "
+        "its running activities to the inbox at once. " + _REQUEST_NOTE,
+    )
+    p.epilog = (
+        "Exit codes: 0 every worker got its request (with --wait: and has exited); 1 a worker named "
+        "is not alive (the others still get theirs), or --all found no live worker; 2 bad usage or "
+        f"not a repository; {EXIT_CRASH} crashed (a bug)."
+    )
+    _add_targets(p, "block until each worker has exited")
+    p.add_argument("--now", action="store_true", help="release running activities to the inbox at once")
+
+    p = _command(
+        sub,
+        "reload",
+        cmd_reload,
+        help="make workers on any machine re-read their configuration",
+        description="Write REPO/control/WORKER.reload for each live worker named, or every live one "
+        "with --all. Within heartbeat.interval-seconds the worker does what SIGHUP does: it re-reads "
+        "its configuration. A configuration the worker would reject is reported here (file:line) "
+        "and not sent. " + _REQUEST_NOTE,
+    )
+    p.epilog = (
+        "Exit codes: 0 every worker got its request (with --wait: and has taken it); 1 a worker named "
+        "is not alive (the others still get theirs), --all found no live worker, or, with --wait, a "
+        "worker stopped before it took the request; 2 bad usage, not a repository, or a worker's "
+        f"configuration is invalid (nothing sent to it); {EXIT_CRASH} crashed (a bug)."
+    )
+    _add_targets(p, "block until each worker has taken the request")
 
     p = _command(
         sub,
