@@ -30,8 +30,9 @@ from harness import (
     submit,
     wait_for,
 )
-from spoolpipe import control, service
+from spoolpipe import check, config, control, service
 from spoolpipe.activity import NAME_PATTERN
+from spoolpipe.processor import Registration
 
 SPOOLPIPE = [sys.executable, "-m", "spoolpipe"]
 
@@ -269,6 +270,21 @@ def test_reload_with_an_invalid_configuration_is_refused_with_file_and_line(tmp_
         assert worker.wait(30) == 0
 
 
+def test_reload_wait_says_when_the_worker_died_before_taking_the_request(tmp_path: Path) -> None:
+    repo = repository(tmp_path, "claims.lease-seconds = 120\n")
+    worker = start_worker(repo, "w1")
+    wait_for(lambda: live(repo, "w1"), 30, "the worker")
+    os.kill(worker.pid, signal.SIGSTOP)
+    reloading = subprocess.Popen(
+        [*SPOOLPIPE, "reload", str(repo), "w1", "--wait"], stderr=subprocess.PIPE, text=True
+    )
+    wait_for(lambda: (repo / "control" / "w1.reload").exists(), 30, "the request")
+    kill_group(worker)
+    _, err = reloading.communicate(timeout=60)
+    assert reloading.returncode == 1, err
+    assert "w1 stopped before it took the reload request" in err
+
+
 def test_sigterm_drains_and_leaves_no_pool_process_behind(tmp_path: Path) -> None:
     repo = repository(tmp_path, "pool.size = 2\nshutdown.grace-seconds = 300\n")
     flag = holding(repo, "w1")
@@ -358,6 +374,21 @@ def test_worker_check_names_the_processors_line_of_a_module_that_is_not_there(tm
     assert result.stderr.startswith(f"{own}:3: ModuleNotFoundError: No module named 'e2e_typo'"), (
         result.stderr
     )
+
+
+def test_review_warns_about_types_nobody_here_handles(tmp_path: Path) -> None:
+    def noop(activity: object, ctx: object) -> None:
+        return None
+
+    repo = repository(tmp_path, "timeout.t.gone = 5\nfailures.handler = t.report\n")
+    settings = config.load(repo).settings
+    registry = {"t.a": Registration("t.a", noop, frozenset({"t.b", "t.a"}), None, "m.a")}
+    assert check.review(settings, registry) == [
+        "timeout.t.gone is set, but no processor imported here handles 't.gone'",
+        "t.a may create 't.b', which no processor imported here handles "
+        "(a worker elsewhere must, or those activities wait forever)",
+        "failures.handler = t.report: no processor imported here handles it",
+    ]
 
 
 # -- systemd-unit ----------------------------------------------------------------------------------------
