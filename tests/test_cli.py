@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import re
@@ -17,6 +18,7 @@ import pytest
 
 from spoolpipe import config
 from spoolpipe.activity import Activity, parse_activity
+from spoolpipe.cli import build_parser
 from spoolpipe.record import Attempt, done_record, failed_record
 from spoolpipe.repository import PROPERTIES_FILE, STATE_DIRS, SUPPORT_DIRS, Repository, dumps
 
@@ -85,12 +87,15 @@ def inbox_doc(repo: Path, activity_id: str) -> dict[str, Any]:
 # -- help ------------------------------------------------------------------------------------------
 
 HELP = {
-    (): ["init", "submit", "worker", "status", "retry", "--version"],
+    (): ["init", "submit", "worker", "status", "retry", "stop", "reload", "systemd-unit", "--version"],
     ("init",): ["REPO"],
     ("submit",): ["REPO", "TYPE", "JSON", "--id", "--delay", "--verbose"],
-    ("worker",): ["REPO", "--worker-id", "--until-idle", "--no-wait", "--log-level"],
+    ("worker",): ["REPO", "--worker-id", "--until-idle", "--no-wait", "--log-level", "--check"],
     ("status",): ["REPO", "--json"],
     ("retry",): ["REPO", "ID", "--all-failed"],
+    ("stop",): ["REPO", "WORKER", "--all", "--now", "--wait", "Exit codes"],
+    ("reload",): ["REPO", "WORKER", "--all", "--wait", "Exit codes"],
+    ("systemd-unit",): ["REPO", "--worker-id", "--user", "Exit codes"],
 }
 
 
@@ -103,6 +108,15 @@ def test_help_of_every_command_exits_0_and_names_its_arguments() -> None:
         assert result.stdout.startswith(f"usage: spoolpipe {' '.join(command)}".rstrip()), str(result)
         for word in expected:
             assert word in result.stdout, f"{word!r} missing from {result}"
+
+
+def test_every_command_states_its_exit_codes() -> None:
+    commands = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction)).choices
+    assert commands
+    for name, parser in commands.items():
+        assert "Exit codes: 0 " in parser.format_help(), (
+            f"spoolpipe {name} --help does not state its exit codes"
+        )
 
 
 # -- init ------------------------------------------------------------------------------------------

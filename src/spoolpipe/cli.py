@@ -8,13 +8,15 @@ import json
 import logging
 import logging.handlers
 import math
+import os
 import sys
+import traceback
 from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from . import __version__, config
+from . import __version__, check, config, control, service
 from .activity import Activity, InvalidActivity, is_valid_name, new_id, parse_document, printable
 from .repository import NotARepository, Repository, filesystem_now
 from .worker import EXIT_CRASH, StartupError, Worker, default_worker_id, iter_heartbeats
@@ -195,13 +197,22 @@ def _configure_logging(repo: Repository, worker_id: str, level: str | None) -> N
     root.propagate = False
 
 
-def cmd_worker(args: argparse.Namespace) -> int:
-    repo = _repository(args.repo)
-    worker_id = args.worker_id or default_worker_id()
+def _worker_id(value: str | None) -> str:
+    worker_id = value or default_worker_id()
     if not is_valid_name(worker_id):
         raise _UsageError(f"--worker-id {worker_id!r} must match [A-Za-z0-9][A-Za-z0-9._-]{{0,127}}")
+    return worker_id
+
+
+def cmd_worker(args: argparse.Namespace) -> int:
+    repo = _repository(args.repo)
+    worker_id = _worker_id(args.worker_id)
     if args.no_wait and not args.until_idle:
         raise _UsageError("--no-wait only applies with --until-idle")
+    if args.check:
+        if args.until_idle:
+            raise _UsageError("--check starts no worker: it takes no --until-idle")
+        return check.check_worker(repo.root, worker_id, sys.stdout, sys.stderr)
     _configure_logging(repo, worker_id, args.log_level)
     try:
         worker = Worker(
@@ -211,6 +222,52 @@ def cmd_worker(args: argparse.Namespace) -> int:
     except StartupError as exc:
         logging.getLogger("spoolpipe").error("%s", exc)
         return 3
+
+
+def _targets(args: argparse.Namespace) -> list[str]:
+    if args.all == bool(args.workers):
+        raise _UsageError("give WORKER ids or --all (not both)")
+    for worker_id in args.workers:
+        if not is_valid_name(worker_id):
+            raise _UsageError(f"WORKER {worker_id!r} is not a worker id ([A-Za-z0-9][A-Za-z0-9._-]{{0,127}})")
+    return list(args.workers)
+
+
+def cmd_stop(args: argparse.Namespace) -> int:
+    repo, targets = _repository(args.repo), _targets(args)
+    request = control.Request.STOP_NOW if args.now else control.Request.STOP
+    return control.request_workers(repo, targets, every=args.all, request=request, wait=args.wait)
+
+
+def cmd_reload(args: argparse.Namespace) -> int:
+    repo, targets = _repository(args.repo), _targets(args)
+    return control.request_workers(
+        repo, targets, every=args.all, request=control.Request.RELOAD, wait=args.wait
+    )
+
+
+def cmd_systemd_unit(args: argparse.Namespace) -> int:
+    repo = _repository(args.repo)
+    worker_id = _worker_id(args.worker_id)
+    grace = config.load(repo.root, worker_id).settings.shutdown_grace_seconds
+    unit = service.Unit(os.path.realpath(repo.root), worker_id, service.interpreter(), grace, args.user)
+    try:
+        sys.stdout.write(service.render(unit))
+    except service.UnitError as exc:
+        raise _UsageError(str(exc)) from None
+    return 0
+
+
+_REQUEST_NOTE = (
+    "A request names the worker's current run (host, pid, start time, from its heartbeat): a worker "
+    "started later discards it. See docs/operations.md, Control."
+)
+
+
+def _add_targets(parser: argparse.ArgumentParser, wait_help: str) -> None:
+    parser.add_argument("workers", metavar="WORKER", nargs="*", help="worker ids (see spoolpipe status)")
+    parser.add_argument("--all", action="store_true", help="every worker alive now (recent heartbeat)")
+    parser.add_argument("--wait", action="store_true", help=wait_help)
 
 
 def _command(
@@ -270,12 +327,13 @@ def build_parser() -> argparse.ArgumentParser:
         "(running work gets shutdown.grace-seconds to finish, then is released).",
     )
     p.epilog = (
-        "Exit codes: 0 stopped (SIGTERM/SIGINT, or nothing left with --until-idle); 2 bad usage "
-        "or not a repository; 3 cannot start (invalid configuration, processors that do not "
+        "Exit codes: 0 stopped (SIGTERM/SIGINT, spoolpipe stop, or nothing left with --until-idle); "
+        "2 bad usage or not a repository; 3 cannot start (invalid configuration, processors that do not "
         "import, worker id already running, metrics.port taken or metrics.file not writable); "
         f"{EXIT_CRASH} crashed on an unexpected error (a bug in spoolpipe), logged with its "
         "traceback in REPO/logs/workers/ID.log. Claims a crashed worker leaves are recovered "
-        "when it starts again."
+        "when it starts again. With --check: 0 it could start, 2 invalid configuration, 3 processors "
+        "that do not import."
     )
     p.add_argument(
         "--worker-id",
@@ -299,6 +357,13 @@ def build_parser() -> argparse.ArgumentParser:
         choices=["DEBUG", "INFO", "WARNING", "ERROR"],
         help="log level for this run (overrides log.level)",
     )
+    p.add_argument(
+        "--check",
+        action="store_true",
+        help="start nothing: validate the configuration, import the processors, print the types this "
+        "worker would take and any warnings, then exit 0, 2 (invalid configuration, file:line) or 3 "
+        "(processors that do not import, file:line); takes no lock and never touches the inbox",
+    )
 
     p = _command(
         sub,
@@ -320,7 +385,75 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("ids", metavar="ID", nargs="*")
     p.add_argument("--all-failed", action="store_true", help="retry every failed activity")
+
+    p = _command(
+        sub,
+        "stop",
+        cmd_stop,
+        help="stop workers on any machine (drain, or --now)",
+        description="Write REPO/control/WORKER.stop (with --now: WORKER.stop-now) for each live worker "
+        "named, or every live one with --all. Within heartbeat.interval-seconds the worker does what "
+        "SIGTERM does: it claims nothing more, lets running activities finish within "
+        "shutdown.grace-seconds (then releases them to the inbox) and exits 0. With --now it releases "
+        "its running activities to the inbox at once. " + _REQUEST_NOTE,
+    )
+    p.epilog = (
+        "Exit codes: 0 every worker got its request (with --wait: and has exited); 1 a worker named "
+        "is not alive (the others still get theirs), or --all found no live worker; 2 bad usage or "
+        f"not a repository; {EXIT_CRASH} crashed (a bug)."
+    )
+    _add_targets(p, "block until each worker has exited")
+    p.add_argument("--now", action="store_true", help="release running activities to the inbox at once")
+
+    p = _command(
+        sub,
+        "reload",
+        cmd_reload,
+        help="make workers on any machine re-read their configuration",
+        description="Write REPO/control/WORKER.reload for each live worker named, or every live one "
+        "with --all. Within heartbeat.interval-seconds the worker does what SIGHUP does: it re-reads "
+        "its configuration. A configuration the worker would reject is reported here (file:line) "
+        "and not sent. " + _REQUEST_NOTE,
+    )
+    p.epilog = (
+        "Exit codes: 0 every worker got its request (with --wait: and has taken it); 1 a worker named "
+        "is not alive (the others still get theirs), --all found no live worker, or, with --wait, a "
+        "worker stopped before it took the request; 2 bad usage, not a repository, or a worker's "
+        f"configuration is invalid (nothing sent to it); {EXIT_CRASH} crashed (a bug)."
+    )
+    _add_targets(p, "block until each worker has taken the request")
+
+    p = _command(
+        sub,
+        "systemd-unit",
+        cmd_systemd_unit,
+        help="print a systemd service unit that runs a worker on REPO",
+        description="Print a unit (to save as /etc/systemd/system/spoolpipe-ID.service) running "
+        "`spoolpipe worker REPO --worker-id ID` with this interpreter: restarted on failure, "
+        "stopped by SIGTERM with shutdown.grace-seconds to drain (read from REPO's configuration), "
+        "reloaded by SIGHUP, KillMode=mixed so pool processes go with the daemon, after the network "
+        "and REPO's mount. See docs/operations.md, Running as a service.",
+    )
+    p.epilog = (
+        "Exit codes: 0 printed; 2 bad usage (an invalid id or user name, a path a unit cannot "
+        f"hold), not a repository, or invalid configuration; {EXIT_CRASH} crashed (a bug)."
+    )
+    p.add_argument("--worker-id", metavar="ID", help="the worker's id (default: the host name)")
+    p.add_argument("--user", metavar="USER", help="run the worker as USER (default: root)")
+    for name, codes in _EXIT_CODES.items():
+        sub.choices[name].epilog = f"Exit codes: {codes}; {EXIT_CRASH} crashed on an unexpected error."
     return parser
+
+
+#: The exit codes of the commands whose parsers above do not state them (docs/operations.md, Exit codes).
+_EXIT_CODES = {
+    "init": "0 created what was missing (or nothing was); 2 bad usage",
+    "submit": "0 published, the id is printed; 2 bad usage (an invalid TYPE, --id, JSON or --delay, "
+    "an id already in use) or not a repository",
+    "status": "0 printed; 2 bad usage, not a repository or invalid configuration",
+    "retry": "0 every ID requeued; 1 an ID without failed/ID.json, or one that cannot be requeued "
+    "(the others still are); 2 bad usage or not a repository",
+}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -337,3 +470,9 @@ def main(argv: list[str] | None = None) -> int:
     except config.ConfigError as exc:
         print(f"spoolpipe {args.command}: invalid configuration:\n{exc}", file=sys.stderr)
         return 2
+    except Exception:
+        traceback.print_exc()
+        print(
+            f"spoolpipe {args.command}: crashed (a bug in spoolpipe): exit code {EXIT_CRASH}", file=sys.stderr
+        )
+        return EXIT_CRASH

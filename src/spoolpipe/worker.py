@@ -23,7 +23,7 @@ from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING, Any
 
-from . import config
+from . import config, control
 from .activity import Activity, format_time
 from .attempt import Item, Setup, counted, quarantine
 from .intake import Delayed, Intake
@@ -145,6 +145,9 @@ class Worker:
         self.recovery = Recovery(self.repo, self.prober, self.worker_id)
         self.clock = SharedClock(self.repo.heartbeats / f".clock-{self.worker_id}")
         self.started = self.clock.now()
+        self.requests = control.Mailbox(
+            self.repo, self.worker_id, control.Incarnation(self.host, os.getpid(), format_time(self.started))
+        )
         self.repo.sweep_tmp(self.clock.now())
         self.pool = Pool(self.settings.pool_size, self._setup())  # started once there is work
         try:
@@ -202,6 +205,16 @@ class Worker:
                 log.warning("second %s: stopping now", signal.Signals(signum).name)
                 self._grace_deadline = 0.0
             self._stopping = True
+        self._wake()
+
+    def _obey(self, request: control.Request) -> None:
+        """A request file for this run: reload is SIGHUP, stop is SIGTERM, stop-now ends the grace at once."""
+        if request is control.Request.RELOAD:
+            self._reload_requested = True
+            return
+        self._stopping = True
+        if request is control.Request.STOP_NOW:
+            self._grace_deadline = 0.0
         self._wake()
 
     def _start_watching(self) -> None:
@@ -275,6 +288,8 @@ class Worker:
         if now >= self._next_heartbeat:
             self._next_heartbeat = now + self.settings.heartbeat_interval_seconds
             self._heartbeat()
+            for request in self.requests.take():  # spoolpipe stop / reload, from any machine
+                self._obey(request)
             self._maybe_reload()
             self._maybe_reload_code()
         if not self._stopping:

@@ -1,0 +1,115 @@
+"""``spoolpipe worker REPO --check``: what a worker would start with, without starting one.
+
+It loads the configuration and imports the processor modules exactly as a
+worker does at start-up, then says which types this worker would take and what
+looks wrong. It takes no lock, writes no log and never looks at the inbox, so
+it is safe beside the running worker of the same id (before a reload, after an
+upgrade, in a deployment script).
+"""
+
+from __future__ import annotations
+
+import re
+import traceback
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import TextIO
+
+from . import config, pool
+from .attempt import counted
+from .liveness import resolve_mode
+from .pool import ProcessorImportError, import_processors
+from .processor import Registration, registered
+
+_PROCESSORS_KEY = re.compile(r"\s*processors\s*[=:\s]")
+#: Exit codes, per the shared convention (docs/operations.md, *Exit codes*).
+EXIT_OK, EXIT_CONFIGURATION, EXIT_CANNOT_START = 0, 2, 3
+
+
+def where_it_failed(error: BaseException, sources: Sequence[Path]) -> str:
+    """``FILE:LINE`` of the code that raised ``error`` (the bad line of a syntax error), or, for a
+    module that is not found at all, of the ``processors`` line naming it."""
+    if isinstance(error, SyntaxError) and error.filename:
+        return f"{error.filename}:{error.lineno}"
+    frames = [
+        f
+        for f in traceback.extract_tb(error.__traceback__)
+        if "importlib" not in f.filename and f.filename != pool.__file__
+    ]
+    if frames:
+        return f"{frames[-1].filename}:{frames[-1].lineno}"
+    for path in reversed(sources):  # the per-worker file wins over the shared one
+        try:
+            lines = path.read_text(encoding="utf-8", errors="replace").splitlines()
+        except OSError:
+            continue
+        found = [n for n, line in enumerate(lines, 1) if _PROCESSORS_KEY.match(line)]
+        if found:
+            return f"{path}:{found[-1]}"
+    return "processors"
+
+
+def review(settings: config.Settings, processors: Mapping[str, Registration]) -> list[str]:
+    """Warnings about a configuration that loads and processors that import, but do not fit together."""
+    warnings = []
+    if not settings.processors:
+        warnings.append("processors is empty: only the built-in types run here")
+    for key, types in (("concurrency", settings.concurrency), ("timeout", settings.timeouts)):
+        for type_ in sorted(types):
+            if type_ not in processors:
+                warnings.append(f"{key}.{type_} is set, but no processor imported here handles {type_!r}")
+    for reg in sorted(processors.values(), key=lambda r: r.type):
+        for follow_up in sorted(reg.follow_up_types or ()):
+            if follow_up not in processors:
+                warnings.append(
+                    f"{reg.type} may create {follow_up!r}, which no processor imported here handles "
+                    "(a worker elsewhere must, or those activities wait forever)"
+                )
+    handler = settings.failures_handler
+    if handler and handler not in processors:
+        warnings.append(f"failures.handler = {handler}: no processor imported here handles it")
+    return warnings
+
+
+def check_worker(root: Path, worker_id: str, out: TextIO, err: TextIO) -> int:
+    """Print what worker ``worker_id`` would start with; 0, 2 (configuration) or 3 (processors)."""
+    try:
+        loaded = config.load(root, worker_id)
+    except config.ConfigError as exc:
+        print(f"invalid configuration:\n{exc}", file=err)
+        return EXIT_CONFIGURATION
+    s = loaded.settings
+    sources = ", ".join(str(p) for p in s.sources) or "none (every key at its default)"
+    print(f"configuration of worker {worker_id}: {sources}", file=out)
+    paths = [str(p) for p in s.processors_path]
+    try:
+        import_processors(s.processors, paths)
+    except ProcessorImportError as exc:
+        cause = exc.__cause__ or exc
+        print(f"{where_it_failed(cause, s.sources)}: {type(cause).__name__}: {cause}", file=err)
+        print(f"the worker cannot start: {exc}", file=err)
+        return EXIT_CANNOT_START
+    processors = registered()
+    print(
+        f"processors: {', '.join(s.processors) or '(none)'}; processors.path: {', '.join(paths) or '(none)'}",
+        file=out,
+    )
+    print(
+        f"pool.size {s.pool_size}, claims.lock {s.claims_lock} ({resolve_mode(s.claims_lock, root)} here), "
+        f"shutdown.grace-seconds {s.shutdown_grace_seconds:g}",
+        file=out,
+    )
+    taken = [t for t in sorted(processors) if s.concurrency_for(t) > 0]
+    print(f"types this worker takes ({len(taken)}), with the most it runs at once:", file=out)
+    for type_ in taken:
+        print(
+            f"  {type_}  {min(s.concurrency_for(type_), s.pool_size)}  ({processors[type_].origin})", file=out
+        )
+    refused = [t for t in sorted(processors) if s.concurrency_for(t) == 0]
+    if refused:
+        print(f"types imported but never taken here (concurrency 0): {', '.join(refused)}", file=out)
+    warnings = [*loaded.warnings, *review(s, processors)]
+    for warning in warnings:
+        print(f"warning: {warning}", file=out)
+    print(f"ok: worker {worker_id} can start ({counted(len(warnings), 'warning', 'warnings')})", file=out)
+    return EXIT_OK

@@ -1,0 +1,504 @@
+"""Control and service: stop/reload through REPO/control/, worker --check, the systemd unit.
+
+Real repositories, real worker processes, real signals; the request names and
+the unit text are also checked in-process.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from harness import (
+    effects,
+    ids_in,
+    kill_group,
+    make_repository,
+    records,
+    run_until_idle,
+    start_worker,
+    submit,
+    wait_for,
+)
+from spoolpipe import check, config, control, service
+from spoolpipe.activity import NAME_PATTERN
+from spoolpipe.processor import Registration
+
+SPOOLPIPE = [sys.executable, "-m", "spoolpipe"]
+
+# t.hold runs while REPO/hold/<worker id> exists: a test decides when it ends, no sleeping.
+HOLD = """
+@processor("t.hold")
+def hold(activity, ctx):
+    _effect(ctx, activity)
+    while (ctx.repository / "hold" / ctx.worker_id).exists():
+        time.sleep(0.02)
+    return ctx.worker_id
+
+@processor("t.props")
+def props(activity, ctx):
+    return dict(ctx.properties)
+"""
+
+
+def spoolpipe(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([*SPOOLPIPE, *args], capture_output=True, text=True, timeout=120)
+
+
+def repository(tmp_path: Path, properties: str = "") -> Path:
+    repo = make_repository(tmp_path, properties, extra_processors=HOLD)
+    (repo / "hold").mkdir()
+    return repo
+
+
+def holding(repo: Path, worker_id: str) -> Path:
+    flag = repo / "hold" / worker_id
+    flag.touch()
+    return flag
+
+
+def live(repo: Path, worker_id: str) -> bool:
+    return (repo / "heartbeats" / f"{worker_id}.json").exists()
+
+
+def stderr_of(repo: Path, worker_id: str) -> str:
+    return (repo.parent / f"worker-{worker_id}.stderr").read_text()
+
+
+def session(sid: int) -> list[int]:
+    """Processes (zombies aside) in session ``sid``: a worker started by the harness and its pool."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            fields = Path(f"/proc/{entry}/stat").read_text().rpartition(")")[2].split()
+        except OSError:
+            continue
+        if fields[0] != "Z" and int(fields[3]) == sid:
+            found.append(int(entry))
+    return found
+
+
+# -- stop --------------------------------------------------------------------------------------------
+
+
+def test_stop_drains_a_worker_whose_processor_is_running(tmp_path: Path) -> None:
+    repo = repository(tmp_path, "shutdown.grace-seconds = 300\npool.size = 2\n")
+    flag = holding(repo, "w1")
+    running = submit(repo, "t.hold")
+    worker = start_worker(repo, "w1")
+    wait_for(lambda: len(effects(repo, "t.hold")) == 1 and live(repo, "w1"), 30, "the activity to run")
+    result = spoolpipe("stop", str(repo), "w1")
+    assert result.returncode == 0, result
+    assert "w1: stop requested" in result.stdout
+    request = repo / "control" / "w1.stop"
+    wait_for(lambda: not request.exists(), 30, "the worker to take its request")
+    later = submit(repo, "t.noop")  # claims nothing more
+    assert worker.poll() is None, "it lets the running activity finish"
+    flag.unlink()
+    assert worker.wait(60) == 0
+    assert ids_in(repo / "done") == [running]
+    assert records(repo / "done")[running]["result"] == "w1"
+    assert os.listdir(repo / "inbox") == [f"{later}.json"]
+    assert os.listdir(repo / "running") == []
+    assert os.listdir(repo / "control") == []
+    assert not live(repo, "w1")
+    assert session(worker.pid) == []
+    assert "stop requested through control/w1.stop by" in stderr_of(repo, "w1")
+
+
+def test_stop_now_releases_the_running_activity_which_completes_on_another_worker(tmp_path: Path) -> None:
+    repo = repository(tmp_path, "shutdown.grace-seconds = 300\n")
+    holding(repo, "w1")
+    aid = submit(repo, "t.hold")
+    worker = start_worker(repo, "w1")
+    wait_for(lambda: len(effects(repo, "t.hold")) == 1 and live(repo, "w1"), 30, "the activity to run")
+    result = spoolpipe("stop", str(repo), "w1", "--now", "--wait")
+    assert result.returncode == 0, result
+    assert "w1: stopped" in result.stdout
+    assert worker.wait(30) == 0
+    assert os.listdir(repo / "inbox") == [f"{aid}~1.json"]  # the same attempt: not the activity's fault
+    assert os.listdir(repo / "running") == []
+    assert session(worker.pid) == []
+    run_until_idle(repo, "w2")
+    assert records(repo / "done")[aid]["result"] == "w2"
+    assert [(e[1], e[2]) for e in effects(repo, "t.hold")] == [("1", "w1"), ("1", "w2")]
+
+
+def test_stop_all_stops_every_live_worker_but_not_one_started_after_the_request(tmp_path: Path) -> None:
+    # A long lease keeps a paused worker's heartbeat "recent": --all sends it a request too.
+    repo = repository(tmp_path, "claims.lease-seconds = 120\n")
+    first, second = start_worker(repo, "w1"), start_worker(repo, "w2")
+    wait_for(lambda: live(repo, "w1") and live(repo, "w2"), 30, "both workers")
+    os.kill(first.pid, signal.SIGSTOP)  # a hung machine: its lock is held, its heartbeat recent
+    stopping = subprocess.Popen(
+        [*SPOOLPIPE, "stop", str(repo), "--all", "--wait"], stdout=subprocess.PIPE, text=True
+    )
+    assert second.wait(30) == 0
+    wait_for(lambda: (repo / "control" / "w1.stop").exists(), 30, "the request to the paused worker")
+    kill_group(first)  # then the machine is power-cycled: this run never took its request
+    out, _ = stopping.communicate(timeout=60)
+    assert stopping.returncode == 0, out
+    assert "w1: stop requested" in out and "w2: stop requested" in out
+    assert "w2: stopped" in out
+    assert "w1: is gone without taking the request (killed?)" in out
+    restarted, newcomer = start_worker(repo, "w1"), start_worker(repo, "w3")
+    try:
+        wait_for(lambda: not (repo / "control" / "w1.stop").exists(), 30, "w1 to discard the old request")
+        assert "discarded control/w1.stop: meant for an earlier run of this worker" in stderr_of(repo, "w1")
+        for _ in range(4):
+            submit(repo, "t.noop")
+        wait_for(lambda: len(ids_in(repo / "done")) == 4, 30, "work done after the request")
+        assert restarted.poll() is None and newcomer.poll() is None
+    finally:
+        result = spoolpipe("stop", str(repo), "w1", "w3", "--wait")
+        assert result.returncode == 0, result
+        assert restarted.wait(30) == 0 and newcomer.wait(30) == 0
+
+
+def test_stop_or_reload_of_an_unknown_or_dead_worker_exits_1(tmp_path: Path) -> None:
+    repo = repository(tmp_path)
+    (repo / "heartbeats" / "gone.json").write_text(
+        json.dumps(
+            {"worker": "gone", "host": "h", "pid": 99999, "started_at": "2026-01-01T00:00:00.000+00:00"}
+        )
+    )
+    os.utime(repo / "heartbeats" / "gone.json", (1_700_000_000, 1_700_000_000))  # silent for years
+    beats = repo / "heartbeats"  # and junk anyone could leave there: never a live worker, never a crash
+    (beats / "deep.json").write_text("[" * 50_000)
+    (beats / "dir.json").mkdir()
+    (beats / "link.json").symlink_to("/dev/zero")
+    (beats / "odd.json").write_text('{"worker": "odd", "host": "\\ud800", "pid": true, "started_at": 1}')
+    (beats / "big.json").write_bytes(b" " * (1 << 20) + b"{}")
+    for args in (("stop", "nosuch"), ("stop", "gone", "--now"), ("reload", "gone"), ("stop", "--all")):
+        result = spoolpipe(args[0], str(repo), *args[1:])
+        assert result.returncode == 1, result
+        assert "no live worker" in result.stderr
+    assert not (repo / "control").exists() or os.listdir(repo / "control") == []
+    for args in (("stop",), ("stop", "w1", "--all"), ("reload", "../w1")):
+        result = spoolpipe(args[0], str(repo), *args[1:])
+        assert result.returncode == 2, result
+    assert spoolpipe("stop", str(tmp_path / "nowhere"), "--all").returncode == 2
+
+
+def test_request_files_that_are_not_requests_never_stop_or_crash_a_worker(tmp_path: Path) -> None:
+    repo = repository(tmp_path)
+    worker = start_worker(repo, "w1")
+    try:
+        wait_for(lambda: live(repo, "w1"), 30, "the worker")
+        control_dir = repo / "control"
+        control_dir.mkdir()
+        (control_dir / "w1.stop").touch()  # a bare flag is not a request
+        (control_dir / "w1.stop-now").mkdir()
+        (control_dir / "w1.stop-now" / "inside").write_text("x")
+        (control_dir / "w1.reload").symlink_to("/etc/passwd")
+        wait_for(lambda: os.listdir(control_dir) == [], 30, "the worker to discard them")
+        log = stderr_of(repo, "w1")
+        assert "discarded control/w1.stop: not a JSON object" in log
+        assert "discarded control/w1.stop-now: cannot be read" in log
+        assert "discarded control/w1.reload: cannot be read" in log
+        aid = submit(repo, "t.noop")
+        wait_for(lambda: aid in ids_in(repo / "done"), 30, "work after the junk")
+        assert worker.poll() is None
+    finally:
+        result = spoolpipe("stop", str(repo), "w1", "--wait")
+        assert result.returncode == 0, result
+        assert worker.wait(30) == 0
+
+
+# -- reload ------------------------------------------------------------------------------------------
+
+
+def change_unnoticed(properties: Path, extra: str) -> None:
+    """Append to the file, keeping its mtime (as rsync -t or a config tool may): no worker notices."""
+    before = properties.stat()
+    tmp = properties.with_name("new.properties")
+    tmp.write_text(properties.read_text() + extra)
+    os.utime(tmp, ns=(before.st_atime_ns, before.st_mtime_ns))
+    os.replace(tmp, properties)
+
+
+@pytest.mark.parametrize("how", ["spoolpipe reload", "SIGHUP"])
+def test_reload_applies_a_changed_property(tmp_path: Path, how: str) -> None:
+    repo = repository(tmp_path, "custom.colour = red\n")
+    worker = start_worker(repo, "w1")
+    try:
+        first = submit(repo, "t.props")
+        wait_for(lambda: first in ids_in(repo / "done"), 30, "the first activity")
+        assert records(repo / "done")[first]["result"] == {"colour": "red"}
+        change_unnoticed(repo / "spoolpipe.properties", "custom.colour = blue\n")
+        if how == "SIGHUP":
+            worker.send_signal(signal.SIGHUP)
+            wait_for(lambda: "configuration reloaded" in stderr_of(repo, "w1"), 30, "the reload")
+        else:
+            result = spoolpipe("reload", str(repo), "w1", "--wait")
+            assert result.returncode == 0, result
+            assert "w1: took the reload request" in result.stdout
+            assert not (repo / "control" / "w1.reload").exists()
+        second = submit(repo, "t.props")
+        wait_for(lambda: second in ids_in(repo / "done"), 30, "the second activity")
+        assert records(repo / "done")[second]["result"] == {"colour": "blue"}
+        assert worker.poll() is None
+    finally:
+        worker.send_signal(signal.SIGTERM)
+        assert worker.wait(30) == 0
+
+
+def test_reload_with_an_invalid_configuration_is_refused_with_file_and_line(tmp_path: Path) -> None:
+    repo = repository(tmp_path)
+    worker = start_worker(repo, "w1")
+    try:
+        wait_for(lambda: live(repo, "w1"), 30, "the worker")
+        (repo / "workers" / "w1.properties").write_text("pool.size = many\n")
+        result = spoolpipe("reload", str(repo), "w1")
+        assert result.returncode == 2, result
+        assert f"{repo / 'workers' / 'w1.properties'}:1: pool.size" in result.stderr
+        assert not (repo / "control" / "w1.reload").exists()
+    finally:
+        worker.send_signal(signal.SIGTERM)
+        assert worker.wait(30) == 0
+
+
+def test_reload_wait_says_when_the_worker_died_before_taking_the_request(tmp_path: Path) -> None:
+    repo = repository(tmp_path, "claims.lease-seconds = 120\n")
+    worker = start_worker(repo, "w1")
+    wait_for(lambda: live(repo, "w1"), 30, "the worker")
+    os.kill(worker.pid, signal.SIGSTOP)
+    reloading = subprocess.Popen(
+        [*SPOOLPIPE, "reload", str(repo), "w1", "--wait"], stderr=subprocess.PIPE, text=True
+    )
+    wait_for(lambda: (repo / "control" / "w1.reload").exists(), 30, "the request")
+    kill_group(worker)
+    _, err = reloading.communicate(timeout=60)
+    assert reloading.returncode == 1, err
+    assert "w1 stopped before it took the reload request" in err
+
+
+def test_sigterm_drains_and_leaves_no_pool_process_behind(tmp_path: Path) -> None:
+    repo = repository(tmp_path, "pool.size = 2\nshutdown.grace-seconds = 300\n")
+    flag = holding(repo, "w1")
+    aid = submit(repo, "t.hold")
+    worker = start_worker(repo, "w1")
+    wait_for(lambda: len(effects(repo, "t.hold")) == 1, 30, "the activity to run")
+    assert len(session(worker.pid)) == 3  # the daemon and its two pool processes
+    worker.send_signal(signal.SIGTERM)
+    wait_for(lambda: "stopping: no new claims" in stderr_of(repo, "w1"), 30, "the drain")
+    flag.unlink()
+    assert worker.wait(60) == 0
+    assert ids_in(repo / "done") == [aid]
+    assert session(worker.pid) == []
+
+
+def test_pool_processes_die_with_a_killed_daemon(tmp_path: Path) -> None:
+    # What the unit's KillMode=mixed counts on besides its own SIGKILL: no pool process outlives its daemon.
+    repo = repository(tmp_path, "pool.size = 2\n")
+    holding(repo, "w1")
+    submit(repo, "t.hold")
+    worker = start_worker(repo, "w1")
+    wait_for(lambda: len(effects(repo, "t.hold")) == 1, 30, "the activity to run")
+    assert len(session(worker.pid)) == 3
+    os.kill(worker.pid, signal.SIGKILL)  # the daemon alone
+    worker.wait(30)
+    wait_for(lambda: session(worker.pid) == [], 30, "its pool processes to die with it")
+
+
+# -- worker --check ------------------------------------------------------------------------------------
+
+
+def test_worker_check_reports_types_and_warnings_without_lock_or_inbox(tmp_path: Path) -> None:
+    repo = repository(tmp_path, "concurrency.t.nope = 1\nconcurrency.t.slow = 0\n")
+    waiting = submit(repo, "t.noop")
+    result = spoolpipe("worker", str(repo), "--worker-id", "w1", "--check")
+    assert result.returncode == 0, result
+    out = result.stdout
+    assert "configuration of worker w1: " + str(repo / "spoolpipe.properties") in out
+    for type_ in ("t.parent", "t.hold", "image.process", "spoolpipe.failure"):
+        assert f"  {type_}  " in out
+    assert "never taken here (concurrency 0): t.slow" in out
+    assert "warning: concurrency.t.nope is set, but no processor imported here handles 't.nope'" in out
+    assert "ok: worker w1 can start (1 warning)" in out
+    assert os.listdir(repo / "inbox") == [f"{waiting}.json"]
+    assert os.listdir(repo / "locks") == []
+    assert os.listdir(repo / "heartbeats") == []
+    assert not (repo / "logs" / "workers" / "w1.log").exists()
+
+
+def test_worker_check_names_the_bad_configuration_line_and_exits_2(tmp_path: Path) -> None:
+    repo = repository(tmp_path)
+    (repo / "workers" / "w1.properties").write_text("# fine\ntimeout.seconds = soon\n")
+    result = spoolpipe("worker", str(repo), "--worker-id", "w1", "--check")
+    assert result.returncode == 2, result
+    assert f"{repo / 'workers' / 'w1.properties'}:2: timeout.seconds" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert spoolpipe("worker", str(repo), "--worker-id", "w2", "--check").returncode == 0
+
+
+@pytest.mark.parametrize(
+    ("source", "line", "error"),
+    [
+        ("x = 1\ndef broken(:\n", 2, "SyntaxError"),
+        ("import os\n\nraise RuntimeError('no db')\n", 3, "RuntimeError"),
+    ],
+)
+def test_worker_check_names_where_a_processor_fails_to_import_and_exits_3(
+    tmp_path: Path, source: str, line: int, error: str
+) -> None:
+    repo = repository(tmp_path)
+    module = tmp_path / "procs" / "broken_procs.py"
+    module.write_text(source)
+    with (repo / "spoolpipe.properties").open("a") as f:
+        f.write("processors = e2e_procs, broken_procs\n")
+    result = spoolpipe("worker", str(repo), "--worker-id", "w1", "--check")
+    assert result.returncode == 3, result
+    assert result.stderr.startswith(f"{module}:{line}: {error}"), result.stderr
+    assert "cannot import processor module 'broken_procs'" in result.stderr
+
+
+def test_worker_check_names_the_processors_line_of_a_module_that_is_not_there(tmp_path: Path) -> None:
+    repo = repository(tmp_path)
+    own = repo / "workers" / "w1.properties"
+    own.write_text("# this worker only\n\nprocessors = e2e_procs, e2e_typo\n")
+    result = spoolpipe("worker", str(repo), "--worker-id", "w1", "--check")
+    assert result.returncode == 3, result
+    assert result.stderr.startswith(f"{own}:3: ModuleNotFoundError: No module named 'e2e_typo'"), (
+        result.stderr
+    )
+
+
+def test_review_warns_about_types_nobody_here_handles(tmp_path: Path) -> None:
+    def noop(activity: object, ctx: object) -> None:
+        return None
+
+    repo = repository(tmp_path, "timeout.t.gone = 5\nfailures.handler = t.report\n")
+    settings = config.load(repo).settings
+    registry = {"t.a": Registration("t.a", noop, frozenset({"t.b", "t.a"}), None, "m.a")}
+    assert check.review(settings, registry) == [
+        "timeout.t.gone is set, but no processor imported here handles 't.gone'",
+        "t.a may create 't.b', which no processor imported here handles "
+        "(a worker elsewhere must, or those activities wait forever)",
+        "failures.handler = t.report: no processor imported here handles it",
+    ]
+
+
+# -- systemd-unit ----------------------------------------------------------------------------------------
+
+
+def systemd_analyze() -> str:
+    tool = shutil.which("systemd-analyze")
+    if tool is None:
+        pytest.fail("systemd-analyze is missing: apt-get install -y systemd (.ci/run does)")
+    return tool
+
+
+def test_the_systemd_unit_passes_systemd_analyze_verify(tmp_path: Path) -> None:
+    root = tmp_path / 'jobs 100% "$HOME" \\ n'  # every character a unit file must escape
+    repo = repository(root, "shutdown.grace-seconds = 20.5\n")
+    result = spoolpipe("systemd-unit", str(repo), "--worker-id", "nas-1", "--user", "spool")
+    assert result.returncode == 0, result
+    text = result.stdout
+    lines = text.splitlines()
+    for expected in (
+        "Type=simple",
+        "User=spool",
+        "Restart=on-failure",
+        "KillMode=mixed",
+        "KillSignal=SIGTERM",
+        f"TimeoutStopSec={math.ceil(20.5) + service.STOP_MARGIN_SECONDS}",
+        "ExecReload=/bin/kill -HUP $MAINPID",
+        "Wants=network-online.target",
+        "After=network-online.target",
+        "NoNewPrivileges=yes",
+        f"RequiresMountsFor={service.quote(str(repo))}",
+    ):
+        assert expected in lines, f"{expected!r} missing from\n{text}"
+    assert f"ExecStart={os.path.abspath(sys.executable)} -m spoolpipe worker " in text
+    assert "PrivateTmp=yes" not in lines  # the repository is under /tmp: it would hide it
+    unit = tmp_path / "spoolpipe-nas-1.service"
+    unit.write_text(text)
+    verify = subprocess.run(
+        [systemd_analyze(), "verify", str(unit)], capture_output=True, text=True, timeout=120
+    )
+    assert verify.returncode == 0, verify
+    assert verify.stdout + verify.stderr == "", verify  # it warns about settings it ignores
+
+
+def test_systemd_unit_refuses_what_a_unit_cannot_hold(tmp_path: Path) -> None:
+    repo = repository(tmp_path / "line\nbreak")
+    result = spoolpipe("systemd-unit", str(repo), "--worker-id", "w1")
+    assert result.returncode == 2, result
+    assert "control character" in result.stderr
+    repo = repository(tmp_path / "fine")
+    for args in (("--user", "a b"), ("--worker-id", "../x")):
+        result = spoolpipe("systemd-unit", str(repo), *args)
+        assert result.returncode == 2, result
+
+
+def test_unit_hardening_keeps_a_repository_visible() -> None:
+    def render(repo: str) -> list[str]:
+        return service.render(service.Unit(repo, "w1", "/usr/bin/python3", 30.0)).splitlines()
+
+    assert {"PrivateTmp=yes", "ProtectSystem=full", "TimeoutStopSec=45"} <= set(render("/srv/jobs"))
+    assert "PrivateTmp=yes" not in render("/var/tmp/jobs")
+    assert "ProtectSystem=full" not in render("/etc/spoolpipe/jobs")
+    assert "User=" not in "".join(render("/srv/jobs"))
+
+
+def test_quoting_escapes_what_systemd_would_expand() -> None:
+    assert service.quote("/srv/jobs") == "/srv/jobs"
+    assert service.quote('/a b/100%/$X/"q"\\') == '"/a b/100%%/$$X/\\"q\\"\\\\"'
+    with pytest.raises(service.UnitError):
+        service.quote("/a\nb")
+
+
+# -- request names and documents -------------------------------------------------------------------------
+
+names = st.from_regex(rf"\A{NAME_PATTERN}\Z")
+
+
+@given(names, st.sampled_from(list(control.Request)))
+def test_a_request_name_says_which_worker_and_what(worker_id: str, request: control.Request) -> None:
+    assert control.parse_request_name(control.request_name(worker_id, request)) == (worker_id, request)
+
+
+@pytest.mark.parametrize(
+    "name", ["w1", "w1.stopp", ".stop", "w1.STOP", "a/b.stop", "w1.stop.tmp", "~w1.reload"]
+)
+def test_other_names_are_not_requests(name: str) -> None:
+    assert control.parse_request_name(name) is None
+
+
+ME = control.Incarnation("nas", 4242, "2026-12-01T12:00:00.000+00:00")
+
+
+def test_a_request_is_obeyed_only_by_the_run_it_names() -> None:
+    doc = control.request_document("w1", control.Request.STOP, ME, 1_795_334_400.0, "laptop pid 7")
+    raw = json.dumps(doc).encode()
+    taken = control.parse_request("w1", control.Request.STOP, raw)
+    assert control.verdict(taken, ME) == "obey"
+    assert taken.by == "laptop pid 7"
+    restarted = control.Incarnation("nas", 4243, "2026-12-01T12:05:00.000+00:00")
+    assert control.verdict(taken, restarted) == "earlier run"
+    # a file whose content says another worker or request is not this one's
+    assert control.verdict(control.parse_request("w2", control.Request.STOP, raw), ME) == "unreadable"
+    assert control.verdict(control.parse_request("w1", control.Request.RELOAD, raw), ME) == "unreadable"
+
+
+@given(
+    st.binary(max_size=300)
+    | st.builds(lambda d: json.dumps(d).encode(), st.dictionaries(st.text(), st.text()))
+)
+def test_any_content_is_judged_without_raising(raw: bytes) -> None:
+    taken = control.parse_request("w1", control.Request.STOP, raw)
+    assert control.verdict(taken, ME) == "unreadable"
+    assert taken.problem
