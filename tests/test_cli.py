@@ -389,9 +389,9 @@ def test_an_invalid_configuration_stops_status_and_worker_with_file_and_line(rep
     worker, status = run_all(
         ("worker", str(repo), "--worker-id", "w1", "--until-idle"), ("status", str(repo))
     )
-    assert worker.returncode != 0, str(worker)
+    assert worker.returncode == 2, str(worker)  # the documented code for an invalid configuration
     assert where in worker.stderr, str(worker)
     assert "pool.size" in worker.stderr
     assert "Traceback" not in worker.stderr
-    assert status.returncode != 0, str(status)
+    assert status.returncode == 2, str(status)
     assert where in status.stderr, str(status)

@@ -59,6 +59,15 @@ BATCH_SECONDS = 0.05
 class StartupError(Exception):
     """The worker cannot start; the message says why and what to do."""
 
+    #: The documented exit code (docs/operations.md "Exit codes").
+    exit_code = 3
+
+
+class InvalidConfiguration(StartupError):
+    """The worker cannot start because its configuration is invalid: a configuration error, exit 2."""
+
+    exit_code = 2
+
 
 def default_worker_id() -> str:
     host = socket.gethostname().split(".")[0]
@@ -116,7 +125,7 @@ class Worker:
         try:
             self.settings = self._load()
         except config.ConfigError as exc:
-            raise StartupError(f"invalid configuration:\n{exc}") from None
+            raise InvalidConfiguration(f"invalid configuration:\n{exc}") from None
         self.repo.durability.enabled = self.settings.durability_fsync
         logging.getLogger("spoolpipe").setLevel(self.log_level or self.settings.log_level)
         self._config_stamp = self._config_mtimes()
