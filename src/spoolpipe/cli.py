@@ -172,6 +172,14 @@ def cmd_retry(args: argparse.Namespace) -> int:
     return 1 if problems else 0
 
 
+def cmd_serve(args: argparse.Namespace) -> int:
+    from . import web
+
+    repo = _repository(args.repo)
+    config.load(repo.root)  # an invalid configuration is exit 2 before anything listens
+    return web.serve(repo, args.host, args.port)
+
+
 class _WorkerLogHandler(logging.handlers.WatchedFileHandler):
     """Reopens the log when it is moved (rotation) or its file system is remounted; never stops the worker."""
 
@@ -225,6 +233,12 @@ def _command(
     parser.add_argument("repo", metavar="REPO", help="the repository directory")
     parser.set_defaults(func=func)
     return parser
+
+
+def _port(text: str) -> int:
+    if not text.isdigit() or int(text) > 65535:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a port number (0 to 65535)")
+    return int(text)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -320,6 +334,26 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("ids", metavar="ID", nargs="*")
     p.add_argument("--all-failed", action="store_true", help="retry every failed activity")
+
+    p = _command(
+        sub,
+        "serve",
+        cmd_serve,
+        help="a read-only status page in the browser",
+        description="Serve a status page of REPO over HTTP: counts, live workers, waiting types, "
+        "recent failures with their reasons, each activity's story and thumbnails of recent "
+        "image.process outputs; it refreshes itself. /api/status returns what status --json prints. "
+        "Read-only: only GET and HEAD, no write endpoints.",
+    )
+    p.epilog = (
+        "Exit codes: 0 stopped by SIGTERM or SIGINT (Ctrl-C); 2 bad usage, not a repository, invalid "
+        "configuration or a --host that is not an address; 3 cannot listen (port in use, permission "
+        "denied). Bound to a loopback address it answers only requests for a loopback host name."
+    )
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    p.add_argument(
+        "--port", type=_port, default=8765, help="port to listen on (default 8765; 0 picks a free one)"
+    )
     return parser
 
 
