@@ -31,7 +31,7 @@ from PIL import Image
 
 from harness import kill_group, make_repository, run_until_idle, start_worker, submit, wait_for
 from imagefactory import photo
-from spoolpipe.web import render
+from spoolpipe.web import MAX_CONNECTIONS, render
 from spoolpipe.web.outputs import recorded_outputs
 from spoolpipe.web.site import host_allowed, route
 
@@ -388,6 +388,30 @@ def test_sigterm_and_sigint_stop_it_with_exit_0(tmp_path: Path) -> None:
         assert code == 0, err
         with pytest.raises(ConnectionRefusedError), socket.create_connection((host, int(port)), timeout=5):
             pass
+
+
+def test_idle_connections_cannot_take_every_thread(tmp_path: Path) -> None:
+    repo = make_repository(tmp_path)
+    proc, hostport = start_serve(repo)
+    host, port = hostport.rsplit(":", 1)
+
+    def answered() -> bool:
+        try:
+            conn = http.client.HTTPConnection(host, int(port), timeout=30)
+            conn.request("GET", "/api/status")
+            return conn.getresponse().status == 200
+        except (ConnectionError, http.client.RemoteDisconnected):
+            return False
+
+    idle = [socket.create_connection((host, int(port)), timeout=30) for _ in range(MAX_CONNECTIONS)]
+    try:
+        wait_for(lambda: not answered(), 60, "one connection too many to be closed")
+    finally:
+        for sock in idle:
+            sock.close()
+    wait_for(answered, 60, "the page to answer again once the idle connections are gone")
+    code, err = stop(proc)
+    assert code == 0, err
 
 
 def test_a_port_in_use_is_exit_3_with_a_clear_error(tmp_path: Path) -> None:

@@ -25,6 +25,8 @@ EXIT_BAD_HOST: Final = 2
 """``--host`` is not an address or a name that resolves."""
 REQUEST_TIMEOUT_SECONDS: Final = 30
 """A connection that sends nothing for this long is closed, so idle clients cannot hold threads."""
+MAX_CONNECTIONS: Final = 32
+"""Connections served at once; one more is closed without an answer."""
 
 
 def _handler(site: Site) -> type[BaseHTTPRequestHandler]:
@@ -63,7 +65,29 @@ def _handler(site: Site) -> type[BaseHTTPRequestHandler]:
 
 
 class _Server(ThreadingHTTPServer):
+    """One thread per connection, at most ``MAX_CONNECTIONS`` at once: further ones are closed at once."""
+
     daemon_threads = True
+
+    def __init__(self, address: tuple[str, int], handler: type[BaseHTTPRequestHandler]) -> None:
+        self._slots = threading.BoundedSemaphore(MAX_CONNECTIONS)
+        super().__init__(address, handler)
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        if not self._slots.acquire(blocking=False):
+            self.shutdown_request(request)
+            return
+        try:
+            super().process_request(request, client_address)
+        except BaseException:
+            self._slots.release()
+            raise
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self._slots.release()
 
 
 def _family(host: str, port: int) -> socket.AddressFamily:
