@@ -9,15 +9,14 @@ import logging
 import logging.handlers
 import math
 import sys
-from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from . import __version__, config
-from .activity import Activity, InvalidActivity, is_valid_name, new_id, parse_document, printable
+from . import __version__, config, views
+from .activity import Activity, InvalidActivity, is_valid_name, new_id, parse_document
 from .repository import NotARepository, Repository, filesystem_now
-from .worker import EXIT_CRASH, StartupError, Worker, default_worker_id, iter_heartbeats
+from .worker import EXIT_CRASH, StartupError, Worker, default_worker_id
 
 EPILOG = """\
 Activities are JSON files {"type": ..., "data": {...}} dropped into REPO/inbox/.
@@ -80,56 +79,8 @@ def cmd_submit(args: argparse.Namespace) -> int:
     return 0
 
 
-def _live(repo: Repository, now: float) -> list[dict[str, Any]]:
-    settings = config.load(repo.root).settings
-    horizon = max(3 * settings.heartbeat_interval_seconds, settings.claims_lease_seconds)
-    live = []
-    for doc, mtime in iter_heartbeats(repo):
-        for key in ("worker", "host"):  # a heartbeat is a file anyone may have written
-            if isinstance(doc.get(key), str):
-                doc[key] = printable(doc[key])
-        if isinstance(doc.get("types"), dict):
-            doc["types"] = {printable(t): n for t, n in doc["types"].items()}
-        doc["last_seen_seconds"] = round(max(0.0, now - mtime), 1)
-        if now - mtime <= horizon:
-            live.append(doc)
-    return live
-
-
-def status(repo: Repository) -> dict[str, Any]:
-    """Everything ``status`` shows, as one JSON-serialisable document."""
-    now = filesystem_now(repo.tmp / ".clock-status")
-    counts = {
-        "inbox": repo.count(repo.inbox),
-        "running": sum(1 for _ in repo.claims()),
-        "done": repo.count(repo.done),
-        "failed": repo.count(repo.failed),
-        "invalid": repo.count(repo.invalid),
-    }
-    workers = _live(repo, now)
-    handled = {t for w in workers for t, n in w.get("types", {}).items() if n > 0}
-    waiting: Counter[str] = Counter()
-    for name in repo.inbox_names():
-        path = repo.inbox / name
-        try:
-            if path.is_symlink() or not path.is_file() or path.stat().st_size > 1 << 20:
-                continue
-            type_ = parse_document(path.read_bytes()).get("type")
-        except (OSError, InvalidActivity):
-            continue
-        if isinstance(type_, str):
-            waiting[printable(type_)] += 1
-    return {
-        "repository": printable(str(repo.root)),
-        "counts": counts,
-        "workers": workers,
-        "inbox_by_type": dict(sorted(waiting.items())),
-        "unhandled_types": sorted(t for t in waiting if t not in handled),
-    }
-
-
 def cmd_status(args: argparse.Namespace) -> int:
-    report = status(_repository(args.repo))
+    report = views.status(_repository(args.repo))
     if args.json:
         print(json.dumps(report, indent=2))
         return 0

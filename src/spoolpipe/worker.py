@@ -577,6 +577,7 @@ class Worker:
             "pool_size": pool_size,
             "types": {t: min(self.settings.concurrency_for(t), pool_size) for t in self._handled_types()},
             "running": sorted(c[0].activity.id for s in self.pool.busy() if (c := s.current()) is not None),
+            "activities": self._running_activities(),
         }
         target = self.repo.heartbeats / f"{self.worker_id}.json"
         # One temp name per worker: one killed mid-write leaves one file, which its next heartbeat reuses.
@@ -586,6 +587,25 @@ class Worker:
             os.replace(tmp, target)
         except OSError as exc:
             log.warning("cannot write heartbeat: %s", exc)
+
+    def _running_activities(self) -> list[dict[str, Any]]:
+        """What each pool process runs now, since when (shared clock) and for how long it may (``status``)."""
+        now, mono = self.clock.now(), time.monotonic()
+        running = []
+        for slot in self.pool.busy():
+            current = slot.current()
+            if current is not None:
+                item, started = current
+                running.append(
+                    {
+                        "id": item.activity.id,
+                        "type": item.activity.type,
+                        "attempt": item.activity.attempt,
+                        "started_at": format_time(now - (mono - started)),
+                        "timeout_seconds": self._item_timeout(item.activity.type),
+                    }
+                )
+        return sorted(running, key=lambda r: r["id"])
 
     def _config_mtimes(self) -> tuple[float | None, ...]:
         stamps: list[float | None] = []
