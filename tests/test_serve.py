@@ -157,6 +157,11 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
         "image.process",
         [{**_output_entry(images / "in" / "cat.jpg"), "path": str(secret)}],
     )
+    # A hand-written record holding lone surrogates (valid JSON, not valid UTF-8 once decoded).
+    (repo / "done" / "forged-surrogate.json").write_text(
+        '{"id": "forged-surrogate", "type": "t.\\ud800", "data": {"k": "\\udfff"}, "result": "\\ud800",'
+        ' "spoolpipe": {"status": "done", "reason": "\\ud800<b>"}}'
+    )
     submit(repo, "t.stuck", id="running-1")
     worker = start_worker(repo, "w-live")
     wait_for(lambda: any(n.startswith("running-1~") for n in os.listdir(repo / "running")), 60, "a claim")
@@ -235,7 +240,7 @@ def parse(page: str) -> _Tags:
 
 SAFE_TAGS = {
     "html", "head", "meta", "title", "link", "body", "header", "h1", "h2", "p", "a", "code", "span",
-    "table", "tbody", "tr", "th", "td", "div", "figure", "img", "figcaption", "pre", "ol", "li",
+    "table", "tbody", "tr", "th", "td", "div", "figure", "img", "figcaption", "pre", "ol", "ul", "li",
 }  # fmt: skip
 
 
@@ -275,7 +280,7 @@ def test_the_page_shows_counts_workers_waiting_and_failures_as_text(served: Serv
         assert f'id="count-{state}">{n}<' in page
     text = "".join(parse(page).text)
     assert HOSTILE_REASON in text  # shown as text, every character
-    assert "this can never work" not in text and "flaky attempt 2" in text
+    assert "RuntimeError: flaky attempt 2" in text
     assert "w-live" in text and "running-1" in text
     assert "t.nobody" in text and "no live worker handles type t.nobody" in text
     assert HOSTILE_JUNK_NAME in text  # the hostile junk name, as text
@@ -299,6 +304,35 @@ def test_an_activity_story_is_one_click_away(served: Served) -> None:
     assert served.failed_id in text and HOSTILE_REASON in text
     as_json = json.loads(body(get(served, f"/api/activity/{served.failed_id}")))
     assert as_json["id"] == served.failed_id
+
+
+def test_a_story_links_parent_and_follow_ups_and_lists_attempts(served: Served) -> None:
+    parent = body(get(served, render.activity_href(served.parent_id)))
+    children = [
+        str(a["href"])
+        for tag, a in parse(parent).tags
+        if tag == "a"
+        and str(a.get("href")).startswith("/activity/")
+        and a["href"] != f"/activity/{served.parent_id}"
+    ]
+    assert len(children) == 1, children
+    child = body(get(served, children[0]))
+    assert _story_link(child, served.parent_id)
+    assert "t.child" in "".join(parse(child).text)
+    flaky = "".join(parse(body(get(served, "/activity/flaky-1"))).text)
+    assert flaky.count("flaky attempt 1") >= 1 and flaky.count("flaky attempt 2") >= 1
+    assert "w1" in flaky and "Traceback" in flaky and "RuntimeError: flaky attempt 2" in flaky
+
+
+def test_lone_surrogates_in_a_record_do_not_break_the_page(served: Served) -> None:
+    for path in ("/", "/activity/forged-surrogate", "/api/activity/forged-surrogate", "/api/status"):
+        response = get(served, path)
+        assert response.status == 200, path
+        if path.startswith("/api/"):
+            json.loads(body(response))
+        else:
+            assert_no_markup_injected(body(response))
+    assert "done/forged-surrogate.json" in body(get(served, "/activity/forged-surrogate"))
 
 
 def test_unknown_and_unusable_ids_are_404(served: Served) -> None:
@@ -566,20 +600,39 @@ def test_recorded_outputs_take_only_well_formed_image_process_entries() -> None:
 
 def test_rendering_escapes_everything() -> None:
     evil = "</td><script>alert(1)</script>\"' onmouseover=alert(2) <!--"
+    running = {"id": evil, "type": evil, "running_seconds": 1.5}
     status = {
         "repository": evil,
         "counts": {"inbox": evil},
-        "workers": [{"worker": evil, "host": evil, "pid": evil, "types": {evil: 1}, "running": [evil]}],
+        "inbox": {"ready": evil, "delayed": 1, "oldest_waiting_seconds": 3.2},
+        "workers": [
+            {"worker": evil, "host": evil, "pid": evil, "types": {evil: 1}, "running": [evil]},
+            {"worker": evil, "activities": [running, evil]},
+        ],
+        "stuck": [{"id": evil, "type": evil, "worker": evil, "why": evil}, evil],
         "inbox_by_type": {evil: 1},
         "unhandled_types": [evil],
+    }
+    linked = {"id": evil, "state": evil, "type": evil, "valid": True}
+    story = {
+        "id": evil,
+        "state": evil,
+        "reason": evil,
+        "parent": linked,
+        "follow_ups": [linked, {**linked, "valid": False}, evil],
+        "attempts": [{"run": 0, "attempt": 1, "worker": evil, "error": evil}, evil],
+        "logs": [{"path": evil, "bytes": 3, "tail": [evil, 7]}, evil],
+        "result": {evil: [evil]},
+        "data": evil,
+        "traceback": evil + "\n" + evil,
+        "locations": [{"state": evil, "path": evil}, evil],
+        evil: evil,
     }
     failures = [{"id": evil, "type": evil, "attempts": evil, "reason": evil, "finished_at": evil}]
     tiles = [render.ImageTile(evil, 0, 1, 1)]
     for page in (
         render.index_page(status, failures, [{"name": evil, "reason": evil}], tiles, evil),
-        render.story_page(
-            evil, {"id": evil, "parent": evil, "follow_ups": [evil], evil: {evil: [evil, 1, None]}}
-        ),
+        render.story_page(evil, story),
         render.error_page(evil, evil),
     ):
         assert_no_markup_injected(page)

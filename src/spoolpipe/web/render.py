@@ -19,10 +19,6 @@ from urllib.parse import quote
 
 REFRESH_SECONDS: Final = 5
 """How often the pages reload themselves."""
-MAX_DEPTH: Final = 12
-"""Nesting shown of a story's values; deeper parts are shown as JSON text."""
-MAX_ITEMS: Final = 200
-"""Items shown of one list or object in a story; the rest are counted."""
 
 STYLESHEET: Final = """\
 body { font: 14px/1.4 system-ui, sans-serif; margin: 1.5em; color: #222; background: #fafafa; }
@@ -114,7 +110,7 @@ def _counts(counts: Mapping[str, Any]) -> str:
 
 def _workers(workers: Sequence[Mapping[str, Any]]) -> str:
     def row(w: Mapping[str, Any]) -> list[str]:
-        types, running = _dict(w, "types"), _list(w, "running")
+        types, running = _dict(w, "types"), _list(w, "activities") or _list(w, "running")
         return [
             _cell(w.get("worker")),
             _cell(w.get("host")),
@@ -133,11 +129,35 @@ def _workers(workers: Sequence[Mapping[str, Any]]) -> str:
 
 
 def _running(entry: object) -> str:
-    """A heartbeat's running entry: an id, or an object with ``id`` (and perhaps ``type``)."""
-    if isinstance(entry, Mapping):
-        label = _link(entry.get("id"))
-        return f"{label} ({text(entry['type'])})" if "type" in entry else label
-    return _link(entry)
+    """What a worker runs: an id, or ``{"id", "type", "running_seconds", ...}``."""
+    if not isinstance(entry, Mapping):
+        return _link(entry)
+    details = [text(entry["type"])] if isinstance(entry.get("type"), str) else []
+    if isinstance(entry.get("running_seconds"), int | float):
+        details.append(f"{text(entry['running_seconds'])} s")
+    return _link(entry.get("id")) + (f" ({', '.join(details)})" if details else "")
+
+
+def _stuck(stuck: Sequence[object]) -> str:
+    fields = ("id", "type", "worker", "attempt", "running_seconds", "timeout_seconds", "why")
+    rows = (
+        [f"<td>{_link(c.get('id'))}</td>", *(_cell(c.get(k)) for k in fields[1:])]
+        for c in stuck
+        if isinstance(c, Mapping)
+    )
+    return _table(["id", "type", "worker", "attempt", "running (s)", "timeout (s)", "why"], rows,
+                  empty="no claim looks stuck", id_="stuck")  # fmt: skip
+
+
+def _inbox(inbox: Mapping[str, Any]) -> str:
+    """Ready versus delayed, and how long the oldest has waited (the status's ``inbox`` section)."""
+    if not inbox:
+        return ""
+    parts = [f"{text(inbox.get(k))} {k}" for k in ("ready", "delayed", "unreadable") if k in inbox]
+    oldest = inbox.get("oldest_waiting_seconds")
+    if isinstance(oldest, int | float):
+        parts.append(f"the oldest has waited {text(round(oldest))} s")
+    return f'<p id="inbox">waiting: {"; ".join(parts)}</p>'
 
 
 def _waiting(by_type: Mapping[str, Any], unhandled: Sequence[object]) -> str:
@@ -165,8 +185,8 @@ def _failures(failures: Sequence[Mapping[str, Any]]) -> str:
 
 
 def _invalid(entries: Sequence[Mapping[str, Any]]) -> str:
-    rows = ([_cell(e.get("name")), _cell(e.get("reason"), "reason")] for e in entries)
-    return _table(["entry", "reason"], rows, empty="no invalid files", id_="invalid")
+    rows = ([_cell(e.get("path")), _cell(e.get("at")), _cell(e.get("reason"), "reason")] for e in entries)
+    return _table(["entry", "quarantined at", "reason"], rows, empty="no invalid files", id_="invalid")
 
 
 def _images(tiles: Sequence[ImageTile]) -> str:
@@ -213,9 +233,12 @@ def index_page(
 <a href="/api/status">as JSON</a></p></header>
 <h2>Activities</h2>
 {_counts(counts)}
+{_inbox(_dict(status, "inbox"))}
 {warnings}
 <h2>Live workers</h2>
 {_workers(workers)}
+<h2>Claims that look stuck</h2>
+{_stuck(_list(status, "stuck"))}
 <h2>Waiting by type</h2>
 {_waiting(by_type, unhandled)}
 <h2>Recent failures</h2>
@@ -227,44 +250,90 @@ def index_page(
     return _page(f"spoolpipe: {repository}", body)
 
 
-# Keys of a story whose values are activity ids (or lists of them, or objects with an ``id``).
-_ID_KEYS: Final = frozenset({"id", "parent", "follow_ups"})
+def _json_block(value: object) -> str:
+    if value is None:
+        return '<p class="empty">none</p>'
+    return f"<pre>{text(json.dumps(value, indent=2, ensure_ascii=False, default=str))}</pre>"
 
 
-def _value(value: object, depth: int, key: str = "") -> str:
-    """A JSON value as nested HTML; ids under ``_ID_KEYS`` become links to their stories."""
-    if key in _ID_KEYS and isinstance(value, str):
-        return _link(value)
-    if isinstance(value, str):
-        return f"<pre>{text(value)}</pre>" if "\n" in value else text(value)
-    if depth >= MAX_DEPTH and isinstance(value, dict | list):
-        return f"<pre>{text(json.dumps(value, indent=1))}</pre>"
-    if isinstance(value, dict):
-        items = list(value.items())
-        rows = "".join(
-            f"<tr><th>{text(k)}</th><td>{_value(v, depth + 1, str(k))}</td></tr>"
-            for k, v in items[:MAX_ITEMS]
+def _linked(entry: object) -> str:
+    """A parent or follow-up of a story (``{"id", "state", "type", "valid"}``) as a link with its state."""
+    if not isinstance(entry, Mapping):
+        return text(entry)
+    label = _link(entry.get("id")) if entry.get("valid") is not False else text(entry.get("id"))
+    details = ", ".join(text(entry[k]) for k in ("type", "state") if isinstance(entry.get(k), str))
+    return f"{label} ({details})" if details else label
+
+
+def _attempts(attempts: Sequence[object]) -> str:
+    fields = ("run", "attempt", "worker", "host", "started_at", "finished_at", "outcome", "error")
+    rows = (
+        [_cell(a.get(k), "reason" if k == "error" else "") for k in fields]
+        for a in attempts
+        if isinstance(a, Mapping)
+    )
+    return _table(list(fields), rows, empty="no attempt yet", id_="attempts")
+
+
+def _logs(logs: Sequence[object]) -> str:
+    parts = []
+    for log in logs:
+        if not isinstance(log, Mapping):
+            continue
+        lines = "\n".join(line for line in _list(log, "tail") if isinstance(line, str))
+        parts.append(
+            f"<p><code>{text(log.get('path'))}</code> ({text(log.get('bytes'))} bytes), last lines:</p>"
+            f"<pre>{text(lines)}</pre>"
         )
-        more = (
-            f'<tr><td colspan="2">... {len(items) - MAX_ITEMS} more</td></tr>'
-            if len(items) > MAX_ITEMS
-            else ""
-        )
-        return f"<table>{rows}{more}</table>" if rows else '<span class="empty">none</span>'
-    if isinstance(value, list):
-        child_key = key if key in _ID_KEYS else ""
-        shown = "".join(f"<li>{_value(v, depth + 1, child_key)}</li>" for v in value[:MAX_ITEMS])
-        more = f"<li>... {len(value) - MAX_ITEMS} more</li>" if len(value) > MAX_ITEMS else ""
-        return f"<ol>{shown}{more}</ol>" if shown else '<span class="empty">none</span>'
-    return text(value)
+    return "".join(parts) or '<p class="empty">no attempt log</p>'
+
+
+# The story's fields this page lays out; any other field is shown as JSON under "other fields".
+_STORY_SUMMARY: Final = ("state", "type", "status", "not_before", "started_at", "finished_at", "reason")
+_STORY_LAID_OUT: Final = frozenset(
+    {*_STORY_SUMMARY, "id", "attempts", "logs", "result", "data", "traceback", "parent", "follow_ups",
+     "locations", "now"}
+)  # fmt: skip
 
 
 def story_page(activity_id: str, story: Mapping[str, Any]) -> str:
-    """One activity's story (what ``inspect --json`` prints), every field shown."""
+    """One activity's story (what ``inspect --json`` prints): summary, attempts, logs, links, data."""
+    summary = _table(
+        ["field", "value"],
+        ([f"<th>{k}</th>", _cell(story.get(k), "reason" if k == "reason" else "")] for k in _STORY_SUMMARY),
+        empty="",
+        id_="summary",
+    )
+    parent = story.get("parent")
+    follow_ups = "".join(f"<li>{_linked(f)}</li>" for f in _list(story, "follow_ups"))
+    locations = "".join(
+        f"<li><code>{text(loc.get('path'))}</code> ({text(loc.get('state'))})</li>"
+        for loc in _list(story, "locations")
+        if isinstance(loc, Mapping)
+    )
+    traceback = story.get("traceback")
+    others = {k: v for k, v in story.items() if k not in _STORY_LAID_OUT}
     body = f"""<header><h1>activity <span id="activity-id">{text(activity_id)}</span></h1>
-<p><a href="/">back to the status</a>; refreshes every {REFRESH_SECONDS} s;
+<p><a href="/">back to the status</a>; as of {text(story.get("now"))}; refreshes every {REFRESH_SECONDS} s;
 <a href="/api/activity/{text(quote(activity_id, safe=""))}">as JSON</a></p></header>
-<div id="story">{_value(dict(story), 0)}</div>"""
+{summary}
+<h2>Parent</h2>
+{_linked(parent) if parent is not None else '<p class="empty">none</p>'}
+<h2>Follow-ups</h2>
+{f'<ol id="follow-ups">{follow_ups}</ol>' if follow_ups else '<p class="empty">none</p>'}
+<h2>Attempts</h2>
+{_attempts(_list(story, "attempts"))}
+<h2>Traceback</h2>
+{f"<pre>{text(traceback)}</pre>" if isinstance(traceback, str) and traceback else '<p class="empty">none</p>'}
+<h2>Attempt logs</h2>
+{_logs(_list(story, "logs"))}
+<h2>Result</h2>
+{_json_block(story.get("result"))}
+<h2>Data</h2>
+{_json_block(story.get("data"))}
+<h2>Files</h2>
+<ul>{locations}</ul>
+{"<h2>Other fields</h2>" + _json_block(others) if others else ""}"""
     return _page(f"spoolpipe: {activity_id}", body)
 
 

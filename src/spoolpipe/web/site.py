@@ -22,13 +22,15 @@ from .. import config, images
 from ..activity import format_time, is_valid_name
 from ..image_processors import IMAGE_PROCESS
 from ..repository import Repository, SharedClock
+from ..views import entries, status, story
 from . import outputs, render
-from .data import entries, status, story
 
 log = logging.getLogger("spoolpipe.serve")
 
 RECENT_FAILURES: Final = 20
 RECENT_INVALID: Final = 10
+RECENT_DONE_SCANNED: Final = 50
+"""Thumbnails are of the image.process activities among this many most recent done records."""
 RECENT_IMAGE_ACTIVITIES: Final = 8
 TILES_PER_ACTIVITY: Final = 4
 
@@ -116,11 +118,12 @@ class Response:
 
 
 def _html(status_: HTTPStatus, page: str) -> Response:
-    return Response(status_, HTML, page.encode("utf-8"), {"Cache-Control": "no-store"})
+    # A lone surrogate (a hand-written record may hold "\ud800") is sent as its escape, not an error.
+    return Response(status_, HTML, page.encode("utf-8", "backslashreplace"), {"Cache-Control": "no-store"})
 
 
 def _json(doc: Any) -> Response:
-    body = json.dumps(doc, indent=2, ensure_ascii=False).encode("utf-8")
+    body = json.dumps(doc, indent=2).encode("ascii")  # as ``status --json`` prints it
     return Response(HTTPStatus.OK, JSON, body, {"Cache-Control": "no-store"})
 
 
@@ -197,10 +200,11 @@ class Site:
         roots = self._real_roots()
         if not roots:
             return tiles
-        for done in entries(self.repo, "done", type_=IMAGE_PROCESS, limit=RECENT_IMAGE_ACTIVITIES):
-            activity_id = done.get("id")
-            if not isinstance(activity_id, str):
-                continue
+        recent = entries(self.repo, "done", limit=RECENT_DONE_SCANNED)  # by type would read every record
+        image_ids = [
+            d["id"] for d in recent if d.get("type") == IMAGE_PROCESS and isinstance(d.get("id"), str)
+        ]
+        for activity_id in image_ids[:RECENT_IMAGE_ACTIVITIES]:
             found = outputs.done_outputs(self.repo.done, activity_id)
             for out in [e for e in found if outputs.looks_servable(e, roots)][:TILES_PER_ACTIVITY]:
                 width, height = render.thumbnail_box(out.width, out.height, outputs.THUMBNAIL_SIDE)
