@@ -448,6 +448,26 @@ def test_idle_connections_cannot_take_every_thread(tmp_path: Path) -> None:
     assert code == 0, err
 
 
+def test_a_configuration_broken_while_it_runs_is_shown_until_fixed(tmp_path: Path) -> None:
+    repo = make_repository(tmp_path)
+    properties = repo / "spoolpipe.properties"
+    good = properties.read_text()
+    proc, hostport = start_serve(repo)
+    host, port = hostport.rsplit(":", 1)
+    served = Served(repo, f"http://{hostport}", host, int(port), "", "", "", tmp_path)
+    try:
+        properties.write_text(good + "pool.size = <many>\n")
+        for path in ("/", "/api/status"):
+            response = get(served, path)
+            assert response.status == 503, path
+            assert "spoolpipe.properties:" in body(response) and "&lt;many&gt;" in body(response)
+        properties.write_text(good)
+        assert get(served, "/").status == 200
+    finally:
+        code, err = stop(proc)
+    assert code == 0, err
+
+
 def test_a_port_in_use_is_exit_3_with_a_clear_error(tmp_path: Path) -> None:
     repo = make_repository(tmp_path)
     with socket.socket() as taken:

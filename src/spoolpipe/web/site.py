@@ -153,6 +153,8 @@ class Site:
             return _error(HTTPStatus.FORBIDDEN, "This page answers only to a loopback host name.")
         try:
             return self._get(route(raw_path))
+        except config.ConfigError as exc:  # edited while the page runs: say so until it is fixed
+            return _error(HTTPStatus.SERVICE_UNAVAILABLE, f"The repository's configuration is invalid: {exc}")
         except Exception:
             log.exception("serving %r failed", raw_path)
             return _error(HTTPStatus.INTERNAL_SERVER_ERROR, "The page failed; the error is in the log.")
