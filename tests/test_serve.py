@@ -596,6 +596,7 @@ def test_host_guard() -> None:
     assert host_allowed("127.0.0.1:8765", "127.0.0.1") and host_allowed("[::1]:80", "127.0.0.1")
     assert host_allowed("LOCALHOST", "127.0.0.1") and host_allowed(None, "127.0.0.1")
     assert not host_allowed("attacker.example", "127.0.0.1") and not host_allowed("", "::1")
+    assert not host_allowed("[::1", "127.0.0.1") and not host_allowed("127.0.0.1.attacker.example", "::1")
     assert host_allowed("status.example.org", "0.0.0.0")
 
 

@@ -142,12 +142,16 @@ class Thumbnail:
 
 
 class ThumbnailCache:
-    """Thumbnails made on demand with Pillow, kept in memory by the source's sha256 (bounded, LRU)."""
+    """Thumbnails made on demand with Pillow, kept in memory by the source's sha256 (bounded, LRU).
+
+    One is made at a time, so that many requests at once hold one decoded image, not one each.
+    """
 
     def __init__(self, capacity: int = 256) -> None:
         self._capacity = capacity
         self._items: OrderedDict[str, Thumbnail | None] = OrderedDict()
         self._lock = threading.Lock()
+        self._making = threading.Lock()
 
     def get(self, entry: OutputEntry, data: bytes) -> Thumbnail | None:
         """The thumbnail of ``data`` (checked bytes of ``entry``); None if Pillow refuses it."""
@@ -155,7 +159,8 @@ class ThumbnailCache:
             if entry.sha256 in self._items:
                 self._items.move_to_end(entry.sha256)
                 return self._items[entry.sha256]
-        made = _make_thumbnail(data, entry.format)
+        with self._making:
+            made = _make_thumbnail(data, entry.format)
         with self._lock:
             self._items[entry.sha256] = made
             while len(self._items) > self._capacity:

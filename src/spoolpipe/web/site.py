@@ -96,7 +96,10 @@ def host_allowed(host_header: str | None, bound_host: str) -> bool:
     """
     if not _is_loopback(bound_host) or host_header is None:
         return True
-    name = urlsplit("//" + host_header.strip()).hostname
+    try:
+        name = urlsplit("//" + host_header.strip()).hostname
+    except ValueError:  # "[::1", say
+        return False
     return name is not None and _is_loopback(name)
 
 
