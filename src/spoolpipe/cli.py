@@ -14,8 +14,10 @@ from pathlib import Path
 from typing import Any
 
 from . import __version__, config, views
-from .activity import Activity, InvalidActivity, is_valid_name, new_id, parse_document
+from .activity import Activity, InvalidActivity, is_valid_name, new_id, parse_document, printable
 from .repository import NotARepository, Repository, filesystem_now
+from .views import text
+from .views.watch import watch
 from .worker import EXIT_CRASH, StartupError, Worker, default_worker_id
 
 EPILOG = """\
@@ -79,25 +81,51 @@ def cmd_submit(args: argparse.Namespace) -> int:
     return 0
 
 
+def _watch_interval(text: str) -> float:
+    seconds = float(text)
+    if not (math.isfinite(seconds) and seconds > 0):
+        raise argparse.ArgumentTypeError(f"{text!r}: give a number of seconds > 0")
+    return seconds
+
+
 def cmd_status(args: argparse.Namespace) -> int:
-    report = views.status(_repository(args.repo))
+    repo = _repository(args.repo)
+
+    def render() -> str:
+        report = views.status(repo)
+        if args.json:
+            return json.dumps(report, indent=None if args.watch else 2)
+        return "\n".join(text.status_lines(report))
+
+    if args.watch is not None:
+        return watch(render, args.watch)
+    print(render())
+    return 0
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    repo = _repository(args.repo)
+    try:
+        since = None if args.since is None else config.parse_duration(args.since)
+    except ValueError as exc:
+        raise _UsageError(f"--since: {exc}") from None
+    if args.limit is not None and args.limit < 0:
+        raise _UsageError("--limit must be 0 or more")
+    found = views.entries(repo, args.state, type_=args.type, since=since, limit=args.limit)
     if args.json:
-        print(json.dumps(report, indent=2))
-        return 0
-    counts = report["counts"]
-    print(f"repository {report['repository']}")
-    print("  " + "  ".join(f"{k} {v}" for k, v in counts.items()))
-    print(f"workers alive: {len(report['workers'])}")
-    for w in report["workers"]:
-        types = ", ".join(f"{t} (concurrency {n})" for t, n in sorted(w.get("types", {}).items()))
-        print(
-            f"  {w['worker']} on {w['host']} pid {w['pid']}, running {len(w.get('running', []))}, "
-            f"seen {w['last_seen_seconds']}s ago; types: {types}"
-        )
-    if report["inbox_by_type"]:
-        print("waiting by type: " + ", ".join(f"{t} {n}" for t, n in report["inbox_by_type"].items()))
-    for t in report["unhandled_types"]:
-        print(f"  warning: no live worker handles type {t!r}; those activities stay queued")
+        print(json.dumps(found, indent=2))
+    for entry in [] if args.json else found:
+        print(text.entry_line(entry))
+    return 0
+
+
+def cmd_inspect(args: argparse.Namespace) -> int:
+    found = views.story(_repository(args.repo), args.id)
+    if found is None:
+        where = printable(args.repo)
+        print(f"spoolpipe inspect: no activity '{printable(args.id)}' in {where}", file=sys.stderr)
+        return 1
+    print(json.dumps(found, indent=2) if args.json else "\n".join(text.story_lines(found)))
     return 0
 
 
@@ -269,10 +297,63 @@ def build_parser() -> argparse.ArgumentParser:
         sub,
         "status",
         cmd_status,
-        help="counts per state and the live workers",
-        description="Show how many activities are in each state, which workers are alive "
-        "on which machine, and types nobody handles.",
+        help="counts per state, waiting work, live workers and what looks stuck",
+        description="Show how many activities are in each state and of each type waiting, how many are "
+        "ready or delayed and how long the oldest has waited, which workers are alive on which "
+        "machine and what each runs for how long, claims that look stuck, and types nobody handles. "
+        "The --json document is a stable contract (docs/operations.md, 'Seeing what happens').",
     )
+    p.epilog = (
+        "Exit codes: 0 shown (with --watch: stopped by Ctrl-C); "
+        "2 bad usage, not a repository or invalid configuration."
+    )
+    p.add_argument(
+        "--json", action="store_true", help="machine-readable output (with --watch: one line per redraw)"
+    )
+    p.add_argument(
+        "--watch",
+        nargs="?",
+        const=2.0,
+        type=_watch_interval,
+        metavar="SECONDS",
+        help="redraw every SECONDS (default 2) until Ctrl-C",
+    )
+
+    p = _command(
+        sub,
+        "list",
+        cmd_list,
+        help="one line per activity in a state, newest first",
+        description="List the activities in STATE, newest first (by the time their file got there), one "
+        "per line: id, type, attempt, age, and for failed and invalid entries the reason. Invalid "
+        "entries are listed by their folder under invalid/.",
+    )
+    p.epilog = (
+        "Exit codes: 0 listed (also when nothing matches); "
+        "2 bad usage, not a repository or invalid configuration."
+    )
+    p.add_argument("state", metavar="STATE", choices=views.STATES, help="one of " + ", ".join(views.STATES))
+    p.add_argument("--type", metavar="TYPE", help="only activities of this type")
+    p.add_argument(
+        "--since", metavar="DURATION", help="only entries at most this old: 30s, 15m, 2h, 1d (plain: seconds)"
+    )
+    p.add_argument("--limit", type=int, metavar="N", help="at most N entries (the newest)")
+    p.add_argument("--json", action="store_true", help="machine-readable output: a JSON array")
+
+    p = _command(
+        sub,
+        "inspect",
+        cmd_inspect,
+        help="one activity's whole story",
+        description="Show where activity ID is now (inbox, delayed, running, done, failed, invalid), each "
+        "attempt (worker, host, start, end, outcome or error), the tail of each attempt log, its result "
+        "or reason and traceback, its parent and its follow-ups with their states.",
+    )
+    p.epilog = (
+        "Exit codes: 0 shown; 1 no activity with this id; "
+        "2 bad usage, not a repository or invalid configuration."
+    )
+    p.add_argument("id", metavar="ID", help="the activity id")
     p.add_argument("--json", action="store_true", help="machine-readable output")
 
     p = _command(
