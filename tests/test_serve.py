@@ -158,6 +158,12 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
         "image.process",
         [{**_output_entry(images / "in" / "cat.jpg"), "path": str(secret)}],
     )
+    # One naming a real output inside the roots but other bytes (the file changed since, or a forgery).
+    changed = {
+        **_output_entry(images / "web" / "cat-400.jpg"),
+        "sha256": hashlib.sha256(b"other").hexdigest(),
+    }
+    _forge_done(repo, "forged-changed", "image.process", [changed])
     # A hand-written record holding lone surrogates (valid JSON, not valid UTF-8 once decoded).
     (repo / "done" / "forged-surrogate.json").write_text(
         '{"id": "forged-surrogate", "type": "t.\\ud800", "data": {"k": "\\udfff"}, "result": "\\ud800",'
@@ -374,6 +380,8 @@ def test_thumbnails_of_recent_image_outputs(served: Served) -> None:
         "/output/forged-link/0",  # recorded path is a link leading out of the roots
         "/thumb/forged-link/0",
         "/output/forged-secret/0",  # recorded path outside the roots
+        "/output/forged-changed/0",  # inside the roots, but not the recorded bytes
+        "/thumb/forged-changed/0",
         "/output/parent-1/0",
         "/images/in/cat.jpg",
         "/inbox/",

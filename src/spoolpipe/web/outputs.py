@@ -110,16 +110,6 @@ def _inside(real: str, roots: Sequence[Path]) -> bool:
     return any(Path(real).is_relative_to(root) for root in roots)
 
 
-def looks_servable(entry: OutputEntry, real_roots: Sequence[Path]) -> bool:
-    """Whether the entry's file lies in the roots with the recorded size (no hashing: for listing tiles)."""
-    real = os.path.realpath(entry.path)
-    try:
-        info = os.stat(real)
-    except OSError:
-        return False
-    return _inside(real, real_roots) and stat.S_ISREG(info.st_mode) and info.st_size == entry.size
-
-
 def read_output(entry: OutputEntry, real_roots: Sequence[Path]) -> bytes | None:
     """The recorded output's bytes, or None unless it really is that file, inside the roots.
 
@@ -133,6 +123,40 @@ def read_output(entry: OutputEntry, real_roots: Sequence[Path]) -> bytes | None:
     if data is None or len(data) != entry.size or hashlib.sha256(data).hexdigest() != entry.sha256:
         return None
     return data
+
+
+class CheckedFiles:
+    """Which outputs ``read_output`` accepts, remembered by inode, size and times (bounded, LRU).
+
+    The front page lists only outputs it could send, without hashing every file
+    on every reload: a file is hashed again only once it changed (a write
+    changes its ctime, which nobody can set back).
+    """
+
+    def __init__(self, capacity: int = 1024) -> None:
+        self._capacity = capacity
+        self._known: OrderedDict[tuple[object, ...], bool] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def servable(self, entry: OutputEntry, real_roots: Sequence[Path]) -> bool:
+        real = os.path.realpath(entry.path)
+        try:
+            st = os.stat(real)
+        except OSError:
+            return False
+        if not (_inside(real, real_roots) and stat.S_ISREG(st.st_mode) and st.st_size == entry.size):
+            return False
+        key = (real, entry.sha256, st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+        with self._lock:
+            if key in self._known:
+                self._known.move_to_end(key)
+                return self._known[key]
+        accepted = read_output(entry, real_roots) is not None
+        with self._lock:
+            self._known[key] = accepted
+            while len(self._known) > self._capacity:
+                self._known.popitem(last=False)
+        return accepted
 
 
 @dataclass(frozen=True)

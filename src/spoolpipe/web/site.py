@@ -144,6 +144,7 @@ class Site:
         self.repo = repo
         self.bound_host = bound_host
         self.thumbnails = outputs.ThumbnailCache()
+        self.checked = outputs.CheckedFiles()
         self.clock = SharedClock(repo.tmp / ".clock-serve")
 
     def respond(self, method: str, raw_path: str, host_header: str | None) -> Response:
@@ -211,7 +212,7 @@ class Site:
         ]
         for activity_id in image_ids[:RECENT_IMAGE_ACTIVITIES]:
             found = outputs.done_outputs(self.repo.done, activity_id)
-            for out in [e for e in found if outputs.looks_servable(e, roots)][:TILES_PER_ACTIVITY]:
+            for out in [e for e in found if self.checked.servable(e, roots)][:TILES_PER_ACTIVITY]:
                 width, height = render.thumbnail_box(out.width, out.height, outputs.THUMBNAIL_SIDE)
                 tiles.append(render.ImageTile(activity_id, out.index, width, height))
         return tiles
