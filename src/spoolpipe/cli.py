@@ -380,7 +380,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.epilog = (
         "Exit codes: 0 stopped by SIGTERM or SIGINT (Ctrl-C); 2 bad usage, not a repository, invalid "
         "configuration or a --host that is not an address; 3 cannot listen (port in use, permission "
-        "denied). Bound to a loopback address it answers only requests for a loopback host name. "
+        f"denied); {EXIT_CRASH} crashed on an unexpected error (a bug). Bound to a loopback address "
+        "it answers only requests for a loopback host name. "
         "Pages: /, /activity/ID, /api/status, /api/activity/ID, /thumb/ID/N and /output/ID/N "
         "(docs/operations.md, The status page)."
     )
