@@ -37,6 +37,7 @@ from spoolpipe.web.outputs import recorded_outputs
 from spoolpipe.web.site import host_allowed, route
 
 HOSTILE_REASON = "<script>alert(1)</script><img src=x onerror=alert(2)> & \"quoted\" 'too'"
+HOSTILE_RECORD_NAME = "<img src=x onerror=alert(5)>\u202e.json"
 HOSTILE_JUNK_NAME = '"><svg onload=alert(3)><img src=x onerror=alert(4)>.json'
 
 EXTRA_PROCESSORS = """
@@ -164,6 +165,12 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
         "sha256": hashlib.sha256(b"other").hexdigest(),
     }
     _forge_done(repo, "forged-changed", "image.process", [changed])
+    # A hand-written failed record under a hostile file name, with a hostile id in it.
+    (repo / "failed" / HOSTILE_RECORD_NAME).write_text(
+        json.dumps(
+            {"id": HOSTILE_RECORD_NAME, "type": "<b>t</b>", "spoolpipe": {"status": "failed", "reason": "x"}}
+        )
+    )
     # A hand-written record holding lone surrogates (valid JSON, not valid UTF-8 once decoded).
     (repo / "done" / "forged-surrogate.json").write_text(
         '{"id": "forged-surrogate", "type": "t.\\ud800", "data": {"k": "\\udfff"}, "result": "\\ud800",'
@@ -281,7 +288,7 @@ def test_the_page_shows_counts_workers_waiting_and_failures_as_text(served: Serv
     assert_no_markup_injected(page)
     assert "<script" not in page.lower()
     counts = status_json(served.repo)["counts"]
-    assert counts["failed"] == 2 and counts["invalid"] == 2 and counts["running"] == 1
+    assert counts["failed"] == 3 and counts["invalid"] == 2 and counts["running"] == 1
     assert counts["inbox"] == 1 and counts["done"] >= 4
     for state, n in counts.items():
         assert f'id="count-{state}">{n}<' in page
@@ -291,6 +298,7 @@ def test_the_page_shows_counts_workers_waiting_and_failures_as_text(served: Serv
     assert "w-live" in text and "running-1" in text
     assert "t.nobody" in text and "no live worker handles type t.nobody" in text
     assert HOSTILE_JUNK_NAME in text  # the hostile junk name, as text
+    assert "<img src=x onerror=alert(5)>\\u202e" in text  # a hostile record name and id, as text, escaped
     assert '<meta http-equiv="refresh" content="5">' in page
 
 
