@@ -28,6 +28,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from PIL import Image
 
 from harness import kill_group, make_repository, run_until_idle, start_worker, submit, wait_for
@@ -677,3 +679,22 @@ def test_rendering_escapes_everything() -> None:
         assert_no_markup_injected(page)
         assert "<script" not in page and "<!--" not in page
         assert evil in "".join(parse(page).text)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text(), st.text(min_size=1))
+def test_no_value_can_add_markup(value: str, key: str) -> None:
+    failures = [{"id": value, "type": value, "attempts": value, "reason": value, "finished_at": value}]
+    status = {
+        "repository": value,
+        "counts": {key: value},
+        "unhandled_types": [value],
+        "inbox_by_type": {key: 1},
+    }
+    story = {"id": value, "reason": value, "parent": {"id": value, "valid": True}, key: value}
+    for page in (
+        render.index_page(status, failures, [{"path": value, "reason": value}], [], value),
+        render.story_page(value, story),
+    ):
+        assert_no_markup_injected(page)
+        assert value in "".join(parse(page).text)
