@@ -343,3 +343,22 @@ def test_attempt_notes_anyone_could_write_never_reach_a_record(tmp_path: Path) -
     ]
     # An inbox name may claim any attempt number: a record lists only the latest earlier ones.
     assert len(earlier_attempts(logs, Activity("a", "t", attempt=999_999))) == 50
+
+
+def test_list_into_a_reader_that_stops_early_exits_0_without_a_traceback(tmp_path: Path) -> None:
+    repo = make_repository(tmp_path)
+    for i in range(3000):  # more lines than a pipe holds
+        drop(repo, f"job-{i:04d}.json", '{"type": "t.noop"}')
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "spoolpipe", "list", str(repo), "inbox"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    assert proc.stdout is not None and proc.stderr is not None
+    first = proc.stdout.readline()  # like `| head -1`
+    proc.stdout.close()
+    code = proc.wait(60)
+    stderr = proc.stderr.read().decode()
+    assert first.startswith(b"job-")
+    assert code == 0, stderr
+    assert "Traceback" not in stderr

@@ -11,6 +11,8 @@ heartbeat says what they run.
 
 from __future__ import annotations
 
+import contextlib
+import os
 from collections import Counter
 from dataclasses import dataclass
 from typing import Any
@@ -100,17 +102,17 @@ class _Waiting:
 def _waiting(repo: Repository, settings: config.Settings, now: float) -> _Waiting:
     waiting = _Waiting()
     found: list[tuple[float, str]] = []
-    for name in names(repo.inbox):
-        if is_ignored(name):
-            continue
-        st = lstat(repo.inbox / name)
-        if st is None:
-            continue
-        waiting.total += 1
-        found.append((st.st_mtime, name))
-        if waiting.oldest_written is None or st.st_mtime < waiting.oldest_written:
-            waiting.oldest_written = st.st_mtime
+    with contextlib.suppress(FileNotFoundError), os.scandir(repo.inbox) as listing:
+        for entry in listing:
+            if is_ignored(entry.name):
+                continue
+            try:
+                found.append((entry.stat(follow_symlinks=False).st_mtime, entry.name))
+            except OSError:  # gone since the listing
+                continue
+    waiting.total = len(found)
     found.sort()
+    waiting.oldest_written = found[0][0] if found else None
     for written, name in found:
         queued = parse_inbox_name(name)
         named_due = queued.not_before_ms / 1000 if queued.not_before_ms is not None else 0.0
