@@ -12,6 +12,7 @@ heartbeat says what they run.
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 from collections import Counter
 from dataclasses import dataclass
@@ -153,6 +154,12 @@ def done_by_status(repo: Repository) -> dict[str, int] | None:
 # -- workers -----------------------------------------------------------------------------------------
 
 
+def _seconds(value: object) -> float | None:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        return None
+    return float(value)
+
+
 def _running_now(entries: object, now: float) -> list[dict[str, Any]]:
     """What a heartbeat says its worker runs now, each with how long it has run (untrusted input)."""
     running = []
@@ -160,7 +167,6 @@ def _running_now(entries: object, now: float) -> list[dict[str, Any]]:
         if not isinstance(entry, dict) or text(entry.get("id")) is None:
             continue
         started = moment(entry.get("started_at"))
-        timeout = entry.get("timeout_seconds")
         running.append(
             {
                 "id": text(entry.get("id")),
@@ -168,7 +174,7 @@ def _running_now(entries: object, now: float) -> list[dict[str, Any]]:
                 "attempt": integer(entry.get("attempt")),
                 "started_at": iso(started),
                 "running_seconds": age(now, started),
-                "timeout_seconds": timeout if isinstance(timeout, int | float) else None,
+                "timeout_seconds": _seconds(entry.get("timeout_seconds")),
             }
         )
     return running
