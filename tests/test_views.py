@@ -126,6 +126,10 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
         horizon = 3.0  # claims.lease-seconds, longer than 3 heartbeat intervals
         time.sleep(horizon + 0.5)
         seen["after_kill"] = as_json("status", r)
+        (repo / "effects" / "go").touch()  # another worker recovers the claim as attempt 2 and runs it
+        again = start_worker(repo, "w2", "--until-idle", "--no-wait")
+        assert again.wait(60) == 0
+        seen["recovered"] = as_json("inspect", r, ids["running"])
     finally:
         kill_group(worker)
     return seen
@@ -173,6 +177,15 @@ def test_status_after_kill_9_shows_the_claim_left_behind_as_stuck(world: dict[st
     assert stuck["timeout_seconds"] == 250
     assert stuck["running_seconds"] >= 3
     assert sorted(report["unhandled_types"]) == ["t.nobody", "t.noop"]  # nobody is alive
+
+
+def test_inspect_after_kill_9_shows_the_interrupted_attempt_as_unknown(world: dict[str, Any]) -> None:
+    story = world["recovered"]
+    assert story["state"] == "done"
+    assert [(a["attempt"], a["outcome"], a.get("worker")) for a in story["attempts"]] == [
+        (1, "unknown", None),
+        (2, "done", "w2"),
+    ]
 
 
 def test_status_watch_redraws_until_ctrl_c_and_exits_0(world: dict[str, Any]) -> None:
@@ -343,3 +356,22 @@ def test_attempt_notes_anyone_could_write_never_reach_a_record(tmp_path: Path) -
     ]
     # An inbox name may claim any attempt number: a record lists only the latest earlier ones.
     assert len(earlier_attempts(logs, Activity("a", "t", attempt=999_999))) == 50
+
+
+def test_list_into_a_reader_that_stops_early_exits_0_without_a_traceback(tmp_path: Path) -> None:
+    repo = make_repository(tmp_path)
+    for i in range(3000):  # more lines than a pipe holds
+        drop(repo, f"job-{i:04d}.json", '{"type": "t.noop"}')
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "spoolpipe", "list", str(repo), "inbox"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    assert proc.stdout is not None and proc.stderr is not None
+    first = proc.stdout.readline()  # like `| head -1`
+    proc.stdout.close()
+    code = proc.wait(60)
+    stderr = proc.stderr.read().decode()
+    assert first.startswith(b"job-")
+    assert code == 0, stderr
+    assert "Traceback" not in stderr

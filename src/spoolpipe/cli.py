@@ -8,6 +8,7 @@ import json
 import logging
 import logging.handlers
 import math
+import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -406,3 +407,6 @@ def main(argv: list[str] | None = None) -> int:
     except config.ConfigError as exc:
         print(f"spoolpipe {args.command}: invalid configuration:\n{exc}", file=sys.stderr)
         return 2
+    except BrokenPipeError:  # the reader went away (``| head``): what it read was complete
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0

@@ -7,12 +7,14 @@ by the shared file system's clock; only as many files as are shown are read.
 
 from __future__ import annotations
 
+import contextlib
+import os
 from pathlib import Path
 from typing import Any, Literal, get_args
 
 from ..activity import Activity, is_ignored, parse_inbox_name, parse_running_name, printable
 from ..repository import Rejected, Repository
-from .reading import age, integer, iso, lstat, names, read_bytes, read_document, shared_now, text
+from .reading import age, integer, iso, read_bytes, read_document, shared_now, text
 
 State = Literal["inbox", "running", "done", "failed", "invalid"]
 STATES: tuple[State, ...] = get_args(State)
@@ -36,22 +38,18 @@ def entries(
     now = shared_now(repo)
     directory = repo.root / state
     dated = []
-    for name in names(directory):
-        if state == "inbox" and is_ignored(name):
-            continue
-        if state == "running":
-            parsed = parse_running_name(name)
-            if parsed is None or parsed.kind not in (None, "committed"):
+    with contextlib.suppress(FileNotFoundError), os.scandir(directory) as listing:
+        for item in listing:
+            if not _listed(state, item.name):
                 continue
-        if state in ("done", "failed") and not name.endswith(".json"):
-            continue
-        st = lstat(directory / name)
-        if st is None:
-            continue
-        # A rename changes an inode's ctime: a claim's is when it was claimed.
-        when = st.st_ctime if state == "running" else st.st_mtime
-        if since is None or now - when <= since:
-            dated.append((when, name))
+            try:
+                st = item.stat(follow_symlinks=False)
+            except OSError:  # gone since the listing
+                continue
+            # A rename changes an inode's ctime: a claim's is when it was claimed.
+            when = st.st_ctime if state == "running" else st.st_mtime
+            if since is None or now - when <= since:
+                dated.append((when, item.name))
     dated.sort(key=lambda pair: (-pair[0], pair[1]))
     found: list[dict[str, Any]] = []
     for when, name in dated:
@@ -66,6 +64,16 @@ def entries(
             | entry
         )
     return found
+
+
+def _listed(state: State, name: str) -> bool:
+    """Whether a name in the state's directory is an entry of that state, by the names spoolpipe gives."""
+    if state == "inbox":
+        return not is_ignored(name)
+    if state == "running":
+        parsed = parse_running_name(name)
+        return parsed is not None and parsed.kind in (None, "committed")
+    return state == "invalid" or name.endswith(".json")
 
 
 def _inbox(repo: Repository, directory: Path, name: str) -> dict[str, Any]:

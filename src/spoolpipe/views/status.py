@@ -11,6 +11,9 @@ heartbeat says what they run.
 
 from __future__ import annotations
 
+import contextlib
+import math
+import os
 from collections import Counter
 from dataclasses import dataclass
 from typing import Any
@@ -100,17 +103,17 @@ class _Waiting:
 def _waiting(repo: Repository, settings: config.Settings, now: float) -> _Waiting:
     waiting = _Waiting()
     found: list[tuple[float, str]] = []
-    for name in names(repo.inbox):
-        if is_ignored(name):
-            continue
-        st = lstat(repo.inbox / name)
-        if st is None:
-            continue
-        waiting.total += 1
-        found.append((st.st_mtime, name))
-        if waiting.oldest_written is None or st.st_mtime < waiting.oldest_written:
-            waiting.oldest_written = st.st_mtime
+    with contextlib.suppress(FileNotFoundError), os.scandir(repo.inbox) as listing:
+        for entry in listing:
+            if is_ignored(entry.name):
+                continue
+            try:
+                found.append((entry.stat(follow_symlinks=False).st_mtime, entry.name))
+            except OSError:  # gone since the listing
+                continue
+    waiting.total = len(found)
     found.sort()
+    waiting.oldest_written = found[0][0] if found else None
     for written, name in found:
         queued = parse_inbox_name(name)
         named_due = queued.not_before_ms / 1000 if queued.not_before_ms is not None else 0.0
@@ -151,6 +154,12 @@ def done_by_status(repo: Repository) -> dict[str, int] | None:
 # -- workers -----------------------------------------------------------------------------------------
 
 
+def _seconds(value: object) -> float | None:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        return None
+    return float(value)
+
+
 def _running_now(entries: object, now: float) -> list[dict[str, Any]]:
     """What a heartbeat says its worker runs now, each with how long it has run (untrusted input)."""
     running = []
@@ -158,7 +167,6 @@ def _running_now(entries: object, now: float) -> list[dict[str, Any]]:
         if not isinstance(entry, dict) or text(entry.get("id")) is None:
             continue
         started = moment(entry.get("started_at"))
-        timeout = entry.get("timeout_seconds")
         running.append(
             {
                 "id": text(entry.get("id")),
@@ -166,7 +174,7 @@ def _running_now(entries: object, now: float) -> list[dict[str, Any]]:
                 "attempt": integer(entry.get("attempt")),
                 "started_at": iso(started),
                 "running_seconds": age(now, started),
-                "timeout_seconds": timeout if isinstance(timeout, int | float) else None,
+                "timeout_seconds": _seconds(entry.get("timeout_seconds")),
             }
         )
     return running
