@@ -301,6 +301,7 @@ def test_the_page_shows_counts_workers_waiting_and_failures_as_text(served: Serv
     assert "t.nobody" in text and "no live worker handles type t.nobody" in text
     assert HOSTILE_JUNK_NAME in text  # the hostile junk name, as text
     assert "<img src=x onerror=alert(5)>\\u202e" in text  # a hostile record name and id, as text, escaped
+    assert not [a for tag, a in parse(page).tags if tag == "a" and "alert(5)" in str(a.get("href"))]
     assert '<meta http-equiv="refresh" content="5">' in page
 
 

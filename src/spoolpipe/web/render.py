@@ -17,6 +17,8 @@ from dataclasses import dataclass
 from typing import Any, Final
 from urllib.parse import quote
 
+from ..activity import is_valid_name
+
 REFRESH_SECONDS: Final = 5
 """How often the pages reload themselves."""
 
@@ -50,8 +52,10 @@ def activity_href(activity_id: str) -> str:
 
 
 def _link(activity_id: object) -> str:
-    if not isinstance(activity_id, str):
+    """A link to the story of a valid id; anything else (a hand-written record's "id") as text."""
+    if not is_valid_name(activity_id):
         return text(activity_id)
+    assert isinstance(activity_id, str)
     return f'<a href="{text(activity_href(activity_id))}">{text(activity_id)}</a>'
 
 
