@@ -55,15 +55,25 @@ def claims(activity, ctx):
 
 
 @dataclass
-class Served:
-    repo: Path
-    url: str
+class Address:
+    """Where a ``spoolpipe serve`` listens."""
+
     host: str
     port: int
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+
+@dataclass
+class Served(Address):
+    """The shared page of the repository with work in every state, and the ids the tests look at."""
+
+    repo: Path
     image_id: str
     failed_id: str
     parent_id: str
-    secret: Path
 
 
 def _in_ci() -> bool:
@@ -90,23 +100,28 @@ def _forge_done(repo: Path, activity_id: str, type_: str, result: object) -> Non
     (repo / "done" / f"{activity_id}.json").write_text(json.dumps(record))
 
 
-def start_serve(repo: Path, *args: str) -> tuple[subprocess.Popen[str], str]:
+def start_serve(repo: Path, *args: str) -> tuple[subprocess.Popen[str], Address]:
+    """``spoolpipe serve REPO --port 0``; its stderr (the access log) goes to ``REPO/../serve.stderr``."""
+    log = open(repo.parent / "serve.stderr", "a")  # noqa: SIM115 - lives as long as the process
     proc = subprocess.Popen(
         [sys.executable, "-m", "spoolpipe", "serve", str(repo), "--port", "0", *args],
         stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
+        stderr=log,
         text=True,
     )
+    log.close()
     assert proc.stdout is not None
     first = proc.stdout.readline()
-    assert "http://" in first, first + proc.communicate(timeout=30)[1]
-    return proc, first.split("http://", 1)[1].split("/", 1)[0]
+    assert "http://" in first, first + (repo.parent / "serve.stderr").read_text()
+    host, port = first.split("http://", 1)[1].split("/", 1)[0].rsplit(":", 1)
+    return proc, Address(host, int(port))
 
 
-def stop(proc: subprocess.Popen[str], sig: int = signal.SIGTERM) -> tuple[int, str]:
+def stop(proc: subprocess.Popen[str], repo: Path, sig: int = signal.SIGTERM) -> tuple[int, str]:
+    """Send ``sig``; the exit code and what the server wrote on stderr."""
     proc.send_signal(sig)
-    _, err = proc.communicate(timeout=30)
-    return proc.returncode, err
+    proc.communicate(timeout=30)
+    return proc.returncode, (repo.parent / "serve.stderr").read_text()
 
 
 @pytest.fixture(scope="module")
@@ -182,17 +197,18 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
     worker = start_worker(repo, "w-live")
     wait_for(lambda: any(n.startswith("running-1~") for n in os.listdir(repo / "running")), 60, "a claim")
     wait_for(lambda: "running-1" in (repo / "heartbeats" / "w-live.json").read_text(), 60, "a heartbeat")
-    proc, hostport = start_serve(repo)
-    host, port = hostport.rsplit(":", 1)
+    proc, address = start_serve(repo)
     try:
-        yield Served(repo, f"http://{hostport}", host, int(port), image_id, failed_id, parent_id, secret)
+        yield Served(address.host, address.port, repo, image_id, failed_id, parent_id)
     finally:
-        stop(proc)
+        code, err = stop(proc, repo)
         kill_group(worker)
+    assert code == 0, err
+    assert "Traceback" not in err and '" 500 ' not in err, err  # nothing the tests sent made it fail
 
 
 def get(
-    served: Served, path: str, *, method: str = "GET", host: str | None = None
+    served: Address, path: str, *, method: str = "GET", host: str | None = None
 ) -> http.client.HTTPResponse:
     """A request with ``path`` sent exactly as given (no normalisation), the body read."""
     conn = http.client.HTTPConnection(served.host, served.port, timeout=60)
@@ -432,39 +448,42 @@ def test_a_loopback_page_refuses_foreign_host_names(served: Served) -> None:
 def test_sigterm_and_sigint_stop_it_with_exit_0(tmp_path: Path) -> None:
     repo = make_repository(tmp_path)
     for sig in (signal.SIGTERM, signal.SIGINT):
-        proc, hostport = start_serve(repo)
-        host, port = hostport.rsplit(":", 1)
-        conn = http.client.HTTPConnection(host, int(port), timeout=30)
+        proc, address = start_serve(repo)
+        conn = http.client.HTTPConnection(address.host, address.port, timeout=30)
         conn.request("GET", "/api/status")
         assert conn.getresponse().status == 200
         conn.close()
-        code, err = stop(proc, sig)
+        code, err = stop(proc, repo, sig)
         assert code == 0, err
-        with pytest.raises(ConnectionRefusedError), socket.create_connection((host, int(port)), timeout=5):
+        with (
+            pytest.raises(ConnectionRefusedError),
+            socket.create_connection((address.host, address.port), timeout=5),
+        ):
             pass
 
 
 def test_idle_connections_cannot_take_every_thread(tmp_path: Path) -> None:
     repo = make_repository(tmp_path)
-    proc, hostport = start_serve(repo)
-    host, port = hostport.rsplit(":", 1)
+    proc, address = start_serve(repo)
 
     def answered() -> bool:
         try:
-            conn = http.client.HTTPConnection(host, int(port), timeout=30)
+            conn = http.client.HTTPConnection(address.host, address.port, timeout=30)
             conn.request("GET", "/api/status")
             return conn.getresponse().status == 200
         except (ConnectionError, http.client.RemoteDisconnected):
             return False
 
-    idle = [socket.create_connection((host, int(port)), timeout=30) for _ in range(MAX_CONNECTIONS)]
+    idle = [
+        socket.create_connection((address.host, address.port), timeout=30) for _ in range(MAX_CONNECTIONS)
+    ]
     try:
         wait_for(lambda: not answered(), 60, "one connection too many to be closed")
     finally:
         for sock in idle:
             sock.close()
     wait_for(answered, 60, "the page to answer again once the idle connections are gone")
-    code, err = stop(proc)
+    code, err = stop(proc, repo)
     assert code == 0, err
 
 
@@ -472,9 +491,7 @@ def test_a_configuration_broken_while_it_runs_is_shown_until_fixed(tmp_path: Pat
     repo = make_repository(tmp_path)
     properties = repo / "spoolpipe.properties"
     good = properties.read_text()
-    proc, hostport = start_serve(repo)
-    host, port = hostport.rsplit(":", 1)
-    served = Served(repo, f"http://{hostport}", host, int(port), "", "", "", tmp_path)
+    proc, served = start_serve(repo)
     try:
         properties.write_text(good + "pool.size = <many>\n")
         for path in ("/", "/api/status"):
@@ -484,7 +501,7 @@ def test_a_configuration_broken_while_it_runs_is_shown_until_fixed(tmp_path: Pat
         properties.write_text(good)
         assert get(served, "/").status == 200
     finally:
-        code, err = stop(proc)
+        code, err = stop(proc, repo)
     assert code == 0, err
 
 
