@@ -375,3 +375,19 @@ def test_list_into_a_reader_that_stops_early_exits_0_without_a_traceback(tmp_pat
     assert first.startswith(b"job-")
     assert code == 0, stderr
     assert "Traceback" not in stderr
+
+
+def test_inspect_shows_a_timed_out_attempt_and_the_one_that_succeeded(tmp_path: Path) -> None:
+    repo = make_repository(tmp_path, "timeout.t.stuck = 1\n")
+    stuck = submit(repo, "t.stuck", {"unstick_on": 2})
+    worker = start_worker(repo, "w1", "--until-idle")
+    try:
+        assert worker.wait(90) == 0
+    finally:
+        kill_group(worker)
+    story = as_json("inspect", str(repo), stuck)
+    assert story["state"] == "done"
+    first, second = story["attempts"]
+    assert (first["attempt"], first["outcome"], first["worker"]) == (1, "retry", "w1")
+    assert "timed out after 1.0s" in first["error"]
+    assert (second["attempt"], second["outcome"], story["result"]) == (2, "done", "unstuck")
