@@ -391,3 +391,41 @@ def test_inspect_shows_a_timed_out_attempt_and_the_one_that_succeeded(tmp_path: 
     assert (first["attempt"], first["outcome"], first["worker"]) == (1, "retry", "w1")
     assert "timed out after 1.0s" in first["error"]
     assert (second["attempt"], second["outcome"], story["result"]) == (2, "done", "unstuck")
+
+
+def test_status_survives_heartbeats_anyone_could_have_written(tmp_path: Path) -> None:
+    repo = make_repository(tmp_path)
+    beats = repo / "heartbeats"
+    (beats / "list.json").write_text("[1, 2]")
+    (beats / "nan.json").write_text('{"worker": NaN}')
+    odd = {
+        "worker": "odd",
+        "host": ["not", "a", "string"],
+        "pid": "4242",
+        "types": {"t.x": "many", "t.y": 1},
+        "running": "everything",
+        "activities": [
+            "x",
+            {"id": 5},
+            {"id": "a\x1b[2J", "started_at": "yesterday", "timeout_seconds": True, "attempt": 1.5},
+        ],
+    }
+    (beats / "odd.json").write_text(json.dumps(odd))
+    result = cli("status", str(repo), "--json")
+    assert result.returncode == 0, result.stderr
+    [worker] = json.loads(result.stdout)["workers"]
+    assert (worker["worker"], worker["host"], worker["pid"], worker["running"]) == ("odd", None, None, [])
+    assert worker["types"] == {"t.y": 1}
+    assert worker["activities"] == [
+        {
+            "id": "a\\x1b[2J",
+            "type": None,
+            "attempt": None,
+            "started_at": None,
+            "running_seconds": None,
+            "timeout_seconds": None,
+        }
+    ]
+    text = cli("status", str(repo))
+    assert text.returncode == 0, text.stderr
+    assert "\x1b" not in text.stdout
