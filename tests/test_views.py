@@ -429,3 +429,37 @@ def test_status_survives_heartbeats_anyone_could_have_written(tmp_path: Path) ->
     text = cli("status", str(repo))
     assert text.returncode == 0, text.stderr
     assert "\x1b" not in text.stdout
+
+
+def test_status_watch_goes_on_while_the_repository_is_away(tmp_path: Path) -> None:
+    repo = make_repository(tmp_path)
+    out = tmp_path / "watch.out"
+    with out.open("wb") as sink:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "spoolpipe", "status", str(repo), "--watch", "0.1"],
+            stdout=sink,
+            stderr=subprocess.STDOUT,
+        )
+        try:
+            wait_for(lambda: "workers alive" in out.read_text(), 60, "a first drawing")
+            (repo / "done").rename(tmp_path / "done-away")  # as if the mount went away
+            wait_for(lambda: "cannot read the repository" in out.read_text(), 60, "the error shown")
+            (tmp_path / "done-away").rename(repo / "done")
+            seen = out.read_text().count("workers alive")
+            wait_for(lambda: out.read_text().count("workers alive") > seen, 60, "drawing again")
+            proc.send_signal(signal.SIGINT)
+            assert proc.wait(30) == 0
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    assert "Traceback" not in out.read_text()
+
+
+def test_status_where_the_clock_probe_cannot_be_written_uses_the_local_clock(tmp_path: Path) -> None:
+    repo = make_repository(tmp_path)
+    (repo / "tmp" / ".clock-status").symlink_to(tmp_path / "no-such-dir" / "probe")
+    submit(repo, "t.noop")
+    result = cli("status", str(repo), "--json")
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["inbox"]["ready"] == 1
