@@ -375,3 +375,91 @@ def test_list_into_a_reader_that_stops_early_exits_0_without_a_traceback(tmp_pat
     assert first.startswith(b"job-")
     assert code == 0, stderr
     assert "Traceback" not in stderr
+
+
+def test_inspect_shows_a_timed_out_attempt_and_the_one_that_succeeded(tmp_path: Path) -> None:
+    repo = make_repository(tmp_path, "timeout.t.stuck = 1\n")
+    stuck = submit(repo, "t.stuck", {"unstick_on": 2})
+    worker = start_worker(repo, "w1", "--until-idle")
+    try:
+        assert worker.wait(90) == 0
+    finally:
+        kill_group(worker)
+    story = as_json("inspect", str(repo), stuck)
+    assert story["state"] == "done"
+    first, second = story["attempts"]
+    assert (first["attempt"], first["outcome"], first["worker"]) == (1, "retry", "w1")
+    assert "timed out after 1.0s" in first["error"]
+    assert (second["attempt"], second["outcome"], story["result"]) == (2, "done", "unstuck")
+
+
+def test_status_survives_heartbeats_anyone_could_have_written(tmp_path: Path) -> None:
+    repo = make_repository(tmp_path)
+    beats = repo / "heartbeats"
+    (beats / "list.json").write_text("[1, 2]")
+    (beats / "nan.json").write_text('{"worker": NaN}')
+    odd = {
+        "worker": "odd",
+        "host": ["not", "a", "string"],
+        "pid": "4242",
+        "types": {"t.x": "many", "t.y": 1},
+        "running": "everything",
+        "activities": [
+            "x",
+            {"id": 5},
+            {"id": "a\x1b[2J", "started_at": "yesterday", "timeout_seconds": True, "attempt": 1.5},
+        ],
+    }
+    (beats / "odd.json").write_text(json.dumps(odd))
+    result = cli("status", str(repo), "--json")
+    assert result.returncode == 0, result.stderr
+    [worker] = json.loads(result.stdout)["workers"]
+    assert (worker["worker"], worker["host"], worker["pid"], worker["running"]) == ("odd", None, None, [])
+    assert worker["types"] == {"t.y": 1}
+    assert worker["activities"] == [
+        {
+            "id": "a\\x1b[2J",
+            "type": None,
+            "attempt": None,
+            "started_at": None,
+            "running_seconds": None,
+            "timeout_seconds": None,
+        }
+    ]
+    text = cli("status", str(repo))
+    assert text.returncode == 0, text.stderr
+    assert "\x1b" not in text.stdout
+
+
+def test_status_watch_goes_on_while_the_repository_is_away(tmp_path: Path) -> None:
+    repo = make_repository(tmp_path)
+    out = tmp_path / "watch.out"
+    with out.open("wb") as sink:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "spoolpipe", "status", str(repo), "--watch", "0.1"],
+            stdout=sink,
+            stderr=subprocess.STDOUT,
+        )
+        try:
+            wait_for(lambda: "workers alive" in out.read_text(), 60, "a first drawing")
+            (repo / "done").rename(tmp_path / "done-away")  # as if the mount went away
+            wait_for(lambda: "cannot read the repository" in out.read_text(), 60, "the error shown")
+            (tmp_path / "done-away").rename(repo / "done")
+            seen = out.read_text().count("workers alive")
+            wait_for(lambda: out.read_text().count("workers alive") > seen, 60, "drawing again")
+            proc.send_signal(signal.SIGINT)
+            assert proc.wait(30) == 0
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    assert "Traceback" not in out.read_text()
+
+
+def test_status_where_the_clock_probe_cannot_be_written_uses_the_local_clock(tmp_path: Path) -> None:
+    repo = make_repository(tmp_path)
+    (repo / "tmp" / ".clock-status").symlink_to(tmp_path / "no-such-dir" / "probe")
+    submit(repo, "t.noop")
+    result = cli("status", str(repo), "--json")
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["inbox"]["ready"] == 1

@@ -10,6 +10,7 @@ import logging.handlers
 import math
 import os
 import sys
+import traceback
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -306,7 +307,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.epilog = (
         "Exit codes: 0 shown (with --watch: stopped by Ctrl-C); "
-        "2 bad usage, not a repository or invalid configuration."
+        f"2 bad usage, not a repository or invalid configuration; {EXIT_CRASH} crashed (a bug)."
     )
     p.add_argument(
         "--json", action="store_true", help="machine-readable output (with --watch: one line per redraw)"
@@ -331,7 +332,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.epilog = (
         "Exit codes: 0 listed (also when nothing matches); "
-        "2 bad usage, not a repository or invalid configuration."
+        f"2 bad usage, not a repository or invalid configuration; {EXIT_CRASH} crashed (a bug)."
     )
     p.add_argument("state", metavar="STATE", choices=views.STATES, help="one of " + ", ".join(views.STATES))
     p.add_argument("--type", metavar="TYPE", help="only activities of this type")
@@ -352,7 +353,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.epilog = (
         "Exit codes: 0 shown; 1 no activity with this id; "
-        "2 bad usage, not a repository or invalid configuration."
+        f"2 bad usage, not a repository or invalid configuration; {EXIT_CRASH} crashed (a bug)."
     )
     p.add_argument("id", metavar="ID", help="the activity id")
     p.add_argument("--json", action="store_true", help="machine-readable output")
@@ -410,3 +411,9 @@ def main(argv: list[str] | None = None) -> int:
     except BrokenPipeError:  # the reader went away (``| head``): what it read was complete
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
+    except Exception:
+        traceback.print_exc()
+        print(
+            f"spoolpipe {args.command}: crashed (a bug in spoolpipe): exit code {EXIT_CRASH}", file=sys.stderr
+        )
+        return EXIT_CRASH

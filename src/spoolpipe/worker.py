@@ -18,7 +18,7 @@ import signal
 import socket
 import time
 from collections import Counter
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from types import FrameType
 from typing import Any
@@ -667,15 +667,3 @@ class Worker:
             return
         log.info("processor code changed (%s): replacing pool processes as they become idle", files)
         self.pool.mark_stale()
-
-
-def iter_heartbeats(repo: Repository) -> Iterator[tuple[dict[str, Any], float]]:
-    """Every heartbeat document and its mtime (by the shared file system's clock)."""
-    import json
-
-    for path in sorted(repo.heartbeats.glob("*.json")):
-        try:
-            mtime = path.stat().st_mtime
-            yield json.loads(path.read_text()), mtime
-        except (OSError, ValueError):
-            continue

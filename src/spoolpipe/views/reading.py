@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import os
 import stat
+import time
 from pathlib import Path
 from typing import Any
 
@@ -16,8 +17,14 @@ RECORD_BYTES = 8 << 20
 
 
 def shared_now(repo: Repository) -> float:
-    """Now by the shared file system's clock: ages are judged by the clock every worker uses."""
-    return filesystem_now(repo.tmp / ".clock-status")
+    """Now by the shared file system's clock: ages are judged by the clock every worker uses.
+
+    Where the probe cannot be written (a read-only mount), the local clock has to do.
+    """
+    try:
+        return filesystem_now(repo.tmp / ".clock-status")
+    except OSError:
+        return time.time()
 
 
 def read_bytes(path: Path | str, limit: int) -> bytes | None:
