@@ -11,14 +11,12 @@ import signal
 import socket
 import sys
 import threading
-import traceback
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import FrameType
 from typing import Any, Final, TextIO
 
 from ..activity import printable
 from ..repository import Repository
-from ..worker import EXIT_CRASH
 from .site import SECURITY_HEADERS, Site
 
 EXIT_CANNOT_START: Final = 3
@@ -97,15 +95,11 @@ def _family(host: str, port: int) -> socket.AddressFamily:
 
 
 def serve(repo: Repository, host: str, port: int, *, out: TextIO = sys.stdout) -> int:
-    """Serve the status page of ``repo`` on ``host``:``port`` until SIGTERM or SIGINT; the exit code."""
-    try:
-        return _serve(repo, host, port, out)
-    except Exception:  # a bug: requests never get here (Site answers them with 500)
-        traceback.print_exc()
-        return EXIT_CRASH
+    """Serve the status page of ``repo`` on ``host``:``port`` until SIGTERM or SIGINT; the exit code.
 
-
-def _serve(repo: Repository, host: str, port: int, out: TextIO) -> int:
+    An error while answering a request is a 500 (``Site.respond``); anything else raised here is
+    a bug, which ``cli.main`` turns into exit 70.
+    """
     try:
         family = _family(host, port)
     except (OSError, UnicodeError) as exc:
