@@ -636,6 +636,16 @@ def test_done_record_shape() -> None:
         "result": {"pages": 3},
     }
     started, finished = section.pop("started_at"), section.pop("finished_at")
+    assert section.pop("attempt_history") == [
+        {
+            "attempt": 1,
+            "worker": "nas",
+            "host": "nas.local",
+            "started_at": started,
+            "finished_at": finished,
+            "outcome": "done",
+        }
+    ]
     assert section == {
         "status": "done",
         "attempts": 1,
@@ -673,7 +683,10 @@ def test_failed_record_shape() -> None:
         "finished_at",
         "reason",
         "traceback",
+        "attempt_history",
     }
+    assert section["attempt_history"][-1]["outcome"] == "failed"
+    assert section["attempt_history"][-1]["error"] == "RuntimeError: boom"
     assert (section["status"], section["attempts"], section["reason"], section["traceback"]) == (
         "failed",
         5,
@@ -721,13 +734,13 @@ def test_follow_up_ids_are_deterministic_per_parent_and_key() -> None:
 def test_follow_up_document_shape() -> None:
     parent = Activity("p", "t")
     doc = follow_up_document(parent, "child", {"i": 1}, "1", None)
-    assert doc == {"id": derived_id("p", "1"), "type": "child", "data": {"i": 1}}
+    assert doc == {"id": derived_id("p", "1"), "type": "child", "data": {"i": 1}, "parent": "p"}
     delayed = follow_up_document(parent, "child", {}, "2", 1_795_334_400.0)
-    assert set(delayed) == {"id", "type", "data", "not_before"}
+    assert set(delayed) == {"id", "type", "data", "not_before", "parent"}
     assert datetime.fromisoformat(delayed["not_before"]).timestamp() == 1_795_334_400.0
     # It is an activity like any other: the inbox file parses back to the same thing.
     assert parse_activity(dumps(delayed), f"{delayed['id']}.json") == Activity(
-        delayed["id"], "child", {}, 1, 1_795_334_400.0
+        delayed["id"], "child", {}, 1, 1_795_334_400.0, {"parent": "p"}
     )
 
 
@@ -735,7 +748,8 @@ def test_failure_document_fields() -> None:
     activity = Activity("job-7", "invoice.render", {"n": 1}, 5, None)
     record = failed_record(activity, ATTEMPT, "RuntimeError: boom", "tb")
     doc = failure_document("spoolpipe.failure", record, 1_048_576)
-    assert set(doc) == {"id", "type", "data"}
+    assert set(doc) == {"id", "type", "data", "parent"}
+    assert doc["parent"] == "job-7"
     assert doc["type"] == "spoolpipe.failure"
     assert is_valid_name(doc["id"])
     assert doc["data"] == {

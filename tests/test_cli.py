@@ -87,11 +87,26 @@ def inbox_doc(repo: Path, activity_id: str) -> dict[str, Any]:
 # -- help ------------------------------------------------------------------------------------------
 
 HELP = {
-    (): ["init", "submit", "worker", "status", "retry", "stop", "reload", "systemd-unit", "--version"],
+    (): [
+        "init",
+        "submit",
+        "worker",
+        "status",
+        "list",
+        "inspect",
+        "retry",
+        "stop",
+        "reload",
+        "systemd-unit",
+        "serve",
+        "--version",
+    ],
     ("init",): ["REPO"],
     ("submit",): ["REPO", "TYPE", "JSON", "--id", "--delay", "--verbose"],
     ("worker",): ["REPO", "--worker-id", "--until-idle", "--no-wait", "--log-level", "--check"],
-    ("status",): ["REPO", "--json"],
+    ("status",): ["REPO", "--json", "--watch", "SECONDS", "Exit codes"],
+    ("list",): ["REPO", "STATE", "--type", "--since", "DURATION", "--limit", "--json", "Exit codes"],
+    ("inspect",): ["REPO", "ID", "--json", "Exit codes: 0 shown; 1 no activity with this id"],
     ("retry",): ["REPO", "ID", "--all-failed"],
     ("stop",): ["REPO", "WORKER", "--all", "--now", "--wait", "Exit codes"],
     ("reload",): ["REPO", "WORKER", "--all", "--wait", "Exit codes"],

@@ -341,7 +341,16 @@ def _history(doc: Mapping[str, Any]) -> tuple[Mapping[str, Any], ...]:
 
 
 # What of a failed record's ``spoolpipe`` section a retried activity carries in its history.
-_HISTORY_FIELDS = ("status", "attempts", "reason", "worker", "host", "started_at", "finished_at")
+_HISTORY_FIELDS = (
+    "status",
+    "attempts",
+    "reason",
+    "worker",
+    "host",
+    "started_at",
+    "finished_at",
+    "attempt_history",
+)
 
 
 def retried_activity(record: Mapping[str, Any]) -> Activity:

@@ -21,10 +21,18 @@ from pathlib import Path
 from typing import Any
 
 from .activity import Activity, ClaimName, format_time, printable
+from .attempt_notes import earlier_attempts, write_note
 from .config import Settings
 from .execute import execute
 from .outcome import Done, Ending, Failed, Outcome, Retry, decide
-from .record import Attempt, done_record, failed_record, failure_document, follow_up_document
+from .record import (
+    Attempt,
+    attempt_entry,
+    done_record,
+    failed_record,
+    failure_document,
+    follow_up_document,
+)
 from .repository import Busy, Duplicate, Repository, Settlement, SharedClock
 from .retry import RetryPolicy
 from .steps import any_step_abandoned
@@ -243,11 +251,20 @@ class Attempts:
         elif isinstance(decision, Failed):
             self._fail(claim, activity, started, outcome.error, outcome.traceback, seconds=seconds)
         elif isinstance(decision, Retry):
-            self._retry(claim, activity, decision.delay, outcome.error, seconds)
+            self._retry(claim, activity, started, decision.delay, outcome.error, seconds)
 
     def _retry(
-        self, claim: ClaimName, activity: Activity, delay: float, error: str, seconds: float | None
+        self,
+        claim: ClaimName,
+        activity: Activity,
+        started: float,
+        delay: float,
+        error: str,
+        seconds: float | None,
     ) -> None:
+        # Before the release: the next attempt may be claimed, and its record written, at once.
+        note = attempt_entry(activity.attempt, self._attempt(started), "retry", error)
+        write_note(self.repo.logs, self.repo.tmp, activity, note)
         try:
             released = self.repo.release(claim, activity.attempt + 1, self.clock.now() + delay)
         except OSError as exc:
@@ -282,7 +299,13 @@ class Attempts:
             )
             for f in outcome.follow_ups
         ]
-        record = done_record(activity, self._attempt(started), outcome.result, [f["id"] for f in follow_ups])
+        record = done_record(
+            activity,
+            self._attempt(started),
+            outcome.result,
+            [f["id"] for f in follow_ups],
+            earlier_attempts(self.repo.logs, activity),
+        )
         extra = f", {counted(len(follow_ups), 'follow-up')}" if follow_ups else ""
         summary = (
             f"done {activity.id} ({activity.type}, attempt {activity.attempt}) in {now - started:.2f}s{extra}"
@@ -301,7 +324,9 @@ class Attempts:
         seconds: float | None = None,
         last_resort: bool = False,
     ) -> None:
-        record = failed_record(activity, self._attempt(started), reason, text)
+        record = failed_record(
+            activity, self._attempt(started), reason, text, earlier_attempts(self.repo.logs, activity)
+        )
         handler = self.settings.failures_handler
         follow_ups = (
             []

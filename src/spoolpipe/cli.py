@@ -11,15 +11,16 @@ import math
 import os
 import sys
 import traceback
-from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from . import __version__, check, config, control, service
+from . import __version__, check, config, control, service, views
 from .activity import Activity, InvalidActivity, is_valid_name, new_id, parse_document, printable
 from .repository import NotARepository, Repository, filesystem_now
-from .worker import EXIT_CRASH, StartupError, Worker, default_worker_id, iter_heartbeats
+from .views import text
+from .views.watch import watch
+from .worker import EXIT_CRASH, StartupError, Worker, default_worker_id
 
 EPILOG = """\
 Activities are JSON files {"type": ..., "data": {...}} dropped into REPO/inbox/.
@@ -82,73 +83,51 @@ def cmd_submit(args: argparse.Namespace) -> int:
     return 0
 
 
-def _live(repo: Repository, now: float) -> list[dict[str, Any]]:
-    settings = config.load(repo.root).settings
-    horizon = max(3 * settings.heartbeat_interval_seconds, settings.claims_lease_seconds)
-    live = []
-    for doc, mtime in iter_heartbeats(repo):
-        for key in ("worker", "host"):  # a heartbeat is a file anyone may have written
-            if isinstance(doc.get(key), str):
-                doc[key] = printable(doc[key])
-        if isinstance(doc.get("types"), dict):
-            doc["types"] = {printable(t): n for t, n in doc["types"].items()}
-        doc["last_seen_seconds"] = round(max(0.0, now - mtime), 1)
-        if now - mtime <= horizon:
-            live.append(doc)
-    return live
-
-
-def status(repo: Repository) -> dict[str, Any]:
-    """Everything ``status`` shows, as one JSON-serialisable document."""
-    now = filesystem_now(repo.tmp / ".clock-status")
-    counts = {
-        "inbox": repo.count(repo.inbox),
-        "running": sum(1 for _ in repo.claims()),
-        "done": repo.count(repo.done),
-        "failed": repo.count(repo.failed),
-        "invalid": repo.count(repo.invalid),
-    }
-    workers = _live(repo, now)
-    handled = {t for w in workers for t, n in w.get("types", {}).items() if n > 0}
-    waiting: Counter[str] = Counter()
-    for name in repo.inbox_names():
-        path = repo.inbox / name
-        try:
-            if path.is_symlink() or not path.is_file() or path.stat().st_size > 1 << 20:
-                continue
-            type_ = parse_document(path.read_bytes()).get("type")
-        except (OSError, InvalidActivity):
-            continue
-        if isinstance(type_, str):
-            waiting[printable(type_)] += 1
-    return {
-        "repository": printable(str(repo.root)),
-        "counts": counts,
-        "workers": workers,
-        "inbox_by_type": dict(sorted(waiting.items())),
-        "unhandled_types": sorted(t for t in waiting if t not in handled),
-    }
+def _watch_interval(text: str) -> float:
+    seconds = float(text)
+    if not (math.isfinite(seconds) and seconds > 0):
+        raise argparse.ArgumentTypeError(f"{text!r}: give a number of seconds > 0")
+    return seconds
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    report = status(_repository(args.repo))
+    repo = _repository(args.repo)
+
+    def render() -> str:
+        report = views.status(repo)
+        if args.json:
+            return json.dumps(report, indent=None if args.watch else 2)
+        return "\n".join(text.status_lines(report))
+
+    if args.watch is not None:
+        return watch(render, args.watch)
+    print(render())
+    return 0
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    repo = _repository(args.repo)
+    try:
+        since = None if args.since is None else config.parse_duration(args.since)
+    except ValueError as exc:
+        raise _UsageError(f"--since: {exc}") from None
+    if args.limit is not None and args.limit < 0:
+        raise _UsageError("--limit must be 0 or more")
+    found = views.entries(repo, args.state, type_=args.type, since=since, limit=args.limit)
     if args.json:
-        print(json.dumps(report, indent=2))
-        return 0
-    counts = report["counts"]
-    print(f"repository {report['repository']}")
-    print("  " + "  ".join(f"{k} {v}" for k, v in counts.items()))
-    print(f"workers alive: {len(report['workers'])}")
-    for w in report["workers"]:
-        types = ", ".join(f"{t} (concurrency {n})" for t, n in sorted(w.get("types", {}).items()))
-        print(
-            f"  {w['worker']} on {w['host']} pid {w['pid']}, running {len(w.get('running', []))}, "
-            f"seen {w['last_seen_seconds']}s ago; types: {types}"
-        )
-    if report["inbox_by_type"]:
-        print("waiting by type: " + ", ".join(f"{t} {n}" for t, n in report["inbox_by_type"].items()))
-    for t in report["unhandled_types"]:
-        print(f"  warning: no live worker handles type {t!r}; those activities stay queued")
+        print(json.dumps(found, indent=2))
+    for entry in [] if args.json else found:
+        print(text.entry_line(entry))
+    return 0
+
+
+def cmd_inspect(args: argparse.Namespace) -> int:
+    found = views.story(_repository(args.repo), args.id)
+    if found is None:
+        where = printable(args.repo)
+        print(f"spoolpipe inspect: no activity '{printable(args.id)}' in {where}", file=sys.stderr)
+        return 1
+    print(json.dumps(found, indent=2) if args.json else "\n".join(text.story_lines(found)))
     return 0
 
 
@@ -172,6 +151,14 @@ def cmd_retry(args: argparse.Namespace) -> int:
             print(f"error: failed/{activity_id}.json cannot be retried: {exc.reason}", file=sys.stderr)
             problems += 1
     return 1 if problems else 0
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from . import web
+
+    repo = _repository(args.repo)
+    config.load(repo.root)  # an invalid configuration is exit 2 before anything listens
+    return web.serve(repo, args.host, args.port)
 
 
 class _WorkerLogHandler(logging.handlers.WatchedFileHandler):
@@ -284,6 +271,12 @@ def _command(
     return parser
 
 
+def _port(text: str) -> int:
+    if not text.isdigit() or int(text) > 65535:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a port number (0 to 65535)")
+    return int(text)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="spoolpipe",
@@ -369,10 +362,63 @@ def build_parser() -> argparse.ArgumentParser:
         sub,
         "status",
         cmd_status,
-        help="counts per state and the live workers",
-        description="Show how many activities are in each state, which workers are alive "
-        "on which machine, and types nobody handles.",
+        help="counts per state, waiting work, live workers and what looks stuck",
+        description="Show how many activities are in each state and of each type waiting, how many are "
+        "ready or delayed and how long the oldest has waited, which workers are alive on which "
+        "machine and what each runs for how long, claims that look stuck, and types nobody handles. "
+        "The --json document is a stable contract (docs/operations.md, 'Seeing what happens').",
     )
+    p.epilog = (
+        "Exit codes: 0 shown (with --watch: stopped by Ctrl-C); "
+        f"2 bad usage, not a repository or invalid configuration; {EXIT_CRASH} crashed (a bug)."
+    )
+    p.add_argument(
+        "--json", action="store_true", help="machine-readable output (with --watch: one line per redraw)"
+    )
+    p.add_argument(
+        "--watch",
+        nargs="?",
+        const=2.0,
+        type=_watch_interval,
+        metavar="SECONDS",
+        help="redraw every SECONDS (default 2) until Ctrl-C",
+    )
+
+    p = _command(
+        sub,
+        "list",
+        cmd_list,
+        help="one line per activity in a state, newest first",
+        description="List the activities in STATE, newest first (by the time their file got there), one "
+        "per line: id, type, attempt, age, and for failed and invalid entries the reason. Invalid "
+        "entries are listed by their folder under invalid/.",
+    )
+    p.epilog = (
+        "Exit codes: 0 listed (also when nothing matches); "
+        f"2 bad usage, not a repository or invalid configuration; {EXIT_CRASH} crashed (a bug)."
+    )
+    p.add_argument("state", metavar="STATE", choices=views.STATES, help="one of " + ", ".join(views.STATES))
+    p.add_argument("--type", metavar="TYPE", help="only activities of this type")
+    p.add_argument(
+        "--since", metavar="DURATION", help="only entries at most this old: 30s, 15m, 2h, 1d (plain: seconds)"
+    )
+    p.add_argument("--limit", type=int, metavar="N", help="at most N entries (the newest)")
+    p.add_argument("--json", action="store_true", help="machine-readable output: a JSON array")
+
+    p = _command(
+        sub,
+        "inspect",
+        cmd_inspect,
+        help="one activity's whole story",
+        description="Show where activity ID is now (inbox, delayed, running, done, failed, invalid), each "
+        "attempt (worker, host, start, end, outcome or error), the tail of each attempt log, its result "
+        "or reason and traceback, its parent and its follow-ups with their states.",
+    )
+    p.epilog = (
+        "Exit codes: 0 shown; 1 no activity with this id; "
+        f"2 bad usage, not a repository or invalid configuration; {EXIT_CRASH} crashed (a bug)."
+    )
+    p.add_argument("id", metavar="ID", help="the activity id")
     p.add_argument("--json", action="store_true", help="machine-readable output")
 
     p = _command(
@@ -440,6 +486,29 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--worker-id", metavar="ID", help="the worker's id (default: the host name)")
     p.add_argument("--user", metavar="USER", help="run the worker as USER (default: root)")
+
+    p = _command(
+        sub,
+        "serve",
+        cmd_serve,
+        help="a read-only status page in the browser",
+        description="Serve a status page of REPO over HTTP: counts, live workers, waiting types, "
+        "recent failures with their reasons, each activity's story and thumbnails of recent "
+        "image.process outputs; it refreshes itself. /api/status returns what status --json prints. "
+        "Read-only: only GET and HEAD, no write endpoints.",
+    )
+    p.epilog = (
+        "Exit codes: 0 stopped by SIGTERM or SIGINT (Ctrl-C); 2 bad usage, not a repository, invalid "
+        "configuration or a --host that is not an address; 3 cannot listen (port in use, permission "
+        f"denied); {EXIT_CRASH} crashed on an unexpected error (a bug). Bound to a loopback address "
+        "it answers only requests for a loopback host name. "
+        "Pages: /, /activity/ID, /api/status, /api/activity/ID, /thumb/ID/N and /output/ID/N "
+        "(docs/operations.md, The status page)."
+    )
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    p.add_argument(
+        "--port", type=_port, default=8765, help="port to listen on (default 8765; 0 picks a free one)"
+    )
     for name, codes in _EXIT_CODES.items():
         sub.choices[name].epilog = f"Exit codes: {codes}; {EXIT_CRASH} crashed on an unexpected error."
     return parser
@@ -470,6 +539,9 @@ def main(argv: list[str] | None = None) -> int:
     except config.ConfigError as exc:
         print(f"spoolpipe {args.command}: invalid configuration:\n{exc}", file=sys.stderr)
         return 2
+    except BrokenPipeError:  # the reader went away (``| head``): what it read was complete
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     except Exception:
         traceback.print_exc()
         print(

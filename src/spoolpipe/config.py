@@ -127,6 +127,18 @@ class Kind:
         raise NotImplementedError
 
 
+_DURATION = re.compile(r"\A\s*([0-9]+(?:\.[0-9]+)?)\s*([smhd]?)\s*\Z")
+_DURATION_UNITS = {"": 1.0, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+
+
+def parse_duration(text: str) -> float:
+    """Seconds from ``30s``, ``15m``, ``2h``, ``1d`` or a plain number of seconds; ValueError otherwise."""
+    m = _DURATION.match(text)
+    if m is None:
+        raise ValueError(f"{text!r} is not a duration (a number of seconds, or N followed by s, m, h or d)")
+    return float(m.group(1)) * _DURATION_UNITS[m.group(2)]
+
+
 @dataclass(frozen=True)
 class IntKind(Kind):
     minimum: int

@@ -6,9 +6,9 @@ to the inbox as it is) and adds ``result`` and a ``spoolpipe`` section.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 from .activity import Activity, derived_id, format_time
 from .storable import bounded_text, encode, reason_line
@@ -28,7 +28,29 @@ class Attempt:
     finished: float
 
 
-def _section(activity: Activity, attempt: Attempt, status: str) -> dict[str, Any]:
+#: How an attempt ended, in ``spoolpipe.attempt_history``: ``unknown`` when nothing was recorded for it
+#: (its worker died, or its note under ``logs/activities/`` is gone).
+AttemptOutcome = Literal["done", "failed", "retry", "unknown"]
+
+
+def attempt_entry(number: int, attempt: Attempt, outcome: AttemptOutcome, error: str = "") -> dict[str, Any]:
+    """One attempt as ``spoolpipe.attempt_history`` lists it; ``error`` becomes one bounded line."""
+    entry: dict[str, Any] = {
+        "attempt": number,
+        "worker": attempt.worker,
+        "host": attempt.host,
+        "started_at": format_time(attempt.started),
+        "finished_at": format_time(attempt.finished),
+        "outcome": outcome,
+    }
+    if error:
+        entry["error"] = reason_line(error)
+    return entry
+
+
+def _section(
+    activity: Activity, attempt: Attempt, status: str, earlier: Sequence[Mapping[str, Any]], error: str = ""
+) -> dict[str, Any]:
     section: dict[str, Any] = {
         "status": status,
         "attempts": activity.attempt,
@@ -40,26 +62,42 @@ def _section(activity: Activity, attempt: Attempt, status: str) -> dict[str, Any
     }
     if activity.history:
         section["history"] = [dict(h) for h in activity.history]
+    outcome: AttemptOutcome = "done" if status == "done" else "failed"
+    section["attempt_history"] = [
+        *(dict(e) for e in earlier),
+        attempt_entry(activity.attempt, attempt, outcome, error),
+    ]
     return section
 
 
 def done_record(
-    activity: Activity, attempt: Attempt, result: Any, follow_up_ids: list[str]
+    activity: Activity,
+    attempt: Attempt,
+    result: Any,
+    follow_up_ids: list[str],
+    earlier: Sequence[Mapping[str, Any]] = (),
 ) -> dict[str, Any]:
+    """The record of a success; ``earlier``: the attempts before this one (``attempt_entry``)."""
     doc = activity.to_json()
     doc.pop("not_before", None)
     doc["result"] = result
-    section = _section(activity, attempt, "done")
+    section = _section(activity, attempt, "done", earlier)
     section["follow_ups"] = follow_up_ids
     doc["spoolpipe"] = section
     return doc
 
 
-def failed_record(activity: Activity, attempt: Attempt, reason: str, traceback: str) -> dict[str, Any]:
+def failed_record(
+    activity: Activity,
+    attempt: Attempt,
+    reason: str,
+    traceback: str,
+    earlier: Sequence[Mapping[str, Any]] = (),
+) -> dict[str, Any]:
     """The record of a failure; ``reason`` becomes one bounded line, ``traceback`` is bounded too."""
     doc = activity.to_json()
     doc.pop("not_before", None)
-    section = _section(activity, attempt, "failed")
+    section = _section(activity, attempt, "failed", earlier, reason)
     section["reason"] = reason_line(reason)
     section["traceback"] = bounded_text(traceback)
     doc["spoolpipe"] = section
@@ -69,8 +107,13 @@ def failed_record(activity: Activity, attempt: Attempt, reason: str, traceback: 
 def follow_up_document(
     parent: Activity, type_: str, data: Mapping[str, Any], key: str, not_before: float | None
 ) -> dict[str, Any]:
-    """A follow-up whose id depends only on its parent and key, so a repeated commit cannot double it."""
-    return Activity(derived_id(parent.id, key), type_, dict(data), 1, not_before).to_json()
+    """A follow-up whose id depends only on its parent and key, so a repeated commit cannot double it.
+
+    ``parent`` names the activity that made it (``inspect`` links the two).
+    """
+    return Activity(
+        derived_id(parent.id, key), type_, dict(data), 1, not_before, {"parent": parent.id}
+    ).to_json()
 
 
 def failure_document(handler: str, record: Mapping[str, Any], limit: int) -> dict[str, Any]:
@@ -95,7 +138,7 @@ def failure_document(handler: str, record: Mapping[str, Any], limit: int) -> dic
     }
     # The failure time is part of the id: the same activity may fail again after `spoolpipe retry`.
     failure_id = derived_id(record["id"], "failure", section["finished_at"])
-    document = Activity(failure_id, handler, {"failed": failed}).to_json()
+    document = Activity(failure_id, handler, {"failed": failed}, extra={"parent": record["id"]}).to_json()
     for field in OMITTABLE:
         if len(encode(document)) <= limit:
             break

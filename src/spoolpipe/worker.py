@@ -18,7 +18,7 @@ import signal
 import socket
 import time
 from collections import Counter
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING, Any
@@ -625,6 +625,7 @@ class Worker:
             "pool_size": pool_size,
             "types": {t: min(self.settings.concurrency_for(t), pool_size) for t in self._handled_types()},
             "running": sorted(c[0].activity.id for s in self.pool.busy() if (c := s.current()) is not None),
+            "activities": self._running_activities(),
         }
         target = self.repo.heartbeats / f"{self.worker_id}.json"
         # One temp name per worker: one killed mid-write leaves one file, which its next heartbeat reuses.
@@ -636,6 +637,25 @@ class Worker:
             log.warning("cannot write heartbeat: %s", exc)
         if self.metrics is not None:
             self.metrics.heartbeat(self.clock.now())
+
+    def _running_activities(self) -> list[dict[str, Any]]:
+        """What each pool process runs now, since when (shared clock) and for how long it may (``status``)."""
+        now, mono = self.clock.now(), time.monotonic()
+        running = []
+        for slot in self.pool.busy():
+            current = slot.current()
+            if current is not None:
+                item, started = current
+                running.append(
+                    {
+                        "id": item.activity.id,
+                        "type": item.activity.type,
+                        "attempt": item.activity.attempt,
+                        "started_at": format_time(now - (mono - started)),
+                        "timeout_seconds": self._item_timeout(item.activity.type),
+                    }
+                )
+        return sorted(running, key=lambda r: r["id"])
 
     def _config_mtimes(self) -> tuple[float | None, ...]:
         stamps: list[float | None] = []
@@ -718,15 +738,3 @@ class Worker:
             return
         log.info("processor code changed (%s): replacing pool processes as they become idle", files)
         self.pool.mark_stale()
-
-
-def iter_heartbeats(repo: Repository) -> Iterator[tuple[dict[str, Any], float]]:
-    """Every heartbeat document and its mtime (by the shared file system's clock)."""
-    import json
-
-    for path in sorted(repo.heartbeats.glob("*.json")):
-        try:
-            mtime = path.stat().st_mtime
-            yield json.loads(path.read_text()), mtime
-        except (OSError, ValueError):
-            continue

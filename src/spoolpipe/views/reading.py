@@ -1,0 +1,130 @@
+"""Bounded, non-blocking reads of files anyone may have put into a repository."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import stat
+import time
+from pathlib import Path
+from typing import Any
+
+from ..activity import InvalidActivity, format_time, parse_document, parse_time, printable
+from ..repository import Repository, filesystem_now
+
+#: Largest record a view reads (a result may be 1 MiB, its activity's data as much again).
+RECORD_BYTES = 8 << 20
+
+
+def shared_now(repo: Repository) -> float:
+    """Now by the shared file system's clock: ages are judged by the clock every worker uses.
+
+    Where the probe cannot be written (a read-only mount), the local clock has to do.
+    """
+    try:
+        return filesystem_now(repo.tmp / ".clock-status")
+    except OSError:
+        return time.time()
+
+
+def read_bytes(path: Path | str, limit: int) -> bytes | None:
+    """At most ``limit`` bytes of a regular file, never following a link or blocking on a FIFO."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY)
+    except OSError:
+        return None
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode) or st.st_size > limit:
+            return None
+        chunks, size = [], 0
+        while size <= limit:
+            chunk = os.read(fd, 1 << 16)
+            if not chunk:
+                break
+            chunks.append(chunk)
+            size += len(chunk)
+        return b"".join(chunks) if size <= limit else None
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
+
+
+def read_document(path: Path | str, limit: int = RECORD_BYTES) -> dict[str, Any] | None:
+    """A JSON object file (strict, as activities are parsed), or None when it is not one."""
+    raw = read_bytes(path, limit)
+    if raw is None:
+        return None
+    try:
+        return parse_document(raw)
+    except InvalidActivity:
+        return None
+
+
+def tail(path: Path | str, max_bytes: int, max_lines: int) -> list[str] | None:
+    """The last lines of a text file, each escaped; None when it cannot be read."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY)
+    except OSError:
+        return None
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            return None
+        start = max(0, st.st_size - max_bytes)
+        raw = os.pread(fd, max_bytes, start)
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
+    lines = raw.decode("utf-8", "surrogateescape").splitlines()
+    if start > 0 and lines:
+        lines = lines[1:]  # the first one is cut
+    return [printable(line) for line in lines[-max_lines:]]
+
+
+def text(value: object) -> str | None:
+    """A string from an untrusted document, escaped; None for anything else."""
+    return printable(value) if isinstance(value, str) else None
+
+
+def integer(value: object) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+def moment(value: object) -> float | None:
+    """An ISO-8601 time from an untrusted document as epoch seconds; None if it is not one."""
+    with contextlib.suppress(InvalidActivity, OverflowError, ValueError, OSError):
+        return parse_time(value)
+    return None
+
+
+def age(now: float, then: float | None) -> float | None:
+    return None if then is None else round(max(0.0, now - then), 1)
+
+
+def iso(epoch: float | None) -> str | None:
+    if epoch is None:
+        return None
+    try:
+        return format_time(epoch)
+    except (OverflowError, ValueError, OSError):
+        return None
+
+
+def lstat(path: Path | str) -> os.stat_result | None:
+    """The entry's own status (a link is not followed); None when it is gone or unreadable."""
+    try:
+        return os.lstat(path)
+    except OSError:
+        return None
+
+
+def names(directory: Path) -> list[str]:
+    """Every entry of a directory (an absent directory has none)."""
+    try:
+        with os.scandir(directory) as found:
+            return [e.name for e in found]
+    except FileNotFoundError:
+        return []

@@ -1,0 +1,137 @@
+"""``spoolpipe serve``: a read-only status page of one repository, on the standard library's HTTP server.
+
+``site`` decides every response (routes, headers, escaping through ``render``,
+image confinement through ``outputs``); this module only binds the socket,
+runs ``ThreadingHTTPServer`` and stops it on SIGTERM or SIGINT.
+"""
+
+from __future__ import annotations
+
+import signal
+import socket
+import sys
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from types import FrameType
+from typing import Any, Final, TextIO
+
+from ..activity import printable
+from ..repository import Repository
+from .site import SECURITY_HEADERS, Site
+
+EXIT_CANNOT_START: Final = 3
+"""The address cannot be bound (port in use, permission denied)."""
+EXIT_BAD_HOST: Final = 2
+"""``--host`` is not an address or a name that resolves."""
+REQUEST_TIMEOUT_SECONDS: Final = 30
+"""A connection that sends nothing for this long is closed, so idle clients cannot hold threads."""
+MAX_CONNECTIONS: Final = 32
+"""Connections served at once; one more is closed without an answer."""
+
+
+def _handler(site: Site) -> type[BaseHTTPRequestHandler]:
+    class Handler(BaseHTTPRequestHandler):
+        server_version = "spoolpipe"
+        sys_version = ""
+        timeout = REQUEST_TIMEOUT_SECONDS
+
+        def _answer(self) -> None:
+            response = site.respond(self.command, self.path, self.headers.get("Host"))
+            self.send_response(response.status)
+            for name, value in response.headers.items():
+                self.send_header(name, value)
+            self.send_header("Content-Type", response.content_type)
+            self.send_header("Content-Length", str(len(response.body)))
+            self.end_headers()
+            if self.command != "HEAD":
+                self.wfile.write(response.body)
+
+        def end_headers(self) -> None:
+            # Here rather than in _answer, so that http.server's own errors (400, 414...) carry them too.
+            for name, value in SECURITY_HEADERS.items():
+                self.send_header(name, value)
+            super().end_headers()
+
+        def __getattr__(self, name: str) -> Any:
+            # Every method has a handler (``do_GET``, ``do_POST``, ``do_FOO``...): the site says 405.
+            if name.startswith("do_"):
+                return self._answer
+            raise AttributeError(name)
+
+        def log_message(self, format: str, *args: Any) -> None:
+            sys.stderr.write(printable(f"{self.address_string()} {format % args}") + "\n")
+
+    return Handler
+
+
+class _Server(ThreadingHTTPServer):
+    """One thread per connection, at most ``MAX_CONNECTIONS`` at once: further ones are closed at once."""
+
+    daemon_threads = True
+
+    def __init__(self, address: tuple[str, int], handler: type[BaseHTTPRequestHandler]) -> None:
+        self._slots = threading.BoundedSemaphore(MAX_CONNECTIONS)
+        super().__init__(address, handler)
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        if not self._slots.acquire(blocking=False):
+            self.shutdown_request(request)
+            return
+        try:
+            super().process_request(request, client_address)
+        except BaseException:
+            self._slots.release()
+            raise
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self._slots.release()
+
+
+def _family(host: str, port: int) -> socket.AddressFamily:
+    return socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)[0][0]
+
+
+def serve(repo: Repository, host: str, port: int, *, out: TextIO = sys.stdout) -> int:
+    """Serve the status page of ``repo`` on ``host``:``port`` until SIGTERM or SIGINT; the exit code.
+
+    An error while answering a request is a 500 (``Site.respond``); anything else raised here is
+    a bug, which ``cli.main`` turns into exit 70.
+    """
+    try:
+        family = _family(host, port)
+    except (OSError, UnicodeError) as exc:
+        print(f"spoolpipe serve: error: --host {host!r} is not a usable address ({exc})", file=sys.stderr)
+        return EXIT_BAD_HOST
+    server_class = type("Server", (_Server,), {"address_family": family})
+    try:
+        server = server_class((host, port), _handler(Site(repo, host)))
+    except OSError as exc:
+        print(
+            f"spoolpipe serve: error: cannot listen on {host} port {port}: {exc.strerror or exc}",
+            file=sys.stderr,
+        )
+        return EXIT_CANNOT_START
+    stop = threading.Event()
+
+    def request_stop(signum: int, frame: FrameType | None) -> None:
+        stop.set()
+
+    previous = {sig: signal.signal(sig, request_stop) for sig in (signal.SIGTERM, signal.SIGINT)}
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.2}, daemon=True)
+    thread.start()
+    bound_host, bound_port = server.server_address[:2]
+    shown = f"[{bound_host}]" if ":" in str(bound_host) else bound_host
+    print(f"serving the status of {printable(str(repo.root))} at http://{shown}:{bound_port}/", file=out)
+    print("read-only; SIGTERM or Ctrl-C stops it", file=out, flush=True)
+    try:
+        while not stop.wait(0.5):
+            pass
+    finally:
+        server.shutdown()
+        server.server_close()
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    return 0
