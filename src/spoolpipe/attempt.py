@@ -23,8 +23,8 @@ from typing import Any
 from .activity import Activity, ClaimName, format_time, printable
 from .config import Settings
 from .execute import execute
-from .outcome import Done, Failed, Outcome, Retry, decide
-from .record import Attempt, done_record, failed_record, failure_document, follow_up_document
+from .outcome import Done, Failed, Outcome, Retry, Skipped, decide
+from .record import Attempt, done_record, failed_record, failure_document, follow_up_document, skipped_record
 from .repository import Busy, Duplicate, Repository, Settlement, SharedClock
 from .retry import RetryPolicy
 from .steps import any_step_abandoned
@@ -70,10 +70,11 @@ def counted(number: int, noun: str, plural: str = "") -> str:
     return f"{number} {noun}" if number == 1 else f"{number} {plural or noun + 's'}"
 
 
-def policy(settings: Settings) -> RetryPolicy:
+def policy(settings: Settings, type_: str) -> RetryPolicy:
+    """The retry policy of activities of ``type_`` (``retry.*``, with their per-type keys)."""
     return RetryPolicy(
-        settings.retry_max_attempts,
-        settings.retry_backoff_seconds,
+        settings.max_attempts_for(type_),
+        settings.backoff_for(type_),
         settings.retry_backoff_max_seconds,
         settings.retry_jitter,
     )
@@ -161,11 +162,13 @@ class Attempts:
         if taken is None:
             return False
         claim, started = taken, self.clock.now()
-        if activity.attempt > self.settings.retry_max_attempts:
+        limit = self.settings.max_attempts_for(activity.type)
+        if activity.attempt > limit:
+            per_type = activity.type in self.settings.max_attempts
+            key = f"retry.max-attempts.{activity.type}" if per_type else "retry.max-attempts"
             reason = (
-                f"gave up: attempt {activity.attempt} exceeds retry.max-attempts="
-                f"{self.settings.retry_max_attempts}; the previous attempt was interrupted "
-                "(its worker died or was killed)"
+                f"gave up: attempt {activity.attempt} exceeds {key}={limit}; the previous attempt "
+                "was interrupted (its worker died or was killed)"
             )
             self._outcome(claim, activity, started, Outcome("fatal", error=reason))
             return False
@@ -217,9 +220,11 @@ class Attempts:
             self._unrecordable(claim, activity, started, exc)
 
     def _decide(self, claim: ClaimName, activity: Activity, started: float, outcome: Outcome) -> None:
-        decision = decide(outcome, activity.attempt, policy(self.settings))
+        decision = decide(outcome, activity.attempt, policy(self.settings, activity.type))
         if isinstance(decision, Done):
             self._done(claim, activity, started, outcome)
+        elif isinstance(decision, Skipped):
+            self._skip(claim, activity, started, outcome.error)
         elif isinstance(decision, Failed):
             self._fail(claim, activity, started, outcome.error, outcome.traceback)
         elif isinstance(decision, Retry):
@@ -264,6 +269,11 @@ class Attempts:
             f"done {activity.id} ({activity.type}, attempt {activity.attempt}) in {now - started:.2f}s{extra}"
         )
         self._defer(_Pending(Settlement(claim, "done", record, follow_ups), activity, started, summary))
+
+    def _skip(self, claim: ClaimName, activity: Activity, started: float, reason: str) -> None:
+        record = skipped_record(activity, self._attempt(started), reason)
+        summary = f"skipped {activity.id} ({activity.type}, attempt {activity.attempt}): {reason}"
+        self._defer(_Pending(Settlement(claim, "done", record, []), activity, started, summary))
 
     def _fail(
         self,

@@ -103,6 +103,7 @@ def status(repo: Repository) -> dict[str, Any]:
         "inbox": repo.count(repo.inbox),
         "running": sum(1 for _ in repo.claims()),
         "done": repo.count(repo.done),
+        "skipped": repo.count_skipped(),  # of the done ones
         "failed": repo.count(repo.failed),
         "invalid": repo.count(repo.invalid),
     }

@@ -21,8 +21,9 @@ from typing import Any
 from .activity import Activity
 from .config import Settings
 from .outcome import Outcome, Status
-from .processor import Context, Fatal, FollowUp, registered
+from .processor import Context, Fatal, FollowUp, Registration, Retry, Skip, registered
 from .record import follow_up_document
+from .retry import retried
 from .storable import NotStorable, bounded_text, check_text, encode, reason_line, storable
 
 #: Longest delay a follow-up may ask for: 100 years, so that its start time can always be written.
@@ -119,6 +120,48 @@ def _checked(activity: Activity, settings: Settings, result: Any, follow_ups: Se
     return Outcome("ok", result=checked_result, follow_ups=tuple(checked))
 
 
+def _valid_delay(delay: object) -> bool:
+    return (
+        not isinstance(delay, bool) and isinstance(delay, int | float) and 0 <= delay <= MAX_FOLLOW_UP_DELAY
+    )
+
+
+def _retry_requested(exc: Retry, log: logging.Logger, attempt: int, text: str) -> Outcome:
+    """``raise Retry(reason, delay=)``: retried after that delay; a delay that is no number of seconds
+    is the processor's bug, and fails the activity."""
+    reason = _message(exc) or "the processor asked for a retry"
+    delay = getattr(exc, "delay", None)
+    if delay is not None and not _valid_delay(delay):
+        message = f"Retry delay {delay!r} is not a number of seconds from 0 to {MAX_FOLLOW_UP_DELAY:.0f}"
+        return _failed("fatal", log, attempt, f"{message} (reason: {reason})", text)
+    when = "" if delay is None else f" in {delay}s"
+    log.warning("attempt %d asks to be retried%s: %s", attempt, when, reason)
+    return Outcome(
+        "error",
+        error=reason_line(reason),
+        traceback=bounded_text(text),
+        delay=None if delay is None else float(delay),
+    )
+
+
+def _skipped(exc: Skip, log: logging.Logger, attempt: int, follow_ups: Sequence[FollowUp]) -> Outcome:
+    reason = _message(exc) or "the processor had nothing to do"
+    dropped = f" ({len(follow_ups)} follow-up(s) it asked for are discarded)" if follow_ups else ""
+    log.info("attempt %d skipped%s: %s", attempt, dropped, reason)
+    return Outcome("skipped", error=reason_line(reason))
+
+
+def _not_retried(exc: Exception, registration: Registration, settings: Settings) -> str:
+    """Why an exception is fatal under ``retry.on.<type>`` / ``retry_on``; "" if it is retried."""
+    names = settings.retry_on.get(registration.type)
+    if retried(exc, names, registration.retry_on):
+        return ""
+    if names is not None:
+        return f"not retried: retry.on.{registration.type} = {', '.join(names)}"
+    listed = ", ".join(c.__name__ for c in registration.retry_on or ())
+    return f"not retried: the processor's retry_on is ({listed})"
+
+
 def execute(
     activity: Activity, log_path: str, worker_id: str, repository: Path, settings: Settings
 ) -> Outcome:
@@ -139,6 +182,7 @@ def execute(
         repository=repository,
         settings=settings,
         follow_up_types=registration.follow_up_types,
+        activity_type=activity.type,
     )
     attempt = activity.attempt
     try:
@@ -146,10 +190,17 @@ def execute(
             result = registration.run(activity, ctx)
         except Fatal as exc:
             return _failed("fatal", log, attempt, _message(exc), traceback.format_exc())
+        except Retry as exc:
+            return _retry_requested(exc, log, attempt, traceback.format_exc())
+        except Skip as exc:
+            return _skipped(exc, log, attempt, ctx.follow_ups)
         except Exception as exc:
-            outcome = _failed(
-                "error", log, attempt, f"{type(exc).__name__}: {_message(exc)}", traceback.format_exc()
-            )
+            message = f"{type(exc).__name__}: {_message(exc)}"
+            why_fatal = _not_retried(exc, registration, settings)
+            if why_fatal:
+                outcome = _failed("fatal", log, attempt, f"{message} ({why_fatal})", traceback.format_exc())
+            else:
+                outcome = _failed("error", log, attempt, message, traceback.format_exc())
             return dataclasses.replace(outcome, recycle=bool(getattr(exc, "recycle_process", False)))
         try:
             return _checked(activity, settings, result, ctx.follow_ups)

@@ -55,6 +55,15 @@ def done_record(
     return doc
 
 
+def skipped_record(activity: Activity, attempt: Attempt, reason: str) -> dict[str, Any]:
+    """The ``done/`` record of an activity its processor had nothing to do for (``Skip``):
+    status ``skipped``, its reason, no result and no follow-ups."""
+    doc = done_record(activity, attempt, None, [])
+    doc["spoolpipe"]["status"] = "skipped"
+    doc["spoolpipe"]["reason"] = reason_line(reason)
+    return doc
+
+
 def failed_record(activity: Activity, attempt: Attempt, reason: str, traceback: str) -> dict[str, Any]:
     """The record of a failure; ``reason`` becomes one bounded line, ``traceback`` is bounded too."""
     doc = activity.to_json()
