@@ -23,7 +23,7 @@ _BOOL = BoolKind()
 def parse_option(raw: str, kind: Callable[[str], T]) -> T:
     """``raw`` as ``kind``: ``str`` (as written), ``int``, ``float`` (finite), ``bool`` (as
     ``BoolKind``: true/false, yes/no, on/off, 1/0) or any other callable taking the string
-    (``Path``, ``Decimal``...), whose ``ValueError`` or ``TypeError`` means "does not parse".
+    (``Path``, ``Decimal``...), any exception of which means "does not parse".
     """
     if not callable(kind):
         raise TypeError(f"the kind of a setting must be a type or a callable, not {kind!r}")
@@ -49,6 +49,6 @@ def parse_option(raw: str, kind: Callable[[str], T]) -> T:
         return cast(T, number)
     try:
         return kind(raw)
-    except (ValueError, TypeError) as exc:
+    except Exception as exc:  # whatever the conversion raises (decimal.InvalidOperation...)
         name = getattr(kind, "__name__", repr(kind))
-        raise ValueError(f"{text!r} is not a valid {name}: {exc}") from None
+        raise ValueError(f"{text!r} is not a valid {name}: {type(exc).__name__}: {exc}") from None
