@@ -517,3 +517,17 @@ def test_both_forms_refuse_a_follow_up_of_an_undeclared_type(tmp_path: Path, typ
     assert len(done[declared]["spoolpipe"]["follow_ups"]) == 1
     assert len(done[anything]["spoolpipe"]["follow_ups"]) == 1, "no declaration: any type"
     assert {r["type"] for r in done.values()} >= {"t.noop", "t.child", "spoolpipe.failure"}
+
+
+def test_a_worker_whose_processor_declares_follow_ups_as_a_string_does_not_start(tmp_path: Path) -> None:
+    repo = make_repository(
+        tmp_path,
+        extra_processors='@processor("o.typo", follow_ups="t.noop")\ndef typo(activity, ctx): ...\n',
+    )
+    proc = start_worker(repo, "w1", "--until-idle")
+    assert proc.wait(60) == 3
+    stderr = (repo.parent / "worker-w1.stderr").read_text()
+    assert (
+        "follow_ups of e2e_procs.typo must be a tuple of activity types (or None: any), not 't.noop'"
+        in stderr
+    )

@@ -306,8 +306,8 @@ def build_parser() -> argparse.ArgumentParser:
         "status",
         cmd_status,
         help="counts per state and the live workers",
-        description="Show how many activities are in each state, which workers are alive "
-        "on which machine, and types nobody handles.",
+        description="Show how many activities are in each state (skipped: the done ones whose "
+        "processor raised Skip), which workers are alive on which machine, and types nobody handles.",
     )
     p.add_argument("--json", action="store_true", help="machine-readable output")
 
