@@ -436,10 +436,11 @@ OPTIONS: tuple[Option, ...] = (
         ExceptionNamesKind(),
         None,
         "The exceptions that are retried for activities of the given type; any other exception fails "
-        "the activity at once. A name matches an exception whose class, or one of its base classes, "
-        "is that class: module and qualified name (myproject.errors.Transient), or the bare name of a "
-        "built-in (OSError also matches FileNotFoundError). Wins over the processor's retry_on. "
-        f"Empty: every exception is retried (the default). {_TYPE_NOTE}",
+        "the activity at once. A name matches when the exception's class or one of its base classes "
+        "has that name: module and qualified name (myproject.errors.Transient) or, for a built-in, "
+        "its bare name (OSError also matches FileNotFoundError). Wins over the processor's retry_on. "
+        "Empty: not set (the processor's retry_on applies, or else every exception is retried). "
+        f"{_TYPE_NOTE}",
         example="retry.on.mail.send = OSError, smtplib.SMTPServerDisconnected",
     ),
     Option(
