@@ -321,8 +321,10 @@ def _populate(repo: Path) -> None:
     assert claim is not None
     store.stage(claim, "done", done_record(activity, ATTEMPT, None, []), [])
     assert store.commit(claim)
-    for i in range(3):
-        (repo / "done" / f"done-{i}.json").write_text("{}")
+    (repo / "done" / "done-0.json").write_text("{}")
+    # a skipped record, and one whose data only mentions the word
+    (repo / "done" / "done-1.json").write_text('{"result": null, "spoolpipe": {"status": "skipped"}}')
+    (repo / "done" / "done-2.json").write_text('{"data": {"s": "skipped"}, "spoolpipe": {"status": "done"}}')
     (repo / "failed" / "f.json").write_text("{}")
     (repo / "invalid" / "junk.json~01M80FE64HTEC8XYP509KA1G1P").mkdir()
     _heartbeat(repo, "alive", {"t.handled": 2, "t.never": 0}, age=1)
@@ -333,8 +335,8 @@ def test_status_counts_and_live_workers(repo: Path) -> None:
     _populate(repo)
     as_json, as_text = run_all(("status", str(repo), "--json"), ("status", str(repo)))
     report = json.loads(as_json.stdout)
-    assert report["counts"] == {"inbox": 3, "running": 2, "done": 3, "failed": 1, "invalid": 1}
-    assert list(report["counts"]) == ["inbox", "running", "done", "failed", "invalid"]
+    assert report["counts"] == {"inbox": 3, "running": 2, "done": 3, "skipped": 1, "failed": 1, "invalid": 1}
+    assert list(report["counts"]) == ["inbox", "running", "done", "skipped", "failed", "invalid"]
     assert isinstance(report["workers"], list)
     assert [w["worker"] for w in report["workers"]] == ["alive"]
     assert report["workers"][0]["host"] == "alive.local"
@@ -342,7 +344,7 @@ def test_status_counts_and_live_workers(repo: Path) -> None:
 
     assert as_text.returncode == 0, str(as_text)
     out = as_text.stdout
-    assert "inbox 3  running 2  done 3  failed 1  invalid 1" in out
+    assert "inbox 3  running 2  done 3  skipped 1  failed 1  invalid 1" in out
     assert "workers alive: 1" in out
     assert "alive on alive.local pid 4242" in out
     assert "dead" not in out

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from .activity import Activity, InvalidActivity
 from .durable import write_atomic
-from .processor import Context, Fatal, Processor, processor
+from .processor import Context, Fatal, Processor, Retry, Skip, processor
 
 __version__ = "0.1.0"
 
@@ -18,6 +18,8 @@ __all__ = [
     "Fatal",
     "InvalidActivity",
     "Processor",
+    "Retry",
+    "Skip",
     "__version__",
     "processor",
     "write_atomic",

@@ -24,7 +24,7 @@ from .activity import Activity, ClaimName, format_time, printable
 from .attempt_notes import earlier_attempts, write_note
 from .config import Settings
 from .execute import execute
-from .outcome import Done, Ending, Failed, Outcome, Retry, decide
+from .outcome import Done, Ending, Failed, Outcome, Retry, Skipped, decide
 from .record import (
     Attempt,
     attempt_entry,
@@ -32,6 +32,7 @@ from .record import (
     failed_record,
     failure_document,
     follow_up_document,
+    skipped_record,
 )
 from .repository import Busy, Duplicate, Repository, Settlement, SharedClock
 from .retry import RetryPolicy
@@ -85,10 +86,11 @@ def counted(number: int, noun: str, plural: str = "") -> str:
     return f"{number} {noun}" if number == 1 else f"{number} {plural or noun + 's'}"
 
 
-def policy(settings: Settings) -> RetryPolicy:
+def policy(settings: Settings, type_: str) -> RetryPolicy:
+    """The retry policy of activities of ``type_`` (``retry.*``, with their per-type keys)."""
     return RetryPolicy(
-        settings.retry_max_attempts,
-        settings.retry_backoff_seconds,
+        settings.max_attempts_for(type_),
+        settings.backoff_for(type_),
         settings.retry_backoff_max_seconds,
         settings.retry_jitter,
     )
@@ -115,6 +117,8 @@ class _Pending:
     started: float
     summary: str
     seconds: float | None
+    #: How the attempt ended once committed: the settlement's outcome, or a skip.
+    ending: Ending
     #: The failure that replaced an outcome which could not be written: nothing is left to fall back on.
     last_resort: bool = False
 
@@ -178,11 +182,13 @@ class Attempts:
         if taken is None:
             return False
         claim, started = taken, self.clock.now()
-        if activity.attempt > self.settings.retry_max_attempts:
+        limit = self.settings.max_attempts_for(activity.type)
+        if activity.attempt > limit:
+            per_type = activity.type in self.settings.max_attempts
+            key = f"retry.max-attempts.{activity.type}" if per_type else "retry.max-attempts"
             reason = (
-                f"gave up: attempt {activity.attempt} exceeds retry.max-attempts="
-                f"{self.settings.retry_max_attempts}; the previous attempt was interrupted "
-                "(its worker died or was killed)"
+                f"gave up: attempt {activity.attempt} exceeds {key}={limit}; the previous attempt "
+                "was interrupted (its worker died or was killed)"
             )
             self._outcome(claim, activity, started, Outcome("fatal", error=reason))
             return False
@@ -245,9 +251,11 @@ class Attempts:
     def _decide(
         self, claim: ClaimName, activity: Activity, started: float, outcome: Outcome, seconds: float | None
     ) -> None:
-        decision = decide(outcome, activity.attempt, policy(self.settings))
+        decision = decide(outcome, activity.attempt, policy(self.settings, activity.type))
         if isinstance(decision, Done):
             self._done(claim, activity, started, outcome, seconds)
+        elif isinstance(decision, Skipped):
+            self._skip(claim, activity, started, outcome.error, seconds)
         elif isinstance(decision, Failed):
             self._fail(claim, activity, started, outcome.error, outcome.traceback, seconds=seconds)
         elif isinstance(decision, Retry):
@@ -311,7 +319,16 @@ class Attempts:
             f"done {activity.id} ({activity.type}, attempt {activity.attempt}) in {now - started:.2f}s{extra}"
         )
         settlement = Settlement(claim, "done", record, follow_ups)
-        self._defer(_Pending(settlement, activity, started, summary, seconds))
+        self._defer(_Pending(settlement, activity, started, summary, seconds, "done"))
+
+    def _skip(
+        self, claim: ClaimName, activity: Activity, started: float, reason: str, seconds: float | None
+    ) -> None:
+        earlier = earlier_attempts(self.repo.logs, activity)
+        record = skipped_record(activity, self._attempt(started), reason, earlier)
+        summary = f"skipped {activity.id} ({activity.type}, attempt {activity.attempt}): {reason}"
+        settlement = Settlement(claim, "done", record, [])
+        self._defer(_Pending(settlement, activity, started, summary, seconds, "skipped"))
 
     def _fail(
         self,
@@ -338,7 +355,7 @@ class Attempts:
             f"{record['spoolpipe']['reason']}"
         )
         settlement = Settlement(claim, "failed", record, follow_ups)
-        self._defer(_Pending(settlement, activity, started, summary, seconds, last_resort))
+        self._defer(_Pending(settlement, activity, started, summary, seconds, "failed", last_resort))
 
     def _unrecordable(
         self,
@@ -386,10 +403,9 @@ class Attempts:
             for settled in self.repo.settle([p.settlement for p in pending]):
                 item = by_claim[settled.settlement.claim]
                 if settled.status == "committed":
-                    outcome = item.settlement.outcome
-                    level = logging.INFO if outcome == "done" else logging.ERROR
+                    level = logging.ERROR if item.ending == "failed" else logging.INFO
                     self.reports.append(
-                        Report(level, item.summary, outcome, item.activity.type, item.seconds)
+                        Report(level, item.summary, item.ending, item.activity.type, item.seconds)
                     )
                 elif settled.status == "lost":
                     self._report(

@@ -43,6 +43,7 @@ __all__ = [
     "BoolKind",
     "ChoiceKind",
     "ConfigError",
+    "ExceptionNamesKind",
     "FloatKind",
     "HostKind",
     "IntKind",
@@ -297,6 +298,22 @@ class StringKind(Kind):
         return raw
 
 
+@dataclass(frozen=True)
+class ExceptionNamesKind(Kind):
+    """Comma-separated exception class names: ``OSError``, ``myproject.errors.Transient``."""
+
+    @property
+    def expected(self) -> str:
+        return "comma-separated exception class names (module.QualifiedName, or a built-in's name)"
+
+    def parse(self, raw: str, base: Path) -> tuple[str, ...]:
+        names = _split_list(raw)
+        for name in names:
+            if not all(part.isidentifier() for part in name.split(".")):
+                raise _Invalid(f"{name!r} is not a Python class name")
+        return tuple(names)
+
+
 # Kinds of the metrics keys
 
 
@@ -485,6 +502,33 @@ OPTIONS: tuple[Option, ...] = (
         "factor between 0.75 and 1.25. 0 disables jitter.",
     ),
     Option(
+        "retry.max-attempts.<type>",
+        IntKind(1),
+        None,
+        f"Number of attempts for activities of the given type, overriding retry.max-attempts. {_TYPE_NOTE}",
+        example="retry.max-attempts.mail.send = 10",
+    ),
+    Option(
+        "retry.backoff-seconds.<type>",
+        FloatKind(0),
+        None,
+        "Delay, in seconds, before the second attempt of an activity of the given type, overriding "
+        f"retry.backoff-seconds (it doubles in the same way). {_TYPE_NOTE}",
+        example="retry.backoff-seconds.mail.send = 30",
+    ),
+    Option(
+        "retry.on.<type>",
+        ExceptionNamesKind(),
+        None,
+        "The exceptions that are retried for activities of the given type; any other exception fails "
+        "the activity at once. A name matches when the exception's class or one of its base classes "
+        "has that name: module and qualified name (myproject.errors.Transient) or, for a built-in, "
+        "its bare name (OSError also matches FileNotFoundError). Wins over the processor's retry_on. "
+        "Empty: not set (the processor's retry_on applies, or else every exception is retried). "
+        f"{_TYPE_NOTE}",
+        example="retry.on.mail.send = OSError, smtplib.SMTPServerDisconnected",
+    ),
+    Option(
         "claims.lock",
         ChoiceKind(("auto", "flock", "lease", "strict")),
         "auto",
@@ -609,20 +653,38 @@ OPTIONS: tuple[Option, ...] = (
         "or :: serves every network.",
     ),
     Option(
+        "processor.<type>.<key>",
+        StringKind(),
+        None,
+        "A setting for the processor of the given type: it reads it as ctx.options[key], or typed with "
+        "ctx.option(key, int, default). The key is the part after the last dot (letters, digits, _ "
+        "and -); the type is everything between processor. and that dot. Values are checked by the "
+        f"processor when it reads them (a bad one fails that activity). {_TYPE_NOTE}",
+        example="processor.image.resize.quality = 80",
+    ),
+    Option(
         "custom.<name>",
         StringKind(),
         None,
-        "Free-form settings for your processors: any key starting with custom. and "
-        "any value. They are not validated; processors find them in Settings.custom, "
-        "without the custom. prefix.",
+        "Free-form settings shared by all processors: any key starting with custom. and "
+        "any value. They are not validated; processors find them in ctx.properties (Settings.custom), "
+        "without the custom. prefix. For a setting of one processor, use processor.<type>.<key>.",
         example="custom.thumbnail.quality = 85",
     ),
 )
 
 _STATIC: dict[str, Option] = {opt.key: opt for opt in OPTIONS if not opt.is_pattern}
 _PATTERNS: dict[str, Option] = {opt.prefix: opt for opt in OPTIONS if opt.is_pattern}
-_PER_TYPE_PREFIXES = ("concurrency.", "timeout.")
+_PER_TYPE_PREFIXES = (
+    "concurrency.",
+    "timeout.",
+    "retry.max-attempts.",
+    "retry.backoff-seconds.",
+    "retry.on.",
+)
 _CUSTOM_PREFIX = "custom."
+_PROCESSOR_PREFIX = "processor."
+_OPTION_NAME_RE = re.compile(r"[A-Za-z0-9_-]+")
 
 _GROUP_TITLES = {
     "processors": "Processors",
@@ -641,6 +703,7 @@ _GROUP_TITLES = {
     "log": "Logging",
     "images": "Image processing",
     "metrics": "Metrics (Prometheus)",
+    "processor": "Per-processor settings",
     "custom": "Custom settings for processors",
 }
 
@@ -683,6 +746,9 @@ class _FrozenMap(Mapping[K, V]):
 
     def __reduce__(self) -> tuple[type[_FrozenMap[K, V]], tuple[dict[K, V]]]:
         return (type(self), (self._data,))
+
+
+_NO_OPTIONS: Mapping[str, str] = _FrozenMap()
 
 
 @dataclass(frozen=True)
@@ -731,6 +797,16 @@ class Settings:
     custom: Mapping[str, str]
     #: The configuration files that were actually read, in precedence order.
     sources: tuple[Path, ...]
+    #: Per-type ``retry.max-attempts.<type>``.
+    max_attempts: Mapping[str, int] = _FrozenMap()
+    #: Per-type ``retry.backoff-seconds.<type>``.
+    backoffs: Mapping[str, float] = _FrozenMap()
+    #: Per-type ``retry.on.<type>``: the exception names retried (an empty value is not kept).
+    retry_on: Mapping[str, tuple[str, ...]] = _FrozenMap()
+    #: ``processor.<type>.<key>``: type -> key -> raw value.
+    processor_options: Mapping[str, Mapping[str, str]] = _FrozenMap()
+    #: ``processor.<type>.<key>`` -> ``file:line`` of the line that set it (for error messages).
+    option_sources: Mapping[str, str] = _FrozenMap()
 
     def concurrency_for(self, type_: str) -> int:
         """Maximum concurrent activities of ``type_`` here (0: never take it)."""
@@ -739,6 +815,18 @@ class Settings:
     def timeout_for(self, type_: str) -> float:
         """Wall-clock limit in seconds for one activity of ``type_``."""
         return self.timeouts.get(type_, self.timeout_seconds)
+
+    def max_attempts_for(self, type_: str) -> int:
+        """Attempts an activity of ``type_`` gets before it fails."""
+        return self.max_attempts.get(type_, self.retry_max_attempts)
+
+    def backoff_for(self, type_: str) -> float:
+        """Delay before the second attempt of an activity of ``type_``."""
+        return self.backoffs.get(type_, self.retry_backoff_seconds)
+
+    def options_for(self, type_: str) -> Mapping[str, str]:
+        """The ``processor.<type_>.*`` settings, by key (empty when there are none)."""
+        return self.processor_options.get(type_, _NO_OPTIONS)
 
     @property
     def megapixel_cap(self) -> float:
@@ -866,9 +954,10 @@ def load(repo: Path, worker_id: str | None = None, *, cpu_count: int | None = No
     sources: list[Path] = []
     values: dict[str, Value] = dict(_DEFAULTS)
     where: dict[str, _Entry] = {}
-    concurrency: dict[str, int] = {}
-    timeouts: dict[str, float] = {}
     custom: dict[str, str] = {}
+    per_type: dict[str, dict[str, Value]] = {prefix: {} for prefix in _PER_TYPE_PREFIXES}
+    options: dict[str, dict[str, str]] = {}
+    option_sources: dict[str, str] = {}
 
     for path in config_files(repo, worker_id):
         entries = _read_entries(path, errors)
@@ -888,8 +977,11 @@ def load(repo: Path, worker_id: str | None = None, *, cpu_count: int | None = No
                     where[key] = entry
                 elif key.startswith(_CUSTOM_PREFIX):
                     custom[key[len(_CUSTOM_PREFIX) :]] = entry.value
+                elif key.startswith(_PROCESSOR_PREFIX):
+                    _processor_option(entry, options, option_sources, errors)
                 elif key.startswith(_PER_TYPE_PREFIXES):
-                    prefix, type_ = key.split(".", 1)
+                    prefix = _per_type_prefix(key)
+                    type_ = key[len(prefix) :]
                     if not _TYPE_RE.fullmatch(type_):
                         expected = f"an activity type name matching {TYPE_PATTERN}"
                         errors.append(
@@ -897,15 +989,11 @@ def load(repo: Path, worker_id: str | None = None, *, cpu_count: int | None = No
                             f"name; expected {expected}"
                         )
                         continue
-                    value = _PATTERNS[prefix + "."].kind.parse(entry.value, path.parent)
-                    if prefix == "concurrency":
-                        concurrency[type_] = cast(int, value)
-                    else:
-                        timeouts[type_] = cast(float, value)
+                    per_type[prefix][type_] = _PATTERNS[prefix].kind.parse(entry.value, path.parent)
                 else:
                     warnings.append(_unknown_key_warning(entry))
             except _Invalid as exc:
-                kind = (_STATIC.get(key) or _PATTERNS[key.split(".", 1)[0] + "."]).kind
+                kind = (_STATIC.get(key) or _PATTERNS[_per_type_prefix(key)]).kind
                 errors.append(f"{entry.where}: {key}: {exc}; expected {kind.expected}")
 
     _check_lease(values, where, errors)
@@ -918,9 +1006,9 @@ def load(repo: Path, worker_id: str | None = None, *, cpu_count: int | None = No
         processors_path=cast(tuple[Path, ...], values["processors.path"]),
         pool_size=max(1, pool_size),
         concurrency_default=cast(int, values["concurrency.default"]) or max(1, pool_size),
-        concurrency=_FrozenMap(concurrency),
+        concurrency=_FrozenMap(cast(dict[str, int], per_type["concurrency."])),
         timeout_seconds=cast(float, values["timeout.seconds"]),
-        timeouts=_FrozenMap(timeouts),
+        timeouts=_FrozenMap(cast(dict[str, float], per_type["timeout."])),
         retry_max_attempts=cast(int, values["retry.max-attempts"]),
         retry_backoff_seconds=cast(float, values["retry.backoff-seconds"]),
         retry_backoff_max_seconds=cast(float, values["retry.backoff-max-seconds"]),
@@ -944,8 +1032,38 @@ def load(repo: Path, worker_id: str | None = None, *, cpu_count: int | None = No
         metrics_host=cast(str, values["metrics.host"]),
         custom=_FrozenMap(custom),
         sources=tuple(sources),
+        max_attempts=_FrozenMap(cast(dict[str, int], per_type["retry.max-attempts."])),
+        backoffs=_FrozenMap(cast(dict[str, float], per_type["retry.backoff-seconds."])),
+        retry_on=_FrozenMap({t: cast(tuple[str, ...], n) for t, n in per_type["retry.on."].items() if n}),
+        processor_options=_FrozenMap({t: _FrozenMap(keys) for t, keys in options.items()}),
+        option_sources=_FrozenMap(option_sources),
     )
     return Loaded(settings=settings, warnings=tuple(warnings))
+
+
+def _per_type_prefix(key: str) -> str:
+    """The per-type family ``key`` belongs to (the longest prefix that matches)."""
+    return max((p for p in _PER_TYPE_PREFIXES if key.startswith(p)), key=len)
+
+
+def _processor_option(
+    entry: _Entry, options: dict[str, dict[str, str]], sources: dict[str, str], errors: list[str]
+) -> None:
+    """``processor.<type>.<key>``: the key is the part after the last dot, the type the part before it."""
+    type_, _, name = entry.key[len(_PROCESSOR_PREFIX) :].rpartition(".")
+    if not _OPTION_NAME_RE.fullmatch(name):
+        errors.append(
+            f"{entry.where}: {entry.key}: {name!r} is not a valid setting name; expected "
+            "processor.<type>.<key> with a key of letters, digits, _ and - after the last dot"
+        )
+    elif not _TYPE_RE.fullmatch(type_):
+        errors.append(
+            f"{entry.where}: {entry.key}: {type_!r} is not a valid activity type name; expected "
+            f"processor.<type>.<key> with a type matching {TYPE_PATTERN}"
+        )
+    else:
+        options.setdefault(type_, {})[name] = entry.value
+        sources[entry.key] = entry.where
 
 
 def _check_lease(values: dict[str, Value], where: dict[str, _Entry], errors: list[str]) -> None:
@@ -987,9 +1105,10 @@ _HEADER = f"""\
 #
 # Running daemons re-read these files when they change. When the new
 # configuration is invalid they log the errors (file:line) and keep using the
-# last valid one. Changes to processors, processors.path and custom.* take
-# effect by recycling the pool's processes as they become idle (as does a
-# change to a processor module's file); pool.size takes effect at restart.
+# last valid one. Changes to processors, processors.path, processor.* and
+# custom.* take effect by recycling the pool's processes as they become idle
+# (as does a change to a processor module's file); pool.size takes effect at
+# restart.
 #
 # Every key below is commented out and shows its default: uncomment a line,
 # or append "key = value" at the end, to change it.

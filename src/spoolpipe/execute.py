@@ -11,18 +11,20 @@ from __future__ import annotations
 import dataclasses
 import io
 import logging
+import numbers
 import sys
 import time
 import traceback
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeGuard
 
 from .activity import Activity
 from .config import Settings
 from .outcome import Outcome, Status
-from .processor import Context, Fatal, FollowUp, registered
+from .processor import Context, Fatal, FollowUp, Registration, Retry, Skip, registered
 from .record import follow_up_document
+from .retry import retried
 from .storable import NotStorable, bounded_text, check_text, encode, reason_line, storable
 
 #: Longest delay a follow-up may ask for: 100 years, so that its start time can always be written.
@@ -86,6 +88,15 @@ def _failed(status: Status, log: logging.Logger, attempt: int, message: str, tex
     return Outcome(status, error=reason_line(message), traceback=bounded_text(text))
 
 
+def _valid_delay(delay: object) -> TypeGuard[numbers.Real]:
+    """A number of seconds from 0 to 100 years (NaN is not one, nor is a bool)."""
+    return (
+        not isinstance(delay, bool)
+        and isinstance(delay, numbers.Real)
+        and 0 <= float(delay) <= MAX_FOLLOW_UP_DELAY
+    )
+
+
 def _checked(activity: Activity, settings: Settings, result: Any, follow_ups: Sequence[FollowUp]) -> Outcome:
     """The outcome as plain JSON values the daemon can always write; NotStorable says what cannot be."""
     checked_result, _ = storable(
@@ -98,25 +109,65 @@ def _checked(activity: Activity, settings: Settings, result: Any, follow_ups: Se
             raise NotStorable(f"{what}: the key must be a string, not {type(f.key).__name__} {f.key!r}")
         check_text(f.key, f"{what}: key")
         delay = f.delay
-        if delay is not None and (
-            isinstance(delay, bool)
-            or not isinstance(delay, (int, float))
-            or not 0 <= delay <= MAX_FOLLOW_UP_DELAY
-        ):
+        if delay is not None and not _valid_delay(delay):
             raise NotStorable(
                 f"{what}: delay {delay!r} is not a number of seconds from 0 to {MAX_FOLLOW_UP_DELAY:.0f}"
             )
+        seconds = None if delay is None else float(delay)
         limit = settings.limits_activity_bytes
         data, _ = storable(f.data, f"{what}: data", limit=limit, limit_key="limits.activity-bytes")
         # The daemon sets the real start time when it commits; written, it is just as long.
-        not_before = None if delay is None else time.time() + delay
+        not_before = None if seconds is None else time.time() + seconds
         size = len(encode(follow_up_document(activity, f.type, data, f.key, not_before)))
         if size > limit:
             raise NotStorable(
                 f"{what} is {size} bytes as an activity file, over limits.activity-bytes={limit}"
             )
-        checked.append({"type": f.type, "data": data, "key": f.key, "delay": delay})
+        checked.append({"type": f.type, "data": data, "key": f.key, "delay": seconds})
     return Outcome("ok", result=checked_result, follow_ups=tuple(checked))
+
+
+def _retry_requested(exc: Retry, log: logging.Logger, attempt: int, text: str) -> Outcome:
+    """``raise Retry(reason, delay=)``: retried after that delay; a delay that is no number of seconds
+    is the processor's bug, and fails the activity."""
+    reason = _message(exc) or "the processor asked for a retry"
+    try:
+        delay: object = exc.delay
+    except Exception:  # a subclass whose delay property raises
+        delay = "<unreadable>"
+    if delay is None:
+        seconds = None
+    elif _valid_delay(delay):
+        seconds = float(delay)
+    else:
+        message = f"Retry delay {delay!r} is not a number of seconds from 0 to {MAX_FOLLOW_UP_DELAY:.0f}"
+        return _failed("fatal", log, attempt, f"{message} (reason: {reason})", text)
+    when = "" if seconds is None else f" in {seconds:g}s"
+    log.warning("attempt %d asks to be retried%s: %s", attempt, when, reason)
+    return Outcome(
+        "error",
+        error=reason_line(reason),
+        traceback=bounded_text(text),
+        delay=seconds,
+    )
+
+
+def _skipped(exc: Skip, log: logging.Logger, attempt: int, follow_ups: Sequence[FollowUp]) -> Outcome:
+    reason = _message(exc) or "the processor had nothing to do"
+    dropped = f" ({len(follow_ups)} follow-up(s) it asked for are discarded)" if follow_ups else ""
+    log.info("attempt %d skipped%s: %s", attempt, dropped, reason)
+    return Outcome("skipped", error=reason_line(reason))
+
+
+def _not_retried(exc: Exception, registration: Registration, settings: Settings) -> str:
+    """Why an exception is fatal under ``retry.on.<type>`` / ``retry_on``; "" if it is retried."""
+    names = settings.retry_on.get(registration.type)
+    if retried(exc, names, registration.retry_on):
+        return ""
+    if names is not None:
+        return f"not retried: retry.on.{registration.type} = {', '.join(names)}"
+    listed = ", ".join(c.__name__ for c in registration.retry_on or ())
+    return f"not retried: the processor's retry_on is ({listed})"
 
 
 def execute(
@@ -139,6 +190,7 @@ def execute(
         repository=repository,
         settings=settings,
         follow_up_types=registration.follow_up_types,
+        activity_type=activity.type,
     )
     attempt = activity.attempt
     try:
@@ -146,10 +198,17 @@ def execute(
             result = registration.run(activity, ctx)
         except Fatal as exc:
             return _failed("fatal", log, attempt, _message(exc), traceback.format_exc())
+        except Retry as exc:
+            return _retry_requested(exc, log, attempt, traceback.format_exc())
+        except Skip as exc:
+            return _skipped(exc, log, attempt, ctx.follow_ups)
         except Exception as exc:
-            outcome = _failed(
-                "error", log, attempt, f"{type(exc).__name__}: {_message(exc)}", traceback.format_exc()
-            )
+            message = f"{type(exc).__name__}: {_message(exc)}"
+            why_fatal = _not_retried(exc, registration, settings)
+            if why_fatal:
+                outcome = _failed("fatal", log, attempt, f"{message} ({why_fatal})", traceback.format_exc())
+            else:
+                outcome = _failed("error", log, attempt, message, traceback.format_exc())
             return dataclasses.replace(outcome, recycle=bool(getattr(exc, "recycle_process", False)))
         try:
             return _checked(activity, settings, result, ctx.follow_ups)

@@ -2,7 +2,9 @@
 
 A processor's attempt ends as an :class:`Outcome`; :func:`decide` turns it,
 with the attempt number and the retry policy, into what happens next: the
-activity is done, failed for good, or retried after a delay.
+activity is done, skipped (done, with nothing done), failed for good, or
+retried after a delay (the processor's own, from ``Retry(delay=)``, or the
+policy's).
 """
 
 from __future__ import annotations
@@ -13,8 +15,9 @@ from typing import Any, Literal, get_args
 from .activity import OutcomeKind
 from .retry import RetryPolicy
 
-#: ``ok``: the processor returned; ``error``: it raised (retried per policy); ``fatal``: never retried.
-Status = Literal["ok", "error", "fatal"]
+#: ``ok``: the processor returned; ``skipped``: it raised ``Skip``; ``error``: it raised something
+#: retried (``Retry`` included) or its attempt was interrupted; ``fatal``: never retried.
+Status = Literal["ok", "skipped", "error", "fatal"]
 
 
 @dataclass(frozen=True)
@@ -22,8 +25,10 @@ class Outcome:
     """What an attempt did.
 
     ``result`` and the follow-ups' data are checked plain JSON values; ``error`` is one bounded
-    line and ``traceback`` bounded (the full texts are in the attempt log). ``recycle`` asks for
-    the pool process to be replaced afterwards (a step thread outlived its timeout, say).
+    line, the reason of a failure, retry or skip, and ``traceback`` bounded (the full texts are
+    in the attempt log). ``recycle`` asks for the pool process to be replaced afterwards (a step
+    thread outlived its timeout, say). ``delay`` is the processor's own retry delay in seconds
+    (``Retry(delay=)``); None: the policy's.
     """
 
     status: Status
@@ -32,10 +37,16 @@ class Outcome:
     error: str = ""
     traceback: str = ""
     recycle: bool = False
+    delay: float | None = None
 
 
 @dataclass(frozen=True)
 class Done:
+    pass
+
+
+@dataclass(frozen=True)
+class Skipped:
     pass
 
 
@@ -49,17 +60,21 @@ class Retry:
     delay: float
 
 
-Decision = Done | Failed | Retry
+Decision = Done | Skipped | Failed | Retry
 
-#: How an attempt ended, as the worker counts it (metrics): what it committed, or a retry.
-Ending = Literal[OutcomeKind, "retry"]
+#: How an attempt ended, as the worker counts it (metrics, attempt history): what it committed
+#: (a skip is committed to ``done/``), or a retry.
+Ending = Literal[OutcomeKind, "skipped", "retry"]
 ENDINGS: tuple[Ending, ...] = get_args(Ending)
 
 
 def decide(outcome: Outcome, attempt: int, policy: RetryPolicy) -> Decision:
-    """Done on success; failed if fatal or out of attempts; otherwise retried after the policy's delay."""
+    """Done on success, skipped on ``Skip``; failed if fatal or out of attempts (an explicit
+    ``Retry`` included); otherwise retried after the processor's delay, or else the policy's."""
     if outcome.status == "ok":
         return Done()
+    if outcome.status == "skipped":
+        return Skipped()
     if outcome.status == "fatal" or policy.gives_up_after(attempt):
         return Failed()
-    return Retry(policy.delay(attempt))
+    return Retry(policy.delay(attempt) if outcome.delay is None else outcome.delay)

@@ -3,32 +3,66 @@
 Two forms register into one registry: the ``@processor("type")`` decorator and a
 ``Processor`` subclass bound to one type (the drs.pypeline form). A processor
 returns a JSON-serialisable result (stored with the done activity), raises
-``Fatal`` to fail at once, or raises anything else to be retried per policy.
+``Fatal`` to fail at once, ``Retry`` to be tried again (after its own delay),
+``Skip`` when there is nothing to do, or anything else to be retried per policy
+(only the exceptions in ``retry_on`` / ``retry.on.<type>``, when one is set).
 
-Both forms follow one rule for follow-ups: without ``follow_ups`` a processor
-may create activities of any type; with ``follow_ups`` (even empty) only of
-the types listed, and asking for another type fails the activity (``Fatal``).
+Both forms follow one rule for follow-ups, checked by the same code: without
+``follow_ups`` a processor may create activities of any type; with
+``follow_ups`` (even empty) only of the types listed, and asking for another
+type fails the activity (``Fatal``). A declaration that is not a collection of
+valid type names (a bare string, say) is refused when the processor registers.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any, ClassVar
+from typing import Any, ClassVar, TypeVar
 
 from .activity import Activity, is_valid_name
 from .config import Settings
+from .options import parse_option
 
 ProcessFunction = Callable[[Activity, "Context"], Any]
 # Decoded megapixels an activity will hold, estimated before it is claimed (image work).
 MegapixelEstimate = Callable[[Activity, Settings], float]
+#: The exception classes a processor retries (``retry_on=``); None: every exception.
+RetryOn = tuple[type[Exception], ...]
+
+T = TypeVar("T")
 
 
 class Fatal(Exception):
     """Raise from a processor to fail the activity now, without further attempts."""
+
+
+class Retry(Exception):
+    """Raise from a processor to try the activity again, ``delay`` seconds from now.
+
+    ``delay=None`` waits the retry policy's backoff. It counts as an attempt: once
+    ``retry.max-attempts`` (or ``retry.max-attempts.<type>``) attempts have been made,
+    the activity fails with ``reason``. It is retried whatever ``retry_on`` says.
+    """
+
+    def __init__(self, reason: str = "", delay: float | None = None) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.delay = delay
+
+    def __reduce__(self) -> tuple[type[Retry], tuple[str, float | None]]:
+        return (type(self), (self.reason, self.delay))
+
+
+class Skip(Exception):
+    """Raise from a processor when there is nothing to do: the activity is done, ``skipped``.
+
+    Its record in ``done/`` has ``"status": "skipped"`` and the reason, no result,
+    and no follow-ups: those asked for before the raise are discarded.
+    """
 
 
 @dataclass(frozen=True)
@@ -52,11 +86,33 @@ class Context:
 
     @property
     def properties(self) -> Mapping[str, str]:
-        """The ``custom.*`` properties, without the prefix: free-form settings for processors."""
+        """The ``custom.*`` properties, without the prefix: free-form settings shared by all processors."""
         return self.settings.custom
 
     follow_up_types: frozenset[str] | None = None
     follow_ups: list[FollowUp] = field(default_factory=list)
+    #: The type of the activity being run: whose ``processor.<type>.*`` settings ``options`` holds.
+    activity_type: str = ""
+
+    @property
+    def options(self) -> Mapping[str, str]:
+        """This processor's ``processor.<type>.<key>`` settings, by key (read-only, raw strings)."""
+        return self.settings.options_for(self.activity_type)
+
+    def option(self, name: str, kind: Callable[[str], T], default: T) -> T:
+        """Setting ``name`` as ``kind`` (``str``, ``int``, ``float``, ``bool`` or a callable), or
+        ``default`` when it is not set. A value that does not parse fails the activity
+        (``Fatal``) with the key and the ``file:line`` that set it.
+        """
+        raw = self.options.get(name)
+        if raw is None:
+            return default
+        try:
+            return parse_option(raw, kind)
+        except ValueError as exc:
+            key = f"processor.{self.activity_type}.{name}"
+            where = self.settings.option_sources.get(key)
+            raise Fatal(f"{where + ': ' if where else ''}{key}: {exc}") from None
 
     def follow_up(
         self,
@@ -86,6 +142,34 @@ class Registration:
     timeout: float | None
     origin: str
     megapixels: MegapixelEstimate | None = None
+    retry_on: RetryOn | None = None
+
+
+def _follow_up_types(declared: object, origin: str) -> frozenset[str] | None:
+    """The one rule of both forms: None is any type, else a collection of valid type names."""
+    if declared is None:
+        return None
+    if isinstance(declared, str | bytes) or not isinstance(declared, Iterable):
+        raise ValueError(
+            f"follow_ups of {origin} must be a tuple of activity types (or None: any), not {declared!r}"
+        )
+    types = frozenset(declared)
+    bad = sorted(repr(t) for t in types if not is_valid_name(t))
+    if bad:
+        raise ValueError(f"follow_ups of {origin}: {', '.join(bad)} is not a valid activity type")
+    return types
+
+
+def _retry_on(declared: object, origin: str) -> RetryOn | None:
+    """``retry_on``: None (every exception is retried), one exception class or a tuple of them."""
+    if declared is None:
+        return None
+    classes = (declared,) if isinstance(declared, type) else declared
+    if not isinstance(classes, tuple | list) or not all(
+        isinstance(c, type) and issubclass(c, Exception) for c in classes
+    ):
+        raise ValueError(f"retry_on of {origin} must be a tuple of exception classes, not {declared!r}")
+    return tuple(classes)
 
 
 _registry: dict[str, Registration] = {}
@@ -109,10 +193,14 @@ def processor(
     follow_ups: tuple[str, ...] | None = None,
     timeout: float | None = None,
     megapixels: MegapixelEstimate | None = None,
+    retry_on: RetryOn | type[Exception] | None = None,
 ) -> Callable[[ProcessFunction], ProcessFunction]:
     """Register ``function(activity, ctx)`` as the processor of ``type``.
 
     ``follow_ups`` lists the only types it may create (None: any type).
+    ``retry_on`` lists the exception classes that are retried (None: every
+    exception); any other exception fails the activity at once.
+    ``retry.on.<type>`` in the properties wins over it.
 
     ``megapixels(activity, settings)`` estimates the decoded pixels an activity
     will hold; the worker then starts it only while the total held by its
@@ -121,8 +209,9 @@ def processor(
 
     def decorate(function: ProcessFunction) -> ProcessFunction:
         origin = f"{function.__module__}.{function.__qualname__}"
-        declared = None if follow_ups is None else frozenset(follow_ups)
-        _register(Registration(type, function, declared, timeout, origin, megapixels))
+        declared = _follow_up_types(follow_ups, origin)
+        retried = _retry_on(retry_on, origin)
+        _register(Registration(type, function, declared, timeout, origin, megapixels, retried))
         return function
 
     return decorate
@@ -131,13 +220,15 @@ def processor(
 class Processor:
     """Class form: set ``type`` on a subclass and implement ``process``.
 
-    ``follow_ups``, if set, lists the only types it may create (unset: any type,
-    as for the decorator).
+    ``follow_ups``, if set, lists the only types it may create (unset: any type),
+    and ``retry_on`` the exception classes that are retried (unset: every
+    exception), as for the decorator.
     """
 
     type: ClassVar[str]
     follow_ups: ClassVar[tuple[str, ...] | None] = None
     timeout: ClassVar[float | None] = None
+    retry_on: ClassVar[RetryOn | None] = None
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -148,8 +239,9 @@ class Processor:
         def run(activity: Activity, ctx: Context) -> Any:
             return cls().process(activity, ctx)
 
-        declared = None if cls.follow_ups is None else frozenset(cls.follow_ups)
-        _register(Registration(cls.type, run, declared, cls.timeout, origin))
+        declared = _follow_up_types(cls.follow_ups, origin)
+        retried = _retry_on(cls.retry_on, origin)
+        _register(Registration(cls.type, run, declared, cls.timeout, origin, retry_on=retried))
 
     def process(self, activity: Activity, ctx: Context) -> Any:
         raise NotImplementedError

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from .activity import Activity, derived_id, format_time
+from .outcome import Ending
 from .storable import bounded_text, encode, reason_line
 
 #: What a failure activity leaves out, in this order, when it would exceed limits.activity-bytes.
@@ -30,7 +31,7 @@ class Attempt:
 
 #: How an attempt ended, in ``spoolpipe.attempt_history``: ``unknown`` when nothing was recorded for it
 #: (its worker died, or its note under ``logs/activities/`` is gone).
-AttemptOutcome = Literal["done", "failed", "retry", "unknown"]
+AttemptOutcome = Literal[Ending, "unknown"]
 
 
 def attempt_entry(number: int, attempt: Attempt, outcome: AttemptOutcome, error: str = "") -> dict[str, Any]:
@@ -84,6 +85,18 @@ def done_record(
     section = _section(activity, attempt, "done", earlier)
     section["follow_ups"] = follow_up_ids
     doc["spoolpipe"] = section
+    return doc
+
+
+def skipped_record(
+    activity: Activity, attempt: Attempt, reason: str, earlier: Sequence[Mapping[str, Any]] = ()
+) -> dict[str, Any]:
+    """The ``done/`` record of an activity its processor had nothing to do for (``Skip``):
+    status ``skipped``, its reason, no result and no follow-ups."""
+    doc = done_record(activity, attempt, None, [], earlier)
+    doc["spoolpipe"]["status"] = "skipped"
+    doc["spoolpipe"]["reason"] = reason_line(reason)
+    doc["spoolpipe"]["attempt_history"][-1]["outcome"] = "skipped"
     return doc
 
 
