@@ -297,7 +297,10 @@ def test_inspect_links_parent_and_follow_ups(world: dict[str, Any]) -> None:
 def test_inspect_running_delayed_and_untrusted_parent(world: dict[str, Any]) -> None:
     running = world["stories"]["running"]
     assert running["state"] == "running"
-    assert running["attempts"] == [{"run": 0, "attempt": 1, "worker": "w1", "outcome": "running"}]
+    [attempt] = running["attempts"]
+    assert (attempt["attempt"], attempt["worker"], attempt["outcome"]) == (1, "w1", "running")
+    assert attempt["host"] == socket.gethostname()
+    assert attempt["started_at"] <= running["now"]
     assert world["stories"]["delayed"]["state"] == "delayed"
     assert world["stories"]["unhandled"]["state"] == "inbox"
     parent = world["orphan"]["parent"]  # a person's file said "parent": {"\x1b[2J": 1}
@@ -463,3 +466,21 @@ def test_status_where_the_clock_probe_cannot_be_written_uses_the_local_clock(tmp
     result = cli("status", str(repo), "--json")
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout)["inbox"]["ready"] == 1
+
+
+def test_inspect_lists_follow_ups_gone_or_not_ids_as_the_record_names_them(tmp_path: Path) -> None:
+    repo = make_repository(tmp_path)
+    record = {
+        "id": "p",
+        "type": "t.parent",
+        "data": {},
+        "result": None,
+        "spoolpipe": {"status": "done", "attempts": 1, "follow_ups": ["gone-child", "\x1b[2J", 7]},
+    }
+    (repo / "done" / "p.json").write_text(json.dumps(record))
+    story = as_json("inspect", str(repo), "p")
+    gone, hostile, number = story["follow_ups"]
+    assert gone == {"id": "gone-child", "state": None, "type": None, "valid": True}
+    assert (hostile["id"], hostile["valid"], number["id"]) == ("\\x1b[2J", False, "7")
+    [attempt] = story["attempts"]  # a record written before attempt histories: its last attempt
+    assert (attempt["attempt"], attempt["outcome"]) == (1, "done")
