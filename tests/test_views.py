@@ -130,6 +130,11 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
         again = start_worker(repo, "w2", "--until-idle", "--no-wait")
         assert again.wait(60) == 0
         seen["recovered"] = as_json("inspect", r, ids["running"])
+        assert cli("retry", r, ids["flaky"]).returncode == 0  # a second run, which fails again
+        (repo / "inbox" / f"{ids['delayed']}.json").unlink()  # so that --until-idle waits only for it
+        again = start_worker(repo, "w2", "--until-idle")
+        assert again.wait(60) == 0
+        seen["second_run"] = as_json("inspect", r, ids["flaky"])
     finally:
         kill_group(worker)
     return seen
@@ -276,6 +281,22 @@ def test_inspect_a_failed_activity_tells_every_attempt_its_logs_and_its_failure_
     assert "attempt 2 retry by w1 on " in text
     assert "RuntimeError: flaky attempt 2" in text
     assert f"log of attempt 3: logs/activities/{world['ids']['flaky']}~3.log" in text
+
+
+def test_inspect_after_spoolpipe_retry_tells_both_runs(world: dict[str, Any]) -> None:
+    story = world["second_run"]
+    assert story["state"] == "failed"
+    runs = [(a["run"], a["attempt"], a["outcome"], a["worker"]) for a in story["attempts"]]
+    assert runs == [
+        (0, 1, "retry", "w1"),
+        (0, 2, "retry", "w1"),
+        (0, 3, "failed", "w1"),
+        (1, 1, "retry", "w2"),
+        (1, 2, "retry", "w2"),
+        (1, 3, "failed", "w2"),
+    ]
+    reports = [f for f in story["follow_ups"] if f["type"] == "spoolpipe.failure"]
+    assert [r["state"] for r in reports] == ["done"]  # the second failure's report
 
 
 def test_inspect_links_parent_and_follow_ups(world: dict[str, Any]) -> None:

@@ -10,7 +10,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from .activity import Activity, derived_id, format_time
+from .activity import Activity, OutcomeKind, derived_id, format_time
 from .storable import bounded_text, encode, reason_line
 
 #: What a failure activity leaves out, in this order, when it would exceed limits.activity-bytes.
@@ -30,7 +30,7 @@ class Attempt:
 
 #: How an attempt ended, in ``spoolpipe.attempt_history``: ``unknown`` when nothing was recorded for it
 #: (its worker died, or its note under ``logs/activities/`` is gone).
-AttemptOutcome = Literal["done", "failed", "retry", "unknown"]
+AttemptOutcome = OutcomeKind | Literal["retry", "unknown"]
 
 
 def attempt_entry(number: int, attempt: Attempt, outcome: AttemptOutcome, error: str = "") -> dict[str, Any]:
@@ -49,7 +49,11 @@ def attempt_entry(number: int, attempt: Attempt, outcome: AttemptOutcome, error:
 
 
 def _section(
-    activity: Activity, attempt: Attempt, status: str, earlier: Sequence[Mapping[str, Any]], error: str = ""
+    activity: Activity,
+    attempt: Attempt,
+    status: OutcomeKind,
+    earlier: Sequence[Mapping[str, Any]],
+    error: str = "",
 ) -> dict[str, Any]:
     section: dict[str, Any] = {
         "status": status,
@@ -62,10 +66,9 @@ def _section(
     }
     if activity.history:
         section["history"] = [dict(h) for h in activity.history]
-    outcome: AttemptOutcome = "done" if status == "done" else "failed"
     section["attempt_history"] = [
         *(dict(e) for e in earlier),
-        attempt_entry(activity.attempt, attempt, outcome, error),
+        attempt_entry(activity.attempt, attempt, status, error),
     ]
     return section
 
