@@ -126,6 +126,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
         horizon = 3.0  # claims.lease-seconds, longer than 3 heartbeat intervals
         time.sleep(horizon + 0.5)
         seen["after_kill"] = as_json("status", r)
+        seen["after_kill_text"] = cli("status", r).stdout
         (repo / "effects" / "go").touch()  # another worker recovers the claim as attempt 2 and runs it
         again = start_worker(repo, "w2", "--until-idle", "--no-wait")
         assert again.wait(60) == 0
@@ -182,6 +183,9 @@ def test_status_after_kill_9_shows_the_claim_left_behind_as_stuck(world: dict[st
     assert stuck["timeout_seconds"] == 250
     assert stuck["running_seconds"] >= 3
     assert sorted(report["unhandled_types"]) == ["t.nobody", "t.noop"]  # nobody is alive
+    [line] = [line for line in world["after_kill_text"].splitlines() if "stuck:" in line]
+    assert f"stuck: {world['ids']['running']} (t.wait) attempt 1 on w1, running " in line
+    assert line.endswith("the next worker to scan recovers it")
 
 
 def test_inspect_after_kill_9_shows_the_interrupted_attempt_as_unknown(world: dict[str, Any]) -> None:
