@@ -377,9 +377,10 @@ def test_skip_is_done_with_status_skipped_and_discards_follow_ups(tmp_path: Path
     assert f"skipped {aid} (o.skip, attempt 1): nothing new since yesterday" in log
     status = _status(repo, "--json")
     assert status.returncode == 0, status.stderr
-    counts = json.loads(status.stdout)["counts"]
-    assert (counts["done"], counts["skipped"]) == (2, 1)
-    assert "skipped 1" in _status(repo).stdout
+    report = json.loads(status.stdout)
+    assert report["counts"]["done"] == 2
+    assert report["done_by_status"] == {"done": 1, "skipped": 1}
+    assert "done by status: done 1, skipped 1" in _status(repo).stdout
 
 
 def test_retry_on_from_the_properties_retries_only_the_exceptions_named(tmp_path: Path) -> None:

@@ -126,10 +126,16 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
         horizon = 3.0  # claims.lease-seconds, longer than 3 heartbeat intervals
         time.sleep(horizon + 0.5)
         seen["after_kill"] = as_json("status", r)
+        seen["after_kill_text"] = cli("status", r).stdout
         (repo / "effects" / "go").touch()  # another worker recovers the claim as attempt 2 and runs it
         again = start_worker(repo, "w2", "--until-idle", "--no-wait")
         assert again.wait(60) == 0
         seen["recovered"] = as_json("inspect", r, ids["running"])
+        assert cli("retry", r, ids["flaky"]).returncode == 0  # a second run, which fails again
+        (repo / "inbox" / f"{ids['delayed']}.json").unlink()  # so that --until-idle waits only for it
+        again = start_worker(repo, "w2", "--until-idle")
+        assert again.wait(60) == 0
+        seen["second_run"] = as_json("inspect", r, ids["flaky"])
     finally:
         kill_group(worker)
     return seen
@@ -177,6 +183,9 @@ def test_status_after_kill_9_shows_the_claim_left_behind_as_stuck(world: dict[st
     assert stuck["timeout_seconds"] == 250
     assert stuck["running_seconds"] >= 3
     assert sorted(report["unhandled_types"]) == ["t.nobody", "t.noop"]  # nobody is alive
+    [line] = [line for line in world["after_kill_text"].splitlines() if "stuck:" in line]
+    assert f"stuck: {world['ids']['running']} (t.wait) attempt 1 on w1, running " in line
+    assert line.endswith("the next worker to scan recovers it")
 
 
 def test_inspect_after_kill_9_shows_the_interrupted_attempt_as_unknown(world: dict[str, Any]) -> None:
@@ -278,6 +287,22 @@ def test_inspect_a_failed_activity_tells_every_attempt_its_logs_and_its_failure_
     assert f"log of attempt 3: logs/activities/{world['ids']['flaky']}~3.log" in text
 
 
+def test_inspect_after_spoolpipe_retry_tells_both_runs(world: dict[str, Any]) -> None:
+    story = world["second_run"]
+    assert story["state"] == "failed"
+    runs = [(a["run"], a["attempt"], a["outcome"], a["worker"]) for a in story["attempts"]]
+    assert runs == [
+        (0, 1, "retry", "w1"),
+        (0, 2, "retry", "w1"),
+        (0, 3, "failed", "w1"),
+        (1, 1, "retry", "w2"),
+        (1, 2, "retry", "w2"),
+        (1, 3, "failed", "w2"),
+    ]
+    reports = [f for f in story["follow_ups"] if f["type"] == "spoolpipe.failure"]
+    assert [r["state"] for r in reports] == ["done"]  # the second failure's report
+
+
 def test_inspect_links_parent_and_follow_ups(world: dict[str, Any]) -> None:
     parent = world["stories"]["parent"]
     assert parent["state"] == "done"
@@ -297,7 +322,10 @@ def test_inspect_links_parent_and_follow_ups(world: dict[str, Any]) -> None:
 def test_inspect_running_delayed_and_untrusted_parent(world: dict[str, Any]) -> None:
     running = world["stories"]["running"]
     assert running["state"] == "running"
-    assert running["attempts"] == [{"run": 0, "attempt": 1, "worker": "w1", "outcome": "running"}]
+    [attempt] = running["attempts"]
+    assert (attempt["attempt"], attempt["worker"], attempt["outcome"]) == (1, "w1", "running")
+    assert attempt["host"] == socket.gethostname()
+    assert attempt["started_at"] <= running["now"]
     assert world["stories"]["delayed"]["state"] == "delayed"
     assert world["stories"]["unhandled"]["state"] == "inbox"
     parent = world["orphan"]["parent"]  # a person's file said "parent": {"\x1b[2J": 1}
@@ -463,3 +491,21 @@ def test_status_where_the_clock_probe_cannot_be_written_uses_the_local_clock(tmp
     result = cli("status", str(repo), "--json")
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout)["inbox"]["ready"] == 1
+
+
+def test_inspect_lists_follow_ups_gone_or_not_ids_as_the_record_names_them(tmp_path: Path) -> None:
+    repo = make_repository(tmp_path)
+    record = {
+        "id": "p",
+        "type": "t.parent",
+        "data": {},
+        "result": None,
+        "spoolpipe": {"status": "done", "attempts": 1, "follow_ups": ["gone-child", "\x1b[2J", 7]},
+    }
+    (repo / "done" / "p.json").write_text(json.dumps(record))
+    story = as_json("inspect", str(repo), "p")
+    gone, hostile, number = story["follow_ups"]
+    assert gone == {"id": "gone-child", "state": None, "type": None, "valid": True}
+    assert (hostile["id"], hostile["valid"], number["id"]) == ("\\x1b[2J", False, "7")
+    [attempt] = story["attempts"]  # a record written before attempt histories: its last attempt
+    assert (attempt["attempt"], attempt["outcome"]) == (1, "done")

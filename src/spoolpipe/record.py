@@ -32,6 +32,8 @@ class Attempt:
 #: How an attempt ended, in ``spoolpipe.attempt_history``: ``unknown`` when nothing was recorded for it
 #: (its worker died, or its note under ``logs/activities/`` is gone).
 AttemptOutcome = Literal[Ending, "unknown"]
+#: ``spoolpipe.status`` of a record: in ``done/`` (done or skipped) or ``failed/``.
+RecordStatus = Literal["done", "skipped", "failed"]
 
 
 def attempt_entry(number: int, attempt: Attempt, outcome: AttemptOutcome, error: str = "") -> dict[str, Any]:
@@ -50,7 +52,11 @@ def attempt_entry(number: int, attempt: Attempt, outcome: AttemptOutcome, error:
 
 
 def _section(
-    activity: Activity, attempt: Attempt, status: str, earlier: Sequence[Mapping[str, Any]], error: str = ""
+    activity: Activity,
+    attempt: Attempt,
+    status: RecordStatus,
+    earlier: Sequence[Mapping[str, Any]],
+    error: str = "",
 ) -> dict[str, Any]:
     section: dict[str, Any] = {
         "status": status,
@@ -63,10 +69,9 @@ def _section(
     }
     if activity.history:
         section["history"] = [dict(h) for h in activity.history]
-    outcome: AttemptOutcome = "done" if status == "done" else "failed"
     section["attempt_history"] = [
         *(dict(e) for e in earlier),
-        attempt_entry(activity.attempt, attempt, outcome, error),
+        attempt_entry(activity.attempt, attempt, status, error),
     ]
     return section
 
@@ -93,10 +98,13 @@ def skipped_record(
 ) -> dict[str, Any]:
     """The ``done/`` record of an activity its processor had nothing to do for (``Skip``):
     status ``skipped``, its reason, no result and no follow-ups."""
-    doc = done_record(activity, attempt, None, [], earlier)
-    doc["spoolpipe"]["status"] = "skipped"
-    doc["spoolpipe"]["reason"] = reason_line(reason)
-    doc["spoolpipe"]["attempt_history"][-1]["outcome"] = "skipped"
+    doc = activity.to_json()
+    doc.pop("not_before", None)
+    doc["result"] = None
+    section = _section(activity, attempt, "skipped", earlier)
+    section["reason"] = reason_line(reason)
+    section["follow_ups"] = []
+    doc["spoolpipe"] = section
     return doc
 
 

@@ -705,35 +705,6 @@ class Repository:
         with os.scandir(directory) as entries:
             return sum(1 for e in entries if not is_ignored(e.name))
 
-    def count_skipped(self) -> int:
-        """Records in ``done/`` with ``"status": "skipped"``: one read per record that mentions it."""
-        skipped = 0
-        with os.scandir(self.done) as entries:
-            for entry in entries:
-                if is_ignored(entry.name) or not entry.name.endswith(".json"):
-                    continue
-                try:
-                    raw = _read_regular(entry.path)
-                    if raw is None or b'"skipped"' not in raw:
-                        continue
-                    section = json.loads(raw).get("spoolpipe")
-                except (OSError, ValueError, AttributeError):
-                    continue
-                skipped += isinstance(section, dict) and section.get("status") == "skipped"
-        return skipped
-
-
-def _read_regular(path: str) -> bytes | None:
-    """A regular file's bytes, without following a symlink or blocking on a FIFO; None otherwise."""
-    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
-    try:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            return None
-        with open(fd, "rb", closefd=False) as file:
-            return file.read()
-    finally:
-        os.close(fd)
-
 
 def _lstat(path: str | Path) -> os.stat_result | None:
     try:

@@ -12,6 +12,7 @@ import os
 from pathlib import Path
 from typing import Any, Literal, get_args
 
+from .. import config
 from ..activity import Activity, is_ignored, parse_inbox_name, parse_running_name, printable
 from ..repository import Rejected, Repository
 from .reading import age, integer, iso, read_bytes, read_document, shared_now, text
@@ -20,6 +21,7 @@ State = Literal["inbox", "running", "done", "failed", "invalid"]
 STATES: tuple[State, ...] = get_args(State)
 #: Longest ``reason.txt`` of an invalid entry read.
 _REASON_BYTES = 64 << 10
+#: Largest claim file read (for its type) when the configuration is not loaded.
 _LIMIT = 1 << 20
 
 
@@ -37,6 +39,8 @@ def entries(
         raise ValueError(f"unknown state {state!r}; expected one of {', '.join(STATES)}")
     now = shared_now(repo)
     directory = repo.root / state
+    # What a worker reads of an inbox file: a larger one is junk, and said to be.
+    activity_bytes = config.load(repo.root).settings.limits_activity_bytes if state == "inbox" else _LIMIT
     dated = []
     with contextlib.suppress(FileNotFoundError), os.scandir(directory) as listing:
         for item in listing:
@@ -55,7 +59,7 @@ def entries(
     for when, name in dated:
         if limit is not None and len(found) >= limit:
             break
-        entry = _ENTRY[state](repo, directory, name)
+        entry = _ENTRY[state](repo, directory, name, activity_bytes)
         if type_ is not None and entry["type"] != printable(type_):
             continue
         found.append(
@@ -76,8 +80,8 @@ def _listed(state: State, name: str) -> bool:
     return state == "invalid" or name.endswith(".json")
 
 
-def _inbox(repo: Repository, directory: Path, name: str) -> dict[str, Any]:
-    read = repo.read(name, limit=_LIMIT)
+def _inbox(repo: Repository, directory: Path, name: str, activity_bytes: int) -> dict[str, Any]:
+    read = repo.read(name, limit=activity_bytes)
     queued = parse_inbox_name(name)
     if isinstance(read, Activity):
         return {
@@ -97,11 +101,11 @@ def _inbox(repo: Repository, directory: Path, name: str) -> dict[str, Any]:
     }
 
 
-def _running(repo: Repository, directory: Path, name: str) -> dict[str, Any]:
+def _running(repo: Repository, directory: Path, name: str, activity_bytes: int) -> dict[str, Any]:
     parsed = parse_running_name(name)
     assert parsed is not None  # listed only if it parses
     claim = parsed.claim
-    doc = read_document(directory / name, _LIMIT) if parsed.kind is None else None
+    doc = read_document(directory / name, activity_bytes) if parsed.kind is None else None
     return {
         "id": claim.activity_id,
         "type": text(doc.get("type")) if doc is not None else None,
@@ -112,7 +116,7 @@ def _running(repo: Repository, directory: Path, name: str) -> dict[str, Any]:
     }
 
 
-def _record(repo: Repository, directory: Path, name: str) -> dict[str, Any]:
+def _record(repo: Repository, directory: Path, name: str, activity_bytes: int) -> dict[str, Any]:
     record = read_document(directory / name)
     record = record if record is not None else {}
     section = record.get("spoolpipe")
@@ -137,7 +141,7 @@ def invalid_reason(path: Path) -> str | None:
     return printable(lines[0]) if lines else ""
 
 
-def _invalid(repo: Repository, directory: Path, name: str) -> dict[str, Any]:
+def _invalid(repo: Repository, directory: Path, name: str, activity_bytes: int) -> dict[str, Any]:
     return {"id": None, "type": None, "attempts": None, "reason": invalid_reason(directory / name)}
 
 

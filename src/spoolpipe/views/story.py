@@ -10,10 +10,11 @@ and ``invalid/`` serves the activity, its parent and its follow-ups.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from ..activity import derived_id, is_valid_name, parse_inbox_name, parse_running_name, printable
+from ..activity import ClaimName, derived_id, is_valid_name, parse_inbox_name, parse_running_name, printable
 from ..attempt_notes import read_note
 from ..repository import Repository
 from .reading import iso, lstat, moment, names, read_document, shared_now, tail, text
@@ -26,6 +27,7 @@ LOG_TAIL_BYTES = 8 << 10
 #: Follow-ups looked up at most; attempt logs looked for at most.
 _FOLLOW_UPS_MAX = 1000
 _ATTEMPTS_MAX = 1000
+_HEARTBEAT_BYTES = 1 << 20
 
 
 @dataclass
@@ -149,8 +151,19 @@ def _attempts(
         note = read_note(repo.logs, activity_id, number, run)
         attempts.append(_attempt(note, run) or {"run": run, "attempt": number, "outcome": "unknown"})
     if parsed is not None:
-        attempts.append({"run": run, "attempt": current, "worker": parsed.claim.worker, "outcome": "running"})
+        attempts.append(_running(repo, parsed.claim, run))
     return attempts
+
+
+def _running(repo: Repository, claim: ClaimName, run: int) -> dict[str, Any]:
+    """The attempt running now, with its host and start if its worker's heartbeat says (untrusted)."""
+    attempt: dict[str, Any] = {"run": run, "attempt": claim.attempt, "worker": claim.worker}
+    heartbeat = read_document(repo.heartbeats / f"{claim.worker}.json", _HEARTBEAT_BYTES) or {}
+    listed = heartbeat.get("activities")
+    for entry in listed if isinstance(listed, list) else []:
+        if isinstance(entry, dict) and entry.get("id") == claim.activity_id:
+            attempt |= {"host": text(heartbeat.get("host")), "started_at": text(entry.get("started_at"))}
+    return attempt | {"outcome": "running"}
 
 
 def _logs(repo: Repository, activity_id: str, attempts: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -172,15 +185,20 @@ def _logs(repo: Repository, activity_id: str, attempts: list[dict[str, Any]]) ->
     return logs
 
 
-def _follow_up_ids(doc: dict[str, Any], state: Where) -> list[str]:
+def _follow_ups(index: _Index, doc: dict[str, Any], state: Where) -> list[dict[str, Any]]:
+    """The follow-ups a record lists (found or not) and, for a failure, its failure activity if found."""
     section = doc.get("spoolpipe")
     section = section if isinstance(section, dict) else {}
     listed = section.get("follow_ups")
-    ids = [f for f in listed if is_valid_name(f)][:_FOLLOW_UPS_MAX] if isinstance(listed, list) else []
+    ids = listed[:_FOLLOW_UPS_MAX] if isinstance(listed, list) else []
+    found = [link for link in map(functools.partial(_linked, index), ids) if link is not None]
     finished = section.get("finished_at")
     if state == "failed" and isinstance(finished, str) and isinstance(doc.get("id"), str):
-        ids.append(derived_id(doc["id"], "failure", finished))  # its failure activity, if one was made
-    return ids
+        # Its id is derived from the failed record; there is none when failures.handler is empty.
+        failure = _linked(index, derived_id(doc["id"], "failure", finished))
+        if failure is not None and failure["state"] is not None:
+            found.append(failure)
+    return found
 
 
 def _multiline(value: object) -> str | None:
@@ -202,7 +220,6 @@ def story(repo: Repository, activity_id: str) -> dict[str, Any] | None:
     section = doc.get("spoolpipe")
     section = section if isinstance(section, dict) else {}
     attempts = _attempts(repo, activity_id, doc, where) if state != "invalid" else []
-    follow_ups = [_linked(index, f) for f in _follow_up_ids(doc, state)]
     return {
         "id": activity_id,
         "state": state,
@@ -219,6 +236,6 @@ def story(repo: Repository, activity_id: str) -> dict[str, Any] | None:
         "started_at": text(section.get("started_at")),
         "finished_at": text(section.get("finished_at")),
         "parent": _linked(index, doc.get("parent")),
-        "follow_ups": [f for f in follow_ups if f is not None and f["state"] is not None],
+        "follow_ups": _follow_ups(index, doc, state),
         "now": iso(now),
     }
