@@ -335,8 +335,10 @@ def test_status_counts_and_live_workers(repo: Path) -> None:
     _populate(repo)
     as_json, as_text = run_all(("status", str(repo), "--json"), ("status", str(repo)))
     report = json.loads(as_json.stdout)
-    assert report["counts"] == {"inbox": 3, "running": 2, "done": 3, "skipped": 1, "failed": 1, "invalid": 1}
-    assert list(report["counts"]) == ["inbox", "running", "done", "skipped", "failed", "invalid"]
+    assert report["counts"] == {"inbox": 3, "running": 2, "done": 3, "failed": 1, "invalid": 1}
+    assert list(report["counts"]) == ["inbox", "running", "done", "failed", "invalid"]
+    # a record whose data only mentions the word is not skipped; one without a status is unknown
+    assert report["done_by_status"] == {"done": 1, "skipped": 1, "unknown": 1}
     assert isinstance(report["workers"], list)
     assert [w["worker"] for w in report["workers"]] == ["alive"]
     assert report["workers"][0]["host"] == "alive.local"
@@ -344,7 +346,8 @@ def test_status_counts_and_live_workers(repo: Path) -> None:
 
     assert as_text.returncode == 0, str(as_text)
     out = as_text.stdout
-    assert "inbox 3  running 2  done 3  skipped 1  failed 1  invalid 1" in out
+    assert "inbox 3  running 2  done 3  failed 1  invalid 1" in out
+    assert "done by status: done 1, skipped 1, unknown 1" in out
     assert "workers alive: 1" in out
     assert "alive on alive.local pid 4242" in out
     assert "dead" not in out
