@@ -43,6 +43,7 @@ from .pool import (
 from .processor import registered
 from .recovery import Recovery
 from .repository import Repository, SharedClock, dumps
+from .retention import ScheduledPurges
 
 log = logging.getLogger("spoolpipe.worker")
 #: Exit code of a worker stopped by an unexpected exception (a bug): EX_SOFTWARE of sysexits.h.
@@ -97,6 +98,7 @@ class Worker:
         self._megapixels: dict[int, float] = {}  # held by the batch of each busy slot
         self._pace: dict[str, float] = {}  # seconds per activity, by type (one entry per handled type)
         self._rescan = True
+        self._purges = ScheduledPurges(root, worker_id)
 
     # -- start-up ------------------------------------------------------------------------------
 
@@ -268,6 +270,8 @@ class Worker:
             self._heartbeat()
             self._maybe_reload()
             self._maybe_reload_code()
+            if not self._stopping:
+                self._purges.tick(self.settings, now)
         if not self._stopping:
             if now >= self._next_recovery:
                 self._next_recovery = now + self.settings.scan_interval_seconds
@@ -329,6 +333,7 @@ class Worker:
         return True
 
     def _shutdown(self) -> None:
+        self._purges.stop()
         for item in self._interrupted:  # never settled: a crash counts as an attempt
             self.repo.recover(self.recovery.claim_of(item))
         self.pool.close()
