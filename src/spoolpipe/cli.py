@@ -407,7 +407,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.epilog = (
         "Exit codes: 0 done (also when nothing had expired; with --scheduled, also when skipped); "
-        "1 another purge holds the lock (for 10s), or some entries could not be purged (listed "
+        "1 another purge held the lock for 5s, or some entries could not be purged (listed "
         "on stderr, left in place); 2 bad usage, not a repository or invalid configuration; "
         f"{EXIT_CRASH} crashed (a bug). See docs/operations.md, Cleaning up."
     )

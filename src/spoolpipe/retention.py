@@ -202,7 +202,10 @@ class Report:
         for state in STATES:
             count = len(self.removed[state])
             if count:
-                into = ", ".join(f"archive/{a}" for a in sorted(self.archives[state]))
+                names = sorted(self.archives[state])
+                into = ", ".join(f"archive/{a}" for a in names)
+                if len(names) > 3:
+                    into = f"{len(names)} archives, archive/{names[0]} to archive/{names[-1]}"
                 lines.append(f"{state}: {verb} {count}" + (f" into {into}" if into else ""))
         if self.completed:
             lines.append(f"deleted {self.completed} entries an interrupted purge had archived")
@@ -739,7 +742,7 @@ def run_command(
         return 0
     limits = {s: (older_than if older_than is not None else limits_of(settings)[s]) for s in states}
     try:
-        with retention_lock(repo, settings, wait=10.0) as lock:
+        with retention_lock(repo, settings, wait=5.0) as lock:
             report = purge(repo, limits, archive=settings.retention_archive, dry_run=dry_run, lock=lock)
     except Busy as exc:
         print(f"spoolpipe purge: {exc}", file=sys.stderr)
