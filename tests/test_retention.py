@@ -11,6 +11,7 @@ import os
 import random
 import shutil
 import signal
+import stat
 import subprocess
 import sys
 import tarfile
@@ -569,3 +570,19 @@ def test_a_moved_worker_log_is_reopened(tmp_path: Path) -> None:
     finally:
         worker.send_signal(signal.SIGTERM)
         worker.wait(60)
+
+
+def test_only_what_is_unchanged_since_it_was_archived_may_be_deleted() -> None:
+    directory, file = stat.S_IFDIR | 0o755, stat.S_IFREG | 0o644
+    archived = (("e", directory, 1, 4096, 10), ("e/reason.txt", file, 2, 9, 10), ("e/x", file, 3, 5, 10))
+    assert retention.still_archived(archived, archived)
+    assert retention.still_archived(
+        (("e", directory, 1, 4096, 99), ("e/x", file, 3, 5, 10)), archived
+    )  # half deleted
+    assert not retention.still_archived((("e", directory, 1, 4096, 99), ("e/new", file, 4, 1, 99)), archived)
+    assert not retention.still_archived(
+        (("e", directory, 1, 4096, 10), ("e/x", file, 3, 6, 11)), archived
+    )  # grew
+    assert not retention.still_archived(
+        (("e", directory, 7, 4096, 10),), archived
+    )  # another entry of that name

@@ -267,6 +267,22 @@ def stamp(dir_fd: int, name: str) -> Stamp:
     return tuple(_node(rel, st) for rel, _, _, st in _walk(dir_fd, name))
 
 
+def still_archived(current: Stamp, archived: Stamp) -> bool:
+    """Whether what is in place now is (part of) what was archived, so deleting it loses nothing.
+
+    Every node must be one archived, unchanged; only a directory may have lost
+    children (its size and times change then): a deletion killed half-way.
+    """
+    nodes = {node[0]: node for node in archived}
+    for rel, mode, inode, size, mtime in current:
+        then = nodes.get(rel)
+        if then is None or then[1:3] != (mode, inode):
+            return False
+        if not stat.S_ISDIR(mode) and then[3:] != (size, mtime):
+            return False
+    return True
+
+
 def _tarinfo(arcname: str, st: os.stat_result) -> tarfile.TarInfo:
     info = tarfile.TarInfo(arcname)
     info.mode = stat.S_IMODE(st.st_mode)
@@ -573,7 +589,7 @@ def _delete_archived(state_fd: int, held: Iterable[tuple[Entry, Stamp]], report:
     deleted = []
     for entry, archived in held:
         try:
-            if stamp(state_fd, entry.name) != archived:
+            if not still_archived(stamp(state_fd, entry.name), archived):
                 report.problems.append(f"{printable(entry.path)}: changed after it was archived: kept")
                 continue
             _remove(state_fd, entry.name)
