@@ -233,7 +233,7 @@ def _open_dir(name: str, dir_fd: int | None) -> int:
 def _walk(dir_fd: int, name: str) -> Iterator[tuple[str, int, str, os.stat_result]]:
     """Every node of the entry ``name`` in ``dir_fd`` (itself first), as (path, parent fd, name, lstat).
 
-    Iterative and by file descriptors, so depth and path length cannot stop it;
+    Iterative and by file descriptors, so no path is ever too long to reach;
     links are never followed. Deeper than ``MAX_DEPTH``: :class:`Skipped`.
     """
     st = os.lstat(name, dir_fd=dir_fd)
