@@ -586,3 +586,27 @@ def test_only_what_is_unchanged_since_it_was_archived_may_be_deleted() -> None:
     assert not retention.still_archived(
         (("e", directory, 7, 4096, 10),), archived
     )  # another entry of that name
+
+
+def test_a_dead_purges_lease_does_not_block_the_next_for_long(tmp_path: Path) -> None:
+    repo = make_repository(tmp_path, "claims.lock = lease\nretention.done = 1d\nretention.logs = 1d\n")
+    entries = big_backlog(repo, 1500, 10)
+    holder = subprocess.Popen(
+        [sys.executable, "-m", "spoolpipe", "purge", str(repo)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    marker = repo / "locks" / "~retention.lock"
+    wait_for(marker.exists, 60, "the purge to take its lease")
+    kill_group(holder)
+    assert_nothing_lost(repo, entries)
+    started = time.monotonic()
+    # The holder is dead: filelock sees its pid gone on this host; from another host its lease would
+    # expire after claims.lease-seconds (3 here). Either way the next purge gets the lock.
+    result = purge(repo)
+    assert result.returncode == 0, result.stderr
+    assert time.monotonic() - started < 60
+    done = [n for n in entries if not n.startswith("invalid/")]
+    assert not any((repo / n).exists() for n in done)
+    assert_each_in_exactly_one_place(repo, entries)
