@@ -524,7 +524,9 @@ def _archive_group(
             with open(tmp, "xb") as out:
                 if old is not None:
                     _copy(target, out, old.st_size - len(END_MEMBER))
-                with gzip.GzipFile(filename="", mode="wb", fileobj=out, mtime=int(now)) as packed:
+                with gzip.GzipFile(
+                    filename="", mode="wb", compresslevel=6, fileobj=out, mtime=int(now)
+                ) as packed:
                     for entry in group:
                         with tempfile.SpooledTemporaryFile(8 << 20, "w+b", dir=str(repo.tmp)) as chunk:
                             try:
