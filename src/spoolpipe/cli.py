@@ -15,7 +15,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from . import __version__, check, config, control, service, views
+from . import __version__, check, config, control, retention, service, views
 from .activity import Activity, InvalidActivity, is_valid_name, new_id, parse_document, printable
 from .repository import NotARepository, Repository, filesystem_now
 from .views import text
@@ -162,21 +162,64 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 class _WorkerLogHandler(logging.handlers.WatchedFileHandler):
-    """Reopens the log when it is moved (rotation) or its file system is remounted; never stops the worker."""
+    """Reopens the log when it is moved (rotation) or its file system is remounted; never stops the worker.
+
+    With ``max_bytes`` (``log.max-bytes``) it also rotates the log by size: ``ID.log``
+    becomes ``ID.log.1`` (``.1`` becomes ``.2``...), keeping ``backups`` of them. Other
+    processes appending to the log (a scheduled purge) give ``max_bytes=0``: they
+    reopen it once it has been rotated, and only the daemon rotates it.
+    """
+
+    def __init__(self, path: Path, max_bytes: int = 0, backups: int = 1) -> None:
+        super().__init__(path, encoding="utf-8")
+        self.max_bytes, self.backups = max_bytes, backups
 
     def reopenIfNeeded(self) -> None:
         # While the file system is away, emit() reports each failed write on stderr.
         with contextlib.suppress(OSError):
             super().reopenIfNeeded()
 
+    def emit(self, record: logging.LogRecord) -> None:
+        self.reopenIfNeeded()
+        if self.max_bytes and self.stream is not None:
+            with contextlib.suppress(OSError):
+                size = os.fstat(self.stream.fileno()).st_size
+                if size and size + len(self.format(record).encode()) + 1 > self.max_bytes:
+                    self._rotate()
+        logging.FileHandler.emit(self, record)
 
-def _configure_logging(repo: Repository, worker_id: str, level: str | None) -> None:
+    def _rotate(self) -> None:
+        stream, self.stream = self.stream, None  # reopened by FileHandler.emit if a rename fails
+        if stream is not None:
+            stream.close()
+        base = self.baseFilename
+        for n in range(self.backups - 1, 0, -1):
+            with contextlib.suppress(FileNotFoundError):
+                os.replace(f"{base}.{n}", f"{base}.{n + 1}")
+        os.replace(base, f"{base}.1")
+        self.stream = self._open()
+        self._statstream()
+
+
+def _log_rotation(repo: Repository, worker_id: str) -> tuple[int, int]:
+    """``log.max-bytes`` and ``log.backups``; no rotation with an invalid configuration (the worker
+    then logs why it cannot start, and exits)."""
+    try:
+        settings = config.load(repo.root, worker_id).settings
+    except config.ConfigError:
+        return 0, 1
+    return settings.log_max_bytes, settings.log_backups
+
+
+def _configure_logging(
+    repo: Repository, worker_id: str, level: str | None, max_bytes: int = 0, backups: int = 1
+) -> None:
     fmt = logging.Formatter(f"%(asctime)s %(levelname)s [{worker_id}] %(message)s")
     root = logging.getLogger("spoolpipe")
     root.handlers.clear()
     for handler in (
         logging.StreamHandler(sys.stderr),
-        _WorkerLogHandler(repo.logs / "workers" / f"{worker_id}.log", encoding="utf-8"),
+        _WorkerLogHandler(repo.logs / "workers" / f"{worker_id}.log", max_bytes, backups),
     ):
         handler.setFormatter(fmt)
         root.addHandler(handler)
@@ -200,7 +243,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
         if args.until_idle:
             raise _UsageError("--check starts no worker: it takes no --until-idle")
         return check.check_worker(repo.root, worker_id, sys.stdout, sys.stderr)
-    _configure_logging(repo, worker_id, args.log_level)
+    _configure_logging(repo, worker_id, args.log_level, *_log_rotation(repo, worker_id))
     try:
         worker = Worker(
             repo.root, worker_id, until_idle=args.until_idle, no_wait=args.no_wait, log_level=args.log_level
@@ -255,6 +298,35 @@ def _add_targets(parser: argparse.ArgumentParser, wait_help: str) -> None:
     parser.add_argument("workers", metavar="WORKER", nargs="*", help="worker ids (see spoolpipe status)")
     parser.add_argument("--all", action="store_true", help="every worker alive now (recent heartbeat)")
     parser.add_argument("--wait", action="store_true", help=wait_help)
+
+
+def cmd_purge(args: argparse.Namespace) -> int:
+    repo = _repository(args.repo)
+    if args.worker_id is not None and not is_valid_name(args.worker_id):
+        raise _UsageError(f"--worker-id {args.worker_id!r} must match [A-Za-z0-9][A-Za-z0-9._-]{{0,127}}")
+    if args.scheduled and (args.worker_id is None or args.state or args.older_than or args.dry_run):
+        raise _UsageError("--scheduled takes --worker-id and nothing else")
+    older_than = None
+    if args.older_than is not None:
+        try:
+            older_than = config.parse_duration(args.older_than)
+        except ValueError as exc:
+            raise _UsageError(f"--older-than: {exc}; expected 30s, 15m, 2h, 1d or seconds") from None
+    settings = config.load(repo.root, args.worker_id).settings
+    if args.scheduled:
+        _configure_logging(repo, args.worker_id, settings.log_level)
+    try:
+        return retention.run_command(
+            repo,
+            settings,
+            states=args.state or retention.STATES,
+            older_than=older_than,
+            dry_run=args.dry_run,
+            scheduled_run=args.scheduled,
+        )
+    except Exception:
+        logging.getLogger("spoolpipe").critical("purge crashed (a bug in spoolpipe):", exc_info=True)
+        return EXIT_CRASH
 
 
 def _command(
@@ -508,6 +580,47 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     p.add_argument(
         "--port", type=_port, default=8765, help="port to listen on (default 8765; 0 picks a free one)"
+    )
+
+    p = _command(
+        sub,
+        "purge",
+        cmd_purge,
+        help="archive or delete what is past its retention.* limit",
+        description="Move done/ and failed/ records, invalid/ entries and attempt logs older than "
+        "their retention.* limit (or --older-than) into archive/STATE-YYYY-MM-DD.tar.gz "
+        "(retention.archive = true) or delete them (false). Entries of activities that are queued "
+        "or running are kept. Workers do this by themselves every retention.interval; one purge "
+        "runs at a time (locks/~retention.lock).",
+    )
+    p.epilog = (
+        "Exit codes: 0 done (also when nothing had expired; with --scheduled, also when skipped); "
+        "1 another purge held the lock for 5s, or some entries could not be purged (listed "
+        "on stderr, left in place); 2 bad usage, not a repository or invalid configuration; "
+        f"{EXIT_CRASH} crashed (a bug). See docs/operations.md, Cleaning up."
+    )
+    p.add_argument(
+        "--state",
+        action="append",
+        choices=retention.STATES,
+        help="only this state (repeatable; default: all four)",
+    )
+    p.add_argument(
+        "--older-than",
+        metavar="DURATION",
+        help="instead of the retention.* limits: everything older than DURATION (30s, 15m, 2h, 1d)",
+    )
+    p.add_argument("--dry-run", action="store_true", help="list what would go; change nothing")
+    p.add_argument(
+        "--worker-id",
+        metavar="ID",
+        help="use worker ID's settings (REPO/workers/ID.properties too); default: the shared file only",
+    )
+    p.add_argument(
+        "--scheduled",
+        action="store_true",
+        help="what a worker runs every retention.interval (with --worker-id): skip if another purge "
+        "runs or one started within half an interval; log to REPO/logs/workers/ID.log",
     )
     for name, codes in _EXIT_CODES.items():
         sub.choices[name].epilog = f"Exit codes: {codes}; {EXIT_CRASH} crashed on an unexpected error."

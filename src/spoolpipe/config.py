@@ -43,10 +43,12 @@ __all__ = [
     "BoolKind",
     "ChoiceKind",
     "ConfigError",
+    "DurationKind",
     "ExceptionNamesKind",
     "FloatKind",
     "HostKind",
     "IntKind",
+    "KeepKind",
     "Kind",
     "Loaded",
     "ModuleListKind",
@@ -60,6 +62,7 @@ __all__ = [
     "config_files",
     "describe_keys",
     "load",
+    "parse_duration",
     "render_defaults",
 ]
 
@@ -126,18 +129,6 @@ class Kind:
         resolving relative paths.
         """
         raise NotImplementedError
-
-
-_DURATION = re.compile(r"\A\s*([0-9]+(?:\.[0-9]+)?)\s*([smhd]?)\s*\Z")
-_DURATION_UNITS = {"": 1.0, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
-
-
-def parse_duration(text: str) -> float:
-    """Seconds from ``30s``, ``15m``, ``2h``, ``1d`` or a plain number of seconds; ValueError otherwise."""
-    m = _DURATION.match(text)
-    if m is None:
-        raise ValueError(f"{text!r} is not a duration (a number of seconds, or N followed by s, m, h or d)")
-    return float(m.group(1)) * _DURATION_UNITS[m.group(2)]
 
 
 @dataclass(frozen=True)
@@ -383,6 +374,58 @@ class HostKind(Kind):
         return text
 
 
+_DURATION_RE = re.compile(r"([0-9]+(?:\.[0-9]*)?|\.[0-9]+)\s*([smhd]?)")
+_DURATION_UNITS = {"": 1.0, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+_DURATION_EXPECTED = "a duration (30s, 15m, 2h, 1d; a plain number is seconds)"
+
+
+def parse_duration(text: str) -> float:
+    """Seconds in ``text``: a plain number of seconds, or a number followed by s, m, h or d.
+
+    Raises ``ValueError`` for anything else (negative numbers included).
+    """
+    m = _DURATION_RE.fullmatch(text.strip())
+    if m is None:
+        raise ValueError(f"{text.strip()!r} is not a duration")
+    return float(m.group(1)) * _DURATION_UNITS[m.group(2)]
+
+
+@dataclass(frozen=True)
+class DurationKind(Kind):
+    """A duration as :func:`parse_duration` reads it, in seconds."""
+
+    minimum: float = 0.0
+    #: True when ``minimum`` itself is not allowed (``> minimum``).
+    exclusive: bool = False
+
+    @property
+    def expected(self) -> str:
+        return f"{_DURATION_EXPECTED} {'>' if self.exclusive else '>='} {self.minimum:g}s"
+
+    def parse(self, raw: str, base: Path) -> float:
+        try:
+            seconds = parse_duration(raw)
+        except ValueError as exc:
+            raise _Invalid(str(exc)) from None
+        if seconds < self.minimum or (self.exclusive and seconds == self.minimum):
+            raise _Invalid(f"{raw.strip()!r} is out of range")
+        return seconds
+
+
+@dataclass(frozen=True)
+class KeepKind(Kind):
+    """How long to keep something: a duration above 0, or ``forever`` (``math.inf`` seconds)."""
+
+    @property
+    def expected(self) -> str:
+        return f"{_DURATION_EXPECTED} > 0s, or forever"
+
+    def parse(self, raw: str, base: Path) -> float:
+        if raw.strip().lower() == "forever":
+            return float("inf")
+        return DurationKind(0.0, exclusive=True).parse(raw, base)
+
+
 # --------------------------------------------------------------------------
 # The schema
 # --------------------------------------------------------------------------
@@ -614,6 +657,21 @@ OPTIONS: tuple[Option, ...] = (
         "Logging level.",
     ),
     Option(
+        "log.max-bytes",
+        IntKind(0),
+        "10485760",
+        "Size in bytes at which the worker log, REPO/logs/workers/ID.log, is rotated: it becomes "
+        "ID.log.1 (ID.log.1 becomes ID.log.2, and so on) and a new ID.log is started. 0 never "
+        "rotates. Takes effect at restart.",
+    ),
+    Option(
+        "log.backups",
+        IntKind(1),
+        "5",
+        "How many rotated worker logs (ID.log.1 to ID.log.N) are kept; the oldest is deleted. "
+        "Takes effect at restart.",
+    ),
+    Option(
         "images.roots",
         PathListKind(),
         "",
@@ -663,6 +721,48 @@ OPTIONS: tuple[Option, ...] = (
         example="processor.image.resize.quality = 80",
     ),
     Option(
+        "retention.done",
+        KeepKind(),
+        "forever",
+        "How long records in done/ are kept, judged by each record's modification time on the "
+        "shared file system's clock; older ones are archived or deleted (retention.archive). "
+        "forever keeps them. A purged id may be used again: a duplicate of it then runs.",
+    ),
+    Option(
+        "retention.failed",
+        KeepKind(),
+        "forever",
+        "How long records in failed/ are kept (as retention.done); forever keeps them.",
+    ),
+    Option(
+        "retention.invalid",
+        KeepKind(),
+        "forever",
+        "How long entries in invalid/ are kept (as retention.done); forever keeps them.",
+    ),
+    Option(
+        "retention.logs",
+        KeepKind(),
+        "forever",
+        "How long attempt logs in logs/activities/ are kept (as retention.done); forever keeps "
+        "them. The logs of an activity that is queued or running are always kept.",
+    ),
+    Option(
+        "retention.archive",
+        BoolKind(),
+        "true",
+        "true: expired entries are moved into compressed archives, "
+        "archive/STATE-YYYY-MM-DD.tar.gz (one per state and UTC day of the entry's "
+        "modification time); false: they are deleted.",
+    ),
+    Option(
+        "retention.interval",
+        DurationKind(0.0, exclusive=True),
+        "1h",
+        "How often expired entries are looked for. One worker at a time does it "
+        "(locks/~retention.lock), in a process of its own (spoolpipe purge --scheduled).",
+    ),
+    Option(
         "custom.<name>",
         StringKind(),
         None,
@@ -704,6 +804,7 @@ _GROUP_TITLES = {
     "images": "Image processing",
     "metrics": "Metrics (Prometheus)",
     "processor": "Per-processor settings",
+    "retention": "Cleaning up",
     "custom": "Custom settings for processors",
 }
 
@@ -784,6 +885,9 @@ class Settings:
     failures_handler: str
     durability_fsync: bool
     log_level: str
+    #: 0: never rotate the worker log.
+    log_max_bytes: int
+    log_backups: int
     #: Absolute directories.
     images_roots: tuple[Path, ...]
     #: 0 means automatic.
@@ -793,6 +897,13 @@ class Settings:
     #: 0: no metrics served.
     metrics_port: int
     metrics_host: str
+    #: Seconds to keep entries of each state; ``math.inf`` for forever.
+    retention_done: float
+    retention_failed: float
+    retention_invalid: float
+    retention_logs: float
+    retention_archive: bool
+    retention_interval: float
     #: ``custom.*`` keys, without the ``custom.`` prefix.
     custom: Mapping[str, str]
     #: The configuration files that were actually read, in precedence order.
@@ -1025,11 +1136,19 @@ def load(repo: Path, worker_id: str | None = None, *, cpu_count: int | None = No
         failures_handler=cast(str, values["failures.handler"]),
         durability_fsync=cast(bool, values["durability.fsync"]),
         log_level=cast(str, values["log.level"]),
+        log_max_bytes=cast(int, values["log.max-bytes"]),
+        log_backups=cast(int, values["log.backups"]),
         images_roots=cast(tuple[Path, ...], values["images.roots"]),
         images_max_megapixels=cast(float, values["images.max-megapixels"]),
         metrics_file=cast(Path | None, values["metrics.file"]),
         metrics_port=cast(int, values["metrics.port"]),
         metrics_host=cast(str, values["metrics.host"]),
+        retention_done=cast(float, values["retention.done"]),
+        retention_failed=cast(float, values["retention.failed"]),
+        retention_invalid=cast(float, values["retention.invalid"]),
+        retention_logs=cast(float, values["retention.logs"]),
+        retention_archive=cast(bool, values["retention.archive"]),
+        retention_interval=cast(float, values["retention.interval"]),
         custom=_FrozenMap(custom),
         sources=tuple(sources),
         max_attempts=_FrozenMap(cast(dict[str, int], per_type["retry.max-attempts."])),

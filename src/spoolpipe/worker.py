@@ -43,6 +43,7 @@ from .pool import (
 from .processor import registered
 from .recovery import Recovery
 from .repository import Repository, SharedClock, dumps
+from .retention import ScheduledPurges
 
 if TYPE_CHECKING:
     from .metrics import Metrics
@@ -110,6 +111,7 @@ class Worker:
         self._pace: dict[str, float] = {}  # seconds per activity, by type (one entry per handled type)
         self._rescan = True
         self.metrics: Metrics | None = None  # only with metrics.file or metrics.port
+        self._purges = ScheduledPurges(root, worker_id)
 
     # -- start-up ------------------------------------------------------------------------------
 
@@ -301,6 +303,8 @@ class Worker:
                 self._obey(request)
             self._maybe_reload()
             self._maybe_reload_code()
+            if not self._stopping:
+                self._purges.tick(self.settings, now)
         if not self._stopping:
             if now >= self._next_recovery:
                 self._next_recovery = now + self.settings.scan_interval_seconds
@@ -365,6 +369,7 @@ class Worker:
         return True
 
     def _shutdown(self) -> None:
+        self._purges.stop()
         for item in self._interrupted:  # never settled: a crash counts as an attempt
             self.repo.recover(self.recovery.claim_of(item))
         self.pool.close()
