@@ -15,7 +15,16 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from harness import effects, kill_group, leftovers, make_repository, start_worker, wait_for
+from harness import (
+    effects,
+    kill_group,
+    leftovers,
+    make_repository,
+    run_until_idle,
+    start_worker,
+    submit,
+    wait_for,
+)
 from spoolpipe.activity import parse_inbox_name
 from spoolpipe.schedule.rules import CATCH_UP_CAP, parse_tick_id, tick_id
 
@@ -259,6 +268,14 @@ def test_hot_reload_changes_and_removes_a_rule_from_its_next_tick(tmp_path: Path
         assert all(t <= removed for t in fired(repo, "pulse"))
     finally:
         stop(worker)
+
+
+def test_a_batch_run_never_fires_schedules(tmp_path: Path) -> None:
+    repo = make_repository(tmp_path, pulse("pulse", type_="t.noop"))
+    submit(repo, "t.slow", {"sleep": 2.5})  # keeps the batch run busy across two ticks
+    run_until_idle(repo)
+    assert fired(repo, "pulse") == [] and not (repo / "schedules").exists()
+    assert len(list((repo / "done").glob("*.json"))) == 1
 
 
 def test_a_tick_fires_at_its_time_not_at_the_next_heartbeat(tmp_path: Path) -> None:

@@ -311,7 +311,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--until-idle",
         action="store_true",
         help="exit 0 once nothing this worker could run remains (batch jobs, tests); "
-        "it waits for delayed activities (not_before, retry backoff) it could run, and says so",
+        "it waits for delayed activities (not_before, retry backoff) it could run, and says so; "
+        "it never fires schedules",
     )
     p.add_argument(
         "--no-wait",
