@@ -21,12 +21,15 @@ from harness import (
     leftovers,
     make_repository,
     run_until_idle,
+    skewed_clock_env,
     start_worker,
     submit,
     wait_for,
 )
-from spoolpipe.activity import parse_inbox_name
-from spoolpipe.schedule.rules import CATCH_UP_CAP, parse_tick_id, tick_id
+from spoolpipe.activity import Activity, parse_inbox_name
+from spoolpipe.repository import Repository
+from spoolpipe.schedule.fire import Scheduler
+from spoolpipe.schedule.rules import CATCH_UP_CAP, Every, Rule, parse_tick_id, tick_id
 
 TIMEOUT = 60
 
@@ -122,6 +125,38 @@ def test_each_tick_fires_exactly_once_across_workers_restarts_and_kills(tmp_path
     last = state(repo, "pulse")
     assert stamp(last["last_fired"]) == ticks[-1] and last["last_id"] == tick_id("pulse", ticks[-1])
     assert set(leftovers(repo)) <= {"inbox"}  # fired ticks not run yet wait in the inbox, nothing else
+
+
+# Records the shared file system's clock when it runs: a tick must never run before its time.
+WHEN = """
+@processor("t.when")
+def when(activity, ctx):
+    probe = ctx.repository / "tmp" / f".when-{activity.id}"
+    probe.touch()
+    return {"fs_time": os.stat(probe).st_mtime}
+"""
+
+
+def test_ticks_fire_once_and_never_early_whatever_the_workers_clocks_say(tmp_path: Path) -> None:
+    repo = make_repository(tmp_path, pulse("pulse", type_="t.when"), extra_processors=WHEN)
+    workers = [
+        start_worker(repo, "ahead", env=skewed_clock_env(45, tmp_path / "ahead")),
+        start_worker(repo, "behind", env=skewed_clock_env(-45, tmp_path / "behind")),
+        start_worker(repo, "right"),
+    ]
+    try:
+        wait_for(lambda: len(done_ticks(repo, "pulse")) >= 6, TIMEOUT, "ticks")
+    finally:
+        stop(*workers)
+    ticks = fired(repo, "pulse")
+    assert ticks == [ticks[0] + i for i in range(len(ticks))]
+    assert copies(repo) == sorted(tick_id("pulse", t) for t in ticks) and os.listdir(repo / "invalid") == []
+    for tick in done_ticks(repo, "pulse"):
+        record = json.loads((repo / "done" / f"{tick_id('pulse', tick)}.json").read_text())
+        assert record["result"]["fs_time"] >= tick, "a tick ran before its time"
+        assert stamp(record["data"]["scheduled_for"]) == tick
+    log = log_of(repo, "ahead") + log_of(repo, "behind") + log_of(repo, "right")
+    assert "fired as" in log
 
 
 def test_catch_up_after_every_worker_was_stopped_for_several_ticks(tmp_path: Path) -> None:
@@ -369,3 +404,78 @@ def test_schedule_command_lists_rules_last_and_next_ticks(tmp_path: Path) -> Non
     assert spoolpipe("schedule", str(repo), "nope").returncode == 1
     assert spoolpipe("schedule", str(tmp_path)).returncode == 2
     assert spoolpipe("schedule", str(repo), "--next", "-1").returncode == 2
+
+
+# -- publish_once, the repository's side of firing a tick ----------------------------------------------
+
+
+def tick_activity(activity_id: str = "schedule.p.20261201T120000Z") -> Activity:
+    return Activity(activity_id, "t.noop", {"scheduled_for": "2026-12-01T12:00:00.000+00:00"})
+
+
+def test_publish_once_publishes_an_id_once_with_its_reservation(tmp_path: Path) -> None:
+    repo = Repository(make_repository(tmp_path), fsync=False)
+    now = time.time()
+    assert repo.publish_once(tick_activity(), now) == "published"
+    published = os.lstat(repo.inbox / "schedule.p.20261201T120000Z.json")
+    assert os.path.samestat(os.lstat(repo.ids / "schedule.p.20261201T120000Z"), published)
+    assert repo.publish_once(tick_activity(), now) == "taken"
+    assert os.listdir(repo.inbox) == ["schedule.p.20261201T120000Z.json"]
+    assert [n for n in os.listdir(repo.tmp) if not n.startswith(".")] == []
+    run_until_idle(repo.root)  # the claim finds the reservation its own: it runs, once
+    assert os.listdir(repo.done) == ["schedule.p.20261201T120000Z.json"] and os.listdir(repo.invalid) == []
+    assert os.listdir(repo.ids) == []
+    # Its record keeps it taken; so does a failed record; the reservation is given back.
+    assert repo.publish_once(tick_activity(), now) == "taken"
+    (repo.failed / "schedule.p.20261201T130000Z.json").write_text("{}")
+    assert repo.publish_once(tick_activity("schedule.p.20261201T130000Z"), now) == "taken"
+    assert os.listdir(repo.ids) == [] and os.listdir(repo.inbox) == []
+
+
+def test_publish_once_leaves_a_persons_copy_alone(tmp_path: Path) -> None:
+    repo = Repository(make_repository(tmp_path), fsync=False)
+    (repo.inbox / "schedule.p.20261201T120000Z.json").write_text('{"type": "t.noop", "data": {"mine": 1}}')
+    assert repo.publish_once(tick_activity(), time.time()) == "taken"
+    assert json.loads((repo.inbox / "schedule.p.20261201T120000Z.json").read_text())["data"] == {"mine": 1}
+    assert os.listdir(repo.ids) == []
+
+
+def test_publish_once_takes_over_the_reservation_of_a_publisher_that_died(tmp_path: Path) -> None:
+    repo = Repository(make_repository(tmp_path), fsync=False)
+    # A publisher killed between its link and its move: the file is in tmp/, ids/ID is linked to it.
+    orphan = repo.tmp / "publish-once.01M8RS0ZR2Z420Y7NWGDYGHW0N.tmp"
+    orphan.write_text(json.dumps(tick_activity().to_json()))
+    os.link(orphan, repo.ids / "schedule.p.20261201T120000Z")
+    now = time.time()
+    assert repo.publish_once(tick_activity(), now) == "busy"  # it may still be publishing
+    assert repo.publish_once(tick_activity(), now + 61) == "published"
+    assert not orphan.exists()
+    published = os.lstat(repo.inbox / "schedule.p.20261201T120000Z.json")
+    assert published.st_nlink == 2  # its inbox name and its reservation, nothing else
+    assert os.path.samestat(os.lstat(repo.ids / "schedule.p.20261201T120000Z"), published)
+    # A reservation with no file at all (its publisher died after unlinking its temp file) too.
+    (repo.ids / "schedule.p.20261201T130000Z").write_text("")
+    assert repo.publish_once(tick_activity("schedule.p.20261201T130000Z"), now + 61) == "published"
+
+
+def test_a_worker_with_an_older_definition_neither_fires_it_nor_undoes_the_newer(tmp_path: Path) -> None:
+    repo = Repository(make_repository(tmp_path), fsync=False)
+    old = Scheduler(repo, "old", repo.heartbeats / ".clock-old")
+    new = Scheduler(repo, "new", repo.heartbeats / ".clock-new")
+    every_second = {"p": Rule("p", Every(1), "t.noop")}
+    every_other = {"p": Rule("p", Every(2), "t.noop")}
+    assert old.fire(every_second, time.time()) == []  # takes the rule up: its first tick is the next
+    time.sleep(0.05)
+    assert new.fire(every_other, time.time()) == []  # reloaded later: its definition wins
+    assert state(repo.root, "p")["expression"] == "every 2s"
+    by_old: list[str] = []
+    by_new: list[str] = []
+    deadline = time.time() + 4.5
+    while time.time() < deadline:
+        by_old += old.fire(every_second, time.time())
+        by_new += new.fire(every_other, time.time())
+        time.sleep(0.02)
+    assert by_old == [] and len(by_new) >= 2
+    ticks = [_tick(name[: -len(".json")], "p") for name in by_new]
+    assert all(t is not None and t % 2 == 0 for t in ticks)
+    assert state(repo.root, "p")["expression"] == "every 2s"
