@@ -97,57 +97,14 @@ class Scheduler:
                 track.rule, track.next_look = rule, -math.inf
 
     def _look(self, track: _Track, now: float) -> list[str]:
+        """Fire what is due of one rule, record it in its state and plan the next look."""
         rule = track.rule
         precise = filesystem_now(self.probe)  # the file system's own clock, not an estimate
-        skew = now - precise
-        path = state_path(self.repo, rule.name)
-        state, present = read_state(path)
+        state = self._state(track, now, precise)
         if state is None:
-            if present:
-                log.warning("schedule %s: %s is not a state file; starting afresh", rule.name, path)
-            state = State(rule.expression, track.taken_up, precise)
-            try:
-                self._write(rule.name, state, precise, create=not present)
-            except FileExistsError:  # another worker created it meanwhile: read theirs
-                track.next_look = now
-                return []
-            log.info(
-                "schedule %s (%s, type %s) starts: first tick %s",
-                rule.name,
-                rule.expression,
-                rule.type,
-                format_time(rule.timing.next(precise)),
-            )
-        elif state.expression != rule.expression:
-            if (track.taken_up, rule.expression) <= (state.defined_at, state.expression):
-                # Written for a definition loaded after this worker's: ours is stale until it reloads.
-                track.next_look = now + RECHECK_SECONDS
-                return []
-            log.info(
-                "schedule %s is now %s (was %s): it fires from its next tick",
-                rule.name,
-                rule.expression,
-                state.expression,
-            )
-            state = State(
-                rule.expression,
-                track.taken_up,
-                max(state.through, track.taken_up),
-                state.last_fired,
-                state.last_id,
-            )
-            self._write(rule.name, state, precise)
+            return []
+        self._say_missed(rule, state, track.taken_up)
         todo = due(rule, state.through, precise, track.taken_up)
-        missed, _ = ticks_between(rule.timing, state.through, track.taken_up, CATCH_UP_CAP)
-        if missed:
-            log.info(
-                "schedule %s: ticks came due while no worker fired it, %s to %s; catch-up = %s: %s",
-                rule.name,
-                format_time(missed[0]),
-                format_time(missed[-1]),
-                rule.catch_up,
-                _CATCH_UP_SAYS[rule.catch_up],
-            )
         if todo.cut:
             log.warning(
                 "schedule %s: catch-up = all fires at most %d missed ticks: the latest, from %s; "
@@ -182,9 +139,69 @@ class Scheduler:
             self._write(rule.name, state, precise)
         if len(fired) < len(todo.ticks):
             track.next_look = now + RECHECK_SECONDS
-        else:
-            track.next_look = rule.timing.next(max(state.through, precise)) + skew
+        else:  # the next tick by the file system's clock, as the worker's clock will tell it
+            track.next_look = rule.timing.next(max(state.through, precise)) + (now - precise)
         return published
+
+    def _state(self, track: _Track, now: float, precise: float) -> State | None:
+        """The rule's state, created or taken over for this worker's definition as needed; None when
+        this worker must leave the rule alone for now (``next_look`` says until when)."""
+        rule = track.rule
+        path = state_path(self.repo, rule.name)
+        state, present = read_state(path)
+        if state is None:
+            if present:
+                log.warning("schedule %s: %s is not a state file; starting afresh", rule.name, path)
+            state = State(rule.expression, track.taken_up, precise)
+            try:
+                self._write(rule.name, state, precise, create=not present)
+            except FileExistsError:  # another worker created it meanwhile: read theirs
+                track.next_look = now
+                return None
+            first = format_time(rule.timing.next(precise))
+            log.info(
+                "schedule %s (%s, type %s) starts: first tick %s",
+                rule.name,
+                rule.expression,
+                rule.type,
+                first,
+            )
+            return state
+        if state.expression == rule.expression:
+            return state
+        if (track.taken_up, rule.expression) <= (state.defined_at, state.expression):
+            # Written for a definition taken up after this worker's: ours is stale until it reloads.
+            track.next_look = now + RECHECK_SECONDS
+            return None
+        log.info(
+            "schedule %s is now %s (was %s): it fires from its next tick",
+            rule.name,
+            rule.expression,
+            state.expression,
+        )
+        state = State(
+            rule.expression,
+            track.taken_up,
+            max(state.through, track.taken_up),
+            state.last_fired,
+            state.last_id,
+        )
+        self._write(rule.name, state, precise)
+        return state
+
+    @staticmethod
+    def _say_missed(rule: Rule, state: State, taken_up: float) -> None:
+        """Log the ticks that came due before this worker took the rule up, and what catch-up does."""
+        missed, _ = ticks_between(rule.timing, state.through, taken_up, CATCH_UP_CAP)
+        if missed:
+            log.info(
+                "schedule %s: ticks came due while no worker fired it, %s to %s; catch-up = %s: %s",
+                rule.name,
+                format_time(missed[0]),
+                format_time(missed[-1]),
+                rule.catch_up,
+                _CATCH_UP_SAYS[rule.catch_up],
+            )
 
     def _write(self, name: str, state: State, now: float, *, create: bool = False) -> None:
         """Write ``state``, never behind what another worker wrote for the same expression meanwhile."""
