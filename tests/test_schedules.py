@@ -202,6 +202,28 @@ def test_catch_up_after_every_worker_was_stopped_for_several_ticks(tmp_path: Pat
     assert os.listdir(repo / "invalid") == []
 
 
+def test_old_ticks_never_fire_again_once_their_records_are_purged(tmp_path: Path) -> None:
+    repo = make_repository(tmp_path, pulse("pulse", "all", "t.noop"))
+    worker = start_worker(repo, "w1")
+    try:
+        wait_for(lambda: len(done_ticks(repo, "pulse")) >= 3, TIMEOUT, "ticks")
+    finally:
+        stop(worker)
+    first_run = fired(repo, "pulse")
+    purged = set(done_ticks(repo, "pulse"))
+    for path in (repo / "done").glob("*.json"):
+        path.unlink()  # retention, or a person
+    worker = start_worker(repo, "w1")
+    try:
+        wait_for(lambda: len(done_ticks(repo, "pulse")) >= 3, TIMEOUT, "ticks after the restart")
+    finally:
+        stop(worker)
+    again = fired(repo, "pulse")
+    assert not set(again) & purged, "an old tick fired again"
+    new = sorted(set(again) - set(first_run))
+    assert new[0] == first_run[-1] + 1  # catch-up = all: nothing left out either
+
+
 def test_catch_up_all_is_capped_with_a_warning(tmp_path: Path) -> None:
     repo = make_repository(tmp_path, pulse("burst", "all", "t.noop"))
     (repo / "schedules").mkdir()
@@ -402,6 +424,8 @@ def test_schedule_command_lists_rules_last_and_next_ticks(tmp_path: Path) -> Non
     assert "nightly: cron 0 3 * * * -> reports.nightly  (workers: nas, backup; catch-up: none)" in text.stdout
     assert "  last fired: never" in text.stdout and f"({only['last_id']})" in text.stdout
     assert spoolpipe("schedule", str(repo), "nope").returncode == 1
+    bare = spoolpipe("schedule", str(make_repository(tmp_path / "bare")))
+    assert bare.returncode == 0 and bare.stdout.startswith("no schedules")
     assert spoolpipe("schedule", str(tmp_path)).returncode == 2
     assert spoolpipe("schedule", str(repo), "--next", "-1").returncode == 2
 
