@@ -265,6 +265,8 @@ def test_every_problem_is_an_error_with_file_and_line(tmp_path: Path) -> None:
         schedule.l.every = 1s
         schedule.l.type = t.l
         schedule.l.workers = good, ../bad
+        schedule.m.every = 367d
+        schedule.m.type = t.m
         """,
     )
     path = tmp_path / "spoolpipe.properties"
@@ -276,10 +278,11 @@ def test_every_problem_is_an_error_with_file_and_line(tmp_path: Path) -> None:
         10: "schedule.f.cron: schedule 'f' sets both cron (line 10) and every (line 9)",
         12: "schedule 'g' has neither schedule.g.cron nor schedule.g.every",
         13: "schedule 'h' has no schedule.h.type (required)",
-        14: "schedule.i.every: 1.5 seconds is not a whole number of seconds",
+        14: "schedule.i.every: '1.5s' is not a whole number of seconds; expected a duration of whole",
         18: "schedule.j.data: the key 'scheduled_for' is reserved",
         19: "schedule.k.every: '0s' is out of range",
         23: "schedule.l.workers: '../bad' is not a valid worker id",
+        24: "schedule.m.every: '367d' is longer than 366d; expected a duration of whole seconds",
     }
     for line, text in expected.items():
         assert any(e.startswith(f"{path}:{line}: {text}") for e in found), (line, found)

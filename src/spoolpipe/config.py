@@ -640,7 +640,8 @@ OPTIONS: tuple[Option, ...] = (
         "schedule.<name>.every",
         DurationKind(1),
         None,
-        "Fire the schedule <name> every so long, a whole number of seconds (30s, 15m, 2h, 1d): at the "
+        "Fire the schedule <name> every so long, a whole number of seconds up to 366d (30s, 15m, 2h, "
+        "1d): at the "
         "multiples of it since 1970-01-01T00:00:00Z. Set exactly one of cron and every.",
         example="schedule.pulse.every = 15m\nschedule.pulse.type = reports.pulse",
     ),
@@ -1086,10 +1087,11 @@ def _build_schedules(
             timing = schedule_rules.Cron(cast(str, fields["cron"][0]))
         elif "every" in fields:
             seconds, entry = cast(float, fields["every"][0]), fields["every"][1]
-            if seconds != int(seconds):
+            if seconds != int(seconds) or seconds > schedule_rules.EVERY_MAX_SECONDS:
+                what = "longer than 366d" if seconds == int(seconds) else "not a whole number of seconds"
                 errors.append(
-                    f"{entry.where}: {entry.key}: {seconds:g} seconds is not a whole number of seconds; "
-                    "expected a duration of whole seconds"
+                    f"{entry.where}: {entry.key}: {entry.value.strip()!r} is {what}; "
+                    "expected a duration of whole seconds, at most 366d"
                 )
                 continue
             timing = schedule_rules.Every(int(seconds))

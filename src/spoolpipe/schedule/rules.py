@@ -23,6 +23,8 @@ NAME_PATTERN = r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}"
 TICK_FIELD = "scheduled_for"
 #: Most ticks ``catch-up = all`` fires at once; older missed ticks are skipped (with a warning).
 CATCH_UP_CAP = 100
+#: Longest ``schedule.<name>.every``: a year and a day.
+EVERY_MAX_SECONDS = 366 * 86400
 #: ``@`` names accepted in ``schedule.<name>.cron``.
 CRON_NICKNAMES = ("@hourly", "@daily", "@weekly", "@monthly", "@yearly", "@midnight")
 
