@@ -282,7 +282,7 @@ def test_a_bad_cron_expression_is_a_configuration_error_with_file_and_line(tmp_p
     line = lines.index("schedule.bad.cron = 0 25 * * *") + 1
     where = f"{repo / 'spoolpipe.properties'}:{line}: schedule.bad.cron: '0 25 * * *' is not a valid cron"
     worker = start_worker(repo, "w1")
-    assert worker.wait(TIMEOUT) == 3
+    assert worker.wait(TIMEOUT) == 2  # an invalid configuration
     assert where in log_of(repo, "w1")
     listing = spoolpipe("schedule", str(repo))
     assert listing.returncode == 2 and where in listing.stderr
