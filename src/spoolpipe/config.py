@@ -382,7 +382,7 @@ class HostKind(Kind):
         return text
 
 
-_DURATION_RE = re.compile(r"([0-9]+(?:\.[0-9]*)?|\.[0-9]+)\s*([smhd]?)")
+_DURATION_RE = re.compile(r"([0-9]+(?:\.[0-9]*)?|\.[0-9]+)\s*([smhd]?)", re.IGNORECASE)
 _DURATION_UNITS = {"": 1.0, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
 _DURATION_EXPECTED = "a duration (30s, 15m, 2h, 1d; a plain number is seconds)"
 
@@ -395,7 +395,7 @@ def parse_duration(text: str) -> float:
     m = _DURATION_RE.fullmatch(text.strip())
     if m is None:
         raise ValueError(f"{text.strip()!r} is not a duration")
-    seconds = float(m.group(1)) * _DURATION_UNITS[m.group(2)]
+    seconds = float(m.group(1)) * _DURATION_UNITS[m.group(2).lower()]
     if not math.isfinite(seconds):
         raise ValueError(f"{text.strip()!r} is too long a duration")
     return seconds
