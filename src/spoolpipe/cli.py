@@ -16,7 +16,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from . import __version__, check, config, control, service
+from . import __version__, check, circuit, config, control, service
 from .activity import Activity, InvalidActivity, format_time, is_valid_name, new_id, parse_document, printable
 from .repository import NotARepository, Repository, filesystem_now
 from .schedule import report as schedule_report
@@ -128,6 +128,7 @@ def status(repo: Repository) -> dict[str, Any]:
         "workers": workers,
         "inbox_by_type": dict(sorted(waiting.items())),
         "unhandled_types": sorted(t for t in waiting if t not in handled),
+        "circuits": circuit.published_circuits(workers),  # circuit breakers (branch circuit)
     }
 
 
@@ -150,6 +151,8 @@ def cmd_status(args: argparse.Namespace) -> int:
         print("waiting by type: " + ", ".join(f"{t} {n}" for t, n in report["inbox_by_type"].items()))
     for t in report["unhandled_types"]:
         print(f"  warning: no live worker handles type {t!r}; those activities stay queued")
+    for line in circuit.status_lines(report["circuits"]):  # circuit breakers (branch circuit)
+        print(line)
     return 0
 
 
