@@ -100,9 +100,23 @@ class Circuits:
             return False
         b.probe = activity_id
         self._tell(
-            type_, State.HALF_OPEN, f"circuit for {printable(type_)} half-open: probing with {activity_id}"
+            type_,
+            State.HALF_OPEN,
+            f"circuit for {printable(type_)} half-open: probing with {printable(activity_id)}",
+            logging.INFO,
         )
         return True
+
+    def batch_limit(self, type_: str) -> int | None:
+        """Most activities of ``type_`` one batch may hold, so that a batch cannot fail more of them
+        than it takes to open the circuit (a probe is alone); None: no limit."""
+        rule = self._rules().get(type_)
+        if rule is None:
+            return None
+        b = self._breakers.get(type_)
+        if b is None:
+            return rule.failures
+        return 1 if b.state is not State.CLOSED else max(1, rule.failures - len(b.failures))
 
     def tick(self, now: float, in_flight: Collection[str]) -> None:
         """Time-driven changes: a cool-down over, a rule removed, a probe gone without an ending
@@ -181,10 +195,12 @@ class Circuits:
                 self._free_probe(type_, b, f"ended {ending}")
 
     def _open(self, type_: str, b: _Breaker, now: float, rule: Rule, count: int) -> None:
-        again = b.state is State.HALF_OPEN
-        b.state, b.opened_at, b.opened_after, b.probe, b.failures = State.OPEN, now, count, None, []
         name = printable(type_)
-        why = "probe failed" if again else f"after {count} failures in {rule.window:g}s"
+        if b.state is State.HALF_OPEN:
+            why = f"again, probe {printable(b.probe or '')} failed"
+        else:
+            why = f"after {count} failures in {rule.window:g}s"
+        b.state, b.opened_at, b.opened_after, b.probe, b.failures = State.OPEN, now, count, None, []
         self._tell(
             type_, State.OPEN, f"circuit for {name} open {why}: not claiming {name} for {rule.cool_down:g}s"
         )

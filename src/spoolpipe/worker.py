@@ -413,7 +413,9 @@ class Worker:
             if not found:
                 break
             first = found[0].activity
-            size = min(share, self._batch_size(first.type))
+            size = min(
+                share, self._batch_size(first.type), self.circuits.batch_limit(first.type) or BATCH_MAX
+            )
             if size > 1 and registered()[first.type].megapixels is None:
                 found += self._take(
                     now, lambda a, same=first.type: a.type == same and self._fresh(a, ids), size - 1
@@ -530,7 +532,13 @@ class Worker:
         """Whether ``--until-idle`` waits for an open circuit's cool-down, as it does for a delayed
         activity, because activities of its type are set aside (with ``--no-wait`` they stay queued)."""
         held = self.circuits.holding(self.intake.set_aside())
-        if not held or self.no_wait:
+        if not held:
+            return False
+        if self.no_wait:
+            log.info(
+                "activities of %s wait behind an open circuit: left queued (--until-idle --no-wait)",
+                ", ".join(sorted(held)),
+            )
             return False
         type_, until = min(held.items(), key=lambda h: (h[1], h[0]))
         if self._waiting_for != (type_, until):
