@@ -212,3 +212,25 @@ def test_until_idle_waits_for_the_cool_down_and_no_wait_leaves_them_queued(tmp_p
             kill_group(batch)
     assert set(down) <= set(ids_in(repo / "done"))
     assert leftovers(repo) == {}
+
+
+def test_pool_processes_that_die_count_as_failures(tmp_path: Path) -> None:
+    repo = repository(
+        tmp_path,
+        "pool.size = 1\nretry.max-attempts = 50\n"
+        "circuit.t.crash.failures = 2\ncircuit.t.crash.cool-down-seconds = 1h\n",
+    )
+    crashing = [submit(repo, "t.crash") for _ in range(4)]
+    worker = start_worker(repo, "w1")
+    try:
+        wait_for(
+            lambda: "circuit for t.crash open after 2 failures in 60s" in log_of(repo),
+            TIMEOUT,
+            "two dead pool processes to open the circuit",
+        )
+        child = submit(repo, "t.child", {"i": 0})
+        wait_for(lambda: child in ids_in(repo / "done"), TIMEOUT, "another type to run meanwhile")
+        assert len(effects(repo, "t.crash")) == 2
+        assert inbox_ids(repo) == set(crashing) and ids_in(repo / "failed") == []
+    finally:
+        kill_group(worker)
