@@ -6,9 +6,10 @@ from pathlib import Path
 
 import pytest
 
-from spoolpipe import config
+from spoolpipe import check, config
 from spoolpipe.activity import format_time
 from spoolpipe.circuit import Change, Circuits, Rule, State, published_circuits, status_lines
+from spoolpipe.processor import Registration
 
 MAIL = "mail.send"
 
@@ -283,3 +284,17 @@ def test_bad_circuit_keys_are_errors_with_file_and_line(tmp_path: Path) -> None:
     assert f"{path}:4: circuit.c.cool-down-seconds: 'soon' is not a duration" in text
     assert f"{path}:6: circuit.d.colldown: unknown field 'colldown'" in text
     assert f"{path}:7: circuit.bad/type.failures: 'bad/type' is not a valid type" in text
+
+
+def test_worker_check_warns_about_a_circuit_for_a_type_nobody_here_handles(tmp_path: Path) -> None:
+    def noop(activity: object, ctx: object) -> None:
+        return None
+
+    write(
+        tmp_path,
+        "processors = m.a\nfailures.handler =\ncircuit.t.gone.failures = 2\ncircuit.t.a.failures = 2\n",
+    )
+    registry = {"t.a": Registration("t.a", noop, frozenset(), None, "m.a")}
+    assert check.review(config.load(tmp_path).settings, registry) == [
+        "circuit.t.gone.* is set, but no processor imported here handles 't.gone'"
+    ]
