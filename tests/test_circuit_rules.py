@@ -184,6 +184,7 @@ def test_changed_rules_apply_to_the_next_decision_and_removing_them_closes_the_c
     c.admit(MAIL, "probe")
     world.rules = {}
     assert not c.holds(MAIL) and c.admit(MAIL, "any")
+    fail(c, 7.5, batch=("probe",))  # the probe's ending, heard before the next tick
     c.tick(8, {"probe"})
     assert world.states()[-1] == (MAIL, State.CLOSED)
     assert world.changes[-1].message == "circuit for mail.send closed: its keys were removed"

@@ -169,8 +169,7 @@ class Circuits:
         """An attempt of ``type_`` ended as ``ending``; ``ids`` are those of its batch (the probe's
         batch is that probe alone)."""
         rule = self._rules().get(type_)
-        if rule is None:
-            self._breakers.pop(type_, None)
+        if rule is None:  # no circuit (any left is closed by the next tick)
             return
         b = self._breakers.setdefault(type_, _Breaker())
         failed = ending in FAILURES
