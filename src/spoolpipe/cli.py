@@ -399,7 +399,8 @@ def build_parser() -> argparse.ArgumentParser:
         cmd_status,
         help="counts per state and the live workers",
         description="Show how many activities are in each state, which workers are alive "
-        "on which machine, and types nobody handles.",
+        "on which machine, types nobody handles, and the circuit breakers workers have open "
+        "(docs/operations.md, Circuit breakers).",
     )
     p.add_argument("--json", action="store_true", help="machine-readable output")
 
