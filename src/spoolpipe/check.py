@@ -58,6 +58,9 @@ def review(settings: config.Settings, processors: Mapping[str, Registration]) ->
         for type_ in sorted(types):
             if type_ not in processors:
                 warnings.append(f"{key}.{type_} is set, but no processor imported here handles {type_!r}")
+    for type_ in sorted(settings.circuits):
+        if type_ not in processors:
+            warnings.append(f"circuit.{type_}.* is set, but no processor imported here handles {type_!r}")
     for reg in sorted(processors.values(), key=lambda r: r.type):
         for follow_up in sorted(reg.follow_up_types or ()):
             if follow_up not in processors:

@@ -462,7 +462,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="counts per state, waiting work, live workers and what looks stuck",
         description="Show how many activities are in each state and of each type waiting, how many are "
         "ready or delayed and how long the oldest has waited, which workers are alive on which "
-        "machine and what each runs for how long, claims that look stuck, and types nobody handles. "
+        "machine and what each runs for how long, claims that look stuck, types nobody handles, and the "
+        "circuit breakers workers have open (docs/operations.md, Circuit breakers). "
         "The --json document is a stable contract (docs/operations.md, 'Seeing what happens').",
     )
     p.epilog = (

@@ -35,6 +35,7 @@ from typing import TypeVar, cast
 
 import javaproperties
 
+from . import circuit
 from .activity import NAME_PATTERN, InvalidActivity, is_valid_name, parse_document
 from .schedule import rules as schedule_rules
 from .storable import encode
@@ -905,6 +906,35 @@ OPTIONS: tuple[Option, ...] = (
         example="schedule.nightly.catch-up = latest",
     ),
     Option(
+        "circuit.<type>.failures",
+        IntKind(1),
+        None,
+        "Circuit breaker of the activity type <type> on this worker: once this many of its attempts "
+        "ended in failed or retry (a timeout and a killed pool process count; a skip does not) within "
+        "circuit.<type>.window-seconds, the worker claims no activity of that type for "
+        "circuit.<type>.cool-down-seconds (they wait in the inbox, nothing is failed), then lets one "
+        "through as a probe: its success closes the circuit, its failure opens it for another "
+        "cool-down. Setting it turns the circuit on; each worker has its own circuits. "
+        "Removing it closes the circuit. " + _TYPE_NOTE,
+        example="circuit.mail.send.failures = 5",
+    ),
+    Option(
+        "circuit.<type>.window-seconds",
+        DurationKind(1),
+        None,
+        "How far back the failures of circuit.<type>.failures are counted (default "
+        f"{circuit.DEFAULT_WINDOW_SECONDS:g}s). Only with circuit.<type>.failures.",
+        example="circuit.mail.send.window-seconds = 2m",
+    ),
+    Option(
+        "circuit.<type>.cool-down-seconds",
+        DurationKind(1),
+        None,
+        "How long an open circuit claims no activity of <type> before it lets a probe through "
+        f"(default {circuit.DEFAULT_COOL_DOWN_SECONDS:g}s). Only with circuit.<type>.failures.",
+        example="circuit.mail.send.cool-down-seconds = 5m",
+    ),
+    Option(
         "custom.<name>",
         StringKind(),
         None,
@@ -920,6 +950,7 @@ _PATTERNS: dict[str, Option] = {opt.prefix: opt for opt in OPTIONS if opt.is_pat
 #: Every family of keys with a placeholder in the middle, by prefix.
 FAMILIES: dict[str, Family] = {
     "schedule.": Family("schedule.", "name", schedule_rules.NAME_PATTERN, shared_only=True),
+    "circuit.": Family("circuit.", "type", TYPE_PATTERN),
 }
 _PER_TYPE_PREFIXES = (
     "concurrency.",
@@ -952,6 +983,7 @@ _GROUP_TITLES = {
     "processor": "Per-processor settings",
     "retention": "Cleaning up",
     "schedule": "Schedules",
+    "circuit": "Circuit breakers",
     "custom": "Custom settings for processors",
 }
 
@@ -1055,6 +1087,8 @@ class Settings:
     custom: Mapping[str, str]
     #: ``schedule.<name>.*`` rules, by name.
     schedules: Mapping[str, schedule_rules.Rule]
+    #: ``circuit.<type>.*`` rules, by type.
+    circuits: Mapping[str, circuit.Rule]
     #: The configuration files that were actually read, in precedence order.
     sources: tuple[Path, ...]
     #: Per-type ``retry.max-attempts.<type>``.
@@ -1264,6 +1298,7 @@ def load(repo: Path, worker_id: str | None = None, *, cpu_count: int | None = No
 
     _check_lease(values, where, errors)
     schedules = _build_schedules(members["schedule."], cast(int, values["limits.activity-bytes"]), errors)
+    circuits = _build_circuits(members["circuit."], errors)
     if errors:
         raise ConfigError(errors, warnings)
 
@@ -1307,6 +1342,7 @@ def load(repo: Path, worker_id: str | None = None, *, cpu_count: int | None = No
         retention_interval=cast(float, values["retention.interval"]),
         custom=_FrozenMap(custom),
         schedules=_FrozenMap(schedules),
+        circuits=_FrozenMap(circuits),
         sources=tuple(sources),
         max_attempts=_FrozenMap(cast(dict[str, int], per_type["retry.max-attempts."])),
         backoffs=_FrozenMap(cast(dict[str, float], per_type["retry.backoff-seconds."])),
@@ -1443,6 +1479,33 @@ def _build_schedules(
             )
             continue
         rules[name] = rule
+    return rules
+
+
+def _build_circuits(
+    members: dict[str, dict[str, tuple[Value | None, _Entry]]], errors: list[str]
+) -> dict[str, circuit.Rule]:
+    """The rules of ``circuit.<type>.*``; a window or cool-down without failures is an error at its line."""
+    rules: dict[str, circuit.Rule] = {}
+    for type_, fields in members.items():
+        if any(value is None for value, _ in fields.values()):
+            continue  # a bad value, already reported
+        if "failures" not in fields:
+            first = min((entry for _, entry in fields.values()), key=lambda e: e.line)
+            errors.append(
+                f"{first.where}: {first.key}: circuit {type_!r} has no circuit.{type_}.failures, which "
+                "turns it on; expected it beside this key"
+            )
+            continue
+        rules[type_] = circuit.Rule(
+            cast(int, fields["failures"][0]),
+            cast(float, fields["window-seconds"][0])
+            if "window-seconds" in fields
+            else circuit.DEFAULT_WINDOW_SECONDS,
+            cast(float, fields["cool-down-seconds"][0])
+            if "cool-down-seconds" in fields
+            else circuit.DEFAULT_COOL_DOWN_SECONDS,
+        )
     return rules
 
 

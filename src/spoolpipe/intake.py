@@ -180,6 +180,10 @@ class Intake:
                         self._unhandled[name] = found.type
         return [d for name, d in self._delayed.items() if name in self._known and d.due > now]
 
+    def set_aside(self) -> set[str]:
+        """The types of the entries set aside until ``reconsider`` (not run here for now)."""
+        return {type_ for name, type_ in self._unhandled.items() if name in self._known}
+
     def unsettled(self) -> int:
         """Files that do not parse yet (maybe still being written)."""
         return len(self._suspects)

@@ -23,7 +23,7 @@ from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING, Any
 
-from . import config, control
+from . import circuit, config, control
 from .activity import Activity, format_time
 from .attempt import Item, Setup, counted, quarantine
 from .intake import Delayed, Intake
@@ -156,6 +156,7 @@ class Worker:
         self.prober = Prober(self.repo.locks, self.lock_mode, self.settings.claims_lease_seconds)
         self.recovery = Recovery(self.repo, self.prober, self.worker_id)
         self.clock = SharedClock(self.repo.heartbeats / f".clock-{self.worker_id}")
+        self.circuits = circuit.Circuits(lambda: self.settings.circuits, self._circuit_changed)
         self.schedules = Scheduler(
             self.repo, self.worker_id, self.repo.heartbeats / f".clock-{self.worker_id}"
         )
@@ -339,6 +340,7 @@ class Worker:
             deadlines.append(now + due - shared_now)
         if not self._stopping:  # the next schedule tick, at its time rather than at the next heartbeat
             deadlines.append(now + self.schedules.next_fire() - shared_now)
+            deadlines.append(self.circuits.next_change())  # a cool-down's end: time for a probe
         return min(deadlines) - now
 
     def _wakers(self) -> list[Any]:
@@ -393,6 +395,7 @@ class Worker:
 
     def _dispatch(self) -> None:
         """Give each idle pool process a batch: activities due now, of one type, that may run here."""
+        self.circuits.tick(time.monotonic(), self._in_flight())
         if not self.pool.slots:
             if not self._interrupted and self.intake.next_due() > self.clock.now():
                 return
@@ -408,16 +411,16 @@ class Worker:
         now = self.clock.now()
         busy = Counter(i.activity.type for s in self.pool.busy() for i in s.batch[:1])
         # One copy of an id at a time in this worker: its pool processes share one claim name for it.
-        ids = {i.activity.id for s in self.pool.busy() for i in s.batch} | {
-            i.activity.id for i in self._interrupted
-        }
+        ids = self._in_flight()
         share = len(self.intake) // (2 * len(self.pool.slots))  # leave work for every process
         for slot in idle:
             found = self._take(now, lambda a: self._admit(a, busy, ids), 1)
             if not found:
                 break
             first = found[0].activity
-            size = min(share, self._batch_size(first.type))
+            size = min(
+                share, self._batch_size(first.type), self.circuits.batch_limit(first.type) or BATCH_MAX
+            )
             if size > 1 and registered()[first.type].megapixels is None:
                 found += self._take(
                     now, lambda a, same=first.type: a.type == same and self._fresh(a, ids), size - 1
@@ -425,6 +428,11 @@ class Worker:
             busy[first.type] += 1
             self._megapixels[slot.index] = self._estimate(first)
             self._send(slot, found)
+
+    def _in_flight(self) -> set[str]:
+        return {i.activity.id for s in self.pool.busy() for i in s.batch} | {
+            i.activity.id for i in self._interrupted
+        }
 
     def _batch_size(self, type_: str) -> int:
         """As many as run in about ``BATCH_SECONDS`` at this type's pace so far: short ones share a
@@ -442,7 +450,7 @@ class Worker:
 
     def _take(self, now: float, admit: Any, want: int) -> list[Item]:
         quarantine = self._quarantine
-        found = self.intake.take(now, admit, self._handles, want, quarantine)
+        found = self.intake.take(now, admit, self._claimable, want, quarantine)
         for name, _ in found:
             self.intake.forget(name)
         return [Item(name, activity) for name, activity in found]
@@ -458,7 +466,18 @@ class Worker:
         # An image bigger than the whole cap still runs, alone, rather than never.
         if held and held + self._estimate(activity) > self.settings.megapixel_cap:
             return False
+        if not self.circuits.admit(activity.type, activity.id):  # half-open: this one is the probe
+            return False
         return self._fresh(activity, ids)
+
+    def _claimable(self, type_: str) -> bool:
+        """Handled here and not held by an open circuit (those are set aside until it lets one through)."""
+        return self._handles(type_) and not self.circuits.holds(type_)
+
+    def _circuit_changed(self, change: circuit.Change) -> None:
+        log.log(change.level, "%s", change.message)
+        if not self.circuits.holds(change.type):  # its set-aside activities may be claimed again
+            self.intake.reconsider(self._claimable)
 
     def _estimate(self, activity: Activity) -> float:
         """The decoded megapixels ``activity`` will hold, by its processor's estimate (0 if none)."""
@@ -502,6 +521,8 @@ class Worker:
             return False
         if self.recovery.recoverable():
             return False
+        if self._behind_circuits():
+            return False
         delayed = self.intake.delayed(now, self._handles)
         if not delayed:
             return True
@@ -511,6 +532,28 @@ class Worker:
             return True
         self._say_waiting(delayed, count, now)
         return False
+
+    def _behind_circuits(self) -> bool:
+        """Whether ``--until-idle`` waits for an open circuit's cool-down, as it does for a delayed
+        activity, because activities of its type are set aside (with ``--no-wait`` they stay queued)."""
+        held = self.circuits.holding(self.intake.set_aside())
+        if not held:
+            return False
+        if self.no_wait:
+            log.info(
+                "activities of %s wait behind an open circuit: left queued (--until-idle --no-wait)",
+                ", ".join(sorted(held)),
+            )
+            return False
+        type_, until = min(held.items(), key=lambda h: (h[1], h[0]))
+        if self._waiting_for != (type_, until):
+            self._waiting_for = (type_, until)
+            log.info(
+                "--until-idle: waiting for the open circuit of %s: a probe in %.1fs",
+                type_,
+                until - time.monotonic(),
+            )
+        return True
 
     def _say_waiting(self, delayed: list[Delayed], count: str, now: float) -> None:
         """Say once what ``--until-idle`` waits for, and until when (again when the next one changes)."""
@@ -542,6 +585,10 @@ class Worker:
             log.log(report.level, "%s", report.message)
             if metrics is not None:
                 metrics.count(report)
+            if report.ending is not None:
+                self.circuits.ended(
+                    report.type, report.ending, time.monotonic(), {i.activity.id for i in event.batch}
+                )
         if event.taken:  # seconds per activity of this type, smoothed
             type_, took = event.batch[0].activity.type, event.seconds / event.taken
             self._pace[type_] = took if type_ not in self._pace else 0.7 * self._pace[type_] + 0.3 * took
@@ -639,6 +686,7 @@ class Worker:
             "types": {t: min(self.settings.concurrency_for(t), pool_size) for t in self._handled_types()},
             "running": sorted(c[0].activity.id for s in self.pool.busy() if (c := s.current()) is not None),
             "activities": self._running_activities(),
+            "circuits": self.circuits.published(time.monotonic(), self.clock.now()),
         }
         target = self.repo.heartbeats / f"{self.worker_id}.json"
         # One temp name per worker: one killed mid-write leaves one file, which its next heartbeat reuses.

@@ -20,6 +20,7 @@ from typing import Any
 
 from .. import config
 from ..activity import is_ignored, parse_inbox_name, parse_running_name, printable
+from ..circuit import published_circuits
 from ..repository import Repository
 from .reading import age, integer, iso, lstat, moment, names, read_document, shared_now, text
 
@@ -68,6 +69,9 @@ def status(repo: Repository) -> dict[str, Any]:
         "hosts": dict(sorted(hosts.items())),
         "stuck": stuck_claims(repo, settings, workers, now),
         "unhandled_types": sorted(t for t in waiting.types if t not in handled),
+        "circuits": sorted(
+            (c for w in workers for c in w["circuits"]), key=lambda c: (c["type"], c["worker"])
+        ),
     }
 
 
@@ -197,6 +201,7 @@ def _heartbeat(doc: dict[str, Any], mtime: float, now: float) -> dict[str, Any]:
         },
         "running": [printable(r) for r in running if isinstance(r, str)] if isinstance(running, list) else [],
         "activities": _running_now(doc.get("activities"), now),
+        "circuits": published_circuits([doc]),
         "last_seen_seconds": round(max(0.0, now - mtime), 1),
     }
 

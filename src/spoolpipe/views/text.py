@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from ..circuit import status_lines as circuit_lines
+
 #: Characters of a result or data shown inline by ``inspect`` (``--json`` has it all).
 _INLINE_JSON = 2000
 
@@ -69,6 +71,7 @@ def status_lines(report: dict[str, Any]) -> list[str]:
         )
     for t in report["unhandled_types"]:
         lines.append(f"  warning: no live worker handles type {t!r}; those activities stay queued")
+    lines += circuit_lines(report["circuits"])
     return lines
 
 
