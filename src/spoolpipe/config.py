@@ -1263,6 +1263,7 @@ def _read_member(
         errors.append(
             f"{entry.where}: {entry.key}: unknown field {field!r}; expected one of " + ", ".join(fields)
         )
+        members[family.prefix].setdefault(name, {})[field] = (None, entry)  # reported: no more on it
     else:
         kind = fields[field].kind
         try:

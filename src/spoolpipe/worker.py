@@ -280,7 +280,8 @@ class Worker:
                 self._rescan = False
                 self._next_scan = now + self.settings.scan_interval_seconds
                 self.intake.rescan()
-            self.intake.add(self.schedules.fire(self.settings.schedules, self.clock.now()))
+            if not self.until_idle:  # a batch run leaves schedules to the workers that stay
+                self.intake.add(self.schedules.fire(self.settings.schedules, self.clock.now()))
             self._dispatch()
             if self.until_idle and self._idle():
                 log.info("nothing left to run: exiting (--until-idle)")

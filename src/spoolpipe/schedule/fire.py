@@ -19,7 +19,7 @@ from pathlib import Path
 
 from ..activity import Activity, format_time
 from ..repository import Repository, filesystem_now
-from .rules import CATCH_UP_CAP, Rule, due, tick_id
+from .rules import CATCH_UP_CAP, CatchUp, Rule, due, tick_id, ticks_between
 from .state import State, read_state, state_path, write_state
 
 log = logging.getLogger("spoolpipe.schedule")
@@ -27,6 +27,11 @@ log = logging.getLogger("spoolpipe.schedule")
 RETRY_SECONDS = 5.0
 #: A rule whose state was written for a newer definition waits this long for this worker's reload.
 RECHECK_SECONDS = 1.0
+_CATCH_UP_SAYS: dict[CatchUp, str] = {
+    "none": "none of them fires",
+    "latest": "the latest fires",
+    "all": f"each fires (at most the latest {CATCH_UP_CAP})",
+}
 
 
 @dataclass
@@ -133,6 +138,16 @@ class Scheduler:
             )
             self._write(rule.name, state, precise)
         todo = due(rule, state.through, precise, track.taken_up)
+        missed, _ = ticks_between(rule.timing, state.through, track.taken_up, CATCH_UP_CAP)
+        if missed:
+            log.info(
+                "schedule %s: ticks came due while no worker fired it, %s to %s; catch-up = %s: %s",
+                rule.name,
+                format_time(missed[0]),
+                format_time(missed[-1]),
+                rule.catch_up,
+                _CATCH_UP_SAYS[rule.catch_up],
+            )
         if todo.cut:
             log.warning(
                 "schedule %s: catch-up = all fires at most %d missed ticks: the latest, from %s; "
