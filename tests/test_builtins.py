@@ -457,8 +457,9 @@ def test_server_errors_and_refused_connections_are_retried_until_it_recovers(tmp
     proc = start_worker(repo, "w1", "--until-idle")
     try:
         first = repo / "logs" / "activities" / f"{activity}~1.log"
-        wait_for(first.exists, 60, "a first attempt")
-        assert "Connection refused" in first.read_text()
+        wait_for(
+            lambda: first.exists() and "Connection refused" in first.read_text(), 60, "a refused attempt"
+        )
         server = Server(port)
         server.answers["/flaky"] = [(500, {}, b"down"), (503, {}, b"still down"), (200, {}, b"back")]
         try:
@@ -670,3 +671,23 @@ def test_archive_refuses_an_existing_archive_and_removes_nothing(tmp_path: Path,
     assert done(repo)[nothing]["result"]["files"] == 0 and not (tree / "empty.zip").exists()
     assert (tree / "archive.zip").read_bytes() == b"precious" and (tree / "in" / "a.txt").exists()
     assert not (tree / "new.zip").exists() and not (tree / "new.rar").exists()
+
+
+def test_a_worker_that_runs_no_builtin_work_never_imports_what_they_need(tmp_path: Path) -> None:
+    """The built-in types are registered in every pool process; zipfile, tarfile and filecmp load only on use.
+
+    (urllib.request, which http.request uses, is imported by javaproperties already.)
+    """
+    repo = make_repository(tmp_path, "pool.size = 1\n")
+    activity = submit(repo, "t.noop")
+    proc = start_worker(repo, "w1", "--until-idle", env={"PYTHONPROFILEIMPORTTIME": "1"})
+    assert proc.wait(120) == 0
+    output = (tmp_path / "worker-w1.stderr").read_text()
+    assert activity in done(repo)
+    for type_ in ("command", "files.archive", "files.copy", "files.delete", "files.move", "http.request"):
+        assert f" {type_}," in output  # registered
+    imported = {
+        line.rsplit("|", 1)[1].strip() for line in output.splitlines() if line.startswith("import time:")
+    }
+    assert "spoolpipe.confine" in imported  # imported by spoolpipe.builtins.files
+    assert sorted(imported & {"zipfile", "tarfile", "filecmp"}) == []

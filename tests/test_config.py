@@ -80,7 +80,15 @@ def test_pool_size_zero_uses_cpus_of_this_machine(tmp_path: Path) -> None:
 def test_schema_covers_every_settings_field() -> None:
     static = {o.key.replace(".", "_").replace("-", "_") for o in config.OPTIONS if o.default is not None}
     fields = {f.name for f in dataclasses.fields(Settings)}
-    assert fields - static == {"concurrency", "timeouts", "custom", "schedules", "sources"}
+    assert fields - static == {
+        "concurrency",
+        "timeouts",
+        "custom",
+        "schedules",
+        "commands",
+        "http_endpoints",
+        "sources",
+    }
     assert static <= fields
 
 
