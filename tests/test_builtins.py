@@ -691,3 +691,31 @@ def test_a_worker_that_runs_no_builtin_work_never_imports_what_they_need(tmp_pat
     }
     assert "spoolpipe.confine" in imported  # imported by spoolpipe.builtins.files
     assert sorted(imported & {"zipfile", "tarfile", "filecmp"}) == []
+
+
+def _blocks(text: str, language: str) -> list[str]:
+    return [block.split("```", 1)[0] for block in text.split(f"```{language}\n")[1:]]
+
+
+@pytest.mark.parametrize("doc", ["docs/builtins.md", "README.md"])
+def test_the_documented_examples_are_valid(tmp_path: Path, doc: str) -> None:
+    """The docs' properties blocks load without a problem, and their built-in activities fit them."""
+    text = (Path(__file__).resolve().parent.parent / doc).read_text()
+    properties = [
+        block
+        for block in _blocks(text, "properties")
+        if "argv" in block or "http." in block or "files." in block
+    ]
+    (tmp_path / "spoolpipe.properties").write_text("".join(properties))
+    loaded = config.load(tmp_path)
+    assert loaded.warnings == ()
+    builtin = {"command", "http.request", "files.copy", "files.move", "files.delete", "files.archive"}
+    examples = [json.loads(block) for block in _blocks(text, "json") if block.startswith('{"type"')]
+    activities = [a for a in examples if a["type"] in builtin]
+    assert activities
+    for activity in activities:
+        if activity["type"] == "command":
+            command = loaded.settings.commands[activity["data"]["command"]]
+            specs.fill(command.argv, activity["data"])  # the example's data fills its argv
+        if activity["type"] == "http.request":
+            assert activity["data"]["endpoint"] in loaded.settings.http_endpoints
