@@ -26,7 +26,7 @@ from typing import Any
 import javaproperties
 import pytest
 
-from harness import make_repository, records, run_until_idle, start_worker, submit, wait_for
+from harness import kill_group, make_repository, records, run_until_idle, start_worker, submit, wait_for
 from spoolpipe import config
 from spoolpipe.builtins import specs
 
@@ -354,6 +354,20 @@ def test_a_hanging_command_is_killed_at_its_timeout_with_its_children(tmp_path: 
     started = [int(line) for line in pids.read_text().split()]
     assert len(started) == 4  # a shell and its background sleep, twice
     wait_for(lambda: not any(_alive(pid) for pid in started), 30, "the command and its children to be gone")
+
+
+def test_a_command_dies_with_a_worker_killed_by_kill_9(tmp_path: Path) -> None:
+    pid_file = tmp_path / "pid"
+    repo = command_repo(tmp_path, {"hang": ["/bin/sh", "-c", f'echo $$ > "{pid_file}"; exec sleep 300']})
+    submit(repo, "command", {"command": "hang"})
+    proc = start_worker(repo, "w1")
+    try:
+        wait_for(lambda: pid_file.exists() and pid_file.read_text().strip() != "", 60, "the command to start")
+        pid = int(pid_file.read_text())
+        assert _alive(pid)
+    finally:
+        kill_group(proc)
+    wait_for(lambda: not _alive(pid), 30, "the command to die with its pool process")
 
 
 def test_output_is_bounded_to_its_tail(tmp_path: Path) -> None:

@@ -5,18 +5,21 @@ its working directory, environment, timeout and the meaning of its exit codes
 come from the properties only. Arguments are passed to ``execve`` as a list,
 never through a shell. The command runs in a session of its own, so a timeout
 kills it with everything it started; so does its exit, for anything it left
-running in its process group.
+running in its process group. The program itself is also killed when the pool
+process running it dies; what it started in the background then survives.
 """
 
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import os
 import selectors
 import shlex
 import signal
 import subprocess
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -32,6 +35,7 @@ RESULT_TAIL_CHARS = 2000
 #: How long output is still read after the program exited, from what it left running.
 _LINGER_SECONDS = 0.5
 _READ_SIZE = 65536
+_PR_SET_PDEATHSIG = 1
 
 
 class CommandFailed(Exception):
@@ -60,6 +64,24 @@ def _exited(pid: int) -> bool:
     return info is not None and info.si_pid == pid
 
 
+def _dying_with_this_process() -> Callable[[], None] | None:
+    """What the child runs before ``exec``: ask for SIGKILL when this (pool) process dies.
+
+    The pool process is killed at the activity's timeout, and with a worker killed by
+    ``kill -9``; the command would outlive it in its own session otherwise. Resolved here,
+    before the fork, so the child only makes one system call.
+    """
+    try:
+        prctl = ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError):
+        return None
+
+    def ask() -> None:
+        prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+
+    return ask
+
+
 def run(argv: list[str], cwd: Path, env: dict[str, str], limit: float) -> Ran:
     """Run ``argv`` in a new session; kill its process group at ``limit`` seconds, or once it exits.
 
@@ -75,6 +97,7 @@ def run(argv: list[str], cwd: Path, env: dict[str, str], limit: float) -> Ran:
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         start_new_session=True,
+        preexec_fn=_dying_with_this_process(),  # one system call between fork and exec: takes no lock
     )
     assert proc.stdout is not None
     tail = bytearray()
