@@ -370,6 +370,18 @@ def test_a_command_dies_with_a_worker_killed_by_kill_9(tmp_path: Path) -> None:
     wait_for(lambda: not _alive(pid), 30, "the command to die with its pool process")
 
 
+def test_a_command_gets_the_default_signal_handling_back(tmp_path: Path) -> None:
+    """The pool process ignores SIGTERM; the program must not inherit that."""
+    repo = command_repo(
+        tmp_path,
+        {"term": ["/bin/sh", "-c", "kill -TERM $$; echo survived"]},
+        "retry.max-attempts = 1\n",
+    )
+    activity = submit(repo, "command", {"command": "term"})
+    run_until_idle(repo)
+    assert "command 'term' was killed by signal 15" in reason(repo, activity)
+
+
 def test_output_is_bounded_to_its_tail(tmp_path: Path) -> None:
     script = "import sys; sys.stdout.write('x' * 300000 + 'THE END')"
     repo = command_repo(tmp_path, {"loud": [PY, "-c", script]})

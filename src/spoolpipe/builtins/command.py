@@ -36,6 +36,7 @@ RESULT_TAIL_CHARS = 2000
 _LINGER_SECONDS = 0.5
 _READ_SIZE = 65536
 _PR_SET_PDEATHSIG = 1
+_RESTORED = (int(signal.SIGINT), int(signal.SIGTERM), int(signal.SIGHUP))
 
 
 class CommandFailed(Exception):
@@ -64,22 +65,29 @@ def _exited(pid: int) -> bool:
     return info is not None and info.si_pid == pid
 
 
-def _dying_with_this_process() -> Callable[[], None] | None:
-    """What the child runs before ``exec``: ask for SIGKILL when this (pool) process dies.
+def _child_setup() -> Callable[[], None] | None:
+    """What the child runs before ``exec``: the signals a program expects, and death with this process.
 
-    The pool process is killed at the activity's timeout, and with a worker killed by
-    ``kill -9``; the command would outlive it in its own session otherwise. Resolved here,
-    before the fork, so the child only makes one system call.
+    A pool process ignores SIGINT, SIGTERM and SIGHUP (its daemon stops it), and an
+    ignored signal stays ignored across ``exec``: the program gets them back. It also
+    asks for SIGKILL when the pool process dies (killed at the activity's timeout, or
+    with a worker killed by ``kill -9``), which it would outlive in its own session
+    otherwise. Resolved before the fork, so the child only makes system calls.
     """
     try:
-        prctl = ctypes.CDLL(None, use_errno=True).prctl
+        libc = ctypes.CDLL(None, use_errno=True)
+        prctl, set_handler = libc.prctl, libc.signal
     except (OSError, AttributeError):
         return None
+    set_handler.argtypes = [ctypes.c_int, ctypes.c_void_p]
+    default = ctypes.c_void_p(0)  # SIG_DFL
 
-    def ask() -> None:
+    def setup() -> None:
+        for number in _RESTORED:
+            set_handler(number, default)
         prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
 
-    return ask
+    return setup
 
 
 def run(argv: list[str], cwd: Path, env: dict[str, str], limit: float) -> Ran:
@@ -97,7 +105,7 @@ def run(argv: list[str], cwd: Path, env: dict[str, str], limit: float) -> Ran:
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         start_new_session=True,
-        preexec_fn=_dying_with_this_process(),  # one system call between fork and exec: takes no lock
+        preexec_fn=_child_setup(),  # system calls only, between fork and exec: takes no lock
     )
     assert proc.stdout is not None
     tail = bytearray()
