@@ -382,6 +382,25 @@ def test_a_command_gets_the_default_signal_handling_back(tmp_path: Path) -> None
     assert "command 'term' was killed by signal 15" in reason(repo, activity)
 
 
+def test_a_changed_definition_applies_to_the_next_activity_without_a_restart(tmp_path: Path) -> None:
+    repo = command_repo(tmp_path, {"say": ["/bin/echo", "old", "{word}"]})
+    first = submit(repo, "command", {"command": "say", "word": "one"})
+    proc = start_worker(repo, "w1")
+    try:
+        wait_for(lambda: first in done(repo), 60, "the first command")
+        with (repo / "spoolpipe.properties").open("a") as properties:
+            properties.write(prop_lines({"command.say.argv": '["/bin/echo", "new", "{word}"]'}))
+        wait_for(
+            lambda: "configuration reloaded" in (tmp_path / "worker-w1.stderr").read_text(), 60, "a reload"
+        )
+        second = submit(repo, "command", {"command": "say", "word": "two"})
+        wait_for(lambda: second in done(repo), 60, "the second command")
+    finally:
+        kill_group(proc)
+    assert done(repo)[first]["result"]["output_tail"] == "old one\n"
+    assert done(repo)[second]["result"]["output_tail"] == "new two\n"
+
+
 def test_output_is_bounded_to_its_tail(tmp_path: Path) -> None:
     script = "import sys; sys.stdout.write('x' * 300000 + 'THE END')"
     repo = command_repo(tmp_path, {"loud": [PY, "-c", script]})
@@ -586,6 +605,25 @@ def test_existing_targets_are_never_replaced_unless_the_data_says_so(tmp_path: P
     replaced = submit(repo, "files.copy", {"source": "in/a.txt", "target": "in/b.txt", "replace": True})
     run_until_idle(repo)
     assert done(repo)[replaced]["result"]["bytes"] == 5 and (tree / "in" / "b.txt").read_text() == "alpha"
+
+
+def test_a_retry_after_an_interrupted_copy_or_move_finds_the_work_done(tmp_path: Path, tree: Path) -> None:
+    """What an attempt killed after its rename but before its commit left: the retry is done, not failed."""
+    (tree / "out").mkdir()
+    (tree / "out" / "a.txt").write_text("alpha")  # copied already
+    (tree / "out" / "moved.txt").write_text("moved")  # in/moved.txt was moved already
+    (tree / "out" / "other.txt").write_text("not alpha")
+    repo = files_repo(tmp_path, tree)
+    copied = submit(repo, "files.copy", {"source": "in/a.txt", "target": "out/a.txt"})
+    moved = submit(repo, "files.move", {"source": "in/moved.txt", "target": "out/moved.txt"})
+    clash = submit(repo, "files.copy", {"source": "in/a.txt", "target": "out/other.txt"})
+    lost = submit(repo, "files.move", {"source": "in/lost.txt", "target": "out/lost.txt"})
+    run_until_idle(repo)
+    assert done(repo)[copied]["result"]["bytes"] == 5
+    assert done(repo)[moved]["result"] == {"target": str(tree / "out" / "moved.txt"), "moved": False}
+    assert "out/other.txt exists" in reason(repo, clash)
+    assert (tree / "out" / "other.txt").read_text() == "not alpha"
+    assert "data.source: 'in/lost.txt' does not exist" in reason(repo, lost)
 
 
 @pytest.mark.parametrize(
