@@ -699,6 +699,8 @@ def test_archive_puts_old_files_in_a_readable_archive_then_removes_them(
     old = time.time() - 3 * 86400
     for name in ("a.txt", "b.txt"):
         os.utime(tree / "in" / name, (old, old))
+    (tree / "in" / "ancient.txt").write_text("old")
+    os.utime(tree / "in" / "ancient.txt", (100000, 100000))  # 1970: before any time a zip can hold
     (tree / "in" / "fresh.txt").write_text("new")
     (tree / "in" / "sub").mkdir()
     repo = files_repo(tmp_path, tree)
@@ -706,7 +708,7 @@ def test_archive_puts_old_files_in_a_readable_archive_then_removes_them(
     activity = submit(repo, "files.archive", {"folder": "in", "older_than": "2d", "archive": target})
     run_until_idle(repo)
     result = done(repo)[activity]["result"]
-    assert (result["files"], result["names"], result["bytes"]) == (2, ["a.txt", "b.txt"], 9)
+    assert (result["files"], result["names"], result["bytes"]) == (3, ["a.txt", "ancient.txt", "b.txt"], 12)
     data = (tree / target).read_bytes()
     if suffix == ".zip":
         with zipfile.ZipFile(io.BytesIO(data)) as archive:
@@ -714,7 +716,7 @@ def test_archive_puts_old_files_in_a_readable_archive_then_removes_them(
     else:
         with tarfile.open(fileobj=io.BytesIO(data), mode="r:gz") as archive:
             contents = {m.name: archive.extractfile(m).read() for m in archive if m.isfile()}  # type: ignore[union-attr]
-    assert contents == {"a.txt": b"alpha", "b.txt": b"beta"}
+    assert contents == {"a.txt": b"alpha", "ancient.txt": b"old", "b.txt": b"beta"}
     assert sorted(os.listdir(tree / "in")) == ["fresh.txt", "link.txt", "linked-folder", "sub"]
     assert (tmp_path / "outside" / "secret.txt").exists()  # a link is never archived nor removed
 

@@ -15,6 +15,7 @@ import contextlib
 import errno
 import os
 import shutil
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,6 +33,7 @@ _LABEL = "file roots"
 LISTED_NAMES = 1000
 
 ArchiveFormat = Literal["zip", "tar.gz"]
+_ZIP_EPOCH = 315576000.0  # 1980-01-02: the earliest time a zip can hold, in any time zone
 _SUFFIXES: dict[str, ArchiveFormat] = {".zip": "zip", ".tar.gz": "tar.gz", ".tgz": "tar.gz"}
 
 
@@ -271,19 +273,34 @@ def choose(folder: Path, cutoff: float, skip: Path) -> list[Candidate]:
     return sorted(chosen, key=lambda c: c.path.name)
 
 
+def _open_chosen(item: Candidate) -> IO[bytes]:
+    """The chosen file itself: a symbolic link put in its place since is refused, not followed."""
+    return os.fdopen(os.open(item.path, os.O_RDONLY | os.O_NOFOLLOW), "rb")
+
+
 def _write_archive(out: IO[bytes], fmt: ArchiveFormat, files: list[Candidate]) -> None:
+    """Each file under its name, read through a descriptor opened without following links."""
     if fmt == "zip":
         import zipfile
 
         with zipfile.ZipFile(out, "w", zipfile.ZIP_DEFLATED) as archive:
             for item in files:
-                archive.write(item.path, item.path.name)
+                with _open_chosen(item) as source:
+                    stamp = time.gmtime(max(item.mtime_ns / 1e9, _ZIP_EPOCH))[
+                        :6
+                    ]  # zip has no time before 1980
+                    info = zipfile.ZipInfo(item.path.name, date_time=stamp)
+                    info.compress_type = zipfile.ZIP_DEFLATED
+                    info.external_attr = (os.fstat(source.fileno()).st_mode & 0o7777) << 16
+                    with archive.open(info, "w", force_zip64=True) as member:
+                        shutil.copyfileobj(source, member, 1 << 20)
     else:
         import tarfile
 
         with tarfile.open(fileobj=out, mode="w:gz") as archive:
             for item in files:
-                archive.add(item.path, item.path.name, recursive=False)
+                with _open_chosen(item) as source:
+                    archive.addfile(archive.gettarinfo(arcname=item.path.name, fileobj=source), source)
 
 
 def _members(path: Path, fmt: ArchiveFormat) -> dict[str, int]:
@@ -337,6 +354,7 @@ def archive(activity: Activity, ctx: Context) -> dict[str, object]:
         raise Fatal(f"data.archive: {target} exists; archives are never replaced")
     _make_parents(target, fsync)
     with _temporary(target) as (tmp, out):
+        os.utime(tmp)  # "now" as the file system's server sets it (a new file may get the client's clock)
         now = tmp.stat().st_mtime  # the file system's clock, as the files' times are
         files = choose(folder, now - age, tmp)
         if not files:
