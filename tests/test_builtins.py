@@ -785,3 +785,20 @@ def test_the_documented_examples_are_valid(tmp_path: Path, doc: str) -> None:
             specs.fill(command.argv, activity["data"])  # the example's data fills its argv
         if activity["type"] == "http.request":
             assert activity["data"]["endpoint"] in loaded.settings.http_endpoints
+
+
+def test_targets_that_are_symbolic_links_are_never_written_through(tmp_path: Path, tree: Path) -> None:
+    (tree / "out").mkdir()
+    (tree / "out" / "trap.txt").symlink_to(tmp_path / "outside" / "secret.txt")
+    (tree / "out" / "dangling.txt").symlink_to(tmp_path / "outside" / "planted.txt")
+    repo = files_repo(tmp_path, tree)
+    through = submit(repo, "files.copy", {"source": "in/a.txt", "target": "out/trap.txt", "replace": True})
+    dangling = submit(repo, "files.move", {"source": "in/b.txt", "target": "out/dangling.txt"})
+    archive = submit(repo, "files.archive", {"folder": "in", "older_than": 0, "archive": "out/trap.txt"})
+    run_until_idle(repo)
+    for activity in (through, dangling):
+        assert "is a symbolic link" in reason(repo, activity)
+    assert "must end in .zip" in reason(repo, archive)
+    assert (tmp_path / "outside" / "secret.txt").read_text() == "secret"
+    assert not (tmp_path / "outside" / "planted.txt").exists()
+    assert (tree / "in" / "b.txt").read_text() == "beta"

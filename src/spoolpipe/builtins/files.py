@@ -65,10 +65,25 @@ def _not_a_link(data: dict[str, object], field: str, roots: tuple[Path, ...]) ->
 
 
 def _target(data: dict[str, object], field: str, roots: tuple[Path, ...]) -> Path:
+    """A path to create, in the roots; an existing symbolic link there is refused (never written through)."""
     try:
-        return confine.output_file(data.get(field), roots, _LABEL)
+        target = confine.output_file(data.get(field), roots, _LABEL)
     except confine.PathRejected as exc:
         raise Fatal(f"data.{field}: {exc}") from None
+    if target.is_symlink():
+        raise Fatal(f"data.{field}: {data.get(field)!r} is a symbolic link")
+    return target
+
+
+def _missing(data: dict[str, object], field: str, roots: tuple[Path, ...]) -> Path | None:
+    """The path of ``data[field]`` when nothing is there and it would lie in the roots; else None."""
+    try:
+        _, lexical = confine.candidate(data.get(field), roots)
+        if os.path.lexists(lexical):
+            return None
+        return confine.output_file(data.get(field), roots, _LABEL)
+    except confine.PathRejected:
+        return None
 
 
 def _flag(data: dict[str, object], field: str) -> bool:
@@ -100,7 +115,7 @@ def _make_parents(path: Path, fsync: bool) -> None:
 @contextlib.contextmanager
 def _temporary(target: Path) -> Iterator[tuple[Path, IO[bytes]]]:
     """A new hidden file beside ``target``, removed unless it was renamed away."""
-    tmp = target.with_name(f".{target.name}.{os.urandom(6).hex()}.tmp")
+    tmp = target.with_name(f".{target.name[:200]}.{os.urandom(6).hex()}.tmp")  # within NAME_MAX
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)
     try:
         with os.fdopen(fd, "wb") as handle:
@@ -173,13 +188,11 @@ def move(activity: Activity, ctx: Context) -> dict[str, object]:
     target = _target(data, "target", roots)
     fsync = ctx.settings.durability_fsync
     _not_a_link(data, "source", roots)
-    try:
-        source = _existing(data, "source", roots)
-    except Fatal:
-        if target.is_file():  # moved by an interrupted attempt of this activity
-            ctx.log.warning("%r is gone and %s exists: taken as moved already", data.get("source"), target)
-            return {"target": str(target), "moved": False}
-        raise
+    gone = _missing(data, "source", roots)
+    if gone is not None and target.is_file():  # moved by an interrupted attempt of this activity
+        ctx.log.warning("%s is gone and %s exists: taken as moved already", gone, target)
+        return {"target": str(target), "moved": False}
+    source = _existing(data, "source", roots)
     if source == target:
         raise Fatal(f"data.target: {target} is the source itself")
     _make_parents(target, fsync)
@@ -202,21 +215,11 @@ def delete(activity: Activity, ctx: Context) -> dict[str, object]:
     roots = _roots(ctx.settings)
     data = dict(activity.data)
     _not_a_link(data, "path", roots)
-    try:
-        path = _existing(data, "path", roots)
-    except Fatal:
-        raw = data.get("path")
-        try:
-            _, lexical = confine.candidate(raw, roots)
-        except confine.PathRejected as exc:
-            raise Fatal(f"data.path: {exc}") from None
-        if os.path.lexists(lexical):
-            raise
-        _target(data, "path", roots)  # outside the roots is refused even when missing
-        ctx.log.info("%s does not exist: nothing to delete", lexical)
-        return {"path": str(lexical), "deleted": False}
-    if path in roots:
-        raise Fatal(f"data.path: {path} is a root")
+    gone = _missing(data, "path", roots)
+    if gone is not None:
+        ctx.log.info("%s does not exist: nothing to delete", gone)
+        return {"path": str(gone), "deleted": False}
+    path = _existing(data, "path", roots)
     os.unlink(path)
     if ctx.settings.durability_fsync:
         fsync_directory(path.parent)
