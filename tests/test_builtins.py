@@ -801,3 +801,20 @@ def test_targets_that_are_symbolic_links_are_never_written_through(tmp_path: Pat
     assert (tmp_path / "outside" / "secret.txt").read_text() == "secret"
     assert not (tmp_path / "outside" / "planted.txt").exists()
     assert (tree / "in" / "b.txt").read_text() == "beta"
+
+
+def test_archive_keeps_files_whose_names_are_not_utf8_and_says_so(tmp_path: Path, tree: Path) -> None:
+    latin1 = os.path.join(os.fsencode(tree / "in"), b"caf\xe9.txt")
+    with open(latin1, "wb") as f:
+        f.write(b"latin-1")
+    old = time.time() - 3600
+    for path in (latin1, os.fsencode(tree / "in" / "a.txt")):
+        os.utime(path, (old, old))
+    repo = files_repo(tmp_path, tree)
+    activity = submit(repo, "files.archive", {"folder": "in", "older_than": "1m", "archive": "a.zip"})
+    run_until_idle(repo)
+    result = done(repo)[activity]["result"]
+    assert (result["names"], result["kept"]) == (["a.txt"], ["caf\\xe9.txt"])
+    assert os.path.exists(latin1) and not (tree / "in" / "a.txt").exists()
+    with zipfile.ZipFile(tree / "a.zip") as archive:
+        assert archive.namelist() == ["a.txt"]

@@ -263,17 +263,27 @@ def _older_than(data: dict[str, object]) -> float:
     return seconds
 
 
-def choose(folder: Path, cutoff: float, skip: Path) -> list[Candidate]:
-    """The regular files directly in ``folder`` last modified at or before ``cutoff`` (links are skipped)."""
-    chosen = []
+def _printable(name: str) -> str:
+    """A file name that is not UTF-8, with its bytes escaped (``\\xff``), as results and logs can hold it."""
+    return os.fsencode(name).decode("utf-8", "backslashreplace")
+
+
+def choose(folder: Path, cutoff: float, skip: Path) -> tuple[list[Candidate], list[str]]:
+    """The regular files directly in ``folder`` last modified at or before ``cutoff`` (links are skipped),
+    and the names of those left out because they are not UTF-8 (no archive member could be named so)."""
+    chosen, unnamable = [], []
     with os.scandir(folder) as entries:
         for entry in entries:
             if not entry.is_file(follow_symlinks=False) or Path(entry.path) == skip:
                 continue
             info = entry.stat(follow_symlinks=False)
-            if info.st_mtime <= cutoff:
+            if info.st_mtime > cutoff:
+                continue
+            if _printable(entry.name) != entry.name:
+                unnamable.append(_printable(entry.name))
+            else:
                 chosen.append(Candidate(Path(entry.path), info.st_size, info.st_mtime_ns))
-    return sorted(chosen, key=lambda c: c.path.name)
+    return sorted(chosen, key=lambda c: c.path.name), sorted(unnamable)
 
 
 def _open_chosen(item: Candidate) -> IO[bytes]:
@@ -359,10 +369,13 @@ def archive(activity: Activity, ctx: Context) -> dict[str, object]:
     with _temporary(target) as (tmp, out):
         os.utime(tmp)  # "now" as the file system's server sets it (a new file may get the client's clock)
         now = tmp.stat().st_mtime  # the file system's clock, as the files' times are
-        files = choose(folder, now - age, tmp)
+        files, unnamable = choose(folder, now - age, tmp)
+        for name in unnamable:
+            ctx.log.warning("%s in %s is not a UTF-8 name: not archived, kept", name, folder)
         if not files:
             ctx.log.info("no file in %s is older than %gs: no archive written", folder, age)
-            return {"folder": str(folder), "archive": None, "files": 0, "bytes": 0, "names": []}
+            nothing = {"archive": None, "files": 0, "bytes": 0, "names": [], "kept": unnamable}
+            return {"folder": str(folder), **nothing}
         _write_archive(out, fmt, files)
         out.flush()
         _sync(out.fileno(), fsync)
@@ -385,7 +398,7 @@ def archive(activity: Activity, ctx: Context) -> dict[str, object]:
         "files": len(files),
         "bytes": sum(item.size for item in files),
         "names": names[:LISTED_NAMES],
-        "kept": kept,
+        "kept": sorted(kept + unnamable),
     }
 
 
