@@ -1194,7 +1194,7 @@ def load(repo: Path, worker_id: str | None = None, *, cpu_count: int | None = No
     schedules = _build_schedules(members["schedule."], cast(int, values["limits.activity-bytes"]), errors)
     build_command = builtin_specs.build_command
     commands = _build_definitions(members["command."], "command", ("argv",), build_command, errors)
-    endpoints = _build_definitions(members["http."], "http", ("url",), _endpoint, errors)
+    endpoints = _build_definitions(members["http."], "http", ("url",), builtin_specs.build_endpoint, errors)
     if errors:
         raise ConfigError(errors, warnings)
 
@@ -1339,12 +1339,6 @@ def _build_schedules(
 
 
 D = TypeVar("D")
-
-
-def _endpoint(
-    name: str, url: str, method: str = "POST", headers: str = "{}", timeout: float = 30.0
-) -> builtin_specs.Endpoint:
-    return builtin_specs.Endpoint(name, url, method, builtin_specs.parse_headers(headers), timeout)
 
 
 def _build_definitions(

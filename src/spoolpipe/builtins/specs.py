@@ -226,6 +226,13 @@ class Endpoint:
         return "fatal"
 
 
+def build_endpoint(
+    name: str, url: str, method: str = "POST", headers: str = "{}", timeout: float = 30.0
+) -> Endpoint:
+    """An :class:`Endpoint` from ``http.<name>.*`` (``headers`` as the JSON text the key holds)."""
+    return Endpoint(name, check_url(url), method, parse_headers(headers), timeout)
+
+
 def request_body(data: Mapping[str, object]) -> bytes:
     """What ``http.request`` sends: the activity's data without ``endpoint``, as compact UTF-8 JSON."""
     body = {key: value for key, value in data.items() if key != ENDPOINT_FIELD}
