@@ -277,7 +277,10 @@ def test_a_command_gets_only_the_environment_variables_allowed(tmp_path: Path) -
     proc = start_worker(
         repo, "w1", "--until-idle", env={"SPOOLPIPE_T_ALLOWED": "yes", "SPOOLPIPE_T_SECRET": "no"}
     )
-    assert proc.wait(120) == 0
+    try:
+        assert proc.wait(120) == 0
+    finally:
+        kill_group(proc)
     names = set(json.loads(done(repo)[activity]["result"]["output_tail"]))
     assert {"PATH", "SPOOLPIPE_T_ALLOWED"} <= names
     assert "SPOOLPIPE_T_SECRET" not in names
@@ -512,8 +515,7 @@ def test_server_errors_and_refused_connections_are_retried_until_it_recovers(tmp
         finally:
             server.close()
     finally:
-        if proc.poll() is None:
-            proc.kill()
+        kill_group(proc)
     record = done(repo)[activity]
     assert record["result"]["status"] == 200 and record["result"]["body"] == "back"
     assert [r["path"] for r in server.requests] == ["/flaky"] * 3
@@ -747,7 +749,10 @@ def test_a_worker_that_runs_no_builtin_work_never_imports_what_they_need(tmp_pat
     repo = make_repository(tmp_path, "pool.size = 1\n")
     activity = submit(repo, "t.noop")
     proc = start_worker(repo, "w1", "--until-idle", env={"PYTHONPROFILEIMPORTTIME": "1"})
-    assert proc.wait(120) == 0
+    try:
+        assert proc.wait(120) == 0
+    finally:
+        kill_group(proc)
     output = (tmp_path / "worker-w1.stderr").read_text()
     assert activity in done(repo)
     for type_ in ("command", "files.archive", "files.copy", "files.delete", "files.move", "http.request"):
