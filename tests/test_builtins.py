@@ -12,9 +12,11 @@ import http.server
 import io
 import json
 import os
+import shutil
 import socket
 import sys
 import tarfile
+import tempfile
 import textwrap
 import threading
 import time
@@ -823,3 +825,35 @@ def test_archive_keeps_files_whose_names_are_not_utf8_and_says_so(tmp_path: Path
     assert os.path.exists(latin1) and not (tree / "in" / "a.txt").exists()
     with zipfile.ZipFile(tree / "a.zip") as archive:
         assert archive.namelist() == ["a.txt"]
+
+
+@pytest.fixture
+def other_file_system(tmp_path: Path) -> Iterator[Path]:
+    """A folder on another file system than ``tmp_path`` (tmpfs at /dev/shm, on every Linux)."""
+    folder = Path(tempfile.mkdtemp(prefix="spoolpipe-test-", dir="/dev/shm"))
+    try:
+        assert folder.stat().st_dev != tmp_path.stat().st_dev, "/dev/shm is on the same file system here"
+        yield folder
+    finally:
+        shutil.rmtree(folder)
+
+
+def test_a_move_across_file_systems_copies_then_removes(
+    tmp_path: Path, tree: Path, other_file_system: Path
+) -> None:
+    (other_file_system / "taken.txt").write_text("taken")
+    repo = files_repo(tmp_path, tree, f"files.roots = {tree}, {other_file_system}\n")
+    moved = submit(
+        repo, "files.move", {"source": "in/a.txt", "target": str(other_file_system / "x" / "a.txt")}
+    )
+    refused = submit(
+        repo, "files.move", {"source": "in/b.txt", "target": str(other_file_system / "taken.txt")}
+    )
+    run_until_idle(repo)
+    assert done(repo)[moved]["result"]["moved"] is True
+    assert (other_file_system / "x" / "a.txt").read_text() == "alpha" and not (tree / "in" / "a.txt").exists()
+    assert "taken.txt exists" in reason(repo, refused)
+    assert (tree / "in" / "b.txt").read_text() == "beta" and (
+        other_file_system / "taken.txt"
+    ).read_text() == "taken"
+    assert sorted(os.listdir(other_file_system / "x")) == ["a.txt"]  # no temporary file left
