@@ -82,7 +82,8 @@ def test_schema_covers_every_settings_field() -> None:
     fields = {f.name for f in dataclasses.fields(Settings)}
     per_type = {"concurrency", "timeouts", "max_attempts", "backoffs", "retry_on"}
     processor_options = {"processor_options", "option_sources"}
-    assert fields - static == per_type | processor_options | {"custom", "schedules", "circuits", "sources"}
+    families = {"schedules", "circuits", "commands", "http_endpoints"}
+    assert fields - static == per_type | processor_options | families | {"custom", "sources"}
     assert static <= fields
 
 

@@ -425,7 +425,7 @@ def test_a_worker_with_no_image_work_never_imports_pillow(tmp_path: Path) -> Non
             kill_group(proc)
     assert records(repo / "done")[aid]["result"] is False  # asked inside the pool process
     output = (tmp_path / "worker-w1.stderr").read_text()
-    assert "types: image.process, " in output  # the built-in image processors did register
+    assert ", image.process, " in output  # the built-in image processors did register
     # Import statements run by any process of the worker, daemon included, as -X importtime logs them.
     imported = {
         line.rsplit("|", 1)[1].strip() for line in output.splitlines() if line.startswith("import time:")

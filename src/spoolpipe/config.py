@@ -28,7 +28,7 @@ import math
 import os
 import re
 import textwrap
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar, cast
@@ -37,6 +37,7 @@ import javaproperties
 
 from . import circuit
 from .activity import NAME_PATTERN, InvalidActivity, is_valid_name, parse_document
+from .builtins import specs as builtin_specs
 from .schedule import rules as schedule_rules
 from .storable import encode
 
@@ -85,7 +86,7 @@ TYPE_PATTERN = NAME_PATTERN
 _TYPE_RE = re.compile(TYPE_PATTERN)
 _EOL_RE = re.compile(r"\r\n?|\n")  # the line terminators javaproperties splits on
 
-Value = int | float | bool | str | tuple[str, ...] | tuple[Path, ...] | Path | None
+Value = int | float | bool | str | tuple[str, ...] | tuple[Path, ...] | tuple[int, ...] | Path | None
 
 K = TypeVar("K")
 V = TypeVar("V")
@@ -488,6 +489,110 @@ class WorkerListKind(Kind):
             if not is_valid_name(worker_id):
                 raise _Invalid(f"{worker_id!r} is not a valid worker id")
         return tuple(dict.fromkeys(ids))
+
+
+# -- kinds of the built-in processors' keys (command.<name>.*, http.<name>.*) --
+
+
+@dataclass(frozen=True)
+class ArgvKind(Kind):
+    """A JSON array of strings: a program, then argument templates with ``{field}`` placeholders."""
+
+    @property
+    def expected(self) -> str:
+        return (
+            'a JSON array of strings, the program first, e.g. ["/usr/bin/rsync", "-a", "--", "{source}"]; '
+            "{field} is replaced by that data field, {{ and }} are literal braces"
+        )
+
+    def parse(self, raw: str, base: Path) -> tuple[str, ...]:
+        try:
+            doc = json.loads(raw)
+        except ValueError:
+            raise _Invalid(f"{raw.strip()!r} is not JSON") from None
+        if not isinstance(doc, list) or not all(isinstance(item, str) for item in doc):
+            raise _Invalid("the value is not an array of strings")
+        try:
+            builtin_specs.check_argv(doc)
+        except builtin_specs.InvalidDefinition as exc:
+            raise _Invalid(str(exc)) from None
+        return tuple(doc)
+
+
+@dataclass(frozen=True)
+class ExitCodesKind(Kind):
+    """Comma-separated process exit codes."""
+
+    @property
+    def expected(self) -> str:
+        return "comma-separated exit codes from 0 to 255, or nothing"
+
+    def parse(self, raw: str, base: Path) -> tuple[int, ...]:
+        codes = []
+        for item in _split_list(raw):
+            if not item.isdigit() or int(item) > 255:
+                raise _Invalid(f"{item!r} is not an exit code")
+            codes.append(int(item))
+        return tuple(dict.fromkeys(codes))
+
+
+@dataclass(frozen=True)
+class EnvNamesKind(Kind):
+    """Comma-separated environment variable names."""
+
+    @property
+    def expected(self) -> str:
+        return "comma-separated environment variable names, or nothing"
+
+    def parse(self, raw: str, base: Path) -> tuple[str, ...]:
+        names = _split_list(raw)
+        for name in names:
+            if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name):
+                raise _Invalid(f"{name!r} is not an environment variable name")
+        return tuple(dict.fromkeys(names))
+
+
+@dataclass(frozen=True)
+class DirectoryKind(Kind):
+    """One directory, resolved against the defining file's directory (lexically, like PathListKind)."""
+
+    @property
+    def expected(self) -> str:
+        return "a directory"
+
+    def parse(self, raw: str, base: Path) -> Path:
+        text = raw.strip()
+        if not text or "\0" in text:
+            raise _Invalid(f"{text!r} is not a directory name")
+        return Path(os.path.abspath(base / text))
+
+
+@dataclass(frozen=True)
+class UrlKind(Kind):
+    @property
+    def expected(self) -> str:
+        return "an http:// or https:// URL"
+
+    def parse(self, raw: str, base: Path) -> str:
+        try:
+            return builtin_specs.check_url(raw)
+        except builtin_specs.InvalidDefinition as exc:
+            raise _Invalid(str(exc)) from None
+
+
+@dataclass(frozen=True)
+class HeadersKind(Kind):
+    """A JSON object of HTTP header names to string values, kept as JSON text."""
+
+    @property
+    def expected(self) -> str:
+        return 'a JSON object of header names to strings, e.g. {"Authorization": "Bearer 123"}'
+
+    def parse(self, raw: str, base: Path) -> str:
+        try:
+            return json.dumps(dict(builtin_specs.parse_headers(raw)))
+        except builtin_specs.InvalidDefinition as exc:
+            raise _Invalid(str(exc)) from None
 
 
 # --------------------------------------------------------------------------
@@ -935,6 +1040,95 @@ OPTIONS: tuple[Option, ...] = (
         example="circuit.mail.send.cool-down-seconds = 5m",
     ),
     Option(
+        "command.<name>.argv",
+        ArgvKind(),
+        None,
+        "The program a command activity naming <name> runs (data field command), as a JSON array: the "
+        "program first (never taken from data), then its arguments. {field} in an argument is replaced by "
+        "that field of the activity's data (a string or a number), and each argument stays one argument "
+        "whatever the value holds: nothing goes through a shell. Required for each command. Names match "
+        f"{builtin_specs.NAME_PATTERN}.",
+        example='command.backup.argv = ["/usr/bin/rsync", "-a", "--", "{source}", "/backup/"]',
+    ),
+    Option(
+        "command.<name>.cwd",
+        DirectoryKind(),
+        None,
+        "Working directory of the command <name>. Default: the repository folder.",
+        example="command.backup.cwd = /srv/data",
+    ),
+    Option(
+        "command.<name>.timeout",
+        DurationKind(0.1),
+        None,
+        "Longest the command <name> may run (30s, 15m, 2h): then its whole process group is killed and the "
+        "activity is retried. Default, and never more than: timeout.command less one second.",
+        example="command.backup.timeout = 10m",
+    ),
+    Option(
+        "command.<name>.env",
+        EnvNamesKind(),
+        None,
+        "Comma-separated names of the worker's environment variables passed to the command <name>; it "
+        "gets no others. Default: PATH.",
+        example="command.backup.env = PATH, HOME, LANG",
+    ),
+    Option(
+        "command.<name>.ok-exit-codes",
+        ExitCodesKind(),
+        None,
+        "Exit codes of the command <name> that mean done. Default: 0.",
+        example="command.backup.ok-exit-codes = 0, 24",
+    ),
+    Option(
+        "command.<name>.retry-exit-codes",
+        ExitCodesKind(),
+        None,
+        "Exit codes of the command <name> that mean try again later (per retry.*); any other code not in "
+        "ok-exit-codes fails the activity for good. Default: none.",
+        example="command.backup.retry-exit-codes = 10, 12",
+    ),
+    Option(
+        "http.<name>.url",
+        UrlKind(),
+        None,
+        "Where an http.request activity naming <name> (data field endpoint; default: the endpoint named "
+        "default) sends its data as a JSON body. Required for each endpoint. Redirects are not followed. "
+        f"Names match {builtin_specs.NAME_PATTERN}.",
+        example="http.alerts.url = https://chat.example.com/hooks/ops",
+    ),
+    Option(
+        "http.<name>.method",
+        ChoiceKind(builtin_specs.METHODS),
+        None,
+        "HTTP method of the endpoint <name> (GET sends no body). Default: POST.",
+        example="http.alerts.method = POST",
+    ),
+    Option(
+        "http.<name>.headers",
+        HeadersKind(),
+        None,
+        "Extra request headers of the endpoint <name>, as a JSON object. Content-Type defaults to "
+        "application/json.",
+        example='http.alerts.headers = {"Authorization": "Bearer 123"}',
+    ),
+    Option(
+        "http.<name>.timeout",
+        DurationKind(0.1),
+        None,
+        "Longest a request to the endpoint <name> may take (connecting and reading) before it is retried. "
+        "Default: 30s.",
+        example="http.alerts.timeout = 10s",
+    ),
+    Option(
+        "files.roots",
+        PathListKind(),
+        "",
+        "Comma-separated directories that the files.move, files.copy, files.delete and files.archive "
+        "activities may read from and write to; relative paths in their data start at the first. "
+        "Relative paths here are resolved against the directory of the file that sets this key.",
+    ),
+    Option(
         "custom.<name>",
         StringKind(),
         None,
@@ -951,6 +1145,8 @@ _PATTERNS: dict[str, Option] = {opt.prefix: opt for opt in OPTIONS if opt.is_pat
 FAMILIES: dict[str, Family] = {
     "schedule.": Family("schedule.", "name", schedule_rules.NAME_PATTERN, shared_only=True),
     "circuit.": Family("circuit.", "type", TYPE_PATTERN),
+    "command.": Family("command.", "name", builtin_specs.NAME_PATTERN),
+    "http.": Family("http.", "name", builtin_specs.NAME_PATTERN),
 }
 _PER_TYPE_PREFIXES = (
     "concurrency.",
@@ -984,6 +1180,9 @@ _GROUP_TITLES = {
     "retention": "Cleaning up",
     "schedule": "Schedules",
     "circuit": "Circuit breakers",
+    "command": "Built-in processor: command",
+    "http": "Built-in processor: http.request",
+    "files": "Built-in processors: files.*",
     "custom": "Custom settings for processors",
 }
 
@@ -1083,6 +1282,12 @@ class Settings:
     retention_logs: float
     retention_archive: bool
     retention_interval: float
+    #: ``command.<name>.*`` definitions, by name.
+    commands: Mapping[str, builtin_specs.Command]
+    #: ``http.<name>.*`` definitions, by name.
+    http_endpoints: Mapping[str, builtin_specs.Endpoint]
+    #: Absolute directories the ``files.*`` activities are confined to.
+    files_roots: tuple[Path, ...]
     #: ``custom.*`` keys, without the ``custom.`` prefix.
     custom: Mapping[str, str]
     #: ``schedule.<name>.*`` rules, by name.
@@ -1299,6 +1504,9 @@ def load(repo: Path, worker_id: str | None = None, *, cpu_count: int | None = No
     _check_lease(values, where, errors)
     schedules = _build_schedules(members["schedule."], cast(int, values["limits.activity-bytes"]), errors)
     circuits = _build_circuits(members["circuit."], errors)
+    build_command = builtin_specs.build_command
+    commands = _build_definitions(members["command."], "command", ("argv",), build_command, errors)
+    endpoints = _build_definitions(members["http."], "http", ("url",), builtin_specs.build_endpoint, errors)
     if errors:
         raise ConfigError(errors, warnings)
 
@@ -1340,6 +1548,9 @@ def load(repo: Path, worker_id: str | None = None, *, cpu_count: int | None = No
         retention_logs=cast(float, values["retention.logs"]),
         retention_archive=cast(bool, values["retention.archive"]),
         retention_interval=cast(float, values["retention.interval"]),
+        commands=_FrozenMap(commands),
+        http_endpoints=_FrozenMap(endpoints),
+        files_roots=cast(tuple[Path, ...], values["files.roots"]),
         custom=_FrozenMap(custom),
         schedules=_FrozenMap(schedules),
         circuits=_FrozenMap(circuits),
@@ -1507,6 +1718,33 @@ def _build_circuits(
             else circuit.DEFAULT_COOL_DOWN_SECONDS,
         )
     return rules
+
+
+D = TypeVar("D")
+
+
+def _build_definitions(
+    members: dict[str, dict[str, tuple[Value | None, _Entry]]],
+    prefix: str,
+    required: tuple[str, ...],
+    build: Callable[..., D],
+    errors: list[str],
+) -> dict[str, D]:
+    """``build(name, field=value...)`` for each ``PREFIX.<name>``, its fields as keywords (``-`` as ``_``)."""
+    built: dict[str, D] = {}
+    for name, fields in members.items():
+        if any(value is None for value, _ in fields.values()):
+            continue  # a bad value, already reported
+        first = min((entry for _, entry in fields.values()), key=lambda e: e.line)
+        missing = [f"{prefix}.{name}.{field}" for field in required if field not in fields]
+        if missing:
+            errors.append(f"{first.where}: {prefix} {name!r} has no {', '.join(missing)} (required)")
+            continue
+        try:
+            built[name] = build(name, **{f.replace("-", "_"): value for f, (value, _) in fields.items()})
+        except builtin_specs.InvalidDefinition as exc:
+            errors.append(f"{first.where}: {prefix} {name!r}: {exc}")
+    return built
 
 
 def _check_lease(values: dict[str, Value], where: dict[str, _Entry], errors: list[str]) -> None:

@@ -34,7 +34,13 @@ from typing import Any
 from .attempt import Attempts, Item, Report, Setup
 
 _PR_SET_PDEATHSIG = 1
-_BUILTIN_MODULES = ("spoolpipe.failure", "spoolpipe.image_processors")
+_BUILTIN_MODULES = (
+    "spoolpipe.failure",
+    "spoolpipe.image_processors",
+    "spoolpipe.builtins.command",
+    "spoolpipe.builtins.files",
+    "spoolpipe.builtins.http",
+)
 
 
 class ProcessorImportError(Exception):

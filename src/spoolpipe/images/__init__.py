@@ -9,7 +9,7 @@ One private module per mechanism, all on Pillow:
 - ``_ops``: the operations, pure functions on decoded images that never modify
   their input, so several outputs can be made from one decode;
 - ``_save``: encoding, and atomic replacement of the target (``durable.write_atomic``);
-- ``_paths``: confinement of every path to the image roots;
+- ``spoolpipe.confine`` (shared with ``files.*``): confinement of every path to the image roots;
 - ``_recipe``: the recipe schema, validated in full by ``parse_recipe`` (every
   error, each named by its JSON path, before any work starts);
 - ``_run``: ``run_recipe``, which decodes once, shrunk on load, and makes each
@@ -20,6 +20,11 @@ See docs/images.md for the catalogue.
 
 from __future__ import annotations
 
+from ..confine import (
+    PathRejected,
+    real_roots,
+    resolve_path,
+)
 from ._budget import (
     PIXEL_BUDGET,
     WORKING_COPIES,
@@ -59,11 +64,6 @@ from ._ops import (
     thumbnail,
     to_srgb,
     watermark,
-)
-from ._paths import (
-    PathRejected,
-    real_roots,
-    resolve_path,
 )
 from ._recipe import (
     MAX_DIMENSION,

@@ -16,6 +16,7 @@ from typing import Any, ClassVar, Final, TypeVar
 
 from PIL import Image, ImageColor
 
+from ..confine import _existing_file, _got, _Invalid, output_file, real_roots
 from ._ops import (
     _CENTERING,
     _METADATA_KEYS,
@@ -41,7 +42,6 @@ from ._ops import (
     to_srgb,
     watermark,
 )
-from ._paths import _existing_file, _got, _Invalid, _output_file, real_roots
 from ._save import _FORMAT_NAMES, _SUFFIX_FORMATS, _format_for, _save_problems
 
 MAX_DIMENSION: Final = 8192
@@ -539,7 +539,7 @@ def _parse_output(raw: object, where: str, roots: tuple[Path, ...], errors: list
     )
     path: Path | None = None
     try:
-        path = _output_file(raw.get("path"), roots)
+        path = output_file(raw.get("path"), roots)
     except _Invalid as exc:
         errors.append(f"{where}.path: {exc}")
     steps = raw.get("ops")

@@ -11,10 +11,10 @@ from typing import Final
 
 from PIL import Image, ImageFile
 
+from ..confine import _inside
 from ._budget import PIXEL_BUDGET, WORKING_COPIES, PixelBudget
 from ._decode import DEFAULT_LIMITS, ImageRejected, Limits, decode, open_image, open_lazy
 from ._ops import _orientation, normalize_mode
-from ._paths import _inside
 from ._recipe import Op, Output, Recipe, RecipeError, Size
 from ._save import save_image
 

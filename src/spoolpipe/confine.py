@@ -1,4 +1,8 @@
-"""Path confinement: every path a recipe or a pipeline names must really lie in an image root."""
+"""Path confinement: every path an activity names must really lie in one of the configured roots.
+
+Shared by image work (``images.roots``) and the ``files.*`` processors
+(``files.roots``); ``label`` names the roots in messages ("image roots").
+"""
 
 from __future__ import annotations
 
@@ -22,7 +26,7 @@ def _got(value: object) -> str:
     return text if len(text) <= 60 else text[:57] + "..."
 
 
-def _candidate(value: object, roots: tuple[Path, ...]) -> tuple[str, Path]:
+def candidate(value: object, roots: tuple[Path, ...]) -> tuple[str, Path]:
     if not isinstance(value, str) or not value or "\x00" in value:
         raise PathRejected(f"expected a path, got {_got(value)}")
     path = Path(value)
@@ -35,27 +39,31 @@ def _inside(path: Path, roots: tuple[Path, ...]) -> bool:
     return any(path.is_relative_to(root) for root in roots)
 
 
-def _escape(raw: str, lexical: Path, roots: tuple[Path, ...]) -> PathRejected:
+def _escape(raw: str, lexical: Path, roots: tuple[Path, ...], label: str) -> PathRejected:
     if _inside(lexical, roots):
-        return PathRejected(f"{raw!r} leads outside the image roots through a symbolic link")
-    return PathRejected(f"{raw!r} is outside the image roots")
+        return PathRejected(f"{raw!r} leads outside the {label} through a symbolic link")
+    return PathRejected(f"{raw!r} is outside the {label}")
 
 
-def _confined(path: Path, raw: str, lexical: Path, roots: tuple[Path, ...], unresolved: str) -> Path:
+def _confined(
+    path: Path, raw: str, lexical: Path, roots: tuple[Path, ...], unresolved: str, label: str
+) -> Path:
     """The real path of ``path`` (``lexical`` or an ancestor), refused unless it lies in a root."""
     try:
         real = Path(os.path.realpath(path, strict=True))
     except OSError:
         raise PathRejected(unresolved) from None
     if not _inside(real, roots):
-        raise _escape(raw, lexical, roots)
+        raise _escape(raw, lexical, roots, label)
     return real
 
 
-def _existing(value: object, roots: tuple[Path, ...], kind: Literal["file", "folder"]) -> Path:
+def existing(
+    value: object, roots: tuple[Path, ...], kind: Literal["file", "folder"], label: str = "image roots"
+) -> Path:
     """An existing regular file (or folder) whose real path lies in a root; returns that real path."""
-    raw, lexical = _candidate(value, roots)
-    real = _confined(lexical, raw, lexical, roots, f"{raw!r} does not exist")
+    raw, lexical = candidate(value, roots)
+    real = _confined(lexical, raw, lexical, roots, f"{raw!r} does not exist", label)
     if kind == "file" and not real.is_file():
         raise PathRejected(f"{raw!r} is not a regular file")
     if kind == "folder" and not real.is_dir():
@@ -64,18 +72,18 @@ def _existing(value: object, roots: tuple[Path, ...], kind: Literal["file", "fol
 
 
 def _existing_file(value: object, roots: tuple[Path, ...]) -> Path:
-    return _existing(value, roots, "file")
+    return existing(value, roots, "file")
 
 
-def _output_file(value: object, roots: tuple[Path, ...]) -> Path:
+def output_file(value: object, roots: tuple[Path, ...], label: str = "image roots") -> Path:
     """A file path whose deepest existing ancestor really lies in a root (missing folders get made)."""
-    raw, lexical = _candidate(value, roots)
+    raw, lexical = candidate(value, roots)
     if raw.endswith(("/", os.sep)):
         raise PathRejected(f"{raw!r} names a folder, not a file")
     existing, missing = lexical.parent, [lexical.name]
     while not os.path.lexists(existing):
         existing, missing = existing.parent, [existing.name, *missing]
-    real_parent = _confined(existing, raw, lexical, roots, f"{raw!r}: cannot resolve {existing}")
+    real_parent = _confined(existing, raw, lexical, roots, f"{raw!r}: cannot resolve {existing}", label)
     if not real_parent.is_dir():
         raise PathRejected(f"{raw!r}: {existing} is not a folder")
     target = real_parent.joinpath(*missing)
@@ -84,27 +92,33 @@ def _output_file(value: object, roots: tuple[Path, ...]) -> Path:
     return target
 
 
-def real_roots(roots: Sequence[Path]) -> tuple[Path, ...]:
+def real_roots(roots: Sequence[Path], label: str = "image roots") -> tuple[Path, ...]:
     """The roots as real paths; ``ValueError`` naming a root that is missing or not a folder."""
     if not roots:
-        raise ValueError("image recipes need at least one root folder")
+        raise ValueError(f"the {label} need at least one root folder")
     real: list[Path] = []
     for root in roots:
         try:
             resolved = Path(os.path.realpath(root, strict=True))
         except OSError as exc:
-            raise ValueError(f"image root {root} does not exist") from exc
+            raise ValueError(f"{label[:-1]} {root} does not exist") from exc
         if not resolved.is_dir():
-            raise ValueError(f"image root {root} is not a folder")
+            raise ValueError(f"{label[:-1]} {root} is not a folder")
         real.append(resolved)
     return tuple(real)
 
 
-def resolve_path(value: object, roots: Sequence[Path], *, kind: Literal["file", "folder"] = "file") -> Path:
+def resolve_path(
+    value: object,
+    roots: Sequence[Path],
+    *,
+    kind: Literal["file", "folder"] = "file",
+    label: str = "image roots",
+) -> Path:
     """The real path of an existing file (or folder) named by ``value``, confined to ``roots``.
 
     The rules of a recipe's ``input`` (docs/images.md): relative paths start at the
     first root, ``..`` is refused, links are resolved before the check. Raises
     ``PathRejected``; ``ValueError`` when a root is missing.
     """
-    return _existing(value, real_roots(roots), kind)
+    return existing(value, real_roots(roots, label), kind, label)

@@ -1,0 +1,97 @@
+"""The ``http.request`` type: send the activity's data as JSON to an endpoint defined in the properties.
+
+The activity names an ``http.<name>`` (data field ``endpoint``, default
+``default``); the URL, method, headers and timeout come from the properties
+only. Redirects are never followed: a 3xx answer fails the activity, naming
+where it pointed. ``urllib`` is imported when a request is made, not before.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import TYPE_CHECKING, Any
+
+from .. import __version__
+from ..activity import Activity
+from ..processor import Context, Fatal, processor
+from . import specs
+
+if TYPE_CHECKING:
+    import urllib.request
+
+TYPE = "http.request"
+#: The response body kept in the result (``body``): at most this many bytes, decoded as UTF-8.
+BODY_BYTES = 4096
+
+
+class RequestFailed(Exception):
+    """The endpoint could not be reached or asked to be asked again (5xx, 408, 429): retried."""
+
+
+def _opener() -> urllib.request.OpenerDirector:
+    import urllib.request
+
+    class NoRedirect(urllib.request.HTTPRedirectHandler):
+        def redirect_request(self, *args: Any, **kwargs: Any) -> None:
+            return None  # urllib then raises the 3xx as an HTTPError
+
+    return urllib.request.build_opener(NoRedirect)
+
+
+def _send(endpoint: specs.Endpoint, body: bytes | None, headers: dict[str, str]) -> tuple[int, bytes, str]:
+    """Status, the body's first ``BODY_BYTES`` and the Location header; ``RequestFailed`` if unreachable."""
+    import http.client
+    import urllib.error
+    import urllib.request
+
+    request = urllib.request.Request(endpoint.url, data=body, headers=headers, method=endpoint.method)
+    try:
+        with _opener().open(request, timeout=endpoint.timeout) as response:
+            return response.status, response.read(BODY_BYTES), response.headers.get("Location", "")
+    except urllib.error.HTTPError as exc:
+        with exc:
+            try:
+                content = exc.read(BODY_BYTES)
+            except (OSError, http.client.HTTPException):
+                content = b""
+            return exc.code, content, exc.headers.get("Location", "") if exc.headers else ""
+    except urllib.error.URLError as exc:
+        raise RequestFailed(f"{endpoint.method} {endpoint.url}: {exc.reason}") from None
+    except (OSError, http.client.HTTPException) as exc:
+        raise RequestFailed(f"{endpoint.method} {endpoint.url}: {type(exc).__name__}: {exc}") from None
+
+
+@processor(TYPE, follow_ups=())
+def request(activity: Activity, ctx: Context) -> dict[str, object]:
+    """Send the data to the endpoint it names; see docs/builtins.md for outcomes."""
+    name = activity.data.get(specs.ENDPOINT_FIELD, specs.DEFAULT_ENDPOINT)
+    if not isinstance(name, str):
+        raise Fatal(f"data.{specs.ENDPOINT_FIELD}: expected the name of an http.<name> of the properties")
+    endpoint = ctx.settings.http_endpoints.get(name)
+    if endpoint is None:
+        raise Fatal(
+            f"endpoint {name!r} is not configured on worker {ctx.worker_id} "
+            f"(no http.{name}.url in the properties)"
+        )
+    body = None if endpoint.method == "GET" else specs.request_body(activity.data)
+    headers = {
+        "Content-Type": "application/json; charset=utf-8",
+        "User-Agent": f"spoolpipe/{__version__}",
+        "X-Spoolpipe-Activity": activity.id,
+        "X-Spoolpipe-Attempt": str(activity.attempt),
+        **dict(endpoint.headers),
+    }
+    started = time.monotonic()
+    status, content, location = _send(endpoint, body, headers)
+    seconds = time.monotonic() - started
+    text = content.decode("utf-8", "replace")
+    ctx.log.info("%s %s: %d after %.3fs\n%s", endpoint.method, endpoint.url, status, seconds, text)
+    verdict = endpoint.verdict(status)
+    what = f"{endpoint.method} {endpoint.url} answered {status}"
+    if verdict == "retry":
+        raise RequestFailed(f"{what} (retried): {text[:200]!r}")
+    if verdict == "fatal":
+        if 300 <= status < 400:
+            raise Fatal(f"{what}, a redirect to {location!r}, which is not followed: fix http.{name}.url")
+        raise Fatal(f"{what}: {text[:200]!r}")
+    return {"endpoint": name, "status": status, "duration_seconds": round(seconds, 3), "body": text}

@@ -1,0 +1,859 @@
+"""The built-in processors: ``command``, ``http.request`` and ``files.*``.
+
+The rules (templates, verdicts, definitions) are checked in-process; every type
+is then run by real ``spoolpipe worker`` processes against real programs, a
+real HTTP server and real folders, including what a hostile activity file
+tries: shell syntax in data values, paths out of the roots, unconfigured names.
+"""
+
+from __future__ import annotations
+
+import http.server
+import io
+import json
+import os
+import shutil
+import socket
+import sys
+import tarfile
+import tempfile
+import textwrap
+import threading
+import time
+import zipfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import javaproperties
+import pytest
+
+from harness import kill_group, make_repository, records, run_until_idle, start_worker, submit, wait_for
+from spoolpipe import config
+from spoolpipe.builtins import specs
+
+PY = sys.executable
+# A program that prints its arguments as one JSON array: what it really received.
+ARGV_DUMP = "import json, sys; print(json.dumps(sys.argv[1:]))"
+
+
+def prop_lines(pairs: dict[str, str]) -> str:
+    return "".join(javaproperties.join_key_value(k, v) + "\n" for k, v in pairs.items())
+
+
+def done(repo: Path) -> dict[str, dict[str, Any]]:
+    return records(repo / "done")
+
+
+def failed(repo: Path) -> dict[str, dict[str, Any]]:
+    return records(repo / "failed")
+
+
+def reason(repo: Path, activity_id: str) -> str:
+    return str(failed(repo)[activity_id]["spoolpipe"]["reason"])
+
+
+def attempt_log(repo: Path, activity_id: str, attempt: int = 1) -> str:
+    return (repo / "logs" / "activities" / f"{activity_id}~{attempt}.log").read_text()
+
+
+# --------------------------------------------------------------------------- pure rules
+
+
+def test_each_filled_template_is_one_argument_whatever_the_value_holds() -> None:
+    argv = ("/bin/tool", "--out={path}", "{n}", "{x}", "{{literal}}", "-", "{path}{n}")
+    data = {"path": "a b; rm -rf /", "n": 7, "x": 2.5}
+    assert specs.fill(argv, data) == [
+        "/bin/tool",
+        "--out=a b; rm -rf /",
+        "7",
+        "2.5",
+        "{literal}",
+        "-",
+        "a b; rm -rf /7",
+    ]
+
+
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        ({}, "argv[1] {v}: the activity's data has no field 'v'"),
+        ({"v": "a\0b"}, "NUL character"),
+        ({"v": True}, "expected a string or a number, got bool"),
+        ({"v": None}, "expected a string or a number, got NoneType"),
+        ({"v": ["a", "b"]}, "expected a string or a number, got list"),
+        ({"v": {"a": 1}}, "expected a string or a number, got dict"),
+        ({"v": float("inf")}, "is not a finite number"),
+    ],
+)
+def test_data_that_cannot_fill_a_template_is_refused(data: dict[str, Any], message: str) -> None:
+    with pytest.raises(specs.CannotFill, match=message.replace("[", r"\[").replace("{", r"\{")):
+        specs.fill(("/bin/echo", "{v}"), data)
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        ("[]", "the list is empty"),
+        ('["{program}", "x"]', "the program (first element) cannot have a placeholder"),
+        ('["/bin/echo", "{bad name}"]', "a placeholder is {field}"),
+        ('["/bin/echo", "}"]', "a lone '}'"),
+        ('["/bin/echo", "{"]', "a placeholder is {field}"),
+        ('"/bin/echo"', "the value is not an array of strings"),
+        ("/bin/echo hello", "is not JSON"),
+        ('["/bin/echo", 3]', "the value is not an array of strings"),
+    ],
+)
+def test_an_unusable_argv_is_a_configuration_error_at_its_line(
+    tmp_path: Path, argv: str, message: str
+) -> None:
+    (tmp_path / "spoolpipe.properties").write_text(
+        "log.level = INFO\n" + prop_lines({"command.x.argv": argv})
+    )
+    with pytest.raises(config.ConfigError) as caught:
+        config.load(tmp_path)
+    assert len(caught.value.errors) == 1
+    error = caught.value.errors[0]
+    assert error.startswith(f"{tmp_path / 'spoolpipe.properties'}:2: command.x.argv: "), error
+    assert message in error
+
+
+@pytest.mark.parametrize(
+    ("lines", "message"),
+    [
+        ({"command.x.cwd": "/tmp"}, "command 'x' has no command.x.argv (required)"),
+        (
+            {
+                "command.x.argv": '["/bin/true"]',
+                "command.x.ok-exit-codes": "0, 3",
+                "command.x.retry-exit-codes": "3",
+            },
+            "exit code(s) 3 are in both ok-exit-codes and retry-exit-codes",
+        ),
+        ({"command.x.ok-exit-codes": "256"}, "'256' is not an exit code"),
+        ({"command.x.env": "PATH, 1X"}, "'1X' is not an environment variable name"),
+        ({"command.x.shell": "yes"}, "unknown field 'shell'"),
+        ({"command.a.b.argv": '["/bin/true"]'}, "'a.b' is not a valid name"),
+        ({"http.x.method": "POST"}, "http 'x' has no http.x.url (required)"),
+        ({"http.x.url": "ftp://example.com/"}, "is not an http:// or https:// URL"),
+        ({"http.x.url": "http://user:pw@example.com/"}, "is not an http:// or https:// URL"),
+        ({"http.x.method": "TRACE"}, "'TRACE' is not a valid choice"),
+        ({"http.x.headers": '{"X-A": "1\\r\\nX-B: 2"}'}, "expected a string without line breaks"),
+        ({"http.x.headers": '{"a b": "1"}'}, "'a b' is not a header name"),
+        ({"http.x.timeout": "0"}, "'0' is out of range"),
+    ],
+)
+def test_bad_definitions_are_configuration_errors(
+    tmp_path: Path, lines: dict[str, str], message: str
+) -> None:
+    (tmp_path / "spoolpipe.properties").write_text(prop_lines(lines))
+    with pytest.raises(config.ConfigError) as caught:
+        config.load(tmp_path)
+    assert any(message in error for error in caught.value.errors), caught.value.errors
+
+
+def test_definitions_load_with_their_defaults(tmp_path: Path) -> None:
+    (tmp_path / "spoolpipe.properties").write_text(
+        prop_lines(
+            {
+                "command.backup.argv": '["/usr/bin/rsync", "-a", "--", "{source}", "/backup/"]',
+                "command.backup.cwd": "data",
+                "http.alerts.url": "https://chat.example.com/hooks/ops",
+                "http.alerts.headers": '{"Authorization": "Bearer 123"}',
+                "files.roots": "shared, /srv/other",
+            }
+        )
+    )
+    settings = config.load(tmp_path).settings
+    backup = settings.commands["backup"]
+    assert backup.argv == ("/usr/bin/rsync", "-a", "--", "{source}", "/backup/")
+    assert backup.cwd == tmp_path / "data"
+    assert (backup.timeout, backup.env) == (None, ("PATH",))
+    assert (backup.ok_exit_codes, backup.retry_exit_codes) == (frozenset({0}), frozenset())
+    alerts = settings.http_endpoints["alerts"]
+    assert (alerts.method, alerts.timeout, alerts.headers) == (
+        "POST",
+        30.0,
+        (("Authorization", "Bearer 123"),),
+    )
+    assert settings.files_roots == (tmp_path / "shared", Path("/srv/other"))
+
+
+def test_what_exit_codes_and_statuses_mean() -> None:
+    command = specs.build_command("x", ("/bin/true",), ok_exit_codes=(0, 24), retry_exit_codes=(75,))
+    assert [command.verdict(code) for code in (0, 24, 75, 1, 2, -9)] == [
+        "done",
+        "done",
+        "retry",
+        "fatal",
+        "fatal",
+        "retry",
+    ]
+    verdicts = {
+        status: specs.Endpoint.verdict(status) for status in (200, 204, 301, 400, 404, 408, 429, 500, 503)
+    }
+    assert verdicts == {
+        200: "done",
+        204: "done",
+        301: "fatal",
+        400: "fatal",
+        404: "fatal",
+        408: "retry",
+        429: "retry",
+        500: "retry",
+        503: "retry",
+    }
+    # The command's own limit always ends before the pool process is killed for the activity's timeout.
+    assert command.deadline(300) == 299
+    assert specs.build_command("x", ("/bin/true",), timeout=5).deadline(300) == 5
+    assert specs.build_command("x", ("/bin/true",), timeout=500).deadline(300) == 299
+
+
+def test_the_request_body_is_the_data_without_its_endpoint() -> None:
+    body = specs.request_body({"endpoint": "alerts", "text": "disk full ✓", "n": 1})
+    assert json.loads(body) == {"text": "disk full ✓", "n": 1}
+
+
+# --------------------------------------------------------------------------- command, real workers
+
+
+def command_repo(tmp_path: Path, commands: dict[str, list[str]], extra: str = "") -> Path:
+    lines = {f"command.{name}.argv": json.dumps(argv) for name, argv in commands.items()}
+    return make_repository(tmp_path, prop_lines(lines) + textwrap.dedent(extra))
+
+
+def test_a_command_runs_and_its_result_records_exit_code_duration_and_output(tmp_path: Path) -> None:
+    repo = command_repo(tmp_path, {"hello": ["/bin/echo", "hello", "{name}"]})
+    activity = submit(repo, "command", {"command": "hello", "name": "world"})
+    run_until_idle(repo)
+    result = done(repo)[activity]["result"]
+    assert result["command"] == "hello"
+    assert result["exit_code"] == 0
+    assert result["output_tail"] == "hello world\n"
+    assert result["output_bytes"] == len("hello world\n")
+    assert 0 <= result["duration_seconds"] < 60
+    log = attempt_log(repo, activity)
+    assert "hello world" in log and "exit code 0" in log
+
+
+def test_injections_through_data_values_stay_single_literal_arguments(tmp_path: Path) -> None:
+    work = tmp_path / "work"
+    work.mkdir()
+    repo = command_repo(
+        tmp_path,
+        {"dump": [PY, "-c", ARGV_DUMP, "{a}", "--out={a}", "{b}", "{c}", "{d}", "{e}", "{f}"]},
+        f"command.dump.cwd = {work}\n",
+    )
+    values = {
+        "a": "x; rm -rf {work} ; touch semicolon",
+        "b": "$(touch dollar)",
+        "c": "`touch backtick`",
+        "d": "line one\nline two && touch newline",
+        "e": "-rf",
+        "f": "--help",
+    }
+    ok = submit(repo, "command", {"command": "dump", **values})
+    nul = submit(repo, "command", {"command": "dump", **values, "c": "before\0after"})
+    run_until_idle(repo)
+    received = json.loads(done(repo)[ok]["result"]["output_tail"])
+    assert received == [
+        values["a"],
+        "--out=" + values["a"],
+        values["b"],
+        values["c"],
+        values["d"],
+        "-rf",
+        "--help",
+    ]
+    assert sorted(os.listdir(work)) == []  # nothing was run by a shell
+    assert "argv[6] {c} (data field 'c'): the value contains a NUL character" in reason(repo, nul)
+    assert failed(repo)[nul]["spoolpipe"]["attempts"] == 1
+
+
+def test_a_command_gets_only_the_environment_variables_allowed(tmp_path: Path) -> None:
+    script = "import json, os; print(json.dumps(sorted(os.environ)))"
+    repo = command_repo(
+        tmp_path, {"env": [PY, "-c", script]}, "command.env.env = PATH, SPOOLPIPE_T_ALLOWED\n"
+    )
+    activity = submit(repo, "command", {"command": "env", "SPOOLPIPE_T_SECRET": "data cannot set it"})
+    proc = start_worker(
+        repo, "w1", "--until-idle", env={"SPOOLPIPE_T_ALLOWED": "yes", "SPOOLPIPE_T_SECRET": "no"}
+    )
+    try:
+        assert proc.wait(120) == 0
+    finally:
+        kill_group(proc)
+    names = set(json.loads(done(repo)[activity]["result"]["output_tail"]))
+    assert {"PATH", "SPOOLPIPE_T_ALLOWED"} <= names
+    assert "SPOOLPIPE_T_SECRET" not in names
+    assert names <= {"PATH", "SPOOLPIPE_T_ALLOWED", "LC_CTYPE"}  # LC_CTYPE: Python's own coercion
+
+
+def test_an_unconfigured_or_missing_command_name_is_refused(tmp_path: Path) -> None:
+    repo = command_repo(tmp_path, {"hello": ["/bin/echo", "hi"]})
+    unknown = submit(repo, "command", {"command": "rm"})
+    missing = submit(repo, "command", {"argv": ["/bin/sh", "-c", "touch pwned"]})
+    not_text = submit(repo, "command", {"command": ["hello"]})
+    run_until_idle(repo)
+    assert "command 'rm' is not configured on worker w1 (no command.rm.argv in the properties)" in reason(
+        repo, unknown
+    )
+    assert "data.command: expected the name of a command.<name>" in reason(repo, missing)
+    assert "data.command: expected the name" in reason(repo, not_text)
+    assert not (repo / "pwned").exists()
+    assert all(failed(repo)[i]["spoolpipe"]["attempts"] == 1 for i in (unknown, missing, not_text))
+
+
+def test_exit_codes_decide_done_retry_or_failed(tmp_path: Path) -> None:
+    marker = tmp_path / "marker"
+    script = f'if [ -e "{marker}" ]; then exit 24; else touch "{marker}"; exit 75; fi'
+    repo = command_repo(
+        tmp_path,
+        {"flaky": ["/bin/sh", "-c", script], "broken": ["/bin/sh", "-c", "echo oops >&2; exit 3"]},
+        "command.flaky.ok-exit-codes = 0, 24\ncommand.flaky.retry-exit-codes = 75\n",
+    )
+    flaky = submit(repo, "command", {"command": "flaky"})
+    broken = submit(repo, "command", {"command": "broken"})
+    absent = submit(repo, "command", {"command": "absent"})
+    run_until_idle(repo)
+    record = done(repo)[flaky]
+    assert (record["result"]["exit_code"], record["spoolpipe"]["attempts"]) == (24, 2)
+    assert "exited 75 (retried)" in attempt_log(repo, flaky, 1)
+    assert failed(repo)[broken]["spoolpipe"]["attempts"] == 1
+    assert "command 'broken' exited 3 (ok-exit-codes: 0); output ends: 'oops'" in reason(repo, broken)
+    assert "command 'absent' is not configured" in reason(repo, absent)
+
+
+def test_a_program_that_cannot_start_fails_with_a_clear_reason(tmp_path: Path) -> None:
+    repo = command_repo(tmp_path, {"ghost": ["/nonexistent/tool", "x"]})
+    activity = submit(repo, "command", {"command": "ghost"})
+    run_until_idle(repo)
+    assert "command 'ghost' cannot start '/nonexistent/tool'" in reason(repo, activity)
+    assert failed(repo)[activity]["spoolpipe"]["attempts"] == 1
+
+
+def _alive(pid: int) -> bool:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
+
+
+def test_a_hanging_command_is_killed_at_its_timeout_with_its_children(tmp_path: Path) -> None:
+    pids = tmp_path / "pids"
+    script = f'sleep 300 & echo $! >> "{pids}"; echo $$ >> "{pids}"; echo started; sleep 301'
+    repo = command_repo(
+        tmp_path,
+        {"hang": ["/bin/sh", "-c", script]},
+        "command.hang.timeout = 1s\nretry.max-attempts = 2\n",
+    )
+    activity = submit(repo, "command", {"command": "hang"})
+    run_until_idle(repo)
+    record = failed(repo)[activity]
+    assert record["spoolpipe"]["attempts"] == 2  # a timeout is retried, like any timeout
+    assert (
+        "command 'hang' timed out after 1s and was killed; output ends: 'started'"
+        in record["spoolpipe"]["reason"]
+    )
+    started = [int(line) for line in pids.read_text().split()]
+    assert len(started) == 4  # a shell and its background sleep, twice
+    wait_for(lambda: not any(_alive(pid) for pid in started), 30, "the command and its children to be gone")
+
+
+def test_a_command_dies_with_a_worker_killed_by_kill_9(tmp_path: Path) -> None:
+    pid_file = tmp_path / "pid"
+    repo = command_repo(tmp_path, {"hang": ["/bin/sh", "-c", f'echo $$ > "{pid_file}"; exec sleep 300']})
+    submit(repo, "command", {"command": "hang"})
+    proc = start_worker(repo, "w1")
+    try:
+        wait_for(lambda: pid_file.exists() and pid_file.read_text().strip() != "", 60, "the command to start")
+        pid = int(pid_file.read_text())
+        assert _alive(pid)
+    finally:
+        kill_group(proc)
+    wait_for(lambda: not _alive(pid), 30, "the command to die with its pool process")
+
+
+def test_a_command_gets_the_default_signal_handling_back(tmp_path: Path) -> None:
+    """The pool process ignores SIGTERM; the program must not inherit that."""
+    repo = command_repo(
+        tmp_path,
+        {"term": ["/bin/sh", "-c", "kill -TERM $$; echo survived"]},
+        "retry.max-attempts = 1\n",
+    )
+    activity = submit(repo, "command", {"command": "term"})
+    run_until_idle(repo)
+    assert "command 'term' was killed by signal 15" in reason(repo, activity)
+
+
+def test_a_changed_definition_applies_to_the_next_activity_without_a_restart(tmp_path: Path) -> None:
+    repo = command_repo(tmp_path, {"say": ["/bin/echo", "old", "{word}"]})
+    first = submit(repo, "command", {"command": "say", "word": "one"})
+    proc = start_worker(repo, "w1")
+    try:
+        wait_for(lambda: first in done(repo), 60, "the first command")
+        with (repo / "spoolpipe.properties").open("a") as properties:
+            properties.write(prop_lines({"command.say.argv": '["/bin/echo", "new", "{word}"]'}))
+        wait_for(
+            lambda: "configuration reloaded" in (tmp_path / "worker-w1.stderr").read_text(), 60, "a reload"
+        )
+        second = submit(repo, "command", {"command": "say", "word": "two"})
+        wait_for(lambda: second in done(repo), 60, "the second command")
+    finally:
+        kill_group(proc)
+    assert done(repo)[first]["result"]["output_tail"] == "old one\n"
+    assert done(repo)[second]["result"]["output_tail"] == "new two\n"
+
+
+def test_output_is_bounded_to_its_tail(tmp_path: Path) -> None:
+    script = "import sys; sys.stdout.write('x' * 300000 + 'THE END')"
+    repo = command_repo(tmp_path, {"loud": [PY, "-c", script]})
+    activity = submit(repo, "command", {"command": "loud"})
+    run_until_idle(repo)
+    result = done(repo)[activity]["result"]
+    assert result["output_bytes"] == 300007
+    assert result["output_tail"].endswith("xTHE END") and len(result["output_tail"]) == 2000
+    log = attempt_log(repo, activity)
+    assert "output (last 65536 of 300007 bytes)" in log
+    assert len(log) < 70000
+
+
+# --------------------------------------------------------------------------- http.request, a real server
+
+
+class Server:
+    """A real HTTP server in a thread whose answers the test scripts, path by path."""
+
+    def __init__(self, port: int = 0) -> None:
+        self.requests: list[dict[str, Any]] = []
+        self.answers: dict[str, list[tuple[int, dict[str, str], bytes]]] = {}
+        owner = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def _answer(self) -> None:
+                length = int(self.headers.get("Content-Length") or 0)
+                body = self.rfile.read(length)
+                owner.requests.append(
+                    {"method": self.command, "path": self.path, "headers": dict(self.headers), "body": body}
+                )
+                queue = owner.answers.get(self.path, [])
+                status, headers, content = (
+                    queue.pop(0) if len(queue) > 1 else (queue or [(200, {}, b"ok")])[0]
+                )
+                self.send_response(status)
+                for key, value in headers.items():
+                    self.send_header(key, value)
+                self.send_header("Content-Length", str(len(content)))
+                self.end_headers()
+                self.wfile.write(content)
+
+            do_POST = do_GET = do_PUT = _answer
+
+            def log_message(self, format: str, *args: Any) -> None:
+                pass
+
+        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", port), Handler)
+        self.port = self.httpd.server_address[1]
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+        self.thread.start()
+
+    def close(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+@pytest.fixture
+def server() -> Iterator[Server]:
+    started = Server()
+    yield started
+    started.close()
+
+
+def http_repo(tmp_path: Path, endpoints: dict[str, str], extra: str = "") -> Path:
+    lines = {f"http.{name}.url": url for name, url in endpoints.items()}
+    return make_repository(tmp_path, prop_lines(lines) + textwrap.dedent(extra))
+
+
+def test_a_request_sends_the_data_as_json_and_records_the_answer(tmp_path: Path, server: Server) -> None:
+    server.answers["/hook"] = [(201, {}, b'{"id": 42}')]
+    repo = http_repo(
+        tmp_path,
+        {"hook": f"http://127.0.0.1:{server.port}/hook"},
+        prop_lines({"http.hook.headers": '{"Authorization": "Bearer s3cret"}'}),
+    )
+    activity = submit(repo, "http.request", {"endpoint": "hook", "text": "héllo", "n": [1, 2]})
+    run_until_idle(repo)
+    result = done(repo)[activity]["result"]
+    assert (result["endpoint"], result["status"], result["body"]) == ("hook", 201, '{"id": 42}')
+    [sent] = server.requests
+    assert sent["method"] == "POST"
+    assert json.loads(sent["body"]) == {"text": "héllo", "n": [1, 2]}
+    assert sent["headers"]["Content-Type"] == "application/json; charset=utf-8"
+    assert sent["headers"]["Authorization"] == "Bearer s3cret"
+    assert sent["headers"]["X-Spoolpipe-Activity"] == activity
+
+
+def test_server_errors_and_refused_connections_are_retried_until_it_recovers(tmp_path: Path) -> None:
+    with socket.socket() as probe:  # a port nobody listens on, yet
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    repo = http_repo(
+        tmp_path,
+        {"default": f"http://127.0.0.1:{port}/flaky"},
+        "retry.max-attempts = 1000\nretry.backoff-max-seconds = 0.2\n",
+    )
+    activity = submit(repo, "http.request", {"note": "no endpoint field: the default one"})
+    proc = start_worker(repo, "w1", "--until-idle")
+    try:
+        first = repo / "logs" / "activities" / f"{activity}~1.log"
+        wait_for(
+            lambda: first.exists() and "Connection refused" in first.read_text(), 60, "a refused attempt"
+        )
+        server = Server(port)
+        server.answers["/flaky"] = [(500, {}, b"down"), (503, {}, b"still down"), (200, {}, b"back")]
+        try:
+            assert proc.wait(120) == 0
+        finally:
+            server.close()
+    finally:
+        kill_group(proc)
+    record = done(repo)[activity]
+    assert record["result"]["status"] == 200 and record["result"]["body"] == "back"
+    assert [r["path"] for r in server.requests] == ["/flaky"] * 3
+    attempts = record["spoolpipe"]["attempts"]
+    logs = [attempt_log(repo, activity, n) for n in range(1, attempts)]
+    assert any("answered 500 (retried): 'down'" in log for log in logs)
+    assert any("answered 503 (retried): 'still down'" in log for log in logs)
+
+
+def test_client_errors_and_redirects_fail_at_once(tmp_path: Path, server: Server) -> None:
+    server.answers["/missing"] = [(404, {}, b"no such hook")]
+    server.answers["/moved"] = [(302, {"Location": "http://elsewhere.example/"}, b"")]
+    base = f"http://127.0.0.1:{server.port}"
+    repo = http_repo(tmp_path, {"missing": f"{base}/missing", "moved": f"{base}/moved"})
+    missing = submit(repo, "http.request", {"endpoint": "missing"})
+    moved = submit(repo, "http.request", {"endpoint": "moved"})
+    unknown = submit(repo, "http.request", {"endpoint": "http://evil.example/"})
+    run_until_idle(repo)
+    assert f"POST {base}/missing answered 404: 'no such hook'" in reason(repo, missing)
+    assert "a redirect to 'http://elsewhere.example/', which is not followed" in reason(repo, moved)
+    assert "endpoint 'http://evil.example/' is not configured on worker w1" in reason(repo, unknown)
+    assert all(failed(repo)[i]["spoolpipe"]["attempts"] == 1 for i in (missing, moved, unknown))
+    assert sorted(r["path"] for r in server.requests) == ["/missing", "/moved"]
+
+
+def test_a_failure_handler_notifies_through_http_request(tmp_path: Path, server: Server) -> None:
+    repo = http_repo(
+        tmp_path,
+        {"default": f"http://127.0.0.1:{server.port}/alerts"},
+        "failures.handler = http.request\n",
+    )
+    doomed = submit(repo, "t.fatal", {"invoice": 7})
+    run_until_idle(repo)
+    [sent] = server.requests
+    body = json.loads(sent["body"])
+    assert body["failed"]["id"] == doomed
+    assert body["failed"]["reason"] == "this can never work"
+    assert body["failed"]["data"] == {"invoice": 7}
+
+
+# --------------------------------------------------------------------------- files.*, real folders
+
+
+@pytest.fixture
+def tree(tmp_path: Path) -> Path:
+    root = tmp_path / "root"
+    (root / "in").mkdir(parents=True)
+    (root / "in" / "a.txt").write_text("alpha")
+    (root / "in" / "b.txt").write_text("beta")
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "secret.txt").write_text("secret")
+    (root / "in" / "link.txt").symlink_to(outside / "secret.txt")
+    (root / "in" / "linked-folder").symlink_to(outside, target_is_directory=True)
+    return root
+
+
+def files_repo(tmp_path: Path, root: Path, extra: str = "") -> Path:
+    return make_repository(tmp_path, f"files.roots = {root}\n{extra}")
+
+
+def test_copy_move_and_delete_inside_the_roots(tmp_path: Path, tree: Path) -> None:
+    (tree / "in" / "d.txt").write_text("delta")
+    repo = files_repo(tmp_path, tree)
+    copied = submit(repo, "files.copy", {"source": "in/a.txt", "target": "out/deep/a-copy.txt"})
+    moved = submit(repo, "files.move", {"source": str(tree / "in" / "b.txt"), "target": "out/b.txt"})
+    deleted = submit(repo, "files.delete", {"path": "in/d.txt"})
+    gone = submit(repo, "files.delete", {"path": "in/never-there.txt"})
+    run_until_idle(repo)
+    assert (tree / "out" / "deep" / "a-copy.txt").read_text() == "alpha"
+    assert done(repo)[copied]["result"]["bytes"] == 5
+    assert (tree / "out" / "b.txt").read_text() == "beta" and not (tree / "in" / "b.txt").exists()
+    assert done(repo)[moved]["result"]["moved"] is True
+    assert not (tree / "in" / "d.txt").exists() and done(repo)[deleted]["result"]["deleted"] is True
+    assert (tree / "in" / "a.txt").read_text() == "alpha"
+    assert done(repo)[gone]["result"] == {"path": str(tree / "in" / "never-there.txt"), "deleted": False}
+    assert [n for n in os.listdir(tree / "out") if n.startswith(".")] == []  # no temporary file left
+
+
+def test_existing_targets_are_never_replaced_unless_the_data_says_so(tmp_path: Path, tree: Path) -> None:
+    (tree / "in" / "c.txt").write_text("gamma")
+    repo = files_repo(tmp_path, tree)
+    refused_copy = submit(repo, "files.copy", {"source": "in/a.txt", "target": "in/b.txt"})
+    refused_move = submit(repo, "files.move", {"source": "in/a.txt", "target": "in/c.txt"})
+    run_until_idle(repo)
+    assert 'in/b.txt exists; set "replace": true in the data to replace it' in reason(repo, refused_copy)
+    assert "in/c.txt exists" in reason(repo, refused_move)
+    assert [(tree / "in" / n).read_text() for n in ("a.txt", "b.txt", "c.txt")] == ["alpha", "beta", "gamma"]
+    replaced = submit(repo, "files.copy", {"source": "in/a.txt", "target": "in/b.txt", "replace": True})
+    run_until_idle(repo)
+    assert done(repo)[replaced]["result"]["bytes"] == 5 and (tree / "in" / "b.txt").read_text() == "alpha"
+
+
+def test_a_retry_after_an_interrupted_copy_or_move_finds_the_work_done(tmp_path: Path, tree: Path) -> None:
+    """What an attempt killed after its rename but before its commit left: the retry is done, not failed."""
+    (tree / "out").mkdir()
+    (tree / "out" / "a.txt").write_text("alpha")  # copied already
+    (tree / "out" / "moved.txt").write_text("moved")  # in/moved.txt was moved already
+    (tree / "out" / "other.txt").write_text("not alpha")
+    repo = files_repo(tmp_path, tree)
+    copied = submit(repo, "files.copy", {"source": "in/a.txt", "target": "out/a.txt"})
+    moved = submit(repo, "files.move", {"source": "in/moved.txt", "target": "out/moved.txt"})
+    clash = submit(repo, "files.copy", {"source": "in/a.txt", "target": "out/other.txt"})
+    lost = submit(repo, "files.move", {"source": "in/lost.txt", "target": "out/lost.txt"})
+    run_until_idle(repo)
+    assert done(repo)[copied]["result"]["bytes"] == 5
+    assert done(repo)[moved]["result"] == {"target": str(tree / "out" / "moved.txt"), "moved": False}
+    assert "out/other.txt exists" in reason(repo, clash)
+    assert (tree / "out" / "other.txt").read_text() == "not alpha"
+    assert "data.source: 'in/lost.txt' does not exist" in reason(repo, lost)
+
+
+@pytest.mark.parametrize(
+    ("type_", "data", "message"),
+    [
+        ("files.copy", {"source": "../outside/secret.txt", "target": "in/x"}, "'..' is not allowed"),
+        (
+            "files.copy",
+            {"source": "in/link.txt", "target": "in/x"},
+            "leads outside the file roots through a symbolic link",
+        ),
+        (
+            "files.copy",
+            {"source": "in/linked-folder/secret.txt", "target": "in/x"},
+            "through a symbolic link",
+        ),
+        (
+            "files.copy",
+            {"source": "in/a.txt", "target": "in/linked-folder/stolen.txt"},
+            "through a symbolic link",
+        ),
+        ("files.copy", {"source": "in/a.txt", "target": "in/../../outside/x"}, "'..' is not allowed"),
+        ("files.move", {"source": "in/a.txt", "target": "/etc/spoolpipe-test"}, "is outside the file roots"),
+        (
+            "files.move",
+            {"source": "in/link.txt", "target": "in/x"},
+            "is a symbolic link; name the file itself",
+        ),
+        ("files.delete", {"path": "ABSOLUTE_SECRET"}, "is outside the file roots"),
+        ("files.delete", {"path": "in/link.txt"}, "is a symbolic link"),
+        ("files.delete", {"path": "in/linked-folder/secret.txt"}, "through a symbolic link"),
+        ("files.delete", {"path": "../outside/gone.txt"}, "'..' is not allowed"),
+        ("files.delete", {"path": "in/a\0.txt"}, "expected a path"),
+        ("files.delete", {"path": ["in/a.txt"]}, "expected a path"),
+        (
+            "files.archive",
+            {"folder": "in/linked-folder", "older_than": 0, "archive": "x.zip"},
+            "through a symbolic link",
+        ),
+        (
+            "files.archive",
+            {"folder": "in", "older_than": 0, "archive": "/tmp/x.zip"},
+            "is outside the file roots",
+        ),
+    ],
+)
+def test_paths_escaping_the_roots_are_refused(
+    tmp_path: Path, tree: Path, type_: str, data: dict[str, Any], message: str
+) -> None:
+    secret = tmp_path / "outside" / "secret.txt"
+    data = {k: str(secret) if v == "ABSOLUTE_SECRET" else v for k, v in data.items()}
+    repo = files_repo(tmp_path, tree)
+    activity = submit(repo, type_, data)
+    run_until_idle(repo)
+    assert message in reason(repo, activity)
+    assert failed(repo)[activity]["spoolpipe"]["attempts"] == 1
+    assert secret.read_text() == "secret" and sorted(os.listdir(tmp_path / "outside")) == ["secret.txt"]
+    assert (tree / "in" / "a.txt").read_text() == "alpha"
+
+
+def test_files_without_roots_are_refused(tmp_path: Path) -> None:
+    repo = make_repository(tmp_path)
+    activity = submit(repo, "files.delete", {"path": str(tmp_path / "procs" / "e2e_procs.py")})
+    run_until_idle(repo)
+    assert "no file roots configured: set files.roots" in reason(repo, activity)
+    assert (tmp_path / "procs" / "e2e_procs.py").exists()
+
+
+@pytest.mark.parametrize("suffix", [".zip", ".tar.gz"])
+def test_archive_puts_old_files_in_a_readable_archive_then_removes_them(
+    tmp_path: Path, tree: Path, suffix: str
+) -> None:
+    old = time.time() - 3 * 86400
+    for name in ("a.txt", "b.txt"):
+        os.utime(tree / "in" / name, (old, old))
+    (tree / "in" / "ancient.txt").write_text("old")
+    os.utime(tree / "in" / "ancient.txt", (100000, 100000))  # 1970: before any time a zip can hold
+    (tree / "in" / "fresh.txt").write_text("new")
+    (tree / "in" / "sub").mkdir()
+    repo = files_repo(tmp_path, tree)
+    target = f"archive/in-2026{suffix}"
+    activity = submit(repo, "files.archive", {"folder": "in", "older_than": "2d", "archive": target})
+    run_until_idle(repo)
+    result = done(repo)[activity]["result"]
+    assert (result["files"], result["names"], result["bytes"]) == (3, ["a.txt", "ancient.txt", "b.txt"], 12)
+    data = (tree / target).read_bytes()
+    if suffix == ".zip":
+        with zipfile.ZipFile(io.BytesIO(data)) as archive:
+            contents = {name: archive.read(name) for name in archive.namelist()}
+    else:
+        with tarfile.open(fileobj=io.BytesIO(data), mode="r:gz") as archive:
+            contents = {m.name: archive.extractfile(m).read() for m in archive if m.isfile()}  # type: ignore[union-attr]
+    assert contents == {"a.txt": b"alpha", "ancient.txt": b"old", "b.txt": b"beta"}
+    assert sorted(os.listdir(tree / "in")) == ["fresh.txt", "link.txt", "linked-folder", "sub"]
+    assert (tmp_path / "outside" / "secret.txt").exists()  # a link is never archived nor removed
+
+
+def test_archive_refuses_an_existing_archive_and_removes_nothing(tmp_path: Path, tree: Path) -> None:
+    old = time.time() - 3600
+    os.utime(tree / "in" / "a.txt", (old, old))
+    (tree / "archive.zip").write_bytes(b"precious")
+    repo = files_repo(tmp_path, tree)
+    exists = submit(repo, "files.archive", {"folder": "in", "older_than": "30m", "archive": "archive.zip"})
+    bad_age = submit(repo, "files.archive", {"folder": "in", "older_than": "soon", "archive": "new.zip"})
+    bad_name = submit(repo, "files.archive", {"folder": "in", "older_than": 60, "archive": "new.rar"})
+    nothing = submit(repo, "files.archive", {"folder": "in", "older_than": "7d", "archive": "empty.zip"})
+    run_until_idle(repo)
+    assert "archive.zip exists; archives are never replaced" in reason(repo, exists)
+    assert "data.older_than: expected a duration" in reason(repo, bad_age)
+    assert "must end in .zip, .tar.gz or .tgz" in reason(repo, bad_name)
+    assert done(repo)[nothing]["result"]["files"] == 0 and not (tree / "empty.zip").exists()
+    assert (tree / "archive.zip").read_bytes() == b"precious" and (tree / "in" / "a.txt").exists()
+    assert not (tree / "new.zip").exists() and not (tree / "new.rar").exists()
+
+
+def test_a_worker_that_runs_no_builtin_work_never_imports_what_they_need(tmp_path: Path) -> None:
+    """The built-in types are registered in every pool process; zipfile, tarfile and filecmp load only on use.
+
+    (urllib.request, which http.request uses, is imported by javaproperties already.)
+    """
+    repo = make_repository(tmp_path, "pool.size = 1\n")
+    activity = submit(repo, "t.noop")
+    proc = start_worker(repo, "w1", "--until-idle", env={"PYTHONPROFILEIMPORTTIME": "1"})
+    try:
+        assert proc.wait(120) == 0
+    finally:
+        kill_group(proc)
+    output = (tmp_path / "worker-w1.stderr").read_text()
+    assert activity in done(repo)
+    for type_ in ("command", "files.archive", "files.copy", "files.delete", "files.move", "http.request"):
+        assert f" {type_}," in output  # registered
+    imported = {
+        line.rsplit("|", 1)[1].strip() for line in output.splitlines() if line.startswith("import time:")
+    }
+    assert "spoolpipe.confine" in imported  # imported by spoolpipe.builtins.files
+    assert sorted(imported & {"zipfile", "tarfile", "filecmp"}) == []
+
+
+def _blocks(text: str, language: str) -> list[str]:
+    return [block.split("```", 1)[0] for block in text.split(f"```{language}\n")[1:]]
+
+
+@pytest.mark.parametrize("doc", ["docs/builtins.md", "README.md"])
+def test_the_documented_examples_are_valid(tmp_path: Path, doc: str) -> None:
+    """The docs' properties blocks load without a problem, and their built-in activities fit them."""
+    text = (Path(__file__).resolve().parent.parent / doc).read_text()
+    properties = [
+        block
+        for block in _blocks(text, "properties")
+        if "argv" in block or "http." in block or "files." in block
+    ]
+    (tmp_path / "spoolpipe.properties").write_text("".join(properties))
+    loaded = config.load(tmp_path)
+    assert loaded.warnings == ()
+    builtin = {"command", "http.request", "files.copy", "files.move", "files.delete", "files.archive"}
+    examples = [json.loads(block) for block in _blocks(text, "json") if block.startswith('{"type"')]
+    activities = [a for a in examples if a["type"] in builtin]
+    assert activities
+    for activity in activities:
+        if activity["type"] == "command":
+            command = loaded.settings.commands[activity["data"]["command"]]
+            specs.fill(command.argv, activity["data"])  # the example's data fills its argv
+        if activity["type"] == "http.request":
+            assert activity["data"]["endpoint"] in loaded.settings.http_endpoints
+
+
+def test_targets_that_are_symbolic_links_are_never_written_through(tmp_path: Path, tree: Path) -> None:
+    (tree / "out").mkdir()
+    (tree / "out" / "trap.txt").symlink_to(tmp_path / "outside" / "secret.txt")
+    (tree / "out" / "dangling.txt").symlink_to(tmp_path / "outside" / "planted.txt")
+    repo = files_repo(tmp_path, tree)
+    through = submit(repo, "files.copy", {"source": "in/a.txt", "target": "out/trap.txt", "replace": True})
+    dangling = submit(repo, "files.move", {"source": "in/b.txt", "target": "out/dangling.txt"})
+    archive = submit(repo, "files.archive", {"folder": "in", "older_than": 0, "archive": "out/trap.txt"})
+    run_until_idle(repo)
+    for activity in (through, dangling, archive):
+        assert "is a symbolic link" in reason(repo, activity)
+    assert (tmp_path / "outside" / "secret.txt").read_text() == "secret"
+    assert not (tmp_path / "outside" / "planted.txt").exists()
+    assert (tree / "in" / "b.txt").read_text() == "beta"
+
+
+def test_archive_keeps_files_whose_names_are_not_utf8_and_says_so(tmp_path: Path, tree: Path) -> None:
+    latin1 = os.path.join(os.fsencode(tree / "in"), b"caf\xe9.txt")
+    with open(latin1, "wb") as f:
+        f.write(b"latin-1")
+    old = time.time() - 3600
+    for path in (latin1, os.fsencode(tree / "in" / "a.txt")):
+        os.utime(path, (old, old))
+    repo = files_repo(tmp_path, tree)
+    activity = submit(repo, "files.archive", {"folder": "in", "older_than": "1m", "archive": "a.zip"})
+    run_until_idle(repo)
+    result = done(repo)[activity]["result"]
+    assert (result["names"], result["kept"]) == (["a.txt"], ["caf\\xe9.txt"])
+    assert os.path.exists(latin1) and not (tree / "in" / "a.txt").exists()
+    with zipfile.ZipFile(tree / "a.zip") as archive:
+        assert archive.namelist() == ["a.txt"]
+
+
+@pytest.fixture
+def other_file_system(tmp_path: Path) -> Iterator[Path]:
+    """A folder on another file system than ``tmp_path`` (tmpfs at /dev/shm, on every Linux)."""
+    folder = Path(tempfile.mkdtemp(prefix="spoolpipe-test-", dir="/dev/shm"))
+    try:
+        assert folder.stat().st_dev != tmp_path.stat().st_dev, "/dev/shm is on the same file system here"
+        yield folder
+    finally:
+        shutil.rmtree(folder)
+
+
+def test_a_move_across_file_systems_copies_then_removes(
+    tmp_path: Path, tree: Path, other_file_system: Path
+) -> None:
+    (other_file_system / "taken.txt").write_text("taken")
+    repo = files_repo(tmp_path, tree, f"files.roots = {tree}, {other_file_system}\n")
+    moved = submit(
+        repo, "files.move", {"source": "in/a.txt", "target": str(other_file_system / "x" / "a.txt")}
+    )
+    refused = submit(
+        repo, "files.move", {"source": "in/b.txt", "target": str(other_file_system / "taken.txt")}
+    )
+    run_until_idle(repo)
+    assert done(repo)[moved]["result"]["moved"] is True
+    assert (other_file_system / "x" / "a.txt").read_text() == "alpha" and not (tree / "in" / "a.txt").exists()
+    assert "taken.txt exists" in reason(repo, refused)
+    assert (tree / "in" / "b.txt").read_text() == "beta" and (
+        other_file_system / "taken.txt"
+    ).read_text() == "taken"
+    assert sorted(os.listdir(other_file_system / "x")) == ["a.txt"]  # no temporary file left
