@@ -206,7 +206,7 @@ class Attempts:
             return None
         if isinstance(reserved, Busy):
             self._report(logging.INFO, f"{reserved.reason}: {activity.id} goes back to the inbox for 1s")
-            self.repo.release(claim, claim.attempt, self.clock.now() + 1.0)
+            self.repo.release(claim, claim.attempt, self.clock.now() + 1.0, activity.priority)
             return None
         return claim
 
@@ -249,7 +249,9 @@ class Attempts:
         self, claim: ClaimName, activity: Activity, delay: float, error: str, seconds: float | None
     ) -> None:
         try:
-            released = self.repo.release(claim, activity.attempt + 1, self.clock.now() + delay)
+            released = self.repo.release(
+                claim, activity.attempt + 1, self.clock.now() + delay, activity.priority
+            )
         except OSError as exc:
             self._report(logging.ERROR, f"cannot requeue {activity.id}: {exc}")
             return
@@ -279,6 +281,7 @@ class Attempts:
                 f["data"],
                 f["key"],
                 None if f["delay"] is None else now + float(f["delay"]),
+                f["priority"],
             )
             for f in outcome.follow_ups
         ]

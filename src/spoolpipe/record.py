@@ -10,7 +10,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from .activity import Activity, derived_id, format_time
+from .activity import DEFAULT_PRIORITY, Activity, derived_id, format_time
 from .storable import bounded_text, encode, reason_line
 
 #: What a failure activity leaves out, in this order, when it would exceed limits.activity-bytes.
@@ -67,10 +67,16 @@ def failed_record(activity: Activity, attempt: Attempt, reason: str, traceback: 
 
 
 def follow_up_document(
-    parent: Activity, type_: str, data: Mapping[str, Any], key: str, not_before: float | None
+    parent: Activity,
+    type_: str,
+    data: Mapping[str, Any],
+    key: str,
+    not_before: float | None,
+    priority: int = DEFAULT_PRIORITY,
 ) -> dict[str, Any]:
     """A follow-up whose id depends only on its parent and key, so a repeated commit cannot double it."""
-    return Activity(derived_id(parent.id, key), type_, dict(data), 1, not_before).to_json()
+    follow_up = Activity(derived_id(parent.id, key), type_, dict(data), 1, not_before, priority=priority)
+    return follow_up.to_json()
 
 
 def failure_document(handler: str, record: Mapping[str, Any], limit: int) -> dict[str, Any]:
