@@ -130,16 +130,17 @@ class QueuedName:
 
 def parse_inbox_name(name: str) -> QueuedName:
     """Split a spoolpipe-written name; any other name is attempt 1 with its stem as id."""
-    m = _QUEUED.match(name)
-    if m and (m.group("attempt") or m.group("priority")):
-        attempt, nb, priority = m.group("attempt", "nb", "priority")
-        return QueuedName(
-            m.group("id"),
-            int(attempt) if attempt else 1,
-            int(nb) if nb else None,
-            True,
-            int(priority) if priority else None,
-        )
+    m = _QUEUED.match(name) if "~" in name else None  # most names are plain: no regex for them
+    if m:
+        stem, attempt, nb, priority = m.groups()
+        if attempt or priority:
+            return QueuedName(
+                stem,
+                int(attempt) if attempt else 1,
+                int(nb) if nb else None,
+                True,
+                int(priority) if priority else None,
+            )
     stem = name[: -len(".json")] if name.endswith(".json") else name
     return QueuedName(stem)
 
