@@ -4,7 +4,8 @@
 
 Backlogs (--quick uses 1,000 / 3,000 / 10,000 and 10,000 in done/):
 - 1,000 waiting (the baseline), 30,000 waiting, 100,000 waiting;
-- 1,000 waiting with 100,000 records already in done/ (written directly in the documented record format).
+- 1,000 waiting with 100,000 records already in done/ (written directly in the documented record format);
+- 100,000 waiting with priorities 0-9 (one in ten each, marked in the file names as spoolpipe writes them).
 For each, a daemon (`spoolpipe worker REPO`, durability on, default pool) runs bench.stamp activities; it is
 stopped with SIGTERM once --take of them have started, and the repository is topped up to the same backlog
 for the next run (the backlogs alternate within each round). Measured per run:
@@ -35,10 +36,12 @@ DONE_PREFIX = "d"
 class Backlog:
     """A repository kept at `waiting` activities in inbox/ (and `done` fixture records in done/)."""
 
-    def __init__(self, base: Path, name: str, waiting: int, done: int, take: int) -> None:
+    def __init__(
+        self, base: Path, name: str, waiting: int, done: int, take: int, *, priorities: bool = False
+    ) -> None:
         self.work = b.fresh(base, name)
         self.repo = b.make_repository(self.work)
-        self.waiting, self.take = waiting, take
+        self.waiting, self.take, self.priorities = waiting, take, priorities
         self.serial = 0
         self._fill_done(done)
         self.runs: list[dict[str, float]] = []
@@ -66,8 +69,15 @@ class Backlog:
 
     def _top_up(self) -> None:
         missing = self.waiting - b.entries(self.repo / "inbox")
-        b.enqueue(self.repo / "inbox", b.ids("w", self.serial, missing), b.activity("bench.stamp"))
+        names = b.ids("w", self.serial, missing)
         self.serial += missing
+        if not self.priorities:
+            b.enqueue(self.repo / "inbox", names, b.activity("bench.stamp"))
+            return
+        for priority in range(10):  # the names submit writes: ID~pP.json, ID.json for the default 5
+            mark = "" if priority == 5 else f"~p{priority}"
+            body = json.dumps({"type": "bench.stamp", "data": {}, "priority": priority}).encode()
+            b.enqueue(self.repo / "inbox", [f"{n}{mark}" for n in names[priority::10]], body)
 
     def run(self) -> dict[str, float]:
         self._top_up()
@@ -133,6 +143,9 @@ def main() -> int:
             f"{medium:,} waiting": Backlog(base, "medium", medium, 0, args.take),
             f"{large:,} waiting": Backlog(base, "large", large, 0, args.take),
             f"{small:,} waiting, {large:,} in done/": Backlog(base, "done", small, large, args.take),
+            f"{large:,} waiting, priorities 0-9": Backlog(
+                base, "priorities", large, 0, args.take, priorities=True
+            ),
         }
         b.alternate(
             {name: partial(lambda bl: bl.run()["claim_cost_ms"], bl) for name, bl in backlogs.items()},

@@ -75,8 +75,8 @@ def test_file_name_without_json_suffix_is_used_whole() -> None:
 
 
 def test_other_top_level_fields_are_kept_but_not_interpreted() -> None:
-    activity = parse({"type": "t", "note": "hello", "priority": [1, 2]}, "x.json")
-    assert activity == Activity("x", "t", {}, 1, None, {"note": "hello", "priority": [1, 2]})
+    activity = parse({"type": "t", "note": "hello", "tags": [1, 2]}, "x.json")
+    assert activity == Activity("x", "t", {}, 1, None, {"note": "hello", "tags": [1, 2]})
     assert activity.to_json()["note"] == "hello"
 
 

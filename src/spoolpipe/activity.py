@@ -17,23 +17,28 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, Literal, get_args
+from typing import Any, Literal, TypeGuard, get_args
 
 NAME_PATTERN = r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}"
 _NAME = re.compile(rf"\A{NAME_PATTERN}\Z")
-# A queued name written by spoolpipe itself: ``ID~ATTEMPT[~NOT_BEFORE_MS].json``.
+# A queued name written by spoolpipe itself: ``ID~ATTEMPT[~NOT_BEFORE_MS][~pPRIORITY].json``, or
+# ``ID~pPRIORITY.json`` (a new activity whose priority is not the default).
 _QUEUED = re.compile(
-    rf"\A(?P<id>{NAME_PATTERN})~(?P<attempt>[1-9][0-9]{{0,5}})(?:~(?P<nb>[0-9]{{1,15}}))?\.json\Z"
+    rf"\A(?P<id>{NAME_PATTERN})(?:~(?P<attempt>[1-9][0-9]{{0,5}})(?:~(?P<nb>[0-9]{{1,15}}))?)?"
+    r"(?:~p(?P<priority>[0-9]))?\.json\Z"
 )
 # A claim in running/: ``ID~ATTEMPT~WORKER.json``, or a file staged beside it: ``ID~ATTEMPT~WORKER~KIND``
 # (``KIND`` one of committed, done, failed) or ``ID~ATTEMPT~WORKER~follow-up~FID``.
 _CLAIM = re.compile(
     rf"\A(?P<id>{NAME_PATTERN})~(?P<attempt>[1-9][0-9]{{0,5}})~(?P<worker>{NAME_PATTERN})"
-    rf"(?:\.json|~(?P<kind>committed|done|failed|follow-up~(?P<follow_up>{NAME_PATTERN})))\Z"
+    rf"(?:\.json|~(?P<kind>committed|done|failed|follow-up~(?P<follow_up>{NAME_PATTERN}(?:~p[0-9])?)))\Z"
 )
 _CROCKFORD = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
 # Fields spoolpipe interprets or writes itself; any other top-level field is carried along untouched.
-_KNOWN_FIELDS = frozenset({"id", "type", "data", "not_before", "result", "spoolpipe"})
+_KNOWN_FIELDS = frozenset({"id", "type", "data", "not_before", "priority", "result", "spoolpipe"})
+#: Priorities an activity may have: higher runs first; one without the field has the default.
+PRIORITIES = range(10)
+DEFAULT_PRIORITY = 5
 # Timestamps spoolpipe can write back: 1970-01-01 to 9999-12-31.
 _LATEST = 253402300799.0
 
@@ -110,37 +115,62 @@ def derived_id(*parts: str) -> str:
 
 @dataclass(frozen=True)
 class QueuedName:
-    """What an inbox file name tells before its content is read."""
+    """What an inbox file name tells before its content is read.
+
+    ``priority`` is what the name says (``None``: it says nothing, the file is
+    ordered as :data:`DEFAULT_PRIORITY` until it is read); the document decides.
+    """
 
     stem: str
     attempt: int = 1
     not_before_ms: int | None = None
     canonical: bool = False
+    priority: int | None = None
 
 
 def parse_inbox_name(name: str) -> QueuedName:
-    """Split a spoolpipe-written retry name; any other name is attempt 1 with its stem as id."""
-    m = _QUEUED.match(name)
+    """Split a spoolpipe-written name; any other name is attempt 1 with its stem as id."""
+    m = _QUEUED.match(name) if "~" in name else None  # most names are plain: no regex for them
     if m:
-        nb = m.group("nb")
-        return QueuedName(m.group("id"), int(m.group("attempt")), int(nb) if nb else None, True)
+        stem, attempt, nb, priority = m.groups()
+        if attempt or priority:
+            return QueuedName(
+                stem,
+                int(attempt) if attempt else 1,
+                int(nb) if nb else None,
+                True,
+                int(priority) if priority else None,
+            )
     stem = name[: -len(".json")] if name.endswith(".json") else name
     return QueuedName(stem)
 
 
-def queued_name(activity_id: str, attempt: int, not_before: float | None) -> str:
-    """The inbox name of a requeued activity: attempt and earliest start are visible without a read.
+def priority_mark(priority: int) -> str:
+    """What a name carries for ``priority``: nothing for the default, so most names stay as they were."""
+    return "" if priority == DEFAULT_PRIORITY else f"~p{priority}"
+
+
+def new_name(activity_id: str, priority: int = DEFAULT_PRIORITY) -> str:
+    """The inbox name of a new activity (submit, retry, follow-ups): ``ID.json`` or ``ID~pP.json``."""
+    return f"{activity_id}{priority_mark(priority)}.json"
+
+
+def queued_name(
+    activity_id: str, attempt: int, not_before: float | None, priority: int = DEFAULT_PRIORITY
+) -> str:
+    """The inbox name of a requeued activity: attempt, earliest start and priority are visible without a read.
 
     Always with the attempt, even the first, so that it never collides with a
     copy a person dropped as ``ID.json``.
     """
+    mark = priority_mark(priority)
     if not_before is None:
-        return f"{activity_id}~{attempt}.json"
+        return f"{activity_id}~{attempt}{mark}.json"
     ms = int(not_before * 1000)
     if ms / 1000 < not_before:  # rounded up: never due before not_before
         ms += 1
     suffix = f"~{ms}"
-    return f"{activity_id}~{attempt}{suffix}.json"
+    return f"{activity_id}~{attempt}{suffix}{mark}.json"
 
 
 #: What an activity's attempt ended as.
@@ -180,7 +210,7 @@ class RunningName:
 
     claim: ClaimName
     kind: StagedKind | None = None  # None: the claim itself
-    follow_up: str = ""  # the follow-up's id, for kind "follow-up"
+    follow_up: str = ""  # the follow-up's inbox name without .json (FID or FID~pP), for kind "follow-up"
 
     @property
     def name(self) -> str:
@@ -219,12 +249,15 @@ class Activity:
     extra: Mapping[str, Any] = field(default_factory=dict)
     # Earlier runs this activity was retried from (``spoolpipe retry``), oldest first.
     history: tuple[Mapping[str, Any], ...] = ()
+    priority: int = DEFAULT_PRIORITY
 
     def to_json(self) -> dict[str, Any]:
         """The activity as a file: what ``submit`` writes and what a processor's follow-up becomes."""
         doc: dict[str, Any] = {**self.extra, "id": self.id, "type": self.type, "data": dict(self.data)}
         if self.not_before is not None:
             doc["not_before"] = format_time(self.not_before)
+        if self.priority != DEFAULT_PRIORITY:
+            doc["priority"] = self.priority
         if self.history:
             doc["spoolpipe"] = {"history": [dict(h) for h in self.history]}
         return doc
@@ -301,6 +334,26 @@ def format_time(epoch: float) -> str:
     return datetime.fromtimestamp(epoch).astimezone().isoformat(timespec="milliseconds")
 
 
+def is_priority(value: object) -> TypeGuard[int]:
+    """Whether ``value`` is a priority: an integer from 0 to 9 (not a bool, a float or a string)."""
+    return isinstance(value, int) and not isinstance(value, bool) and value in PRIORITIES
+
+
+def parse_priority(value: object) -> int:
+    """A ``priority`` field's value, or InvalidActivity saying what a priority must be."""
+    if not is_priority(value):
+        raise InvalidActivity(
+            f"bad priority {json.dumps(value)}: must be an integer from 0 to 9 "
+            f"(higher runs first; without the field: {DEFAULT_PRIORITY})"
+        )
+    return value
+
+
+def document_priority(doc: Mapping[str, Any]) -> int:
+    """The priority a document asks for; the default without the field."""
+    return parse_priority(doc["priority"]) if "priority" in doc else DEFAULT_PRIORITY
+
+
 def activity_from_document(doc: Mapping[str, Any], queued: QueuedName) -> Activity:
     """Validate a parsed document; the id comes from the document, else from the file name."""
     type_ = doc.get("type")
@@ -328,8 +381,11 @@ def activity_from_document(doc: Mapping[str, Any], queued: QueuedName) -> Activi
         not_before = queued.not_before_ms / 1000
     if not_before is not None and not (math.isfinite(not_before) and 0 <= not_before <= _LATEST):
         raise InvalidActivity("not_before is out of range (1970-01-01 to 9999-12-31)")
+    priority = document_priority(doc)
     extra = {k: v for k, v in doc.items() if k not in _KNOWN_FIELDS}
-    return Activity(str(activity_id), str(type_), data, queued.attempt, not_before, extra, _history(doc))
+    return Activity(
+        str(activity_id), str(type_), data, queued.attempt, not_before, extra, _history(doc), priority
+    )
 
 
 def _history(doc: Mapping[str, Any]) -> tuple[Mapping[str, Any], ...]:

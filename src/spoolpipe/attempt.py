@@ -220,7 +220,7 @@ class Attempts:
             return None
         if isinstance(reserved, Busy):
             self._report(logging.INFO, f"{reserved.reason}: {activity.id} goes back to the inbox for 1s")
-            self.repo.release(claim, claim.attempt, self.clock.now() + 1.0)
+            self.repo.release(claim, claim.attempt, self.clock.now() + 1.0, activity.priority)
             return None
         return claim
 
@@ -274,7 +274,9 @@ class Attempts:
         note = attempt_entry(activity.attempt, self._attempt(started), "retry", error)
         write_note(self.repo.logs, self.repo.tmp, activity, note)
         try:
-            released = self.repo.release(claim, activity.attempt + 1, self.clock.now() + delay)
+            released = self.repo.release(
+                claim, activity.attempt + 1, self.clock.now() + delay, activity.priority
+            )
         except OSError as exc:
             self._report(logging.ERROR, f"cannot requeue {activity.id}: {exc}")
             return
@@ -304,6 +306,7 @@ class Attempts:
                 f["data"],
                 f["key"],
                 None if f["delay"] is None else now + float(f["delay"]),
+                f["priority"],
             )
             for f in outcome.follow_ups
         ]

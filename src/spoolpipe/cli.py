@@ -16,7 +16,17 @@ from pathlib import Path
 from typing import Any
 
 from . import __version__, check, config, control, retention, service, views
-from .activity import Activity, InvalidActivity, format_time, is_valid_name, new_id, parse_document, printable
+from .activity import (
+    DEFAULT_PRIORITY,
+    PRIORITIES,
+    Activity,
+    InvalidActivity,
+    format_time,
+    is_valid_name,
+    new_id,
+    parse_document,
+    printable,
+)
 from .repository import NotARepository, Repository, filesystem_now
 from .schedule import report as schedule_report
 from .views import text
@@ -73,7 +83,7 @@ def cmd_submit(args: argparse.Namespace) -> int:
     not_before = None
     if args.delay:
         not_before = filesystem_now(repo.tmp / ".clock-submit") + args.delay
-    activity = Activity(args.id or new_id(), args.type, data, 1, not_before)
+    activity = Activity(args.id or new_id(), args.type, data, 1, not_before, priority=args.priority)
     try:
         path = repo.submit(activity)
     except FileExistsError as exc:
@@ -405,6 +415,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--id", help="activity id (default: a new ULID)")
     p.add_argument("--delay", type=float, metavar="SECONDS", help="do not start before SECONDS from now")
+    p.add_argument(
+        "--priority",
+        type=int,
+        choices=PRIORITIES,
+        default=DEFAULT_PRIORITY,
+        metavar="N",
+        help=f"0-9 (default {DEFAULT_PRIORITY}): higher runs first, then older; "
+        "one other than the default is also in the file name, ID~pN.json",
+    )
     p.add_argument("-v", "--verbose", action="store_true", help="also print the file written")
 
     p = _command(

@@ -19,7 +19,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, TypeGuard
 
-from .activity import Activity
+from .activity import Activity, is_priority
 from .config import Settings
 from .outcome import Outcome, Status
 from .processor import Context, Fatal, FollowUp, Registration, Retry, Skip, registered
@@ -114,16 +114,18 @@ def _checked(activity: Activity, settings: Settings, result: Any, follow_ups: Se
                 f"{what}: delay {delay!r} is not a number of seconds from 0 to {MAX_FOLLOW_UP_DELAY:.0f}"
             )
         seconds = None if delay is None else float(delay)
+        if not is_priority(f.priority):
+            raise NotStorable(f"{what}: priority {f.priority!r} is not an integer from 0 to 9")
         limit = settings.limits_activity_bytes
         data, _ = storable(f.data, f"{what}: data", limit=limit, limit_key="limits.activity-bytes")
         # The daemon sets the real start time when it commits; written, it is just as long.
         not_before = None if seconds is None else time.time() + seconds
-        size = len(encode(follow_up_document(activity, f.type, data, f.key, not_before)))
+        size = len(encode(follow_up_document(activity, f.type, data, f.key, not_before, f.priority)))
         if size > limit:
             raise NotStorable(
                 f"{what} is {size} bytes as an activity file, over limits.activity-bytes={limit}"
             )
-        checked.append({"type": f.type, "data": data, "key": f.key, "delay": seconds})
+        checked.append({"type": f.type, "data": data, "key": f.key, "delay": seconds, "priority": f.priority})
     return Outcome("ok", result=checked_result, follow_ups=tuple(checked))
 
 

@@ -8,6 +8,14 @@ when it is next in line, so a worker with a backlog of 100,000 starts its first
 activity at once and holds names, not documents. Delayed activities wait in
 the order of their ``not_before``; types this worker does not run are set aside
 until the configuration changes.
+
+Activities due now go by priority, highest first, then by name (spoolpipe's
+ids sort by age). Until a file is read its priority is the one its name says
+(``~pP``; none: the default), so that ordering costs no read; once read, its
+document's priority decides: a file whose document asks for less goes back in
+line at that priority, one asking for more runs at once (it is at the front
+already), and one put back (delayed, at capacity, its type set aside) waits
+at its document's priority.
 """
 
 from __future__ import annotations
@@ -17,11 +25,13 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
-from .activity import Activity, is_ignored, parse_inbox_name
+from .activity import DEFAULT_PRIORITY, Activity, is_ignored, parse_inbox_name
 from .repository import Rejected, Repository
 
-#: A waiting entry: its due time (0 for now) and its name. Heap order: due, then name (ULIDs: age).
-_Entry = tuple[float, str]
+#: An entry due now: minus its priority, then its name. Heap order: highest priority, then name (ULIDs: age).
+_Entry = tuple[int, str]
+#: An entry due later: its due time, minus its priority, and its name.
+_Later = tuple[float, int, str]
 # Entries refused for capacity looked past per call: bounds the work of one call on a deep inbox.
 _LOOKAHEAD = 256
 
@@ -44,7 +54,9 @@ class Intake:
         self._settle = settle
         self._parsed: dict[str, Activity] = {}  # read, but refused for now (its type was at capacity)
         self._known: set[str] = set()
-        self._heap: list[_Entry] = []
+        self._heap: list[_Entry] = []  # due now
+        self._later: list[_Later] = []  # due at a time the name or the document gave
+        self._ranks: dict[str, int] = {}  # name -> its document's priority, where its name says another
         self._delayed: dict[str, Delayed] = {}
         self._unhandled: dict[str, str] = {}  # name -> type nobody here runs
         self._suspects: dict[str, tuple[tuple[int, int, int], float]] = {}
@@ -57,36 +69,48 @@ class Intake:
         gone = self._known - present
         self._known -= gone
         for name in gone:
+            self._ranks.pop(name, None)
             self._parsed.pop(name, None)
             self._delayed.pop(name, None)
             self._unhandled.pop(name, None)
             self._suspects.pop(name, None)
         self.add(present - self._known)
         for name in self._suspects:  # not yet parsable: look again
-            heapq.heappush(self._heap, (0.0, name))
+            self._queue(name)
 
     def add(self, names: Iterable[str]) -> None:
         """Names that arrived (inotify) or were found (a listing)."""
         for name in names:
             if name in self._known or is_ignored(name):
                 if name in self._suspects:  # rewritten in place: look again
-                    heapq.heappush(self._heap, (0.0, name))
+                    self._queue(name)
                 continue
             self._known.add(name)
             queued = parse_inbox_name(name)
-            due = queued.not_before_ms / 1000 if queued.not_before_ms is not None else 0.0
-            heapq.heappush(self._heap, (due, name))
+            rank = -(DEFAULT_PRIORITY if queued.priority is None else queued.priority)
+            if queued.not_before_ms is None:
+                heapq.heappush(self._heap, (rank, name))
+            else:
+                heapq.heappush(self._later, (queued.not_before_ms / 1000, rank, name))
+
+    def _queue(self, name: str) -> None:
+        """Put a known name back in line, due now, at the priority known for it."""
+        priority = self._ranks.get(name)
+        if priority is None:
+            priority = parse_inbox_name(name).priority
+        heapq.heappush(self._heap, (-(DEFAULT_PRIORITY if priority is None else priority), name))
 
     def forget(self, name: str) -> None:
         """A name handed out: it is claimed (or gone) unless it comes back under a new name."""
         self._known.discard(name)
+        self._ranks.pop(name, None)
 
     def reconsider(self, handled: Callable[[str], bool]) -> None:
         """The configuration changed: set-aside types may be runnable now."""
         for name, type_ in list(self._unhandled.items()):
             if handled(type_):
                 del self._unhandled[name]
-                heapq.heappush(self._heap, (0.0, name))
+                self._queue(name)
 
     # -- what may run ------------------------------------------------------------------------------
 
@@ -97,18 +121,28 @@ class Intake:
         handled: Callable[[str], bool],
         want: int,
         quarantine: Callable[[str, str], None],
+        priority: int | None = None,
     ) -> list[tuple[str, Activity]]:
         """Up to ``want`` activities due by ``now`` (the shared clock) that ``admit`` lets run, in order.
 
         Entries ``admit`` refuses (their type is at its concurrency) keep their
         place, parsed, for the next call; at most ``_LOOKAHEAD`` of them are
         looked past per call. Unparsable files are quarantined once settled.
+        With ``priority``, only entries in line at that priority are looked at.
         """
+        while self._later and self._later[0][0] <= now:
+            _, rank, name = heapq.heappop(self._later)
+            heapq.heappush(self._heap, (rank, name))
+        floor = None if priority is None else -priority
         chosen: list[tuple[str, Activity]] = []
         refused: list[_Entry] = []
-        while self._heap and len(chosen) < want and len(refused) < _LOOKAHEAD and self._heap[0][0] <= now:
-            entry = heapq.heappop(self._heap)
-            name = entry[1]
+        while (
+            self._heap
+            and len(chosen) < want
+            and len(refused) < _LOOKAHEAD
+            and (floor is None or self._heap[0][0] == floor)
+        ):
+            rank, name = heapq.heappop(self._heap)
             if name not in self._known:
                 continue
             found = self._parsed.pop(name, None) or self._repo.read(name, limit=self._limit())
@@ -122,17 +156,22 @@ class Intake:
                     quarantine(name, found.reason)
                 continue
             self._suspects.pop(name, None)
+            if found.priority != -rank:  # the name said otherwise: from now on in line as the document says
+                self._ranks[name] = found.priority
             if not handled(found.type):
                 self._unhandled[name] = found.type
                 continue
+            if found.priority < -rank:  # its name said more: back in line behind what is ahead of it
+                heapq.heappush(self._heap, (-found.priority, name))
+                continue
             if found.not_before is not None and found.not_before > now:
                 self._delayed[name] = Delayed(found.id, found.type, found.not_before)
-                heapq.heappush(self._heap, (found.not_before, name))
+                heapq.heappush(self._later, (found.not_before, -found.priority, name))
                 continue
             self._delayed.pop(name, None)
             if not admit(found):
                 self._parsed[name] = found
-                refused.append(entry)
+                refused.append((-found.priority, name))
                 continue
             chosen.append((name, found))
         for entry in refused:
@@ -161,11 +200,13 @@ class Intake:
 
     def next_due(self) -> float:
         """When the earliest waiting entry is due (0: now; inf: nothing waits)."""
-        return self._heap[0][0] if self._heap else float("inf")
+        if self._heap:
+            return 0.0
+        return self._later[0][0] if self._later else float("inf")
 
     def delayed(self, now: float, handled: Callable[[str], bool]) -> list[Delayed]:
         """The handled activities waiting for a later time; reads those known only by name so far."""
-        for due, name in self._heap:
+        for due, _, name in self._later:
             if (
                 due > now
                 and name in self._known

@@ -23,7 +23,7 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any, ClassVar, TypeVar
 
-from .activity import Activity, is_valid_name
+from .activity import DEFAULT_PRIORITY, Activity, is_priority, is_valid_name
 from .config import Settings
 from .options import parse_option
 
@@ -73,6 +73,7 @@ class FollowUp:
     data: Mapping[str, Any]
     key: str
     delay: float | None = None
+    priority: int = DEFAULT_PRIORITY
 
 
 @dataclass
@@ -121,17 +122,23 @@ class Context:
         *,
         key: str | None = None,
         delay: float | None = None,
+        priority: int = DEFAULT_PRIORITY,
     ) -> None:
-        """Ask for a follow-up activity; ``key`` (default: call order) keeps its id stable across retries."""
+        """Ask for a follow-up activity; ``key`` (default: call order) keeps its id stable across retries.
+
+        ``priority`` (0-9, higher runs first) is the follow-up's own, not inherited from its parent.
+        """
         if not is_valid_name(type):
             raise Fatal(f"follow-up type {type!r} is not a valid activity type")
+        if not is_priority(priority):
+            raise Fatal(f"follow-up priority {priority!r} is not an integer from 0 to 9")
         if self.follow_up_types is not None and type not in self.follow_up_types:
             declared = ", ".join(sorted(self.follow_up_types)) or "none"
             raise Fatal(f"follow-up type {type!r} is not declared by this processor (declared: {declared})")
         key = str(len(self.follow_ups) + 1) if key is None else key
         if any(f.key == key for f in self.follow_ups):
             raise Fatal(f"follow-up key {key!r} used twice")
-        self.follow_ups.append(FollowUp(type, dict(data or {}), key, delay))
+        self.follow_ups.append(FollowUp(type, dict(data or {}), key, delay, priority))
 
 
 @dataclass(frozen=True)

@@ -10,7 +10,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from .activity import Activity, derived_id, format_time
+from .activity import DEFAULT_PRIORITY, Activity, derived_id, format_time
 from .outcome import Ending
 from .storable import bounded_text, encode, reason_line
 
@@ -126,15 +126,22 @@ def failed_record(
 
 
 def follow_up_document(
-    parent: Activity, type_: str, data: Mapping[str, Any], key: str, not_before: float | None
+    parent: Activity,
+    type_: str,
+    data: Mapping[str, Any],
+    key: str,
+    not_before: float | None,
+    priority: int = DEFAULT_PRIORITY,
 ) -> dict[str, Any]:
     """A follow-up whose id depends only on its parent and key, so a repeated commit cannot double it.
 
     ``parent`` names the activity that made it (``inspect`` links the two).
     """
-    return Activity(
-        derived_id(parent.id, key), type_, dict(data), 1, not_before, {"parent": parent.id}
-    ).to_json()
+    extra = {"parent": parent.id}
+    follow_up = Activity(
+        derived_id(parent.id, key), type_, dict(data), 1, not_before, extra, priority=priority
+    )
+    return follow_up.to_json()
 
 
 def failure_document(handler: str, record: Mapping[str, Any], limit: int) -> dict[str, Any]:

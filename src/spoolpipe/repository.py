@@ -21,19 +21,23 @@ from pathlib import Path
 from typing import Any, Literal
 
 from .activity import (
+    DEFAULT_PRIORITY,
     OUTCOMES,
     Activity,
     ClaimName,
     InvalidActivity,
     OutcomeKind,
     RunningName,
+    document_priority,
     invalid_entry_name,
     is_ignored,
     new_id,
+    new_name,
     parse_activity,
     parse_document,
     parse_running_name,
     printable,
+    priority_mark,
     queued_name,
     retried_activity,
 )
@@ -85,7 +89,10 @@ class Busy:
 
 @dataclass(frozen=True)
 class Staged:
-    """What is staged for a claim in ``running/``: its outcome record and its follow-ups (by id)."""
+    """What is staged for a claim in ``running/``: its outcome record and its follow-ups.
+
+    A follow-up is named by its inbox name without ``.json`` (``FID`` or ``FID~pP``).
+    """
 
     claim: ClaimName
     outcome: OutcomeKind
@@ -244,26 +251,22 @@ class Repository:
 
     def submit(self, activity: Activity) -> Path:
         """Publish a new activity into the inbox, atomically and durably, if its id is free."""
-        final = self.inbox / f"{activity.id}.json"
-        self._publish_new(activity, "submit", "")
-        return final
+        return self._publish_new(activity, "submit", "")
 
-    def _publish_new(self, activity: Activity, tag: str, besides: str) -> None:
-        """Publish ``inbox/ID.json`` if the id is free but for ``besides``: the rule of submit and retry."""
+    def _publish_new(self, activity: Activity, tag: str, besides: str) -> Path:
+        """Publish ``inbox/ID.json`` (``ID~pP.json``) if the id is free but for ``besides``: the rule of
+        submit and retry."""
         where = self.where(activity.id, besides=besides)
         if where is not None:
             raise FileExistsError(f"an activity with id {activity.id} already exists: {where}")
+        final = self.inbox / new_name(activity.id, activity.priority)
         try:
-            publish(
-                dumps(activity.to_json()),
-                self.temp_path(tag),
-                self.inbox / f"{activity.id}.json",
-                self.durability,
-            )
+            publish(dumps(activity.to_json()), self.temp_path(tag), final, self.durability)
         except FileExistsError:
             raise FileExistsError(
-                f"an activity with id {activity.id} already exists: inbox/{activity.id}.json"
+                f"an activity with id {activity.id} already exists: inbox/{final.name}"
             ) from None
+        return final
 
     def publish_once(self, activity: Activity, now: float) -> Literal["published", "taken", "busy"]:
         """Publish ``inbox/ID.json`` unless the id is taken: of any number of callers for one id
@@ -618,9 +621,10 @@ class Repository:
         ids: list[str] = []
         try:
             for doc in follow_ups:
-                name = claim.staged("follow-up", doc["id"])
+                stem = doc["id"] + priority_mark(doc.get("priority", DEFAULT_PRIORITY))
+                name = claim.staged("follow-up", stem)
                 write_file(f"{self._running}/{name}", dumps(doc), self.durability)
-                ids.append(doc["id"])
+                ids.append(stem)
             write_file(f"{self._running}/{claim.staged(outcome)}", dumps(record), self.durability)
         except BaseException:
             self.discard(claim)
@@ -682,10 +686,17 @@ class Repository:
             return
         self.durability.changed(directory)
 
-    def release(self, claim: ClaimName, attempt: int, not_before: float | None) -> bool:
-        """Put a claim back into the inbox as ``attempt``; False when it was no longer there."""
+    def release(
+        self, claim: ClaimName, attempt: int, not_before: float | None, priority: int | None = None
+    ) -> bool:
+        """Put a claim back into the inbox as ``attempt``; False when it was no longer there.
+
+        ``priority`` goes into the name; ``None``: read it from the claim (recovery knows only names).
+        """
         source = self.running / claim.name
-        target = self.inbox / queued_name(claim.activity_id, attempt, not_before)
+        if priority is None:
+            priority = _claim_priority(source)
+        target = self.inbox / queued_name(claim.activity_id, attempt, not_before, priority)
         if not take(source, target):
             return False
         self.durability.renamed(source, target)
@@ -767,16 +778,24 @@ class Repository:
         """
         source = self.failed / f"{activity_id}.json"
         activity = retried_activity(parse_document(source.read_bytes()))
-        self._publish_new(activity, "retry", f"failed/{source.name}")
+        published = self._publish_new(activity, "retry", f"failed/{source.name}")
         with contextlib.suppress(FileNotFoundError):
             os.unlink(source)
         self.durability.renamed(source)
         self.durability.barrier()
-        return self.inbox / source.name
+        return published
 
     def count(self, directory: Path) -> int:
         with os.scandir(directory) as entries:
             return sum(1 for e in entries if not is_ignored(e.name))
+
+
+def _claim_priority(path: Path) -> int:
+    """The priority a claim's document asks for; the default if it cannot be read (it moves as it is)."""
+    try:
+        return document_priority(parse_document(path.read_bytes()))
+    except (OSError, InvalidActivity):
+        return DEFAULT_PRIORITY
 
 
 def _lstat(path: str | Path) -> os.stat_result | None:

@@ -422,8 +422,11 @@ class Worker:
                 share, self._batch_size(first.type), self.circuits.batch_limit(first.type) or BATCH_MAX
             )
             if size > 1 and registered()[first.type].megapixels is None:
-                found += self._take(
-                    now, lambda a, same=first.type: a.type == same and self._fresh(a, ids), size - 1
+                found += self._take(  # never past a higher priority of another type
+                    now,
+                    lambda a, same=first.type: a.type == same and self._fresh(a, ids),
+                    size - 1,
+                    first.priority,
                 )
             busy[first.type] += 1
             self._megapixels[slot.index] = self._estimate(first)
@@ -448,9 +451,9 @@ class Worker:
         ids.add(activity.id)
         return True
 
-    def _take(self, now: float, admit: Any, want: int) -> list[Item]:
+    def _take(self, now: float, admit: Any, want: int, priority: int | None = None) -> list[Item]:
         quarantine = self._quarantine
-        found = self.intake.take(now, admit, self._claimable, want, quarantine)
+        found = self.intake.take(now, admit, self._claimable, want, quarantine, priority)
         for name, _ in found:
             self.intake.forget(name)
         return [Item(name, activity) for name, activity in found]
