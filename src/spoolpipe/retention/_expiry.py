@@ -1,0 +1,156 @@
+"""The pure core: what retention may touch, what is expired, which archive it goes to, what a purge did."""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Literal, get_args
+
+from ..activity import NAME_PATTERN, is_ignored
+from ..config import Settings
+
+#: What retention cleans up, each with its own ``retention.<state>`` limit.
+State = Literal["done", "failed", "invalid", "logs"]
+STATES: tuple[State, ...] = get_args(State)
+#: Where each state's entries live, relative to the repository.
+STATE_DIRS: Mapping[State, str] = {
+    "done": "done",
+    "failed": "failed",
+    "invalid": "invalid",
+    "logs": "logs/activities",
+}
+ARCHIVE_DIR = "archive"
+
+_RECORD = re.compile(rf"\A({NAME_PATTERN})\.json\Z")
+_ATTEMPT_LOG = re.compile(rf"\A({NAME_PATTERN})~[1-9][0-9]{{0,5}}\.log\Z")
+#: The names :func:`archive_name` gives.
+ARCHIVE_PATTERN = re.compile(
+    r"\A(?:done|failed|invalid|logs)-[0-9]{4}-[0-9]{2}-[0-9]{2}(?:\.[0-9]+)?\.tar\.gz\Z"
+)
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One thing retention may remove: ``STATE_DIRS[state]/name``, last modified at ``mtime``."""
+
+    state: State
+    name: str
+    mtime: float
+
+    @property
+    def path(self) -> str:
+        """Relative to the repository, as it is named inside an archive."""
+        return f"{STATE_DIRS[self.state]}/{self.name}"
+
+
+def entry_id(state: State, name: str) -> str | None:
+    """The activity id an entry belongs to; None for ``invalid/`` entries, which belong to none."""
+    pattern = _ATTEMPT_LOG if state == "logs" else _RECORD if state != "invalid" else None
+    m = pattern.match(name) if pattern is not None else None
+    return m.group(1) if m else None
+
+
+def is_entry(state: State, name: str) -> bool:
+    """Whether retention may touch ``name`` in that state's directory: only names spoolpipe writes there.
+
+    A record is ``ID.json``, an attempt log ``ID~N.log``; an ``invalid/`` entry is any
+    name but those a writer is still publishing (``.name``, ``*.tmp``, ``*.part``).
+    """
+    if state == "invalid":
+        return not is_ignored(name)
+    return entry_id(state, name) is not None
+
+
+def referenced_id(name: str) -> str:
+    """The id a name in ``inbox/``, ``running/`` or ``ids/`` is of: its part before ``~`` or ``.json``."""
+    stem = name.split("~", 1)[0]
+    return stem[: -len(".json")] if stem.endswith(".json") else stem
+
+
+def expired(
+    entries: Iterable[Entry], limits: Mapping[State, float], now: float, protected: set[str]
+) -> list[Entry]:
+    """The entries older than their state's limit (seconds; ``math.inf``: forever) by ``now``.
+
+    An entry of an id in ``protected`` (queued, running or reserved) is never expired.
+    """
+    found = []
+    for entry in entries:
+        if now - entry.mtime <= limits[entry.state]:
+            continue
+        activity = entry_id(entry.state, entry.name)
+        if activity is None or activity not in protected:
+            found.append(entry)
+    return found
+
+
+def archive_name(state: State, mtime: float, number: int = 1) -> str:
+    """``STATE-YYYY-MM-DD.tar.gz`` for the UTC day of ``mtime`` (``...-DD.N.tar.gz`` for ``number`` N > 1)."""
+    day = datetime.fromtimestamp(min(max(mtime, 0.0), 253402300799.0), UTC).strftime("%Y-%m-%d")
+    return f"{state}-{day}.tar.gz" if number == 1 else f"{state}-{day}.{number}.tar.gz"
+
+
+def by_archive(entries: Iterable[Entry]) -> dict[str, list[Entry]]:
+    """Entries grouped by the archive they go to, in name order."""
+    groups: dict[str, list[Entry]] = {}
+    for entry in sorted(entries, key=lambda e: (e.state, e.mtime, e.name)):
+        groups.setdefault(archive_name(entry.state, entry.mtime), []).append(entry)
+    return dict(sorted(groups.items()))
+
+
+def limits_of(settings: Settings) -> dict[State, float]:
+    return {
+        "done": settings.retention_done,
+        "failed": settings.retention_failed,
+        "invalid": settings.retention_invalid,
+        "logs": settings.retention_logs,
+    }
+
+
+def describe_age(seconds: float) -> str:
+    """``3d 4h``, ``2h 5m``, ``40s``: an age for a person."""
+    seconds = max(0, int(seconds))
+    for unit, size, smaller, smaller_size in (("d", 86400, "h", 3600), ("h", 3600, "m", 60)):
+        if seconds >= size:
+            return f"{seconds // size}{unit} {seconds % size // smaller_size}{smaller}"
+    return f"{seconds // 60}m" if seconds >= 60 else f"{seconds}s"
+
+
+@dataclass
+class Report:
+    """What a purge did (or, dry, would do), for the command's output and the worker log."""
+
+    dry_run: bool
+    archive: bool
+    #: Per state: the entries archived or deleted (dry: that would be).
+    removed: dict[State, list[Entry]] = field(default_factory=lambda: {s: [] for s in STATES})
+    #: Archive names (in ``archive/``) written to, per state.
+    archives: dict[State, set[str]] = field(default_factory=lambda: {s: set() for s in STATES})
+    #: Entries a purge killed earlier had archived, deleted by this one.
+    completed: int = 0
+    #: One line per entry that could not be purged (it stays where it is).
+    problems: list[str] = field(default_factory=list)
+
+    def summary(self) -> list[str]:
+        """One line per state with anything to say."""
+        verb = ("would archive" if self.archive else "would delete") if self.dry_run else None
+        verb = verb or ("archived" if self.archive else "deleted")
+        lines = []
+        for state in STATES:
+            count = len(self.removed[state])
+            if count:
+                names = sorted(self.archives[state])
+                into = ", ".join(f"archive/{a}" for a in names)
+                if len(names) > 3:
+                    into = f"{len(names)} archives, archive/{names[0]} to archive/{names[-1]}"
+                lines.append(f"{state}: {verb} {count}" + (f" into {into}" if into else ""))
+        if self.completed:
+            lines.append(f"deleted {self.completed} entries an interrupted purge had archived")
+        return lines
+
+
+def any_limit(settings: Settings) -> bool:
+    return any(limit < math.inf for limit in limits_of(settings).values())

@@ -1,0 +1,213 @@
+"""A purge: find what is expired and archive or delete it; ``spoolpipe purge`` and its ``--scheduled`` run."""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import stat
+import sys
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+from ..activity import printable
+from ..config import Settings
+from ..liveness import OwnLock
+from ..repository import Repository, filesystem_now
+from ._archive import archive_group, complete_interrupted, sweep_temp
+from ._expiry import (
+    ARCHIVE_DIR,
+    STATE_DIRS,
+    STATES,
+    Entry,
+    Report,
+    State,
+    archive_name,
+    by_archive,
+    describe_age,
+    expired,
+    is_entry,
+    limits_of,
+    referenced_id,
+)
+from ._lock import Busy, retention_lock
+from ._tree import Skipped, fsync_dir_fd, open_dir, remove
+
+log = logging.getLogger("spoolpipe.retention")
+
+#: Touched by each scheduled purge that ran: the others skip until ``retention.interval`` has passed.
+LAST_RUN = ".last-run"
+
+
+def scan(repo: Repository, state: State) -> list[Entry]:
+    """The entries of ``state`` in place now: regular files named as spoolpipe names them, or
+    ``invalid/`` directories; links and anything else are never touched."""
+    wanted = stat.S_ISDIR if state == "invalid" else stat.S_ISREG
+    entries = []
+    with os.scandir(repo.root / STATE_DIRS[state]) as found:
+        for item in found:
+            if not is_entry(state, item.name):
+                continue
+            try:
+                st = item.stat(follow_symlinks=False)
+            except FileNotFoundError:
+                continue
+            if wanted(st.st_mode):
+                entries.append(Entry(state, item.name, st.st_mtime))
+    return entries
+
+
+def protected_ids(repo: Repository) -> set[str]:
+    """Ids that are queued, claimed, being settled or reserved: their entries are never purged."""
+    ids: set[str] = set()
+    for directory in (repo.inbox, repo.running, repo.ids):
+        with os.scandir(directory) as found:
+            ids.update(referenced_id(item.name) for item in found)
+    return ids
+
+
+def purge(
+    repo: Repository,
+    limits: Mapping[State, float],
+    *,
+    archive: bool,
+    dry_run: bool,
+    lock: OwnLock,
+) -> Report:
+    """Archive (or delete) every entry past its state's limit; dry: only say which. Holds ``lock``.
+
+    States missing from ``limits`` are kept. An interrupted purge's journal is
+    completed first.
+    """
+    report = Report(dry_run, archive)
+    if not dry_run:
+        complete_interrupted(repo, report)
+        sweep_temp(repo)
+    now = filesystem_now(repo.tmp / ".clock-purge")
+    entries = [e for s in STATES if limits.get(s, math.inf) < math.inf for e in scan(repo, s)]
+    found = expired(entries, {s: limits.get(s, math.inf) for s in STATES}, now, protected_ids(repo))
+    if dry_run:
+        for entry in found:
+            report.removed[entry.state].append(entry)
+            if archive:
+                report.archives[entry.state].add(archive_name(entry.state, entry.mtime))
+        return report
+    if not archive:
+        _delete(repo, found, report)
+        return report
+    for group in by_archive(found).values():
+        if not lock.held():
+            report.problems.append("the retention lock was lost: stopped; the next purge goes on")
+            break
+        try:
+            archive_group(repo, group, lock, report, now)
+        except OSError as exc:
+            report.problems.append(f"{group[0].state}: {len(group)} entries not archived: {exc}")
+    return report
+
+
+def _delete(repo: Repository, found: Iterable[Entry], report: Report) -> None:
+    """``retention.archive = false``: delete each entry that still is as old as when it was found."""
+    for state in STATES:
+        mine = [e for e in found if e.state == state]
+        if not mine:
+            continue
+        fd = open_dir(str(repo.root / STATE_DIRS[state]), None)
+        try:
+            for entry in mine:
+                try:
+                    if os.lstat(entry.name, dir_fd=fd).st_mtime != entry.mtime:
+                        continue  # changed since it was found: no longer what expired
+                    remove(fd, entry.name)
+                except FileNotFoundError:
+                    continue
+                except (OSError, Skipped) as exc:
+                    report.problems.append(f"{printable(entry.path)}: not deleted: {exc}")
+                    continue
+                report.removed[state].append(entry)
+            fsync_dir_fd(fd)
+        finally:
+            os.close(fd)
+
+
+def _ran_recently(repo: Repository, interval: float) -> bool:
+    """A scheduled purge started less than half an interval ago (by the shared clock): skip this one."""
+    marker = repo.root / ARCHIVE_DIR / LAST_RUN
+    try:
+        last = os.lstat(marker).st_mtime
+    except FileNotFoundError:
+        return False
+    return filesystem_now(repo.tmp / ".clock-purge") - last < interval / 2
+
+
+def _mark_run(repo: Repository) -> None:
+    (repo.root / ARCHIVE_DIR).mkdir(exist_ok=True)
+    marker = repo.root / ARCHIVE_DIR / LAST_RUN
+    marker.touch()
+    os.utime(marker, None)  # the file server's clock, not this machine's
+
+
+def scheduled(repo: Repository, settings: Settings) -> Report | None:
+    """What a worker runs every ``retention.interval``; None when skipped.
+
+    Skipped when another purge holds the lock or one started less than half an
+    interval ago, so however many workers there are, one purge runs per interval.
+    """
+    try:
+        with retention_lock(repo, settings, wait=0.0) as lock:
+            if _ran_recently(repo, settings.retention_interval):
+                return None
+            _mark_run(repo)
+            return purge(
+                repo, limits_of(settings), archive=settings.retention_archive, dry_run=False, lock=lock
+            )
+    except Busy:
+        return None
+
+
+#: At most this many problems are logged one by one; the rest are counted.
+_PROBLEMS_SHOWN = 20
+
+
+def run_command(
+    repo: Repository,
+    settings: Settings,
+    *,
+    states: Sequence[State],
+    older_than: float | None,
+    dry_run: bool,
+    scheduled_run: bool,
+) -> int:
+    """``spoolpipe purge``: the exit code (0 done, 1 another purge holds the lock or entries stayed)."""
+    if scheduled_run:
+        report = scheduled(repo, settings)
+        if report is not None:
+            for line in report.summary():
+                log.info("purge: %s", line)
+            _say_problems(report.problems, lambda line: log.warning("purge: %s", line))
+        return 0
+    limits = {s: (older_than if older_than is not None else limits_of(settings)[s]) for s in states}
+    try:
+        with retention_lock(repo, settings, wait=5.0) as lock:
+            report = purge(repo, limits, archive=settings.retention_archive, dry_run=dry_run, lock=lock)
+    except Busy as exc:
+        print(f"spoolpipe purge: {exc}", file=sys.stderr)
+        return 1
+    if dry_run:
+        now = filesystem_now(repo.tmp / ".clock-purge")
+        for state in STATES:
+            for entry in report.removed[state]:
+                where = f" into archive/{archive_name(state, entry.mtime)}" if report.archive else ""
+                verb = "archive" if report.archive else "delete"
+                print(f"would {verb} {printable(entry.path)} ({describe_age(now - entry.mtime)} old){where}")
+    for line in report.summary() or ["nothing to purge"]:
+        print(line)
+    _say_problems(report.problems, lambda line: print(f"spoolpipe purge: {line}", file=sys.stderr))
+    return 1 if report.problems else 0
+
+
+def _say_problems(problems: Sequence[str], say: Any) -> None:
+    for line in problems[:_PROBLEMS_SHOWN]:
+        say(line)
+    if len(problems) > _PROBLEMS_SHOWN:
+        say(f"... and {len(problems) - _PROBLEMS_SHOWN} more entries that stayed in place")
