@@ -59,6 +59,13 @@ EXAMPLE_SETTINGS: tuple[tuple[str, str, str], ...] = (
     ("retry.backoff-seconds", "1", "First retry after about a second."),
     ("scan.interval-seconds", "1", "Rescan the inbox every second (a demo wants quick turns)."),
     ("custom.photo.contact-sheet-columns", "6", "Read by photo.index (Settings.custom)."),
+    (
+        "schedule.sweep.every",
+        "1m",
+        "Sweep photos/incoming/ every minute (service workers fire it, --until-idle ones do not).",
+    ),
+    ("schedule.sweep.type", "photo.ingest", "Each tick is one photo.ingest activity..."),
+    ("schedule.sweep.data", '{"folder": "incoming"}', "...for the drop folder."),
 )
 
 

@@ -16,8 +16,9 @@ from pathlib import Path
 from typing import Any
 
 from . import __version__, check, config, control, service, views
-from .activity import Activity, InvalidActivity, is_valid_name, new_id, parse_document, printable
+from .activity import Activity, InvalidActivity, format_time, is_valid_name, new_id, parse_document, printable
 from .repository import NotARepository, Repository, filesystem_now
+from .schedule import report as schedule_report
 from .views import text
 from .views.watch import watch
 from .worker import EXIT_CRASH, StartupError, Worker, default_worker_id
@@ -159,6 +160,29 @@ def cmd_serve(args: argparse.Namespace) -> int:
     repo = _repository(args.repo)
     config.load(repo.root)  # an invalid configuration is exit 2 before anything listens
     return web.serve(repo, args.host, args.port)
+
+
+def cmd_schedule(args: argparse.Namespace) -> int:
+    repo = _repository(args.repo)
+    if args.next < 0:
+        raise _UsageError("--next must be 0 or more")
+    rules = config.load(repo.root).settings.schedules
+    if args.name is not None:
+        if args.name not in rules:
+            print(f"spoolpipe schedule: no schedule named {printable(args.name)!r}", file=sys.stderr)
+            return 1
+        rules = {args.name: rules[args.name]}
+    now = filesystem_now(repo.tmp / ".clock-schedule")
+    described = schedule_report.describe(repo, rules, now, args.next)
+    if args.json:
+        print(
+            json.dumps(
+                {"repository": str(repo.root), "now": format_time(now), "schedules": described}, indent=2
+            )
+        )
+    else:
+        print(schedule_report.render(described, args.next), end="")
+    return 0
 
 
 class _WorkerLogHandler(logging.handlers.WatchedFileHandler):
@@ -338,7 +362,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--until-idle",
         action="store_true",
         help="exit 0 once nothing this worker could run remains (batch jobs, tests); "
-        "it waits for delayed activities (not_before, retry backoff) it could run, and says so",
+        "it waits for delayed activities (not_before, retry backoff) it could run, and says so; "
+        "it never fires schedules",
     )
     p.add_argument(
         "--no-wait",
@@ -508,6 +533,32 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     p.add_argument(
         "--port", type=_port, default=8765, help="port to listen on (default 8765; 0 picks a free one)"
+    )
+
+    p = _command(
+        sub,
+        "schedule",
+        cmd_schedule,
+        help="list the schedules, their last and next ticks",
+        description="List the schedules of REPO/spoolpipe.properties (schedule.<name>.*): name, "
+        "expression, activity type, workers allowed to fire it, catch-up, the last tick fired "
+        "(from REPO/schedules/NAME.json) and the next fire times. Times are UTC ticks shown in "
+        "ISO-8601. docs/operations.md (Schedules) describes the --json output, a stable format.",
+    )
+    p.epilog = (
+        "Exit codes: 0 listed; 1 NAME is not a configured schedule; 2 bad usage, not a "
+        "repository or invalid configuration (each problem with file:line)."
+    )
+    p.add_argument("name", metavar="NAME", nargs="?", help="show only this schedule")
+    p.add_argument(
+        "--json", action="store_true", help="machine-readable output (stable; see docs/operations.md)"
+    )
+    p.add_argument(
+        "--next",
+        type=int,
+        default=schedule_report.NEXT_COUNT,
+        metavar="N",
+        help=f"how many next fire times to list (default {schedule_report.NEXT_COUNT})",
     )
     for name, codes in _EXIT_CODES.items():
         sub.choices[name].epilog = f"Exit codes: {codes}; {EXIT_CRASH} crashed on an unexpected error."

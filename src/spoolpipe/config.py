@@ -23,6 +23,8 @@ from __future__ import annotations
 
 import difflib
 import ipaddress
+import json
+import math
 import os
 import re
 import textwrap
@@ -33,7 +35,9 @@ from typing import TypeVar, cast
 
 import javaproperties
 
-from .activity import NAME_PATTERN
+from .activity import NAME_PATTERN, InvalidActivity, is_valid_name, parse_document
+from .schedule import rules as schedule_rules
+from .storable import encode
 
 __all__ = [
     "OPTIONS",
@@ -43,10 +47,14 @@ __all__ = [
     "BoolKind",
     "ChoiceKind",
     "ConfigError",
+    "CronKind",
+    "DurationKind",
     "ExceptionNamesKind",
+    "Family",
     "FloatKind",
     "HostKind",
     "IntKind",
+    "JsonObjectKind",
     "Kind",
     "Loaded",
     "ModuleListKind",
@@ -57,9 +65,11 @@ __all__ = [
     "StringKind",
     "SuffixFileKind",
     "TypeNameKind",
+    "WorkerListKind",
     "config_files",
     "describe_keys",
     "load",
+    "parse_duration",
     "render_defaults",
 ]
 
@@ -126,18 +136,6 @@ class Kind:
         resolving relative paths.
         """
         raise NotImplementedError
-
-
-_DURATION = re.compile(r"\A\s*([0-9]+(?:\.[0-9]+)?)\s*([smhd]?)\s*\Z")
-_DURATION_UNITS = {"": 1.0, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
-
-
-def parse_duration(text: str) -> float:
-    """Seconds from ``30s``, ``15m``, ``2h``, ``1d`` or a plain number of seconds; ValueError otherwise."""
-    m = _DURATION.match(text)
-    if m is None:
-        raise ValueError(f"{text!r} is not a duration (a number of seconds, or N followed by s, m, h or d)")
-    return float(m.group(1)) * _DURATION_UNITS[m.group(2)]
 
 
 @dataclass(frozen=True)
@@ -383,6 +381,97 @@ class HostKind(Kind):
         return text
 
 
+_DURATION_RE = re.compile(r"(?P<number>[0-9]+(?:\.[0-9]*)?|\.[0-9]+)\s*(?P<unit>[smhd]?)", re.IGNORECASE)
+_UNIT_SECONDS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def parse_duration(text: str) -> float:
+    """Seconds in ``text``: a plain number of seconds, or a number followed by s, m, h or d
+    (``30s``, ``15m``, ``2h``, ``1d``). Raises ``ValueError`` for anything else."""
+    m = _DURATION_RE.fullmatch(text.strip())
+    if m is None:
+        raise ValueError(f"{text.strip()!r} is not a duration")
+    seconds = float(m.group("number")) * _UNIT_SECONDS[m.group("unit").lower()]
+    if not math.isfinite(seconds):
+        raise ValueError(f"{text.strip()!r} is too long a duration")
+    return seconds
+
+
+@dataclass(frozen=True)
+class DurationKind(Kind):
+    """A duration (see :func:`parse_duration`), as seconds."""
+
+    minimum: float = 0.0
+
+    @property
+    def expected(self) -> str:
+        return (
+            f"a duration of at least {self.minimum:g}s: seconds, or a number followed by "
+            "s, m, h or d (30s, 15m, 2h, 1d)"
+        )
+
+    def parse(self, raw: str, base: Path) -> float:
+        try:
+            seconds = parse_duration(raw)
+        except ValueError as exc:
+            raise _Invalid(str(exc)) from None
+        if seconds < self.minimum:
+            raise _Invalid(f"{raw.strip()!r} is out of range")
+        return seconds
+
+
+@dataclass(frozen=True)
+class CronKind(Kind):
+    """A five-field cron expression or an ``@`` name, checked with ``croniter`` (imported only here)."""
+
+    @property
+    def expected(self) -> str:
+        return (
+            "a five-field cron expression (minute hour day-of-month month day-of-week, in UTC) or one of "
+            + ", ".join(schedule_rules.CRON_NICKNAMES)
+        )
+
+    def parse(self, raw: str, base: Path) -> str:
+        try:
+            return schedule_rules.parse_cron(raw).text
+        except schedule_rules.InvalidRule as exc:
+            raise _Invalid(str(exc)) from None
+
+
+@dataclass(frozen=True)
+class JsonObjectKind(Kind):
+    """A JSON object (RFC 8259, as in activity files), kept as canonical JSON text."""
+
+    @property
+    def expected(self) -> str:
+        return 'a JSON object, e.g. {"folder": "incoming"}'
+
+    def parse(self, raw: str, base: Path) -> str:
+        try:
+            doc = parse_document(raw.strip().encode("utf-8", "surrogatepass"))
+        except InvalidActivity as exc:
+            raise _Invalid(
+                exc.reason.replace("top level is", "the value is").replace(", expected an object", "")
+            ) from None
+        return schedule_rules.canonical_data(doc)
+
+
+@dataclass(frozen=True)
+class WorkerListKind(Kind):
+    """Comma-separated worker ids."""
+
+    @property
+    def expected(self) -> str:
+        return f"comma-separated worker ids matching {TYPE_PATTERN}"
+
+    def parse(self, raw: str, base: Path) -> tuple[str, ...]:
+        ids = _split_list(raw)
+        for worker_id in ids:
+            if not is_valid_name(worker_id):
+                raise _Invalid(f"{worker_id!r} is not a valid worker id")
+        return tuple(dict.fromkeys(ids))
+
+
 # --------------------------------------------------------------------------
 # The schema
 # --------------------------------------------------------------------------
@@ -414,8 +503,34 @@ class Option:
         return self.key.split("<", 1)[0]
 
     @property
+    def field(self) -> str:
+        """For a key with a placeholder in the middle (``schedule.<name>.cron``), what follows it
+        (``cron``); "" for every other key."""
+        _, _, rest = self.key.partition(">.")
+        return rest if "<" in self.key else ""
+
+    @property
     def group(self) -> str:
         return self.key.split(".", 1)[0]
+
+
+@dataclass(frozen=True)
+class Family:
+    """Keys with a placeholder in the middle, ``PREFIX<name>.FIELD``: one definition per name.
+
+    The name is what lies between the prefix and the last dot and must match
+    ``name_pattern``; each field is an :class:`Option` of key ``PREFIX<placeholder>.FIELD``
+    in :data:`OPTIONS`. An unknown field or a bad name is an error, not a warning. With
+    ``shared_only`` the keys may be set only in the shared file.
+    """
+
+    prefix: str
+    placeholder: str
+    name_pattern: str
+    shared_only: bool = False
+
+    def fields(self) -> dict[str, Option]:
+        return {opt.field: opt for opt in OPTIONS if opt.field and opt.prefix == self.prefix}
 
 
 _TYPE_NOTE = f"Type names match {TYPE_PATTERN}."
@@ -663,6 +778,59 @@ OPTIONS: tuple[Option, ...] = (
         example="processor.image.resize.quality = 80",
     ),
     Option(
+        "schedule.<name>.cron",
+        CronKind(),
+        None,
+        "When the schedule <name> fires: a five-field cron expression evaluated in UTC "
+        "(minute hour day-of-month month day-of-week), or @hourly, @daily, @weekly, @monthly, "
+        "@yearly, @midnight. Set exactly one of cron and every. Names match "
+        f"{schedule_rules.NAME_PATTERN}; schedule keys are read only from the shared file.",
+        example="schedule.nightly.cron = 0 3 * * *",
+    ),
+    Option(
+        "schedule.<name>.every",
+        DurationKind(1),
+        None,
+        "Fire the schedule <name> every so long, a whole number of seconds up to 366d (30s, 15m, 2h, "
+        "1d): at the "
+        "multiples of it since 1970-01-01T00:00:00Z. Set exactly one of cron and every.",
+        example="schedule.pulse.every = 15m\nschedule.pulse.type = reports.pulse",
+    ),
+    Option(
+        "schedule.<name>.type",
+        TypeNameKind(),
+        None,
+        "Type of the activity each tick of the schedule <name> becomes (required). Its id is "
+        "schedule.<name>.<tick as YYYYMMDDTHHMMSSZ>.",
+        example="schedule.nightly.type = reports.nightly",
+    ),
+    Option(
+        "schedule.<name>.data",
+        JsonObjectKind(),
+        None,
+        "The data of each activity of the schedule <name> (default {}), to which spoolpipe adds "
+        f"{schedule_rules.TICK_FIELD}, the tick's time (a key of that name here is an error).",
+        example='schedule.nightly.data = {"format": "pdf"}',
+    ),
+    Option(
+        "schedule.<name>.workers",
+        WorkerListKind(),
+        None,
+        "Comma-separated ids of the workers allowed to fire the schedule <name> (any worker "
+        "may run the activities). Default: any worker.",
+        example="schedule.nightly.workers = nas, backup",
+    ),
+    Option(
+        "schedule.<name>.catch-up",
+        ChoiceKind(schedule_rules.CATCH_UP_CHOICES),
+        None,
+        "Ticks of the schedule <name> that came due while no worker ran: none skips them, latest "
+        "(the default) fires the most recent one once, all fires each of them, at most "
+        f"{schedule_rules.CATCH_UP_CAP} (the most recent; a warning names the rule when older ones "
+        "are skipped).",
+        example="schedule.nightly.catch-up = latest",
+    ),
+    Option(
         "custom.<name>",
         StringKind(),
         None,
@@ -674,7 +842,11 @@ OPTIONS: tuple[Option, ...] = (
 )
 
 _STATIC: dict[str, Option] = {opt.key: opt for opt in OPTIONS if not opt.is_pattern}
-_PATTERNS: dict[str, Option] = {opt.prefix: opt for opt in OPTIONS if opt.is_pattern}
+_PATTERNS: dict[str, Option] = {opt.prefix: opt for opt in OPTIONS if opt.is_pattern and not opt.field}
+#: Every family of keys with a placeholder in the middle, by prefix.
+FAMILIES: dict[str, Family] = {
+    "schedule.": Family("schedule.", "name", schedule_rules.NAME_PATTERN, shared_only=True),
+}
 _PER_TYPE_PREFIXES = (
     "concurrency.",
     "timeout.",
@@ -704,6 +876,7 @@ _GROUP_TITLES = {
     "images": "Image processing",
     "metrics": "Metrics (Prometheus)",
     "processor": "Per-processor settings",
+    "schedule": "Schedules",
     "custom": "Custom settings for processors",
 }
 
@@ -795,6 +968,8 @@ class Settings:
     metrics_host: str
     #: ``custom.*`` keys, without the ``custom.`` prefix.
     custom: Mapping[str, str]
+    #: ``schedule.<name>.*`` rules, by name.
+    schedules: Mapping[str, schedule_rules.Rule]
     #: The configuration files that were actually read, in precedence order.
     sources: tuple[Path, ...]
     #: Per-type ``retry.max-attempts.<type>``.
@@ -958,11 +1133,15 @@ def load(repo: Path, worker_id: str | None = None, *, cpu_count: int | None = No
     per_type: dict[str, dict[str, Value]] = {prefix: {} for prefix in _PER_TYPE_PREFIXES}
     options: dict[str, dict[str, str]] = {}
     option_sources: dict[str, str] = {}
+    members: dict[str, dict[str, dict[str, tuple[Value | None, _Entry]]]] = {
+        prefix: {} for prefix in FAMILIES
+    }
 
     for path in config_files(repo, worker_id):
         entries = _read_entries(path, errors)
         if entries is None:
             continue
+        shared = not sources
         sources.append(path)
         first_line: dict[str, int] = {}
         for entry in entries:
@@ -979,6 +1158,8 @@ def load(repo: Path, worker_id: str | None = None, *, cpu_count: int | None = No
                     custom[key[len(_CUSTOM_PREFIX) :]] = entry.value
                 elif key.startswith(_PROCESSOR_PREFIX):
                     _processor_option(entry, options, option_sources, errors)
+                elif key.startswith(tuple(FAMILIES)):
+                    _read_member(entry, shared, path.parent, members, errors)
                 elif key.startswith(_PER_TYPE_PREFIXES):
                     prefix = _per_type_prefix(key)
                     type_ = key[len(prefix) :]
@@ -997,6 +1178,7 @@ def load(repo: Path, worker_id: str | None = None, *, cpu_count: int | None = No
                 errors.append(f"{entry.where}: {key}: {exc}; expected {kind.expected}")
 
     _check_lease(values, where, errors)
+    schedules = _build_schedules(members["schedule."], cast(int, values["limits.activity-bytes"]), errors)
     if errors:
         raise ConfigError(errors, warnings)
 
@@ -1031,6 +1213,7 @@ def load(repo: Path, worker_id: str | None = None, *, cpu_count: int | None = No
         metrics_port=cast(int, values["metrics.port"]),
         metrics_host=cast(str, values["metrics.host"]),
         custom=_FrozenMap(custom),
+        schedules=_FrozenMap(schedules),
         sources=tuple(sources),
         max_attempts=_FrozenMap(cast(dict[str, int], per_type["retry.max-attempts."])),
         backoffs=_FrozenMap(cast(dict[str, float], per_type["retry.backoff-seconds."])),
@@ -1064,6 +1247,110 @@ def _processor_option(
     else:
         options.setdefault(type_, {})[name] = entry.value
         sources[entry.key] = entry.where
+
+
+def _read_member(
+    entry: _Entry,
+    shared: bool,
+    base: Path,
+    members: dict[str, dict[str, dict[str, tuple[Value | None, _Entry]]]],
+    errors: list[str],
+) -> None:
+    """One ``PREFIX<name>.FIELD`` key: checked and filed under its family and name (later lines win)."""
+    family = next(f for prefix, f in FAMILIES.items() if entry.key.startswith(prefix))
+    fields = family.fields()
+    shape = f"{family.prefix}<{family.placeholder}>.<field>"
+    name, _, field = entry.key[len(family.prefix) :].rpartition(".")
+    if family.shared_only and not shared:
+        errors.append(
+            f"{entry.where}: {entry.key}: {family.prefix}* keys are read only from REPO/{SHARED_FILE}, "
+            "so that every worker sees the same definitions; move it there"
+        )
+    elif not name:
+        errors.append(f"{entry.where}: {entry.key}: expected a key of the form {shape}")
+    elif not re.fullmatch(family.name_pattern, name):
+        errors.append(
+            f"{entry.where}: {entry.key}: {name!r} is not a valid {family.placeholder}; "
+            f"expected a {family.placeholder} matching {family.name_pattern}"
+        )
+    elif field not in fields:
+        errors.append(
+            f"{entry.where}: {entry.key}: unknown field {field!r}; expected one of " + ", ".join(fields)
+        )
+        members[family.prefix].setdefault(name, {})[field] = (None, entry)  # reported: no more on it
+    else:
+        kind = fields[field].kind
+        try:
+            value = kind.parse(entry.value, base)
+        except _Invalid as exc:
+            errors.append(f"{entry.where}: {entry.key}: {exc}; expected {kind.expected}")
+            members[family.prefix].setdefault(name, {})[field] = (None, entry)  # reported: no more on it
+            return
+        members[family.prefix].setdefault(name, {})[field] = (value, entry)
+
+
+def _build_schedules(
+    members: dict[str, dict[str, tuple[Value | None, _Entry]]], activity_bytes: int, errors: list[str]
+) -> dict[str, schedule_rules.Rule]:
+    """The rules of ``schedule.<name>.*``; each problem is an error at the line at fault."""
+    rules: dict[str, schedule_rules.Rule] = {}
+    for name, fields in members.items():
+        if any(value is None for value, _ in fields.values()):
+            continue  # a bad value, already reported
+        first = min((entry for _, entry in fields.values()), key=lambda e: e.line)
+        prefix = f"schedule.{name}."
+        timing: schedule_rules.Timing | None = None
+        if "cron" in fields and "every" in fields:
+            later = max(fields["cron"][1], fields["every"][1], key=lambda e: e.line)
+            errors.append(
+                f"{later.where}: {later.key}: schedule {name!r} sets both cron (line "
+                f"{fields['cron'][1].line}) and every (line {fields['every'][1].line}); expected exactly one"
+            )
+            continue
+        if "cron" in fields:
+            timing = schedule_rules.Cron(cast(str, fields["cron"][0]))
+        elif "every" in fields:
+            seconds, entry = cast(float, fields["every"][0]), fields["every"][1]
+            if seconds != int(seconds) or seconds > schedule_rules.EVERY_MAX_SECONDS:
+                what = "longer than 366d" if seconds == int(seconds) else "not a whole number of seconds"
+                errors.append(
+                    f"{entry.where}: {entry.key}: {entry.value.strip()!r} is {what}; "
+                    "expected a duration of whole seconds, at most 366d"
+                )
+                continue
+            timing = schedule_rules.Every(int(seconds))
+        else:
+            errors.append(f"{first.where}: schedule {name!r} has neither {prefix}cron nor {prefix}every")
+            continue
+        if "type" not in fields:
+            errors.append(f"{first.where}: schedule {name!r} has no {prefix}type (required)")
+            continue
+        data = cast(str, fields["data"][0]) if "data" in fields else "{}"
+        if "data" in fields and schedule_rules.TICK_FIELD in json.loads(data):
+            entry = fields["data"][1]
+            errors.append(
+                f"{entry.where}: {entry.key}: the key {schedule_rules.TICK_FIELD!r} is reserved for the "
+                "tick's time, which spoolpipe adds; expected a JSON object without it"
+            )
+            continue
+        rule = schedule_rules.Rule(
+            name,
+            timing,
+            cast(str, fields["type"][0]),
+            data,
+            cast(tuple[str, ...], fields["workers"][0]) if "workers" in fields else (),
+            cast(schedule_rules.CatchUp, fields["catch-up"][0]) if "catch-up" in fields else "latest",
+        )
+        size = len(encode(rule.activity(0.0)))  # every tick's file has this size
+        if size > activity_bytes:
+            entry = fields.get("data", fields["type"])[1]
+            errors.append(
+                f"{entry.where}: {entry.key}: each activity of schedule {name!r} would be {size} bytes, "
+                f"over limits.activity-bytes={activity_bytes}"
+            )
+            continue
+        rules[name] = rule
+    return rules
 
 
 def _check_lease(values: dict[str, Value], where: dict[str, _Entry], errors: list[str]) -> None:
@@ -1140,9 +1427,8 @@ def render_defaults() -> str:
             title = _GROUP_TITLES.get(group, group)
             parts.append(f"\n# {'=' * 77}\n# {title}\n# {'=' * 77}\n")
         parts.append("\n" + _comment(opt.description) + "\n")
-        if opt.default is None:
-            key, _, value = opt.example.partition(" = ")
-            parts.append("#" + _line(key, value) + "\n")
+        if opt.default is None:  # examples are written as properties lines already
+            parts.extend(f"#{line}\n" for line in opt.example.splitlines())
         else:
             parts.append("#" + _line(opt.key, opt.default) + "\n")
     return "".join(parts)

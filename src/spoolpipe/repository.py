@@ -61,6 +61,8 @@ _STALE_TMP_SECONDS = 3600.0
 # Errors a network file system gives for a while without the file being at fault: try again later.
 _TRANSIENT = frozenset({errno.ESTALE, errno.EIO, errno.ENOTCONN, errno.EAGAIN, errno.EINTR, errno.ETIMEDOUT})
 _STALE_QUARANTINE_SECONDS = 60.0
+# Temp files of publish_once: a reservation left on one of these is an orphan once old enough.
+_PUBLISH_ONCE = "publish-once"
 
 
 class NotARepository(Exception):
@@ -262,6 +264,77 @@ class Repository:
             raise FileExistsError(
                 f"an activity with id {activity.id} already exists: inbox/{activity.id}.json"
             ) from None
+
+    def publish_once(self, activity: Activity, now: float) -> Literal["published", "taken", "busy"]:
+        """Publish ``inbox/ID.json`` unless the id is taken: of any number of callers for one id
+        (workers firing a schedule's tick), at most one ever does.
+
+        The id is reserved before the file is published: ``ids/ID`` is linked to the file, still
+        in ``tmp/`` (the exclusive step a claim makes), then the file is renamed into the inbox;
+        a claim of it finds the reservation its own. ``taken``: the id is held or has a record;
+        ``busy``: it is reserved but no copy can be seen yet, try again later. A reservation whose
+        file a dead caller left in ``tmp/`` is dropped, with that file, once it is 60 s old by
+        ``now`` (the shared clock).
+        """
+        tmp = self.temp_path(_PUBLISH_ONCE)
+        marker = f"{self._ids}/{activity.id}"
+        write_file(tmp, dumps(activity.to_json()), self.durability)
+        try:
+            self.durability.barrier()
+            for _ in range(2):
+                try:
+                    os.link(tmp, marker, follow_symlinks=False)
+                    break
+                except FileExistsError:
+                    where = self.where(activity.id)
+                    if where is not None and not where.startswith("ids/"):
+                        return "taken"
+                    held = _lstat(marker)
+                    if held is None or not self._drop_orphan(activity.id, held, now):
+                        return "busy"
+            else:
+                return "busy"
+            self.durability.changed(self._ids)
+            mine = os.lstat(tmp)
+            for directory in (self._done, self._failed):
+                if os.path.lexists(f"{directory}/{activity.id}.json"):
+                    self.release_id(activity.id, mine)
+                    return "taken"
+            try:
+                move_noreplace(tmp, self.inbox / f"{activity.id}.json")
+            except FileExistsError:  # a copy that holds no reservation (a person's file)
+                self.release_id(activity.id, mine)
+                return "taken"
+            self.durability.renamed(self.inbox / f"{activity.id}.json")
+            self.durability.barrier()
+            return "published"
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
+
+    def _drop_orphan(self, activity_id: str, held: os.stat_result, now: float) -> bool:
+        """Drop a reservation ``publish_once`` left on its temp file (or on nothing) when its caller
+        died before publishing; False when ``held`` is not such a one (or not 60 s old yet)."""
+        if now - held.st_ctime <= _STALE_QUARANTINE_SECONDS:
+            return False
+        if held.st_nlink > 1:
+            with os.scandir(self.tmp) as entries:
+                orphan = next(
+                    (
+                        e.path
+                        for e in entries
+                        if e.name.startswith(_PUBLISH_ONCE + ".")
+                        and (st := _lstat(e.path)) is not None
+                        and os.path.samestat(st, held)
+                    ),
+                    None,
+                )
+            if orphan is None:
+                return False
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(orphan)
+        self.release_id(activity_id, held)
+        return True
 
     # -- intake --------------------------------------------------------------------------------
 

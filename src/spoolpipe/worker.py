@@ -43,6 +43,7 @@ from .pool import (
 from .processor import registered
 from .recovery import Recovery
 from .repository import Repository, SharedClock, dumps
+from .schedule.fire import Scheduler
 
 if TYPE_CHECKING:
     from .metrics import Metrics
@@ -153,6 +154,9 @@ class Worker:
         self.prober = Prober(self.repo.locks, self.lock_mode, self.settings.claims_lease_seconds)
         self.recovery = Recovery(self.repo, self.prober, self.worker_id)
         self.clock = SharedClock(self.repo.heartbeats / f".clock-{self.worker_id}")
+        self.schedules = Scheduler(
+            self.repo, self.worker_id, self.repo.heartbeats / f".clock-{self.worker_id}"
+        )
         self.started = self.clock.now()
         self.requests = control.Mailbox(
             self.repo, self.worker_id, control.Incarnation(self.host, os.getpid(), format_time(self.started))
@@ -309,6 +313,8 @@ class Worker:
                 self._rescan = False
                 self._next_scan = now + self.settings.scan_interval_seconds
                 self.intake.rescan()
+            if not self.until_idle:  # a batch run leaves schedules to the workers that stay
+                self.intake.add(self.schedules.fire(self.settings.schedules, self.clock.now()))
             self._dispatch()
             if self.until_idle and self._idle():
                 log.info("nothing left to run: exiting (--until-idle)")
@@ -327,6 +333,8 @@ class Worker:
             # Wake up when the earliest waiting activity becomes due, not at the next periodic scan.
             # (One due already but not handed out waits for a pool process to finish: no busy loop.)
             deadlines.append(now + due - shared_now)
+        if not self._stopping:  # the next schedule tick, at its time rather than at the next heartbeat
+            deadlines.append(now + self.schedules.next_fire() - shared_now)
         return min(deadlines) - now
 
     def _wakers(self) -> list[Any]:

@@ -1,0 +1,213 @@
+"""The worker's side of schedules: publish each due tick as its activity, exactly once.
+
+Every worker that may fire a rule looks at it when a tick comes due (by the
+shared file system's clock) and publishes the tick's activity with the
+repository's no-replace submit: the id is made of rule and tick, so of any number
+of workers firing one tick, one publishes it and the others find the id taken.
+The state file then records the tick as dealt with, so that it never fires again,
+even once its record is purged.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..activity import Activity, format_time
+from ..repository import Repository, filesystem_now
+from .rules import CATCH_UP_CAP, CatchUp, Rule, due, tick_id, ticks_between
+from .state import State, read_state, state_path, write_state
+
+log = logging.getLogger("spoolpipe.schedule")
+#: After an error (file system, unreadable state), a rule is looked at again this much later.
+RETRY_SECONDS = 5.0
+#: A rule whose state was written for a newer definition waits this long for this worker's reload.
+RECHECK_SECONDS = 1.0
+_CATCH_UP_SAYS: dict[CatchUp, str] = {
+    "none": "none of them fires",
+    "latest": "the latest fires",
+    "all": f"each fires (at most the latest {CATCH_UP_CAP})",
+}
+
+
+@dataclass
+class _Track:
+    rule: Rule
+    #: When this worker took the rule up as it is timed now (shared clock).
+    taken_up: float
+    #: When to look at the rule again (shared clock, as the worker's SharedClock tells it).
+    next_look: float = -math.inf
+
+
+class Scheduler:
+    """Fires the due ticks of the rules ``worker_id`` may fire; ``probe`` is a file to read the shared
+    file system's clock from (touched at each look)."""
+
+    def __init__(self, repo: Repository, worker_id: str, probe: Path) -> None:
+        self.repo = repo
+        self.worker_id = worker_id
+        self.probe = probe
+        self._tracks: dict[str, _Track] = {}
+
+    def next_fire(self) -> float:
+        """When a rule must be looked at next (shared clock); ``inf`` for never."""
+        return min((t.next_look for t in self._tracks.values()), default=math.inf)
+
+    def fire(self, rules: Mapping[str, Rule], now: float) -> list[str]:
+        """Publish the ticks due at ``now`` (shared clock); the inbox names this worker published.
+
+        Cheap when nothing is due: no file is touched before a rule's next tick.
+        """
+        self._follow(rules, now)
+        published: list[str] = []
+        for name, track in self._tracks.items():
+            if track.next_look > now:
+                continue
+            try:
+                published += self._look(track, now)
+            except Exception as exc:  # a schedule must never stop the worker: try again later
+                log.error(
+                    "schedule %s: %s; trying again in %gs",
+                    name,
+                    exc,
+                    RETRY_SECONDS,
+                    exc_info=not isinstance(exc, OSError),
+                )
+                track.next_look = now + RETRY_SECONDS
+        return published
+
+    def _follow(self, rules: Mapping[str, Rule], now: float) -> None:
+        """Take up new and changed rules (a reload takes effect here), drop removed ones."""
+        for name in [n for n in self._tracks if n not in rules or not rules[n].fired_by(self.worker_id)]:
+            del self._tracks[name]
+            log.info("schedule %s: no longer fired by this worker", name)
+        for name, rule in rules.items():
+            if not rule.fired_by(self.worker_id):
+                continue
+            track = self._tracks.get(name)
+            if track is None:
+                self._tracks[name] = _Track(rule, now)
+            elif track.rule != rule:
+                if track.rule.timing != rule.timing:
+                    track.taken_up = now
+                track.rule, track.next_look = rule, -math.inf
+
+    def _look(self, track: _Track, now: float) -> list[str]:
+        """Fire what is due of one rule, record it in its state and plan the next look."""
+        rule = track.rule
+        precise = filesystem_now(self.probe)  # the file system's own clock, not an estimate
+        state = self._state(track, now, precise)
+        if state is None:
+            return []
+        self._say_missed(rule, state, track.taken_up)
+        todo = due(rule, state.through, precise, track.taken_up)
+        if todo.cut:
+            log.warning(
+                "schedule %s: catch-up = all fires at most %d missed ticks: the latest, from %s; "
+                "older ones are skipped",
+                rule.name,
+                CATCH_UP_CAP,
+                format_time(todo.ticks[0]),
+            )
+        published: list[str] = []
+        fired: list[float] = []
+        for tick in todo.ticks:
+            doc = rule.activity(tick)
+            outcome = self.repo.publish_once(Activity(doc["id"], doc["type"], doc["data"]), precise)
+            if outcome == "busy":  # reserved by a worker firing it right now (or one that just died)
+                log.debug("schedule %s: %s is being fired by another worker", rule.name, doc["id"])
+                break
+            fired.append(tick)
+            if outcome == "published":
+                published.append(f"{doc['id']}.json")
+                log.info(
+                    "schedule %s: tick %s fired as %s (%s)",
+                    rule.name,
+                    format_time(tick),
+                    doc["id"],
+                    rule.type,
+                )
+        if fired:
+            last = fired[-1]
+            state = dataclasses.replace(
+                state, through=max(state.through, last), last_fired=last, last_id=tick_id(rule.name, last)
+            )
+            self._write(rule.name, state, precise)
+        if len(fired) < len(todo.ticks):
+            track.next_look = now + RECHECK_SECONDS
+        else:  # the next tick by the file system's clock, as the worker's clock will tell it
+            track.next_look = rule.timing.next(max(state.through, precise)) + (now - precise)
+        return published
+
+    def _state(self, track: _Track, now: float, precise: float) -> State | None:
+        """The rule's state, created or taken over for this worker's definition as needed; None when
+        this worker must leave the rule alone for now (``next_look`` says until when)."""
+        rule = track.rule
+        path = state_path(self.repo, rule.name)
+        state, present = read_state(path)
+        if state is None:
+            if present:
+                log.warning("schedule %s: %s is not a state file; starting afresh", rule.name, path)
+            state = State(rule.expression, track.taken_up, precise)
+            try:
+                self._write(rule.name, state, precise, create=not present)
+            except FileExistsError:  # another worker created it meanwhile: read theirs
+                track.next_look = now
+                return None
+            first = format_time(rule.timing.next(precise))
+            log.info(
+                "schedule %s (%s, type %s) starts: first tick %s",
+                rule.name,
+                rule.expression,
+                rule.type,
+                first,
+            )
+            return state
+        if state.expression == rule.expression:
+            return state
+        if (track.taken_up, rule.expression) <= (state.defined_at, state.expression):
+            # Written for a definition taken up after this worker's: ours is stale until it reloads.
+            track.next_look = now + RECHECK_SECONDS
+            return None
+        log.info(
+            "schedule %s is now %s (was %s): it fires from its next tick",
+            rule.name,
+            rule.expression,
+            state.expression,
+        )
+        state = State(
+            rule.expression,
+            track.taken_up,
+            max(state.through, track.taken_up),
+            state.last_fired,
+            state.last_id,
+        )
+        self._write(rule.name, state, precise)
+        return state
+
+    @staticmethod
+    def _say_missed(rule: Rule, state: State, taken_up: float) -> None:
+        """Log the ticks that came due before this worker took the rule up, and what catch-up does."""
+        missed, _ = ticks_between(rule.timing, state.through, taken_up, CATCH_UP_CAP)
+        if missed:
+            log.info(
+                "schedule %s: ticks came due while no worker fired it, %s to %s; catch-up = %s: %s",
+                rule.name,
+                format_time(missed[0]),
+                format_time(missed[-1]),
+                rule.catch_up,
+                _CATCH_UP_SAYS[rule.catch_up],
+            )
+
+    def _write(self, name: str, state: State, now: float, *, create: bool = False) -> None:
+        """Write ``state``, never behind what another worker wrote for the same expression meanwhile."""
+        path = state_path(self.repo, name)
+        if not create:
+            current, _ = read_state(path)
+            if current is not None and current.expression == state.expression:
+                state = state.merged(current)
+        write_state(self.repo, path, state.to_json(name, self.worker_id, now), create=create)
