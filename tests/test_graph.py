@@ -79,7 +79,7 @@ def test_mermaid_of_a_small_flow() -> None:
             t5["reports.pulse #40;no processor#41;"]
             s1>"schedule nightly"]
             s2>"schedule pulse"]
-            any(("any type #40;follow_ups not declared#41;"))
+            any(["any type #40;follow_ups not declared#41;"])
             failed{{"an activity fails for good"}}
             t3 -.-> any
             t4 --> t1

@@ -593,7 +593,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.epilog = (
         "Exit codes: 0 printed; 2 bad usage, not a repository, or invalid configuration (file:line); "
-        f"3 processors that do not import (file:line); {EXIT_CRASH} crashed (a bug)."
+        f"3 processors that do not import (file:line); {EXIT_CRASH} crashed (a bug). "
+        "A picture: spoolpipe graph REPO --format dot | dot -Tsvg > flow.svg"
     )
     p.add_argument(
         "--format",

@@ -112,13 +112,13 @@ def _type_label(node: TypeNode) -> str:
 
 
 def to_mermaid(graph: FlowGraph) -> str:
-    """A Mermaid flowchart: boxes for types (dashed: no processor), a flag per schedule, a circle
-    for "any type" and a hexagon for failures; every label escaped."""
+    """A Mermaid flowchart: boxes for types (dashed: no processor), a flag per schedule, a rounded
+    node for "any type" and a hexagon for failures; every label escaped."""
     lines = ["flowchart LR"]
     lines += [f'    {t.id}["{label_text(printable(_type_label(t)))}"]' for t in graph.types]
     lines += [f'    {s.id}>"{label_text(printable("schedule " + s.name))}"]' for s in graph.schedules]
     if graph.has_any:
-        lines.append(f'    {_ANY_ID}(("{label_text(ANY_TYPE_LABEL)}"))')
+        lines.append(f'    {_ANY_ID}(["{label_text(ANY_TYPE_LABEL)}"])')
     if graph.has_failed:
         lines.append(f'    {_FAILED_ID}{{{{"{label_text(FAILED_LABEL)}"}}}}')
     for e in graph.edges:
