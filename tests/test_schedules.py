@@ -124,7 +124,10 @@ def test_each_tick_fires_exactly_once_across_workers_restarts_and_kills(tmp_path
         assert stamp(record["data"]["scheduled_for"]) == _tick(path.stem, "pulse")
     last = state(repo, "pulse")
     assert stamp(last["last_fired"]) == ticks[-1] and last["last_id"] == tick_id("pulse", ticks[-1])
-    assert set(leftovers(repo)) <= {"inbox"}  # fired ticks not run yet wait in the inbox, nothing else
+    # Fired ticks not run yet wait in the inbox, each with its reservation in ids/; nothing else is left.
+    left = leftovers(repo)
+    assert set(left) <= {"inbox", "ids"}
+    assert left.get("ids", []) == sorted(parse_inbox_name(n).stem for n in left.get("inbox", []))
 
 
 # Records the shared file system's clock when it runs: a tick must never run before its time.
