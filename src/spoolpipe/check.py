@@ -74,25 +74,42 @@ def review(settings: config.Settings, processors: Mapping[str, Registration]) ->
     return warnings
 
 
-def check_worker(root: Path, worker_id: str, out: TextIO, err: TextIO) -> int:
-    """Print what worker ``worker_id`` would start with; 0, 2 (configuration) or 3 (processors)."""
+def load_configuration(root: Path, worker_id: str | None, err: TextIO) -> config.Loaded | None:
+    """The configuration of ``worker_id`` (None: the shared file only), or None once ``err`` says
+    why it is invalid (exit code 2)."""
     try:
-        loaded = config.load(root, worker_id)
+        return config.load(root, worker_id)
     except config.ConfigError as exc:
         print(f"invalid configuration:\n{exc}", file=err)
+        return None
+
+
+def import_configured(settings: config.Settings, err: TextIO) -> Mapping[str, Registration] | None:
+    """Import the processors as a worker does at start-up and return them by type, or None once
+    ``err`` says where the import failed (exit code 3)."""
+    paths = [str(p) for p in settings.processors_path]
+    try:
+        import_processors(settings.processors, paths)
+    except ProcessorImportError as exc:
+        cause = exc.__cause__ or exc
+        print(f"{where_it_failed(cause, settings.sources)}: {type(cause).__name__}: {cause}", file=err)
+        print(f"the worker cannot start: {exc}", file=err)
+        return None
+    return registered()
+
+
+def check_worker(root: Path, worker_id: str, out: TextIO, err: TextIO) -> int:
+    """Print what worker ``worker_id`` would start with; 0, 2 (configuration) or 3 (processors)."""
+    loaded = load_configuration(root, worker_id, err)
+    if loaded is None:
         return EXIT_CONFIGURATION
     s = loaded.settings
     sources = ", ".join(str(p) for p in s.sources) or "none (every key at its default)"
     print(f"configuration of worker {worker_id}: {sources}", file=out)
-    paths = [str(p) for p in s.processors_path]
-    try:
-        import_processors(s.processors, paths)
-    except ProcessorImportError as exc:
-        cause = exc.__cause__ or exc
-        print(f"{where_it_failed(cause, s.sources)}: {type(cause).__name__}: {cause}", file=err)
-        print(f"the worker cannot start: {exc}", file=err)
+    processors = import_configured(s, err)
+    if processors is None:
         return EXIT_CANNOT_START
-    processors = registered()
+    paths = [str(p) for p in s.processors_path]
     print(
         f"processors: {', '.join(s.processors) or '(none)'}; processors.path: {', '.join(paths) or '(none)'}",
         file=out,

@@ -15,7 +15,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from . import __version__, check, config, control, retention, service, views
+from . import __version__, check, config, control, graph, retention, service, views
 from .activity import (
     DEFAULT_PRIORITY,
     PRIORITIES,
@@ -266,6 +266,24 @@ def _worker_id(value: str | None) -> str:
     if not is_valid_name(worker_id):
         raise _UsageError(f"--worker-id {worker_id!r} must match [A-Za-z0-9][A-Za-z0-9._-]{{0,127}}")
     return worker_id
+
+
+def cmd_graph(args: argparse.Namespace) -> int:
+    repo = _repository(args.repo)
+    worker_id = None if args.worker_id is None else _worker_id(args.worker_id)
+    loaded = check.load_configuration(repo.root, worker_id, sys.stderr)
+    if loaded is None:
+        return check.EXIT_CONFIGURATION
+    for warning in loaded.warnings:
+        print(f"warning: {warning}", file=sys.stderr)
+    with contextlib.redirect_stdout(sys.stderr):  # what processor modules print is not the graph
+        processors = check.import_configured(loaded.settings, sys.stderr)
+    if processors is None:
+        return check.EXIT_CANNOT_START
+    s = loaded.settings
+    flow = graph.build({t: r.follow_up_types for t, r in processors.items()}, s.schedules, s.failures_handler)
+    print(graph.render(flow, args.format), end="")
+    return 0
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
@@ -692,6 +710,35 @@ def build_parser() -> argparse.ArgumentParser:
         default=schedule_report.NEXT_COUNT,
         metavar="N",
         help=f"how many next fire times to list (default {schedule_report.NEXT_COUNT})",
+    )
+    p = _command(
+        sub,
+        "graph",
+        cmd_graph,
+        help="print the flow: which types lead to which (Mermaid or Graphviz)",
+        description="Print a graph of the flow as the configuration loads it: each activity type "
+        "with a processor, an edge to each follow-up type it declares (follow_ups; a processor "
+        "that declares none may create any type: a dashed edge to an 'any type' node), types named "
+        "but without a processor here (dashed, 'no processor'), each schedule with an edge to the "
+        "type it fires labelled with its expression, and one 'fails for good' node leading to "
+        "failures.handler. The processors are imported as `spoolpipe worker --check` does; "
+        "nothing is written. See docs/processors.md, The flow graph.",
+    )
+    p.epilog = (
+        "Exit codes: 0 printed; 2 bad usage, not a repository, or invalid configuration (file:line); "
+        f"3 processors that do not import (file:line); {EXIT_CRASH} crashed (a bug). "
+        "A picture: spoolpipe graph REPO --format dot | dot -Tsvg > flow.svg"
+    )
+    p.add_argument(
+        "--format",
+        choices=graph.FORMATS,
+        default="mermaid",
+        help="mermaid (default: a flowchart for Markdown) or dot (Graphviz: dot -Tsvg)",
+    )
+    p.add_argument(
+        "--worker-id",
+        metavar="ID",
+        help="include REPO/workers/ID.properties (default: the shared file only)",
     )
     for name, codes in _EXIT_CODES.items():
         sub.choices[name].epilog = f"Exit codes: {codes}; {EXIT_CRASH} crashed on an unexpected error."

@@ -26,6 +26,8 @@ from enum import Enum, StrEnum
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, Final, Literal, TypeVar
 
+from .mermaid import label_text
+
 if TYPE_CHECKING:  # only in annotations: a worker with no image work never imports Pillow
     from PIL import Image
 
@@ -604,7 +606,7 @@ class Pipeline:
         lines = ["flowchart TD"]
         for number, wave in enumerate(plan.waves, 1):
             lines.append(f'    subgraph wave{number}["wave {number}"]')
-            lines.extend(f'        {node[s.name]}["{_mermaid_text(s.name)}"]' for s in wave)
+            lines.extend(f'        {node[s.name]}["{label_text(s.name)}"]' for s in wave)
             lines.append("    end")
         for dependent in (s for wave in plan.waves for s in wave):
             carried: dict[str, list[str]] = {}
@@ -612,7 +614,7 @@ class Pipeline:
                 if key in plan.providers:
                     carried.setdefault(plan.providers[key], []).append(key)
             lines.extend(
-                f'    {node[provider]} -->|"{_mermaid_text(", ".join(keys))}"| {node[dependent.name]}'
+                f'    {node[provider]} -->|"{label_text(", ".join(keys))}"| {node[dependent.name]}'
                 for provider, keys in carried.items()
             )
         return "\n".join(lines) + "\n"
@@ -924,19 +926,6 @@ def _check(step: PipelineStep, outcome: object) -> StepResult:
                 retryable=False,
             )
     return outcome
-
-
-_MERMAID_PLAIN: Final = frozenset(" _-.,:/")
-
-
-def _mermaid_text(text: str) -> str:
-    """``text`` for inside a quoted Mermaid label: every character but letters, digits,
-    spaces and ``_-.,:/`` as an entity code (``#34;``), so quotes, brackets, ``#``,
-    ``;``, ``<`` and line breaks show as themselves and cannot end the label."""
-    return "".join(
-        char if (char.isalnum() and char.isprintable()) or char in _MERMAID_PLAIN else f"#{ord(char)};"
-        for char in text
-    )
 
 
 def _cycle_error(
