@@ -35,11 +35,11 @@ from typing import TypeVar, cast
 
 import javaproperties
 
-from . import circuit
-from .activity import NAME_PATTERN, InvalidActivity, is_valid_name, parse_document
-from .builtins import specs as builtin_specs
-from .schedule import rules as schedule_rules
-from .storable import encode
+from .. import circuit
+from ..activity import NAME_PATTERN, InvalidActivity, is_valid_name, parse_document
+from ..builtins import specs as builtin_specs
+from ..schedule import rules as schedule_rules
+from ..storable import encode
 
 __all__ = [
     "OPTIONS",
