@@ -37,11 +37,10 @@ from .pool import (
     ProcessorImportError,
     Slot,
     import_processors,
-    processor_files,
-    reload_processors,
 )
 from .processor import registered
 from .recovery import Recovery
+from .reload import Reloads, load
 from .repository import Repository, SharedClock, dumps
 from .retention import ScheduledPurges
 from .schedule.fire import Scheduler
@@ -116,27 +115,19 @@ class Worker:
 
     # -- start-up ------------------------------------------------------------------------------
 
-    def _load(self) -> config.Settings:
-        loaded = config.load(self.root, self.worker_id)
-        for warning in loaded.warnings:
-            log.warning("%s", warning)
-        return loaded.settings
-
     def _start(self) -> bool:
         """Load, lock and spawn the pool; False when a signal stopped the worker before it could start."""
         self.repo.check()
         try:
-            self.settings = self._load()
+            self.settings = load(self.root, self.worker_id)
         except config.ConfigError as exc:
             raise InvalidConfiguration(f"invalid configuration:\n{exc}") from None
-        self.repo.durability.enabled = self.settings.durability_fsync
-        logging.getLogger("spoolpipe").setLevel(self.log_level or self.settings.log_level)
-        self._config_stamp = self._config_mtimes()
+        self._adopt()
         try:
             import_processors(self.settings.processors, [str(p) for p in self.settings.processors_path])
         except ProcessorImportError as exc:
             raise StartupError(str(exc)) from None
-        self._code_stamp = processor_files(self.settings.processors)
+        self.reloads = Reloads(self.root, self.worker_id, self.settings)
         self.lock_mode = resolve_mode(self.settings.claims_lock, self.root)
         self.own_lock = OwnLock(
             self.repo.locks, self.worker_id, self.lock_mode, self.settings.claims_lease_seconds
@@ -200,6 +191,11 @@ class Worker:
             os.getpid(),
             s,
         )
+
+    def _adopt(self) -> None:
+        """What of the settings the daemon applies itself, at start and at each reload."""
+        self.repo.durability.enabled = self.settings.durability_fsync
+        logging.getLogger("spoolpipe").setLevel(self.log_level or self.settings.log_level)
 
     def _handled_types(self) -> list[str]:
         return sorted(t for t in registered() if self._handles(t))
@@ -306,8 +302,7 @@ class Worker:
             self._heartbeat()
             for request in self.requests.take():  # spoolpipe stop / reload, from any machine
                 self._obey(request)
-            self._maybe_reload()
-            self._maybe_reload_code()
+            self._reload()
             if not self._stopping:
                 self._purges.tick(self.settings, now)
         if not self._stopping:
@@ -721,50 +716,25 @@ class Worker:
                 )
         return sorted(running, key=lambda r: r["id"])
 
-    def _config_mtimes(self) -> tuple[float | None, ...]:
-        stamps: list[float | None] = []
-        for path in config.config_files(self.root, self.worker_id):
+    def _reload(self) -> None:
+        """Take new settings and processor code as ``Reloads`` finds them: pool processes hold both, so
+        they are replaced as they become idle."""
+        requested, self._reload_requested = self._reload_requested, False
+        settings = self.reloads.settings(self.settings, requested)
+        if settings is not None:
+            old, self.settings = self.settings, settings
             try:
-                stamps.append(path.stat().st_mtime_ns)
-            except OSError:
-                stamps.append(None)
-        return tuple(stamps)
-
-    def _maybe_reload(self) -> None:
-        stamp = self._config_mtimes()
-        if stamp == self._config_stamp and not self._reload_requested:
-            return
-        self._config_stamp = stamp
-        self._reload_requested = False
-        try:
-            settings = self._load()
-            if (settings.processors, settings.processors_path) != (
-                self.settings.processors,
-                self.settings.processors_path,
-            ):
-                import_processors(settings.processors, [str(p) for p in settings.processors_path])
-        except (config.ConfigError, ProcessorImportError) as exc:
-            log.error("configuration change rejected, keeping the previous configuration:\n%s", exc)
-            return
-        old = self.settings
-        self.settings = settings
-        try:
-            self._configure_metrics()
-        except OSError as exc:
-            log.error("metrics: %s", exc)
-        self.repo.durability.enabled = settings.durability_fsync
-        logging.getLogger("spoolpipe").setLevel(self.log_level or settings.log_level)
-        if settings != old:  # pool processes hold the settings: replace them as they become idle
-            self.pool.setup = self._setup()
+                self._configure_metrics()
+            except OSError as exc:
+                log.error("metrics: %s", exc)
+            self._adopt()
+            if settings != old:
+                self.pool.setup = self._setup()
+                self.pool.mark_stale()
+                self.intake.reconsider(self._handles)
+            self.reloads.reloaded(settings, self.pool.size)
+        if self.reloads.code(self.settings):
             self.pool.mark_stale()
-            self.intake.reconsider(self._handles)
-        if settings.pool_size != self.pool.size:
-            log.warning(
-                "pool.size = %d takes effect at restart; until then the pool keeps its %s",
-                settings.pool_size,
-                counted(self.pool.size, "process", "processes"),
-            )
-        log.info("configuration reloaded from %s", ", ".join(str(p) for p in settings.sources))
 
     def _configure_metrics(self) -> None:
         """Start, change or stop reporting metrics as the settings say; ``OSError`` if they cannot be."""
@@ -782,23 +752,3 @@ class Worker:
                 self.repo, self.worker_id, self.started, lambda t: t in known, self._handled_types()
             )
         self.metrics.configure(s.metrics_file, s.metrics_host, s.metrics_port)
-
-    def _maybe_reload_code(self) -> None:
-        """Re-import configured processor modules whose file changed, then replace the pool's processes."""
-        stamp = processor_files(self.settings.processors)
-        changed = sorted(m for m in stamp.keys() & self._code_stamp.keys() if stamp[m] != self._code_stamp[m])
-        self._code_stamp = stamp
-        if not changed:
-            return
-        files = ", ".join(stamp[m][0] for m in changed)
-        try:
-            reload_processors(changed, [str(p) for p in self.settings.processors_path])
-        except ProcessorImportError as exc:
-            log.error(
-                "processor code changed (%s) but cannot be imported, keeping the running pool processes:\n%s",
-                files,
-                exc,
-            )
-            return
-        log.info("processor code changed (%s): replacing pool processes as they become idle", files)
-        self.pool.mark_stale()

@@ -1,0 +1,98 @@
+"""New settings and processor code for a running worker, without a restart.
+
+At each heartbeat the worker asks whether its configuration files changed (by
+their mtimes) or a reload was requested (SIGHUP, ``spoolpipe reload``), and
+whether a configured processor module's file changed. A change that does not
+load or import is rejected and the running configuration kept: a typo in a
+properties file never stops a worker. What new settings change in the daemon
+(pool processes, metrics, log level) the worker applies itself.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from . import config
+from .attempt import counted
+from .pool import ProcessorImportError, import_processors, processor_files, reload_processors
+
+log = logging.getLogger("spoolpipe.worker")
+
+
+def load(root: Path, worker_id: str) -> config.Settings:
+    """The worker's settings, their warnings logged; ``config.ConfigError`` when they are invalid."""
+    loaded = config.load(root, worker_id)
+    for warning in loaded.warnings:
+        log.warning("%s", warning)
+    return loaded.settings
+
+
+class Reloads:
+    """What changed since the worker took ``settings`` and imported their processors."""
+
+    def __init__(self, root: Path, worker_id: str, settings: config.Settings) -> None:
+        self.root = root
+        self.worker_id = worker_id
+        self._config_stamp = self._config_mtimes()
+        self._code_stamp = processor_files(settings.processors)
+
+    def _config_mtimes(self) -> tuple[float | None, ...]:
+        stamps: list[float | None] = []
+        for path in config.config_files(self.root, self.worker_id):
+            try:
+                stamps.append(path.stat().st_mtime_ns)
+            except OSError:
+                stamps.append(None)
+        return tuple(stamps)
+
+    def settings(self, running: config.Settings, requested: bool) -> config.Settings | None:
+        """The settings to run from now on, when the files changed or a reload was ``requested``; None
+        when nothing changed or the change is rejected (logged), and ``running`` stays."""
+        stamp = self._config_mtimes()
+        if stamp == self._config_stamp and not requested:
+            return None
+        self._config_stamp = stamp
+        try:
+            settings = load(self.root, self.worker_id)
+            if (settings.processors, settings.processors_path) != (
+                running.processors,
+                running.processors_path,
+            ):
+                import_processors(settings.processors, [str(p) for p in settings.processors_path])
+        except (config.ConfigError, ProcessorImportError) as exc:
+            log.error("configuration change rejected, keeping the previous configuration:\n%s", exc)
+            return None
+        return settings
+
+    @staticmethod
+    def reloaded(settings: config.Settings, pool_size: int) -> None:
+        """Say the new settings apply, once the worker applied them, and what of them waits for a restart."""
+        if settings.pool_size != pool_size:
+            log.warning(
+                "pool.size = %d takes effect at restart; until then the pool keeps its %s",
+                settings.pool_size,
+                counted(pool_size, "process", "processes"),
+            )
+        log.info("configuration reloaded from %s", ", ".join(str(p) for p in settings.sources))
+
+    def code(self, running: config.Settings) -> bool:
+        """Re-import configured processor modules whose file changed; True when they did and the pool's
+        processes must be replaced (False also when the new code does not import: logged)."""
+        stamp = processor_files(running.processors)
+        changed = sorted(m for m in stamp.keys() & self._code_stamp.keys() if stamp[m] != self._code_stamp[m])
+        self._code_stamp = stamp
+        if not changed:
+            return False
+        files = ", ".join(stamp[m][0] for m in changed)
+        try:
+            reload_processors(changed, [str(p) for p in running.processors_path])
+        except ProcessorImportError as exc:
+            log.error(
+                "processor code changed (%s) but cannot be imported, keeping the running pool processes:\n%s",
+                files,
+                exc,
+            )
+            return False
+        log.info("processor code changed (%s): replacing pool processes as they become idle", files)
+        return True

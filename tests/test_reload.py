@@ -1,0 +1,69 @@
+"""What a running worker notices of a changed configuration, driven in-process on a real repository."""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+import pytest
+
+from harness import make_repository
+from spoolpipe import config
+from spoolpipe.reload import Reloads
+
+
+def _edit(root: Path, text: str, stamp: int) -> None:
+    """Write the worker's own properties file with an mtime of its own (file times can be coarse)."""
+    path = root / "workers" / "w1.properties"
+    path.parent.mkdir(exist_ok=True)
+    path.write_text(text)
+    os.utime(path, ns=(stamp, stamp))
+
+
+def test_changed_files_or_a_request_give_new_settings_and_nothing_else_does(tmp_path: Path) -> None:
+    root = make_repository(tmp_path)
+    running = config.load(root, "w1").settings
+    reloads = Reloads(root, "w1", running)
+    assert reloads.settings(running, requested=False) is None
+    again = reloads.settings(running, requested=True)  # SIGHUP or spoolpipe reload: read them anyway
+    assert again == running
+    _edit(root, "timeout.seconds = 7\n", 1_000_000_000_000)
+    changed = reloads.settings(running, requested=False)
+    assert changed is not None and changed.timeout_seconds == 7
+    assert reloads.settings(changed, requested=False) is None  # noticed once
+
+
+def test_a_change_that_does_not_load_is_rejected_once_and_the_running_settings_stay(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    root = make_repository(tmp_path)
+    running = config.load(root, "w1").settings
+    reloads = Reloads(root, "w1", running)
+    _edit(root, "timeout.seconds = soon\n", 1_000_000_000_000)
+    with caplog.at_level(logging.ERROR, "spoolpipe.worker"):
+        assert reloads.settings(running, requested=False) is None
+        assert reloads.settings(running, requested=False) is None
+    rejected = [r.getMessage() for r in caplog.records]
+    assert len(rejected) == 1
+    assert rejected[0].startswith("configuration change rejected, keeping the previous configuration:\n")
+    assert "timeout.seconds" in rejected[0]
+    _edit(root, "timeout.seconds = 9\n", 2_000_000_000_000)  # fixed: taken at the next look
+    fixed = reloads.settings(running, requested=False)
+    assert fixed is not None and fixed.timeout_seconds == 9
+
+
+def test_a_new_pool_size_is_said_to_wait_for_a_restart(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    root = make_repository(tmp_path, "pool.size = 2\n")
+    running = config.load(root, "w1").settings
+    reloads = Reloads(root, "w1", running)
+    _edit(root, "pool.size = 5\n", 1_000_000_000_000)
+    settings = reloads.settings(running, requested=False)
+    assert settings is not None
+    with caplog.at_level(logging.INFO, "spoolpipe.worker"):
+        reloads.reloaded(settings, pool_size=2)
+    said = [r.getMessage() for r in caplog.records]
+    assert said[0] == "pool.size = 5 takes effect at restart; until then the pool keeps its 2 processes"
+    assert said[1].startswith("configuration reloaded from ") and "w1.properties" in said[1]
