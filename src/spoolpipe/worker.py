@@ -23,7 +23,7 @@ from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING, Any
 
-from . import circuit, config, control
+from . import circuit, config, control, heartbeat
 from .activity import Activity, format_time
 from .attempt import Item, Setup, counted, quarantine
 from .intake import Delayed, Intake
@@ -41,7 +41,7 @@ from .pool import (
 from .processor import registered
 from .recovery import Recovery
 from .reload import Reloads, load
-from .repository import Repository, SharedClock, dumps
+from .repository import Repository, SharedClock
 from .retention import ScheduledPurges
 from .schedule.fire import Scheduler
 
@@ -383,7 +383,7 @@ class Worker:
         if self.metrics is not None:
             self.metrics.close(self.clock.now())
         with contextlib.suppress(OSError):
-            (self.repo.heartbeats / f"{self.worker_id}.json").unlink()
+            heartbeat.path(self.repo, self.worker_id).unlink()
         self.own_lock.release()
 
     # -- handing out work ------------------------------------------------------------------------------
@@ -669,52 +669,35 @@ class Worker:
         log.info("lock re-acquired")
         self._rescan = True
 
-    # -- heartbeat and configuration -------------------------------------------------------------------
+    # -- heartbeat and reload -------------------------------------------------------------------------
 
     def _heartbeat(self) -> None:
-        # What runs, not what is configured: a reloaded pool.size applies only at restart.
-        pool_size = self.pool.size
-        doc = {
-            "worker": self.worker_id,
-            "host": self.host,
-            "pid": os.getpid(),
-            "started_at": format_time(self.started),
-            "lock_mode": self.lock_mode,
-            "pool_size": pool_size,
-            "types": {t: min(self.settings.concurrency_for(t), pool_size) for t in self._handled_types()},
-            "running": sorted(c[0].activity.id for s in self.pool.busy() if (c := s.current()) is not None),
-            "activities": self._running_activities(),
-            "circuits": self.circuits.published(time.monotonic(), self.clock.now()),
-        }
-        target = self.repo.heartbeats / f"{self.worker_id}.json"
-        # One temp name per worker: one killed mid-write leaves one file, which its next heartbeat reuses.
-        tmp = self.repo.tmp / f"heartbeat-{self.worker_id}.tmp"
-        try:
-            tmp.write_bytes(dumps(doc))
-            os.replace(tmp, target)
-        except OSError as exc:
-            log.warning("cannot write heartbeat: %s", exc)
-        if self.metrics is not None:
-            self.metrics.heartbeat(self.clock.now())
-
-    def _running_activities(self) -> list[dict[str, Any]]:
-        """What each pool process runs now, since when (shared clock) and for how long it may (``status``)."""
         now, mono = self.clock.now(), time.monotonic()
         running = []
         for slot in self.pool.busy():
             current = slot.current()
             if current is not None:
-                item, started = current
+                activity, started = current[0].activity, current[1]
+                timeout = self._item_timeout(activity.type)
                 running.append(
-                    {
-                        "id": item.activity.id,
-                        "type": item.activity.type,
-                        "attempt": item.activity.attempt,
-                        "started_at": format_time(now - (mono - started)),
-                        "timeout_seconds": self._item_timeout(item.activity.type),
-                    }
+                    heartbeat.Running(
+                        activity.id, activity.type, activity.attempt, now - (mono - started), timeout
+                    )
                 )
-        return sorted(running, key=lambda r: r["id"])
+        doc = heartbeat.document(
+            worker_id=self.worker_id,
+            host=self.host,
+            pid=os.getpid(),
+            started=self.started,
+            lock_mode=self.lock_mode,
+            pool_size=self.pool.size,
+            concurrency={t: self.settings.concurrency_for(t) for t in self._handled_types()},
+            running=running,
+            circuits=self.circuits.published(mono, now),
+        )
+        heartbeat.write(self.repo, self.worker_id, doc)
+        if self.metrics is not None:
+            self.metrics.heartbeat(now)
 
     def _reload(self) -> None:
         """Take new settings and processor code as ``Reloads`` finds them: pool processes hold both, so
