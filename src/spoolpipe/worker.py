@@ -4,7 +4,9 @@ One activity's path: the intake finds it (``Intake.take``), the daemon hands it
 to an idle pool process (``_dispatch``), which claims, runs, decides and
 commits it (``attempt.Attempts``) and reports back; the daemon logs the report
 (``_finished``). Everything else is supervision: timeouts, dead pool
-processes, recovery of dead workers' claims, heartbeats, reloads, shutdown.
+processes, recovery of dead workers' claims, heartbeats (the document is
+``heartbeat``'s), reloads (what changed is ``reload``'s), shutdown; when
+``--until-idle`` is done is ``idle``'s decision.
 Filesystem notifications bring new names at once; a full listing every
 ``scan.interval-seconds`` is what finds files written by other machines.
 """
@@ -26,7 +28,8 @@ from typing import TYPE_CHECKING, Any
 from . import circuit, config, control, heartbeat
 from .activity import Activity, format_time
 from .attempt import Item, Setup, counted, quarantine
-from .intake import Delayed, Intake
+from .idle import UntilIdle
+from .intake import Intake
 from .liveness import OwnLock, Prober, WorkerAlreadyRunning, resolve_mode
 from .notify import Arrivals
 from .pool import (
@@ -96,8 +99,7 @@ class Worker:
         self.log_level = log_level
         self.worker_id = worker_id
         self.until_idle = until_idle
-        self.no_wait = no_wait
-        self._waiting_for: tuple[str, float] | None = None  # the delayed activity --until-idle last named
+        self._until_idle = UntilIdle(no_wait=no_wait)
         self.host = socket.gethostname()
         self.repo = Repository(root)
         self._stopping = False
@@ -511,7 +513,8 @@ class Worker:
         return min(deadlines[1:], default=float("inf"))
 
     def _idle(self) -> bool:
-        """Nothing this worker could run remains: nothing running, queued, unsettled or recoverable."""
+        """Nothing this worker could run remains: nothing running, queued, unsettled or recoverable,
+        and nothing ``--until-idle`` waits for (``idle.verdict``)."""
         if self.pool.busy() or self._interrupted or self._rescan or self.intake.unsettled():
             return False
         now = self.clock.now()
@@ -519,54 +522,9 @@ class Worker:
             return False
         if self.recovery.recoverable():
             return False
-        if self._behind_circuits():
-            return False
-        delayed = self.intake.delayed(now, self._handles)
-        if not delayed:
-            return True
-        count = counted(len(delayed), "delayed activity", "delayed activities")
-        if self.no_wait:
-            log.info("%s left queued (--until-idle --no-wait)", count)
-            return True
-        self._say_waiting(delayed, count, now)
-        return False
-
-    def _behind_circuits(self) -> bool:
-        """Whether ``--until-idle`` waits for an open circuit's cool-down, as it does for a delayed
-        activity, because activities of its type are set aside (with ``--no-wait`` they stay queued)."""
         held = self.circuits.holding(self.intake.set_aside())
-        if not held:
-            return False
-        if self.no_wait:
-            log.info(
-                "activities of %s wait behind an open circuit: left queued (--until-idle --no-wait)",
-                ", ".join(sorted(held)),
-            )
-            return False
-        type_, until = min(held.items(), key=lambda h: (h[1], h[0]))
-        if self._waiting_for != (type_, until):
-            self._waiting_for = (type_, until)
-            log.info(
-                "--until-idle: waiting for the open circuit of %s: a probe in %.1fs",
-                type_,
-                until - time.monotonic(),
-            )
-        return True
-
-    def _say_waiting(self, delayed: list[Delayed], count: str, now: float) -> None:
-        """Say once what ``--until-idle`` waits for, and until when (again when the next one changes)."""
-        first = min(delayed, key=lambda d: (d.due, d.id))
-        due = first.due
-        if self._waiting_for == (first.id, due):
-            return
-        self._waiting_for = (first.id, due)
-        log.info(
-            "--until-idle: waiting for %s; the next, %s (%s), is due at %s (in %.1fs)",
-            count,
-            first.id,
-            first.type,
-            format_time(due),
-            due - now,
+        return self._until_idle.idle(
+            held, lambda: self.intake.delayed(now, self._handles), now, time.monotonic()
         )
 
     # -- what pool processes say ---------------------------------------------------------------------
