@@ -157,15 +157,19 @@ def _ending(text: str) -> str:
 @processor(TYPE, follow_ups=())
 def run_command(activity: Activity, ctx: Context) -> dict[str, object]:
     """Run the configured command the activity names; see docs/builtins.md for outcomes."""
-    name = activity.data.get(specs.COMMAND_FIELD)
-    if not isinstance(name, str):
-        raise Fatal(f"data.{specs.COMMAND_FIELD}: expected the name of a command.<name> of the properties")
-    command = ctx.settings.commands.get(name)
-    if command is None:
-        raise Fatal(
-            f"command {name!r} is not configured on worker {ctx.worker_id} "
-            f"(no command.{name}.argv in the properties)"
+    try:
+        name, command = specs.named(
+            activity.data,
+            specs.COMMAND_FIELD,
+            ctx.settings.commands,
+            noun="command",
+            family="command",
+            required="argv",
+            article="a",
+            worker_id=ctx.worker_id,
         )
+    except specs.NotConfigured as exc:
+        raise Fatal(str(exc)) from None
     try:
         argv = specs.fill(command.argv, activity.data)
     except specs.CannotFill as exc:

@@ -64,15 +64,20 @@ def _send(endpoint: specs.Endpoint, body: bytes | None, headers: dict[str, str])
 @processor(TYPE, follow_ups=())
 def request(activity: Activity, ctx: Context) -> dict[str, object]:
     """Send the data to the endpoint it names; see docs/builtins.md for outcomes."""
-    name = activity.data.get(specs.ENDPOINT_FIELD, specs.DEFAULT_ENDPOINT)
-    if not isinstance(name, str):
-        raise Fatal(f"data.{specs.ENDPOINT_FIELD}: expected the name of an http.<name> of the properties")
-    endpoint = ctx.settings.http_endpoints.get(name)
-    if endpoint is None:
-        raise Fatal(
-            f"endpoint {name!r} is not configured on worker {ctx.worker_id} "
-            f"(no http.{name}.url in the properties)"
+    try:
+        name, endpoint = specs.named(
+            activity.data,
+            specs.ENDPOINT_FIELD,
+            ctx.settings.http_endpoints,
+            noun="endpoint",
+            family="http",
+            required="url",
+            article="an",
+            worker_id=ctx.worker_id,
+            default=specs.DEFAULT_ENDPOINT,
         )
+    except specs.NotConfigured as exc:
+        raise Fatal(str(exc)) from None
     body = None if endpoint.method == "GET" else specs.request_body(activity.data)
     headers = {
         "Content-Type": "application/json; charset=utf-8",

@@ -14,7 +14,7 @@ import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Literal, TypeVar
 
 #: Regular expression (``re.fullmatch``) a ``command.<name>`` or ``http.<name>`` name matches.
 NAME_PATTERN = r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}"
@@ -44,6 +44,38 @@ class InvalidDefinition(ValueError):
 
 class CannotFill(ValueError):
     """An activity's data that cannot fill a command's arguments; says which argument and field."""
+
+
+class NotConfigured(ValueError):
+    """An activity naming no definition, or one the properties do not hold; says which key is missing."""
+
+
+D = TypeVar("D")
+
+
+def named(
+    data: Mapping[str, object],
+    field: str,
+    definitions: Mapping[str, D],
+    *,
+    noun: str,
+    family: str,
+    required: str,
+    article: Literal["a", "an"],
+    worker_id: str,
+    default: str | None = None,
+) -> tuple[str, D]:
+    """The name ``data[field]`` gives, and its ``family.<name>.*`` definition from the properties."""
+    name = data.get(field, default)
+    if not isinstance(name, str):
+        raise NotConfigured(f"data.{field}: expected the name of {article} {family}.<name> of the properties")
+    found = definitions.get(name)
+    if found is None:
+        raise NotConfigured(
+            f"{noun} {name!r} is not configured on worker {worker_id} "
+            f"(no {family}.{name}.{required} in the properties)"
+        )
+    return name, found
 
 
 @dataclass(frozen=True)
