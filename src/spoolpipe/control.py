@@ -295,7 +295,7 @@ def live_worker(repo: Repository, worker_id: str, now: float) -> Live | None:
         return None
     s = _settings(repo.root, worker_id)
     # With no valid configuration at all, be generous: a request to a dead run is harmless.
-    silence = 600.0 if s is None else max(3 * s.heartbeat_interval_seconds, s.claims_lease_seconds)
+    silence = 600.0 if s is None else s.heartbeat_silence_seconds
     if now - mtime > silence or (s is not None and _lock_free(repo, worker_id, s)):
         return None
     running = doc.get("running")

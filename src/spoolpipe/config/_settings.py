@@ -144,6 +144,11 @@ class Settings:
         return self.processor_options.get(type_, _NO_OPTIONS)
 
     @property
+    def heartbeat_silence_seconds(self) -> float:
+        """How long a worker's heartbeat may go unrewritten before ``status`` and ``stop`` count it gone."""
+        return max(3 * self.heartbeat_interval_seconds, self.claims_lease_seconds)
+
+    @property
     def megapixel_cap(self) -> float:
         """``images.max-megapixels``, with 0 resolved to the automatic value."""
         return self.images_max_megapixels or automatic_megapixels()

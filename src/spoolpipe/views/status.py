@@ -208,7 +208,7 @@ def _heartbeat(doc: dict[str, Any], mtime: float, now: float) -> dict[str, Any]:
 
 def live_workers(repo: Repository, settings: config.Settings, now: float) -> list[dict[str, Any]]:
     """Workers whose heartbeat is recent by the shared clock, by worker id."""
-    horizon = max(3 * settings.heartbeat_interval_seconds, settings.claims_lease_seconds)
+    horizon = settings.heartbeat_silence_seconds
     live = []
     for name in sorted(names(repo.heartbeats)):
         if not name.endswith(".json") or name.startswith("."):
