@@ -134,7 +134,7 @@ class Attempts:
 
     def __post_init__(self) -> None:
         root = Path(self.setup.repository)
-        self.repo = Repository(root, fsync=self.setup.settings.durability_fsync)
+        self.repo = Repository(root, fsync=self.setup.settings.durability_fsync, worker=self.setup.worker_id)
         self.clock = SharedClock(self.repo.heartbeats / f".clock-{self.setup.worker_id}")
         self.settings = self.setup.settings
         self.worker_id = self.setup.worker_id

@@ -161,17 +161,20 @@ def _child_main(conn: Connection, setup: Setup, progress: Any, forked: bool) -> 
     import_processors(setup.modules, setup.paths)
     attempts = Attempts(setup)
     conn.send("ready")
-    while True:
-        try:
-            batch = conn.recv()
-        except (EOFError, OSError):
-            return
-        if batch is None:
-            return
-        reports, taken, recycle = attempts.run(batch, progress)
-        conn.send(_Answer(tuple(reports), taken, recycle))
-        if recycle:
-            return
+    try:
+        while True:
+            try:
+                batch = conn.recv()
+            except (EOFError, OSError):
+                return
+            if batch is None:
+                return
+            reports, taken, recycle = attempts.run(batch, progress)
+            conn.send(_Answer(tuple(reports), taken, recycle))
+            if recycle:
+                return
+    finally:
+        attempts.repo.spares.drop()
 
 
 def how_it_ended(process: BaseProcess) -> str:

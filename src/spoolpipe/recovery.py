@@ -59,6 +59,7 @@ class Recovery:
                 with self.prober.dead(worker) as dead:
                     if dead:
                         settled += self._settle(f"of dead worker {worker}", claims)
+                        self.repo.drop_spares(worker)
         return settled
 
     def recoverable(self) -> bool:

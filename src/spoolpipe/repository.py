@@ -41,7 +41,7 @@ from .activity import (
     queued_name,
     retried_activity,
 )
-from .durable import Durability, move_noreplace, publish, take, write_file
+from .durable import Durability, Spares, move_noreplace, publish, take, write_file
 from .storable import encode
 
 STATE_DIRS = ("inbox", "running", "done", "failed", "invalid")
@@ -163,7 +163,7 @@ def dumps(doc: Any) -> bytes:
 class Repository:
     """A repository directory shared by every worker that mounts it."""
 
-    def __init__(self, root: Path, *, fsync: bool = True) -> None:
+    def __init__(self, root: Path, *, fsync: bool = True, worker: str | None = None) -> None:
         self.root = root
         self.inbox = root / "inbox"
         self.running = root / "running"
@@ -178,6 +178,8 @@ class Repository:
         self.reports = root / "reports"
         self.ids = root / "ids"
         self.durability = Durability(root, enabled=fsync)
+        #: Finished claims' files, rewritten as the next staged files (see ``Spares``): a worker's only.
+        self.spares = Spares(os.fspath(self.tmp), worker)
         # The hot path joins plain strings: pathlib costs more than the system calls it wraps.
         self._inbox, self._running, self._done, self._failed, self._ids = (
             os.fspath(d) for d in (self.inbox, self.running, self.done, self.failed, self.ids)
@@ -623,9 +625,9 @@ class Repository:
             for doc in follow_ups:
                 stem = doc["id"] + priority_mark(doc.get("priority", DEFAULT_PRIORITY))
                 name = claim.staged("follow-up", stem)
-                write_file(f"{self._running}/{name}", dumps(doc), self.durability)
+                self.spares.write(f"{self._running}/{name}", dumps(doc), self.durability)
                 ids.append(stem)
-            write_file(f"{self._running}/{claim.staged(outcome)}", dumps(record), self.durability)
+            self.spares.write(f"{self._running}/{claim.staged(outcome)}", dumps(record), self.durability)
         except BaseException:
             self.discard(claim)
             raise
@@ -652,8 +654,9 @@ class Repository:
         """Publish committed claims' follow-ups, then their records; idempotent: anyone may complete them.
 
         Once all is flushed, the id reservation goes if it is still this claim's file (the
-        ``~committed`` one), then the ``~committed`` mark: in that order, a finisher killed between
-        the two leaves the mark, and whoever finishes the claim next removes both.
+        ``~committed`` one), then the ``~committed`` mark (kept as a spare file): in that order, a
+        finisher killed between the two leaves the mark, and whoever finishes the claim next
+        removes both.
         """
         finished: list[ClaimName] = []
         for item in staged:
@@ -668,7 +671,7 @@ class Repository:
             committed = f"{self._running}/{claim.staged('committed')}"
             with contextlib.suppress(FileNotFoundError):
                 self.release_id(claim.activity_id, os.lstat(committed))
-                os.unlink(committed)
+                self.spares.keep(committed)
 
     def _publish_staged(self, name: str, directory: str, target: str) -> None:
         """Move a committed claim's staged file to where it is seen; an existing file is never replaced."""
@@ -732,6 +735,10 @@ class Repository:
         return "gone"
 
     # -- upkeep --------------------------------------------------------------------------------
+
+    def drop_spares(self, worker: str) -> None:
+        """Delete the spare files of ``worker``, none of whose processes runs (its lock is held)."""
+        Spares.drop_left_by(os.fspath(self.tmp), worker)
 
     def sweep_tmp(self, now: float) -> None:
         """Finish quarantines a crash interrupted and drop temp files nobody will rename any more."""

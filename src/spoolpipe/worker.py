@@ -101,7 +101,7 @@ class Worker:
         self.until_idle = until_idle
         self._until_idle = UntilIdle(no_wait=no_wait)
         self.host = socket.gethostname()
-        self.repo = Repository(root)
+        self.repo = Repository(root, worker=worker_id)
         self._stopping = False
         self._reload_requested = False
         self._wake_r, self._wake_w = os.pipe()
@@ -158,6 +158,7 @@ class Worker:
             self.repo, self.worker_id, control.Incarnation(self.host, os.getpid(), format_time(self.started))
         )
         self.repo.sweep_tmp(self.clock.now())
+        self.repo.drop_spares(self.worker_id)  # of an earlier run of this worker: its lock is ours
         self.pool = Pool(self.settings.pool_size, self._setup())  # started once there is work
         try:
             self._configure_metrics()
@@ -380,6 +381,7 @@ class Worker:
         for item in self._interrupted:  # never settled: a crash counts as an attempt
             self.repo.recover(self.recovery.claim_of(item))
         self.pool.close()
+        self.repo.drop_spares(self.worker_id)
         if self._arrivals is not None:
             self._arrivals.close()
         if self.metrics is not None:
