@@ -141,7 +141,8 @@ def test_no_spare_outlives_its_worker_even_a_killed_one(tmp_path: Path) -> None:
     ids = [submit(repo, "t.noop") for _ in range(300)]
     run_until_idle(repo)
     assert sorted(records(repo / "done")) == sorted(ids)
-    assert leftovers(repo) == {}  # tmp/ included
+    assert leftovers(repo) == {}
+    assert os.listdir(repo / "tmp") == []  # the spares went with the worker
     # spares of a run that was killed (none of its processes could delete them) go at the next start
     (repo / "tmp" / "spare~w1~999-dead-1.tmp").write_text("{}")
     (repo / "tmp" / "spare~w2~999-other-1.tmp").write_text("{}")  # another worker's: not ours to drop

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
-import ctypes.util
 import errno
 import fcntl
 import os
@@ -19,40 +18,20 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import cast
 
+from . import _libc
 
-def _load_syncfs() -> Callable[[int], int] | None:
-    name = ctypes.util.find_library("c")
-    if name is None:
-        return None
-    try:
-        function = ctypes.CDLL(name, use_errno=True).syncfs
-    except (OSError, AttributeError):
-        return None
-    function.argtypes = [ctypes.c_int]
-    function.restype = ctypes.c_int
-    return cast("Callable[[int], int]", function)
-
-
-_syncfs = _load_syncfs()
+_syncfs = cast("Callable[[int], int] | None", _libc.function("syncfs", [ctypes.c_int]))
 
 _AT_FDCWD = -100
 _RENAME_NOREPLACE = 1
 
 
-def _load_renameat2() -> Callable[[int, bytes, int, bytes, int], int] | None:
-    name = ctypes.util.find_library("c")
-    if name is None:
-        return None
-    try:
-        function = ctypes.CDLL(name, use_errno=True).renameat2
-    except (OSError, AttributeError):
-        return None
-    function.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
-    function.restype = ctypes.c_int
-    return cast("Callable[[int, bytes, int, bytes, int], int]", function)
-
-
-_renameat2 = _load_renameat2()
+_renameat2 = cast(
+    "Callable[[int, bytes, int, bytes, int], int] | None",
+    _libc.function(
+        "renameat2", [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+    ),
+)
 # Refusals of RENAME_NOREPLACE (NFS, SMB, GlusterFS's FUSE client): the kernel answers them without
 # touching the file, so trying costs one cheap system call; no per-file-system memory is kept.
 _REFUSED = frozenset({errno.EINVAL, errno.ENOSYS, errno.ENOTSUP, errno.EOPNOTSUPP})

@@ -12,11 +12,12 @@ arrivals are asked for here, so claims cost nothing.
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import errno
 import os
 import struct
 from pathlib import Path
+
+from . import _libc
 
 _IN_CLOEXEC = 0o2000000
 _IN_NONBLOCK = 0o4000
@@ -30,27 +31,18 @@ _ARRIVALS = _IN_MOVED_TO | _IN_CLOSE_WRITE | _IN_CREATE
 _HEADER = struct.Struct("iIII")
 
 
-def _libc() -> ctypes.CDLL:
-    name = ctypes.util.find_library("c")
-    if name is None:
-        raise OSError(errno.ENOSYS, "no C library found for inotify")
-    return ctypes.CDLL(name, use_errno=True)
-
-
 class Arrivals:
     """Names that arrived in one directory since the last ``read``; ``fileno`` is pollable."""
 
     def __init__(self, directory: Path) -> None:
-        libc = _libc()
-        try:
-            init, add = libc.inotify_init1, libc.inotify_add_watch
-        except AttributeError:
-            raise OSError(errno.ENOSYS, "inotify is not available on this system") from None
+        init = _libc.function("inotify_init1", [ctypes.c_int])
+        add = _libc.function("inotify_add_watch", [ctypes.c_int, ctypes.c_char_p, ctypes.c_uint32])
+        if init is None or add is None:
+            raise OSError(errno.ENOSYS, "inotify is not available on this system")
         fd: int = init(_IN_NONBLOCK | _IN_CLOEXEC)
         if fd < 0:
             code = ctypes.get_errno()
             raise OSError(code, f"inotify_init1: {os.strerror(code)}")
-        add.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_uint32]
         if add(fd, os.fsencode(directory), _ARRIVALS) < 0:
             code = ctypes.get_errno()
             os.close(fd)
