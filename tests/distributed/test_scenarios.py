@@ -370,7 +370,7 @@ def test_scenario_2_machine_crash_claims_recovered_and_the_crashed_side_is_fence
 
     A's worker process lives on with a dead mount. When A is remounted, its old attempts either are
     abandoned (the worker notices its lock is gone) or end and try to commit: refused, because the
-    claims' paths (attempt 1, worker wa) are gone. Either way only B's attempts complete.
+    claims' paths (attempt 1, worker wa) are gone. Either way only second attempts complete.
     """
     bound = SCAN + MARGIN if mode == "flock" else LEASE + SCAN + MARGIN
     slow = 8.0 if mode == "flock" else LEASE + 8.0  # A's attempts must outlast recovery and remount
@@ -430,12 +430,17 @@ def test_scenario_2_machine_crash_claims_recovered_and_the_crashed_side_is_fence
     )
     assert t.corrupt == [] and t.duplicates == 0 and t.lost == [] and t.failed == []
     assert t.left == {}, t.left
+    # Only second attempts complete: A's first ones never commit. Usually B runs them; a second
+    # attempt still waiting in the inbox when A is back (a claim B deferred for a second, as a
+    # network file system's caches may make it) is A's to take, A being a live worker again.
+    second = {aid: t.done[aid]["spoolpipe"]["worker"] for aid in ids}
     for aid in ids:
         meta = t.done[aid]["spoolpipe"]
-        assert (meta["worker"], meta["host"], meta["attempts"]) == ("wb", "machine-b", 2), meta
-    # each activity ran twice (the crashed attempt on A, the recovered one on B) and completed once
+        assert meta["attempts"] == 2, meta
+        assert (meta["worker"], meta["host"]) in {("wb", "machine-b"), ("wa", "machine-a")}, meta
+    # each activity ran twice (the crashed attempt on A, the recovered one) and completed once
     assert sorted((e[0], e[1], e[2]) for e in ran) == sorted(
-        [(aid, "1", "wa") for aid in ids] + [(aid, "2", "wb") for aid in ids]
+        [(aid, "1", "wa") for aid in ids] + [(aid, "2", second[aid]) for aid in ids]
     )
     assert abandoned() or fenced == 2
     assert exits["wb"] == 0 and exits["wa"] == 0, exits
