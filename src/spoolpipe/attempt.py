@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import logging
+import sys
 import time
 import traceback
 from collections.abc import Sequence
@@ -36,7 +37,6 @@ from .record import (
 )
 from .repository import Busy, Duplicate, Repository, Settlement, SharedClock
 from .retry import RetryPolicy
-from .steps import any_step_abandoned
 from .storable import reason_line
 
 # Outcomes are committed in groups: one flush to disk serves many activities.
@@ -79,6 +79,13 @@ class Report:
     seconds: float | None = None
     #: Set when an entry was moved into ``invalid/``.
     quarantined: bool = False
+
+
+def _step_abandoned() -> bool:
+    """``steps.any_step_abandoned``, without importing the pipeline machinery into processes that
+    never run a step (a module not imported has run no step)."""
+    steps = sys.modules.get("spoolpipe.steps")
+    return steps is not None and bool(steps.any_step_abandoned())
 
 
 def counted(number: int, noun: str, plural: str = "") -> str:
@@ -197,7 +204,7 @@ class Attempts:
         outcome = execute(activity, log_path, self.worker_id, self.repo.root, self.settings)
         self._outcome(claim, activity, started, outcome, time.monotonic() - ran)
         # A step thread that outlived its timeout is stopped only by ending this process.
-        return outcome.recycle or any_step_abandoned()
+        return outcome.recycle or _step_abandoned()
 
     def _claim(self, item: Item) -> ClaimName | None:
         """Claim the entry and make its id this claim's; ``None`` if taken, a duplicate, or unreachable."""

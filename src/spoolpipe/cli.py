@@ -29,8 +29,6 @@ from .activity import (
 )
 from .repository import NotARepository, Repository, filesystem_now
 from .schedule import report as schedule_report
-from .views import text
-from .views.watch import watch
 from .worker import EXIT_CRASH, StartupError, Worker, default_worker_id
 
 EPILOG = """\
@@ -102,6 +100,9 @@ def _watch_interval(text: str) -> float:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
+    from .views import text
+    from .views.watch import watch
+
     repo = _repository(args.repo)
 
     def render() -> str:
@@ -117,6 +118,8 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def cmd_list(args: argparse.Namespace) -> int:
+    from .views import text
+
     repo = _repository(args.repo)
     try:
         since = None if args.since is None else config.parse_duration(args.since)
@@ -133,6 +136,8 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 
 def cmd_inspect(args: argparse.Namespace) -> int:
+    from .views import text
+
     found = views.story(_repository(args.repo), args.id)
     if found is None:
         where = printable(args.repo)

@@ -55,7 +55,7 @@ log = logging.getLogger("spoolpipe.worker")
 #: Exit code of a worker stopped by an unexpected exception (a bug): EX_SOFTWARE of sysexits.h.
 EXIT_CRASH = 70
 #: Most activities handed to a pool process at once (each is still timed on its own).
-BATCH_MAX = 32
+BATCH_MAX = 128
 #: How long a batch should take: short activities are batched up to this, long ones are not.
 BATCH_SECONDS = 0.05
 
@@ -539,14 +539,13 @@ class Worker:
 
     def _finished(self, event: Finished) -> None:
         metrics = self.metrics
+        batch_ids = {i.activity.id for i in event.batch}
         for report in event.reports:
             log.log(report.level, "%s", report.message)
             if metrics is not None:
                 metrics.count(report)
             if report.ending is not None:
-                self.circuits.ended(
-                    report.type, report.ending, time.monotonic(), {i.activity.id for i in event.batch}
-                )
+                self.circuits.ended(report.type, report.ending, time.monotonic(), batch_ids)
         if event.taken:  # seconds per activity of this type, smoothed
             type_, took = event.batch[0].activity.type, event.seconds / event.taken
             self._pace[type_] = took if type_ not in self._pace else 0.7 * self._pace[type_] + 0.3 * took

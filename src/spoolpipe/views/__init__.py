@@ -8,8 +8,24 @@ the repository is untrusted: names, types and reasons come back escaped
 
 from __future__ import annotations
 
+import importlib
+from typing import TYPE_CHECKING, Any
+
 from .listing import STATES, State, entries
-from .status import status
-from .story import story
+
+if TYPE_CHECKING:
+    from .status import status
+    from .story import story
 
 __all__ = ["STATES", "State", "entries", "status", "story"]
+
+#: Imported on first use: every command's parser needs ``STATES``, only two commands these.
+_ON_FIRST_USE = {"status": ".status", "story": ".story"}
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _ON_FIRST_USE:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(_ON_FIRST_USE[name], __name__), name)
+    globals()[name] = value  # in place of the submodule of the same name the import bound here
+    return value
