@@ -14,6 +14,8 @@ from typing import Final
 
 from PIL import Image, ImageFile, UnidentifiedImageError, features
 
+from ._budget import keep_freed_heap
+
 _WEBP_SUPPORTED: Final = features.check_module("webp")
 AVIF_SUPPORTED: Final = "avif" in features.modules and features.check_module("avif")
 """Whether this Pillow build reads and writes AVIF (libavif, Pillow >= 11.2)."""
@@ -120,6 +122,7 @@ def open_lazy(
 
 def decode(image: ImageFile.ImageFile, name: str) -> Image.Image:
     """Load the pixels of an image from ``open_lazy``; any decoder error becomes ``ImageRejected``."""
+    keep_freed_heap()
     try:
         image.load()
     except _DECODE_ERRORS as exc:
