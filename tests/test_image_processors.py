@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import logging
 import os
+import subprocess
+import sys
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -16,6 +18,7 @@ import imagefactory as factory
 from harness import kill_group, leftovers, make_repository, records, run_until_idle, start_worker, submit
 from spoolpipe import Activity, Context, Fatal, config
 from spoolpipe.image_processors import (
+    RESERVED_KEYS,
     configure_pixel_budget,
     image_roots,
     input_megapixels,
@@ -472,3 +475,14 @@ def test_a_pipeline_with_a_draft_box_gets_its_jpeg_shrunk_on_load(tmp_path: Path
     # Decoded at 1/4: 160x120 still covers the 100x75 the box asks for; without a box, every pixel.
     assert drafted(activity, ctx)["outputs"]["size"] == [160, 120]
     assert whole(activity, ctx)["outputs"]["size"] == [640, 480]
+
+
+def test_the_image_key_is_reserved_and_a_daemon_needs_no_pipeline_machinery() -> None:
+    """RESERVED_KEYS spells steps.IMAGE_KEY out, so that importing the built-in image processors (which
+    every worker does) does not import steps (and with it asyncio)."""
+    from spoolpipe.steps import IMAGE_KEY
+
+    assert IMAGE_KEY in RESERVED_KEYS
+    probe = "import sys, spoolpipe.image_processors; print('spoolpipe.steps' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout
+    assert out.split() == ["False"]

@@ -17,7 +17,6 @@ do image work: every worker imports this module.
 
 from __future__ import annotations
 
-import asyncio
 import math
 import threading
 from collections.abc import Callable, Mapping, Sequence
@@ -27,20 +26,10 @@ from typing import TYPE_CHECKING, Any, Final, Literal
 from .activity import Activity
 from .config import Settings
 from .processor import Context, Fatal, processor
-from .steps import (
-    IMAGE_KEY,
-    Pipeline,
-    PipelineGraphError,
-    PipelineResult,
-    PipelineRunError,
-    StepFatal,
-    StepResult,
-    StepStatus,
-    any_step_abandoned,
-)
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # steps (and asyncio) are imported by the first pipeline run: the daemon never needs them
     from .images import Limits
+    from .steps import Pipeline, PipelineResult, StepResult
 
 __all__ = [
     "ACTIVITY_KEY",
@@ -78,8 +67,8 @@ LOG_KEY: Final = "log"
 SETTINGS_KEY: Final = "settings"
 """The worker's ``config.Settings`` (``custom`` holds the ``custom.*`` keys)."""
 RESERVED_KEYS: Final = frozenset(
-    {ACTIVITY_KEY, INPUT_PATH_KEY, ROOTS_KEY, FOLLOW_UP_KEY, LOG_KEY, SETTINGS_KEY, IMAGE_KEY}
-)
+    {ACTIVITY_KEY, INPUT_PATH_KEY, ROOTS_KEY, FOLLOW_UP_KEY, LOG_KEY, SETTINGS_KEY, "image"}
+)  # "image": steps.IMAGE_KEY (test_image_processors checks they agree)
 """Context keys the activity's data may not use."""
 
 FollowUpFunction = Callable[..., None]
@@ -219,6 +208,8 @@ class _FollowUps:
         key: str | None = None,
         delay: float | None = None,
     ) -> None:
+        from .steps import StepFatal
+
         with self._lock:
             if not self._open:
                 raise StepFatal(f"follow-up {type!r} asked for after the pipeline run ended")
@@ -271,6 +262,8 @@ def _summary(
 
 
 def _retryable(result: StepResult) -> bool:
+    from .steps import StepStatus
+
     failed = [item for item in result.items if item.status is StepStatus.FAILED]
     if failed:
         return any(_retryable(item) for item in failed)
@@ -332,6 +325,10 @@ def pipeline_processor(
             raise Fatal(f"image refused: {exc.reason}") from exc
         except ValueError as exc:
             raise Fatal(f"image refused: {input_path}: unsupported pixel mode ({exc})") from exc
+        import asyncio
+
+        from .steps import PipelineGraphError, PipelineRunError, StepStatus, any_step_abandoned
+
         pipeline = build()
         follow_up = _FollowUps(ctx)
         initial: dict[str, Any] = {
