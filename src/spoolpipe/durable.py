@@ -200,6 +200,7 @@ class Spares:
         self._owner: tuple[int, int] | None = None  # (uid, gid) of the last file this process created
         self._serial = 0
         self._prefix = f"{_SPARE}{worker}~{os.getpid()}-{os.urandom(4).hex()}"
+        self._mode = 0o644 & ~_umask() if self._limit else 0o644  # what write_file's files get
 
     @staticmethod
     def drop_left_by(directory: str, worker: str) -> None:
@@ -233,33 +234,36 @@ class Spares:
             self._owner = (st.st_uid, st.st_gid)
 
     def _rewrite(self, spare: str, path: str, data: bytes) -> bool:
-        """Move ``spare`` to ``path`` and write ``data`` into it; False if it was gone or unsafe to reuse."""
+        """Write ``data`` into ``spare`` and move it to ``path``; False if it was gone or unsafe to reuse.
+
+        Checked and written under its name in ``tmp/``, which nobody opens: an open during the
+        lease check would signal this process (``SIGIO``)."""
         try:
-            if not take(spare, path):
-                return False  # swept away meanwhile
-        except FileExistsError:
-            self._files.append(spare)
-            raise  # as write_file would
+            fd = os.open(spare, os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        except OSError:  # swept away meanwhile, or read-only: its owner made it so
+            with contextlib.suppress(OSError):
+                os.unlink(spare)
+            return False
         try:
-            fd = os.open(path, os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
-        except OSError:  # e.g. read-only: its owner made it so
-            fd = -1
-        try:
-            reusable = fd >= 0 and self._reusable(fd)
+            reusable = self._reusable(fd)
             if reusable:
                 _write_all(fd, data)
                 os.ftruncate(fd, len(data))
         except BaseException:
             with contextlib.suppress(OSError):
-                os.unlink(path)
+                os.unlink(spare)
             raise
         finally:
-            if fd >= 0:
-                os.close(fd)
+            os.close(fd)
         if not reusable:
             with contextlib.suppress(FileNotFoundError):
-                os.unlink(path)
-        return reusable
+                os.unlink(spare)
+            return False
+        try:
+            return take(spare, path)  # False: swept away after the write
+        except FileExistsError:
+            self._files.append(spare)
+            raise  # as write_file would
 
     def _reusable(self, fd: int) -> bool:
         st = os.fstat(fd)
@@ -273,8 +277,8 @@ class Spares:
                 self._limit = 0  # leases not offered here (NFS, FUSE): stop keeping spares
             return False
         fcntl.fcntl(fd, _LEASE, fcntl.F_UNLCK)
-        if stat.S_IMODE(st.st_mode) != _FILE_MODE:
-            os.fchmod(fd, _FILE_MODE)
+        if stat.S_IMODE(st.st_mode) != self._mode:
+            os.fchmod(fd, self._mode)
         return True
 
     def drop(self) -> None:
@@ -320,10 +324,6 @@ def _umask() -> int:
     mask = os.umask(0o022)
     os.umask(mask)
     return mask
-
-
-_FILE_MODE = 0o644 & ~_umask()
-"""What a file created by ``write_file`` gets: a reused spare is given the same."""
 
 
 def write_atomic(path: str | os.PathLike[str], data: bytes | str) -> None:
