@@ -31,9 +31,9 @@ from multiprocessing.connection import Connection
 from multiprocessing.process import BaseProcess
 from typing import Any
 
+from . import _libc
 from .attempt import Attempts, Item, Report, Setup
 
-_PR_SET_PDEATHSIG = 1
 _BUILTIN_MODULES = (
     "spoolpipe.failure",
     "spoolpipe.image_processors",
@@ -93,9 +93,9 @@ def reload_processors(modules: Sequence[str], paths: Sequence[str]) -> None:
 
 
 def _die_with_parent() -> None:
-    with contextlib.suppress(Exception):
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+    prctl = _libc.function("prctl", [ctypes.c_int, ctypes.c_ulong])
+    if prctl is not None:
+        prctl(_libc.PR_SET_PDEATHSIG, signal.SIGKILL)
     if os.getppid() == 1:
         os._exit(1)
 

@@ -23,6 +23,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from .. import _libc
 from ..activity import Activity
 from ..processor import Context, Fatal, processor
 from . import specs
@@ -35,7 +36,6 @@ RESULT_TAIL_CHARS = 2000
 #: How long output is still read after the program exited, from what it left running.
 _LINGER_SECONDS = 0.5
 _READ_SIZE = 65536
-_PR_SET_PDEATHSIG = 1
 _RESTORED = (int(signal.SIGINT), int(signal.SIGTERM), int(signal.SIGHUP))
 
 
@@ -74,18 +74,16 @@ def _child_setup() -> Callable[[], None] | None:
     with a worker killed by ``kill -9``), which it would outlive in its own session
     otherwise. Resolved before the fork, so the child only makes system calls.
     """
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        prctl, set_handler = libc.prctl, libc.signal
-    except (OSError, AttributeError):
+    prctl = _libc.function("prctl", [ctypes.c_int, ctypes.c_ulong])
+    set_handler = _libc.function("signal", [ctypes.c_int, ctypes.c_void_p], ctypes.c_void_p)
+    if prctl is None or set_handler is None:
         return None
-    set_handler.argtypes = [ctypes.c_int, ctypes.c_void_p]
     default = ctypes.c_void_p(0)  # SIG_DFL
 
     def setup() -> None:
         for number in _RESTORED:
             set_handler(number, default)
-        prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+        prctl(_libc.PR_SET_PDEATHSIG, signal.SIGKILL)
 
     return setup
 
