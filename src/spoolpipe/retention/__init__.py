@@ -19,9 +19,9 @@ on first use: a worker imports this package, and most never write an archive.
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
+from .._lazy import attributes
 from ._expiry import (
     STATES,
     Entry,
@@ -58,10 +58,4 @@ __all__ = [
     "still_archived",
 ]
 
-_ON_FIRST_USE = {"END_MEMBER": "._archive", "run_command": "._purge"}
-
-
-def __getattr__(name: str) -> Any:
-    if name not in _ON_FIRST_USE:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    return getattr(importlib.import_module(_ON_FIRST_USE[name], __name__), name)
+__getattr__ = attributes(__name__, {"END_MEMBER": "._archive", "run_command": "._purge"})

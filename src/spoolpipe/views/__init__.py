@@ -8,9 +8,9 @@ the repository is untrusted: names, types and reasons come back escaped
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
+from .._lazy import attributes
 from .listing import STATES, State, entries
 
 if TYPE_CHECKING:
@@ -20,12 +20,4 @@ if TYPE_CHECKING:
 __all__ = ["STATES", "State", "entries", "status", "story"]
 
 #: Imported on first use: every command's parser needs ``STATES``, only two commands these.
-_ON_FIRST_USE = {"status": ".status", "story": ".story"}
-
-
-def __getattr__(name: str) -> Any:
-    if name not in _ON_FIRST_USE:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(_ON_FIRST_USE[name], __name__), name)
-    globals()[name] = value  # in place of the submodule of the same name the import bound here
-    return value
+__getattr__ = attributes(__name__, {"status": ".status", "story": ".story"})
