@@ -39,6 +39,8 @@ from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
 
+from benchlib import as_installed
+
 HAND_SCRIPT = """
 import os, sys, time
 from pathlib import Path
@@ -202,6 +204,7 @@ def main() -> int:
         "--only", default="", help="comma-separated contenders to run (default: all; ratios need their pair)"
     )
     args = parser.parse_args()
+    as_installed("PIL")
     if args.runs < 5:
         parser.error("--runs must be at least 5: a median of fewer says little on a shared machine")
     base = Path(tempfile.mkdtemp(prefix="spoolpipe-bench-images-", dir=args.dir))
