@@ -81,7 +81,6 @@ def as_installed(*packages: str) -> None:
             compileall.compile_dir(location, quiet=1)
 
 
-
 def parser(description: str | None) -> argparse.ArgumentParser:
     """The options every script takes; scripts add their own. Compiles the contenders' bytecode."""
     as_installed()
