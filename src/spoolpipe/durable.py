@@ -12,13 +12,13 @@ import ctypes
 import errno
 import fcntl
 import os
-import re
 import stat
 from collections.abc import Callable
 from pathlib import Path
 from typing import cast
 
 from . import _libc
+from ._mounts import filesystem_type
 
 _syncfs = cast("Callable[[int], int] | None", _libc.function("syncfs", [ctypes.c_int]))
 
@@ -295,19 +295,8 @@ _LOCAL_FILE_SYSTEMS = frozenset(
 
 
 def is_local(path: StrPath) -> bool:
-    """Whether ``path`` is on a local file system, by the longest mount point above it in /proc."""
-    try:
-        with open("/proc/self/mounts", "rb") as f:
-            mounts = [line.split()[1:3] for line in f]
-    except OSError:
-        return False
-    real = os.path.realpath(path)
-    best, kind = "", ""
-    for point, fstype in (m for m in mounts if len(m) == 2):
-        where = os.fsdecode(re.sub(rb"\\([0-7]{3})", lambda m: bytes([int(m[1], 8)]), point))
-        if (real == where or real.startswith(where.rstrip("/") + "/")) and len(where) >= len(best):
-            best, kind = where, fstype.decode("ascii", "replace")
-    return kind in _LOCAL_FILE_SYSTEMS
+    """Whether ``path`` is on a local file system, where a write lease sees every open of a file."""
+    return filesystem_type(path) in _LOCAL_FILE_SYSTEMS
 
 
 def _create(path: StrPath) -> int:

@@ -21,6 +21,8 @@ from pathlib import Path
 
 from filelock import BaseFileLock, FileLock, SoftFileLease, StrictSoftFileLock, Timeout
 
+from ._mounts import filesystem_type
+
 MODES = ("flock", "lease", "strict")
 # File systems whose flock is shared by every client of the same data.
 _FLOCK_FILESYSTEMS = {
@@ -46,26 +48,6 @@ _FLOCK_FILESYSTEMS = {
 
 class WorkerAlreadyRunning(Exception):
     """Another live process holds this worker id."""
-
-
-def filesystem_type(path: Path) -> str:
-    """The type of the mount holding ``path``, from /proc/self/mountinfo; "" when unknown."""
-    target = os.path.realpath(path)
-    best, best_type = "", ""
-    try:
-        with open("/proc/self/mountinfo", encoding="utf-8", errors="replace") as mountinfo:
-            for line in mountinfo:
-                left, _, right = line.partition(" - ")
-                fields = left.split()
-                if len(fields) < 5 or not right:
-                    continue
-                mount_point = fields[4].replace("\\040", " ")
-                inside = target == mount_point or target.startswith(mount_point.rstrip("/") + "/")
-                if inside and len(mount_point) >= len(best):
-                    best, best_type = mount_point, right.split()[0]
-    except OSError:
-        return ""
-    return best_type
 
 
 def resolve_mode(mode: str, repository: Path) -> str:
