@@ -17,10 +17,10 @@ from typing import Any
 import pytest
 
 from spoolpipe import config
-from spoolpipe.activity import Activity, parse_activity
+from spoolpipe.activity import Activity, ClaimName, parse_activity
 from spoolpipe.cli import build_parser
 from spoolpipe.record import Attempt, done_record, failed_record
-from spoolpipe.repository import PROPERTIES_FILE, STATE_DIRS, SUPPORT_DIRS, Repository, dumps
+from spoolpipe.repository import PROPERTIES_FILE, STATE_DIRS, SUPPORT_DIRS, Found, Repository, dumps
 
 SPOOLPIPE = [sys.executable, "-m", "spoolpipe"]
 ULID = re.compile(r"\A[0-9A-HJKMNP-TV-Z]{26}\Z")
@@ -316,9 +316,11 @@ def _populate(repo: Path) -> None:
     # A claim committed but not yet finished counts once, as running.
     store = Repository(repo, fsync=False)
     (inbox / "g.json").write_text('{"type": "t.handled"}')
-    activity = parse_activity((inbox / "g.json").read_bytes(), "g.json")
-    claim = store.claim("g.json", activity, "w2")
-    assert claim is not None
+    found = store.read("g.json", limit=1 << 20)
+    assert isinstance(found, Found)
+    activity = found.activity
+    claim = store.claim("g.json", activity, "w2", stamp=found.stamp)
+    assert isinstance(claim, ClaimName)
     store.stage(claim, "done", done_record(activity, ATTEMPT, None, []), [])
     assert store.commit(claim)
     (repo / "done" / "done-0.json").write_text("{}")

@@ -11,7 +11,7 @@ import pytest
 from spoolpipe.activity import Activity
 from spoolpipe.intake import Intake
 from spoolpipe.outcome import Done, Failed, Outcome, Retry, decide
-from spoolpipe.repository import Repository
+from spoolpipe.repository import Found, Repository
 from spoolpipe.retry import RetryPolicy
 
 NOW = 1_800_000_000.0
@@ -130,4 +130,6 @@ def test_an_activity_is_what_the_intake_hands_out(repo: Repository) -> None:
     drop(repo, "a.json", {"type": "t", "data": {"n": 1}})
     intake = intake_of(repo)
     found = intake.take(NOW, lambda a: True, lambda t: True, 1, lambda n, r: None)
-    assert found == [("a.json", Activity("a", "t", {"n": 1}))]
+    st = os.stat(repo.inbox / "a.json")
+    # With the stamp of the file it was read from: the claim checks it took that very file.
+    assert found == [("a.json", Found(Activity("a", "t", {"n": 1}), (st.st_ino, st.st_size, st.st_mtime_ns)))]

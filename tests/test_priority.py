@@ -171,10 +171,10 @@ def taken(  # type: ignore[no-untyped-def]
 ) -> list[str]:
     """The ids handed out, in order; their files leave the inbox as a claim would take them."""
     found = intake.take(NOW, admit, handled, want, lambda name, reason: None)
-    for name, activity in found:
+    for name, read in found:
         intake.forget(name)
-        os.rename(repo.inbox / name, repo.running / f"{activity.id}~1~w1.json")
-    return [activity.id for _, activity in found]
+        os.rename(repo.inbox / name, repo.running / f"{read.activity.id}~1~w1.json")
+    return [read.activity.id for _, read in found]
 
 
 def dropped(repo: Repository, name: str, doc: dict[str, object]) -> None:
@@ -245,7 +245,7 @@ def test_a_batch_never_passes_a_higher_priority(repo: Repository) -> None:
     intake = Intake(repo, limit=lambda: 1 << 20, settle=lambda: 0.0)
     intake.rescan()
     found = intake.take(NOW, lambda a: True, lambda t: True, 10, lambda n, r: None, 9)
-    assert [a.id for _, a in found] == ["a", "b"]
+    assert [read.activity.id for _, read in found] == ["a", "b"]
 
 
 # -- real workers -------------------------------------------------------------------------------------

@@ -12,6 +12,8 @@ import time
 from collections import Counter
 from pathlib import Path
 
+import pytest
+
 from harness import (
     drop,
     effects,
@@ -25,8 +27,8 @@ from harness import (
     submit,
     wait_for,
 )
-from spoolpipe.activity import Activity, new_id
-from spoolpipe.repository import Repository
+from spoolpipe.activity import new_id
+from spoolpipe.repository import Found, Repository
 
 
 def _claims_of(repo: Path, worker: str) -> int:
@@ -92,8 +94,11 @@ def _claim_everything(
     ready.wait()
     won = []
     for name in names:
-        activity = Activity(name[:-5], "t.noop")
-        if repo.claim(name, activity, worker) is not None:
+        found = repo.read(name, limit=1 << 20)
+        if found is None:  # claimed by another worker already
+            continue
+        assert isinstance(found, Found)
+        if repo.claim(name, found.activity, worker, stamp=found.stamp) is not None:
             won.append(name)
     queue.put(won)
 
@@ -326,4 +331,39 @@ def test_a_worker_never_runs_one_activity_in_two_pool_processes(tmp_path: Path) 
     ran = Counter(e[0] for e in effects(repo, "t.child"))
     assert {i: ran[i] for i in ids} == dict.fromkeys(ids, 1)
     assert sorted(ids_in(repo / "done")) == sorted(ids)
+    assert leftovers(repo) == {}
+
+
+REPLACER = """
+@processor("t.replace")
+def replace(activity, ctx):
+    # Replaces a waiting inbox file with a new document under the same name, as a person's
+    # `mv new.json inbox/NAME` does, while that file is already in this batch.
+    target = activity.data.get("replace")
+    new = json.dumps({"type": "t.replace", "data": {"version": "new"}})
+    if activity.data.get("how") == "rename":
+        staged = ctx.repository / "inbox" / ".replacement"
+        staged.write_text(new)
+        os.rename(staged, ctx.repository / "inbox" / target)
+    elif activity.data.get("how") == "rewrite":
+        (ctx.repository / "inbox" / target).write_text(new)
+    return activity.data.get("version")
+"""
+
+
+@pytest.mark.parametrize("how", ["rename", "rewrite"])
+def test_a_file_replaced_after_it_was_read_runs_what_it_holds_when_claimed(tmp_path: Path, how: str) -> None:
+    """A waiting file renamed over (or rewritten in place) after the daemon read it but before its
+    claim: what runs, and what the record says, is the document that was claimed; nothing is lost."""
+    repo = make_repository(tmp_path, "pool.size = 1\n", extra_processors=REPLACER)
+    drop(repo, "a0.json", '{"type": "t.replace", "data": {"version": "warm-up"}}')  # learns the pace
+    drop(repo, "b1.json", json.dumps({"type": "t.replace", "data": {"replace": "b2.json", "how": how}}))
+    drop(repo, "b2.json", '{"type": "t.replace", "data": {"version": "old"}}')
+    for i in range(8):  # a backlog, so that b1 and b2 go to the pool process in one batch
+        drop(repo, f"c{i}.json", '{"type": "t.replace", "data": {"version": "filler"}}')
+    run_until_idle(repo)
+    done = records(repo / "done")
+    assert done["b2"]["result"] == "new", done["b2"]
+    assert done["b2"]["data"] == {"version": "new"}
+    assert len(done) == 11
     assert leftovers(repo) == {}

@@ -17,7 +17,7 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import pytest
 
@@ -28,6 +28,7 @@ from spoolpipe.repository import (
     PROPERTIES_FILE,
     STATE_DIRS,
     SUPPORT_DIRS,
+    Found,
     NotARepository,
     Rejected,
     Repository,
@@ -58,16 +59,26 @@ def drop(repo: Repository, name: str, doc: Any) -> Path:
 
 
 def read_ok(repo: Repository, name: str) -> Activity:
+    return read_found(repo, name).activity
+
+
+def read_found(repo: Repository, name: str) -> Found:
     found = repo.read(name, limit=LIMIT)
-    assert isinstance(found, Activity), found
+    assert isinstance(found, Found), found
     return found
+
+
+def claim_file(repo: Repository, name: str, worker: str) -> ClaimName | Literal["changed"] | None:
+    """Read an inbox file and claim it, as a worker does."""
+    found = read_found(repo, name)
+    return repo.claim(name, found.activity, worker, stamp=found.stamp)
 
 
 def claim_new(repo: Repository, activity_id: str = "job-7", worker: str = "w1", **doc: Any) -> ClaimName:
     name = f"{activity_id}.json"
     drop(repo, name, {"type": "t", **doc})
-    claim = repo.claim(name, read_ok(repo, name), worker)
-    assert claim is not None
+    claim = claim_file(repo, name, worker)
+    assert isinstance(claim, ClaimName)
     return claim
 
 
@@ -139,8 +150,7 @@ def test_submit_publishes_atomically_and_refuses_duplicates(repo: Repository) ->
 def test_claim_moves_inbox_to_running_under_the_documented_name(repo: Repository) -> None:
     drop(repo, "job-7~3~1000.json", {"type": "t", "data": {"n": 1}})
     original = (repo.inbox / "job-7~3~1000.json").read_bytes()
-    activity = read_ok(repo, "job-7~3~1000.json")
-    claim = repo.claim("job-7~3~1000.json", activity, "nas")
+    claim = claim_file(repo, "job-7~3~1000.json", "nas")
     assert claim == ClaimName("job-7", 3, "nas")
     assert listing(repo.inbox) == []
     assert listing(repo.running) == ["job-7~3~nas.json"]
@@ -150,9 +160,9 @@ def test_claim_moves_inbox_to_running_under_the_documented_name(repo: Repository
 
 def test_a_second_claim_of_the_same_file_fails(repo: Repository) -> None:
     drop(repo, "job-7.json", {"type": "t"})
-    activity = read_ok(repo, "job-7.json")
-    assert repo.claim("job-7.json", activity, "w1") == ClaimName("job-7", 1, "w1")
-    assert repo.claim("job-7.json", activity, "w2") is None
+    found = read_found(repo, "job-7.json")
+    assert repo.claim("job-7.json", found.activity, "w1", stamp=found.stamp) == ClaimName("job-7", 1, "w1")
+    assert repo.claim("job-7.json", found.activity, "w2", stamp=found.stamp) is None
     assert listing(repo.running) == ["job-7~1~w1.json"]
 
 
@@ -162,12 +172,37 @@ def test_a_claim_never_replaces_another_claim(repo: Repository) -> None:
     # vanishes without a trace and the id runs twice.
     drop(repo, "a.json", {"id": "X", "type": "t", "data": {"n": 1}})
     drop(repo, "b.json", {"id": "X", "type": "t", "data": {"n": 2}})
-    first, second = read_ok(repo, "a.json"), read_ok(repo, "b.json")
-    assert repo.claim("a.json", first, "w1") is not None
+    assert isinstance(claim_file(repo, "a.json", "w1"), ClaimName)
     claimed_bytes = (repo.running / "X~1~w1.json").read_bytes()
-    assert repo.claim("b.json", second, "w1") is None
+    assert claim_file(repo, "b.json", "w1") is None
     assert (repo.running / "X~1~w1.json").read_bytes() == claimed_bytes
     assert listing(repo.inbox) == ["b.json"]
+
+
+@pytest.mark.parametrize("how", ["renamed over", "rewritten in place"])
+def test_a_claim_of_a_file_changed_since_it_was_read_goes_back_unrun(repo: Repository, how: str) -> None:
+    drop(repo, "job.json", {"type": "t", "data": {"version": "old"}})
+    found = read_found(repo, "job.json")
+    if how == "renamed over":
+        drop(repo, ".new", {"type": "t", "data": {"version": "new"}})
+        os.rename(repo.inbox / ".new", repo.inbox / "job.json")
+    else:
+        drop(repo, "job.json", {"type": "t", "data": {"version": "newer"}})
+    assert repo.claim("job.json", found.activity, "w1", stamp=found.stamp) == "changed"
+    assert repo.put_back(ClaimName("job", 1, "w1"), "job.json") is True
+    assert listing(repo.running) == []
+    assert read_ok(repo, "job.json").data["version"] in ("new", "newer")
+
+
+def test_a_changed_claim_whose_name_was_taken_meanwhile_is_not_put_over_it(repo: Repository) -> None:
+    drop(repo, "job.json", {"type": "t", "data": {"version": "old"}})
+    found = read_found(repo, "job.json")
+    drop(repo, "job.json", {"type": "t", "data": {"version": "new"}})
+    assert repo.claim("job.json", found.activity, "w1", stamp=found.stamp) == "changed"
+    drop(repo, "job.json", {"type": "t", "data": {"version": "third"}})
+    assert repo.put_back(ClaimName("job", 1, "w1"), "job.json") is False
+    assert read_ok(repo, "job.json").data["version"] == "third"
+    assert json.loads((repo.running / "job~1~w1.json").read_text())["data"]["version"] == "new"
 
 
 def test_claims_lists_committed_and_uncommitted_claims_once(repo: Repository) -> None:
@@ -337,7 +372,7 @@ def test_recover_finishes_a_committed_claim_and_follow_ups_appear_once(repo: Rep
 
     # A follow-up gets claimed meanwhile; finishing again must not publish anything a second time.
     child = follow_ups[0]["id"]
-    assert repo.claim(f"{child}.json", read_ok(repo, f"{child}.json"), "w2") is not None
+    assert isinstance(claim_file(repo, f"{child}.json", "w2"), ClaimName)
     repo.finish([staged])
     repo.finish([staged])
     assert repo.recover(claim) == "gone"
@@ -383,8 +418,8 @@ def test_finish_gives_up_only_its_own_reservation(repo: Repository) -> None:
     # Meanwhile the reservation was deleted by hand and another copy of the id reserved it.
     os.unlink(repo.ids / "job-7")
     drop(repo, "copy.json", {"id": "job-7", "type": "t"})
-    second = repo.claim("copy.json", read_ok(repo, "copy.json"), "w2")
-    assert second is not None
+    second = claim_file(repo, "copy.json", "w2")
+    assert isinstance(second, ClaimName)
     assert repo.reserve(second, claimed_activity(repo, second), "copy.json", time.time()) is None
     repo.finish([staged])
     assert listing(repo.done) == ["job-7.json"]
@@ -393,8 +428,8 @@ def test_finish_gives_up_only_its_own_reservation(repo: Repository) -> None:
 
 def test_recover_requeues_an_uncommitted_claim_as_the_next_attempt(repo: Repository) -> None:
     drop(repo, "job-7~2~1000.json", {"type": "t", "data": {"n": 1}})
-    claim = repo.claim("job-7~2~1000.json", read_ok(repo, "job-7~2~1000.json"), "w1")
-    assert claim is not None
+    claim = claim_file(repo, "job-7~2~1000.json", "w1")
+    assert isinstance(claim, ClaimName)
     repo.stage(claim, "done", *outcome_with_follow_ups(Activity("job-7", "t", {}, 2), ["1"]))
     assert repo.recover(claim) == "requeued"
     assert listing(repo.inbox) == ["job-7~3.json"]
@@ -431,8 +466,8 @@ def test_release_puts_the_claim_back_with_the_given_attempt(
 ) -> None:
     name = "job-7.json" if attempt == 1 else f"job-7~{attempt}.json"
     drop(repo, name, {"type": "t"})
-    claim = repo.claim(name, read_ok(repo, name), "w1")
-    assert claim is not None
+    claim = claim_file(repo, name, "w1")
+    assert isinstance(claim, ClaimName)
     assert repo.release(claim, claim.attempt, not_before) is True
     assert listing(repo.inbox) == [expected]
     assert listing(repo.running) == []
@@ -512,7 +547,7 @@ def test_read_respects_the_size_limit(repo: Repository) -> None:
     body = b'{"type": "t"}'
     drop(repo, "fits.json", body + b" " * (limit - len(body)))
     drop(repo, "big.json", body + b" " * (limit + 1 - len(body)))
-    assert isinstance(repo.read("fits.json", limit=limit), Activity)
+    assert isinstance(repo.read("fits.json", limit=limit), Found)
     found = repo.read("big.json", limit=limit)
     assert isinstance(found, Rejected)
     assert "limits.activity-bytes=100" in found.reason
@@ -528,7 +563,7 @@ def test_an_unparsable_file_is_rejected_with_a_stamp_so_the_worker_can_wait(repo
     assert found.stamp == (st.st_ino, st.st_size, st.st_mtime_ns)
     # Finished by its writer in the meantime: it is simply an activity.
     path.write_text('{"type": "t", "data": {}}')
-    assert isinstance(repo.read("half.json", limit=LIMIT), Activity)
+    assert isinstance(repo.read("half.json", limit=LIMIT), Found)
 
 
 def test_an_invalid_but_complete_file_also_carries_a_stamp(repo: Repository) -> None:

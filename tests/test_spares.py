@@ -17,10 +17,10 @@ import pytest
 
 from harness import leftovers, make_repository, records, run_until_idle, submit
 from spoolpipe import config
-from spoolpipe.activity import Activity, ClaimName
+from spoolpipe.activity import ClaimName
 from spoolpipe.durable import Spares, is_local
 from spoolpipe.record import Attempt, done_record
-from spoolpipe.repository import Repository, Settled, Settlement
+from spoolpipe.repository import Found, Repository, Settled, Settlement
 
 ATTEMPT = Attempt("w1", "host", 1234, 1_795_334_400.0, 1_795_334_401.0)
 
@@ -40,9 +40,10 @@ def run_one(repo: Repository, activity_id: str, doc: dict[str, Any] | None = Non
     if not path.exists():
         path.write_text(json.dumps(doc or {"type": "t", "data": {"pad": "x" * 300}}))
     inode = path.stat().st_ino
-    activity = repo.read(path.name, limit=1 << 20)
-    assert isinstance(activity, Activity)
-    claim = repo.claim(path.name, activity, "w1")
+    found = repo.read(path.name, limit=1 << 20)
+    assert isinstance(found, Found)
+    activity = found.activity
+    claim = repo.claim(path.name, activity, "w1", stamp=found.stamp)
     assert isinstance(claim, ClaimName)
     assert repo.reserve(claim, activity, path.name, time.time()) is None
     settlement = Settlement(claim, "done", done_record(activity, ATTEMPT, {"n": activity_id}, []), [])

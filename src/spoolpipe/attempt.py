@@ -35,7 +35,7 @@ from .record import (
     follow_up_document,
     skipped_record,
 )
-from .repository import Busy, Duplicate, Repository, Settlement, SharedClock
+from .repository import Busy, Duplicate, Repository, Settlement, SharedClock, Stamp
 from .retry import RetryPolicy
 from .storable import reason_line
 
@@ -63,6 +63,7 @@ class Item:
 
     name: str
     activity: Activity
+    stamp: Stamp | None = None  # of the file ``activity`` was read from; the claim must take that file
     interrupted: str = ""
 
 
@@ -209,8 +210,12 @@ class Attempts:
     def _claim(self, item: Item) -> ClaimName | None:
         """Claim the entry and make its id this claim's; ``None`` if taken, a duplicate, or unreachable."""
         activity = item.activity
+        assert item.stamp is not None  # only an interrupted item has none, and it is not claimed
         try:
-            claim = self.repo.claim(item.name, activity, self.worker_id)
+            claim = self.repo.claim(item.name, activity, self.worker_id, stamp=item.stamp)
+            if claim == "changed":
+                self._put_back(item)
+                return None
         except OSError as exc:
             self._report(logging.ERROR, f"cannot claim {printable(item.name)}: {printable(str(exc))}")
             return None
@@ -230,6 +235,22 @@ class Attempts:
             self.repo.release(claim, claim.attempt, self.clock.now() + 1.0, activity.priority)
             return None
         return claim
+
+    def _put_back(self, item: Item) -> None:
+        """The file claimed was renamed over or rewritten since the daemon read it: its document is
+        not ``item.activity``. It goes back to the inbox unrun, to be read again."""
+        claim = ClaimName(item.activity.id, item.activity.attempt, self.worker_id)
+        name = printable(item.name)
+        if self.repo.put_back(claim, item.name):
+            self._report(
+                logging.INFO, f"{name} changed after it was read: back in the inbox, to be read again"
+            )
+        else:
+            self._quarantine(
+                self.repo.running,
+                claim.name,
+                f"{name} changed after it was read, and another file took its name in the inbox meanwhile",
+            )
 
     def _quarantine(self, directory: Path, name: str, reason: str) -> None:
         report = quarantine(self.repo, directory, name, reason)

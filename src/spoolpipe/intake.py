@@ -26,7 +26,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 from .activity import DEFAULT_PRIORITY, Activity, is_ignored, parse_inbox_name
-from .repository import Rejected, Repository
+from .repository import Found, Rejected, Repository
 
 #: An entry due now: minus its priority, then its name. Heap order: highest priority, then name (ULIDs: age).
 _Entry = tuple[int, str]
@@ -52,7 +52,7 @@ class Intake:
         self._repo = repo
         self._limit = limit
         self._settle = settle
-        self._parsed: dict[str, Activity] = {}  # read, but refused for now (its type was at capacity)
+        self._parsed: dict[str, Found] = {}  # read, but refused for now (its type was at capacity)
         self._known: set[str] = set()
         self._heap: list[_Entry] = []  # due now
         self._later: list[_Later] = []  # due at a time the name or the document gave
@@ -122,7 +122,7 @@ class Intake:
         want: int,
         quarantine: Callable[[str, str], None],
         priority: int | None = None,
-    ) -> list[tuple[str, Activity]]:
+    ) -> list[tuple[str, Found]]:
         """Up to ``want`` activities due by ``now`` (the shared clock) that ``admit`` lets run, in order.
 
         Entries ``admit`` refuses (their type is at its concurrency) keep their
@@ -134,7 +134,7 @@ class Intake:
             _, rank, name = heapq.heappop(self._later)
             heapq.heappush(self._heap, (rank, name))
         floor = None if priority is None else -priority
-        chosen: list[tuple[str, Activity]] = []
+        chosen: list[tuple[str, Found]] = []
         refused: list[_Entry] = []
         while (
             self._heap
@@ -145,17 +145,18 @@ class Intake:
             rank, name = heapq.heappop(self._heap)
             if name not in self._known:
                 continue
-            found = self._parsed.pop(name, None) or self._repo.read(name, limit=self._limit())
-            if found is None:
+            read = self._parsed.pop(name, None) or self._repo.read(name, limit=self._limit())
+            if read is None:
                 self._known.discard(name)
                 continue
-            if isinstance(found, Rejected):
-                if found.stamp is None or self._settled(name, found.stamp, now):
+            if isinstance(read, Rejected):
+                if read.stamp is None or self._settled(name, read.stamp, now):
                     self._suspects.pop(name, None)
                     self._known.discard(name)
-                    quarantine(name, found.reason)
+                    quarantine(name, read.reason)
                 continue
             self._suspects.pop(name, None)
+            found = read.activity
             if found.priority != -rank:  # the name said otherwise: from now on in line as the document says
                 self._ranks[name] = found.priority
             if not handled(found.type):
@@ -170,10 +171,10 @@ class Intake:
                 continue
             self._delayed.pop(name, None)
             if not admit(found):
-                self._parsed[name] = found
+                self._parsed[name] = read
                 refused.append((-found.priority, name))
                 continue
-            chosen.append((name, found))
+            chosen.append((name, read))
         for entry in refused:
             heapq.heappush(self._heap, entry)
         return chosen
@@ -213,8 +214,9 @@ class Intake:
                 and name not in self._delayed
                 and name not in self._unhandled
             ):
-                found = self._repo.read(name, limit=self._limit())
-                if isinstance(found, Activity):
+                read = self._repo.read(name, limit=self._limit())
+                if isinstance(read, Found):
+                    found = read.activity
                     if handled(found.type):
                         self._delayed[name] = Delayed(found.id, found.type, max(due, found.not_before or 0.0))
                     else:

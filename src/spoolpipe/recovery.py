@@ -95,7 +95,7 @@ class Recovery:
             if state == "committed":
                 self.repo.recover(claim)
             elif state == "claimed" and index == current and not item.interrupted:
-                result.interrupted.append(Item("", item.activity, reason))
+                result.interrupted.append(Item("", item.activity, interrupted=reason))
             elif state == "claimed":
                 # An interrupted attempt whose settling died too counts, as a crash does.
                 self._put_back(claim, claim.attempt + 1 if item.interrupted else claim.attempt)

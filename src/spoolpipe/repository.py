@@ -125,19 +125,35 @@ class Settled:
     error: Exception | None = None
 
 
+#: One version of a file: its inode, size and modification time (ns). A rename keeps all three.
+Stamp = tuple[int, int, int]
+
+
+@dataclass(frozen=True)
+class Found:
+    """An inbox entry's activity, and the stamp of the file it was read from.
+
+    The claim compares the stamp with the file it took: a file renamed over or
+    rewritten after it was read holds another document than ``activity``.
+    """
+
+    activity: Activity
+    stamp: Stamp
+
+
 @dataclass(frozen=True)
 class Rejected:
     """An inbox entry that cannot run, and why.
 
-    ``stamp`` (inode, size, mtime) is set when the content might still be being
-    written: the caller quarantines it only once it has stayed unchanged long enough.
+    ``stamp`` is set when the content might still be being written: the caller
+    quarantines it only once it has stayed unchanged long enough.
     """
 
     reason: str
-    stamp: tuple[int, int, int] | None = None
+    stamp: Stamp | None = None
 
 
-def _stamp(st: os.stat_result) -> tuple[int, int, int]:
+def _stamp(st: os.stat_result) -> Stamp:
     return st.st_ino, st.st_size, st.st_mtime_ns
 
 
@@ -347,7 +363,7 @@ class Repository:
         with os.scandir(self.inbox) as entries:
             return [e.name for e in entries if not is_ignored(e.name)]
 
-    def read(self, name: str, *, limit: int) -> Activity | Rejected | None:
+    def read(self, name: str, *, limit: int) -> Found | Rejected | None:
         """Read an inbox entry without following links or blocking on FIFOs; ``None`` if it is gone."""
         path = f"{self._inbox}/{name}"
         try:
@@ -391,7 +407,7 @@ class Repository:
         if size > limit:
             return Rejected(f"{name} is over limits.activity-bytes={limit} bytes")
         try:
-            return parse_activity(b"".join(chunks), name)
+            return Found(parse_activity(b"".join(chunks), name), _stamp(st))
         except InvalidActivity as exc:
             return Rejected(f"{name}: {exc.reason}", _stamp(st))
 
@@ -440,20 +456,35 @@ class Repository:
         self.durability.renamed(staged, source)
         shutil.rmtree(staged.parent, ignore_errors=True)
 
-    def claim(self, name: str, activity: Activity, worker: str) -> ClaimName | None:
-        """Take an inbox entry for ``worker``; ``None`` if another worker took it first.
+    def claim(
+        self, name: str, activity: Activity, worker: str, *, stamp: Stamp
+    ) -> ClaimName | Literal["changed"] | None:
+        """Take an inbox entry, read as ``activity`` from a file of ``stamp``, for ``worker``;
+        ``None`` if another worker took it first.
 
         Also ``None`` while this worker already holds a claim of the same id and
         attempt (another copy): it is left in the inbox until that claim is settled.
+        ``"changed"``: the file taken is not the one ``activity`` was read from (renamed
+        over or rewritten since); the caller puts it back (``put_back``) to be read again.
         """
         claim = ClaimName(activity.id, activity.attempt, worker)
+        path = f"{self._running}/{claim.name}"
         try:
-            if not take(f"{self._inbox}/{name}", f"{self._running}/{claim.name}"):
+            if not take(f"{self._inbox}/{name}", path):
                 return None
         except FileExistsError:
             return None
         self.durability.changed(self._inbox, self._running)
-        return claim
+        return claim if _stamp(os.lstat(path)) == stamp else "changed"
+
+    def put_back(self, claim: ClaimName, name: str) -> bool:
+        """Move an untouched claim back to ``inbox/name``; False if another file has that name now."""
+        try:
+            move_noreplace(f"{self._running}/{claim.name}", f"{self._inbox}/{name}")
+        except FileExistsError:
+            return False
+        self.durability.changed(self._inbox, self._running)
+        return True
 
     def reserve(self, claim: ClaimName, activity: Activity, name: str, now: float) -> Duplicate | Busy | None:
         """Make the claim's id its own: ``None`` if it is; :class:`Duplicate` if another copy holds it;

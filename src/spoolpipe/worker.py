@@ -455,7 +455,7 @@ class Worker:
         found = self.intake.take(now, admit, self._claimable, want, quarantine, priority)
         for name, _ in found:
             self.intake.forget(name)
-        return [Item(name, activity) for name, activity in found]
+        return [Item(name, read.activity, read.stamp) for name, read in found]
 
     def _send(self, slot: Slot, batch: Sequence[Item]) -> None:
         log.debug("handing %s to pool process %d", counted(len(batch), "activity", "activities"), slot.index)

@@ -13,8 +13,8 @@ from pathlib import Path
 from typing import Any, Literal, get_args
 
 from .. import config
-from ..activity import Activity, is_ignored, parse_inbox_name, parse_running_name, printable
-from ..repository import Rejected, Repository
+from ..activity import is_ignored, parse_inbox_name, parse_running_name, printable
+from ..repository import Found, Rejected, Repository
 from .reading import age, integer, iso, read_bytes, read_document, shared_now, text
 
 State = Literal["inbox", "running", "done", "failed", "invalid"]
@@ -83,12 +83,13 @@ def _listed(state: State, name: str) -> bool:
 def _inbox(repo: Repository, directory: Path, name: str, activity_bytes: int) -> dict[str, Any]:
     read = repo.read(name, limit=activity_bytes)
     queued = parse_inbox_name(name)
-    if isinstance(read, Activity):
+    if isinstance(read, Found):
+        activity = read.activity
         return {
-            "id": printable(read.id),
-            "type": printable(read.type),
-            "attempts": read.attempt,
-            "not_before": iso(read.not_before),
+            "id": printable(activity.id),
+            "type": printable(activity.type),
+            "attempts": activity.attempt,
+            "not_before": iso(activity.not_before),
             "reason": None,
         }
     reason = read.reason if isinstance(read, Rejected) else "gone"
