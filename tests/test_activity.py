@@ -25,6 +25,7 @@ from spoolpipe.activity import (
     derived_id,
     is_ignored,
     is_valid_name,
+    nesting,
     new_id,
     parse_activity,
     parse_claim_name,
@@ -778,3 +779,21 @@ def test_failure_ids_are_deterministic_but_differ_for_a_later_failure() -> None:
         failure_document("h", record, 1_048_576)["id"]
         != failure_document("h", failed_record(activity, later, "boom", ""), 1_048_576)["id"]
     )
+
+
+def _nested(levels: int) -> object:
+    value: object = {}
+    for _ in range(levels - 1):
+        value = {"x": value}
+    return value
+
+
+def test_data_may_nest_as_deep_as_a_result_and_no_deeper() -> None:
+    """Deeper data cannot be handed to a pool process (pickling runs out of recursion), so it is
+    invalid on arrival rather than a crash of every worker that reads it."""
+    deepest = parse_activity(json.dumps({"type": "t", "data": _nested(100)}).encode(), "a.json")
+    assert nesting(deepest.data) == 100
+    with pytest.raises(InvalidActivity, match="nested more than 100 levels deep"):
+        parse_activity(json.dumps({"type": "t", "data": _nested(101)}).encode(), "a.json")
+    with pytest.raises(InvalidActivity, match="nested more than 100 levels deep"):
+        parse_activity(json.dumps({"type": "t", "other": [_nested(101)]}).encode(), "a.json")

@@ -212,6 +212,7 @@ BAD_SUBMITS = {
     ("t.x", "[1, 2]"): "DATA: top level is a JSON list, expected an object",
     ("t.x", "{}", "--id", "no/slash"): "--id 'no/slash' is not a valid id",
     ("t.x", "{}", "--delay", "-1"): "--delay must be a number of seconds >= 0",
+    ("t.x", '{"x": ' * 100 + "{}" + "}" * 100): "DATA: lists and objects nested more than 100 levels deep",
 }
 
 

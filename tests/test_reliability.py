@@ -151,6 +151,8 @@ JUNK: dict[str, bytes] = {
     "binary.json": bytes(range(256)),
     "bad name!.json": b'{"type": "t.noop"}',
     "deep.json": b"[" * 100000 + b"]" * 100000,
+    # Parses, but nested too deep to hand to a pool process (pickling it ran out of recursion).
+    "nested-data.json": b'{"type": "t.noop", "data": {"x": ' + b"[" * 600 + b"]" * 600 + b"}}",
 }
 
 
@@ -194,6 +196,7 @@ def test_junk_is_quarantined_with_reasons_while_valid_work_completes(tmp_path: P
         assert "duplicate key" in reasons["duplicate-keys.json"]
         assert "no time zone" in reasons["naive-not-before.json"]
         assert "is not a valid id" in reasons["bad name!.json"]
+        assert "nested more than 100 levels deep" in reasons["nested-data.json"]
         assert sorted(os.listdir(repo / "inbox")) == [".hidden.json", "partial.json.part", "writing.tmp"]
         assert outside.read_text() == '{"type": "t.noop"}'
         # each was quarantined once: no payload appears twice

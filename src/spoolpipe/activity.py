@@ -14,10 +14,12 @@ import math
 import os
 import re
 import time
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Literal, TypeGuard, get_args
+
+from .storable import MAX_DEPTH
 
 NAME_PATTERN = r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}"
 _NAME = re.compile(rf"\A{NAME_PATTERN}\Z")
@@ -287,8 +289,26 @@ def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     return doc
 
 
+def nesting(value: object) -> int:
+    """How deep lists and objects nest in ``value``: 0 for a scalar, 1 for ``[]`` or ``{}``."""
+    deepest, stack = 0, [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, dict):
+            children: Iterable[object] = item.values()
+        elif isinstance(item, list):
+            children = item
+        else:
+            continue
+        deepest = max(deepest, depth)
+        stack.extend((child, depth + 1) for child in children)
+    return deepest
+
+
 def parse_document(raw: bytes) -> dict[str, Any]:
-    """Strict RFC 8259 JSON object from bytes: UTF-8 only, no NaN/Infinity, no duplicate keys."""
+    """Strict RFC 8259 JSON object from bytes: UTF-8 only, no NaN/Infinity, no duplicate keys, and
+    each field's value (``data``...) nested at most ``MAX_DEPTH`` levels, as a result may be: a
+    deeper one cannot even be handed to a pool process."""
     if raw.startswith(b"\xef\xbb\xbf"):
         raise InvalidActivity("file starts with a byte order mark; save it as UTF-8 without BOM")
     try:
@@ -309,6 +329,8 @@ def parse_document(raw: bytes) -> dict[str, Any]:
         raise InvalidActivity(f"malformed JSON: {exc}") from None
     if not isinstance(doc, dict):
         raise InvalidActivity(f"top level is a JSON {type(doc).__name__}, expected an object")
+    if text.count("[") + text.count("{") > MAX_DEPTH and nesting(doc) > MAX_DEPTH + 1:
+        raise InvalidActivity(f"a field's lists and objects are nested more than {MAX_DEPTH} levels deep")
     if "\\u" in text:  # a lone surrogate, which cannot be written back, comes only from an escape
         try:
             json.dumps(doc, ensure_ascii=False).encode("utf-8")

@@ -24,12 +24,14 @@ from .activity import (
     InvalidActivity,
     format_time,
     is_valid_name,
+    nesting,
     new_id,
     parse_document,
     printable,
 )
 from .repository import NotARepository, Repository, filesystem_now
 from .schedule import report as schedule_report
+from .storable import MAX_DEPTH
 from .worker import EXIT_CRASH, StartupError, Worker, default_worker_id
 
 EPILOG = """\
@@ -67,6 +69,8 @@ def _read_data(text: str | None) -> dict[str, Any]:
         doc = parse_document(raw)
     except InvalidActivity as exc:
         raise _UsageError(f"DATA: {exc.reason}") from None
+    if nesting(doc) > MAX_DEPTH:  # as the activity's data field, itself level 1
+        raise _UsageError(f"DATA: lists and objects nested more than {MAX_DEPTH} levels deep")
     return doc
 
 
