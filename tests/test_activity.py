@@ -797,3 +797,13 @@ def test_data_may_nest_as_deep_as_a_result_and_no_deeper() -> None:
         parse_activity(json.dumps({"type": "t", "data": _nested(101)}).encode(), "a.json")
     with pytest.raises(InvalidActivity, match="nested more than 100 levels deep"):
         parse_activity(json.dumps({"type": "t", "other": [_nested(101)]}).encode(), "a.json")
+
+
+def test_a_failure_activity_leaves_out_data_nested_too_deep_for_it() -> None:
+    """The failed activity's data sits two levels down in the failure activity's: data as deep as
+    may be would make the failure activity invalid, so it is left out (read from the record)."""
+    for levels, omitted in ((98, []), (99, ["data"]), (100, ["data"])):
+        record = failed_record(Activity("job-7", "t", _nested(levels)), ATTEMPT, "boom", "tb")
+        doc = failure_document("spoolpipe.failure", record, 1_048_576)
+        assert doc["data"]["failed"]["omitted"] == omitted, levels
+        assert parse_activity(dumps(doc), f"{doc['id']}.json").data == doc["data"]

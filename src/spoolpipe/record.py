@@ -10,9 +10,9 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from .activity import DEFAULT_PRIORITY, Activity, derived_id, format_time
+from .activity import DEFAULT_PRIORITY, Activity, derived_id, format_time, nesting
 from .outcome import Ending
-from .storable import bounded_text, encode, reason_line
+from .storable import MAX_DEPTH, bounded_text, encode, reason_line
 
 #: What a failure activity leaves out, in this order, when it would exceed limits.activity-bytes.
 OMITTABLE = ("data", "traceback")
@@ -168,7 +168,9 @@ def failure_document(handler: str, record: Mapping[str, Any], limit: int) -> dic
     failure_id = derived_id(record["id"], "failure", section["finished_at"])
     document = Activity(failure_id, handler, {"failed": failed}, extra={"parent": record["id"]}).to_json()
     for field in OMITTABLE:
-        if len(encode(document)) <= limit:
+        # ``data`` sits two levels down in the failure activity's data, which nests at most MAX_DEPTH.
+        too_deep = field == "data" and nesting(failed["data"]) > MAX_DEPTH - 2
+        if not too_deep and len(encode(document)) <= limit:
             break
         del document["data"]["failed"][field]
         document["data"]["failed"]["omitted"].append(field)
