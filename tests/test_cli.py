@@ -400,6 +400,48 @@ def test_retry_usage_and_errors(repo: Path) -> None:
     assert (repo / "inbox" / "f1.json").read_text() == '{"type": "t.x"}'
 
 
+def test_retry_refuses_what_is_not_an_id_and_touches_nothing_outside_failed(
+    repo: Path, tmp_path: Path
+) -> None:
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    record = failed_record(Activity("evil", "t.x"), ATTEMPT, "boom", "tb")
+    (outside / "rec.json").write_bytes(dumps(record))
+    _fail(repo, "f1")
+    results = run_all(
+        ("retry", str(repo), "../../outside/rec"),
+        ("retry", str(repo), ""),
+        ("retry", str(repo), "f1", "a/b"),
+    )
+    for result in results:
+        assert result.returncode == 2, str(result)
+        assert "is not a valid id" in result.stderr, str(result)
+        assert result.stdout == ""
+    assert (outside / "rec.json").exists()
+    assert os.listdir(repo / "inbox") == []
+    assert os.listdir(repo / "failed") == ["f1.json"]
+
+
+def test_retry_all_failed_skips_what_is_not_a_record_file_and_requeues_the_rest(repo: Path) -> None:
+    for name in ("aa", "zz"):
+        _fail(repo, name)
+    (repo / "failed" / "dir.json").mkdir()
+    os.mkfifo(repo / "failed" / "fifo.json")  # opening it for reading would block forever
+    (repo / "failed" / "link.json").symlink_to(repo / "failed" / "aa.json")
+    mismatch = failed_record(Activity("other", "t.x"), ATTEMPT, "boom", "tb")
+    (repo / "failed" / "mismatch.json").write_bytes(dumps(mismatch))
+    result = run("retry", str(repo), "--all-failed")
+    assert result.returncode == 1, str(result)
+    assert sorted(result.stdout.splitlines()) == ["requeued aa", "requeued zz"]
+    assert "failed/dir.json cannot be retried: it is a directory" in result.stderr
+    assert "failed/fifo.json cannot be retried: it is a FIFO" in result.stderr
+    assert "failed/link.json cannot be retried: it is a symbolic link" in result.stderr
+    assert "failed/mismatch.json cannot be retried: its id is 'other'" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert sorted(os.listdir(repo / "inbox")) == ["aa.json", "zz.json"]
+    assert sorted(os.listdir(repo / "failed")) == ["dir.json", "fifo.json", "link.json", "mismatch.json"]
+
+
 # -- an invalid configuration ------------------------------------------------------------------------
 
 

@@ -19,6 +19,7 @@ from typing import Any
 from . import __version__, check, config, control, graph, retention, service, views
 from .activity import (
     DEFAULT_PRIORITY,
+    NAME_PATTERN,
     PRIORITIES,
     Activity,
     InvalidActivity,
@@ -156,21 +157,28 @@ def cmd_retry(args: argparse.Namespace) -> int:
     repo = _repository(args.repo)
     if args.all_failed == bool(args.ids):
         raise _UsageError("give activity IDs or --all-failed (not both)")
+    for activity_id in args.ids:
+        if not is_valid_name(activity_id):
+            raise _UsageError(f"{printable(activity_id)!r} is not a valid id ({NAME_PATTERN})")
     ids = sorted(p.stem for p in repo.failed.glob("*.json")) if args.all_failed else args.ids
     problems = 0
     for activity_id in ids:
+        record = f"failed/{printable(activity_id)}.json"
         try:
+            if not is_valid_name(activity_id):
+                raise InvalidActivity(f"its name is not a valid id ({NAME_PATTERN})")
             repo.retry_failed(activity_id)
             print(f"requeued {activity_id}")
+            continue
         except FileNotFoundError:
-            print(f"error: failed/{activity_id}.json does not exist", file=sys.stderr)
-            problems += 1
+            print(f"error: {record} does not exist", file=sys.stderr)
         except FileExistsError as exc:
             print(f"error: {exc}", file=sys.stderr)
-            problems += 1
         except InvalidActivity as exc:
-            print(f"error: failed/{activity_id}.json cannot be retried: {exc.reason}", file=sys.stderr)
-            problems += 1
+            print(f"error: {record} cannot be retried: {exc.reason}", file=sys.stderr)
+        except OSError as exc:
+            print(f"error: {record} cannot be retried: {printable(str(exc))}", file=sys.stderr)
+        problems += 1
     return 1 if problems else 0
 
 
@@ -762,7 +770,8 @@ _EXIT_CODES = {
     "an id already in use) or not a repository",
     "status": "0 printed; 2 bad usage, not a repository or invalid configuration",
     "retry": "0 every ID requeued; 1 an ID without failed/ID.json, or one that cannot be requeued "
-    "(the others still are); 2 bad usage or not a repository",
+    "(the others still are); 2 bad usage (an ID that is not a valid id: nothing is requeued) or not "
+    "a repository",
 }
 
 

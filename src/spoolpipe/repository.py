@@ -815,7 +815,9 @@ class Repository:
         claims it meanwhile recognises the record as the one it was retried from.
         """
         source = self.failed / f"{activity_id}.json"
-        activity = retried_activity(parse_document(source.read_bytes()))
+        activity = retried_activity(parse_document(_read_record(source)))
+        if activity.id != activity_id:
+            raise InvalidActivity(f"its id is {activity.id!r}, not the {activity_id!r} its name says")
         published = self._publish_new(activity, "retry", f"failed/{source.name}")
         with contextlib.suppress(FileNotFoundError):
             os.unlink(source)
@@ -826,6 +828,33 @@ class Repository:
     def count(self, directory: Path) -> int:
         with os.scandir(directory) as entries:
             return sum(1 for e in entries if not is_ignored(e.name))
+
+
+#: Largest record ``retry`` reads: an activity's data and a traceback, each bounded, and its history.
+_RECORD_BYTES = 64 << 20
+
+
+def _read_record(path: Path) -> bytes:
+    """A record file's bytes, never following a link or blocking on a FIFO: InvalidActivity says why
+    it is not a record file."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise InvalidActivity("it is a symbolic link (links are never followed)") from None
+        raise
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise InvalidActivity(f"it is {_kind(st.st_mode)}")
+        if st.st_size > _RECORD_BYTES:
+            raise InvalidActivity(f"it is {st.st_size} bytes, more than a record can be ({_RECORD_BYTES})")
+        chunks = []
+        while chunk := os.read(fd, 1 << 20):
+            chunks.append(chunk)
+        return b"".join(chunks)
+    finally:
+        os.close(fd)
 
 
 def _claim_priority(path: Path) -> int:
