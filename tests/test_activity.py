@@ -10,6 +10,7 @@ import math
 import random
 import re
 import string
+import time
 from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
@@ -23,6 +24,7 @@ from spoolpipe.activity import (
     ClaimName,
     InvalidActivity,
     derived_id,
+    format_time,
     is_ignored,
     is_valid_name,
     nesting,
@@ -31,6 +33,7 @@ from spoolpipe.activity import (
     parse_claim_name,
     parse_inbox_name,
     parse_running_name,
+    parse_time,
     queued_name,
 )
 from spoolpipe.record import Attempt, done_record, failed_record, failure_document, follow_up_document
@@ -807,3 +810,18 @@ def test_a_failure_activity_leaves_out_data_nested_too_deep_for_it() -> None:
         doc = failure_document("spoolpipe.failure", record, 1_048_576)
         assert doc["data"]["failed"]["omitted"] == omitted, levels
         assert parse_activity(dumps(doc), f"{doc['id']}.json").data == doc["data"]
+
+
+def test_the_latest_time_an_activity_may_give_can_be_written_in_any_zone(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """9999-12-31T23:59:59Z is year 10000 fourteen hours east: written in UTC there, not a crash."""
+    latest = parse_time("9999-12-31T23:59:59Z")
+    monkeypatch.setenv("TZ", "EAST-14")
+    time.tzset()
+    try:
+        assert datetime.fromisoformat(format_time(latest)).timestamp() == latest
+        assert datetime.fromisoformat(format_time(0.0)).timestamp() == 0.0
+    finally:
+        monkeypatch.undo()
+        time.tzset()

@@ -212,11 +212,19 @@ BAD_SUBMITS = {
     ("t.x", "[1, 2]"): "DATA: top level is a JSON list, expected an object",
     ("t.x", "{}", "--id", "no/slash"): "--id 'no/slash' is not a valid id",
     ("t.x", "{}", "--delay", "-1"): "--delay must be a number of seconds >= 0",
+    ("t.x", "{}", "--delay", "3e11"): "--delay reaches past 9999-12-31",
+    ("t.x", "{}", "--delay", "1e300"): "--delay reaches past 9999-12-31",
+    (
+        "t.x",
+        '{"x": "' + "y" * 5000 + '"}',
+    ): "bytes, over limits.activity-bytes=4096",
     ("t.x", '{"x": ' * 100 + "{}" + "}" * 100): "DATA: lists and objects nested more than 100 levels deep",
 }
 
 
 def test_submit_rejects_bad_input_with_exit_2_naming_the_problem(repo: Path) -> None:
+    with (repo / PROPERTIES_FILE).open("a") as f:
+        f.write("limits.activity-bytes = 4096\n")
     results = run_all(*(("submit", str(repo), *args) for args in BAD_SUBMITS))
     for message, result in zip(BAD_SUBMITS.values(), results, strict=True):
         assert result.returncode == 2, str(result)
@@ -224,7 +232,8 @@ def test_submit_rejects_bad_input_with_exit_2_naming_the_problem(repo: Path) -> 
         assert "Traceback" not in result.stderr
         assert result.stdout == ""
     assert os.listdir(repo / "inbox") == []
-    assert os.listdir(repo / "tmp") == []
+    # Nothing half-published; a --delay reads the shared clock through its probe file.
+    assert [n for n in os.listdir(repo / "tmp") if not n.startswith(".clock")] == []
 
 
 def test_submit_rejects_a_number_that_is_not_a_finite_float(repo: Path) -> None:

@@ -16,7 +16,7 @@ import re
 import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any, Literal, TypeGuard, get_args
 
 from .storable import MAX_DEPTH
@@ -42,7 +42,7 @@ _KNOWN_FIELDS = frozenset({"id", "type", "data", "not_before", "priority", "resu
 PRIORITIES = range(10)
 DEFAULT_PRIORITY = 5
 # Timestamps spoolpipe can write back: 1970-01-01 to 9999-12-31.
-_LATEST = 253402300799.0
+LATEST = 253402300799.0
 
 
 class InvalidActivity(ValueError):
@@ -353,7 +353,11 @@ def parse_time(value: object) -> float:
 
 
 def format_time(epoch: float) -> str:
-    return datetime.fromtimestamp(epoch).astimezone().isoformat(timespec="milliseconds")
+    """ISO-8601 in the local zone; in UTC where the local date would be past 9999 (or before 1)."""
+    try:
+        return datetime.fromtimestamp(epoch).astimezone().isoformat(timespec="milliseconds")
+    except (OverflowError, ValueError):
+        return datetime.fromtimestamp(epoch, UTC).isoformat(timespec="milliseconds")
 
 
 def is_priority(value: object) -> TypeGuard[int]:
@@ -401,7 +405,7 @@ def activity_from_document(doc: Mapping[str, Any], queued: QueuedName) -> Activi
     not_before = parse_time(doc["not_before"]) if doc.get("not_before") is not None else None
     if queued.not_before_ms is not None:
         not_before = queued.not_before_ms / 1000
-    if not_before is not None and not (math.isfinite(not_before) and 0 <= not_before <= _LATEST):
+    if not_before is not None and not (math.isfinite(not_before) and 0 <= not_before <= LATEST):
         raise InvalidActivity("not_before is out of range (1970-01-01 to 9999-12-31)")
     priority = document_priority(doc)
     extra = {k: v for k, v in doc.items() if k not in _KNOWN_FIELDS}

@@ -19,6 +19,7 @@ from typing import Any
 from . import __version__, check, config, control, graph, retention, service, views
 from .activity import (
     DEFAULT_PRIORITY,
+    LATEST,
     NAME_PATTERN,
     PRIORITIES,
     Activity,
@@ -30,7 +31,7 @@ from .activity import (
     parse_document,
     printable,
 )
-from .repository import NotARepository, Repository, filesystem_now
+from .repository import NotARepository, Repository, dumps, filesystem_now
 from .schedule import report as schedule_report
 from .storable import MAX_DEPTH
 from .worker import EXIT_CRASH, StartupError, Worker, default_worker_id
@@ -86,8 +87,17 @@ def cmd_submit(args: argparse.Namespace) -> int:
     data = _read_data(args.data)
     not_before = None
     if args.delay:
-        not_before = filesystem_now(repo.tmp / ".clock-submit") + args.delay
+        now = filesystem_now(repo.tmp / ".clock-submit")
+        if now + args.delay > LATEST:
+            raise _UsageError(
+                f"--delay reaches past 9999-12-31, the latest not_before: at most {LATEST - now:.0f}"
+            )
+        not_before = now + args.delay
     activity = Activity(args.id or new_id(), args.type, data, 1, not_before, priority=args.priority)
+    limit = config.load(repo.root).settings.limits_activity_bytes
+    size = len(dumps(activity.to_json()))
+    if size > limit:  # a worker would quarantine it
+        raise _UsageError(f"the activity would be {size} bytes, over limits.activity-bytes={limit}")
     try:
         path = repo.submit(activity)
     except FileExistsError as exc:
@@ -767,7 +777,8 @@ def build_parser() -> argparse.ArgumentParser:
 _EXIT_CODES = {
     "init": "0 created what was missing (or nothing was); 2 bad usage",
     "submit": "0 published, the id is printed; 2 bad usage (an invalid TYPE, --id, JSON or --delay, "
-    "an id already in use) or not a repository",
+    "DATA a worker would refuse: over limits.activity-bytes or nested too deep; an id already in "
+    "use), not a repository or invalid configuration",
     "status": "0 printed; 2 bad usage, not a repository or invalid configuration",
     "retry": "0 every ID requeued; 1 an ID without failed/ID.json, or one that cannot be requeued "
     "(the others still are); 2 bad usage (an ID that is not a valid id: nothing is requeued) or not "
