@@ -370,3 +370,17 @@ def test_a_file_replaced_after_it_was_read_runs_what_it_holds_when_claimed(tmp_p
     assert done["b2"]["data"] == {"version": "new"}
     assert len(done) == 11
     assert leftovers(repo) == {}
+
+
+def test_junk_with_a_modification_time_in_the_future_is_quarantined_once_it_stays_unchanged(
+    tmp_path: Path,
+) -> None:
+    """A file restored by tar, or written through a machine whose clock is ahead: its age by the
+    shared clock never reaches inbox.settle-seconds, but it stayed unchanged while watched."""
+    repo = make_repository(tmp_path, "inbox.settle-seconds = 0.5\n")
+    path = drop(repo, "future.json", b"{not json")
+    os.utime(path, (4_102_444_800, 4_102_444_800))  # 2100-01-01
+    run_until_idle(repo, timeout=30)
+    [entry] = (repo / "invalid").iterdir()
+    assert "malformed JSON" in (entry / "reason.txt").read_text()
+    assert os.listdir(repo / "inbox") == []

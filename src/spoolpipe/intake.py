@@ -185,7 +185,8 @@ class Intake:
         Its modification time must be ``inbox.settle-seconds`` old by the shared
         file system's clock, and it must have stayed unchanged that long while this
         worker watched it: a writer whose clock is behind cannot make a file it is
-        still writing look old.
+        still writing look old. A modification time in the future (a writer whose
+        clock is ahead, a restored backup) says nothing of its age: watching decides.
         """
         settle = self._settle()
         seen = self._suspects.get(name)
@@ -195,7 +196,8 @@ class Intake:
             watched_for = 0.0
         else:
             watched_for = watched - seen[1]
-        return watched_for >= settle and now - stamp[2] / 1e9 >= settle
+        age = now - stamp[2] / 1e9
+        return watched_for >= settle and (age >= settle or age < 0)
 
     # -- what is left --------------------------------------------------------------------------------
 
