@@ -130,7 +130,14 @@ def test_canonical_name_whose_document_id_differs_is_invalid() -> None:
 
 def test_names_that_only_look_canonical_are_plain_names() -> None:
     # Attempt 0 and a leading zero are not spoolpipe's: the whole stem is the (invalid) id...
-    for name in ("x~0.json", "x~01.json", "x~1~1e5.json"):
+    # ... nor is a time past 9999-12-31, which no document could give (its file would wait forever).
+    for name in (
+        "x~0.json",
+        "x~01.json",
+        "x~1~1e5.json",
+        "x~1~999999999999999.json",
+        "x~2~253402300800000.json",
+    ):
         assert parse_inbox_name(name).canonical is False
         with pytest.raises(InvalidActivity, match="not a valid id"):
             parse({"type": "t"}, name)

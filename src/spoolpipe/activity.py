@@ -135,7 +135,7 @@ def parse_inbox_name(name: str) -> QueuedName:
     m = _QUEUED.match(name) if "~" in name else None  # most names are plain: no regex for them
     if m:
         stem, attempt, nb, priority = m.groups()
-        if attempt or priority:
+        if (attempt or priority) and not (nb and int(nb) > LATEST * 1000):  # a time no document gives
             return QueuedName(
                 stem,
                 int(attempt) if attempt else 1,
