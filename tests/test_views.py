@@ -509,3 +509,22 @@ def test_inspect_lists_follow_ups_gone_or_not_ids_as_the_record_names_them(tmp_p
     assert (hostile["id"], hostile["valid"], number["id"]) == ("\\x1b[2J", False, "7")
     [attempt] = story["attempts"]  # a record written before attempt histories: its last attempt
     assert (attempt["attempt"], attempt["outcome"]) == (1, "done")
+
+
+def test_inspect_of_an_activity_waiting_for_its_retry_shows_no_running_attempt(tmp_path: Path) -> None:
+    """Its inbox name ID~N~MS.json is not a claim name ID~N~WORKER.json."""
+    repo = make_repository(tmp_path, "retry.backoff-seconds = 600\n")
+    submit(repo, "t.flaky", {"succeed_on": 3}, id="fl")
+    worker = start_worker(repo, "w1", "--until-idle", "--no-wait")
+    assert worker.wait(60) == 0
+    [name] = os.listdir(repo / "inbox")
+    assert name.startswith("fl~2~")
+    result = subprocess.run(
+        [sys.executable, "-m", "spoolpipe", "inspect", str(repo), "fl", "--json"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    story = json.loads(result.stdout)
+    assert story["state"] == "delayed"
+    assert [(a["attempt"], a["outcome"]) for a in story["attempts"]] == [(1, "retry")]

@@ -143,9 +143,9 @@ def _attempts(
     run = len(earlier)
     if where[0][0] in ("done", "failed"):
         return attempts + _run_attempts(section, run)
-    path = where[0][1]
+    state, path = where[0]
     name = path.split("/", 1)[1]
-    parsed = parse_running_name(name)
+    parsed = parse_running_name(name) if state == "running" else None
     current = parsed.claim.attempt if parsed is not None else parse_inbox_name(name).attempt
     for number in range(max(1, current - _ATTEMPTS_MAX), current):
         note = read_note(repo.logs, activity_id, number, run)
