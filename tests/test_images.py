@@ -332,6 +332,36 @@ def test_rotate_any_angle_fills_the_corners(samples: dict[str, Path]) -> None:
     assert clear.mode == "RGBA" and bands(clear, (0, 0))[3] == 0
 
 
+def test_rotations_cannot_grow_an_image_past_max_dimension() -> None:
+    """Each 45 degree turn grows the canvas by 1.41: twenty of them made 60,000 px sides from 64."""
+    small = Image.new("RGB", (64, 48), (10, 20, 30))
+    image = small
+    with pytest.raises(ValueError, match="over 8192 pixels a side"):
+        for _ in range(20):
+            image = images.rotate(image, 45)
+    assert max(image.size) <= images.MAX_DIMENSION
+    big = Image.new("L", (9000, 2000))  # already past the bound: may not grow further
+    with pytest.raises(ValueError, match="over 9000 pixels a side"):
+        images.rotate(big, 15)
+    assert max(images.rotate(big, 30).size) < 9000  # a narrower canvas
+    assert images.rotate(big, 90).size == (2000, 9000)  # quarter turns only swap the sides
+
+
+def test_a_text_watermark_is_drawn_no_larger_than_the_image() -> None:
+    """A narrow glyph scaled to the width made a stamp many times the image's height (1.3 GB from a
+    1 px high image 6,500 wide)."""
+    script = (  # VmHWM: the peak of this process's memory (ru_maxrss would carry pytest's over exec)
+        "import re; from PIL import Image; from spoolpipe import images\n"
+        "marked = images.watermark(Image.new('RGB', (4000, 1)), \"'\", size=1.0, opacity=1)\n"
+        "peak = re.search(r'VmHWM:\\s+(\\d+)', open('/proc/self/status').read())[1]\n"
+        "print(marked.size, peak)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
+    size, peak_kib = done.stdout.rsplit(" ", 1)
+    assert size == "(4000, 1)"
+    assert int(peak_kib) < 150_000, done.stdout
+
+
 def test_flip_and_flop(tmp_path: Path) -> None:
     upright = open_image(factory.oriented_jpeg(tmp_path / "o.jpg", 1))
     assert near(images.flip(upright).getpixel((3, 44)), factory.RED)

@@ -19,6 +19,9 @@ from PIL import ExifTags, Image, ImageCms, ImageColor, ImageDraw, ImageFilter, I
 
 from ._decode import _DECODE_ERRORS
 
+MAX_DIMENSION: Final = 8192
+"""Largest width or height a recipe may ask for (resize, pad canvas, thumbnail), or a rotation make."""
+
 ResizeMode = Literal["fit", "inside", "fill", "cover", "pad", "contain", "exact", "force"]
 Gravity = Literal[
     "center",
@@ -287,6 +290,16 @@ def rotate(
         return image
     if turn in _QUARTER_TURNS and (expand or turn == 180):
         return image.transpose(_QUARTER_TURNS[int(turn)])
+    if expand:  # every turn of 45 degrees grows the canvas 1.41 times: bounded, as upscaling is
+        cos, sin = abs(math.cos(math.radians(turn))), abs(math.sin(math.radians(turn)))
+        w, h = image.size
+        side = math.ceil(max(w * cos + h * sin, w * sin + h * cos))
+        bound = max(MAX_DIMENSION, w, h)
+        if side > bound + 1:
+            raise ValueError(
+                f"rotated by {angle:g} degrees the canvas would be {side} pixels across, "
+                f"over {bound} pixels a side"
+            )
     image = normalize_mode(image)
     rotated = image.rotate(-turn, Image.Resampling.BICUBIC, expand=expand, fillcolor=_fill(image, background))
     return _keep_info(image, rotated)
@@ -346,11 +359,13 @@ def sharpen(image: Image.Image, radius: float = 2.0, percent: int = 150, thresho
     return normalize_mode(image).filter(ImageFilter.UnsharpMask(radius, percent, threshold))
 
 
-def _text_stamp(text: str, width: int, color: str) -> Image.Image:
-    """``text`` rendered about ``width`` pixels wide on a transparent background."""
+def _text_stamp(text: str, width: int, height: int, color: str) -> Image.Image:
+    """``text`` rendered about ``width`` pixels wide (less if it would be over ``height`` high) on a
+    transparent background: never much larger than the image it goes on."""
     measure = ImageDraw.Draw(Image.new("RGBA", (1, 1)))
-    left, _, right, _ = measure.textbbox((0, 0), text, font=ImageFont.load_default(100))
-    font = ImageFont.load_default(max(1.0, 100 * width / max(1, right - left)))
+    left, top, right, bottom = measure.textbbox((0, 0), text, font=ImageFont.load_default(100))
+    scale = min(width / max(1, right - left), height / max(1, bottom - top))
+    font = ImageFont.load_default(max(1.0, 100 * scale))
     left, top, right, bottom = measure.textbbox((0, 0), text, font=font)
     size = (max(1, math.ceil(right - left)), max(1, math.ceil(bottom - top)))
     stamp = Image.new("RGBA", size, (0, 0, 0, 0))
@@ -380,7 +395,7 @@ def watermark(
     base = normalize_mode(image)
     target_w = max(1, round(base.width * size))
     if isinstance(mark, str):
-        stamp = _text_stamp(mark, target_w, color)
+        stamp = _text_stamp(mark, target_w, base.height, color)
     else:
         stamp = normalize_mode(mark).convert("RGBA")
     scale = min(target_w / stamp.width, base.height / stamp.height)

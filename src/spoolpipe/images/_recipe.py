@@ -21,6 +21,7 @@ from ._ops import (
     _CENTERING,
     _METADATA_KEYS,
     _RESIZE_KINDS,
+    MAX_DIMENSION,
     Gravity,
     ResizeMode,
     _bicubic,
@@ -43,9 +44,6 @@ from ._ops import (
     watermark,
 )
 from ._save import _FORMAT_NAMES, _SUFFIX_FORMATS, _format_for, _save_problems
-
-MAX_DIMENSION: Final = 8192
-"""Largest width or height a recipe may ask for (resize, pad canvas, thumbnail)."""
 
 
 class RecipeError(ValueError):
