@@ -41,6 +41,7 @@ from ._decode import (
     open_image,
 )
 from ._ops import (
+    MAX_DIMENSION,
     Gravity,
     ImageInfo,
     ResizeMode,
@@ -66,7 +67,6 @@ from ._ops import (
     watermark,
 )
 from ._recipe import (
-    MAX_DIMENSION,
     AutoOrientOp,
     BlurOp,
     CropOp,
