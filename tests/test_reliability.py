@@ -384,3 +384,148 @@ def test_junk_with_a_modification_time_in_the_future_is_quarantined_once_it_stay
     [entry] = (repo / "invalid").iterdir()
     assert "malformed JSON" in (entry / "reason.txt").read_text()
     assert os.listdir(repo / "inbox") == []
+
+
+MIX = """
+@processor("t.mix")
+def mix(activity, ctx):
+    _effect(ctx, activity)
+    if activity.attempt == 1 and "crash_after" in activity.data:
+        time.sleep(activity.data["crash_after"])
+        os._exit(3)
+    return "ok"
+"""
+
+
+def _runs(repo: Path) -> Counter[str]:
+    return Counter(line[0] for line in effects(repo, "t.mix"))
+
+
+def _mixed_batch(repo: Path, crash_after: float) -> str:
+    """60 quick activities with one that crashes its process in the middle (in name order); its id."""
+    for i in range(40):
+        submit(repo, "t.mix", {"n": i})
+    crasher = submit(repo, "t.mix", {"crash_after": crash_after})
+    for i in range(20):
+        submit(repo, "t.mix", {"n": 40 + i})
+    return crasher
+
+
+def test_a_batch_neighbour_that_runs_long_then_crashes_reruns_nothing_that_finished(tmp_path: Path) -> None:
+    """Outcomes wait for a group commit: it comes while the next processor runs, not after it, so
+    a process that dies later takes no finished activity with it (they ran again, as attempt 1)."""
+    repo = make_repository(tmp_path, "pool.size = 1\n", extra_processors=MIX)
+    crasher = _mixed_batch(repo, crash_after=0.5)
+    run_until_idle(repo)
+    runs = _runs(repo)
+    done = records(repo / "done")
+    assert len(done) == 61
+    assert {i: n for i, n in runs.items() if n > 1} == {crasher: 2}
+    assert done[crasher]["spoolpipe"]["attempts"] == 2
+    assert leftovers(repo) == {}
+
+
+def test_an_activity_run_again_after_its_outcome_was_lost_says_so_in_its_record(tmp_path: Path) -> None:
+    """A process that dies within a group commit's wait loses the outcomes of activities that ran:
+    they run again, and count that as an attempt, as after any crash."""
+    repo = make_repository(tmp_path, "pool.size = 1\n", extra_processors=MIX)
+    _mixed_batch(repo, crash_after=0.0)
+    run_until_idle(repo)
+    done = records(repo / "done")
+    assert len(done) == 61
+    for activity_id, n in _runs(repo).items():
+        assert done[activity_id]["spoolpipe"]["attempts"] == n, (activity_id, n)
+    assert leftovers(repo) == {}
+
+
+UNRULY = """
+@processor("t.forks")
+def forks(activity, ctx):
+    _effect(ctx, activity)
+    os.fork()  # and both processes return
+    return "once"
+
+@processor("t.mutates")
+def mutates(activity, ctx):
+    activity.data["tags"] = {"a", "b"}  # not JSON
+    activity.data.pop("keep")
+    return "changed its data"
+
+@processor("t.umask")
+def umask(activity, ctx):
+    os.umask(0o777)
+    return "umask"
+"""
+
+
+def test_what_a_processor_does_to_its_process_does_not_reach_the_record(tmp_path: Path) -> None:
+    """A processor that forks and returns twice, changes its activity's data in place, or changes the
+    umask: each activity is done once, with the document as it was submitted, readable by all."""
+    repo = make_repository(tmp_path, "pool.size = 1\nretry.max-attempts = 3\n", extra_processors=UNRULY)
+    forked = submit(repo, "t.forks")
+    mutated = submit(repo, "t.mutates", {"keep": "me"})
+    masked = submit(repo, "t.umask")
+    after = [submit(repo, "t.noop") for _ in range(3)]
+    run_until_idle(repo, timeout=60)
+    done = records(repo / "done")
+    assert set(done) == {forked, mutated, masked, *after}, os.listdir(repo / "failed")
+    assert len(effects(repo, "t.forks")) == 1
+    assert done[forked]["result"] == "once"
+    assert done[mutated]["data"] == {"keep": "me"}
+    assert done[mutated]["spoolpipe"]["attempts"] == 1
+    for activity_id in (masked, *after):
+        assert (repo / "done" / f"{activity_id}.json").stat().st_mode & 0o444 == 0o444
+    assert leftovers(repo) == {}
+
+
+LINGERING = """
+import threading
+
+@processor("t.lingers")
+def lingers(activity, ctx):
+    threading.Thread(target=time.sleep, args=(3600,)).start()  # not a daemon thread: outlives the return
+    return "returned"
+"""
+
+
+def test_a_pool_process_that_does_not_exit_when_asked_does_not_hold_up_the_worker(tmp_path: Path) -> None:
+    repo = make_repository(tmp_path, extra_processors=LINGERING)
+    submit(repo, "t.lingers")
+    started = time.monotonic()
+    run_until_idle(repo, timeout=30)
+    assert time.monotonic() - started < 20
+    assert len(records(repo / "done")) == 1
+
+
+def test_a_worker_resumed_after_its_lease_was_taken_claims_nothing_until_it_holds_it_again(
+    tmp_path: Path,
+) -> None:
+    """Paused past its lease, a worker whose claims another worker took must not claim more the
+    moment it wakes (for the ~1 s its lease's own refresh takes to notice the loss): the other
+    worker would take those claims too, and they would run twice."""
+    repo = make_repository(
+        tmp_path,
+        "claims.lock = lease\nclaims.lease-seconds = 2\nheartbeat.interval-seconds = 0.5\n"
+        "scan.interval-seconds = 0.3\npool.size = 2\n",
+    )
+    ids = [submit(repo, "t.slow", {"sleep": 0.05}) for _ in range(400)]
+    paused = start_worker(repo, "paused")
+    wait_for(lambda: len(effects(repo, "t.slow")) >= 10, 30, "the paused worker to run some")
+    os.killpg(paused.pid, signal.SIGSTOP)
+    rescuer = start_worker(repo, "rescuer")
+    try:
+        wait_for(lambda: any(e[2] == "rescuer" for e in effects(repo, "t.slow")), 30, "the rescuer to run")
+        os.killpg(paused.pid, signal.SIGCONT)
+        wait_for(lambda: len(ids_in(repo / "done")) == len(ids), 120, "every activity")
+    finally:
+        for proc in (paused, rescuer):
+            os.killpg(proc.pid, signal.SIGCONT)
+            proc.send_signal(signal.SIGTERM)
+            proc.wait(30)
+    ran_by: dict[str, set[str]] = {}
+    for activity_id, _, worker, _ in effects(repo, "t.slow"):
+        ran_by.setdefault(activity_id, set()).add(worker)
+    both = [i for i, workers in ran_by.items() if len(workers) == 2]
+    # Only what the paused worker's two pool processes were running when it stopped runs twice.
+    assert len(both) <= 2, both
+    assert leftovers(repo) == {}

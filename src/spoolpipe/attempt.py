@@ -14,9 +14,10 @@ import contextlib
 import errno
 import logging
 import sys
+import threading
 import time
 import traceback
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -131,6 +132,60 @@ class _Pending:
     last_resort: bool = False
 
 
+class _CommitDeadline:
+    """Commits the outcomes waiting for a group commit once they waited ``GROUP_COMMIT_SECONDS``,
+    while a processor runs.
+
+    Between activities the pool process checks that deadline itself; a processor
+    that runs long, hangs until its timeout or ends its process would otherwise
+    hold its finished batch-mates uncommitted, and they would run again. The
+    pool process's main thread holds ``lock`` except while a processor runs: the
+    deadline's thread commits only then.
+    """
+
+    def __init__(self, commit: Callable[[], None]) -> None:
+        self.lock = threading.Lock()
+        self._commit = commit
+        self._armed = threading.Condition()
+        self._due: float | None = None
+        self._thread: threading.Thread | None = None
+        self._error: BaseException | None = None
+
+    @contextlib.contextmanager
+    def processing(self, due: float | None) -> Iterator[None]:
+        """A processor runs: what is pending is committed at ``due`` (``None``: nothing is pending)."""
+        if due is not None:
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._wait, name="spoolpipe-commit", daemon=True)
+                self._thread.start()
+            with self._armed:
+                self._due = due
+                self._armed.notify()
+        self.lock.release()
+        try:
+            yield
+        finally:
+            self.lock.acquire()
+            if due is not None:
+                with self._armed:
+                    self._due = None
+            if self._error is not None:
+                error, self._error = self._error, None
+                raise error
+
+    def _wait(self) -> None:
+        while True:
+            with self._armed:
+                while self._due is None or self._due > time.monotonic():
+                    self._armed.wait(None if self._due is None else self._due - time.monotonic())
+                self._due = None
+            with self.lock:
+                try:
+                    self._commit()
+                except BaseException as exc:  # raised in the main thread when its processor returns
+                    self._error = exc
+
+
 @dataclass
 class Attempts:
     """The activity path of one pool process."""
@@ -146,6 +201,7 @@ class Attempts:
         self.clock = SharedClock(self.repo.heartbeats / f".clock-{self.setup.worker_id}")
         self.settings = self.setup.settings
         self.worker_id = self.setup.worker_id
+        self._deadline = _CommitDeadline(self.commit)
 
     def run(self, batch: Sequence[Item], progress: Any) -> tuple[list[Report], int, bool]:
         """Run a batch in order: the reports, how many items were taken (the rest were not touched),
@@ -156,20 +212,21 @@ class Attempts:
         """
         self.reports = []
         taken, recycle = 0, False
-        for index, item in enumerate(batch):
-            if progress[2]:  # the worker is stopping: the rest stays in the inbox
-                break
-            progress[0], progress[1] = index, time.monotonic()
-            recycle = self._one(item)
-            taken = index + 1
-            if self._pending and (
-                len(self._pending) >= GROUP_COMMIT_SIZE
-                or time.monotonic() - self._pending_since >= GROUP_COMMIT_SECONDS
-            ):
-                self.commit()
-            if recycle:
-                break
-        self.commit()
+        with self._deadline.lock:
+            for index, item in enumerate(batch):
+                if progress[2]:  # the worker is stopping: the rest stays in the inbox
+                    break
+                progress[0], progress[1] = index, time.monotonic()
+                recycle = self._one(item)
+                taken = index + 1
+                if self._pending and (
+                    len(self._pending) >= GROUP_COMMIT_SIZE
+                    or time.monotonic() - self._pending_since >= GROUP_COMMIT_SECONDS
+                ):
+                    self.commit()
+                if recycle:
+                    break
+            self.commit()
         progress[0] = -1
         return self.reports, taken, recycle
 
@@ -202,7 +259,9 @@ class Attempts:
             return False
         log_path = str(self.repo.attempt_log(activity))
         ran = time.monotonic()
-        outcome = execute(activity, log_path, self.worker_id, self.repo.root, self.settings)
+        due = self._pending_since + GROUP_COMMIT_SECONDS if self._pending else None
+        with self._deadline.processing(due):
+            outcome = execute(activity, log_path, self.worker_id, self.repo.root, self.settings)
         self._outcome(claim, activity, started, outcome, time.monotonic() - ran)
         # A step thread that outlived its timeout is stopped only by ending this process.
         return outcome.recycle or _step_abandoned()

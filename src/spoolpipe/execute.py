@@ -8,10 +8,12 @@ texts are bounded, with the full text in the attempt log.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import io
 import logging
 import numbers
+import os
 import sys
 import time
 import traceback
@@ -172,6 +174,30 @@ def _not_retried(exc: Exception, registration: Registration, settings: Settings)
     return f"not retried: the processor's retry_on is ({listed})"
 
 
+def _confined(registration: Registration, activity: Activity, ctx: Context) -> Any:
+    """Run the processor on its own copy of the activity, in this process, with this umask.
+
+    The record is made of the activity as it was read: a processor that changes
+    its ``data`` in place (adds a set, clears it) must not change what is stored.
+    A processor that forks and returns in the child too must not answer twice:
+    the child ends here. One that changes the umask changes it for itself only,
+    not for the records and logs spoolpipe writes next.
+    """
+    pid, mask = os.getpid(), os.umask(0o022)
+    os.umask(mask)
+    own = activity
+    if activity.data or activity.extra:
+        own = dataclasses.replace(
+            activity, data=copy.deepcopy(activity.data), extra=copy.deepcopy(activity.extra)
+        )
+    try:
+        return registration.run(own, ctx)
+    finally:
+        if os.getpid() != pid:
+            os._exit(0)
+        os.umask(mask)
+
+
 def execute(
     activity: Activity, log_path: str, worker_id: str, repository: Path, settings: Settings
 ) -> Outcome:
@@ -197,7 +223,7 @@ def execute(
     attempt = activity.attempt
     try:
         try:
-            result = registration.run(activity, ctx)
+            result = _confined(registration, activity, ctx)
         except Fatal as exc:
             return _failed("fatal", log, attempt, _message(exc), traceback.format_exc())
         except Retry as exc:

@@ -177,9 +177,25 @@ def _child_main(conn: Connection, setup: Setup, progress: Any, forked: bool) -> 
         attempts.repo.spares.drop()
 
 
+def _reaped(process: BaseProcess, timeout: float) -> bool:
+    """Whether the process ended within ``timeout`` seconds.
+
+    Not ``join``: a forked pool process closes the pipe its end is signalled by
+    (``_close_inherited``), so ``join`` finds it at once and then waits for the
+    exit with no timeout: a process kept alive by a thread its processor left
+    would block the daemon for good.
+    """
+    deadline = time.monotonic() + timeout
+    while process.exitcode is None:  # a non-blocking waitpid
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.005)
+    return True
+
+
 def how_it_ended(process: BaseProcess) -> str:
     """``exit code N`` or ``killed by SIGNAME``, once the (dead) process is reaped."""
-    process.join(5)
+    _reaped(process, 5)
     code = process.exitcode
     if code is None:
         return "exit code unknown: still running"
@@ -301,15 +317,19 @@ class Pool:
         if slot.process.is_alive():
             with contextlib.suppress(ProcessLookupError):
                 os.kill(slot.process.pid or 0, signal.SIGKILL)
-        slot.process.join(5)
+        _reaped(slot.process, 5)
 
     def close(self) -> None:
         for slot in self.slots:
             with contextlib.suppress(OSError, ValueError):
                 slot.conn.send(None)
         for slot in self.slots:
-            slot.process.join(2)
-            if slot.process.is_alive():
+            if not _reaped(slot.process, 2):  # asked to end, but something keeps it alive
+                logging.getLogger("spoolpipe.worker").warning(
+                    "pool process %d did not end within 2s of being asked (a thread a processor "
+                    "started, maybe): killed",
+                    slot.index,
+                )
                 slot.process.kill()
-                slot.process.join(2)
+                _reaped(slot.process, 2)
             slot.conn.close()

@@ -86,8 +86,9 @@ class Recovery:
         return len(claims)
 
     def abandoned(self, batch: Sequence[Item], current: int, reason: str) -> Abandoned:
-        """A batch whose process ended: the running item's attempt was interrupted (``reason``);
-        the others are put back as they were, their attempts not counted."""
+        """A batch whose process ended while item ``current`` ran: its attempt was interrupted
+        (``reason``); the items before it whose outcome was not committed yet ran, and count as a
+        crash does; the others are put back as they were, their attempts not counted."""
         result = Abandoned()
         for index, item in enumerate(batch):
             claim = self.claim_of(item)
@@ -98,19 +99,28 @@ class Recovery:
                 result.interrupted.append(Item("", item.activity, interrupted=reason))
             elif state == "claimed":
                 # An interrupted attempt whose settling died too counts, as a crash does.
-                self._put_back(claim, claim.attempt + 1 if item.interrupted else claim.attempt)
+                self._put_back(
+                    claim, claim.attempt + 1 if item.interrupted or _ran(index, current) else claim.attempt
+                )
             elif item.name:
                 result.untouched.append(item.name)
         self.repo.durability.barrier()
         return result
 
-    def release(self, batch: Sequence[Item], why: str) -> None:
-        """Stopping: every claim of the batch goes back as it was (committed ones are finished)."""
-        for item in batch:
+    def release(self, batch: Sequence[Item], current: int, why: str) -> None:
+        """Stopping while item ``current`` ran: every claim of the batch goes back as it was
+        (committed ones are finished), but for those that ran before it and whose outcome was
+        not committed yet: they count as a crash does."""
+        for index, item in enumerate(batch):
             claim = self.claim_of(item)
             state = self.repo.claim_state(claim)
             if state == "committed":
                 self.repo.recover(claim)
+            elif state == "claimed" and _ran(index, current):
+                if self._put_back(claim, claim.attempt + 1):
+                    log.warning(
+                        "%s ran, but its outcome was lost: its next attempt is queued", item.activity.id
+                    )
             elif state == "claimed" and self._put_back(claim, claim.attempt):
                 log.warning("released %s back to the inbox: %s", item.activity.id, why)
         self.repo.durability.barrier()
@@ -120,3 +130,9 @@ class Recovery:
             return False
         self.repo.discard(claim)
         return True
+
+
+def _ran(index: int, current: int) -> bool:
+    """Whether a batch's item ``index`` ran before its process ended while item ``current`` ran
+    (``-1``: after the last): a claim is taken just before its processor runs."""
+    return index < current or current < 0

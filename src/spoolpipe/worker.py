@@ -596,7 +596,7 @@ class Worker:
         for slot in self.pool.busy():
             batch, slot.batch = slot.batch, ()
             self.pool.kill(slot)  # stopping: no replacement
-            self.recovery.release(batch, why)
+            self.recovery.release(batch, int(slot.progress[0]), why)
 
     def _recover(self, *, own_only: bool) -> None:
         active = [i for s in self.pool.busy() for i in s.batch] + self._interrupted
