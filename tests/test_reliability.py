@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import multiprocessing
 import multiprocessing.synchronize
@@ -529,3 +530,47 @@ def test_a_worker_resumed_after_its_lease_was_taken_claims_nothing_until_it_hold
     # Only what the paused worker's two pool processes were running when it stopped runs twice.
     assert len(both) <= 2, both
     assert leftovers(repo) == {}
+
+
+WHO = """
+@processor("t.who")
+def who(activity, ctx):
+    with open(ctx.repository / "effects" / "t.who.log", "a") as f:
+        f.write(f"{activity.id} {os.getppid()} {time.time()}\\n")  # the daemon's pid
+    time.sleep(0.05)
+"""
+
+
+def test_a_worker_that_cannot_take_its_lock_back_claims_nothing(tmp_path: Path) -> None:
+    """Paused past its lease while another process took the same worker id: once resumed it may
+    not claim anything while that process holds the id's lock (it did, between tries)."""
+    repo = make_repository(
+        tmp_path,
+        "claims.lock = lease\nclaims.lease-seconds = 1\nheartbeat.interval-seconds = 0.25\n",
+        extra_processors=WHO,
+    )
+    old = start_worker(repo, "w1")
+    wait_for(lambda: (repo / "heartbeats" / "w1.json").exists(), 20, "the first worker to start")
+    os.killpg(old.pid, signal.SIGSTOP)
+    time.sleep(2)
+    new = start_worker(repo, "w1")
+    try:
+
+        def new_one_runs() -> bool:
+            with contextlib.suppress(OSError, ValueError):
+                return json.loads((repo / "heartbeats" / "w1.json").read_text())["pid"] == new.pid
+            return False
+
+        wait_for(new_one_runs, 20, "the new one to take the id over")
+        os.killpg(old.pid, signal.SIGCONT)
+        resumed = time.time()
+        ids = [submit(repo, "t.who") for _ in range(100)]
+        wait_for(lambda: set(ids) <= set(ids_in(repo / "done")), 60, "the new work")
+    finally:
+        for proc in (old, new):
+            os.killpg(proc.pid, signal.SIGCONT)
+            proc.send_signal(signal.SIGTERM)
+            proc.wait(30)
+    runs = [line.split() for line in (repo / "effects" / "t.who.log").read_text().splitlines()]
+    assert [r for r in runs if int(r[1]) == old.pid and float(r[2]) > resumed] == []
+    assert len(runs) == len(ids)

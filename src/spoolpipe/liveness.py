@@ -129,6 +129,8 @@ class OwnLock:
         self._fd: int | None = None
         self._lock = _make_lock(self._path, mode, lease_seconds, self._compromised, self._acquired)
         self._watch = _LeaseWatch(self._path, lease_seconds) if mode == "lease" else None
+        self._lease_seconds = lease_seconds
+        self._checked: float | None = None  # when ``held`` last looked (time.monotonic)
 
     def _compromised(self, _compromise: object) -> None:
         self._lost = True
@@ -149,6 +151,7 @@ class OwnLock:
                 raise WorkerAlreadyRunning(self._lock.lock_file)
             time.sleep(min(0.1, wait))
         self._held = True
+        self._checked = None
         return True
 
     def held(self) -> bool:
@@ -161,6 +164,17 @@ class OwnLock:
         """
         if not self._held or self._lost:
             return False
+        if self._watch is not None:
+            # The lease is refreshed every third of it by a thread of this process: a process that
+            # did not run for two thirds of it (paused, suspended) may have lost it before that
+            # thread can tell. Between two looks the worker waits at most a heartbeat interval,
+            # half a lease at most: 0.6 of it tells a pause from an idle wait.
+            now = time.monotonic()
+            paused = self._checked is not None and now - self._checked > 0.6 * self._lease_seconds
+            self._checked = now
+            if paused:
+                self._lost = True
+                return False
         if self._fd is None:
             return True
         try:

@@ -300,6 +300,8 @@ class Worker:
             return False
         if not self.own_lock.held():
             self._lost_lock()
+            if not self.own_lock.held():
+                return True  # claims, runs and writes nothing until the lock is this worker's again
         if now >= self._next_heartbeat:
             self._next_heartbeat = now + self.settings.heartbeat_interval_seconds
             self._heartbeat()
@@ -621,7 +623,10 @@ class Worker:
             self.repo.locks, self.worker_id, self.lock_mode, self.settings.claims_lease_seconds
         )
         try:
-            self.own_lock.acquire(wait=self.settings.claims_lease_seconds * 3)
+            if not self.own_lock.acquire(
+                wait=self.settings.claims_lease_seconds * 3, cancelled=lambda: self._stopping
+            ):
+                return
         except WorkerAlreadyRunning:
             log.error("cannot take this worker's lock back yet; retrying")
             return
