@@ -236,7 +236,7 @@ def later(activity, ctx):
 
 @processor("o.bad-delay")
 def bad_delay(activity, ctx):
-    raise Retry("soon", delay=-5)
+    raise Retry("soon", delay=activity.data.get("delay", -5))
 
 @processor("o.skip", follow_ups=("t.noop",))
 def skip(activity, ctx):
@@ -354,9 +354,13 @@ def test_retry_counts_attempts_and_fails_at_the_types_attempt_limit(tmp_path: Pa
 def test_a_retry_delay_that_is_not_a_number_of_seconds_fails_the_activity(tmp_path: Path) -> None:
     repo = _repository(tmp_path)
     aid = submit(repo, "o.bad-delay")
+    huge = submit(repo, "o.bad-delay", {"delay": 10**400})  # too large for a float: it crashed the process
     run_until_idle(repo)
     assert _reason(repo, aid).startswith("Retry delay -5 is not a number of seconds from 0 to")
     assert records(repo / "failed")[aid]["spoolpipe"]["attempts"] == 1
+    assert _reason(repo, huge).startswith("Retry delay 1000000000")
+    assert "is not a number of seconds from 0 to" in _reason(repo, huge)
+    assert records(repo / "failed")[huge]["spoolpipe"]["attempts"] == 1
 
 
 def test_skip_is_done_with_status_skipped_and_discards_follow_ups(tmp_path: Path) -> None:
@@ -532,3 +536,21 @@ def test_a_worker_whose_processor_declares_follow_ups_as_a_string_does_not_start
         "follow_ups of e2e_procs.typo must be a tuple of activity types (or None: any), not 't.noop'"
         in stderr
     )
+
+
+def test_an_attempt_log_on_a_full_disk_does_not_end_the_attempt(tmp_path: Path) -> None:
+    """/dev/full refuses every write (ENOSPC), as a full disk does: the processor's output is lost,
+    its outcome is not (closing the log raised in the pool process and killed it: every activity
+    burnt its attempts while the disk was full)."""
+    from spoolpipe.activity import Activity
+    from spoolpipe.execute import execute
+
+    @processor("o.prints-on-a-full-disk")
+    def prints(activity: Any, ctx: Any) -> str:
+        print("hello " * 1000)
+        ctx.log.info("and a log line")
+        return "printed"
+
+    settings = config.load(tmp_path).settings
+    outcome = execute(Activity("a", "o.prints-on-a-full-disk"), "/dev/full", "w1", tmp_path, settings)
+    assert (outcome.status, outcome.result) == ("ok", "printed")

@@ -8,6 +8,7 @@ texts are bounded, with the full text in the attempt log.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
 import io
@@ -56,15 +57,21 @@ class _AttemptLog(io.TextIOBase):
         return 2
 
     def write(self, text: str) -> int:
-        if self._file is None:
-            self._file = open(self._path, "a", encoding="utf-8", errors="backslashreplace")  # noqa: SIM115
-        written = self._file.write(text)
-        self._file.flush()
-        return written
+        """Written at once; on a full disk (or a log that cannot be opened) the text is dropped: the
+        attempt goes on, and the worker log tells of the failure to record its outcome, if any."""
+        try:
+            if self._file is None:
+                self._file = open(self._path, "a", encoding="utf-8", errors="backslashreplace")  # noqa: SIM115
+            self._file.write(text)
+            self._file.flush()
+        except OSError:
+            pass
+        return len(text)
 
     def close(self) -> None:
         if self._file is not None:
-            self._file.close()
+            with contextlib.suppress(OSError):  # what could not be flushed was dropped already
+                self._file.close()
         super().close()
 
 
@@ -91,12 +98,22 @@ def _failed(status: Status, log: logging.Logger, attempt: int, message: str, tex
 
 
 def _valid_delay(delay: object) -> TypeGuard[numbers.Real]:
-    """A number of seconds from 0 to 100 years (NaN is not one, nor is a bool)."""
-    return (
-        not isinstance(delay, bool)
-        and isinstance(delay, numbers.Real)
-        and 0 <= float(delay) <= MAX_FOLLOW_UP_DELAY
-    )
+    """A number of seconds from 0 to 100 years (NaN is not one, nor is a bool, nor 10**400)."""
+    if isinstance(delay, bool) or not isinstance(delay, numbers.Real):
+        return False
+    try:
+        return 0 <= float(delay) <= MAX_FOLLOW_UP_DELAY
+    except (OverflowError, ValueError, TypeError):  # too large for a float, or a Real whose float() fails
+        return False
+
+
+def _shown(value: object) -> str:
+    """``repr(value)`` for a reason: at most 100 characters, even for a repr that raises."""
+    try:
+        text = repr(value)
+    except Exception:  # a broken __repr__, or an int too long to print
+        text = f"<a {type(value).__name__}>"
+    return text if len(text) <= 100 else f"{text[:97]}..."
 
 
 def _checked(activity: Activity, settings: Settings, result: Any, follow_ups: Sequence[FollowUp]) -> Outcome:
@@ -106,18 +123,17 @@ def _checked(activity: Activity, settings: Settings, result: Any, follow_ups: Se
     )
     checked: list[dict[str, Any]] = []
     for number, f in enumerate(follow_ups, 1):
-        what = f"follow-up {number} ({f.type}, key {f.key!r})"
+        what = f"follow-up {number} ({f.type}, key {_shown(f.key)})"
         if not isinstance(f.key, str):
-            raise NotStorable(f"{what}: the key must be a string, not {type(f.key).__name__} {f.key!r}")
+            raise NotStorable(f"{what}: the key must be a string, not {type(f.key).__name__} {_shown(f.key)}")
         check_text(f.key, f"{what}: key")
         delay = f.delay
         if delay is not None and not _valid_delay(delay):
-            raise NotStorable(
-                f"{what}: delay {delay!r} is not a number of seconds from 0 to {MAX_FOLLOW_UP_DELAY:.0f}"
-            )
+            seconds_range = f"from 0 to {MAX_FOLLOW_UP_DELAY:.0f}"
+            raise NotStorable(f"{what}: delay {_shown(delay)} is not a number of seconds {seconds_range}")
         seconds = None if delay is None else float(delay)
         if not is_priority(f.priority):
-            raise NotStorable(f"{what}: priority {f.priority!r} is not an integer from 0 to 9")
+            raise NotStorable(f"{what}: priority {_shown(f.priority)} is not an integer from 0 to 9")
         limit = settings.limits_activity_bytes
         data, _ = storable(f.data, f"{what}: data", limit=limit, limit_key="limits.activity-bytes")
         # The daemon sets the real start time when it commits; written, it is just as long.
@@ -144,7 +160,9 @@ def _retry_requested(exc: Retry, log: logging.Logger, attempt: int, text: str) -
     elif _valid_delay(delay):
         seconds = float(delay)
     else:
-        message = f"Retry delay {delay!r} is not a number of seconds from 0 to {MAX_FOLLOW_UP_DELAY:.0f}"
+        message = (
+            f"Retry delay {_shown(delay)} is not a number of seconds from 0 to {MAX_FOLLOW_UP_DELAY:.0f}"
+        )
         return _failed("fatal", log, attempt, f"{message} (reason: {reason})", text)
     when = "" if seconds is None else f" in {seconds:g}s"
     log.warning("attempt %d asks to be retried%s: %s", attempt, when, reason)
