@@ -115,15 +115,27 @@ BAD_VALUES = [
     ("limits.activity-bytes", "1", "'1' is out of range; expected an integer >= 2"),
     ("concurrency.default", "x", "'x' is not an integer; expected an integer >= 0"),
     ("concurrency.image.resize", "-2", "'-2' is out of range; expected an integer >= 0"),
-    ("timeout.seconds", "0", "'0' is out of range; expected a number > 0"),
-    ("timeout.seconds", "soon", "'soon' is not a number; expected a number > 0"),
-    ("timeout.seconds", "inf", "'inf' is not a finite number; expected a number > 0"),
-    ("timeout.seconds", "nan", "'nan' is not a finite number; expected a number > 0"),
-    ("timeout.image", "-1", "'-1' is out of range; expected a number > 0"),
-    ("retry.backoff-seconds", "-0.5", "'-0.5' is out of range; expected a number >= 0"),
+    ("timeout.seconds", "0", "'0' is out of range; expected a number > 0, at most 3153600000 (100 years)"),
+    ("timeout.seconds", "soon", "'soon' is not a number; expected a number > 0, at most 3153600000 (100 years)"),
+    ("timeout.seconds", "inf", "'inf' is not a finite number; expected a number > 0, at most 3153600000 (100 years)"),
+    ("timeout.seconds", "nan", "'nan' is not a finite number; expected a number > 0, at most 3153600000 (100 years)"),
+    ("timeout.image", "-1", "'-1' is out of range; expected a number > 0, at most 3153600000 (100 years)"),
+    ("retry.backoff-seconds", "-0.5", "'-0.5' is out of range; expected a number >= 0, at most 3153600000 (100 years)"),
     ("retry.jitter", "1.5", "'1.5' is out of range; expected a number between 0 and 1"),
     ("retry.jitter", "-0.1", "'-0.1' is out of range; expected a number between 0 and 1"),
     ("images.max-megapixels", "-3", "'-3' is out of range; expected a number >= 0"),
+    # A retry that far ahead got a name no parser reads back: it ran again at once, as attempt 1.
+    (
+        "retry.backoff-seconds",
+        "1e13",
+        "'1e13' is out of range; expected a number >= 0, at most 3153600000 (100 years)",
+    ),
+    # filelock refuses a lease whose refresh interval exceeds threading.TIMEOUT_MAX: exit 70.
+    (
+        "claims.lease-seconds",
+        "1e11",
+        "'1e11' is out of range; expected a number > 0, at most 3153600000 (100 years)",
+    ),
     (
         "scan.watch",
         "maybe",

@@ -90,6 +90,23 @@ class FloatKind(Kind):
         return number
 
 
+#: Longest time, in seconds, a setting may give (100 years): a moment that far ahead can still be written.
+MAX_SECONDS = 100 * 365 * 86_400
+
+
+@dataclass(frozen=True)
+class SecondsKind(FloatKind):
+    """A number of seconds, at most :data:`MAX_SECONDS` (1e13 made names no parser reads back)."""
+
+    maximum: float | None = MAX_SECONDS
+
+    @property
+    def expected(self) -> str:
+        return (
+            f"a number {'>' if self.exclusive else '>='} {self.minimum:g}, at most {MAX_SECONDS} (100 years)"
+        )
+
+
 _TRUE = ("true", "yes", "on", "1")
 _FALSE = ("false", "no", "off", "0")
 
@@ -316,14 +333,14 @@ class DurationKind(Kind):
 
     @property
     def expected(self) -> str:
-        return f"{_DURATION_EXPECTED} {'>' if self.exclusive else '>='} {self.minimum:g}s"
+        return f"{_DURATION_EXPECTED} {'>' if self.exclusive else '>='} {self.minimum:g}s, at most 100 years"
 
     def parse(self, raw: str, base: Path) -> float:
         try:
             seconds = parse_duration(raw)
         except ValueError as exc:
             raise Invalid(str(exc)) from None
-        if seconds < self.minimum or (self.exclusive and seconds == self.minimum):
+        if seconds < self.minimum or (self.exclusive and seconds == self.minimum) or seconds > MAX_SECONDS:
             raise Invalid(f"{raw.strip()!r} is out of range")
         return seconds
 

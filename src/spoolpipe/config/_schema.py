@@ -28,6 +28,7 @@ from ._kinds import (
     ModuleListKind,
     PathListKind,
     PortKind,
+    SecondsKind,
     StringKind,
     SuffixFileKind,
     TypeNameKind,
@@ -136,13 +137,13 @@ OPTIONS: tuple[Option, ...] = (
     ),
     Option(
         "timeout.seconds",
-        FloatKind(0, exclusive=True),
+        SecondsKind(0, exclusive=True),
         "300",
         "Wall-clock limit, in seconds, for running one activity.",
     ),
     Option(
         "timeout.<type>",
-        FloatKind(0, exclusive=True),
+        SecondsKind(0, exclusive=True),
         None,
         "Wall-clock limit, in seconds, for activities of the given type, overriding "
         f"timeout.seconds. {_TYPE_NOTE}",
@@ -157,14 +158,14 @@ OPTIONS: tuple[Option, ...] = (
     ),
     Option(
         "retry.backoff-seconds",
-        FloatKind(0),
+        SecondsKind(0),
         "2.0",
         "Delay, in seconds, before the second attempt of an activity; the delay "
         "doubles with every further attempt.",
     ),
     Option(
         "retry.backoff-max-seconds",
-        FloatKind(0),
+        SecondsKind(0),
         "600.0",
         "Upper bound, in seconds, on the delay between attempts.",
     ),
@@ -184,7 +185,7 @@ OPTIONS: tuple[Option, ...] = (
     ),
     Option(
         "retry.backoff-seconds.<type>",
-        FloatKind(0),
+        SecondsKind(0),
         None,
         "Delay, in seconds, before the second attempt of an activity of the given type, overriding "
         f"retry.backoff-seconds (it doubles in the same way). {_TYPE_NOTE}",
@@ -213,14 +214,14 @@ OPTIONS: tuple[Option, ...] = (
     ),
     Option(
         "claims.lease-seconds",
-        FloatKind(0, exclusive=True),
+        SecondsKind(0, exclusive=True),
         "30.0",
         "In lease mode, how long a worker may go silent before other workers take "
         "over its claims. Must be at least twice heartbeat.interval-seconds.",
     ),
     Option(
         "scan.interval-seconds",
-        FloatKind(0, exclusive=True),
+        SecondsKind(0, exclusive=True),
         "2.0",
         "Period, in seconds, of the full rescan of the repository. The rescan always "
         "runs: on network filesystems it is the only way to see files written by "
@@ -235,7 +236,7 @@ OPTIONS: tuple[Option, ...] = (
     ),
     Option(
         "inbox.settle-seconds",
-        FloatKind(0),
+        SecondsKind(0),
         "5.0",
         "An activity file that does not parse is presumed to still be being written, and is "
         "left alone, until it is this many seconds old by the shared file system's clock and "
@@ -256,14 +257,14 @@ OPTIONS: tuple[Option, ...] = (
     ),
     Option(
         "shutdown.grace-seconds",
-        FloatKind(0),
+        SecondsKind(0),
         "30.0",
         "On SIGTERM, how long, in seconds, running activities may continue in order "
         "to finish before they are stopped and released to other workers.",
     ),
     Option(
         "heartbeat.interval-seconds",
-        FloatKind(0, exclusive=True),
+        SecondsKind(0, exclusive=True),
         "5.0",
         "How often, in seconds, a worker records that it is alive.",
     ),
