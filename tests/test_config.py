@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 import pickle
 from pathlib import Path
 
@@ -116,11 +117,27 @@ BAD_VALUES = [
     ("concurrency.default", "x", "'x' is not an integer; expected an integer >= 0"),
     ("concurrency.image.resize", "-2", "'-2' is out of range; expected an integer >= 0"),
     ("timeout.seconds", "0", "'0' is out of range; expected a number > 0, at most 3153600000 (100 years)"),
-    ("timeout.seconds", "soon", "'soon' is not a number; expected a number > 0, at most 3153600000 (100 years)"),
-    ("timeout.seconds", "inf", "'inf' is not a finite number; expected a number > 0, at most 3153600000 (100 years)"),
-    ("timeout.seconds", "nan", "'nan' is not a finite number; expected a number > 0, at most 3153600000 (100 years)"),
+    (
+        "timeout.seconds",
+        "soon",
+        "'soon' is not a number; expected a number > 0, at most 3153600000 (100 years)",
+    ),
+    (
+        "timeout.seconds",
+        "inf",
+        "'inf' is not a finite number; expected a number > 0, at most 3153600000 (100 years)",
+    ),
+    (
+        "timeout.seconds",
+        "nan",
+        "'nan' is not a finite number; expected a number > 0, at most 3153600000 (100 years)",
+    ),
     ("timeout.image", "-1", "'-1' is out of range; expected a number > 0, at most 3153600000 (100 years)"),
-    ("retry.backoff-seconds", "-0.5", "'-0.5' is out of range; expected a number >= 0, at most 3153600000 (100 years)"),
+    (
+        "retry.backoff-seconds",
+        "-0.5",
+        "'-0.5' is out of range; expected a number >= 0, at most 3153600000 (100 years)",
+    ),
     ("retry.jitter", "1.5", "'1.5' is out of range; expected a number between 0 and 1"),
     ("retry.jitter", "-0.1", "'-0.1' is out of range; expected a number between 0 and 1"),
     ("images.max-megapixels", "-3", "'-3' is out of range; expected a number >= 0"),
@@ -231,6 +248,25 @@ def test_unreadable_file_is_an_error_naming_it(tmp_path: Path) -> None:
     errors = errors_of(tmp_path)
     assert len(errors) == 1
     assert errors[0].startswith(f"{tmp_path / 'spoolpipe.properties'}: cannot read file")
+
+
+def test_a_fifo_or_a_dangling_link_in_place_of_a_file_is_an_error_naming_it(tmp_path: Path) -> None:
+    """Reading a FIFO blocked the worker (and stop, status) for good; a dangling link was read as
+    no file at all, every key at its default, without a word."""
+    os.mkfifo(tmp_path / "spoolpipe.properties")
+    [error] = errors_of(tmp_path)
+    assert error == f"{tmp_path / 'spoolpipe.properties'}: cannot read file: it is a FIFO, not a file"
+    (tmp_path / "spoolpipe.properties").unlink()
+    (tmp_path / "spoolpipe.properties").symlink_to(tmp_path / "gone.properties")
+    [error] = errors_of(tmp_path)
+    assert error == (
+        f"{tmp_path / 'spoolpipe.properties'}: cannot read file: it is a symbolic link to "
+        f"{tmp_path / 'gone.properties'}, which does not exist"
+    )
+    (tmp_path / "real.properties").write_text("pool.size = 3\n")
+    (tmp_path / "spoolpipe.properties").unlink()
+    (tmp_path / "spoolpipe.properties").symlink_to(tmp_path / "real.properties")  # a link is followed
+    assert load(tmp_path).settings.pool_size == 3
 
 
 # --------------------------------------------------------------------------

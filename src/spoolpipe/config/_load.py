@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import difflib
+import errno
 import json
 import os
 import re
+import stat
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -111,15 +113,40 @@ def _decode(data: bytes) -> str:
         return data.decode("iso-8859-1")
 
 
+def _read_bytes(path: Path) -> bytes | None:
+    """A properties file's bytes (a link is followed); None when there is none.
+
+    Never blocks on a FIFO; one that is not a regular file, or a link to nothing,
+    is an ``OSError`` saying so: read as no file, it would set every key to its default.
+    """
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
+    except FileNotFoundError:
+        if os.path.islink(path):
+            raise OSError(
+                errno.ENOENT, f"it is a symbolic link to {os.readlink(path)}, which does not exist"
+            ) from None
+        return None
+    try:
+        kind = stat.S_IFMT(os.fstat(fd).st_mode)
+        if kind != stat.S_IFREG:
+            name = {stat.S_IFDIR: "a directory", stat.S_IFIFO: "a FIFO", stat.S_IFSOCK: "a socket"}
+            raise OSError(errno.EINVAL, f"it is {name.get(kind, 'a device')}, not a file")
+        with open(fd, "rb", closefd=False) as f:
+            return f.read()
+    finally:
+        os.close(fd)
+
+
 def _read_entries(path: Path, errors: list[str]) -> list[_Entry] | None:
     """Parse one file; None when it does not exist."""
     try:
-        data = path.read_bytes()
-    except FileNotFoundError:
-        return None
+        data = _read_bytes(path)
     except OSError as exc:
         errors.append(f"{path}: cannot read file: {exc.strerror or exc}")
         return []
+    if data is None:
+        return None
     entries: list[_Entry] = []
     line = 1
     try:
