@@ -280,6 +280,26 @@ def test_submit_refuses_an_id_that_is_retrying_or_running(repo: Path, directory:
 # -- not a repository ------------------------------------------------------------------------------
 
 
+def test_init_where_no_repository_can_be_made_exits_2_naming_the_path(tmp_path: Path) -> None:
+    (tmp_path / "a-file").write_text("x")
+    (tmp_path / "linked").mkdir()
+    (tmp_path / "linked" / "spoolpipe.properties").symlink_to(tmp_path / "nowhere")
+    results = run_all(
+        ("init", str(tmp_path / "a-file")),
+        ("init", str(tmp_path / "a-file" / "sub")),
+        ("init", str(tmp_path / "linked")),
+        ("init", ""),
+    )
+    for result in results:
+        assert result.returncode == 2, str(result)
+        assert "Traceback" not in result.stderr, str(result)
+    assert str(tmp_path / "a-file") in results[0].stderr
+    assert "spoolpipe.properties" in results[2].stderr
+    assert "REPO must not be empty" in results[3].stderr
+    assert (tmp_path / "a-file").read_text() == "x"
+    assert (tmp_path / "linked" / "spoolpipe.properties").is_symlink()
+
+
 def test_commands_on_a_non_repository_exit_2_and_say_to_run_init(tmp_path: Path) -> None:
     where = str(tmp_path)
     results = run_all(

@@ -54,8 +54,14 @@ def _repository(path: str) -> Repository:
 
 
 def cmd_init(args: argparse.Namespace) -> int:
+    if not args.repo:
+        raise _UsageError("REPO must not be empty (use . for the current directory)")
     root = Path(args.repo).absolute()
-    created = Repository.create(root, config.render_defaults())
+    try:
+        created = Repository.create(root, config.render_defaults())
+    except OSError as exc:  # a file in the way, a link to nothing, no permission
+        where = printable(str(exc.filename or root))
+        raise _UsageError(f"cannot make a repository at {root}: {where}: {exc.strerror or exc}") from None
     for path in created:
         print(f"created {path}")
     if not created:
@@ -775,7 +781,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 #: The exit codes of the commands whose parsers above do not state them (docs/operations.md, Exit codes).
 _EXIT_CODES = {
-    "init": "0 created what was missing (or nothing was); 2 bad usage",
+    "init": "0 created what was missing (or nothing was); 2 bad usage, or no repository can be made "
+    "there (a file in the way, a link to nothing)",
     "submit": "0 published, the id is printed; 2 bad usage (an invalid TYPE, --id, JSON or --delay, "
     "DATA a worker would refuse: over limits.activity-bytes or nested too deep; an id already in "
     "use), not a repository or invalid configuration",

@@ -213,6 +213,8 @@ class Repository:
                 path.mkdir(parents=True, exist_ok=True)
                 created.append(path)
         properties = root / PROPERTIES_FILE
+        if os.path.islink(properties) and not properties.exists():
+            raise FileExistsError(errno.EEXIST, "it is a symbolic link to a missing file", str(properties))
         if not properties.exists():
             repo = Repository(root)
             publish(
