@@ -474,6 +474,17 @@ def test_retry_all_failed_skips_what_is_not_a_record_file_and_requeues_the_rest(
 # -- an invalid configuration ------------------------------------------------------------------------
 
 
+def test_list_and_inspect_refuse_an_invalid_configuration_as_documented(repo: Path) -> None:
+    properties = repo / PROPERTIES_FILE
+    line = len(properties.read_text().splitlines()) + 1
+    with properties.open("a") as f:
+        f.write("pool.size = q\n")
+    for result in run_all(("list", str(repo), "done"), ("inspect", str(repo), "nosuch")):
+        assert result.returncode == 2, str(result)
+        assert f"{properties}:{line}:" in result.stderr, str(result)
+        assert "Traceback" not in result.stderr
+
+
 def test_an_invalid_configuration_stops_status_and_worker_with_file_and_line(repo: Path) -> None:
     properties = repo / PROPERTIES_FILE
     line = len(properties.read_text().splitlines()) + 1

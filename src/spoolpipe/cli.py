@@ -143,6 +143,7 @@ def cmd_list(args: argparse.Namespace) -> int:
     from .views import text
 
     repo = _repository(args.repo)
+    config.load(repo.root)  # an invalid configuration is exit 2 (file:line), whatever is listed
     try:
         since = None if args.since is None else config.parse_duration(args.since)
     except ValueError as exc:
@@ -160,7 +161,9 @@ def cmd_list(args: argparse.Namespace) -> int:
 def cmd_inspect(args: argparse.Namespace) -> int:
     from .views import text
 
-    found = views.story(_repository(args.repo), args.id)
+    repo = _repository(args.repo)
+    config.load(repo.root)  # an invalid configuration is exit 2 (file:line), as for status
+    found = views.story(repo, args.id)
     if found is None:
         where = printable(args.repo)
         print(f"spoolpipe inspect: no activity '{printable(args.id)}' in {where}", file=sys.stderr)
