@@ -451,6 +451,27 @@ def test_an_image_process_estimate_counts_the_size_the_jpeg_is_decoded_to(tmp_pa
     assert recipe_megapixels(full, settings) == 3 * 640 * 480 / 1e6
 
 
+def test_an_estimate_reads_the_header_only_not_every_frame(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The daemon estimates before it claims, on its main thread: counting the frames of a GIF of
+    millions of them took seconds there, and stalled SIGTERM, heartbeats and every dispatch."""
+    from PIL import GifImagePlugin
+
+    root = tmp_path / "root"
+    root.mkdir()
+    frames = [Image.new("P", (40, 30), i) for i in range(3)]
+    frames[0].save(root / "a.gif", save_all=True, append_images=frames[1:])
+
+    def counted(self: object) -> int:
+        raise AssertionError("the estimate walked the frames")
+
+    monkeypatch.setattr(GifImagePlugin.GifImageFile, "n_frames", property(counted))
+    settings = _context(tmp_path, f"images.roots = {root}\n").settings
+    recipe = {"input": "a.gif", "outputs": [{"path": "t.png", "ops": [{"op": "save"}]}]}
+    assert recipe_megapixels(Activity("a", "image.process", recipe), settings) == 3 * 40 * 30 / 1e6
+
+
 class _Size(PipelineStep):
     @step("size")
     @provides("size")

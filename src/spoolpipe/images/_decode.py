@@ -69,10 +69,14 @@ def open_lazy(
     max_bytes: int,
     max_pixels: int,
     formats: Collection[str],
+    *,
+    count_frames: bool = False,
 ) -> Iterator[ImageFile.ImageFile]:
     """Identify ``path`` and check it from its header; yields it undecoded, file still open.
 
-    The caller may ``draft`` it (JPEG shrink-on-load) before ``decode``.
+    The caller may ``draft`` it (JPEG shrink-on-load) before ``decode``. With
+    ``count_frames`` the frames are counted (``n_frames``) while the file is open,
+    which reads all of an animation: millions of frames take seconds.
     """
     name = os.fspath(path)
     allowed = sorted({f.upper() for f in formats})
@@ -113,10 +117,11 @@ def open_lazy(
                 f"{name}: {width}x{height} is {width * height} pixels, over the limit of {limit}"
                 " (decompression bomb?)"
             )
-        try:
-            getattr(image, "n_frames", 1)  # counted (and cached) while the file is still open
-        except _DECODE_ERRORS as exc:
-            raise ImageRejected(f"{name}: unreadable frames ({exc})") from exc
+        if count_frames:
+            try:
+                getattr(image, "n_frames", 1)  # counted (and cached) while the file is still open
+            except _DECODE_ERRORS as exc:
+                raise ImageRejected(f"{name}: unreadable frames ({exc})") from exc
         yield image
 
 
@@ -149,7 +154,7 @@ def open_image(
     image keeps its file mode (CMYK, P, I;16...); the operations normalise it
     (see ``normalize_mode``).
     """
-    with open_lazy(path, max_bytes, max_pixels, formats) as lazy:
+    with open_lazy(path, max_bytes, max_pixels, formats, count_frames=True) as lazy:  # image_info's
         if draft is not None and max(draft) > 0:
             side = max(draft)
             scale = min(1.0, side / lazy.width, side / lazy.height)
