@@ -476,6 +476,17 @@ def test_avif_support_matches_pillow() -> None:
     assert ("AVIF" in images.SAVE_FORMATS) == images.AVIF_SUPPORTED
 
 
+@pytest.mark.parametrize("suffix", ["jpg", "png", "webp", *(["avif"] if images.AVIF_SUPPORTED else [])])
+def test_an_exif_block_that_does_not_parse_is_no_reason_to_fail_a_save(tmp_path: Path, suffix: str) -> None:
+    """A camera's corrupt EXIF: the AVIF encoder parses it (SyntaxError: not a TIFF file), so it
+    failed as a transient error, naming no file, and was retried."""
+    source = tmp_path / "in.jpg"
+    Image.new("RGB", (32, 24), (200, 10, 10)).save(source, exif=b"Exif\0\0" + bytes(range(200)))
+    saved = images.save_image(open_image(source), tmp_path / f"out.{suffix}")
+    with Image.open(saved.path) as reopened:
+        assert reopened.size == (32, 24)
+
+
 def test_save_converts_modes_for_the_format(samples: dict[str, Path], tmp_path: Path) -> None:
     flattened = images.save_image(open_image(samples["rgba-png"]), tmp_path / "a.jpg", background="#ff0000")
     with Image.open(flattened.path) as jpeg:

@@ -77,6 +77,18 @@ def _icc_fits(icc: bytes, mode: str) -> bool:
     return icc[16:20] == (b"GRAY" if mode in ("L", "LA") else b"RGB ")
 
 
+def _exif_parses(exif: bytes) -> bool:
+    """Whether Pillow reads ``exif`` (its AVIF encoder parses it; the others copy the bytes): a
+    camera's corrupt block is dropped rather than failing the save."""
+    if not exif:
+        return True
+    try:
+        Image.Exif().load(exif)
+    except Exception:  # SyntaxError "not a TIFF file", struct errors...
+        return False
+    return True
+
+
 def _encoder_params(
     image: Image.Image,
     fmt: str,
@@ -89,8 +101,9 @@ def _encoder_params(
     """Metadata is passed explicitly: some plugins would otherwise copy it from ``info`` and some not."""
     icc = image.info.get("icc_profile")
     xmp = image.info.get("xmp", image.info.get("XML:com.adobe.xmp", b""))
+    exif = image.info.get("exif", b"")
     params: dict[str, Any] = {
-        "exif": image.info.get("exif", b""),
+        "exif": exif if fmt != "AVIF" or _exif_parses(exif) else b"",
         "icc_profile": icc if icc and _icc_fits(icc, image.mode) else None,
         "xmp": xmp.encode() if isinstance(xmp, str) else xmp,
     }
