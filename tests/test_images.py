@@ -673,6 +673,22 @@ def test_duplicate_outputs_are_rejected(root: Path) -> None:
     assert recipe_errors(data, [root]) == ["outputs[1].path: same file as outputs[0]"]
 
 
+def test_an_output_name_the_file_system_refuses_is_a_recipe_error(root: Path) -> None:
+    data = {"input": "photos/in/cat.jpg", "outputs": [{"path": "out/" + "a" * 252 + ".jpg", "ops": [SAVE]}]}
+    [error] = recipe_errors(data, [root])
+    assert error.startswith("outputs[0].path: ")
+    assert "the name is 256 bytes, longer than the file system allows (255)" in error
+
+
+def test_a_long_output_name_the_file_system_allows_is_written(root: Path, tmp_path: Path) -> None:
+    """The temp file beside it is named after it, 18 bytes longer: ENAMETOOLONG, retried as a
+    transient error for a name that is legal."""
+    (tmp_path / "long").mkdir()
+    target = tmp_path / "long" / ("a" * 251 + ".png")  # 255 bytes
+    images.save_image(Image.new("RGB", (4, 4)), target)
+    assert os.listdir(tmp_path / "long") == [target.name]
+
+
 def test_paths_stay_inside_the_roots(root: Path, tmp_path: Path) -> None:
     outside = tmp_path / "outside"
     outside.mkdir()

@@ -75,6 +75,10 @@ def _existing_file(value: object, roots: tuple[Path, ...]) -> Path:
     return existing(value, roots, "file")
 
 
+#: Longest file or folder name Linux file systems take, in bytes (NAME_MAX).
+_NAME_MAX = 255
+
+
 def output_file(value: object, roots: tuple[Path, ...], label: str = "image roots") -> Path:
     """A file path whose deepest existing ancestor really lies in a root (missing folders get made)."""
     raw, lexical = candidate(value, roots)
@@ -86,6 +90,12 @@ def output_file(value: object, roots: tuple[Path, ...], label: str = "image root
     real_parent = _confined(existing, raw, lexical, roots, f"{raw!r}: cannot resolve {existing}", label)
     if not real_parent.is_dir():
         raise PathRejected(f"{raw!r}: {existing} is not a folder")
+    for name in missing:
+        size = len(os.fsencode(name))
+        if size > _NAME_MAX:
+            raise PathRejected(
+                f"{raw!r}: the name is {size} bytes, longer than the file system allows ({_NAME_MAX})"
+            )
     target = real_parent.joinpath(*missing)
     if target.is_dir():
         raise PathRejected(f"{raw!r} is a folder")

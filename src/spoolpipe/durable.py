@@ -315,6 +315,17 @@ def _umask() -> int:
     return mask
 
 
+#: Bytes of a target's name its temp file keeps: 18 more make ``.NAME.RANDOM.tmp``, within NAME_MAX (255).
+_TEMP_NAME_BYTES = 200
+
+
+def temp_beside(target: Path) -> Path:
+    """A fresh hidden name beside ``target``, ``.NAME.RANDOM.tmp``, for a file to be renamed onto it:
+    ``NAME`` is cut so that a target name as long as a file system allows still has one."""
+    short = os.fsdecode(os.fsencode(target.name)[:_TEMP_NAME_BYTES])
+    return target.with_name(f".{short}.{os.urandom(6).hex()}.tmp")
+
+
 def write_atomic(path: str | os.PathLike[str], data: bytes | str) -> None:
     """Replace ``path`` with ``data``: readers see the old file or the new one, never part of one.
 
@@ -325,7 +336,7 @@ def write_atomic(path: str | os.PathLike[str], data: bytes | str) -> None:
     """
     target = Path(path)
     content = data.encode("utf-8") if isinstance(data, str) else data
-    tmp = target.with_name(f".{target.name}.{os.urandom(6).hex()}.tmp")
+    tmp = temp_beside(target)
     try:
         publish(content, tmp, target, Durability(target.parent), replace=True)
     except OSError as exc:

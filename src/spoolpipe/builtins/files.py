@@ -24,7 +24,7 @@ from typing import IO, Literal
 from .. import confine
 from ..activity import Activity
 from ..config import Settings, parse_duration
-from ..durable import fsync_directory, move_noreplace
+from ..durable import fsync_directory, move_noreplace, temp_beside
 from ..processor import Context, Fatal, processor
 
 MOVE, COPY, DELETE, ARCHIVE = "files.move", "files.copy", "files.delete", "files.archive"
@@ -115,7 +115,7 @@ def _make_parents(path: Path, fsync: bool) -> None:
 @contextlib.contextmanager
 def _temporary(target: Path) -> Iterator[tuple[Path, IO[bytes]]]:
     """A new hidden file beside ``target``, removed unless it was renamed away."""
-    tmp = target.with_name(f".{target.name[:200]}.{os.urandom(6).hex()}.tmp")  # within NAME_MAX
+    tmp = temp_beside(target)
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)
     try:
         with os.fdopen(fd, "wb") as handle:
