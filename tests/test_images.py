@@ -13,6 +13,7 @@ import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import pytest
 from PIL import Image, ImageChops, ImageStat
@@ -330,6 +331,25 @@ def test_rotate_any_angle_fills_the_corners(samples: dict[str, Path]) -> None:
     assert images.rotate(photo, 30, background="black").getpixel((0, 0)) == (0, 0, 0)
     clear = images.rotate(open_image(samples["rgba-png"]), 10)
     assert clear.mode == "RGBA" and bands(clear, (0, 0))[3] == 0
+
+
+@pytest.mark.parametrize(
+    "call",
+    [
+        lambda im: images.resize(im, 0, 0),
+        lambda im: images.resize(im, -5, None),
+        lambda im: images.resize(im, 0, 10, mode="exact"),
+        lambda im: images.resize(im, 10, 0, mode="fill"),
+        lambda im: images.thumbnail(im, 0, 0),
+        lambda im: images.thumbnail(im, None, -1),
+        lambda im: images.crop(im, 0, 10),
+        lambda im: images.placeholder(im, 0),
+    ],
+)
+def test_a_size_of_no_pixels_is_an_error_not_a_1x1_image(call: Any) -> None:
+    """The docs' own thumbs.make with sizes [0, -5] wrote 1x1 files and reported success."""
+    with pytest.raises(ValueError, match="must be a whole number of pixels >= 1"):
+        call(Image.new("RGB", (40, 30)))
 
 
 def test_rotations_cannot_grow_an_image_past_max_dimension() -> None:

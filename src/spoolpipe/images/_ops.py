@@ -97,9 +97,17 @@ def _centering(gravity: str) -> tuple[float, float]:
         raise ValueError(f"gravity {gravity!r} is not supported here") from None
 
 
+def _sides(**sides: int | None) -> None:
+    """A size asked for is a whole number of pixels: 0 or -5 made a 1x1 image, silently."""
+    for name, value in sides.items():
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+            raise ValueError(f"{name} must be a whole number of pixels >= 1, got {value!r}")
+
+
 def _fit_scale(size: tuple[int, int], width: int | None, height: int | None) -> float:
     if width is None and height is None:
         raise ValueError("width, height or both are required")
+    _sides(width=width, height=height)
     return min(
         width / size[0] if width is not None else math.inf,
         height / size[1] if height is not None else math.inf,
@@ -190,6 +198,7 @@ def resize(
     kind = _RESIZE_KINDS.get(mode)
     if kind is None:
         raise ValueError(f"unknown resize mode {mode!r}")
+    _sides(width=width, height=height)
     image = normalize_mode(image)
     if kind == "fit":
         scale = _fit_scale(image.size, width, height)
@@ -249,6 +258,7 @@ def crop(
     image: Image.Image, width: int | None = None, height: int | None = None, *, gravity: Gravity = "center"
 ) -> Image.Image:
     """Cut a ``width`` x ``height`` box placed by ``gravity``; a side missing or too large is kept whole."""
+    _sides(width=width, height=height)
     w = image.width if width is None else min(width, image.width)
     h = image.height if height is None else min(height, image.height)
     if (w, h) == image.size:
@@ -412,6 +422,7 @@ def watermark(
 
 def placeholder(image: Image.Image, size: int = 16, sigma: float = 1.0) -> Image.Image:
     """A tiny blurred stand-in (at most ``size`` pixels a side) to show while the real one loads."""
+    _sides(size=size)
     image = normalize_mode(image)
     small = _bicubic(image, fit_within(image.size, size, size))
     return small.filter(ImageFilter.GaussianBlur(sigma)) if sigma > 0 else small
