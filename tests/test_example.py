@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import logging
+import os
 import subprocess
 import sys
 from dataclasses import replace
@@ -239,3 +240,21 @@ def test_quarantine_moves_nothing_from_outside_the_roots(tmp_path: Path) -> None
     assert "outside the image roots" in result["not_moved"]
     assert secret.is_file() and not (tmp_path / "photos" / "quarantine").exists()
     assert "made up" in (tmp_path / "reports" / "F1.txt").read_text()
+
+
+def test_a_sweep_quarantines_a_file_whose_name_is_not_utf8_and_takes_the_rest(tmp_path: Path) -> None:
+    """Its name cannot go into a follow-up (JSON is UTF-8): the whole sweep failed, every minute,
+    and none of the other files was taken in."""
+    photos = tmp_path / "photos"
+    (photos / "incoming").mkdir(parents=True)
+    factory.photo(photos / "incoming" / "good.jpg")
+    factory.photo(Path(os.fsdecode(bytes(photos / "incoming") + b"/latin1-\xe9t\xe9.jpg")))
+    ctx = _context(tmp_path, "photo.ingest")
+    result = ingest.ingest(Activity("W1", "photo.ingest", {"folder": "incoming"}), ctx)
+    assert (result["files"], result["quarantined"]) == (1, 1)
+    assert [(t, k) for t, k, _ in _follow_ups(ctx)] == [("photo.ingest", "incoming/good.jpg")]
+    [moved] = [p for p in (photos / "quarantine").iterdir() if not p.name.endswith(".report.txt")]
+    assert moved.name == "latin1-\\xe9t\\xe9.jpg"
+    report = moved.with_name(moved.name + ".report.txt").read_text()
+    assert "latin1-\\xe9t\\xe9.jpg" in report and "not valid UTF-8" in report
+    assert os.listdir(photos / "incoming") == ["good.jpg"]

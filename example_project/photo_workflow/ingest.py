@@ -43,6 +43,7 @@ from .layout import (
     INGEST,
     MASTERS,
     ORIGINALS,
+    QUARANTINE_DIR,
     RECEIPTS,
     RENDITION_SIZES,
     RENDITIONS,
@@ -53,6 +54,7 @@ from .layout import (
     move,
     rel,
     write_json,
+    write_text,
 )
 
 
@@ -74,19 +76,43 @@ def _sweep(activity: Activity, ctx: Context, roots: tuple[Path, ...]) -> dict[st
     root = roots[0]
     folder = resolve_input(activity.data["folder"], roots, field="folder", kind="folder")
     found: list[str] = []
-    skipped = 0
+    skipped = quarantined = 0
     for current, dirs, files in os.walk(folder):  # does not follow links to folders
         dirs[:] = sorted(d for d in dirs if not _ignored(d))
         for name in sorted(files):
             path = Path(current, name)
             if _ignored(name) or path.is_symlink() or not path.is_file():
                 skipped += 1
-                continue
-            found.append(rel(path, root))
+            elif not _utf8(rel(path, root)):
+                _quarantine_unnamable(path, root, activity.id, ctx)
+                quarantined += 1
+            else:
+                found.append(rel(path, root))
     for path in found:
         ctx.follow_up(INGEST, {"file": path, "swept": True}, key=path)
-    ctx.log.info("swept %s: %d files, %d skipped", folder, len(found), skipped)
-    return {"folder": rel(folder, root), "files": len(found), "skipped": skipped}
+    ctx.log.info("swept %s: %d files, %d skipped, %d quarantined", folder, len(found), skipped, quarantined)
+    return {"folder": rel(folder, root), "files": len(found), "skipped": skipped, "quarantined": quarantined}
+
+
+def _utf8(text: str) -> bool:
+    """Whether a path can go into an activity (JSON is UTF-8; os.walk gives undecodable bytes as
+    surrogates)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _quarantine_unnamable(path: Path, root: Path, sweep: str, ctx: Context) -> None:
+    """A file whose path no activity can name goes to quarantine at once, its name escaped."""
+    shown = os.fsencode(path.name).decode("utf-8", "backslashreplace")
+    target = free_name(root / QUARANTINE_DIR, shown, sweep)
+    where = os.fsencode(rel(path, root)).decode("utf-8", "backslashreplace")
+    report = f"{where}: the name is not valid UTF-8, so no activity can name it; rename it, drop it again\n"
+    write_text(target.with_name(target.name + ".report.txt"), report)
+    move(path, target)
+    ctx.log.warning("quarantined %s: its name is not valid UTF-8", rel(target, root))
 
 
 def _ingest_file(activity: Activity, ctx: Context, roots: tuple[Path, ...]) -> dict[str, Any]:
