@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import random
 import re
 import string
@@ -832,3 +833,11 @@ def test_the_latest_time_an_activity_may_give_can_be_written_in_any_zone(
     finally:
         monkeypatch.undo()
         time.tzset()
+
+
+def test_a_reason_writes_a_name_as_the_escaping_rules_say() -> None:
+    """repr() doubled backslashes and wrote an undecodable byte as \\udce9, not \\xe9."""
+    name = os.fsdecode(b"caf\xe9 tab\\x41.json")
+    with pytest.raises(InvalidActivity) as info:
+        parse_activity(b'{"type": "t"}', name)
+    assert "the file name 'caf\\xe9 tab\\x41' is not a valid id" in info.value.reason

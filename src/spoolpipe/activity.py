@@ -397,7 +397,7 @@ def activity_from_document(doc: Mapping[str, Any], queued: QueuedName) -> Activi
         activity_id = queued.stem
     else:
         raise InvalidActivity(
-            f"no 'id' field and the file name {queued.stem!r} is not a valid id ({NAME_PATTERN})"
+            f"no 'id' field and the file name '{printable(queued.stem)}' is not a valid id ({NAME_PATTERN})"
         )
     data = doc.get("data", {})
     if not isinstance(data, dict):
