@@ -67,3 +67,24 @@ def test_a_new_pool_size_is_said_to_wait_for_a_restart(
     said = [r.getMessage() for r in caplog.records]
     assert said[0] == "pool.size = 5 takes effect at restart; until then the pool keeps its 2 processes"
     assert said[1].startswith("configuration reloaded from ") and "w1.properties" in said[1]
+
+
+def test_what_a_worker_takes_only_at_start_is_said_to_wait_for_a_restart(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A reload said "configuration reloaded" and nothing else: the heartbeat still said flock."""
+    root = make_repository(tmp_path, "claims.lock = flock\n")
+    running = config.load(root, "w1").settings
+    reloads = Reloads(root, "w1", running)
+    _edit(root, "claims.lock = lease\nprocessors =\n", 1_000_000_000_000)
+    settings = reloads.settings(running, requested=False)
+    assert settings is not None
+    with caplog.at_level(logging.INFO, "spoolpipe.worker"):
+        reloads.reloaded(settings, pool_size=settings.pool_size)
+    said = [r.getMessage() for r in caplog.records]
+    assert "claims.lock = lease takes effect at restart; until then the worker keeps flock" in said
+    assert any(
+        m.startswith("processors: removing ")
+        and m.endswith("takes effect at restart; until then its types still run here")
+        for m in said
+    ), said

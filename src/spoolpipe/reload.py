@@ -28,6 +28,16 @@ def load(root: Path, worker_id: str) -> config.Settings:
     return loaded.settings
 
 
+def _taken_at_start(new: config.Settings, old: config.Settings) -> list[tuple[str, object, object]]:
+    """The keys a running worker took once, at start: (key, new value, the value it runs with)."""
+    return [
+        ("claims.lock", new.claims_lock, old.claims_lock),
+        ("claims.lease-seconds", new.claims_lease_seconds, old.claims_lease_seconds),
+        ("log.max-bytes", new.log_max_bytes, old.log_max_bytes),
+        ("log.backups", new.log_backups, old.log_backups),
+    ]
+
+
 class Reloads:
     """What changed since the worker took ``settings`` and imported their processors."""
 
@@ -36,6 +46,7 @@ class Reloads:
         self.worker_id = worker_id
         self._config_stamp = self._config_mtimes()
         self._code_stamp = processor_files(settings.processors)
+        self._at_start = settings
 
     def _config_mtimes(self) -> tuple[float | None, ...]:
         stamps: list[float | None] = []
@@ -65,8 +76,7 @@ class Reloads:
             return None
         return settings
 
-    @staticmethod
-    def reloaded(settings: config.Settings, pool_size: int) -> None:
+    def reloaded(self, settings: config.Settings, pool_size: int) -> None:
         """Say the new settings apply, once the worker applied them, and what of them waits for a restart."""
         if settings.pool_size != pool_size:
             log.warning(
@@ -74,7 +84,18 @@ class Reloads:
                 settings.pool_size,
                 counted(pool_size, "process", "processes"),
             )
-        log.info("configuration reloaded from %s", ", ".join(str(p) for p in settings.sources))
+        start = self._at_start
+        for key, now, then in _taken_at_start(settings, start):
+            if now != then:
+                log.warning("%s = %s takes effect at restart; until then the worker keeps %s", key, now, then)
+        gone = [m for m in start.processors if m not in settings.processors]
+        if gone:
+            log.warning(
+                "processors: removing %s takes effect at restart; until then its types still run here",
+                ", ".join(gone),
+            )
+        sources = ", ".join(str(p) for p in settings.sources) or "no file (every key at its default)"
+        log.info("configuration reloaded from %s", sources)
 
     def code(self, running: config.Settings) -> bool:
         """Re-import configured processor modules whose file changed; True when they did and the pool's
