@@ -693,6 +693,16 @@ def test_duplicate_outputs_are_rejected(root: Path) -> None:
     assert recipe_errors(data, [root]) == ["outputs[1].path: same file as outputs[0]"]
 
 
+def test_an_output_may_not_be_the_input(root: Path) -> None:
+    """It was replaced by the output: a retry then started from the processed file."""
+    os.link(root / "photos/in/cat.jpg", root / "photos/in/also-cat.jpg")
+    for path in ("photos/in/cat.jpg", "photos/in/also-cat.jpg"):
+        data = {"input": "photos/in/cat.jpg", "outputs": [{"path": path, "ops": [SAVE]}]}
+        assert recipe_errors(data, [root]) == [
+            "outputs[0].path: same file as input (a retry would start from this run's output)"
+        ]
+
+
 def test_an_output_name_the_file_system_refuses_is_a_recipe_error(root: Path) -> None:
     data = {"input": "photos/in/cat.jpg", "outputs": [{"path": "out/" + "a" * 252 + ".jpg", "ops": [SAVE]}]}
     [error] = recipe_errors(data, [root])

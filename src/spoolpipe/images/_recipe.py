@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -580,6 +581,16 @@ def _parse_output(raw: object, where: str, roots: tuple[Path, ...], errors: list
     return Output(path, tuple(ops), dataclasses.replace(save, format=fmt))
 
 
+def _same_file(path: Path, other: Path) -> bool:
+    """Whether ``path`` (which may not exist yet) names the file ``other`` is, by path or by hard link."""
+    if path == other:
+        return True
+    try:
+        return os.path.samefile(path, other)
+    except OSError:
+        return False
+
+
 def parse_recipe(data: Mapping[str, object], roots: Sequence[Path]) -> Recipe:
     """Validate a whole recipe before any work; raise ``RecipeError`` listing every problem.
 
@@ -614,6 +625,10 @@ def parse_recipe(data: Mapping[str, object], roots: Sequence[Path]) -> Recipe:
                 continue
             if output.path in seen:
                 errors.append(f"outputs[{i}].path: same file as outputs[{seen[output.path]}]")
+            elif source is not None and _same_file(output.path, source):
+                errors.append(
+                    f"outputs[{i}].path: same file as input (a retry would start from this run's output)"
+                )
             seen.setdefault(output.path, i)
             outputs.append(output)
     if errors or source is None:
