@@ -133,3 +133,13 @@ def test_an_activity_is_what_the_intake_hands_out(repo: Repository) -> None:
     st = os.stat(repo.inbox / "a.json")
     # With the stamp of the file it was read from: the claim checks it took that very file.
     assert found == [("a.json", Found(Activity("a", "t", {"n": 1}), (st.st_ino, st.st_size, st.st_mtime_ns)))]
+
+
+def test_a_delayed_file_rewritten_in_place_is_read_again_when_it_is_noticed(repo: Repository) -> None:
+    """Its entry waited for the not_before it no longer has, until the worker restarted."""
+    drop(repo, "later.json", {"type": "t", "not_before": "2099-01-01T00:00:00Z"})
+    intake = intake_of(repo)
+    assert take(intake, 10) == ([], [])
+    drop(repo, "later.json", {"type": "t"})  # now due at once
+    intake.add(["later.json"])  # as inotify reports a file written in place
+    assert take(intake, 10) == (["later.json"], [])

@@ -82,7 +82,8 @@ class Intake:
         """Names that arrived (inotify) or were found (a listing)."""
         for name in names:
             if name in self._known or is_ignored(name):
-                if name in self._suspects:  # rewritten in place: look again
+                if name in self._suspects or name in self._delayed:  # rewritten in place: read it again
+                    self._delayed.pop(name, None)
                     self._queue(name)
                 continue
             self._known.add(name)
