@@ -574,3 +574,25 @@ def test_a_worker_that_cannot_take_its_lock_back_claims_nothing(tmp_path: Path) 
     runs = [line.split() for line in (repo / "effects" / "t.who.log").read_text().splitlines()]
     assert [r for r in runs if int(r[1]) == old.pid and float(r[2]) > resumed] == []
     assert len(runs) == len(ids)
+
+
+EXITS = """
+@processor("t.exits")
+def exits(activity, ctx):
+    _effect(ctx, activity)
+    raise SystemExit(3)
+"""
+
+
+def test_a_processor_that_calls_sys_exit_fails_with_that_said(tmp_path: Path) -> None:
+    repo = make_repository(
+        tmp_path, "pool.size = 1\nretry.max-attempts = 2\nretry.backoff-seconds = 0\n", extra_processors=EXITS
+    )
+    aid = submit(repo, "t.exits")
+    others = [submit(repo, "t.noop") for _ in range(5)]
+    run_until_idle(repo)
+    failed = records(repo / "failed")[aid]["spoolpipe"]
+    assert failed["reason"] == "SystemExit: 3"
+    assert failed["attempts"] == 2
+    assert "raise SystemExit(3)" in failed["traceback"]
+    assert set(others) <= set(ids_in(repo / "done"))

@@ -256,6 +256,12 @@ def execute(
             else:
                 outcome = _failed("error", log, attempt, message, traceback.format_exc())
             return dataclasses.replace(outcome, recycle=bool(getattr(exc, "recycle_process", False)))
+        except BaseException as exc:  # sys.exit(), KeyboardInterrupt, GeneratorExit raised by the processor
+            # An error of the processor like any other, not the death of its process (which took its
+            # batch-mates along and said only "exit code 3"); the process is replaced all the same.
+            message = f"{type(exc).__name__}: {_message(exc)}"
+            outcome = _failed("error", log, attempt, message, traceback.format_exc())
+            return dataclasses.replace(outcome, recycle=True)
         try:
             return _checked(activity, settings, result, ctx.follow_ups)
         except NotStorable as exc:
