@@ -8,6 +8,7 @@ checks) are tested in-process; everything else with real repositories and real w
 from __future__ import annotations
 
 import json
+import logging
 import os
 import signal
 import subprocess
@@ -20,7 +21,7 @@ from typing import Any
 import pytest
 
 from harness import effects, ids_in, make_repository, records, run_until_idle, start_worker, submit, wait_for
-from spoolpipe import Processor, config, processor
+from spoolpipe import Context, Fatal, Processor, config, processor
 from spoolpipe.activity import parse_inbox_name
 from spoolpipe.options import parse_option
 from spoolpipe.outcome import Done, Failed, Outcome, Skipped, decide
@@ -554,3 +555,12 @@ def test_an_attempt_log_on_a_full_disk_does_not_end_the_attempt(tmp_path: Path) 
     settings = config.load(tmp_path).settings
     outcome = execute(Activity("a", "o.prints-on-a-full-disk"), "/dev/full", "w1", tmp_path, settings)
     assert (outcome.status, outcome.result) == ("ok", "printed")
+
+
+@pytest.mark.parametrize("data", [[1, 2], [], "text", 3])
+def test_follow_up_data_that_is_not_an_object_is_the_processors_bug(tmp_path: Path, data: Any) -> None:
+    """[1, 2] raised a TypeError (retried, five times); [] became {} without a word."""
+    ctx = Context(logging.getLogger("test"), "w", tmp_path, config.load(tmp_path).settings)
+    with pytest.raises(Fatal, match="follow-up data must be a JSON object"):
+        ctx.follow_up("t.noop", data)
+    assert ctx.follow_ups == []

@@ -135,6 +135,8 @@ class Context:
         if self.follow_up_types is not None and type not in self.follow_up_types:
             declared = ", ".join(sorted(self.follow_up_types)) or "none"
             raise Fatal(f"follow-up type {type!r} is not declared by this processor (declared: {declared})")
+        if data is not None and not isinstance(data, Mapping):  # dict([1, 2]) raised TypeError: retried
+            raise Fatal(f"follow-up data must be a JSON object (a mapping), not a {data.__class__.__name__}")
         key = str(len(self.follow_ups) + 1) if key is None else key
         if any(f.key == key for f in self.follow_ups):
             raise Fatal(f"follow-up key {key!r} used twice")
