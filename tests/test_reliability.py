@@ -596,3 +596,32 @@ def test_a_processor_that_calls_sys_exit_fails_with_that_said(tmp_path: Path) ->
     assert failed["attempts"] == 2
     assert "raise SystemExit(3)" in failed["traceback"]
     assert set(others) <= set(ids_in(repo / "done"))
+
+
+def test_a_worker_out_of_file_descriptors_says_so_and_how_to_give_it_more(tmp_path: Path) -> None:
+    """It said "file system error: Too many open files", every second, with no word of the limit."""
+    import resource
+    import subprocess
+    import sys
+
+    repo = make_repository(tmp_path)
+    submit(repo, "t.noop")
+
+    def few_descriptors() -> None:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (16, 16))
+
+    log = tmp_path / "w.stderr"
+    with log.open("wb") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "spoolpipe", "worker", str(repo), "--worker-id", "w1"],
+            stdout=out,
+            stderr=out,
+            preexec_fn=few_descriptors,
+            start_new_session=True,
+        )
+    try:
+        wait_for(lambda: "out of file descriptors" in log.read_text(), 30, "the worker to say why")
+    finally:
+        kill_group(proc)
+    said = next(line for line in log.read_text().splitlines() if "out of file descriptors" in line)
+    assert "this process may open 16" in said and "ulimit -n" in said, said

@@ -14,8 +14,10 @@ Filesystem notifications bring new names at once; a full listing every
 from __future__ import annotations
 
 import contextlib
+import errno
 import logging
 import os
+import resource
 import signal
 import socket
 import time
@@ -77,6 +79,17 @@ def default_worker_id() -> str:
     host = socket.gethostname().split(".")[0]
     cleaned = "".join(c if c.isalnum() or c in "._-" else "-" for c in host).strip("-._")
     return cleaned or "worker"
+
+
+def _os_error(exc: OSError) -> str:
+    """What the loop says of an OSError: out of file descriptors is no file system's fault."""
+    if exc.errno in (errno.EMFILE, errno.ENFILE):
+        soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+        return (
+            f"out of file descriptors ({exc}): this process may open {soft}; raise the limit "
+            "(ulimit -n, or LimitNOFILE= in the systemd unit), or lower pool.size"
+        )
+    return f"file system error: {exc}"
 
 
 class Worker:
@@ -289,7 +302,7 @@ class Worker:
             except OSError as exc:
                 # A shared file system can fail for a while (server gone, ENOTCONN, ESTALE, disk
                 # full). Nothing in memory is needed to recover: claims on disk say it all.
-                log.error("file system error: %s; retrying in 1s", exc)
+                log.error("%s; retrying in 1s", _os_error(exc))
                 self._rescan = True
                 time.sleep(1.0)
 
