@@ -44,6 +44,10 @@ class Kind:
         raise NotImplementedError
 
 
+_INTEGER = re.compile(r"[+-]?[0-9]+", re.ASCII)
+_NUMBER = re.compile(r"[+-]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][+-]?[0-9]+)?", re.ASCII)
+
+
 @dataclass(frozen=True)
 class IntKind(Kind):
     minimum: int
@@ -54,10 +58,9 @@ class IntKind(Kind):
 
     def parse(self, raw: str, base: Path) -> int:
         text = raw.strip()
-        try:
-            number = int(text)
-        except ValueError:
-            raise Invalid(f"{text!r} is not an integer") from None
+        if not _INTEGER.fullmatch(text):  # int() also takes "1_0" and digits of other scripts
+            raise Invalid(f"{text!r} is not an integer")
+        number = int(text)
         if number < self.minimum:
             raise Invalid(f"{text!r} is out of range")
         return number
@@ -78,10 +81,9 @@ class FloatKind(Kind):
 
     def parse(self, raw: str, base: Path) -> float:
         text = raw.strip()
-        try:
-            number = float(text)
-        except ValueError:
-            raise Invalid(f"{text!r} is not a number") from None
+        if not _NUMBER.fullmatch(text) and text.lower().lstrip("+-") not in ("inf", "infinity", "nan"):
+            raise Invalid(f"{text!r} is not a number")
+        number = float(text)
         if number != number or number in (float("inf"), float("-inf")):
             raise Invalid(f"{text!r} is not a finite number")
         too_low = number <= self.minimum if self.exclusive else number < self.minimum
