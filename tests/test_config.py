@@ -115,7 +115,11 @@ BAD_VALUES = [
     # int() and float() take these too: a typo or a digit from another script, not a number.
     ("pool.size", "1_0", "'1_0' is not an integer; expected an integer >= 0"),
     ("pool.size", "\u0663", "'\u0663' is not an integer; expected an integer >= 0"),
-    ("timeout.seconds", "1_0", "'1_0' is not a number; expected a number > 0, at most 3153600000 (100 years)"),
+    (
+        "timeout.seconds",
+        "1_0",
+        "'1_0' is not a number; expected a number > 0, at most 3153600000 (100 years)",
+    ),
     ("retry.max-attempts", "0", "'0' is out of range; expected an integer >= 1"),
     ("limits.activity-bytes", "1", "'1' is out of range; expected an integer >= 2"),
     ("concurrency.default", "x", "'x' is not an integer; expected an integer >= 0"),
