@@ -33,7 +33,7 @@ _LABEL = "file roots"
 LISTED_NAMES = 1000
 
 ArchiveFormat = Literal["zip", "tar.gz"]
-_ZIP_EPOCH = 315576000.0  # 1980-01-02: the earliest time a zip can hold, in any time zone
+_ZIP_EPOCH = 315576000.0  # 1980-01-01 12:00 UTC: within the 1980 a zip can hold, read in any time zone
 _SUFFIXES: dict[str, ArchiveFormat] = {".zip": "zip", ".tar.gz": "tar.gz", ".tgz": "tar.gz"}
 
 
