@@ -625,3 +625,17 @@ def test_a_worker_out_of_file_descriptors_says_so_and_how_to_give_it_more(tmp_pa
         kill_group(proc)
     said = next(line for line in log.read_text().splitlines() if "out of file descriptors" in line)
     assert "this process may open 16" in said and "ulimit -n" in said, said
+
+
+def test_a_claim_past_the_attempt_limit_fails_without_running(tmp_path: Path) -> None:
+    """As after crashes of every attempt (each counts), or a name written so by hand."""
+    repo = make_repository(tmp_path, "retry.max-attempts = 5\n")
+    drop(repo, "job~6.json", '{"type": "t.parent"}')
+    run_until_idle(repo)
+    assert effects(repo, "t.parent") == []
+    failed = records(repo / "failed")["job"]["spoolpipe"]
+    assert failed["attempts"] == 6
+    assert failed["reason"] == (
+        "gave up: attempt 6 exceeds retry.max-attempts=5 (as its file name says: attempts whose "
+        "worker died or was killed count too)"
+    )

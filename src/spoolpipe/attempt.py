@@ -252,8 +252,8 @@ class Attempts:
             per_type = activity.type in self.settings.max_attempts
             key = f"retry.max-attempts.{activity.type}" if per_type else "retry.max-attempts"
             reason = (
-                f"gave up: attempt {activity.attempt} exceeds {key}={limit}; the previous attempt "
-                "was interrupted (its worker died or was killed)"
+                f"gave up: attempt {activity.attempt} exceeds {key}={limit} (as its file name says: "
+                "attempts whose worker died or was killed count too)"
             )
             self._outcome(claim, activity, started, Outcome("fatal", error=reason))
             return False
