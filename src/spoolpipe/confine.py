@@ -84,6 +84,8 @@ def output_file(value: object, roots: tuple[Path, ...], label: str = "image root
     raw, lexical = candidate(value, roots)
     if raw.endswith(("/", os.sep)):
         raise PathRejected(f"{raw!r} names a folder, not a file")
+    if os.path.isdir(lexical):  # a root itself, whose parent lies outside the roots
+        raise PathRejected(f"{raw!r} is a folder")
     existing, missing = lexical.parent, [lexical.name]
     while not os.path.lexists(existing):
         existing, missing = existing.parent, [existing.name, *missing]
