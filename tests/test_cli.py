@@ -349,7 +349,7 @@ def _populate(repo: Path) -> None:
     found = store.read("g.json", limit=1 << 20)
     assert isinstance(found, Found)
     activity = found.activity
-    claim = store.claim("g.json", activity, "w2", stamp=found.stamp)
+    claim = store.claim("g.json", activity, "w2")
     assert isinstance(claim, ClaimName)
     store.stage(claim, "done", done_record(activity, ATTEMPT, None, []), [])
     assert store.commit(claim)

@@ -99,7 +99,7 @@ def _claim_everything(
         if found is None:  # claimed by another worker already
             continue
         assert isinstance(found, Found)
-        if repo.claim(name, found.activity, worker, stamp=found.stamp) is not None:
+        if repo.claim(name, found.activity, worker) is not None:
             won.append(name)
     queue.put(won)
 

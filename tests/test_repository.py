@@ -17,7 +17,7 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import pytest
 
@@ -68,10 +68,10 @@ def read_found(repo: Repository, name: str) -> Found:
     return found
 
 
-def claim_file(repo: Repository, name: str, worker: str) -> ClaimName | Literal["changed"] | None:
+def claim_file(repo: Repository, name: str, worker: str) -> ClaimName | None:
     """Read an inbox file and claim it, as a worker does."""
     found = read_found(repo, name)
-    return repo.claim(name, found.activity, worker, stamp=found.stamp)
+    return repo.claim(name, found.activity, worker)
 
 
 def claim_new(repo: Repository, activity_id: str = "job-7", worker: str = "w1", **doc: Any) -> ClaimName:
@@ -161,8 +161,8 @@ def test_claim_moves_inbox_to_running_under_the_documented_name(repo: Repository
 def test_a_second_claim_of_the_same_file_fails(repo: Repository) -> None:
     drop(repo, "job-7.json", {"type": "t"})
     found = read_found(repo, "job-7.json")
-    assert repo.claim("job-7.json", found.activity, "w1", stamp=found.stamp) == ClaimName("job-7", 1, "w1")
-    assert repo.claim("job-7.json", found.activity, "w2", stamp=found.stamp) is None
+    assert repo.claim("job-7.json", found.activity, "w1") == ClaimName("job-7", 1, "w1")
+    assert repo.claim("job-7.json", found.activity, "w2") is None
     assert listing(repo.running) == ["job-7~1~w1.json"]
 
 
@@ -188,8 +188,11 @@ def test_a_claim_of_a_file_changed_since_it_was_read_goes_back_unrun(repo: Repos
         os.rename(repo.inbox / ".new", repo.inbox / "job.json")
     else:
         drop(repo, "job.json", {"type": "t", "data": {"version": "newer"}})
-    assert repo.claim("job.json", found.activity, "w1", stamp=found.stamp) == "changed"
-    assert repo.put_back(ClaimName("job", 1, "w1"), "job.json") is True
+    claim = repo.claim("job.json", found.activity, "w1")
+    assert claim == ClaimName("job", 1, "w1")
+    assert repo.reserve(claim, found.activity, "job.json", time.time(), stamp=found.stamp) == "changed"
+    assert os.listdir(repo.ids) == []  # nothing reserved
+    assert repo.put_back(claim, "job.json") is True
     assert listing(repo.running) == []
     assert read_ok(repo, "job.json").data["version"] in ("new", "newer")
 
@@ -198,7 +201,9 @@ def test_a_changed_claim_whose_name_was_taken_meanwhile_is_not_put_over_it(repo:
     drop(repo, "job.json", {"type": "t", "data": {"version": "old"}})
     found = read_found(repo, "job.json")
     drop(repo, "job.json", {"type": "t", "data": {"version": "new"}})
-    assert repo.claim("job.json", found.activity, "w1", stamp=found.stamp) == "changed"
+    claim = repo.claim("job.json", found.activity, "w1")
+    assert claim is not None
+    assert repo.reserve(claim, found.activity, "job.json", time.time(), stamp=found.stamp) == "changed"
     drop(repo, "job.json", {"type": "t", "data": {"version": "third"}})
     assert repo.put_back(ClaimName("job", 1, "w1"), "job.json") is False
     assert read_ok(repo, "job.json").data["version"] == "third"

@@ -43,7 +43,7 @@ def run_one(repo: Repository, activity_id: str, doc: dict[str, Any] | None = Non
     found = repo.read(path.name, limit=1 << 20)
     assert isinstance(found, Found)
     activity = found.activity
-    claim = repo.claim(path.name, activity, "w1", stamp=found.stamp)
+    claim = repo.claim(path.name, activity, "w1")
     assert isinstance(claim, ClaimName)
     assert repo.reserve(claim, activity, path.name, time.time()) is None
     settlement = Settlement(claim, "done", done_record(activity, ATTEMPT, {"n": activity_id}, []), [])

@@ -17,7 +17,7 @@ import sys
 import threading
 import time
 import traceback
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -148,13 +148,19 @@ class _CommitDeadline:
         self._commit = commit
         self._armed = threading.Condition()
         self._due: float | None = None
+        self._armed_for: float | None = None  # the last ``due`` handed to the thread (main thread only)
         self._thread: threading.Thread | None = None
         self._error: BaseException | None = None
 
-    @contextlib.contextmanager
-    def processing(self, due: float | None) -> Iterator[None]:
-        """A processor runs: what is pending is committed at ``due`` (``None``: nothing is pending)."""
-        if due is not None:
+    def start(self, due: float | None) -> None:
+        """A processor starts: what is pending is committed at ``due`` (``None``: nothing is pending).
+
+        One group of pending outcomes has one ``due``, so the thread is woken once per group, not
+        once per activity. Not a context manager: this runs for every activity, and ``end`` must
+        follow in a ``finally``.
+        """
+        if due is not None and due != self._armed_for:
+            self._armed_for = due
             if self._thread is None:
                 self._thread = threading.Thread(target=self._wait, name="spoolpipe-commit", daemon=True)
                 self._thread.start()
@@ -162,16 +168,19 @@ class _CommitDeadline:
                 self._due = due
                 self._armed.notify()
         self.lock.release()
-        try:
-            yield
-        finally:
-            self.lock.acquire()
-            if due is not None:
-                with self._armed:
-                    self._due = None
-            if self._error is not None:
-                error, self._error = self._error, None
-                raise error
+
+    def committed(self) -> None:
+        """Nothing is pending any more: the thread need not take the lock at the last ``due``."""
+        if self._due is not None:
+            with self._armed:
+                self._due = None
+
+    def end(self) -> None:
+        """The processor returned: the main thread holds ``lock`` again; a commit that failed here raises."""
+        self.lock.acquire()
+        if self._error is not None:
+            error, self._error = self._error, None
+            raise error
 
     def _wait(self) -> None:
         while True:
@@ -179,9 +188,9 @@ class _CommitDeadline:
                 while self._due is None or self._due > time.monotonic():
                     self._armed.wait(None if self._due is None else self._due - time.monotonic())
                 self._due = None
-            with self.lock:
+            with self.lock:  # taken while a processor runs, or once the main thread is done with it
                 try:
-                    self._commit()
+                    self._commit()  # nothing, when the main thread committed between activities itself
                 except BaseException as exc:  # raised in the main thread when its processor returns
                     self._error = exc
 
@@ -260,8 +269,11 @@ class Attempts:
         log_path = str(self.repo.attempt_log(activity))
         ran = time.monotonic()
         due = self._pending_since + GROUP_COMMIT_SECONDS if self._pending else None
-        with self._deadline.processing(due):
+        self._deadline.start(due)
+        try:
             outcome = execute(activity, log_path, self.worker_id, self.repo.root, self.settings)
+        finally:
+            self._deadline.end()
         self._outcome(claim, activity, started, outcome, time.monotonic() - ran)
         # A step thread that outlived its timeout is stopped only by ending this process.
         return outcome.recycle or _step_abandoned()
@@ -269,22 +281,22 @@ class Attempts:
     def _claim(self, item: Item) -> ClaimName | None:
         """Claim the entry and make its id this claim's; ``None`` if taken, a duplicate, or unreachable."""
         activity = item.activity
-        assert item.stamp is not None  # only an interrupted item has none, and it is not claimed
         try:
-            claim = self.repo.claim(item.name, activity, self.worker_id, stamp=item.stamp)
-            if claim == "changed":
-                self._put_back(item)
-                return None
+            claim = self.repo.claim(item.name, activity, self.worker_id)
         except OSError as exc:
             self._report(logging.ERROR, f"cannot claim {printable(item.name)}: {printable(str(exc))}")
             return None
         if claim is None:
             return None
+        assert item.stamp is not None  # only an interrupted item has none, and it is not claimed
         try:
-            reserved = self.repo.reserve(claim, activity, item.name, self.clock.now())
+            reserved = self.repo.reserve(claim, activity, item.name, self.clock.now(), stamp=item.stamp)
         except OSError as exc:
             self._report(logging.ERROR, f"cannot reserve id {activity.id}: {exc}; requeueing it")
             self._requeue_unwritten(claim, exc)
+            return None
+        if reserved == "changed":
+            self._put_back(item)
             return None
         if isinstance(reserved, Duplicate):
             self._quarantine(self.repo.running, claim.name, reserved.reason)
@@ -487,6 +499,9 @@ class Attempts:
 
     def commit(self) -> None:
         """Commit every pending outcome as one batch (a failure that replaces one is committed too)."""
+        if not self._pending:
+            return
+        self._deadline.committed()
         while self._pending:
             pending, self._pending = self._pending, []
             by_claim = {p.settlement.claim: p for p in pending}

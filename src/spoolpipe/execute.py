@@ -201,8 +201,7 @@ def _confined(registration: Registration, activity: Activity, ctx: Context) -> A
     the child ends here. One that changes the umask changes it for itself only,
     not for the records and logs spoolpipe writes next.
     """
-    pid, mask = os.getpid(), os.umask(0o022)
-    os.umask(mask)
+    forks = _forks[0]
     own = activity
     if activity.data or activity.extra:
         own = dataclasses.replace(
@@ -211,9 +210,21 @@ def _confined(registration: Registration, activity: Activity, ctx: Context) -> A
     try:
         return registration.run(own, ctx)
     finally:
-        if os.getpid() != pid:
+        if _forks[0] != forks:  # this is a child the processor forked
             os._exit(0)
-        os.umask(mask)
+        os.umask(_UMASK)
+
+
+def _forked() -> None:
+    _forks[0] += 1
+
+
+# Forks so far, counted in each child: no getpid() per activity to tell a processor's child. The umask
+# every pool process keeps, its daemon's: set back after each processor, one call.
+_forks = [0]
+os.register_at_fork(after_in_child=_forked)
+_UMASK = os.umask(0o022)
+os.umask(_UMASK)
 
 
 def execute(

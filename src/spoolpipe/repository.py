@@ -458,26 +458,21 @@ class Repository:
         self.durability.renamed(staged, source)
         shutil.rmtree(staged.parent, ignore_errors=True)
 
-    def claim(
-        self, name: str, activity: Activity, worker: str, *, stamp: Stamp
-    ) -> ClaimName | Literal["changed"] | None:
-        """Take an inbox entry, read as ``activity`` from a file of ``stamp``, for ``worker``;
-        ``None`` if another worker took it first.
+    def claim(self, name: str, activity: Activity, worker: str) -> ClaimName | None:
+        """Take an inbox entry for ``worker``; ``None`` if another worker took it first.
 
         Also ``None`` while this worker already holds a claim of the same id and
         attempt (another copy): it is left in the inbox until that claim is settled.
-        ``"changed"``: the file taken is not the one ``activity`` was read from (renamed
-        over or rewritten since); the caller puts it back (``put_back``) to be read again.
+        Whether the file taken is the one ``activity`` was read from, ``reserve`` checks.
         """
         claim = ClaimName(activity.id, activity.attempt, worker)
-        path = f"{self._running}/{claim.name}"
         try:
-            if not take(f"{self._inbox}/{name}", path):
+            if not take(f"{self._inbox}/{name}", f"{self._running}/{claim.name}"):
                 return None
         except FileExistsError:
             return None
         self.durability.changed(self._inbox, self._running)
-        return claim if _stamp(os.lstat(path)) == stamp else "changed"
+        return claim
 
     def put_back(self, claim: ClaimName, name: str) -> bool:
         """Move an untouched claim back to ``inbox/name``; False if another file has that name now."""
@@ -488,9 +483,15 @@ class Repository:
         self.durability.changed(self._inbox, self._running)
         return True
 
-    def reserve(self, claim: ClaimName, activity: Activity, name: str, now: float) -> Duplicate | Busy | None:
+    def reserve(
+        self, claim: ClaimName, activity: Activity, name: str, now: float, *, stamp: Stamp | None = None
+    ) -> Duplicate | Busy | Literal["changed"] | None:
         """Make the claim's id its own: ``None`` if it is; :class:`Duplicate` if another copy holds it;
         :class:`Busy` if the id is held but no other copy can be seen (yet): try again later.
+
+        First, with the ``stamp`` of the file ``activity`` was read from: ``"changed"``
+        when the claim took another file (renamed over or rewritten since it was read),
+        nothing reserved; the caller puts it back (``put_back``) to be read again.
 
         ``ids/ID`` is a hard link to the one file that holds the id (claims,
         retries and releases are renames, so the link follows it); creating it
@@ -504,6 +505,8 @@ class Repository:
         path = f"{self._running}/{claim.name}"
         marker = f"{self._ids}/{claim.activity_id}"
         st = os.lstat(path)
+        if stamp is not None and _stamp(st) != stamp:
+            return "changed"
         if st.st_nlink > 1:  # its reservation, made at an earlier claim of this copy, or another copy
             if _same(marker, st):
                 return None
