@@ -133,7 +133,7 @@ class _Pending:
 
 
 class _CommitDeadline:
-    """Commits the outcomes waiting for a group commit once they waited ``GROUP_COMMIT_SECONDS``,
+    """Commits the outcomes waiting for a group commit once they waited twice ``GROUP_COMMIT_SECONDS``,
     while a processor runs.
 
     Between activities the pool process checks that deadline itself; a processor
@@ -268,7 +268,9 @@ class Attempts:
             return False
         log_path = str(self.repo.attempt_log(activity))
         ran = time.monotonic()
-        due = self._pending_since + GROUP_COMMIT_SECONDS if self._pending else None
+        # Later than the check between activities, which commits a quick batch's outcomes by itself:
+        # the thread only acts on a processor that runs long.
+        due = self._pending_since + 2 * GROUP_COMMIT_SECONDS if self._pending else None
         self._deadline.start(due)
         try:
             outcome = execute(activity, log_path, self.worker_id, self.repo.root, self.settings)
