@@ -57,6 +57,11 @@ def resolve_mode(mode: str, repository: Path) -> str:
     return "flock" if filesystem_type(repository) in _FLOCK_FILESYSTEMS else "lease"
 
 
+#: Refreshes of a lease per lease: others may take it once it went unrefreshed for a whole lease, so
+#: a holder that did not run for (1 - 1/_REFRESHES) of one may have lost it (``OwnLock.held``).
+_REFRESHES = 6
+
+
 def _make_lock(
     path: Path,
     mode: str,
@@ -68,7 +73,11 @@ def _make_lock(
         return FileLock(path, thread_local=False, on_acquired=on_acquired)
     if mode == "lease":
         return SoftFileLease(
-            path, lease_duration=lease_seconds, on_compromise=on_compromise, thread_local=False
+            path,
+            lease_duration=lease_seconds,
+            heartbeat_interval=lease_seconds / _REFRESHES,
+            on_compromise=on_compromise,
+            thread_local=False,
         )
     if mode == "strict":
         return StrictSoftFileLock(path, thread_local=False)
@@ -165,12 +174,12 @@ class OwnLock:
         if not self._held or self._lost:
             return False
         if self._watch is not None:
-            # The lease is refreshed every third of it by a thread of this process: a process that
-            # did not run for two thirds of it (paused, suspended) may have lost it before that
+            # The lease is refreshed six times per lease by a thread of this process: a process that
+            # did not run for five sixths of it (paused, suspended) may have lost it before that
             # thread can tell. Between two looks the worker waits at most a heartbeat interval,
-            # half a lease at most: 0.6 of it tells a pause from an idle wait.
+            # half a lease at most: 0.8 of one tells a pause from an idle wait and a slow step.
             now = time.monotonic()
-            paused = self._checked is not None and now - self._checked > 0.6 * self._lease_seconds
+            paused = self._checked is not None and now - self._checked > 0.8 * self._lease_seconds
             self._checked = now
             if paused:
                 self._lost = True
