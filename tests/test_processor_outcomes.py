@@ -564,3 +564,17 @@ def test_follow_up_data_that_is_not_an_object_is_the_processors_bug(tmp_path: Pa
     with pytest.raises(Fatal, match="follow-up data must be a JSON object"):
         ctx.follow_up("t.noop", data)
     assert ctx.follow_ups == []
+
+
+@pytest.mark.parametrize("timeout", ["10", 0, -1, float("nan"), float("inf"), True, 10**400])
+def test_a_processor_timeout_must_be_seconds_in_both_forms(timeout: Any) -> None:
+    """ "10" or 10**400 crashed the worker at its first timeout check (exit 70, on every start);
+    0, -1 or nan killed every attempt at once."""
+    with pytest.raises(ValueError, match=r"timeout of .* must be a number of seconds > 0"):
+        processor("reg.timeout", timeout=timeout)(lambda activity, ctx: None)
+    given = timeout
+    with pytest.raises(ValueError, match=r"timeout of .* must be a number of seconds > 0"):
+
+        class BadTimeout(Processor):
+            type = "reg.timeout-class"
+            timeout = given

@@ -639,3 +639,54 @@ def test_a_claim_past_the_attempt_limit_fails_without_running(tmp_path: Path) ->
         "gave up: attempt 6 exceeds retry.max-attempts=5 (as its file name says: attempts whose "
         "worker died or was killed count too)"
     )
+
+
+POOLED = """
+import concurrent.futures
+
+@processor("t.pooled")
+def pooled(activity, ctx):
+    with concurrent.futures.ProcessPoolExecutor(2) as executor:
+        return sum(executor.map(abs, [1, -2, 3]))
+"""
+
+
+def test_a_processor_may_start_processes_of_its_own(tmp_path: Path) -> None:
+    """It failed with 'daemonic processes are not allowed to have children'."""
+    repo = make_repository(tmp_path, extra_processors=POOLED)
+    aid = submit(repo, "t.pooled")
+    run_until_idle(repo)
+    assert records(repo / "done")[aid]["result"] == 6
+
+
+def test_pool_processes_of_a_stopped_daemon_stop_claiming_before_its_lease_can_be_taken(
+    tmp_path: Path,
+) -> None:
+    """Only the daemon refreshes the lease; its pool processes went on claiming their batches while it
+    was stopped, and the worker that took the lease over ran those claims again."""
+    repo = make_repository(tmp_path, "claims.lock = lease\nclaims.lease-seconds = 2\npool.size = 1\n")
+    first = start_worker(repo, "w1")
+    try:
+        for i in range(300):
+            submit(repo, "t.dup", id=f"f{i:03d}")  # quick ones: the batches grow
+        wait_for(lambda: len(os.listdir(repo / "done")) >= 300, 60, "the warm-up")
+        due = time.time() + 1.0
+        for i in range(40):
+            submit(repo, "t.dup", {"sleep": 0.5}, id=f"a{i:03d}", not_before=due)
+        time.sleep(due - time.time() + 0.4)
+        os.kill(first.pid, signal.SIGSTOP)  # the daemon only: its pool process runs on
+        second = start_worker(repo, "w2")
+        try:
+            time.sleep(8)
+            os.kill(first.pid, signal.SIGCONT)
+            wait_for(lambda: len(os.listdir(repo / "done")) >= 340, 90, "every activity")
+        finally:
+            second.send_signal(signal.SIGTERM)
+            second.wait(30)
+    finally:
+        os.kill(first.pid, signal.SIGCONT)
+        first.send_signal(signal.SIGTERM)
+        first.wait(30)
+    runs = Counter(e[0] for e in effects(repo, "t.dup"))
+    twice = sorted(i for i, n in runs.items() if n > 1)
+    assert len(twice) <= 1, twice  # at most the one running when the daemon stopped

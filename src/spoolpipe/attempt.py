@@ -223,8 +223,12 @@ class Attempts:
         taken, recycle = 0, False
         with self._deadline.lock:
             for index, item in enumerate(batch):
-                if progress[2]:  # the worker is stopping: the rest stays in the inbox
+                # The worker is stopping, or may have lost its lock: the rest stays in the inbox.
+                if progress[2] or time.monotonic() > progress[3]:
                     break
+                if item.activity.attempt > 1 and self._pending:
+                    # A retry may be of one that crashed its process: what is done is committed first.
+                    self.commit()
                 progress[0], progress[1] = index, time.monotonic()
                 recycle = self._one(item)
                 taken = index + 1

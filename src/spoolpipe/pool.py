@@ -15,6 +15,7 @@ import contextlib
 import ctypes
 import importlib
 import logging
+import math
 import multiprocessing
 import multiprocessing.connection
 import multiprocessing.sharedctypes
@@ -64,7 +65,7 @@ def import_processors(modules: Sequence[str], paths: Sequence[str]) -> None:
     for module in (*_BUILTIN_MODULES, *modules):
         try:
             importlib.import_module(module)
-        except Exception as exc:
+        except BaseException as exc:  # sys.exit() at import too: it ended the worker as a clean stop
             raise ProcessorImportError(module, paths, exc) from exc
 
 
@@ -88,7 +89,7 @@ def reload_processors(modules: Sequence[str], paths: Sequence[str]) -> None:
     for module in modules:
         try:
             importlib.reload(sys.modules[module])
-        except Exception as exc:
+        except BaseException as exc:  # sys.exit() at import too: it hung the daemon at its exit
             raise ProcessorImportError(module, paths, exc) from exc
 
 
@@ -158,6 +159,9 @@ def _child_main(conn: Connection, setup: Setup, progress: Any, forked: bool) -> 
         random.seed()
     for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         signal.signal(s, signal.SIG_IGN)
+    # Started as a daemon process (never outliving the daemon), but its processors may start processes
+    # of their own (ProcessPoolExecutor): multiprocessing refuses that to a daemon process.
+    multiprocessing.current_process().daemon = False
     import_processors(setup.modules, setup.paths)
     attempts = Attempts(setup)
     conn.send("ready")
@@ -214,7 +218,9 @@ class Slot:
     index: int
     process: BaseProcess
     conn: Connection
-    progress: Any  # shared: [index of the running item or -1, monotonic time it started, 1 = stop]
+    #: Shared with the process: [index of the running item or -1, monotonic time it started,
+    #: 1 = stop, monotonic time until which it may claim (the worker holds its lock until then)].
+    progress: Any
     ready: bool = False
     batch: tuple[Item, ...] = ()
     sent: float = 0.0  # time.monotonic() the batch was sent
@@ -239,6 +245,14 @@ class Pool:
         self.setup = setup
         self.slots: list[Slot] = []
         self._stale: set[int] = set()  # pids of processes started before the setup or the code changed
+        self._claims_until = math.inf
+
+    def may_claim_until(self, until: float) -> None:
+        """Pool processes claim only until ``until`` (``time.monotonic``, one clock for all processes):
+        the lock of a worker whose daemon is stopped may be taken while its processes still run."""
+        self._claims_until = until
+        for slot in self.slots:
+            slot.progress[3] = until
 
     def start(self) -> None:
         if not self.slots:
@@ -247,8 +261,8 @@ class Pool:
     def _spawn(self, index: int) -> Slot:
         forked = threading.active_count() == 1 and sys.platform.startswith("linux")
         mp: Any = multiprocessing.get_context("fork" if forked else "spawn")
-        progress = multiprocessing.sharedctypes.RawArray(ctypes.c_double, 3)
-        progress[0] = -1
+        progress = multiprocessing.sharedctypes.RawArray(ctypes.c_double, 4)
+        progress[0], progress[3] = -1, self._claims_until
         parent, child = mp.Pipe()
         process = mp.Process(
             target=_child_main,

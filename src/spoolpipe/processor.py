@@ -16,6 +16,7 @@ valid type names (a bare string, say) is refused when the processor registers.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -24,7 +25,7 @@ from types import MappingProxyType
 from typing import Any, ClassVar, TypeVar
 
 from .activity import DEFAULT_PRIORITY, Activity, is_priority, is_valid_name
-from .config import Settings
+from .config import MAX_SECONDS, Settings
 from .options import parse_option
 
 ProcessFunction = Callable[[Activity, "Context"], Any]
@@ -181,6 +182,27 @@ def _retry_on(declared: object, origin: str) -> RetryOn | None:
     return tuple(classes)
 
 
+def _timeout(declared: object, origin: str) -> float | None:
+    """``timeout``: None (``timeout.seconds`` applies) or a number of seconds, as the properties take it."""
+    if declared is None:
+        return None
+    seconds: float | None = None
+    if isinstance(declared, int | float) and not isinstance(declared, bool):
+        with contextlib.suppress(OverflowError):
+            seconds = float(declared)
+    if seconds is None or not 0 < seconds <= MAX_SECONDS:  # NaN fails this too
+        huge = isinstance(declared, int) and declared.bit_length() > 64  # repr() may refuse it
+        shown = (
+            f"an int of {declared.bit_length()} bits"
+            if isinstance(declared, int) and huge
+            else repr(declared)
+        )
+        raise ValueError(
+            f"timeout of {origin} must be a number of seconds > 0, at most {MAX_SECONDS}, not {shown}"
+        )
+    return seconds
+
+
 _registry: dict[str, Registration] = {}
 _view: Mapping[str, Registration] = MappingProxyType(_registry)
 
@@ -220,7 +242,8 @@ def processor(
         origin = f"{function.__module__}.{function.__qualname__}"
         declared = _follow_up_types(follow_ups, origin)
         retried = _retry_on(retry_on, origin)
-        _register(Registration(type, function, declared, timeout, origin, megapixels, retried))
+        seconds = _timeout(timeout, origin)
+        _register(Registration(type, function, declared, seconds, origin, megapixels, retried))
         return function
 
     return decorate
@@ -250,7 +273,8 @@ class Processor:
 
         declared = _follow_up_types(cls.follow_ups, origin)
         retried = _retry_on(cls.retry_on, origin)
-        _register(Registration(cls.type, run, declared, cls.timeout, origin, retry_on=retried))
+        seconds = _timeout(cls.timeout, origin)
+        _register(Registration(cls.type, run, declared, seconds, origin, retry_on=retried))
 
     def process(self, activity: Activity, ctx: Context) -> Any:
         raise NotImplementedError

@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import logging
+import math
 import os
 import resource
 import signal
@@ -314,7 +315,10 @@ class Worker:
         if not self.own_lock.held():
             self._lost_lock()
             if not self.own_lock.held():
+                self.pool.may_claim_until(-math.inf)
                 return True  # claims, runs and writes nothing until the lock is this worker's again
+        if self.lock_mode == "lease":  # others take a lease unrefreshed for one: stop short of that
+            self.pool.may_claim_until(now + 0.75 * self.settings.claims_lease_seconds)
         if now >= self._next_heartbeat:
             self._next_heartbeat = now + self.settings.heartbeat_interval_seconds
             self._heartbeat()

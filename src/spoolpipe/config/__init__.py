@@ -30,13 +30,14 @@ specification prescribes. ``\\uXXXX`` escapes work in both cases.
 
 from __future__ import annotations
 
-from ._kinds import TYPE_PATTERN, BoolKind, parse_duration
+from ._kinds import MAX_SECONDS, TYPE_PATTERN, BoolKind, parse_duration
 from ._load import SHARED_FILE, ConfigError, config_files, load
 from ._render import describe_keys, render_defaults
 from ._schema import OPTIONS
 from ._settings import Loaded, Settings, automatic_megapixels
 
 __all__ = [
+    "MAX_SECONDS",
     "OPTIONS",
     "SHARED_FILE",
     "TYPE_PATTERN",
