@@ -140,6 +140,8 @@ def test_an_unusable_argv_is_a_configuration_error_at_its_line(
         ({"http.x.method": "TRACE"}, "'TRACE' is not a valid choice"),
         ({"http.x.headers": '{"X-A": "1\\r\\nX-B: 2"}'}, "expected a string without line breaks"),
         ({"http.x.headers": '{"a b": "1"}'}, "'a b' is not a header name"),
+        # it passed, then every request failed with a UnicodeEncodeError, retried
+        ({"http.x.headers": '{"X-Price": "5 \\u20ac"}'}, "header 'X-Price': '\u20ac' cannot be sent"),
         ({"http.x.timeout": "0"}, "'0' is out of range"),
     ],
 )
@@ -530,17 +532,23 @@ def test_server_errors_and_refused_connections_are_retried_until_it_recovers(tmp
 def test_client_errors_and_redirects_fail_at_once(tmp_path: Path, server: Server) -> None:
     server.answers["/missing"] = [(404, {}, b"no such hook")]
     server.answers["/moved"] = [(302, {"Location": "http://elsewhere.example/"}, b"")]
+    # A Location urllib cannot parse raised a ValueError before the redirect was refused: retried.
+    server.answers["/garbled"] = [(302, {"Location": "http://[oops/x"}, b"")] * 3
     base = f"http://127.0.0.1:{server.port}"
-    repo = http_repo(tmp_path, {"missing": f"{base}/missing", "moved": f"{base}/moved"})
+    repo = http_repo(
+        tmp_path, {"missing": f"{base}/missing", "moved": f"{base}/moved", "garbled": f"{base}/garbled"}
+    )
     missing = submit(repo, "http.request", {"endpoint": "missing"})
     moved = submit(repo, "http.request", {"endpoint": "moved"})
+    garbled = submit(repo, "http.request", {"endpoint": "garbled"})
     unknown = submit(repo, "http.request", {"endpoint": "http://evil.example/"})
     run_until_idle(repo)
     assert f"POST {base}/missing answered 404: 'no such hook'" in reason(repo, missing)
     assert "a redirect to 'http://elsewhere.example/', which is not followed" in reason(repo, moved)
     assert "endpoint 'http://evil.example/' is not configured on worker w1" in reason(repo, unknown)
-    assert all(failed(repo)[i]["spoolpipe"]["attempts"] == 1 for i in (missing, moved, unknown))
-    assert sorted(r["path"] for r in server.requests) == ["/missing", "/moved"]
+    assert "a redirect to 'http://[oops/x', which is not followed" in reason(repo, garbled)
+    assert all(failed(repo)[i]["spoolpipe"]["attempts"] == 1 for i in (missing, moved, unknown, garbled))
+    assert sorted(r["path"] for r in server.requests) == ["/garbled", "/missing", "/moved"]
 
 
 def test_a_failure_handler_notifies_through_http_request(tmp_path: Path, server: Server) -> None:

@@ -32,8 +32,13 @@ def _opener() -> urllib.request.OpenerDirector:
     import urllib.request
 
     class NoRedirect(urllib.request.HTTPRedirectHandler):
-        def redirect_request(self, *args: Any, **kwargs: Any) -> None:
-            return None  # urllib then raises the 3xx as an HTTPError
+        """Answers no 3xx, so urllib raises it as an HTTPError: before its Location is even parsed
+        (one urllib cannot parse raised a ValueError, and the request was sent again)."""
+
+        def http_error_302(self, *args: Any, **kwargs: Any) -> None:
+            return None
+
+        http_error_301 = http_error_303 = http_error_307 = http_error_308 = http_error_302
 
     return urllib.request.build_opener(NoRedirect)
 

@@ -234,6 +234,13 @@ def parse_headers(text: str) -> tuple[tuple[str, str], ...]:
             raise InvalidDefinition(f"{key!r} is not a header name")
         if not isinstance(value, str) or any(c in value for c in "\r\n\0"):
             raise InvalidDefinition(f"header {key!r}: expected a string without line breaks")
+        try:
+            value.encode("latin-1")  # what http.client sends a header value as
+        except UnicodeEncodeError as exc:
+            raise InvalidDefinition(
+                f"header {key!r}: {value[exc.start]!r} cannot be sent (header values are Latin-1); "
+                "percent-encode it or leave it out"
+            ) from None
         headers.append((key, value))
     return tuple(headers)
 
