@@ -349,6 +349,8 @@ def test_worker_check_names_the_bad_configuration_line_and_exits_2(tmp_path: Pat
     [
         ("x = 1\ndef broken(:\n", 2, "SyntaxError"),
         ("import os\n\nraise RuntimeError('no db')\n", 3, "RuntimeError"),
+        # the registry's refusal: it named spoolpipe's own processor.py, not the module at fault
+        ("from spoolpipe import processor\n\nprocessor('command')(lambda a, c: None)\n", 3, "ValueError"),
     ],
 )
 def test_worker_check_names_where_a_processor_fails_to_import_and_exits_3(

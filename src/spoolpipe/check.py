@@ -9,6 +9,7 @@ upgrade, in a deployment script).
 
 from __future__ import annotations
 
+import os
 import re
 import traceback
 from collections.abc import Mapping, Sequence
@@ -31,10 +32,11 @@ def where_it_failed(error: BaseException, sources: Sequence[Path]) -> str:
     module that is not found at all, of the ``processors`` line naming it."""
     if isinstance(error, SyntaxError) and error.filename:
         return f"{error.filename}:{error.lineno}"
+    package = os.path.dirname(pool.__file__) + os.sep  # spoolpipe's own frames (its registry's checks)
     frames = [
         f
         for f in traceback.extract_tb(error.__traceback__)
-        if "importlib" not in f.filename and f.filename != pool.__file__
+        if "importlib" not in f.filename and not f.filename.startswith(package)
     ]
     if frames:
         return f"{frames[-1].filename}:{frames[-1].lineno}"
