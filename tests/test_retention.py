@@ -144,8 +144,13 @@ def test_retention_touches_only_names_spoolpipe_writes() -> None:
     assert retention.is_entry("logs", "a.b~12.log")
     assert not retention.is_entry("logs", "a~x.log")
     assert not retention.is_entry("logs", "a.log")
-    assert retention.is_entry("invalid", "anything~01J")
+    assert retention.is_entry("invalid", "anything~01M80FE64HTEC8XYP509KA1G1P")
+    assert retention.is_entry("invalid", "recovered~01M80FE64HTEC8XYP509KA1G1P")
     assert not retention.is_entry("invalid", "x.part")
+    # An operator's own folders: retention deleted them (archive off) or archived them.
+    assert not retention.is_entry("invalid", "backup")
+    assert not retention.is_entry("invalid", "a~notatoken")
+    assert not retention.is_entry("invalid", "anything~01J")
     assert retention.entry_id("logs", "a.b~12.log") == "a.b"
     assert retention.entry_id("invalid", "a~01J") is None
     for name, activity in [

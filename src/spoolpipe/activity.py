@@ -92,6 +92,14 @@ def invalid_entry_name(name: str, token: str) -> str:
     return printable(name).encode()[:budget].decode("utf-8", "ignore") + suffix
 
 
+_INVALID_ENTRY = re.compile(rf".+~[{_CROCKFORD}]{{26}}", re.DOTALL)
+
+
+def is_invalid_entry_name(name: str) -> bool:
+    """Whether ``name`` is one ``invalid_entry_name`` makes (``NAME~TOKEN``, the token a ULID)."""
+    return _INVALID_ENTRY.fullmatch(name) is not None
+
+
 def is_valid_name(value: object) -> bool:
     """Whether ``value`` is a usable activity id or type."""
     return isinstance(value, str) and _NAME.match(value) is not None

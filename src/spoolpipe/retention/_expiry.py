@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Literal, get_args
 
-from ..activity import NAME_PATTERN, is_ignored
+from ..activity import NAME_PATTERN, is_invalid_entry_name
 from ..config import Settings
 
 #: What retention cleans up, each with its own ``retention.<state>`` limit.
@@ -56,11 +56,11 @@ def entry_id(state: State, name: str) -> str | None:
 def is_entry(state: State, name: str) -> bool:
     """Whether retention may touch ``name`` in that state's directory: only names spoolpipe writes there.
 
-    A record is ``ID.json``, an attempt log ``ID~N.log``; an ``invalid/`` entry is any
-    name but those a writer is still publishing (``.name``, ``*.tmp``, ``*.part``).
+    A record is ``ID.json``, an attempt log ``ID~N.log``; an ``invalid/`` entry ``NAME~TOKEN``
+    (a folder an operator made there is not one).
     """
     if state == "invalid":
-        return not is_ignored(name)
+        return is_invalid_entry_name(name)
     return entry_id(state, name) is not None
 
 
