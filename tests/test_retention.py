@@ -615,3 +615,15 @@ def test_a_dead_purges_lease_does_not_block_the_next_for_long(tmp_path: Path) ->
     done = [n for n in entries if not n.startswith("invalid/")]
     assert not any((repo / n).exists() for n in done)
     assert_each_in_exactly_one_place(repo, entries)
+
+
+def test_an_archive_that_is_not_a_folder_stops_the_purge_with_a_reason(tmp_path: Path) -> None:
+    """It crashed (NotADirectoryError, exit 70), at every scheduled purge too."""
+    repo = make_repository(tmp_path, "retention.done = 1d\n")
+    record = put(repo / "done" / "old.json", "{}", old=2 * DAY)
+    (repo / "archive").write_text("x")
+    result = purge(repo)
+    assert result.returncode == 1, result.stderr
+    assert f"{repo / 'archive'} is not a folder" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert record.exists()

@@ -80,6 +80,10 @@ def purge(
     completed first.
     """
     report = Report(dry_run, archive)
+    folder = repo.root / "archive"
+    if os.path.lexists(folder) and not (folder.is_dir() and not folder.is_symlink()):
+        report.problems.append(f"{folder} is not a folder: nothing purged (move it away)")
+        return report
     if not dry_run:
         complete_interrupted(repo, report)
         sweep_temp(repo)
