@@ -528,3 +528,23 @@ def test_inspect_of_an_activity_waiting_for_its_retry_shows_no_running_attempt(t
     story = json.loads(result.stdout)
     assert story["state"] == "delayed"
     assert [(a["attempt"], a["outcome"]) for a in story["attempts"]] == [(1, "retry")]
+
+
+def test_watch_keeps_its_output_to_what_it_renders(tmp_path: Path) -> None:
+    """A turn that could not read the repository wrote a line of text among the JSON lines."""
+    import io
+
+    from spoolpipe.views.watch import watch
+
+    turns = iter([OSError(2, "No such file or directory"), '{"a": 1}', KeyboardInterrupt()])
+
+    def render() -> str:
+        turn = next(turns)
+        if isinstance(turn, BaseException):
+            raise turn
+        return turn
+
+    out, err = io.StringIO(), io.StringIO()
+    assert watch(render, 0.01, out, err) == 0
+    assert out.getvalue() == '{"a": 1}\n'
+    assert "cannot read the repository" in err.getvalue()

@@ -13,17 +13,24 @@ from ..activity import printable
 _CLEAR = "\x1b[H\x1b[2J"
 
 
-def watch(render: Callable[[], str], interval: float, out: TextIO = sys.stdout) -> int:
-    """Print ``render()`` every ``interval`` seconds; 0 once interrupted (SIGINT)."""
+def watch(
+    render: Callable[[], str], interval: float, out: TextIO = sys.stdout, err: TextIO = sys.stderr
+) -> int:
+    """Print ``render()`` every ``interval`` seconds; 0 once interrupted (SIGINT).
+
+    A turn that cannot read the repository says so on ``err``: ``out`` holds only what
+    ``render`` made (one JSON document per line, with ``--json``)."""
     clear = out.isatty()
     try:
         while True:
             try:
                 text = render()
             except OSError as exc:  # a shared file system away for a while: say so, try again
-                text = f"cannot read the repository: {printable(str(exc))}"
-            out.write((_CLEAR if clear else "") + text + ("" if text.endswith("\n") else "\n"))
-            out.flush()
+                err.write(f"cannot read the repository: {printable(str(exc))}\n")
+                err.flush()
+            else:
+                out.write((_CLEAR if clear else "") + text + ("" if text.endswith("\n") else "\n"))
+                out.flush()
             time.sleep(interval)
     except KeyboardInterrupt:
         return 0
