@@ -421,7 +421,7 @@ def test_the_systemd_unit_passes_systemd_analyze_verify(tmp_path: Path) -> None:
         "Wants=network-online.target",
         "After=network-online.target",
         "NoNewPrivileges=yes",
-        f"RequiresMountsFor={service.quote(str(repo))}",
+        f"RequiresMountsFor={service.quote(str(repo), command=False)}",
     ):
         assert expected in lines, f"{expected!r} missing from\n{text}"
     assert f"ExecStart={os.path.abspath(sys.executable)} -m spoolpipe worker " in text
@@ -433,6 +433,21 @@ def test_the_systemd_unit_passes_systemd_analyze_verify(tmp_path: Path) -> None:
     )
     assert verify.returncode == 0, verify
     assert verify.stdout + verify.stderr == "", verify  # it warns about settings it ignores
+
+
+def test_a_unit_for_a_path_ending_in_a_backslash_or_holding_a_dollar_says_that_path(tmp_path: Path) -> None:
+    """A Description= ending in \\ continued onto the next line (Wants= became description); $ was
+    written $$ in RequiresMountsFor=, where systemd does not undo it (only command lines do)."""
+    repo = tmp_path / "r$x\\"
+    assert spoolpipe("init", str(repo)).returncode == 0
+    result = spoolpipe("systemd-unit", str(repo), "--worker-id", "nas")
+    assert result.returncode == 0, result
+    lines = result.stdout.splitlines()
+    description = next(line for line in lines if line.startswith("Description="))
+    assert not description.endswith("\\") and description.endswith("r$x\\x5c"), description
+    assert lines[lines.index(description) + 1] == "Wants=network-online.target"
+    mounts = next(line for line in lines if line.startswith("RequiresMountsFor="))
+    assert "$$" not in mounts and "r$x" in mounts, mounts
 
 
 def test_systemd_unit_refuses_what_a_unit_cannot_hold(tmp_path: Path) -> None:

@@ -49,12 +49,13 @@ def _plain(text: str, what: str) -> str:
     return text.replace("%", "%%")  # systemd expands %-specifiers in these settings
 
 
-def quote(arg: str, what: str = "argument") -> str:
-    """One word of a systemd command line or path list, exactly as given (quotes, %, $ and \\ escaped)."""
+def quote(arg: str, what: str = "argument", *, command: bool = True) -> str:
+    """One word of a systemd command line (or, not ``command``, of a path list), exactly as given:
+    quotes, % and \\ escaped, and $ on a command line (where systemd expands variables)."""
     if _BARE.match(arg):
         return arg
-    escaped = _plain(arg, what).replace("\\", "\\\\").replace('"', '\\"').replace("$", "$$")
-    return f'"{escaped}"'
+    escaped = _plain(arg, what).replace("\\", "\\\\").replace('"', '\\"')
+    return f'"{escaped.replace("$", "$$") if command else escaped}"'
 
 
 def _under(path: str, roots: tuple[str, ...]) -> bool:
@@ -67,7 +68,7 @@ def render(unit: Unit) -> str:
         raise UnitError("the repository and the interpreter must be absolute paths")
     if unit.user is not None and not _USER.match(unit.user):
         raise UnitError(f"--user {unit.user!r} is not a user name")
-    repo = quote(unit.repository, "repository path")
+    repo = quote(unit.repository, "repository path", command=False)
     command = " ".join(
         quote(a)
         for a in (unit.python, "-m", "spoolpipe", "worker", unit.repository, "--worker-id", unit.worker_id)
@@ -88,7 +89,9 @@ def render(unit: Unit) -> str:
         f"# Regenerate it when shutdown.grace-seconds changes (now {unit.grace_seconds:g}s).",
         "# See docs/operations.md, Running as a service.",
         "[Unit]",
-        f"Description=spoolpipe worker {_plain(unit.worker_id, 'id')} on {_plain(unit.repository, 'path')}",
+        # A backslash ending a line would continue it: the description only shows it, as \x5c.
+        f"Description=spoolpipe worker {_plain(unit.worker_id, 'id')} on "
+        + _plain(unit.repository, "path").replace("\\", "\\x5c"),
         "Wants=network-online.target",
         "After=network-online.target",
         f"RequiresMountsFor={repo}",
