@@ -11,6 +11,7 @@ and the page is loaded in headless Chromium (its screenshot is also copied into
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import html.parser
 import http.client
@@ -22,6 +23,7 @@ import signal
 import socket
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -483,6 +485,39 @@ def test_idle_connections_cannot_take_every_thread(tmp_path: Path) -> None:
         for sock in idle:
             sock.close()
     wait_for(answered, 60, "the page to answer again once the idle connections are gone")
+    code, err = stop(proc, repo)
+    assert code == 0, err
+
+
+def test_connections_that_send_slowly_cannot_take_every_thread_for_good(tmp_path: Path) -> None:
+    """One byte every few seconds kept a connection's read from ever waiting 30 s: 32 of them held
+    every thread for as long as they liked."""
+    repo = make_repository(tmp_path)
+    proc, address = start_serve(repo)
+
+    def answered() -> bool:
+        try:
+            conn = http.client.HTTPConnection(address.host, address.port, timeout=5)
+            conn.request("GET", "/api/status")
+            return conn.getresponse().status == 200
+        except (OSError, http.client.HTTPException):
+            return False
+
+    slow = [socket.create_connection((address.host, address.port), timeout=5) for _ in range(MAX_CONNECTIONS)]
+    try:
+        for sock in slow:
+            sock.sendall(b"GET / HTTP/1.1\r\nX-A: ")
+        started = time.monotonic()
+        assert not answered()
+        while not answered():
+            assert time.monotonic() - started < 60, "the slow connections still hold every thread"
+            for sock in slow:
+                with contextlib.suppress(OSError):
+                    sock.sendall(b"a")
+            time.sleep(3)
+    finally:
+        for sock in slow:
+            sock.close()
     code, err = stop(proc, repo)
     assert code == 0, err
 

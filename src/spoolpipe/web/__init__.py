@@ -7,6 +7,7 @@ runs ``ThreadingHTTPServer`` and stops it on SIGTERM or SIGINT.
 
 from __future__ import annotations
 
+import contextlib
 import signal
 import socket
 import sys
@@ -24,7 +25,8 @@ EXIT_CANNOT_START: Final = 3
 EXIT_BAD_HOST: Final = 2
 """``--host`` is not an address or a name that resolves."""
 REQUEST_TIMEOUT_SECONDS: Final = 30
-"""A connection that sends nothing for this long is closed, so idle clients cannot hold threads."""
+"""A connection that sends nothing for this long is closed, so idle clients cannot hold threads; and
+any connection this long after it was opened, so that clients sending a byte now and then cannot."""
 MAX_CONNECTIONS: Final = 32
 """Connections served at once; one more is closed without an answer."""
 
@@ -34,6 +36,20 @@ def _handler(site: Site) -> type[BaseHTTPRequestHandler]:
         server_version = "spoolpipe"
         sys_version = ""
         timeout = REQUEST_TIMEOUT_SECONDS
+
+        def setup(self) -> None:
+            super().setup()
+            self._deadline = threading.Timer(REQUEST_TIMEOUT_SECONDS, self._expire)
+            self._deadline.daemon = True
+            self._deadline.start()
+
+        def _expire(self) -> None:
+            with contextlib.suppress(OSError):  # the thread serving it then sees its end
+                self.connection.shutdown(socket.SHUT_RDWR)
+
+        def finish(self) -> None:
+            self._deadline.cancel()
+            super().finish()
 
         def _answer(self) -> None:
             response = site.respond(self.command, self.path, self.headers.get("Host"))
