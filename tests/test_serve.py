@@ -518,7 +518,7 @@ def test_connections_that_send_slowly_cannot_take_every_thread_for_good(tmp_path
     finally:
         for sock in slow:
             sock.close()
-    code, err = stop(proc, repo)
+        code, err = stop(proc, repo)
     assert code == 0, err
 
 
