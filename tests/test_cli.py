@@ -361,9 +361,6 @@ def _populate(repo: Path) -> None:
     (repo / "invalid" / "junk.json~01M80FE64HTEC8XYP509KA1G1P").mkdir()
     _heartbeat(repo, "alive", {"t.handled": 2, "t.never": 0}, age=1)
     _heartbeat(repo, "dead", {"t.handled": 2, "t.orphan": 1}, age=3600)
-    # Recent, but no worker's heartbeat: it was listed as a live worker null on host null.
-    (repo / "heartbeats" / "garbled.json").write_text("{}")
-    (repo / "heartbeats" / "other.json").write_text('{"worker": "alive", "host": "x"}')
 
 
 def test_status_counts_and_live_workers(repo: Path) -> None:

@@ -217,8 +217,6 @@ def live_workers(repo: Repository, settings: config.Settings, now: float) -> lis
         doc = read_document(repo.heartbeats / name, _HEARTBEAT_BYTES)
         if st is None or doc is None or now - st.st_mtime > horizon:
             continue
-        if doc.get("worker") != name[: -len(".json")] or not isinstance(doc.get("host"), str):
-            continue  # not a worker's heartbeat (a worker writes its own id and host): stop --all agrees
         live.append(_heartbeat(doc, st.st_mtime, now))
     return live
 
