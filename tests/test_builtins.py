@@ -865,3 +865,18 @@ def test_a_move_across_file_systems_copies_then_removes(
         other_file_system / "taken.txt"
     ).read_text() == "taken"
     assert sorted(os.listdir(other_file_system / "x")) == ["a.txt"]  # no temporary file left
+
+
+def test_a_get_sends_no_body_and_says_no_content_type(tmp_path: Path, server: Server) -> None:
+    server.answers["/ping"] = [(200, {}, b"pong")]
+    repo = http_repo(
+        tmp_path,
+        {"ping": f"http://127.0.0.1:{server.port}/ping"},
+        prop_lines({"http.ping.method": "GET"}),
+    )
+    activity = submit(repo, "http.request", {"endpoint": "ping", "ignored": 1})
+    run_until_idle(repo)
+    assert done(repo)[activity]["result"]["body"] == "pong"
+    [sent] = server.requests
+    assert (sent["method"], sent["body"]) == ("GET", b"")
+    assert "Content-Type" not in sent["headers"]

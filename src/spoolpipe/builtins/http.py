@@ -85,7 +85,7 @@ def request(activity: Activity, ctx: Context) -> dict[str, object]:
         raise Fatal(str(exc)) from None
     body = None if endpoint.method == "GET" else specs.request_body(activity.data)
     headers = {
-        "Content-Type": "application/json; charset=utf-8",
+        **({} if body is None else {"Content-Type": "application/json; charset=utf-8"}),
         "User-Agent": f"spoolpipe/{__version__}",
         "X-Spoolpipe-Activity": activity.id,
         "X-Spoolpipe-Attempt": str(activity.attempt),
