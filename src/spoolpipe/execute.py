@@ -28,7 +28,7 @@ from .outcome import Outcome, Status
 from .processor import Context, Fatal, FollowUp, Registration, Retry, Skip, registered
 from .record import follow_up_document
 from .retry import retried
-from .storable import NotStorable, bounded_text, check_text, encode, reason_line, storable
+from .storable import NotStorable, bounded_text, check_text, encode, reason_line, shown, storable
 
 #: Longest delay a follow-up may ask for: 100 years, so that its start time can always be written.
 MAX_FOLLOW_UP_DELAY = 100 * 365.25 * 86400
@@ -107,15 +107,6 @@ def _valid_delay(delay: object) -> TypeGuard[numbers.Real]:
         return False
 
 
-def _shown(value: object) -> str:
-    """``repr(value)`` for a reason: at most 100 characters, even for a repr that raises."""
-    try:
-        text = repr(value)
-    except Exception:  # a broken __repr__, or an int too long to print
-        text = f"<a {type(value).__name__}>"
-    return text if len(text) <= 100 else f"{text[:97]}..."
-
-
 def _checked(activity: Activity, settings: Settings, result: Any, follow_ups: Sequence[FollowUp]) -> Outcome:
     """The outcome as plain JSON values the daemon can always write; NotStorable says what cannot be."""
     checked_result, _ = storable(
@@ -123,17 +114,17 @@ def _checked(activity: Activity, settings: Settings, result: Any, follow_ups: Se
     )
     checked: list[dict[str, Any]] = []
     for number, f in enumerate(follow_ups, 1):
-        what = f"follow-up {number} ({f.type}, key {_shown(f.key)})"
+        what = f"follow-up {number} ({f.type}, key {shown(f.key)})"
         if not isinstance(f.key, str):
-            raise NotStorable(f"{what}: the key must be a string, not {type(f.key).__name__} {_shown(f.key)}")
+            raise NotStorable(f"{what}: the key must be a string, not {type(f.key).__name__} {shown(f.key)}")
         check_text(f.key, f"{what}: key")
         delay = f.delay
         if delay is not None and not _valid_delay(delay):
             seconds_range = f"from 0 to {MAX_FOLLOW_UP_DELAY:.0f}"
-            raise NotStorable(f"{what}: delay {_shown(delay)} is not a number of seconds {seconds_range}")
+            raise NotStorable(f"{what}: delay {shown(delay)} is not a number of seconds {seconds_range}")
         seconds = None if delay is None else float(delay)
         if not is_priority(f.priority):
-            raise NotStorable(f"{what}: priority {_shown(f.priority)} is not an integer from 0 to 9")
+            raise NotStorable(f"{what}: priority {shown(f.priority)} is not an integer from 0 to 9")
         limit = settings.limits_activity_bytes
         data, _ = storable(f.data, f"{what}: data", limit=limit, limit_key="limits.activity-bytes")
         # The daemon sets the real start time when it commits; written, it is just as long.
@@ -160,9 +151,7 @@ def _retry_requested(exc: Retry, log: logging.Logger, attempt: int, text: str) -
     elif _valid_delay(delay):
         seconds = float(delay)
     else:
-        message = (
-            f"Retry delay {_shown(delay)} is not a number of seconds from 0 to {MAX_FOLLOW_UP_DELAY:.0f}"
-        )
+        message = f"Retry delay {shown(delay)} is not a number of seconds from 0 to {MAX_FOLLOW_UP_DELAY:.0f}"
         return _failed("fatal", log, attempt, f"{message} (reason: {reason})", text)
     when = "" if seconds is None else f" in {seconds:g}s"
     log.warning("attempt %d asks to be retried%s: %s", attempt, when, reason)

@@ -27,6 +27,7 @@ from typing import Any, ClassVar, TypeVar
 from .activity import DEFAULT_PRIORITY, Activity, is_priority, is_valid_name
 from .config import MAX_SECONDS, Settings
 from .options import parse_option
+from .storable import shown
 
 ProcessFunction = Callable[[Activity, "Context"], Any]
 # Decoded megapixels an activity will hold, estimated before it is claimed (image work).
@@ -191,15 +192,8 @@ def _timeout(declared: object, origin: str) -> float | None:
         with contextlib.suppress(OverflowError):
             seconds = float(declared)
     if seconds is None or not 0 < seconds <= MAX_SECONDS:  # NaN fails this too
-        huge = isinstance(declared, int) and declared.bit_length() > 64  # repr() may refuse it
-        shown = (
-            f"an int of {declared.bit_length()} bits"
-            if isinstance(declared, int) and huge
-            else repr(declared)
-        )
-        raise ValueError(
-            f"timeout of {origin} must be a number of seconds > 0, at most {MAX_SECONDS}, not {shown}"
-        )
+        bound = f"a number of seconds > 0, at most {MAX_SECONDS}"
+        raise ValueError(f"timeout of {origin} must be {bound}, not {shown(declared)}")
     return seconds
 
 

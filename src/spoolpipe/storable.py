@@ -37,6 +37,15 @@ def _compact(value: Any) -> bytes:
     return json.dumps(value, ensure_ascii=False, allow_nan=False, separators=(",", ":")).encode()
 
 
+def shown(value: object) -> str:
+    """``repr(value)`` for a reason: at most 100 characters, even for a repr that raises."""
+    try:
+        text = repr(value)
+    except Exception:  # a broken __repr__, or an int too long to print
+        text = f"<a {type(value).__name__}>"
+    return text if len(text) <= 100 else f"{text[:97]}..."
+
+
 def encode(doc: Any) -> bytes:
     """A document as spoolpipe writes it: compact UTF-8 JSON (no NaN), one line."""
     return _compact(doc) + b"\n"
