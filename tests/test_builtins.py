@@ -752,9 +752,10 @@ def test_archive_refuses_an_existing_archive_and_removes_nothing(tmp_path: Path,
 
 
 def test_a_worker_that_runs_no_builtin_work_never_imports_what_they_need(tmp_path: Path) -> None:
-    """The built-in types are registered in every pool process; zipfile, tarfile and filecmp load only on use.
+    """The built-in types are registered in every pool process; what they work with loads only on use.
 
-    (urllib.request, which http.request uses, is imported by javaproperties already.)
+    Nor does reading the configuration import javaproperties' XML support
+    (``xml``, and through it ``urllib.request``, ``email`` and ``ssl``).
     """
     repo = make_repository(tmp_path, "pool.size = 1\n")
     activity = submit(repo, "t.noop")
@@ -771,7 +772,9 @@ def test_a_worker_that_runs_no_builtin_work_never_imports_what_they_need(tmp_pat
         line.rsplit("|", 1)[1].strip() for line in output.splitlines() if line.startswith("import time:")
     }
     assert "spoolpipe.confine" in imported  # imported by spoolpipe.builtins.files
-    assert sorted(imported & {"zipfile", "tarfile", "filecmp"}) == []
+    unused = {"zipfile", "tarfile", "filecmp", "urllib.request", "http.client", "email", "ssl", "xml"}
+    assert sorted(imported & unused) == []
+    assert "spoolpipe.config._properties" in imported  # which loads javaproperties.reading
 
 
 def _blocks(text: str, language: str) -> list[str]:

@@ -602,3 +602,22 @@ def test_docs_table_is_in_sync() -> None:
     assert config.describe_keys() in docs, (
         "docs/configuration.md is out of date: paste spoolpipe.config.describe_keys() into it"
     )
+
+
+def test_javaproperties_imported_later_is_the_whole_package_with_the_classes_config_uses() -> None:
+    """spoolpipe loads only javaproperties' line format; a later ``import javaproperties`` gets it all."""
+    import subprocess
+    import sys
+
+    script = (
+        "import sys\n"
+        "from spoolpipe.config import _properties\n"
+        "assert 'javaproperties' not in sys.modules and 'xml.etree.ElementTree' not in sys.modules\n"
+        "import javaproperties\n"
+        "assert javaproperties.KeyValue is _properties.reading.KeyValue\n"
+        "assert javaproperties.loads('a = 1') == {'a': '1'}\n"
+        "assert javaproperties.loads_xml(javaproperties.dumps_xml({'b': '2'})) == {'b': '2'}\n"
+        "print('ok')\n"
+    )
+    run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=False)
+    assert (run.returncode, run.stdout, run.stderr) == (0, "ok\n", "")

@@ -13,13 +13,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar, cast
 
-import javaproperties
-
 from .. import circuit
 from ..builtins import specs as builtin_specs
 from ..schedule import rules as schedule_rules
 from ..storable import encode
 from ._kinds import TYPE_PATTERN, TYPE_RE, Invalid, Value
+from ._properties import reading
 from ._schema import FAMILIES, OPTIONS, Option
 from ._settings import FrozenMap, Loaded, Settings
 
@@ -150,11 +149,11 @@ def _read_entries(path: Path, errors: list[str]) -> list[_Entry] | None:
     entries: list[_Entry] = []
     line = 1
     try:
-        for element in javaproperties.parse(_decode(data)):
-            if isinstance(element, javaproperties.KeyValue):
+        for element in reading.parse(_decode(data)):
+            if isinstance(element, reading.KeyValue):
                 entries.append(_Entry(element.key, element.value, path, line))
             line += len(_EOL_RE.findall(element.source))
-    except javaproperties.InvalidUEscapeError as exc:
+    except reading.InvalidUEscapeError as exc:
         errors.append(
             f"{path}:{line}: invalid escape sequence '{exc.escape}'; "
             "expected \\u followed by four hexadecimal digits (rest of file not read)"

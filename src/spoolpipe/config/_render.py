@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import textwrap
 
-import javaproperties
-
 from ._kinds import TYPE_PATTERN
 from ._load import SHARED_FILE, WORKERS_DIR
+from ._properties import writing
 from ._schema import GROUP_TITLES, OPTIONS
 
 _HEADER = f"""\
@@ -44,7 +43,7 @@ def _comment(text: str) -> str:
 def _line(key: str, value: str) -> str:
     if value == "":
         return f"{key} ="
-    return javaproperties.join_key_value(key, value, separator=" = ")
+    return writing.join_key_value(key, value, separator=" = ")
 
 
 def render_defaults() -> str:
