@@ -231,6 +231,27 @@ def test_file_size_cap_and_non_files(samples: dict[str, Path], tmp_path: Path) -
         open_image(samples["photo-png"], formats={"nope"})
 
 
+def test_a_process_imports_only_the_pillow_plugins_of_the_formats_it_reads_and_writes(tmp_path: Path) -> None:
+    """Pillow's fallback imports all of its plugins (20 ms of a pool process's first image); spoolpipe
+    imports those of the formats at hand, and a format outside its table still opens."""
+    Image.new("RGB", (64, 48), "red").save(tmp_path / "in.jpg", quality=90)
+    Image.new("RGB", (32, 24), "blue").save(tmp_path / "in.pcx")
+    script = f"""
+import sys
+from pathlib import Path
+from spoolpipe.images import open_image, save_image
+image = open_image(Path({str(tmp_path)!r}) / "in.jpg")
+saved = save_image(image, Path({str(tmp_path)!r}) / "out.png")
+print(image.size, saved.format, "PIL.PdfImagePlugin" in sys.modules, "PIL.TiffImagePlugin" in sys.modules)
+pcx = open_image(Path({str(tmp_path)!r}) / "in.pcx", formats={{"PCX"}})
+print(pcx.size, "PIL.PdfImagePlugin" in sys.modules)
+"""
+    run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=False)
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.splitlines() == ["(64, 48) png False True", "(32, 24) True"]
+    assert Image.open(tmp_path / "out.png").size == (64, 48)
+
+
 # --------------------------------------------------------------------------- resize and crop
 
 

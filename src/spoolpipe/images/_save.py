@@ -12,7 +12,7 @@ from typing import Any, Final
 from PIL import Image
 
 from ..durable import write_atomic
-from ._decode import _WEBP_SUPPORTED, AVIF_SUPPORTED
+from ._decode import _WEBP_SUPPORTED, AVIF_SUPPORTED, load_plugins
 from ._ops import _flatten, normalize_mode
 
 SAVE_FORMATS: Final = frozenset(
@@ -148,6 +148,7 @@ def save_image(
     if fmt == "JPEG" and prepared.mode in ("LA", "RGBA"):
         prepared = _flatten(prepared, background)
     buffer = io.BytesIO()
+    load_plugins([fmt])
     prepared.save(
         buffer, format=fmt, **_encoder_params(prepared, fmt, quality, progressive, optimize, lossless, speed)
     )
