@@ -242,6 +242,69 @@ def test_decorator_arguments_are_checked() -> None:
         PipelineConfig(max_retries=-1)
 
 
+@pytest.mark.parametrize("seconds", [float("nan"), float("inf"), 1e300, True, "5"])
+def test_a_time_limit_that_is_no_number_of_seconds_is_refused_where_it_is_written(seconds: Any) -> None:
+    """``@timeout(nan)`` timed every attempt out at once ("exceeded nans") and tainted the process."""
+    with pytest.raises(ValueError, match="timeout must be a number of seconds > 0"):
+        timeout(seconds)
+    with pytest.raises(ValueError, match="timeout must be a number of seconds > 0"):
+        PipelineConfig(timeout=seconds)
+
+
+@pytest.mark.parametrize("delay", [float("nan"), float("inf"), -1.0, "0.1"])
+def test_a_retry_delay_that_is_no_number_of_seconds_is_refused(delay: Any) -> None:
+    """An infinite ``retry_delay`` slept for ever at the first retry."""
+    with pytest.raises(ValueError, match="retry_delay must be a number of seconds >= 0"):
+        PipelineConfig(retry_delay=delay)
+
+
+@pytest.mark.parametrize("count", [1.5, True, "3", None])
+def test_a_retry_count_must_be_a_whole_number(count: Any) -> None:
+    with pytest.raises(ValueError, match="max_retries must be an integer >= 0"):
+        max_retries(count)
+    with pytest.raises(ValueError, match="max_retries must be an integer >= 0"):
+        PipelineConfig(max_retries=count)
+
+
+def test_many_retries_without_delay_run_to_their_end() -> None:
+    """The backoff ``retry_delay * 2 ** n`` overflowed a float after about 1,000 retries."""
+
+    class Flaky(Counting):
+        @step("flaky")
+        @provides("done")
+        @max_retries(1100)
+        def process(self, image: Image.Image, context: dict[str, Any]) -> StepResult:
+            self.calls += 1
+            if self.calls <= 1100:
+                raise RuntimeError("not yet")
+            return StepResult(StepStatus.COMPLETED, {"done": True})
+
+    flaky = Flaky()
+    result = _run(_pipeline(flaky, retry_delay=0.0))
+    assert result.success and flaky.calls == 1101
+
+
+def test_a_result_status_given_as_its_name_counts_and_a_wrong_one_fails_the_step_saying_so() -> None:
+    """``StepResult("completed")`` crashed the run with ``'str' object has no attribute 'name'``."""
+
+    class Named(PipelineStep):
+        @step("named")
+        @provides("x")
+        def process(self, image: Image.Image, context: dict[str, Any]) -> StepResult:
+            return StepResult("completed", {"x": 1})  # type: ignore[arg-type]
+
+    class Wrong(PipelineStep):
+        @step("wrong")
+        @max_retries(0)
+        def process(self, image: Image.Image, context: dict[str, Any]) -> StepResult:
+            return StepResult("done")  # type: ignore[arg-type]
+
+    assert _run(_pipeline(Named()))["x"] == 1
+    failed = _run_failing(_pipeline(Wrong()))
+    error = failed.step_results["wrong"].error or ""
+    assert "StepResult status must be a StepStatus" in error and "'done'" in error
+
+
 def test_sync_and_async_steps_both_run() -> None:
     class SyncBlur(PipelineStep):
         @provides("blurred")

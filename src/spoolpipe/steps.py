@@ -13,6 +13,7 @@ See docs/steps.md.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import inspect
 import logging
@@ -26,6 +27,7 @@ from enum import Enum, StrEnum
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, Final, Literal, TypeVar
 
+from .config import MAX_SECONDS
 from .mermaid import label_text
 
 if TYPE_CHECKING:  # only in annotations: a worker with no image work never imports Pillow
@@ -72,6 +74,7 @@ IMAGE_KEY = "image"
 # Shared by every pipeline in the process: Pillow releases the GIL, so threads give
 # real parallelism without pickling images (see docs/steps.md for the measurements).
 _EXECUTOR = ThreadPoolExecutor(thread_name_prefix="spoolpipe-step")
+_DOUBLINGS: Final = 64  # retry backoff doubles at most this often: 2.0 ** 1024 overflows a float
 _abandoned = False
 
 
@@ -103,6 +106,14 @@ class StepResult:
     error: str | None = None
     retryable: bool = True
     items: list[StepResult] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        try:  # a status given by its value ("completed") is that status
+            self.status = StepStatus(self.status)
+        except ValueError:
+            names = ", ".join(f"StepStatus.{s.name}" for s in StepStatus)
+            wrong = self.status
+            raise ValueError(f"StepResult status must be a StepStatus ({names}), not {wrong!r}") from None
 
 
 class StepFatal(Exception):
@@ -331,10 +342,29 @@ def provides(*keys: str) -> Callable[[_F], _F]:
     return _declaring("provides", keys)
 
 
+def _seconds(name: str, value: object, *, zero: bool = False) -> float:
+    """``value`` as a number of seconds, above 0 (from 0 with ``zero``) and at most ``MAX_SECONDS``.
+
+    NaN timed every attempt out at once and an infinite delay slept for ever.
+    """
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        with contextlib.suppress(OverflowError):
+            seconds = float(value)
+            if (seconds >= 0 if zero else seconds > 0) and seconds <= MAX_SECONDS:  # NaN fails both
+                return seconds
+    bound = ">= 0" if zero else "> 0"
+    raise ValueError(f"{name} must be a number of seconds {bound}, at most {MAX_SECONDS}, got {value!r}")
+
+
+def _count(name: str, value: object) -> int:
+    if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+        return value
+    raise ValueError(f"{name} must be an integer >= 0, got {value!r}")
+
+
 def timeout(seconds: float) -> Callable[[_F], _F]:
     """Per-attempt time limit, overriding ``PipelineConfig.timeout``."""
-    if seconds <= 0:
-        raise ValueError(f"timeout must be > 0, got {seconds!r}")
+    seconds = _seconds("timeout", seconds)
 
     def decorate(method: _F) -> _F:
         _meta(method).timeout = seconds
@@ -345,8 +375,7 @@ def timeout(seconds: float) -> Callable[[_F], _F]:
 
 def max_retries(count: int) -> Callable[[_F], _F]:
     """Retries after the first attempt: ``max_retries(2)`` means up to 3 attempts."""
-    if count < 0:
-        raise ValueError(f"max_retries must be >= 0, got {count!r}")
+    count = _count("max_retries", count)
 
     def decorate(method: _F) -> _F:
         _meta(method).max_retries = count
@@ -462,7 +491,8 @@ class PipelineStep(ABC):
 class PipelineConfig:
     """Defaults for steps without ``@max_retries`` / ``@timeout`` / ``@on_error`` / ``@retry_on``.
 
-    ``retry_delay`` is the backoff base: retry n waits ``retry_delay * 2 ** (n - 1)``.
+    ``retry_delay`` is the backoff base: retry n waits ``retry_delay * 2 ** (n - 1)`` (the
+    exponent stops at 64, the wait at ``MAX_SECONDS``).
     """
 
     max_retries: int = 3
@@ -475,12 +505,9 @@ class PipelineConfig:
         self.on_error = ErrorStrategy(self.on_error)
         if self.retry_on is not None:
             self.retry_on = _exception_types(self.retry_on)
-        if self.max_retries < 0:
-            raise ValueError(f"max_retries must be >= 0, got {self.max_retries!r}")
-        if self.timeout <= 0:
-            raise ValueError(f"timeout must be > 0, got {self.timeout!r}")
-        if self.retry_delay < 0:
-            raise ValueError(f"retry_delay must be >= 0, got {self.retry_delay!r}")
+        self.max_retries = _count("max_retries", self.max_retries)
+        self.timeout = _seconds("timeout", self.timeout)
+        self.retry_delay = _seconds("retry_delay", self.retry_delay, zero=True)
 
 
 class PipelineCallback:
@@ -813,7 +840,7 @@ class Pipeline:
             if action is not ErrorAction.RETRY:
                 return result, action
             retries_done += 1
-            delay = self.config.retry_delay * 2 ** (retries_done - 1)
+            delay = min(MAX_SECONDS, self.config.retry_delay * 2.0 ** min(retries_done - 1, _DOUBLINGS))
             logger.info(
                 "retrying step %r (retry %d of %d) in %.3fs: %s",
                 step.name,
