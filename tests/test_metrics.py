@@ -308,6 +308,17 @@ def test_a_worker_whose_metrics_cannot_be_reported_does_not_start(tmp_path: Path
     assert f"{repo / 'spoolpipe.properties'}:1: metrics.port" in (tmp_path / "worker-w3.stderr").read_text()
 
 
+def test_a_metrics_file_that_cannot_be_replaced_leaves_no_temp_file_beside_it(tmp_path: Path) -> None:
+    """A directory where the file should be: the worker cannot start, and leaves nothing in the folder."""
+    folder = tmp_path / "textfiles"
+    (folder / "w1.prom").mkdir(parents=True)
+    repo = make_repository(tmp_path / "r", f"metrics.file = {folder}/w1.prom\n")
+    proc = start_worker(repo, "w1")
+    assert proc.wait(60) == 3
+    assert f"cannot write metrics.file {folder}/w1.prom" in (tmp_path / "r" / "worker-w1.stderr").read_text()
+    assert os.listdir(folder) == ["w1.prom"]
+
+
 def _imports_of_a_worker_run(repo: Path) -> str:
     """What ``python -X importtime`` says a whole ``worker --until-idle`` run imported."""
     run = subprocess.run(

@@ -28,6 +28,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.exposition import choose_encoder, generate_latest
 
 from .attempt import Report
+from .durable import temp_beside
 from .outcome import ENDINGS, Ending
 from .repository import Repository
 
@@ -80,16 +81,25 @@ def queue_depths(repo: Repository) -> dict[State, int]:
 
 
 def write_metrics_file(path: Path, data: bytes) -> None:
-    """Replace ``path`` by a temp file beside it (``.NAME.tmp``, which the textfile collector ignores)."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o644)
+    """Replace ``path`` by a fresh temp file beside it (``.NAME.RANDOM.tmp``, which the textfile
+    collector ignores), removed again when the write or the rename fails.
+
+    Not flushed to disk: a lost write only shows an older heartbeat.
+    """
+    tmp = temp_beside(path)
     try:
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view) :]
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view) :]
+        finally:
+            os.close(fd)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
 
 
 # -- HTTP ----------------------------------------------------------------------------------------
