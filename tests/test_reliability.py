@@ -690,3 +690,22 @@ def test_pool_processes_of_a_stopped_daemon_stop_claiming_before_its_lease_can_b
     runs = Counter(e[0] for e in effects(repo, "t.dup"))
     twice = sorted(i for i, n in runs.items() if n > 1)
     assert len(twice) <= 1, twice  # at most the one running when the daemon stopped
+
+
+def test_a_worker_whose_ids_folder_was_deleted_creates_it_again_and_goes_on(tmp_path: Path) -> None:
+    """Deleting ``ids/`` by hand made every claim fail and requeue, two error lines each, every 5 s."""
+    repo = make_repository(tmp_path)
+    proc = start_worker(repo, "w1")
+    log = tmp_path / "worker-w1.stderr"
+    try:
+        wait_for(lambda: "worker w1 started" in log.read_text(), 60, "the worker to start")
+        (repo / "ids").rmdir()
+        names = [submit(repo, "t.noop") for _ in range(5)]
+        wait_for(lambda: sorted(ids_in(repo / "done")) == sorted(names), 60, "every activity done")
+    finally:
+        kill_group(proc, signal.SIGTERM)
+        proc.wait(60)
+    text = log.read_text()
+    assert text.count("ids/ was missing") == 1, text
+    assert "cannot reserve id" not in text and "ERROR" not in text
+    assert leftovers(repo) == {}

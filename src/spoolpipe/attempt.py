@@ -20,7 +20,7 @@ import traceback
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from .activity import Activity, ClaimName, format_time, printable
 from .attempt_notes import earlier_attempts, write_note
@@ -284,6 +284,20 @@ class Attempts:
         # A step thread that outlived its timeout is stopped only by ending this process.
         return outcome.recycle or _step_abandoned()
 
+    def _reserve(self, claim: ClaimName, item: Item) -> Duplicate | Busy | Literal["changed"] | None:
+        """``Repository.reserve``, after creating ``ids/`` again if somebody deleted it."""
+        try:
+            return self.repo.reserve(claim, item.activity, item.name, self.clock.now(), stamp=item.stamp)
+        except FileNotFoundError:
+            if not self.repo.restore_ids():
+                raise
+        self._report(
+            logging.WARNING,
+            "ids/ was missing (deleted by hand?): created it again; the reservations it held are gone, "
+            "so the ids running when it was deleted are no longer kept from running twice",
+        )
+        return self.repo.reserve(claim, item.activity, item.name, self.clock.now(), stamp=item.stamp)
+
     def _claim(self, item: Item) -> ClaimName | None:
         """Claim the entry and make its id this claim's; ``None`` if taken, a duplicate, or unreachable."""
         activity = item.activity
@@ -296,7 +310,7 @@ class Attempts:
             return None
         assert item.stamp is not None  # only an interrupted item has none, and it is not claimed
         try:
-            reserved = self.repo.reserve(claim, activity, item.name, self.clock.now(), stamp=item.stamp)
+            reserved = self._reserve(claim, item)
         except OSError as exc:
             self._report(logging.ERROR, f"cannot reserve id {activity.id}: {exc}; requeueing it")
             self._requeue_unwritten(claim, exc)

@@ -543,6 +543,15 @@ class Repository:
         self.release_id(claim.activity_id, st)
         return Duplicate(f"{name}: duplicate id {claim.activity_id}: {settled}")
 
+    def restore_ids(self) -> bool:
+        """Create ``ids/`` if it is gone (deleted by hand): True if it was."""
+        try:
+            os.mkdir(self._ids)
+        except FileExistsError:
+            return False
+        self.durability.changed(str(self.root))
+        return True
+
     def _other_copy(self, claim: ClaimName, mine: os.stat_result) -> str | None:
         """Where another file with this claim's id is, checked to exist and to be another file."""
         where = self.where(claim.activity_id, besides=f"running/{claim.name}")
