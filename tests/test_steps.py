@@ -871,3 +871,21 @@ def test_fan_out_reports_every_failing_item() -> None:
 def test_fan_out_needs_a_list() -> None:
     result = _run_failing(_pipeline(Thumbs()), {"sizes": 32})
     assert "expected a list" in result.errors["Thumbs"]
+
+
+def test_an_async_step_that_catches_its_cancellation_is_still_reported_timed_out() -> None:
+    class Stubborn(PipelineStep):
+        @step("stubborn")
+        @timeout(0.05)
+        @max_retries(0)
+        @provides("x")
+        async def process(self, image: Image.Image, context: dict[str, Any]) -> StepResult:
+            try:
+                await asyncio.sleep(5)
+            except asyncio.CancelledError:
+                await asyncio.sleep(0.2)  # goes on after being cancelled
+            return StepResult(StepStatus.COMPLETED, {"x": 1})
+
+    failed = _run_failing(_pipeline(Stubborn()))
+    assert failed.step_results["stubborn"].error == "step 'stubborn' timed out after 0.05s"
+    assert "x" not in failed
