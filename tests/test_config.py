@@ -297,6 +297,9 @@ def test_unknown_key_warns_with_suggestion(tmp_path: Path) -> None:
         ("concurency.image", "concurrency.image"),
         ("timeuot.image", "timeout.image"),
         ("costum.colour", "custom.colour"),
+        ("retry.maxattempts.mail", "retry.max-attempts.mail"),  # was 'retry.on.maxattempts.mail'
+        ("retry.max-attempt.mail.send", "retry.max-attempts.mail.send"),
+        ("timeuot.mail.send", "timeout.mail.send"),
     ],
 )
 def test_unknown_key_suggestions(tmp_path: Path, key: str, suggestion: str) -> None:

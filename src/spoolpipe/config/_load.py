@@ -163,10 +163,11 @@ def _read_entries(path: Path, errors: list[str]) -> list[_Entry] | None:
 
 def _suggest(key: str) -> str | None:
     candidates = [k for k in _STATIC]
-    if "." in key:
-        rest = key.split(".", 1)[1]
-        if rest:
-            candidates += [prefix + rest for prefix in (*_PER_TYPE_PREFIXES, _CUSTOM_PREFIX)]
+    parts = key.split(".")
+    # Every way the key may end in a type (types hold dots too): retry.maxattempts.mail.send may be
+    # retry.max-attempts. + mail.send, or + send.
+    tails = [".".join(parts[i:]) for i in range(1, len(parts)) if all(parts[i:])]
+    candidates += [prefix + tail for prefix in (*_PER_TYPE_PREFIXES, _CUSTOM_PREFIX) for tail in tails]
     lowered = {c.lower(): c for c in candidates}
     matches = difflib.get_close_matches(key.lower(), list(lowered), n=1, cutoff=0.75)
     return lowered[matches[0]] if matches else None
