@@ -148,6 +148,10 @@ def test_a_copy_of_a_running_waiting_failed_or_done_activity_is_refused(repo: Pa
     assert "done/busy.json exists" in next(r for r in by_id["busy"] if r.startswith("busy-again.json"))
     assert "another copy is inbox/later~2~" in by_id["later"][0]
     assert "failed/broken.json exists" in by_id["broken"][0]
+    # Each copy is kept under the name it had in the inbox (not its claim's), so `mv` restores it.
+    kept = {entry.name.rsplit("~", 1)[0]: sorted(os.listdir(entry)) for entry in (repo / "invalid").iterdir()}
+    published = ["busy.json", "other-name.json", "later.json", "broken.json", "busy-again.json"]
+    assert kept == {name: sorted([name, "reason.txt"]) for name in published}, kept
     assert all(r.count("\n") == 1 for r in reasons)
     # The activity that ran is the first one, once; the records are untouched.
     assert [line[0] for line in effects(repo, "t.dup")] == ["busy"]

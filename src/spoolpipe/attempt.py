@@ -105,10 +105,13 @@ def policy(settings: Settings, type_: str) -> RetryPolicy:
     )
 
 
-def quarantine(repo: Repository, directory: Path, name: str, reason: str) -> Report | None:
-    """Move an entry into ``invalid/``; the line the worker log gets for it (``None``: it was gone)."""
+def quarantine(
+    repo: Repository, directory: Path, name: str, reason: str, *, original: str | None = None
+) -> Report | None:
+    """Move an entry into ``invalid/`` (as ``original``, see ``Repository.quarantine``); the line
+    the worker log gets for it (``None``: it was gone)."""
     try:
-        where = repo.quarantine(directory, name, reason)
+        where = repo.quarantine(directory, name, reason, original=original)
     except OSError as exc:
         return Report(logging.ERROR, f"cannot quarantine {printable(name)}: {printable(str(exc))}")
     if where is None:
@@ -319,7 +322,7 @@ class Attempts:
             self._put_back(item)
             return None
         if isinstance(reserved, Duplicate):
-            self._quarantine(self.repo.running, claim.name, reserved.reason)
+            self._quarantine(self.repo.running, claim.name, reserved.reason, original=item.name)
             return None
         if isinstance(reserved, Busy):
             self._report(logging.INFO, f"{reserved.reason}: {activity.id} goes back to the inbox for 1s")
@@ -341,10 +344,11 @@ class Attempts:
                 self.repo.running,
                 claim.name,
                 f"{name} changed after it was read, and another file took its name in the inbox meanwhile",
+                original=item.name,
             )
 
-    def _quarantine(self, directory: Path, name: str, reason: str) -> None:
-        report = quarantine(self.repo, directory, name, reason)
+    def _quarantine(self, directory: Path, name: str, reason: str, *, original: str | None = None) -> None:
+        report = quarantine(self.repo, directory, name, reason, original=original)
         if report is not None:
             self.reports.append(report)
 

@@ -413,19 +413,24 @@ class Repository:
         except InvalidActivity as exc:
             return Rejected(f"{name}: {exc.reason}", _stamp(st))
 
-    def quarantine(self, directory: Path, name: str, reason: str) -> Path | None:
+    def quarantine(
+        self, directory: Path, name: str, reason: str, *, original: str | None = None
+    ) -> Path | None:
         """Move ``directory/name`` (of any kind) into ``invalid/`` with a reason; ``None`` if it was gone.
 
         ``reason`` should name the entry; it is written escaped, on one line. Any name the
-        file system accepts fits: the entry keeps its name (``reason.txt`` becomes
-        ``reason.txt~entry``) inside ``invalid/NAME~TOKEN/``, whose ``NAME`` is shortened.
+        file system accepts fits: the entry keeps its name, or ``original`` (the name of a
+        claimed file in the inbox), so that moving it back to the inbox restores it
+        (``reason.txt`` becomes ``reason.txt~entry``), inside ``invalid/NAME~TOKEN/``, whose
+        ``NAME`` is shortened.
         All or nothing: if a step fails, the entry is put back where it was and the staging
         folder removed before the error is raised, so nothing hides in ``tmp/``.
         """
         token = new_id()
         source = directory / name
+        kept = name if original is None else original
         staging = self.tmp / f"{_QUARANTINE_PREFIX}{token}"
-        staged = staging / (_REASON_NAMESAKE if name == _REASON else name)
+        staged = staging / (_REASON_NAMESAKE if kept == _REASON else kept)
         staging.mkdir()
         moved = False
         try:
@@ -436,7 +441,7 @@ class Repository:
                 shutil.rmtree(staging, ignore_errors=True)
         if not moved:
             return None
-        final = self.invalid / invalid_entry_name(name, token)
+        final = self.invalid / invalid_entry_name(kept, token)
         try:
             self.durability.renamed(source, staged)
             self.durability.barrier()
