@@ -255,6 +255,24 @@ def test_reload_applies_a_changed_property(tmp_path: Path, how: str) -> None:
         assert worker.wait(30) == 0
 
 
+def test_sighup_reloads_at_once_not_at_the_next_heartbeat(tmp_path: Path) -> None:
+    """The docs say "at once on SIGHUP"; the reload waited for the next heartbeat (here a minute)."""
+    properties = "custom.colour = red\nheartbeat.interval-seconds = 60\nclaims.lease-seconds = 300\n"
+    repo = repository(tmp_path, properties)
+    worker = start_worker(repo, "w1")
+    try:
+        wait_for(lambda: "worker w1 started" in stderr_of(repo, "w1"), 30, "the worker")
+        change_unnoticed(repo / "spoolpipe.properties", "custom.colour = blue\n")
+        worker.send_signal(signal.SIGHUP)
+        wait_for(lambda: "configuration reloaded" in stderr_of(repo, "w1"), 20, "the reload")
+        done = submit(repo, "t.props")
+        wait_for(lambda: done in ids_in(repo / "done"), 30, "the activity")
+        assert records(repo / "done")[done]["result"] == {"colour": "blue"}
+    finally:
+        worker.send_signal(signal.SIGTERM)
+        assert worker.wait(30) == 0
+
+
 def test_reload_with_an_invalid_configuration_is_refused_with_file_and_line(tmp_path: Path) -> None:
     repo = repository(tmp_path)
     worker = start_worker(repo, "w1")

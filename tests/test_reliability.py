@@ -709,3 +709,28 @@ def test_a_worker_whose_ids_folder_was_deleted_creates_it_again_and_goes_on(tmp_
     assert text.count("ids/ was missing") == 1, text
     assert "cannot reserve id" not in text and "ERROR" not in text
     assert leftovers(repo) == {}
+
+
+@pytest.mark.parametrize("folder", ["done", "inbox"])
+def test_a_record_or_follow_up_whose_folder_is_gone_waits_for_it_and_is_never_lost(
+    tmp_path: Path, folder: str
+) -> None:
+    """``done/`` (or ``inbox/``) moved away while an activity ran: its record (or follow-ups) was
+    thrown away as "published by an earlier finish", though the log said done."""
+    repo = make_repository(tmp_path, "pool.size = 1\nscan.interval-seconds = 0.5\n")
+    proc = start_worker(repo, "w1")
+    try:
+        parent = submit(repo, "t.parent", {"sleep": 1.0, "children": 2})
+        wait_for(lambda: effects(repo, "t.parent") != [], 30, "the parent to start")
+        (repo / folder).rename(tmp_path / f"{folder}.old")
+        time.sleep(3)  # the parent ends (after 1 s) while the folder is gone; a few scans go by
+        (repo / folder).mkdir()
+        wait_for(lambda: len(ids_in(repo / "done")) == 3, 60, "the parent and both children done")
+    finally:
+        kill_group(proc, signal.SIGTERM)
+        proc.wait(60)
+    children = [e[0] for e in effects(repo, "t.child")]
+    assert sorted(ids_in(repo / "done")) == sorted([parent, *children]) and len(set(children)) == 2
+    assert len(effects(repo, "t.parent")) == 1
+    assert os.listdir(tmp_path / f"{folder}.old") == []
+    assert leftovers(repo) == {}

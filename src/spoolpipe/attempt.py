@@ -292,13 +292,12 @@ class Attempts:
         try:
             return self.repo.reserve(claim, item.activity, item.name, self.clock.now(), stamp=item.stamp)
         except FileNotFoundError:
-            if not self.repo.restore_ids():
-                raise
-        self._report(
-            logging.WARNING,
-            "ids/ was missing (deleted by hand?): created it again; the reservations it held are gone, "
-            "so the ids running when it was deleted are no longer kept from running twice",
-        )
+            if self.repo.restore_ids():  # else another process of this worker just did (or the claim is gone)
+                self._report(
+                    logging.WARNING,
+                    "ids/ was missing (deleted by hand?): created it again; the reservations it held are "
+                    "gone, so the ids running when it was deleted are no longer kept from running twice",
+                )
         return self.repo.reserve(claim, item.activity, item.name, self.clock.now(), stamp=item.stamp)
 
     def _claim(self, item: Item) -> ClaimName | None:
@@ -316,7 +315,7 @@ class Attempts:
             reserved = self._reserve(claim, item)
         except OSError as exc:
             self._report(logging.ERROR, f"cannot reserve id {activity.id}: {exc}; requeueing it")
-            self._requeue_unwritten(claim, exc)
+            self._requeue_unwritten(claim, exc, said=True)
             return None
         if reserved == "changed":
             self._put_back(item)
@@ -536,6 +535,13 @@ class Attempts:
                     self.reports.append(
                         Report(level, item.summary, item.ending, item.activity.type, item.seconds)
                     )
+                    if settled.error is not None:
+                        self._report(
+                            logging.ERROR,
+                            f"{item.activity.id} is committed but not published yet: "
+                            f"{printable(str(settled.error))}; it stays in running/ and is published "
+                            "once that folder is back",
+                        )
                 elif settled.status == "lost":
                     self._report(
                         logging.WARNING,
@@ -554,9 +560,14 @@ class Attempts:
                         last_resort=item.last_resort,
                     )
 
-    def _requeue_unwritten(self, claim: ClaimName, exc: OSError) -> None:
-        """A write failed (disk full...): nothing half-written stays, and the activity stays retryable."""
-        self._report(logging.ERROR, f"cannot record the outcome of {claim.activity_id}: {exc}; requeueing it")
+    def _requeue_unwritten(self, claim: ClaimName, exc: OSError, *, said: bool = False) -> None:
+        """A write failed (disk full...): nothing half-written stays, and the activity stays retryable.
+
+        ``said``: the caller has logged why already (nothing ran, there is no outcome to speak of)."""
+        if not said:
+            self._report(
+                logging.ERROR, f"cannot record the outcome of {claim.activity_id}: {exc}; requeueing it"
+            )
         try:
             self.repo.release(claim, claim.attempt, self.clock.now() + 5.0)
         except OSError as again:

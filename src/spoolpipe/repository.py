@@ -113,7 +113,9 @@ class Settlement:
 class Settled:
     """What ``settle`` made of a settlement.
 
-    ``committed``: published (record in ``done/``/``failed/``, follow-ups in ``inbox/``).
+    ``committed``: published (record in ``done/``/``failed/``, follow-ups in ``inbox/``); with an
+    ``error``, committed but not all published yet (a folder it goes to is gone): it stays committed
+    in ``running/`` for the next finish, a recovery, to complete.
     ``lost``: fenced, the claim was taken over (recovered or released); nothing was published.
     ``unwritten``: nothing of it stays staged and the claim is still in ``running/`` for the
     caller to release; ``error`` is an ``OSError`` when a write or flush failed (disk full...),
@@ -652,14 +654,15 @@ class Repository:
                 self.discard(files.claim)
                 settled[index] = Settled(batch[index], "unwritten", exc)
             staged = []
-        committed: list[Staged] = []
+        committed: dict[ClaimName, int] = {}
         for index, files in staged:
             if self.commit(files.claim):
-                committed.append(files)
+                committed[files.claim] = index
                 settled[index] = Settled(batch[index], "committed")
             else:
                 settled[index] = Settled(batch[index], "lost")
-        self.finish(committed)
+        for claim, unpublished in self.finish([files for _, files in staged if files.claim in committed]):
+            settled[committed[claim]] = Settled(batch[committed[claim]], "committed", unpublished)
         return [settled[index] for index in range(len(batch))]
 
     def stage(
@@ -700,21 +703,29 @@ class Repository:
         self.durability.changed(self._running)
         return True
 
-    def finish(self, staged: Iterable[Staged]) -> None:
+    def finish(self, staged: Iterable[Staged]) -> list[tuple[ClaimName, OSError]]:
         """Publish committed claims' follow-ups, then their records; idempotent: anyone may complete them.
 
         Once all is flushed, the id reservation goes if it is still this claim's file (the
         ``~committed`` one), then the ``~committed`` mark (kept as a spare file): in that order, a
         finisher killed between the two leaves the mark, and whoever finishes the claim next
-        removes both.
+        removes both. A claim a file of which cannot be moved (its folder is gone, say) keeps its
+        mark and what is left staged, for a later finish; those are returned with the error.
         """
         finished: list[ClaimName] = []
+        stuck: list[tuple[ClaimName, OSError]] = []
         for item in staged:
             claim = item.claim
-            for follow_up in item.follow_ups:
-                self._publish_staged(claim.staged("follow-up", follow_up), self._inbox, f"{follow_up}.json")
             records = self._done if item.outcome == "done" else self._failed
-            self._publish_staged(claim.staged(item.outcome), records, f"{claim.activity_id}.json")
+            try:
+                for follow_up in item.follow_ups:
+                    self._publish_staged(
+                        claim.staged("follow-up", follow_up), self._inbox, f"{follow_up}.json"
+                    )
+                self._publish_staged(claim.staged(item.outcome), records, f"{claim.activity_id}.json")
+            except OSError as exc:
+                stuck.append((claim, exc))
+                continue
             finished.append(claim)
         self.durability.barrier()
         for claim in finished:
@@ -722,12 +733,19 @@ class Repository:
             with contextlib.suppress(FileNotFoundError):
                 self.release_id(claim.activity_id, os.lstat(committed))
                 self.spares.keep(committed)
+        return stuck
 
     def _publish_staged(self, name: str, directory: str, target: str) -> None:
-        """Move a committed claim's staged file to where it is seen; an existing file is never replaced."""
+        """Move a committed claim's staged file to where it is seen; an existing file is never replaced.
+
+        ``FileNotFoundError`` when ``directory`` is gone: the file stays staged.
+        """
+        source = f"{self._running}/{name}"
         try:
-            move_noreplace(f"{self._running}/{name}", f"{directory}/{target}")
+            move_noreplace(source, f"{directory}/{target}")
         except FileNotFoundError:
+            if os.path.lexists(source):
+                raise  # the folder it goes to is gone (deleted, moved away): never treat it as published
             return  # published by an earlier finish
         except FileExistsError:
             self.quarantine(
@@ -775,7 +793,8 @@ class Repository:
         for _ in range(2):
             committed = self._committed(claim)
             if committed is not None:
-                self.finish([committed])
+                for _, exc in self.finish([committed]):
+                    raise exc  # left committed: the next recovery finishes it
                 return "finished"
             if self.release(claim, claim.attempt + 1, None):
                 self.discard(claim)

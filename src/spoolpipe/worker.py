@@ -327,6 +327,8 @@ class Worker:
             self._reload()
             if not self._stopping:
                 self._purges.tick(self.settings, now)
+        elif self._reload_requested:  # SIGHUP: at once, not at the next heartbeat
+            self._reload()
         if not self._stopping:
             if now >= self._next_recovery:
                 self._next_recovery = now + self.settings.scan_interval_seconds
