@@ -734,3 +734,24 @@ def test_a_record_or_follow_up_whose_folder_is_gone_waits_for_it_and_is_never_lo
     assert len(effects(repo, "t.parent")) == 1
     assert os.listdir(tmp_path / f"{folder}.old") == []
     assert leftovers(repo) == {}
+
+
+def test_a_worker_whose_log_folder_was_deleted_makes_it_again_and_goes_on(tmp_path: Path) -> None:
+    """Deleting logs/workers/ made the next log line raise: the worker crashed (70) and then hung."""
+    repo = make_repository(tmp_path)
+    proc = start_worker(repo, "w1")
+    try:
+        wait_for(lambda: (repo / "logs" / "workers" / "w1.log").exists(), 60, "the worker log")
+        wait_for(lambda: "worker w1 started" in (tmp_path / "worker-w1.stderr").read_text(), 60, "start")
+        import shutil
+
+        shutil.rmtree(repo / "logs" / "workers")
+        activity = submit(repo, "t.noop")
+        wait_for(lambda: activity in ids_in(repo / "done"), 60, "the activity done")
+        wait_for(lambda: (repo / "logs" / "workers" / "w1.log").exists(), 30, "the log made again")
+        assert proc.poll() is None
+    finally:
+        kill_group(proc, signal.SIGTERM)
+        code = proc.wait(60)
+    assert code == 0
+    assert f"done {activity}" in (repo / "logs" / "workers" / "w1.log").read_text()

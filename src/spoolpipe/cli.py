@@ -252,12 +252,24 @@ class _WorkerLogHandler(logging.handlers.WatchedFileHandler):
 
     def emit(self, record: logging.LogRecord) -> None:
         self.reopenIfNeeded()
+        if self.stream is None and not self._reopen():
+            return  # the line still went to stderr; the next one tries the file again
         if self.max_bytes and self.stream is not None:
             with contextlib.suppress(OSError):
                 size = os.fstat(self.stream.fileno()).st_size
                 if size and size + len(self.format(record).encode()) + 1 > self.max_bytes:
                     self._rotate()
         logging.FileHandler.emit(self, record)
+
+    def _reopen(self) -> bool:
+        """Open the log again, making its folder again if it was deleted; False if it cannot be."""
+        try:
+            os.makedirs(os.path.dirname(self.baseFilename), exist_ok=True)
+            self.stream = self._open()
+        except OSError:
+            return False
+        self._statstream()
+        return True
 
     def _rotate(self) -> None:
         stream, self.stream = self.stream, None  # reopened by FileHandler.emit if a rename fails
