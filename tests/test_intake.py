@@ -35,7 +35,7 @@ def intake_of(repo: Repository) -> Intake:
 
 def take(intake: Intake, want: int, *, admit=lambda a: True, handled=lambda t: t != "other", now=NOW):  # type: ignore[no-untyped-def]
     quarantined: list[str] = []
-    found = intake.take(now, admit, handled, want, lambda name, reason: quarantined.append(name))
+    found = intake.take(now, admit, handled, want, lambda name, reason: quarantined.append(name) or True)
     for name, _ in found:
         intake.forget(name)
     return [name for name, _ in found], quarantined
@@ -129,7 +129,7 @@ def test_what_an_outcome_means(status: str, attempt: int, decision: object) -> N
 def test_an_activity_is_what_the_intake_hands_out(repo: Repository) -> None:
     drop(repo, "a.json", {"type": "t", "data": {"n": 1}})
     intake = intake_of(repo)
-    found = intake.take(NOW, lambda a: True, lambda t: True, 1, lambda n, r: None)
+    found = intake.take(NOW, lambda a: True, lambda t: True, 1, lambda n, r: True)
     st = os.stat(repo.inbox / "a.json")
     # With the stamp of the file it was read from: the claim checks it took that very file.
     assert found == [("a.json", Found(Activity("a", "t", {"n": 1}), (st.st_ino, st.st_size, st.st_mtime_ns)))]

@@ -755,3 +755,25 @@ def test_a_worker_whose_log_folder_was_deleted_makes_it_again_and_goes_on(tmp_pa
         code = proc.wait(60)
     assert code == 0
     assert f"done {activity}" in (repo / "logs" / "workers" / "w1.log").read_text()
+
+
+def test_an_entry_that_cannot_be_quarantined_is_tried_again_at_the_next_scan(tmp_path: Path) -> None:
+    """A symlink in the inbox with invalid/ gone: the failed quarantine was retried 860 times a second."""
+    repo = make_repository(tmp_path, "scan.interval-seconds = 1\n")
+    proc = start_worker(repo, "w1")
+    log = tmp_path / "worker-w1.stderr"
+    try:
+        wait_for(lambda: "worker w1 started" in log.read_text(), 60, "the worker to start")
+        (repo / "invalid").rmdir()
+        (repo / "inbox" / "link.json").symlink_to("/etc/passwd")
+        time.sleep(3)
+        tries = log.read_text().count("cannot quarantine link.json")
+        (repo / "invalid").mkdir()
+        wait_for(lambda: len(os.listdir(repo / "invalid")) == 1, 30, "the link quarantined")
+        activity = submit(repo, "t.noop")
+        wait_for(lambda: activity in ids_in(repo / "done"), 30, "work going on")
+    finally:
+        kill_group(proc, signal.SIGTERM)
+        proc.wait(60)
+    assert 1 <= tries <= 10, tries  # about once per scan (1 s) for 3 s
+    assert (repo / "inbox").is_dir() and not os.listdir(repo / "inbox")

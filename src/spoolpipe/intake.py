@@ -60,12 +60,14 @@ class Intake:
         self._delayed: dict[str, Delayed] = {}
         self._unhandled: dict[str, str] = {}  # name -> type nobody here runs
         self._suspects: dict[str, tuple[tuple[int, int, int], float]] = {}
+        self._held: set[str] = set()  # their quarantine failed: left alone until the next listing
 
     # -- what is there -------------------------------------------------------------------------
 
     def rescan(self) -> None:
         """List the inbox: new names join the index, vanished ones leave it."""
         present = set(self._repo.inbox_names())
+        self._held.clear()
         gone = self._known - present
         self._known -= gone
         for name in gone:
@@ -81,6 +83,8 @@ class Intake:
     def add(self, names: Iterable[str]) -> None:
         """Names that arrived (inotify) or were found (a listing)."""
         for name in names:
+            if name in self._held:  # put back by a quarantine that failed (inotify saw it come back)
+                continue
             if name in self._known or is_ignored(name):
                 if name in self._suspects or name in self._delayed:  # rewritten in place: read it again
                     self._delayed.pop(name, None)
@@ -121,14 +125,15 @@ class Intake:
         admit: Callable[[Activity], bool],
         handled: Callable[[str], bool],
         want: int,
-        quarantine: Callable[[str, str], None],
+        quarantine: Callable[[str, str], bool],
         priority: int | None = None,
     ) -> list[tuple[str, Found]]:
         """Up to ``want`` activities due by ``now`` (the shared clock) that ``admit`` lets run, in order.
 
         Entries ``admit`` refuses (their type is at its concurrency) keep their
         place, parsed, for the next call; at most ``_LOOKAHEAD`` of them are
-        looked past per call. Unparsable files are quarantined once settled.
+        looked past per call. Unparsable files are quarantined once settled (``quarantine``
+        returns False when that failed: the entry is then left alone until the next listing).
         With ``priority``, only entries in line at that priority are looked at.
         """
         while self._later and self._later[0][0] <= now:
@@ -154,7 +159,8 @@ class Intake:
                 if read.stamp is None or self._settled(name, read.stamp, now):
                     self._suspects.pop(name, None)
                     self._known.discard(name)
-                    quarantine(name, read.reason)
+                    if not quarantine(name, read.reason):
+                        self._held.add(name)
                 continue
             self._suspects.pop(name, None)
             found = read.activity

@@ -512,12 +512,15 @@ class Worker:
         except Exception:  # the processor itself will report what is wrong with its input
             return 0.0
 
-    def _quarantine(self, name: str, reason: str) -> None:
+    def _quarantine(self, name: str, reason: str) -> bool:
+        """False when the entry could not be moved (and is still in the inbox)."""
         report = quarantine(self.repo, self.repo.inbox, name, reason)
-        if report is not None:
-            log.log(report.level, "%s", report.message)
-            if self.metrics is not None:
-                self.metrics.count(report)
+        if report is None:
+            return True  # gone meanwhile
+        log.log(report.level, "%s", report.message)
+        if self.metrics is not None:
+            self.metrics.count(report)
+        return report.quarantined
 
     def _item_timeout(self, type_: str) -> float:
         if type_ in self.settings.timeouts:
