@@ -137,11 +137,49 @@ def test_submit_publishes_atomically_and_refuses_duplicates(repo: Repository) ->
     assert path == repo.inbox / "job-7.json"
     assert read_ok(repo, "job-7.json") == Activity("job-7", "t", {"n": 1})
     assert listing(repo.tmp) == []
+    assert os.path.samefile(repo.ids / "job-7", path)  # reserved before it was published
     with pytest.raises(FileExistsError):
         repo.submit(Activity("job-7", "t"))
     (repo.done / "done-1.json").write_text("{}")
     with pytest.raises(FileExistsError):
         repo.submit(Activity("done-1", "t"))
+
+
+def _submit_racing(root: str, activity_id: str, priority: int, gate: Any, results: Any) -> None:
+    gate.wait()
+    try:
+        Repository(Path(root)).submit(Activity(activity_id, "t", {"p": priority}, priority=priority))
+        results.put(priority)
+    except FileExistsError:
+        results.put(None)
+
+
+def test_of_two_submits_of_one_id_at_once_exactly_one_publishes(repo: Repository) -> None:
+    """With different priorities both names were free: both submits said published, and a worker
+    then quarantined one of them as a duplicate."""
+    import multiprocessing
+
+    mp = multiprocessing.get_context("fork")
+    for round_ in range(20):
+        activity_id = f"race-{round_}"
+        gate, results = mp.Barrier(2), mp.Queue()
+        racers = [
+            mp.Process(target=_submit_racing, args=(str(repo.root), activity_id, p, gate, results))
+            for p in (5, 9)
+        ]
+        for racer in racers:
+            racer.start()
+        outcomes = [results.get(timeout=30) for _ in racers]
+        for racer in racers:
+            racer.join(30)
+        published = [p for p in outcomes if p is not None]
+        assert len(published) == 1, (round_, outcomes)
+        assert [
+            n
+            for n in listing(repo.inbox)
+            if n.startswith(f"{activity_id}.") or n.startswith(f"{activity_id}~")
+        ] == [f"{activity_id}.json" if published[0] == 5 else f"{activity_id}~p9.json"]
+    assert [n for n in listing(repo.tmp) if n != ".clock-submit"] == []  # the losers' clock probe
 
 
 # -- claim -----------------------------------------------------------------------------------------
@@ -806,7 +844,7 @@ def test_a_submit_that_hits_a_full_disk_leaves_nothing(tiny_fs: Path) -> None:
     with pytest.raises(OSError) as info:
         repo.submit(Activity("big", "t", {"blob": "x" * 64_000}))
     assert info.value.errno == errno.ENOSPC
-    assert listing(repo.inbox) == []
+    assert listing(repo.inbox) == [] and listing(repo.ids) == []
     assert listing(repo.tmp) == []
 
 

@@ -15,7 +15,7 @@ import os
 import shutil
 import stat
 import time
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -272,8 +272,18 @@ class Repository:
         return None
 
     def submit(self, activity: Activity) -> Path:
-        """Publish a new activity into the inbox, atomically and durably, if its id is free."""
-        return self._publish_new(activity, "submit", "")
+        """Publish a new activity into the inbox, atomically and durably, if its id is free.
+
+        The id is reserved first, as for a schedule's tick (``publish_once``): of any number of
+        submits of one id at once, from any machine, under any priority, exactly one publishes.
+        """
+        where = self.where(activity.id)
+        if where is None:
+            clock = lambda: filesystem_now(self.tmp / ".clock-submit")  # noqa: E731 - read only if needed
+            if self.publish_once(activity, clock) == "published":
+                return self.inbox / new_name(activity.id, activity.priority)
+            where = self.where(activity.id) or f"ids/{activity.id}"
+        raise FileExistsError(f"an activity with id {activity.id} already exists: {where}")
 
     def _publish_new(self, activity: Activity, tag: str, besides: str) -> Path:
         """Publish ``inbox/ID.json`` (``ID~pP.json``) if the id is free but for ``besides``: the rule of
@@ -290,16 +300,18 @@ class Repository:
             ) from None
         return final
 
-    def publish_once(self, activity: Activity, now: float) -> Literal["published", "taken", "busy"]:
-        """Publish ``inbox/ID.json`` unless the id is taken: of any number of callers for one id
-        (workers firing a schedule's tick), at most one ever does.
+    def publish_once(
+        self, activity: Activity, now: float | Callable[[], float]
+    ) -> Literal["published", "taken", "busy"]:
+        """Publish ``inbox/ID.json`` (``ID~pP.json``) unless the id is taken: of any number of callers
+        for one id (workers firing a schedule's tick, submits), at most one ever does.
 
         The id is reserved before the file is published: ``ids/ID`` is linked to the file, still
         in ``tmp/`` (the exclusive step a claim makes), then the file is renamed into the inbox;
         a claim of it finds the reservation its own. ``taken``: the id is held or has a record;
         ``busy``: it is reserved but no copy can be seen yet, try again later. A reservation whose
         file a dead caller left in ``tmp/`` is dropped, with that file, once it is 60 s old by
-        ``now`` (the shared clock).
+        ``now`` (the shared clock; a callable is called only when a reservation is found).
         """
         tmp = self.temp_path(_PUBLISH_ONCE)
         marker = f"{self._ids}/{activity.id}"
@@ -315,7 +327,8 @@ class Repository:
                     if where is not None and not where.startswith("ids/"):
                         return "taken"
                     held = _lstat(marker)
-                    if held is None or not self._drop_orphan(activity.id, held, now):
+                    moment = now() if callable(now) else now
+                    if held is None or not self._drop_orphan(activity.id, held, moment):
                         return "busy"
             else:
                 return "busy"
@@ -325,12 +338,13 @@ class Repository:
                 if os.path.lexists(f"{directory}/{activity.id}.json"):
                     self.release_id(activity.id, mine)
                     return "taken"
+            final = self.inbox / new_name(activity.id, activity.priority)
             try:
-                move_noreplace(tmp, self.inbox / f"{activity.id}.json")
+                move_noreplace(tmp, final)
             except FileExistsError:  # a copy that holds no reservation (a person's file)
                 self.release_id(activity.id, mine)
                 return "taken"
-            self.durability.renamed(self.inbox / f"{activity.id}.json")
+            self.durability.renamed(final)
             self.durability.barrier()
             return "published"
         finally:
