@@ -500,3 +500,28 @@ def test_an_invalid_configuration_stops_status_and_worker_with_file_and_line(rep
     assert "Traceback" not in worker.stderr
     assert status.returncode == 2, str(status)
     assert where in status.stderr, str(status)
+
+
+@pytest.mark.parametrize("seconds", ["0", "-1", "nan", "inf", "1e10"])
+def test_status_watch_takes_a_number_of_seconds_up_to_a_day(repo: Path, seconds: str) -> None:
+    """``--watch 1e10`` drew once, then crashed in time.sleep (OverflowError, exit 70)."""
+    result = run("status", str(repo), "--watch", seconds)
+    assert result.returncode == 2, str(result)
+    assert "give a number of seconds > 0, at most 86400" in result.stderr
+    assert "Traceback" not in result.stderr and result.stdout == ""
+
+
+def test_init_on_a_link_to_nothing_is_refused_and_makes_nothing(tmp_path: Path) -> None:
+    (tmp_path / "repo").symlink_to(tmp_path / "nowhere")
+    result = run("init", str(tmp_path / "repo"))
+    assert result.returncode == 2, str(result)
+    assert "symbolic link to nothing" in result.stderr and "Traceback" not in result.stderr
+    assert not (tmp_path / "nowhere").exists()
+
+
+@pytest.mark.parametrize("command", [("worker", "--check"), ("graph",), ("systemd-unit",)])
+def test_an_empty_worker_id_is_refused_not_the_host_name(repo: Path, command: tuple[str, ...]) -> None:
+    """A script passing an unset ``$WID`` ran as the host's default worker."""
+    result = run(command[0], str(repo), "--worker-id", "", *command[1:])
+    assert result.returncode == 2, str(result)
+    assert "--worker-id '' must match" in result.stderr

@@ -57,6 +57,8 @@ def cmd_init(args: argparse.Namespace) -> int:
     if not args.repo:
         raise _UsageError("REPO must not be empty (use . for the current directory)")
     root = Path(args.repo).absolute()
+    if os.path.islink(root) and not os.path.exists(root):
+        raise _UsageError(f"cannot make a repository at {root}: it is a symbolic link to nothing")
     try:
         created = Repository.create(root, config.render_defaults())
     except OSError as exc:  # a file in the way, a link to nothing, no permission
@@ -114,10 +116,14 @@ def cmd_submit(args: argparse.Namespace) -> int:
     return 0
 
 
+WATCH_MAX_SECONDS = 86_400
+
+
 def _watch_interval(text: str) -> float:
     seconds = float(text)
-    if not (math.isfinite(seconds) and seconds > 0):
-        raise argparse.ArgumentTypeError(f"{text!r}: give a number of seconds > 0")
+    if not 0 < seconds <= WATCH_MAX_SECONDS:  # NaN fails this too; 1e10 overflowed time.sleep
+        bound = f"give a number of seconds > 0, at most {WATCH_MAX_SECONDS}"
+        raise argparse.ArgumentTypeError(f"{text!r}: {bound}")
     return seconds
 
 
@@ -311,7 +317,9 @@ def _configure_logging(
 
 
 def _worker_id(value: str | None) -> str:
-    worker_id = value or default_worker_id()
+    """``--worker-id``, or the host's default when it is not given (an empty one is invalid: a script's
+    unset ``$WID`` must not borrow another worker's identity)."""
+    worker_id = default_worker_id() if value is None else value
     if not is_valid_name(worker_id):
         raise _UsageError(f"--worker-id {worker_id!r} must match [A-Za-z0-9][A-Za-z0-9._-]{{0,127}}")
     return worker_id
@@ -565,7 +573,7 @@ def build_parser() -> argparse.ArgumentParser:
         const=2.0,
         type=_watch_interval,
         metavar="SECONDS",
-        help="redraw every SECONDS (default 2) until Ctrl-C",
+        help=f"redraw every SECONDS (default 2, at most {WATCH_MAX_SECONDS}) until Ctrl-C",
     )
 
     p = _command(
