@@ -777,3 +777,27 @@ def test_an_entry_that_cannot_be_quarantined_is_tried_again_at_the_next_scan(tmp
         proc.wait(60)
     assert 1 <= tries <= 10, tries  # about once per scan (1 s) for 3 s
     assert (repo / "inbox").is_dir() and not os.listdir(repo / "inbox")
+
+
+def test_a_worker_makes_heartbeats_and_reports_again_when_they_are_deleted(tmp_path: Path) -> None:
+    """Deleted by hand, heartbeats/ stayed gone (the worker looked dead to status and stop, with a
+    warning per heartbeat) and reports/ made every failure report fail five times."""
+    import shutil
+
+    repo = make_repository(tmp_path, "heartbeat.interval-seconds = 0.2\n")
+    proc = start_worker(repo, "w1")
+    try:
+        wait_for(lambda: (repo / "heartbeats" / "w1.json").exists(), 60, "the first heartbeat")
+        shutil.rmtree(repo / "heartbeats")
+        shutil.rmtree(repo / "reports")
+        failed = submit(repo, "t.fatal")
+        wait_for(lambda: (repo / "reports" / f"{failed}.txt").exists(), 60, "the failure report")
+        wait_for(lambda: (repo / "heartbeats" / "w1.json").exists(), 30, "a heartbeat again")
+    finally:
+        kill_group(proc, signal.SIGTERM)
+        proc.wait(60)
+    text = (tmp_path / "worker-w1.stderr").read_text()
+    assert text.count("heartbeats/ was missing") == 1
+    assert "cannot write heartbeat" not in text
+    assert records(repo / "failed")[failed]["spoolpipe"]["attempts"] == 1
+    assert len(records(repo / "done")) == 1  # the failure activity, at its first attempt

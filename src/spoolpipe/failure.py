@@ -64,6 +64,7 @@ def report(activity: Activity, ctx: Context) -> dict[str, str]:
     failed = _with_omitted(failed, ctx)
     reports = ctx.repository / "reports"
     target = reports / f"{failed_id}.txt"
+    reports.mkdir(exist_ok=True)  # deleted by hand: made again, as init would
     write_atomic(target, render_report(failed).encode())
     ctx.log.info("wrote %s", target)
     return {"report": str(target.relative_to(ctx.repository))}

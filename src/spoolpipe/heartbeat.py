@@ -79,6 +79,11 @@ def write(repo: Repository, worker_id: str, doc: Mapping[str, Any]) -> None:
     tmp = repo.tmp / f"heartbeat-{worker_id}.tmp"
     try:
         tmp.write_bytes(dumps(doc))
-        os.replace(tmp, path(repo, worker_id))
+        try:
+            os.replace(tmp, path(repo, worker_id))
+        except FileNotFoundError:  # heartbeats/ deleted by hand: make it again, as init would
+            os.mkdir(repo.heartbeats)
+            log.warning("heartbeats/ was missing: created it again")
+            os.replace(tmp, path(repo, worker_id))
     except OSError as exc:
         log.warning("cannot write heartbeat: %s", exc)
