@@ -273,6 +273,22 @@ def test_sighup_reloads_at_once_not_at_the_next_heartbeat(tmp_path: Path) -> Non
         assert worker.wait(30) == 0
 
 
+def test_scan_watch_turned_on_by_a_reload_watches_the_inbox_from_then_on(tmp_path: Path) -> None:
+    """The reload said "configuration reloaded" but the worker went on polling every 60 s."""
+    repo = repository(tmp_path, "scan.watch = false\nscan.interval-seconds = 60\n")
+    worker = start_worker(repo, "w1")
+    try:
+        wait_for(lambda: "worker w1 started" in stderr_of(repo, "w1"), 30, "the worker")
+        change_unnoticed(repo / "spoolpipe.properties", "scan.watch = true\n")
+        worker.send_signal(signal.SIGHUP)
+        wait_for(lambda: "configuration reloaded" in stderr_of(repo, "w1"), 30, "the reload")
+        done = submit(repo, "t.props")
+        wait_for(lambda: done in ids_in(repo / "done"), 20, "the activity, seen through inotify")
+    finally:
+        worker.send_signal(signal.SIGTERM)
+        assert worker.wait(30) == 0
+
+
 def test_reload_with_an_invalid_configuration_is_refused_with_file_and_line(tmp_path: Path) -> None:
     repo = repository(tmp_path)
     worker = start_worker(repo, "w1")

@@ -246,6 +246,14 @@ class Worker:
             self._grace_deadline = 0.0
         self._wake()
 
+    def _watch_as_set(self) -> None:
+        """Start or stop watching the inbox as ``scan.watch`` now says (after a reload)."""
+        if self.settings.scan_watch and self._arrivals is None:
+            self._start_watching()
+        elif not self.settings.scan_watch and self._arrivals is not None:
+            self._arrivals.close()
+            self._arrivals = None
+
     def _start_watching(self) -> None:
         if not self.settings.scan_watch:
             return
@@ -697,6 +705,7 @@ class Worker:
             except OSError as exc:
                 log.error("metrics: %s", exc)
             self._adopt()
+            self._watch_as_set()
             if settings != old:
                 self.pool.setup = self._setup()
                 self.pool.mark_stale()
