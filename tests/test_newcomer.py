@@ -244,6 +244,104 @@ def test_a_changed_processor_module_is_picked_up_by_recycling_the_pool(tmp_path:
     assert str(module) in _stderr(repo)
 
 
+def _change(path: Path, text: str) -> None:
+    """A new version of a file, its modification time surely different from the old one's."""
+    before = path.stat().st_mtime_ns if path.exists() else 0
+    path.write_text(text)
+    os.utime(path, ns=(before + 2_000_000_000, before + 2_000_000_000))
+
+
+HALF_WAY = """
+from spoolpipe import processor
+
+@processor("t.extra")
+def extra(activity, ctx):
+    return "code of a module that did not import"
+
+raise ImportError("half way")
+"""
+
+
+def test_a_module_rejected_at_a_reload_runs_none_of_its_code(tmp_path: Path) -> None:
+    """Its @processor ran before the error: the worker said "rejected" and ran t.extra anyway."""
+    repo = make_repository(tmp_path, "pool.size = 1\nprocessors = e2e_procs\n")
+    (tmp_path / "procs" / "extra.py").write_text(HALF_WAY)
+    worker = start_worker(repo, "w1")
+    try:
+        wait_for(lambda: "worker w1 started" in _stderr(repo), 30, "the worker")
+        properties = repo / "spoolpipe.properties"
+        _change(
+            properties,
+            properties.read_text().replace("processors = e2e_procs", "processors = e2e_procs, extra"),
+        )
+        wait_for(lambda: "configuration change rejected" in _stderr(repo), 30, "the rejection")
+        extra = submit(repo, "t.extra")
+        noop = submit(repo, "t.noop")
+        wait_for(lambda: noop in ids_in(repo / "done"), 30, "other work")
+        worker.send_signal(signal.SIGHUP)  # and a recycled pool process does not run it either
+        time.sleep(1)
+    finally:
+        _stop(worker)
+    assert extra not in ids_in(repo / "done") and extra not in ids_in(repo / "failed")
+    assert any(name.startswith(extra) for name in os.listdir(repo / "inbox"))
+
+
+def test_a_type_renamed_in_a_new_version_of_its_module_is_gone_and_the_new_one_runs(tmp_path: Path) -> None:
+    """The old type ran on with the old function; moving a type to another function was refused."""
+    repo = make_repository(tmp_path, "pool.size = 1\nprocessors = e2e_procs, versioned\n")
+    module = tmp_path / "procs" / "versioned.py"
+    module.write_text(
+        "from spoolpipe import processor\n@processor('t.old')\ndef handle(a, ctx):\n    return 'v1'\n"
+    )
+    worker = start_worker(repo, "w1")
+    try:
+        first = submit(repo, "t.old")
+        wait_for(lambda: first in ids_in(repo / "done"), 30, "v1")
+        _change(
+            module,
+            "from spoolpipe import processor\n@processor('t.new')\ndef handle(a, ctx):\n    return 'v2'\n"
+            "@processor('t.newer')\ndef handle_newer(a, ctx):\n    return 'v2b'\n",
+        )
+        wait_for(lambda: "processor code changed" in _stderr(repo), 30, "the new code")
+        old, new, newer = submit(repo, "t.old"), submit(repo, "t.new"), submit(repo, "t.newer")
+        wait_for(lambda: {new, newer} <= set(ids_in(repo / "done")), 30, "v2")
+        time.sleep(0.5)
+    finally:
+        _stop(worker)
+    done = records(repo / "done")
+    assert (done[first]["result"], done[new]["result"], done[newer]["result"]) == ("v1", "v2", "v2b")
+    assert old not in done and any(name.startswith(old) for name in os.listdir(repo / "inbox"))
+
+
+def test_a_new_processors_path_takes_the_modules_found_there(tmp_path: Path) -> None:
+    """processors.path changed to a folder with another version of the module: the old one ran on."""
+    for version in ("v1", "v2"):
+        folder = tmp_path / version
+        folder.mkdir()
+        code = f"@processor('t.version')\ndef v(a, ctx):\n    return {version!r}\n"
+        (folder / "versioned.py").write_text("from spoolpipe import processor\n" + code)
+    repo = make_repository(tmp_path, "pool.size = 1\nprocessors = e2e_procs, versioned\n")
+    properties = repo / "spoolpipe.properties"
+    properties.write_text(
+        properties.read_text().replace(
+            f"processors.path = {tmp_path / 'procs'}",
+            f"processors.path = {tmp_path / 'procs'}, {tmp_path / 'v1'}",
+        )
+    )
+    worker = start_worker(repo, "w1")
+    try:
+        first = submit(repo, "t.version")
+        wait_for(lambda: first in ids_in(repo / "done"), 30, "v1")
+        _change(properties, properties.read_text().replace(str(tmp_path / "v1"), str(tmp_path / "v2")))
+        wait_for(lambda: "configuration reloaded" in _stderr(repo), 30, "the reload")
+        second = submit(repo, "t.version")
+        wait_for(lambda: second in ids_in(repo / "done"), 30, "v2")
+    finally:
+        _stop(worker)
+    done = records(repo / "done")
+    assert (done[first]["result"], done[second]["result"]) == ("v1", "v2")
+
+
 def test_an_import_error_names_the_module_the_paths_and_shows_the_traceback(tmp_path: Path) -> None:
     repo = make_repository(tmp_path, "processors = e2e_procs, broken\n")
     (tmp_path / "procs" / "broken.py").write_text("import e2e_procs\nimport no_such_dependency\n")

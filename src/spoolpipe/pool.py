@@ -34,6 +34,7 @@ from typing import Any
 
 from . import _libc
 from .attempt import Attempts, Item, Report, Setup
+from .processor import forget_registrations, registrations, restore_registrations
 
 _BUILTIN_MODULES = (
     "spoolpipe.failure",
@@ -57,16 +58,41 @@ class ProcessorImportError(Exception):
         )
 
 
-def import_processors(modules: Sequence[str], paths: Sequence[str]) -> None:
-    """Import the built-in and configured processor modules; raises :class:`ProcessorImportError`."""
+def import_processors(modules: Sequence[str], paths: Sequence[str], *, again: Sequence[str] = ()) -> None:
+    """Import the built-in and configured processor modules, running those of ``again`` that were
+    imported before once more (their code changed, or ``processors.path`` did).
+
+    All or nothing: on :class:`ProcessorImportError` the processors registered and every module
+    are as before, so that no code of a module that failed half-way runs (nor do pool processes
+    forked afterwards inherit it).
+    """
     for path in paths:
         if path not in sys.path:
             sys.path.insert(0, path)
-    for module in (*_BUILTIN_MODULES, *modules):
-        try:
-            importlib.import_module(module)
-        except BaseException as exc:  # sys.exit() at import too: it ended the worker as a clean stop
-            raise ProcessorImportError(module, paths, exc) from exc
+    importlib.invalidate_caches()
+    saved = registrations()
+    fresh = [m for m in modules if m not in sys.modules]
+    rerun = {m: sys.modules[m] for m in again if m in sys.modules}
+    namespaces = {m: dict(module.__dict__) for m, module in rerun.items()}
+    try:
+        for name in (*_BUILTIN_MODULES, *modules):
+            try:
+                if name in rerun:
+                    forget_registrations(name)
+                    importlib.reload(rerun[name])
+                else:
+                    importlib.import_module(name)
+            except BaseException as exc:  # sys.exit() at import too: it ended the worker as a clean stop
+                raise ProcessorImportError(name, paths, exc) from exc
+    except ProcessorImportError:
+        restore_registrations(saved)
+        for name in fresh:
+            sys.modules.pop(name, None)
+        for name, module in rerun.items():
+            module.__dict__.clear()
+            module.__dict__.update(namespaces[name])
+            sys.modules[name] = module
+        raise
 
 
 def processor_files(modules: Sequence[str]) -> dict[str, tuple[str, int | None]]:
@@ -81,16 +107,6 @@ def processor_files(modules: Sequence[str]) -> dict[str, tuple[str, int | None]]
         except OSError:
             files[name] = (path, None)
     return files
-
-
-def reload_processors(modules: Sequence[str], paths: Sequence[str]) -> None:
-    """Re-import changed processor modules here; raises :class:`ProcessorImportError` (old code stays)."""
-    importlib.invalidate_caches()
-    for module in modules:
-        try:
-            importlib.reload(sys.modules[module])
-        except BaseException as exc:  # sys.exit() at import too: it hung the daemon at its exit
-            raise ProcessorImportError(module, paths, exc) from exc
 
 
 def _die_with_parent() -> None:

@@ -154,6 +154,8 @@ class Registration:
     origin: str
     megapixels: MegapixelEstimate | None = None
     retry_on: RetryOn | None = None
+    #: The module that registered it: what a reload of that module replaces.
+    module: str = ""
 
 
 def _follow_up_types(declared: object, origin: str) -> frozenset[str] | None:
@@ -237,7 +239,9 @@ def processor(
         declared = _follow_up_types(follow_ups, origin)
         retried = _retry_on(retry_on, origin)
         seconds = _timeout(timeout, origin)
-        _register(Registration(type, function, declared, seconds, origin, megapixels, retried))
+        _register(
+            Registration(type, function, declared, seconds, origin, megapixels, retried, function.__module__)
+        )
         return function
 
     return decorate
@@ -268,10 +272,28 @@ class Processor:
         declared = _follow_up_types(cls.follow_ups, origin)
         retried = _retry_on(cls.retry_on, origin)
         seconds = _timeout(cls.timeout, origin)
-        _register(Registration(cls.type, run, declared, seconds, origin, retry_on=retried))
+        _register(
+            Registration(cls.type, run, declared, seconds, origin, retry_on=retried, module=cls.__module__)
+        )
 
     def process(self, activity: Activity, ctx: Context) -> Any:
         raise NotImplementedError
+
+
+def registrations() -> dict[str, Registration]:
+    """A copy of the registry, for ``restore_registrations`` to put back when an import fails half-way."""
+    return dict(_registry)
+
+
+def restore_registrations(saved: Mapping[str, Registration]) -> None:
+    _registry.clear()
+    _registry.update(saved)
+
+
+def forget_registrations(module: str) -> None:
+    """Drop what ``module`` registered, before it runs again: a type it no longer registers goes."""
+    for type_ in [t for t, r in _registry.items() if r.module == module]:
+        del _registry[type_]
 
 
 def registered() -> Mapping[str, Registration]:

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from . import config
 from .attempt import counted
-from .pool import ProcessorImportError, import_processors, processor_files, reload_processors
+from .pool import ProcessorImportError, import_processors, processor_files
 
 log = logging.getLogger("spoolpipe.worker")
 
@@ -70,7 +70,10 @@ class Reloads:
                 running.processors,
                 running.processors_path,
             ):
-                import_processors(settings.processors, [str(p) for p in settings.processors_path])
+                # Modules imported before run again: a new processors.path may find other files.
+                import_processors(
+                    settings.processors, [str(p) for p in settings.processors_path], again=settings.processors
+                )
         except (config.ConfigError, ProcessorImportError) as exc:
             log.error("configuration change rejected, keeping the previous configuration:\n%s", exc)
             return None
@@ -107,7 +110,7 @@ class Reloads:
             return False
         files = ", ".join(stamp[m][0] for m in changed)
         try:
-            reload_processors(changed, [str(p) for p in running.processors_path])
+            import_processors(running.processors, [str(p) for p in running.processors_path], again=changed)
         except ProcessorImportError as exc:
             log.error(
                 "processor code changed (%s) but cannot be imported, keeping the running pool processes:\n%s",
