@@ -437,6 +437,30 @@ def systemd_analyze() -> str:
     return tool
 
 
+def test_a_worker_tells_systemd_when_it_is_ready_and_when_it_stops(tmp_path: Path) -> None:
+    """``Type=notify``: a reload or stop asked for while the worker starts (its signal handlers not in
+    place yet: SIGHUP killed it) waits for READY=1, sent once it has started."""
+    import socket
+
+    repo = repository(tmp_path)
+    address = str(tmp_path / "notify.sock")
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+        sock.bind(address)
+        sock.settimeout(60)
+        worker = start_worker(repo, "w1", env={"NOTIFY_SOCKET": address})
+        try:
+            assert sock.recv(256) == b"READY=1"
+            assert "worker w1 started" in stderr_of(repo, "w1")
+            worker.send_signal(signal.SIGHUP)  # what systemctl reload does, at once
+            wait_for(lambda: "configuration reloaded" in stderr_of(repo, "w1"), 30, "the reload")
+            worker.send_signal(signal.SIGTERM)
+            assert sock.recv(256) == b"STOPPING=1"
+        finally:
+            if worker.poll() is None:
+                worker.send_signal(signal.SIGTERM)
+            assert worker.wait(30) == 0
+
+
 def test_the_systemd_unit_passes_systemd_analyze_verify(tmp_path: Path) -> None:
     root = tmp_path / 'jobs 100% "$HOME" \\ n'  # every character a unit file must escape
     repo = repository(root, "shutdown.grace-seconds = 20.5\n")
@@ -445,7 +469,9 @@ def test_the_systemd_unit_passes_systemd_analyze_verify(tmp_path: Path) -> None:
     text = result.stdout
     lines = text.splitlines()
     for expected in (
-        "Type=simple",
+        "Type=notify",
+        "NotifyAccess=main",
+        "TimeoutStartSec=infinity",
         "User=spool",
         "Restart=on-failure",
         "KillMode=mixed",

@@ -12,9 +12,11 @@ reads the repository's configuration for the grace period.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import re
+import socket
 import sys
 from dataclasses import dataclass
 from pathlib import PurePosixPath
@@ -97,7 +99,11 @@ def render(unit: Unit) -> str:
         f"RequiresMountsFor={repo}",
         "",
         "[Service]",
-        "Type=simple",
+        # Started once it says so (READY=1, with its signal handlers in place): a reload or stop
+        # asked for while it starts waits for that; taking the lock may wait a lease.
+        "Type=notify",
+        "NotifyAccess=main",
+        "TimeoutStartSec=infinity",
         *([f"User={unit.user}"] if unit.user else []),
         f"ExecStart={command}",
         "ExecReload=/bin/kill -HUP $MAINPID",
@@ -114,6 +120,18 @@ def render(unit: Unit) -> str:
         "WantedBy=multi-user.target",
     ]
     return "\n".join(lines) + "\n"
+
+
+def notify(state: str) -> None:
+    """Tell systemd how the service is (``READY=1``, ``STOPPING=1``) through ``$NOTIFY_SOCKET``
+    (``Type=notify``); nothing when it is not set (not started by systemd). Never raises."""
+    address = os.environ.get("NOTIFY_SOCKET", "")
+    if not address.startswith(("/", "@")):
+        return
+    if address.startswith("@"):  # an abstract socket
+        address = "\0" + address[1:]
+    with contextlib.suppress(OSError), socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+        sock.sendto(state.encode(), address)
 
 
 def interpreter() -> str:

@@ -28,7 +28,7 @@ from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING, Any
 
-from . import circuit, config, control, heartbeat
+from . import circuit, config, control, heartbeat, service
 from .activity import Activity, format_time
 from .attempt import Item, Setup, counted, quarantine
 from .idle import UntilIdle
@@ -195,6 +195,7 @@ class Worker:
             self.settings.pool_size,
             ", ".join(self._handled_types()) or "none",
         )
+        service.notify("READY=1")  # its signal handlers are in place: systemd may reload or stop it now
         return True
 
     def _setup(self) -> Setup:
@@ -406,6 +407,7 @@ class Worker:
         return True
 
     def _shutdown(self) -> None:
+        service.notify("STOPPING=1")
         self._purges.stop()
         for item in self._interrupted:  # never settled: a crash counts as an attempt
             self.repo.recover(self.recovery.claim_of(item))
