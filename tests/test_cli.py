@@ -411,6 +411,18 @@ def test_retry_moves_failed_records_back_as_attempt_one(repo: Path) -> None:
     assert sorted(os.listdir(repo / "inbox")) == ["f1.json", "f2.json", "f3.json"]
 
 
+def test_retry_refuses_a_record_whose_activity_would_be_over_the_size_limit(repo: Path) -> None:
+    """Its history grows with each retry: it was requeued (exit 0), then quarantined by the worker."""
+    _fail(repo, "f1")
+    size = len((repo / "failed" / "f1.json").read_bytes())
+    with (repo / PROPERTIES_FILE).open("a") as f:
+        f.write(f"limits.activity-bytes = {size // 2}\n")
+    result = run("retry", str(repo), "f1")
+    assert result.returncode == 1, str(result)
+    assert f"over limits.activity-bytes={size // 2}" in result.stderr
+    assert os.listdir(repo / "failed") == ["f1.json"] and os.listdir(repo / "inbox") == []
+
+
 def test_retry_usage_and_errors(repo: Path) -> None:
     _fail(repo, "f1")
     (repo / "inbox" / "f1.json").write_text('{"type": "t.x"}')

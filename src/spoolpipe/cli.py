@@ -185,6 +185,7 @@ def cmd_retry(args: argparse.Namespace) -> int:
     for activity_id in args.ids:
         if not is_valid_name(activity_id):
             raise _UsageError(f"{printable(activity_id)!r} is not a valid id ({NAME_PATTERN})")
+    limit = config.load(repo.root).settings.limits_activity_bytes  # an invalid one is exit 2
     ids = sorted(p.stem for p in repo.failed.glob("*.json")) if args.all_failed else args.ids
     problems = 0
     for activity_id in ids:
@@ -192,7 +193,7 @@ def cmd_retry(args: argparse.Namespace) -> int:
         try:
             if not is_valid_name(activity_id):
                 raise InvalidActivity(f"its name is not a valid id ({NAME_PATTERN})")
-            repo.retry_failed(activity_id)
+            repo.retry_failed(activity_id, limit)
             print(f"requeued {activity_id}")
             continue
         except FileNotFoundError:

@@ -860,16 +860,23 @@ class Repository:
                     if st.st_nlink == 1 and now - st.st_ctime > _STALE_QUARANTINE_SECONDS:
                         os.unlink(entry.path)
 
-    def retry_failed(self, activity_id: str) -> Path:
+    def retry_failed(self, activity_id: str, limit: int | None = None) -> Path:
         """Queue a failed activity's own document again as a first attempt; the record joins its history.
 
         The new file is published before the record is dropped; a worker that
         claims it meanwhile recognises the record as the one it was retried from.
+        ``limit`` (``limits.activity-bytes``): a document larger than a worker reads is refused.
         """
         source = self.failed / f"{activity_id}.json"
         activity = retried_activity(parse_document(_read_record(source)))
         if activity.id != activity_id:
             raise InvalidActivity(f"its id is {activity.id!r}, not the {activity_id!r} its name says")
+        size = len(dumps(activity.to_json()))
+        if limit is not None and size > limit:
+            raise InvalidActivity(
+                f"the activity would be {size} bytes (with its spoolpipe.history), "
+                f"over limits.activity-bytes={limit}: a worker would quarantine it"
+            )
         published = self._publish_new(activity, "retry", f"failed/{source.name}")
         with contextlib.suppress(FileNotFoundError):
             os.unlink(source)
