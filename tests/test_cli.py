@@ -6,6 +6,7 @@ import argparse
 import json
 import os
 import re
+import shlex
 import subprocess
 import sys
 import time
@@ -421,6 +422,25 @@ def test_retry_refuses_a_record_whose_activity_would_be_over_the_size_limit(repo
     assert result.returncode == 1, str(result)
     assert f"over limits.activity-bytes={size // 2}" in result.stderr
     assert os.listdir(repo / "failed") == ["f1.json"] and os.listdir(repo / "inbox") == []
+
+
+def test_retry_into_a_reader_that_stops_early_requeues_everything_and_exits_0(repo: Path) -> None:
+    """``| head -1``: every later "requeued" line was reported as an error and the exit was 1."""
+    for i in range(600):
+        _fail(repo, f"f{i}")
+    command = f"{sys.executable} -m spoolpipe retry {shlex.quote(str(repo))} --all-failed 2>err.txt | head -1"
+    run_ = subprocess.run(
+        ["bash", "-c", command + "; echo ${PIPESTATUS[0]}"],
+        capture_output=True,
+        text=True,
+        cwd=repo.parent,
+        env={**os.environ},
+        check=True,
+        timeout=120,
+    )
+    assert run_.stdout.splitlines()[-1] == "0", run_
+    assert (repo.parent / "err.txt").read_text() == ""
+    assert os.listdir(repo / "failed") == [] and len(os.listdir(repo / "inbox")) == 600
 
 
 def test_retry_usage_and_errors(repo: Path) -> None:

@@ -178,6 +178,14 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     return 0
 
 
+def _tell(line: str) -> None:
+    """Print a line of a command that goes on whether or not anyone reads it (``| head``)."""
+    try:
+        print(line, flush=True)
+    except BrokenPipeError:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+
+
 def cmd_retry(args: argparse.Namespace) -> int:
     repo = _repository(args.repo)
     if args.all_failed == bool(args.ids):
@@ -194,8 +202,6 @@ def cmd_retry(args: argparse.Namespace) -> int:
             if not is_valid_name(activity_id):
                 raise InvalidActivity(f"its name is not a valid id ({NAME_PATTERN})")
             repo.retry_failed(activity_id, limit)
-            print(f"requeued {activity_id}")
-            continue
         except FileNotFoundError:
             print(f"error: {record} does not exist", file=sys.stderr)
         except FileExistsError as exc:
@@ -204,6 +210,9 @@ def cmd_retry(args: argparse.Namespace) -> int:
             print(f"error: {record} cannot be retried: {exc.reason}", file=sys.stderr)
         except OSError as exc:
             print(f"error: {record} cannot be retried: {printable(str(exc))}", file=sys.stderr)
+        else:
+            _tell(f"requeued {activity_id}")  # outside the try: a closed stdout is no error of the retry
+            continue
         problems += 1
     return 1 if problems else 0
 
