@@ -801,3 +801,26 @@ def test_a_worker_makes_heartbeats_and_reports_again_when_they_are_deleted(tmp_p
     assert "cannot write heartbeat" not in text
     assert records(repo / "failed")[failed]["spoolpipe"]["attempts"] == 1
     assert len(records(repo / "done")) == 1  # the failure activity, at its first attempt
+
+
+def test_a_worker_whose_tmp_folder_was_deleted_leaves_no_committed_marks_behind(tmp_path: Path) -> None:
+    """Spare files could not go to tmp/: every ~committed mark stayed in running/, and each scan
+    "recovered" more of them as claims abandoned by this worker."""
+    import shutil
+
+    repo = make_repository(tmp_path, "scan.interval-seconds = 0.3\n")
+    proc = start_worker(repo, "w1")
+    try:
+        wait_for(lambda: "worker w1 started" in (tmp_path / "worker-w1.stderr").read_text(), 60, "start")
+        shutil.rmtree(repo / "tmp")
+        ids = [f"a{i}" for i in range(8)]
+        for activity_id in ids:  # as a person would: submit needs tmp/
+            drop(repo, f"{activity_id}.json", json.dumps({"type": "t.noop"}))
+        wait_for(lambda: set(ids) <= set(ids_in(repo / "done")), 60, "every activity done")
+        time.sleep(1)  # a few scans
+        assert os.listdir(repo / "running") == []
+    finally:
+        kill_group(proc, signal.SIGTERM)
+        proc.wait(60)
+    assert "abandoned by this worker" not in (tmp_path / "worker-w1.stderr").read_text()
+    assert (repo / "tmp").is_dir()  # made again at the next heartbeat

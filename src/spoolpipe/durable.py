@@ -217,7 +217,13 @@ class Spares:
         if len(self._files) < self._limit:
             self._serial += 1
             spare = f"{self._directory}/{self._prefix}-{self._serial}.tmp"
-            os.rename(path, spare)  # a fresh name of this process's own: nothing can be there
+            try:
+                os.rename(path, spare)  # a fresh name of this process's own: nothing can be there
+            except FileNotFoundError:
+                if os.path.lexists(path):  # tmp/ is gone (deleted by hand): no spare, the file goes
+                    os.unlink(path)
+                    return
+                raise
             self._files.append(spare)
         else:
             os.unlink(path)

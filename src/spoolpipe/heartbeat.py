@@ -78,12 +78,11 @@ def write(repo: Repository, worker_id: str, doc: Mapping[str, Any]) -> None:
     # One temp name per worker: one killed mid-write leaves one file, which its next heartbeat reuses.
     tmp = repo.tmp / f"heartbeat-{worker_id}.tmp"
     try:
+        for folder in (repo.tmp, repo.heartbeats):
+            if not os.path.lexists(folder):  # deleted by hand: made again, as init would
+                os.mkdir(folder)
+                log.warning("%s/ was missing: created it again", folder.name)
         tmp.write_bytes(dumps(doc))
-        try:
-            os.replace(tmp, path(repo, worker_id))
-        except FileNotFoundError:  # heartbeats/ deleted by hand: make it again, as init would
-            os.mkdir(repo.heartbeats)
-            log.warning("heartbeats/ was missing: created it again")
-            os.replace(tmp, path(repo, worker_id))
+        os.replace(tmp, path(repo, worker_id))
     except OSError as exc:
         log.warning("cannot write heartbeat: %s", exc)
