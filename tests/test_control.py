@@ -289,6 +289,23 @@ def test_scan_watch_turned_on_by_a_reload_watches_the_inbox_from_then_on(tmp_pat
         assert worker.wait(30) == 0
 
 
+def test_a_request_that_cannot_be_written_is_an_error_naming_control_not_a_crash(tmp_path: Path) -> None:
+    repo = repository(tmp_path)
+    worker = start_worker(repo, "w1")
+    try:
+        wait_for(lambda: live(repo, "w1"), 30, "the worker")
+        shutil.rmtree(repo / "control", ignore_errors=True)
+        (repo / "control").write_text("in the way")
+        result = spoolpipe("stop", str(repo), "w1")
+        assert result.returncode == 1, result
+        assert "error: cannot send stop to w1:" in result.stderr and "control" in result.stderr
+        assert "Traceback" not in result.stderr
+        assert worker.poll() is None
+    finally:
+        worker.send_signal(signal.SIGTERM)
+        assert worker.wait(30) == 0
+
+
 def test_reload_with_an_invalid_configuration_is_refused_with_file_and_line(tmp_path: Path) -> None:
     repo = repository(tmp_path)
     worker = start_worker(repo, "w1")

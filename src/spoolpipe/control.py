@@ -388,7 +388,16 @@ def request_workers(
         if request is Request.RELOAD and _reload_refused(repo, target, err):
             code = 2
             continue
-        path = write_request(repo, target, request, now)
+        try:
+            path = write_request(repo, target, request, now)
+        except OSError as exc:  # control/ a file, a link to nothing, read-only...
+            print(
+                f"error: cannot send {request.value} to {target.worker_id}: "
+                f"{printable(str(exc.filename or CONTROL_DIR))}: {exc.strerror or exc}",
+                file=err,
+            )
+            code = 1
+            continue
         try:
             inode = path.lstat().st_ino
         except FileNotFoundError:  # taken already
