@@ -627,3 +627,20 @@ def test_an_archive_that_is_not_a_folder_stops_the_purge_with_a_reason(tmp_path:
     assert f"{repo / 'archive'} is not a folder" in result.stderr
     assert "Traceback" not in result.stderr
     assert record.exists()
+    # The scheduled purge a worker runs says the same as a warning (it crashed, every interval).
+    scheduled = purge(repo, "--scheduled", "--worker-id", "w1")
+    assert scheduled.returncode == 0, scheduled.stderr
+    log = (repo / "logs" / "workers" / "w1.log").read_text()
+    assert "is not a folder: nothing purged" in log and "crashed" not in log and "Traceback" not in log
+    assert record.exists()
+
+
+def test_a_purge_journal_that_is_not_a_file_stops_the_purge_with_a_reason(tmp_path: Path) -> None:
+    """``archive/.pending.json`` a directory: purge crashed in the journal's unlink (exit 70)."""
+    repo = make_repository(tmp_path, "retention.done = 1d\n")
+    record = put(repo / "done" / "old.json", "{}", old=2 * DAY)
+    (repo / "archive" / ".pending.json").mkdir(parents=True)
+    result = purge(repo)
+    assert result.returncode == 1, result.stderr
+    assert "archive/.pending.json is not a regular file" in result.stderr
+    assert "Traceback" not in result.stderr and record.exists()

@@ -283,6 +283,10 @@ def _journal_entries(doc: Any) -> tuple[str, int, int, list[tuple[Entry, Stamp]]
     return archive, inode, size, held
 
 
+class NotAFile(Exception):
+    """Something other than a file is where the purge keeps one: it purges nothing until it is moved."""
+
+
 def complete_interrupted(repo: Repository, report: Report) -> None:
     """A purge killed after publishing an archive, before deleting what it holds: delete that now.
 
@@ -290,6 +294,8 @@ def complete_interrupted(repo: Repository, report: Report) -> None:
     and size): then the rename happened, and the entries are in it.
     """
     journal = repo.root / ARCHIVE_DIR / JOURNAL
+    if os.path.lexists(journal) and (journal.is_symlink() or not journal.is_file()):
+        raise NotAFile(f"archive/{JOURNAL} is not a regular file: nothing purged (move it away)")
     try:
         doc = json.loads(journal.read_bytes())
     except FileNotFoundError:

@@ -14,7 +14,7 @@ from ..activity import printable
 from ..config import Settings
 from ..liveness import OwnLock
 from ..repository import Repository, filesystem_now
-from ._archive import archive_group, complete_interrupted, sweep_temp
+from ._archive import NotAFile, archive_group, complete_interrupted, sweep_temp
 from ._expiry import (
     ARCHIVE_DIR,
     STATE_DIRS,
@@ -80,12 +80,15 @@ def purge(
     completed first.
     """
     report = Report(dry_run, archive)
-    folder = repo.root / "archive"
-    if os.path.lexists(folder) and not (folder.is_dir() and not folder.is_symlink()):
-        report.problems.append(f"{folder} is not a folder: nothing purged (move it away)")
+    if (problem := _archive_folder_problem(repo)) is not None:
+        report.problems.append(problem)
         return report
     if not dry_run:
-        complete_interrupted(repo, report)
+        try:
+            complete_interrupted(repo, report)
+        except NotAFile as exc:
+            report.problems.append(str(exc))
+            return report
         sweep_temp(repo)
     now = filesystem_now(repo.tmp / ".clock-purge")
     entries = [e for s in STATES if limits.get(s, math.inf) < math.inf for e in scan(repo, s)]
@@ -134,6 +137,13 @@ def _delete(repo: Repository, found: Iterable[Entry], report: Report) -> None:
             os.close(fd)
 
 
+def _archive_folder_problem(repo: Repository) -> str | None:
+    folder = repo.root / ARCHIVE_DIR
+    if os.path.lexists(folder) and not (folder.is_dir() and not folder.is_symlink()):
+        return f"{folder} is not a folder: nothing purged (move it away)"
+    return None
+
+
 def _ran_recently(repo: Repository, interval: float) -> bool:
     """A scheduled purge started less than half an interval ago (by the shared clock): skip this one."""
     marker = repo.root / ARCHIVE_DIR / LAST_RUN
@@ -159,9 +169,17 @@ def scheduled(repo: Repository, settings: Settings) -> Report | None:
     """
     try:
         with retention_lock(repo, settings, wait=0.0) as lock:
-            if _ran_recently(repo, settings.retention_interval):
-                return None
-            _mark_run(repo)
+            try:
+                if (problem := _archive_folder_problem(repo)) is None:
+                    if _ran_recently(repo, settings.retention_interval):
+                        return None
+                    _mark_run(repo)
+            except OSError as exc:  # archive/ unwritable, .last-run not a file...
+                problem = f"cannot mark this run in {ARCHIVE_DIR}/{LAST_RUN}: {exc}: nothing purged"
+            if problem is not None:
+                report = Report(False, settings.retention_archive)
+                report.problems.append(problem)
+                return report
             return purge(
                 repo, limits_of(settings), archive=settings.retention_archive, dry_run=False, lock=lock
             )
