@@ -13,6 +13,8 @@ import shutil
 import signal
 import subprocess
 import sys
+import time
+from datetime import datetime
 from pathlib import Path
 
 import pytest
@@ -47,6 +49,7 @@ def hold(activity, ctx):
 
 @processor("t.props")
 def props(activity, ctx):
+    time.sleep(activity.data.get("sleep", 0))
     return dict(ctx.properties)
 """
 
@@ -304,6 +307,30 @@ def test_a_request_that_cannot_be_written_is_an_error_naming_control_not_a_crash
     finally:
         worker.send_signal(signal.SIGTERM)
         assert worker.wait(30) == 0
+
+
+def test_an_activity_that_starts_after_a_reload_sees_the_new_settings(tmp_path: Path) -> None:
+    """Batches are sized by a type's pace: quick activities then slow ones made a batch of slow ones
+    that ran on in the old process for seconds after the reload, with the old settings."""
+    repo = repository(tmp_path, "custom.colour = red\npool.size = 1\n")
+    quick = [submit(repo, "t.props", id=f"a{i:04d}") for i in range(300)]
+    slow = [submit(repo, "t.props", {"sleep": 0.2}, id=f"b{i:04d}") for i in range(20)]
+    worker = start_worker(repo, "w1")
+    try:
+        wait_for(lambda: set(quick) <= set(ids_in(repo / "done")), 60, "the quick ones")
+        change_unnoticed(repo / "spoolpipe.properties", "custom.colour = blue\n")
+        worker.send_signal(signal.SIGHUP)
+        wait_for(lambda: "configuration reloaded" in stderr_of(repo, "w1"), 30, "the reload")
+        reloaded = time.time()
+        wait_for(lambda: set(slow) <= set(ids_in(repo / "done")), 60, "the slow ones")
+    finally:
+        worker.send_signal(signal.SIGTERM)
+        assert worker.wait(30) == 0
+    done = records(repo / "done")
+    started = {i: datetime.fromisoformat(done[i]["spoolpipe"]["started_at"]).timestamp() for i in slow}
+    later = [i for i in slow if started[i] > reloaded + 0.05]
+    assert later, "the reload came after every slow activity had started: nothing was shown"
+    assert {done[i]["result"]["colour"] for i in later} == {"blue"}
 
 
 def test_reload_with_an_invalid_configuration_is_refused_with_file_and_line(tmp_path: Path) -> None:

@@ -226,7 +226,8 @@ class Attempts:
         taken, recycle = 0, False
         with self._deadline.lock:
             for index, item in enumerate(batch):
-                # The worker is stopping, or may have lost its lock: the rest stays in the inbox.
+                # The worker is stopping, its settings or code changed, or it may have lost its lock:
+                # the rest stays in the inbox.
                 if progress[2] or time.monotonic() > progress[3]:
                     break
                 if item.activity.attempt > 1 and self._pending:

@@ -291,8 +291,12 @@ class Pool:
         return Slot(index, process, parent, progress)
 
     def mark_stale(self) -> None:
-        """Every current process is to be replaced once it is idle (new settings or processor code)."""
+        """Every current process is to be replaced once it is idle (new settings or processor code):
+        a busy one ends its batch after the activity it runs (the rest goes back to the daemon), so
+        that every activity that starts from now on runs with the new."""
         self._stale = {s.process.pid or 0 for s in self.slots}
+        for slot in self.busy():
+            slot.progress[2] = 1
 
     def is_stale(self, slot: Slot) -> bool:
         return (slot.process.pid or 0) in self._stale
