@@ -326,6 +326,11 @@ def test_inspect_running_delayed_and_untrusted_parent(world: dict[str, Any]) -> 
     assert (attempt["attempt"], attempt["worker"], attempt["outcome"]) == (1, "w1", "running")
     assert attempt["host"] == socket.gethostname()
     assert attempt["started_at"] <= running["now"]
+    # Every documented field of every attempt, null where the repository does not say (they were left out).
+    fields = {"run", "attempt", "worker", "host", "started_at", "finished_at", "outcome", "error"}
+    assert (attempt["finished_at"], attempt["error"]) == (None, None)
+    for story in [*world["stories"].values(), world["recovered"]]:
+        assert all(set(a) == fields for a in story["attempts"]), story["attempts"]
     assert world["stories"]["delayed"]["state"] == "delayed"
     assert world["stories"]["unhandled"]["state"] == "inbox"
     parent = world["orphan"]["parent"]  # a person's file said "parent": {"\x1b[2J": 1}

@@ -99,12 +99,19 @@ def _linked(index: _Index, value: object) -> dict[str, Any] | None:
     }
 
 
+_ATTEMPT_FIELDS = ("worker", "host", "started_at", "finished_at", "outcome", "error")
+
+
+def _entry(run: int, attempt: int, **known: str | None) -> dict[str, Any]:
+    """An attempt as ``--json`` shows it: every field, ``null`` where the repository does not say."""
+    return {"run": run, "attempt": attempt} | {k: known.get(k) for k in _ATTEMPT_FIELDS}
+
+
 def _attempt(entry: object, run: int) -> dict[str, Any] | None:
     """One entry of an attempt history (untrusted), escaped."""
     if not isinstance(entry, dict) or not isinstance(entry.get("attempt"), int):
         return None
-    fields = ("worker", "host", "started_at", "finished_at", "outcome", "error")
-    return {"run": run, "attempt": entry["attempt"]} | {k: text(entry.get(k)) for k in fields}
+    return _entry(run, entry["attempt"], **{k: text(entry.get(k)) for k in _ATTEMPT_FIELDS})
 
 
 def _summary(section: dict[str, Any], run: int) -> dict[str, Any] | None:
@@ -149,7 +156,7 @@ def _attempts(
     current = parsed.claim.attempt if parsed is not None else parse_inbox_name(name).attempt
     for number in range(max(1, current - _ATTEMPTS_MAX), current):
         note = read_note(repo.logs, activity_id, number, run)
-        attempts.append(_attempt(note, run) or {"run": run, "attempt": number, "outcome": "unknown"})
+        attempts.append(_attempt(note, run) or _entry(run, number, outcome="unknown"))
     if parsed is not None:
         attempts.append(_running(repo, parsed.claim, run))
     return attempts
@@ -157,13 +164,13 @@ def _attempts(
 
 def _running(repo: Repository, claim: ClaimName, run: int) -> dict[str, Any]:
     """The attempt running now, with its host and start if its worker's heartbeat says (untrusted)."""
-    attempt: dict[str, Any] = {"run": run, "attempt": claim.attempt, "worker": claim.worker}
+    known: dict[str, str | None] = {"worker": claim.worker, "outcome": "running"}
     heartbeat = read_document(repo.heartbeats / f"{claim.worker}.json", _HEARTBEAT_BYTES) or {}
     listed = heartbeat.get("activities")
     for entry in listed if isinstance(listed, list) else []:
         if isinstance(entry, dict) and entry.get("id") == claim.activity_id:
-            attempt |= {"host": text(heartbeat.get("host")), "started_at": text(entry.get("started_at"))}
-    return attempt | {"outcome": "running"}
+            known |= {"host": text(heartbeat.get("host")), "started_at": text(entry.get("started_at"))}
+    return _entry(run, claim.attempt, **known)
 
 
 def _logs(repo: Repository, activity_id: str, attempts: list[dict[str, Any]]) -> list[dict[str, Any]]:
