@@ -154,6 +154,12 @@ def _submit_racing(root: str, activity_id: str, priority: int, gate: Any, result
         results.put(None)
 
 
+def test_submit_makes_ids_again_when_it_was_deleted(repo: Repository) -> None:
+    repo.ids.rmdir()
+    path = repo.submit(Activity("job-8", "t"))
+    assert os.path.samefile(repo.ids / "job-8", path)
+
+
 def test_of_two_submits_of_one_id_at_once_exactly_one_publishes(repo: Repository) -> None:
     """With different priorities both names were free: both submits said published, and a worker
     then quarantined one of them as a duplicate."""

@@ -322,6 +322,9 @@ class Repository:
                 try:
                     os.link(tmp, marker, follow_symlinks=False)
                     break
+                except FileNotFoundError:
+                    if not self.restore_ids():  # ids/ deleted by hand: made again, as init would
+                        raise
                 except FileExistsError:
                     where = self.where(activity.id)
                     if where is not None and not where.startswith("ids/"):
