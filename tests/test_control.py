@@ -158,8 +158,10 @@ def test_stop_all_stops_every_live_worker_but_not_one_started_after_the_request(
     assert "w1: is gone without taking the request (killed?)" in out
     restarted, newcomer = start_worker(repo, "w1"), start_worker(repo, "w3")
     try:
-        wait_for(lambda: not (repo / "control" / "w1.stop").exists(), 30, "w1 to discard the old request")
-        assert "discarded control/w1.stop: meant for an earlier run of this worker" in stderr_of(repo, "w1")
+        discarded = "discarded control/w1.stop: meant for an earlier run of this worker"
+        # The file goes (taken) a moment before the line is logged: wait for the line itself.
+        wait_for(lambda: discarded in stderr_of(repo, "w1"), 30, "w1 to discard the old request")
+        assert not (repo / "control" / "w1.stop").exists()
         for _ in range(4):
             submit(repo, "t.noop")
         wait_for(lambda: len(ids_in(repo / "done")) == 4, 30, "work done after the request")
