@@ -903,3 +903,21 @@ def test_quarantine_works_through_the_fallback(without_renameat2: Path) -> None:
         entry = repo.quarantine(repo.inbox, name, f"{name}: junk")
         assert entry is not None and (entry / name).exists(), name
     assert listing(repo.inbox) == [] and os.listdir(repo.tmp) == []
+
+
+def test_spoolpipe_submit_on_a_full_disk_says_so_with_exit_1(tiny_fs: Path) -> None:
+    """It printed a traceback and "crashed (a bug in spoolpipe)", exit 70."""
+    root = tiny_fs / "repo"
+    Repository.create(root, "")
+    _fill(root, leave=8 * 1024)
+    run = subprocess.run(
+        [sys.executable, "-m", "spoolpipe", "submit", str(root), "t.x", json.dumps({"blob": "x" * 64_000})],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert run.returncode == 1, run
+    assert "spoolpipe submit: cannot publish the activity:" in run.stderr and "No space left" in run.stderr
+    assert "Traceback" not in run.stderr and run.stdout == ""
+    assert listing(root / "inbox") == [] and listing(root / "ids") == []

@@ -95,7 +95,11 @@ def cmd_submit(args: argparse.Namespace) -> int:
     data = _read_data(args.data)
     not_before = None
     if args.delay:
-        now = filesystem_now(repo.tmp / ".clock-submit")
+        try:
+            now = filesystem_now(repo.tmp / ".clock-submit")
+        except OSError as exc:  # a read-only mount: nothing could be published anyway
+            print(f"spoolpipe submit: cannot read the shared clock: {printable(str(exc))}", file=sys.stderr)
+            return 1
         if now + args.delay > LATEST:
             raise _UsageError(
                 f"--delay reaches past 9999-12-31, the latest not_before: at most {LATEST - now:.0f}"
@@ -110,6 +114,9 @@ def cmd_submit(args: argparse.Namespace) -> int:
         path = repo.submit(activity)
     except FileExistsError as exc:
         raise _UsageError(str(exc)) from None
+    except OSError as exc:  # disk full, read-only mount: nothing was published
+        print(f"spoolpipe submit: cannot publish the activity: {printable(str(exc))}", file=sys.stderr)
+        return 1
     print(activity.id)
     if args.verbose:
         print(f"wrote {path}", file=sys.stderr)
@@ -816,7 +823,8 @@ def build_parser() -> argparse.ArgumentParser:
 _EXIT_CODES = {
     "init": "0 created what was missing (or nothing was); 2 bad usage, or no repository can be made "
     "there (a file in the way, a link to nothing)",
-    "submit": "0 published, the id is printed; 2 bad usage (an invalid TYPE, --id, JSON or --delay, "
+    "submit": "0 published, the id is printed; 1 it could not be written (disk full, read-only): "
+    "nothing published; 2 bad usage (an invalid TYPE, --id, JSON or --delay, "
     "DATA a worker would refuse: over limits.activity-bytes or nested too deep; an id already in "
     "use), not a repository or invalid configuration",
     "status": "0 printed; 2 bad usage, not a repository or invalid configuration",
