@@ -557,3 +557,26 @@ def test_an_empty_worker_id_is_refused_not_the_host_name(repo: Path, command: tu
     result = run(command[0], str(repo), "--worker-id", "", *command[1:])
     assert result.returncode == 2, str(result)
     assert "--worker-id '' must match" in result.stderr
+
+
+def test_commands_on_a_read_only_mount_say_what_they_cannot_do_without_a_traceback(
+    repo: Path, tmp_path: Path
+) -> None:
+    """schedule, stop --all and purge --dry-run crashed (exit 70) where the clock probe or the purge
+    lock could not be written."""
+    mount = tmp_path / "ro"
+    mount.mkdir()
+    if subprocess.run(["mount", "--bind", str(repo), str(mount)], check=False).returncode != 0:
+        pytest.fail("cannot bind-mount (the tests run as root: .ci/run)")
+    try:
+        assert subprocess.run(["mount", "-o", "remount,bind,ro", str(mount)], check=False).returncode == 0
+        schedule = run("schedule", str(mount))
+        stop = run("stop", str(mount), "--all")
+        purge = run("purge", str(mount), "--dry-run")
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], check=False)
+    for result in (schedule, stop, purge):
+        assert "Traceback" not in result.stderr and "crashed" not in result.stderr, str(result)
+    assert schedule.returncode == 0, str(schedule)
+    assert stop.returncode == 1 and "no live worker" in stop.stderr, str(stop)
+    assert purge.returncode == 1 and "cannot take locks/~retention.lock" in purge.stderr, str(purge)

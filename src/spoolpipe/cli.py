@@ -242,7 +242,7 @@ def cmd_schedule(args: argparse.Namespace) -> int:
             print(f"spoolpipe schedule: no schedule named {printable(args.name)!r}", file=sys.stderr)
             return 1
         rules = {args.name: rules[args.name]}
-    now = filesystem_now(repo.tmp / ".clock-schedule")
+    now = views.reading.shared_now(repo)  # the local clock on a read-only mount
     described = schedule_report.describe(repo, rules, now, args.next)
     if args.json:
         print(
@@ -732,7 +732,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.epilog = (
         "Exit codes: 0 done (also when nothing had expired; with --scheduled, also when skipped); "
-        "1 another purge held the lock for 5s, or some entries could not be purged (listed "
+        "1 another purge held the lock for 5s (or it cannot be taken: a read-only mount), or some "
+        "entries could not be purged (listed "
         "on stderr, left in place); 2 bad usage, not a repository or invalid configuration; "
         f"{EXIT_CRASH} crashed (a bug). See docs/operations.md, Cleaning up."
     )

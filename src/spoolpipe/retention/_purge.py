@@ -215,6 +215,9 @@ def run_command(
     except Busy as exc:
         print(f"spoolpipe purge: {exc}", file=sys.stderr)
         return 1
+    except OSError as exc:  # the lock file cannot be made (a read-only mount)
+        print(f"spoolpipe purge: cannot take locks/~retention.lock: {exc}", file=sys.stderr)
+        return 1
     if dry_run:
         now = filesystem_now(repo.tmp / ".clock-purge")
         for state in STATES:
