@@ -16,7 +16,6 @@ valid type names (a bare string, say) is refused when the processor registers.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -25,7 +24,7 @@ from types import MappingProxyType
 from typing import Any, ClassVar, TypeVar
 
 from .activity import DEFAULT_PRIORITY, Activity, is_priority, is_valid_name
-from .config import MAX_SECONDS, Settings
+from .config import MAX_SECONDS, Settings, as_seconds
 from .options import parse_option
 from .storable import shown
 
@@ -189,11 +188,8 @@ def _timeout(declared: object, origin: str) -> float | None:
     """``timeout``: None (``timeout.seconds`` applies) or a number of seconds, as the properties take it."""
     if declared is None:
         return None
-    seconds: float | None = None
-    if isinstance(declared, int | float) and not isinstance(declared, bool):
-        with contextlib.suppress(OverflowError):
-            seconds = float(declared)
-    if seconds is None or not 0 < seconds <= MAX_SECONDS:  # NaN fails this too
+    seconds = as_seconds(declared)
+    if seconds is None:
         bound = f"a number of seconds > 0, at most {MAX_SECONDS}"
         raise ValueError(f"timeout of {origin} must be {bound}, not {shown(declared)}")
     return seconds

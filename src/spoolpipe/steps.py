@@ -13,7 +13,6 @@ See docs/steps.md.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import dataclasses
 import inspect
 import logging
@@ -27,7 +26,7 @@ from enum import Enum, StrEnum
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, Final, Literal, TypeVar
 
-from .config import MAX_SECONDS
+from .config import MAX_SECONDS, as_seconds
 from .mermaid import label_text
 
 if TYPE_CHECKING:  # only in annotations: a worker with no image work never imports Pillow
@@ -347,11 +346,9 @@ def _seconds(name: str, value: object, *, zero: bool = False) -> float:
 
     NaN timed every attempt out at once and an infinite delay slept for ever.
     """
-    if isinstance(value, int | float) and not isinstance(value, bool):
-        with contextlib.suppress(OverflowError):
-            seconds = float(value)
-            if (seconds >= 0 if zero else seconds > 0) and seconds <= MAX_SECONDS:  # NaN fails both
-                return seconds
+    seconds = as_seconds(value, zero=zero)
+    if seconds is not None:
+        return seconds
     bound = ">= 0" if zero else "> 0"
     raise ValueError(f"{name} must be a number of seconds {bound}, at most {MAX_SECONDS}, got {value!r}")
 

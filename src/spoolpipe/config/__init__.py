@@ -30,7 +30,7 @@ specification prescribes. ``\\uXXXX`` escapes work in both cases.
 
 from __future__ import annotations
 
-from ._kinds import MAX_SECONDS, TYPE_PATTERN, BoolKind, parse_duration
+from ._kinds import MAX_SECONDS, TYPE_PATTERN, BoolKind, as_seconds, parse_duration
 from ._load import SHARED_FILE, ConfigError, config_files, load
 from ._render import describe_keys, render_defaults
 from ._schema import OPTIONS
@@ -45,6 +45,7 @@ __all__ = [
     "ConfigError",
     "Loaded",
     "Settings",
+    "as_seconds",
     "automatic_megapixels",
     "config_files",
     "describe_keys",

@@ -96,6 +96,19 @@ class FloatKind(Kind):
 MAX_SECONDS = 100 * 365 * 86_400
 
 
+def as_seconds(value: object, *, zero: bool = False) -> float | None:
+    """``value`` (an int or float, not a bool) as a number of seconds above 0 (from 0 with ``zero``),
+    at most :data:`MAX_SECONDS`; None when it is not one (NaN, infinite, too large, a string...)."""
+    if not isinstance(value, int | float) or isinstance(value, bool):
+        return None
+    try:
+        seconds = float(value)
+    except OverflowError:
+        return None
+    in_range = (seconds >= 0 if zero else seconds > 0) and seconds <= MAX_SECONDS  # NaN fails both
+    return seconds if in_range else None
+
+
 @dataclass(frozen=True)
 class SecondsKind(FloatKind):
     """A number of seconds, at most :data:`MAX_SECONDS` (1e13 made names no parser reads back)."""
