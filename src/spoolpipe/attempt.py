@@ -293,7 +293,7 @@ class Attempts:
         try:
             return self.repo.reserve(claim, item.activity, item.name, self.clock.now(), stamp=item.stamp)
         except FileNotFoundError:
-            if self.repo.restore_ids():  # else another process of this worker just did (or the claim is gone)
+            if self.repo.restore(self.repo.ids):  # else another process just did (or the claim is gone)
                 self._report(
                     logging.WARNING,
                     "ids/ was missing (deleted by hand?): created it again; the reservations it held are "

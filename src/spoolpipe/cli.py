@@ -185,12 +185,17 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     return 0
 
 
+def _reader_gone() -> None:
+    """Standard output's reader went away (``| head``): what is written from now on goes nowhere."""
+    os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+
+
 def _tell(line: str) -> None:
     """Print a line of a command that goes on whether or not anyone reads it (``| head``)."""
     try:
         print(line, flush=True)
     except BrokenPipeError:
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        _reader_gone()
 
 
 def cmd_retry(args: argparse.Namespace) -> int:
@@ -862,7 +867,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"spoolpipe {args.command}: invalid configuration:\n{exc}", file=sys.stderr)
         return 2
     except BrokenPipeError:  # the reader went away (``| head``): what it read was complete
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        _reader_gone()
         return 0
     except Exception:
         traceback.print_exc()

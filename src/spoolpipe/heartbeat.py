@@ -79,8 +79,7 @@ def write(repo: Repository, worker_id: str, doc: Mapping[str, Any]) -> None:
     tmp = repo.tmp / f"heartbeat-{worker_id}.tmp"
     try:
         for folder in (repo.tmp, repo.heartbeats):
-            if not os.path.lexists(folder):  # deleted by hand: made again, as init would
-                os.mkdir(folder)
+            if repo.restore(folder):
                 log.warning("%s/ was missing: created it again", folder.name)
         tmp.write_bytes(dumps(doc))
         os.replace(tmp, path(repo, worker_id))

@@ -323,7 +323,7 @@ class Repository:
                     os.link(tmp, marker, follow_symlinks=False)
                     break
                 except FileNotFoundError:
-                    if not self.restore_ids():  # ids/ deleted by hand: made again, as init would
+                    if not self.restore(self.ids):  # deleted by hand: made again, as init would
                         raise
                 except FileExistsError:
                     where = self.where(activity.id)
@@ -567,11 +567,14 @@ class Repository:
         self.release_id(claim.activity_id, st)
         return Duplicate(f"{name}: duplicate id {claim.activity_id}: {settled}")
 
-    def restore_ids(self) -> bool:
-        """Create ``ids/`` if it is gone (deleted by hand): True if it was."""
+    def restore(self, folder: Path) -> bool:
+        """Create a folder of the layout again, as ``init`` would, if it is gone (deleted by hand):
+        True if it was; False when anything is there, even a file in its way."""
+        if os.path.lexists(folder):
+            return False
         try:
-            os.mkdir(self._ids)
-        except FileExistsError:
+            os.mkdir(folder)
+        except FileExistsError:  # made meanwhile, by another process
             return False
         self.durability.changed(str(self.root))
         return True
