@@ -380,3 +380,21 @@ def test_request_head_is_complete_only_at_the_blank_line() -> None:
     assert request_head(b"GET / HTTP/1.1\r\nHost: x\r\n") is None
     assert request_head(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n") == b"GET / HTTP/1.1\r\nHost: x"
     assert request_head(b"GET / HTTP/1.0\n\n") == b"GET / HTTP/1.0"
+
+
+def test_the_first_file_a_worker_writes_already_has_its_heartbeat_and_up(tmp_path: Path) -> None:
+    """Read at once, before any heartbeat: a dashboard must never see a running worker without them."""
+    prom = tmp_path / "w1.prom"
+    slow_beats = "claims.lease-seconds = 120\nheartbeat.interval-seconds = 30\n"
+    repo = make_repository(tmp_path, f"metrics.file = {prom}\n{slow_beats}")
+    proc = start_worker(repo, "w1")
+    try:
+        deadline = time.monotonic() + 30
+        while not prom.exists():  # no pause: the very first version written is the one read
+            assert time.monotonic() < deadline and proc.poll() is None, "no metrics file"
+        found = samples(prom.read_text())
+        assert value(found, "spoolpipe_worker_up", worker="w1") == 1
+        beat = value(found, "spoolpipe_heartbeat_time_seconds", worker="w1")
+        assert beat is not None and abs(beat - time.time()) < 60
+    finally:
+        stop(proc)

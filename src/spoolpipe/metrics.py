@@ -319,9 +319,10 @@ class Metrics:
             for ending in ENDINGS:
                 self._finished.labels(worker_id, label, ending)
 
-    def configure(self, file: Path | None, host: str, port: int) -> None:
+    def configure(self, file: Path | None, host: str, port: int, now: float) -> None:
         """Write to ``file`` (now, once) and serve on ``host:port`` (``port`` 0: not served) from now
-        on; ``OSError`` if the file cannot be written or the port cannot be had."""
+        on, both refreshed at once (no reader sees a running worker without its heartbeat time);
+        ``OSError`` if the file cannot be written or the port cannot be had."""
         if (
             self.file is not None and file != self.file
         ):  # the old file says the worker no longer reports there
@@ -339,6 +340,7 @@ class Metrics:
                 self.endpoint = Endpoint(host, port, self.registry)
             except OSError as exc:
                 raise OSError(f"cannot serve metrics on {host} port {port}: {exc.strerror or exc}") from None
+        self._refresh(now)
         if file is not None:
             try:
                 write_metrics_file(file, generate_latest(self.registry))

@@ -731,4 +731,4 @@ class Worker:
             self.metrics = Metrics(
                 self.repo, self.worker_id, self.started, lambda t: t in known, self._handled_types()
             )
-        self.metrics.configure(s.metrics_file, s.metrics_host, s.metrics_port)
+        self.metrics.configure(s.metrics_file, s.metrics_host, s.metrics_port, self.clock.now())
