@@ -286,6 +286,32 @@ def test_a_module_rejected_at_a_reload_runs_none_of_its_code(tmp_path: Path) -> 
     assert any(name.startswith(extra) for name in os.listdir(repo / "inbox"))
 
 
+@pytest.mark.parametrize("broken", ["half way", "missing"])
+def test_a_module_fixed_after_its_rejection_is_taken_without_another_reload(
+    tmp_path: Path, broken: str
+) -> None:
+    """Only the properties file was watched: the fixed (or created) module waited for a SIGHUP."""
+    repo = make_repository(tmp_path, "pool.size = 1\nprocessors = e2e_procs\n")
+    module = tmp_path / "procs" / "extra.py"
+    if broken == "half way":
+        module.write_text(HALF_WAY)
+    worker = start_worker(repo, "w1")
+    try:
+        wait_for(lambda: "worker w1 started" in _stderr(repo), 30, "the worker")
+        properties = repo / "spoolpipe.properties"
+        _change(
+            properties,
+            properties.read_text().replace("processors = e2e_procs", "processors = e2e_procs, extra"),
+        )
+        wait_for(lambda: "configuration change rejected" in _stderr(repo), 30, "the rejection")
+        extra = submit(repo, "t.extra")
+        _change(module, HALF_WAY.replace('raise ImportError("half way")', ""))
+        wait_for(lambda: extra in ids_in(repo / "done"), 30, "the fixed module's work")
+    finally:
+        _stop(worker)
+    assert _stderr(repo).count("configuration change rejected") == 1
+
+
 def test_a_type_renamed_in_a_new_version_of_its_module_is_gone_and_the_new_one_runs(tmp_path: Path) -> None:
     """The old type ran on with the old function; moving a type to another function was refused."""
     repo = make_repository(tmp_path, "pool.size = 1\nprocessors = e2e_procs, versioned\n")

@@ -52,6 +52,12 @@ class ProcessorImportError(Exception):
         self.module = module
         searched = ", ".join(p if os.path.isdir(p) else f"{p} (missing)" for p in paths) or "(empty)"
         self.traceback = "".join(traceback.format_exception(error))
+        # What a fix would change: the files the error went through, and the folders a missing
+        # module would be created in.
+        files = [frame.filename for frame in traceback.extract_tb(error.__traceback__)]
+        if isinstance(error, SyntaxError) and error.filename:
+            files.append(error.filename)
+        self.files = tuple(dict.fromkeys(f for f in (*files, *paths) if not f.startswith("<")))
         super().__init__(
             f"cannot import processor module {module!r}: {type(error).__name__}: {error}\n"
             f"processors.path: {searched} (searched before the rest of sys.path)\n{self.traceback}".rstrip()

@@ -4,13 +4,16 @@ At each heartbeat the worker asks whether its configuration files changed (by
 their mtimes) or a reload was requested (SIGHUP, ``spoolpipe reload``), and
 whether a configured processor module's file changed. A change that does not
 load or import is rejected and the running configuration kept: a typo in a
-properties file never stops a worker. What new settings change in the daemon
+properties file never stops a worker. A rejected import is tried again once a
+file its error went through, or a ``processors.path`` folder, changes. What new settings change in the daemon
 (pool processes, metrics, log level) the worker applies itself.
 """
 
 from __future__ import annotations
 
 import logging
+import os
+from collections.abc import Iterable
 from pathlib import Path
 
 from . import config
@@ -26,6 +29,17 @@ def load(root: Path, worker_id: str) -> config.Settings:
     for warning in loaded.warnings:
         log.warning("%s", warning)
     return loaded.settings
+
+
+def _mtimes(paths: Iterable[str | Path]) -> tuple[int | None, ...]:
+    """Modification times (None: gone) by which a change to ``paths`` is noticed."""
+    stamps: list[int | None] = []
+    for path in paths:
+        try:
+            stamps.append(os.stat(path).st_mtime_ns)
+        except OSError:
+            stamps.append(None)
+    return tuple(stamps)
 
 
 def _taken_at_start(new: config.Settings, old: config.Settings) -> list[tuple[str, object, object]]:
@@ -44,26 +58,18 @@ class Reloads:
     def __init__(self, root: Path, worker_id: str, settings: config.Settings) -> None:
         self.root = root
         self.worker_id = worker_id
-        self._config_stamp = self._config_mtimes()
+        self._retry_after: tuple[str, ...] = ()  # a rejected import's files: a fix there is a change
+        self._stamp: tuple[tuple[int | None, ...], ...] = (_mtimes(config.config_files(root, worker_id)), ())
         self._code_stamp = processor_files(settings.processors)
         self._at_start = settings
-
-    def _config_mtimes(self) -> tuple[float | None, ...]:
-        stamps: list[float | None] = []
-        for path in config.config_files(self.root, self.worker_id):
-            try:
-                stamps.append(path.stat().st_mtime_ns)
-            except OSError:
-                stamps.append(None)
-        return tuple(stamps)
 
     def settings(self, running: config.Settings, requested: bool) -> config.Settings | None:
         """The settings to run from now on, when the files changed or a reload was ``requested``; None
         when nothing changed or the change is rejected (logged), and ``running`` stays."""
-        stamp = self._config_mtimes()
-        if stamp == self._config_stamp and not requested:
+        files = _mtimes(config.config_files(self.root, self.worker_id))  # before reading them
+        if (files, _mtimes(self._retry_after)) == self._stamp and not requested:
             return None
-        self._config_stamp = stamp
+        self._retry_after = ()
         try:
             settings = load(self.root, self.worker_id)
             if (settings.processors, settings.processors_path) != (
@@ -76,7 +82,11 @@ class Reloads:
                 )
         except (config.ConfigError, ProcessorImportError) as exc:
             log.error("configuration change rejected, keeping the previous configuration:\n%s", exc)
+            if isinstance(exc, ProcessorImportError):
+                self._retry_after = exc.files
             return None
+        finally:
+            self._stamp = (files, _mtimes(self._retry_after))
         return settings
 
     def reloaded(self, settings: config.Settings, pool_size: int) -> None:
