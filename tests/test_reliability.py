@@ -598,6 +598,89 @@ def test_a_processor_that_calls_sys_exit_fails_with_that_said(tmp_path: Path) ->
     assert set(others) <= set(ids_in(repo / "done"))
 
 
+HOSTILE = """
+from spoolpipe import Retry
+
+class ApiError(Exception):  # proxy-style: unknown attributes raise KeyError, not AttributeError
+    def __getattr__(self, name):
+        return {}[name]
+
+class Unsayable(Exception):
+    def __str__(self):
+        raise KeyboardInterrupt
+
+class Undelayed(Retry):
+    @property
+    def delay(self):
+        raise SystemExit(4)
+
+    @delay.setter
+    def delay(self, value):
+        pass
+
+class Unlisted(dict):
+    def items(self):
+        raise SystemExit(5)
+
+@processor("h.proxy")
+def proxy(activity, ctx):
+    raise ApiError("HTTP 400")
+
+@processor("h.proxy-fatal", retry_on=(OSError,))
+def proxy_fatal(activity, ctx):
+    raise ApiError("HTTP 400")
+
+@processor("h.unsayable")
+def unsayable(activity, ctx):
+    raise Unsayable()
+
+@processor("h.undelayed")
+def undelayed(activity, ctx):
+    raise Undelayed("later")
+
+@processor("h.unlisted")
+def unlisted(activity, ctx):
+    return Unlisted(a=1)
+
+@processor("h.silent-fatal")
+def silent_fatal(activity, ctx):
+    raise Fatal()
+
+@processor("h.mate")
+def mate(activity, ctx):
+    _effect(ctx, activity)
+"""
+
+
+@pytest.mark.parametrize(
+    ("type_", "reason", "attempts"),
+    [
+        ("h.proxy", "ApiError: HTTP 400", 2),
+        ("h.proxy-fatal", "ApiError: HTTP 400 (not retried: the processor's retry_on is (OSError))", 1),
+        ("h.unsayable", "Unsayable: <str() of this Unsayable failed>", 2),
+        ("h.undelayed", "Retry delay '<unreadable>' is not a number of seconds", 1),
+        ("h.unlisted", "the result could not be checked: SystemExit: 5", 1),
+        ("h.silent-fatal", "the processor said it can never succeed", 1),  # it was ""
+    ],
+)
+def test_an_exception_whose_examination_raises_fails_only_its_own_activity(
+    tmp_path: Path, type_: str, reason: str, attempts: int
+) -> None:
+    """Examining it (getattr, str, delay, the result) raised in turn: the pool process died, and its
+    batch-mates, done but not yet committed, ran again (some failed for good, never having failed)."""
+    settings = "pool.size = 1\nretry.max-attempts = 2\nretry.backoff-seconds = 0\n"
+    repo = make_repository(tmp_path, settings, extra_processors=HOSTILE)
+    mates = [submit(repo, "h.mate") for _ in range(30)]
+    hostile = [submit(repo, type_) for _ in range(4)]
+    run_until_idle(repo)
+    assert sorted(run[0] for run in effects(repo, "h.mate")) == sorted(mates)  # each exactly once
+    assert set(mates) <= set(ids_in(repo / "done"))
+    failed = records(repo / "failed")
+    for aid in hostile:
+        assert failed[aid]["spoolpipe"]["reason"].startswith(reason), failed[aid]["spoolpipe"]
+        assert failed[aid]["spoolpipe"]["attempts"] == attempts
+
+
 def test_a_worker_out_of_file_descriptors_says_so_and_how_to_give_it_more(tmp_path: Path) -> None:
     """It said "file system error: Too many open files", every second, with no word of the limit."""
     import resource

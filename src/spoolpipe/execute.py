@@ -83,12 +83,33 @@ _activity_log.setLevel(logging.DEBUG)
 _ATTEMPT_FORMAT = logging.Formatter("%(asctime)s %(levelname)s %(message)s")
 
 
+# Examining what a processor raised or returned runs its code (``__str__``, ``__getattr__``, a
+# property, ``items()``), which may raise anything, SystemExit too: each look is guarded, so that it
+# fails the activity and never the pool process (which would take its batch-mates along).
+
+
 def _message(exc: BaseException) -> str:
     """``str(exc)``, even for an exception whose ``__str__`` fails."""
     try:
         return str(exc)
-    except Exception:
+    except BaseException:
         return f"<str() of this {type(exc).__name__} failed>"
+
+
+def _traceback() -> str:
+    """The traceback being handled, even when formatting it runs code that fails."""
+    try:
+        return traceback.format_exc()
+    except BaseException:
+        return ""
+
+
+def _recycles(exc: BaseException) -> bool:
+    """Whether the exception asks for a fresh pool process (``recycle_process``)."""
+    try:
+        return bool(getattr(exc, "recycle_process", False))
+    except BaseException:  # a proxy whose __getattr__ raises KeyError, say
+        return False
 
 
 def _failed(status: Status, log: logging.Logger, attempt: int, message: str, text: str = "") -> Outcome:
@@ -144,7 +165,7 @@ def _retry_requested(exc: Retry, log: logging.Logger, attempt: int, text: str) -
     reason = _message(exc) or "the processor asked for a retry"
     try:
         delay: object = exc.delay
-    except Exception:  # a subclass whose delay property raises
+    except BaseException:  # a subclass whose delay property raises
         delay = "<unreadable>"
     if delay is None:
         seconds = None
@@ -243,32 +264,33 @@ def execute(
         try:
             result = _confined(registration, activity, ctx)
         except Fatal as exc:
-            return _failed("fatal", log, attempt, _message(exc), traceback.format_exc())
+            reason = _message(exc) or "the processor said it can never succeed"
+            return _failed("fatal", log, attempt, reason, _traceback())
         except Retry as exc:
-            return _retry_requested(exc, log, attempt, traceback.format_exc())
+            return _retry_requested(exc, log, attempt, _traceback())
         except Skip as exc:
             return _skipped(exc, log, attempt, ctx.follow_ups)
         except Exception as exc:
             message = f"{type(exc).__name__}: {_message(exc)}"
             why_fatal = _not_retried(exc, registration, settings)
             if why_fatal:
-                outcome = _failed("fatal", log, attempt, f"{message} ({why_fatal})", traceback.format_exc())
+                outcome = _failed("fatal", log, attempt, f"{message} ({why_fatal})", _traceback())
             else:
-                outcome = _failed("error", log, attempt, message, traceback.format_exc())
-            return dataclasses.replace(outcome, recycle=bool(getattr(exc, "recycle_process", False)))
+                outcome = _failed("error", log, attempt, message, _traceback())
+            return dataclasses.replace(outcome, recycle=_recycles(exc))
         except BaseException as exc:  # sys.exit(), KeyboardInterrupt, GeneratorExit raised by the processor
             # An error of the processor like any other, not the death of its process (which took its
             # batch-mates along and said only "exit code 3"); the process is replaced all the same.
             message = f"{type(exc).__name__}: {_message(exc)}"
-            outcome = _failed("error", log, attempt, message, traceback.format_exc())
+            outcome = _failed("error", log, attempt, message, _traceback())
             return dataclasses.replace(outcome, recycle=True)
         try:
             return _checked(activity, settings, result, ctx.follow_ups)
         except NotStorable as exc:
             return _failed("fatal", log, attempt, str(exc))
-        except Exception as exc:  # e.g. a dict subclass whose items() raises
+        except BaseException as exc:  # e.g. a dict subclass whose items() raises
             message = f"the result could not be checked: {type(exc).__name__}: {_message(exc)}"
-            return _failed("fatal", log, attempt, message, traceback.format_exc())
+            return _failed("fatal", log, attempt, message, _traceback())
     finally:
         sys.stdout, sys.stderr = saved_streams
         log.removeHandler(handler)
