@@ -566,6 +566,25 @@ def test_follow_up_data_that_is_not_an_object_is_the_processors_bug(tmp_path: Pa
     assert ctx.follow_ups == []
 
 
+@pytest.mark.parametrize(
+    ("keys", "reason"),
+    [
+        (["2", None], "follow-up key '2' used twice, by follow-ups 1 and 2"),  # it blamed '2', given once
+        ([None, "1"], "follow-up key '1' used twice, by follow-ups 1 and 2"),
+        (["a", "b", "a"], "follow-up key 'a' used twice, by follow-ups 1 and 3"),
+    ],
+)
+def test_a_key_used_twice_says_which_follow_ups_and_that_the_default_is_the_number(
+    tmp_path: Path, keys: list[str | None], reason: str
+) -> None:
+    ctx = Context(logging.getLogger("test"), "w", tmp_path, config.load(tmp_path).settings)
+    with pytest.raises(Fatal) as raised:
+        for key in keys:
+            ctx.follow_up("t.noop", {}, key=key)
+    assert str(raised.value) == f"{reason} (one without key= has its number as its key)"
+    assert len(ctx.follow_ups) == len(keys) - 1
+
+
 @pytest.mark.parametrize("timeout", ["10", 0, -1, float("nan"), float("inf"), True, 10**400])
 def test_a_processor_timeout_must_be_seconds_in_both_forms(timeout: Any) -> None:
     """ "10" or 10**400 crashed the worker at its first timeout check (exit 70, on every start);

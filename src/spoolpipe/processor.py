@@ -138,9 +138,14 @@ class Context:
             raise Fatal(f"follow-up type {type!r} is not declared by this processor (declared: {declared})")
         if data is not None and not isinstance(data, Mapping):  # dict([1, 2]) raised TypeError: retried
             raise Fatal(f"follow-up data must be a JSON object (a mapping), not a {data.__class__.__name__}")
-        key = str(len(self.follow_ups) + 1) if key is None else key
-        if any(f.key == key for f in self.follow_ups):
-            raise Fatal(f"follow-up key {key!r} used twice")
+        number = len(self.follow_ups) + 1
+        key = str(number) if key is None else key
+        earlier = next((n for n, f in enumerate(self.follow_ups, 1) if f.key == key), None)
+        if earlier is not None:
+            raise Fatal(
+                f"follow-up key {key!r} used twice, by follow-ups {earlier} and {number} "
+                "(one without key= has its number as its key)"
+            )
         self.follow_ups.append(FollowUp(type, dict(data or {}), key, delay, priority))
 
 
