@@ -749,6 +749,20 @@ def test_sweep_deletes_old_temp_files_only(repo: Repository) -> None:
     assert listing(repo.inbox) == []
 
 
+def test_sweep_deletes_old_hidden_temp_files_of_reports_only(repo: Repository) -> None:
+    """A failure processor killed while writing reports/ID.txt left its .ID.txt.RANDOM.tmp for good."""
+    (repo.root / "reports").mkdir(exist_ok=True)
+    old = repo.root / "reports" / ".P1.txt.0123456789ab.tmp"
+    young = repo.root / "reports" / ".P2.txt.0123456789ab.tmp"
+    report = repo.root / "reports" / "P3.txt"
+    for path in (old, young, report):
+        path.write_text("Activity P failed")
+    for path in (old, report):
+        _age(path, 2 * 3600)
+    repo.sweep_tmp(time.time())
+    assert listing(repo.root / "reports") == [young.name, report.name]
+
+
 # -- retry_failed ------------------------------------------------------------------------------------
 
 

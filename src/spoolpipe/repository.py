@@ -850,7 +850,21 @@ class Repository:
             elif age > _STALE_TMP_SECONDS:
                 with contextlib.suppress(FileNotFoundError, IsADirectoryError):
                     os.unlink(entry.path)
+        self._sweep_reports(now)
         self._sweep_ids(now)
+
+    def _sweep_reports(self, now: float) -> None:
+        """Drop the hidden temp files (``.ID.txt.RANDOM.tmp``) of report writers killed half-way."""
+        try:
+            with os.scandir(self.reports) as entries:
+                stale = [e for e in entries if e.name.startswith(".") and e.name.endswith(".tmp")]
+        except (FileNotFoundError, NotADirectoryError):  # made again by the next report
+            return
+        for entry in stale:
+            with contextlib.suppress(OSError):
+                st = entry.stat(follow_symlinks=False)
+                if stat.S_ISREG(st.st_mode) and now - st.st_mtime > _STALE_TMP_SECONDS:
+                    os.unlink(entry.path)
 
     def _sweep_ids(self, now: float) -> None:
         """Drop reservations left without their file (only the marker's own name is left).
