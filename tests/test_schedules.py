@@ -162,6 +162,26 @@ def test_ticks_fire_once_and_never_early_whatever_the_workers_clocks_say(tmp_pat
     assert "fired as" in log
 
 
+def test_a_worker_that_joins_while_another_runs_says_no_tick_was_missed(tmp_path: Path) -> None:
+    """w1 lagged behind its ticks (a busy machine) as w2 started: w2 logged the ticks w1 was about to
+    fire as "came due while no worker fired it"."""
+    repo = make_repository(tmp_path, pulse("each", "all", "t.noop"))
+    w1 = start_worker(repo, "w1")
+    w2 = None
+    try:
+        wait_for(lambda: len(fired(repo, "each")) >= 2, TIMEOUT, "ticks")
+        os.killpg(w1.pid, signal.SIGSTOP)  # alive (heartbeat fresh for 1.5 s, its lock held), not firing
+        time.sleep(1.2)
+        w2 = start_worker(repo, "w2")
+        wait_for(lambda: "schedule each" in log_of(repo, "w2"), TIMEOUT, "w2 to take the rule up")
+    finally:
+        os.killpg(w1.pid, signal.SIGCONT)
+        stop(w1, *([w2] if w2 else []))
+    assert "came due while no worker fired it" not in log_of(repo, "w2"), log_of(repo, "w2")
+    ticks = fired(repo, "each")
+    assert ticks == [ticks[0] + i for i in range(len(ticks))], "a tick left out or fired twice"
+
+
 def test_catch_up_after_every_worker_was_stopped_for_several_ticks(tmp_path: Path) -> None:
     rules = (
         pulse("skip", "none", "t.noop") + pulse("last", "latest", "t.noop") + pulse("each", "all", "t.noop")

@@ -10,6 +10,7 @@ even once its record is purged.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import math
@@ -17,7 +18,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..activity import Activity, format_time
+from ..activity import Activity, InvalidActivity, format_time, parse_time
 from ..repository import Repository, filesystem_now
 from .rules import CATCH_UP_CAP, CatchUp, Rule, due, tick_id, ticks_between
 from .state import State, read_state, state_path, write_state
@@ -103,7 +104,7 @@ class Scheduler:
         state = self._state(track, now, precise)
         if state is None:
             return []
-        self._say_missed(rule, state, track.taken_up)
+        self._say_missed(rule, state, track.taken_up, precise)
         todo = due(rule, state.through, precise, track.taken_up)
         if todo.cut:
             log.warning(
@@ -189,10 +190,13 @@ class Scheduler:
         self._write(rule.name, state, precise)
         return state
 
-    @staticmethod
-    def _say_missed(rule: Rule, state: State, taken_up: float) -> None:
-        """Log the ticks that came due before this worker took the rule up, and what catch-up does."""
+    def _say_missed(self, rule: Rule, state: State, taken_up: float, now: float) -> None:
+        """Log the ticks that came due before this worker took the rule up while no worker that may
+        fire it ran, and what catch-up does with them."""
         missed, _ = ticks_between(rule.timing, state.through, taken_up, CATCH_UP_CAP)
+        if missed:  # the few ticks another live worker is firing right now are not missed
+            running_since = self._running_since(rule, now)
+            missed = [tick for tick in missed if tick < running_since]
         if missed:
             log.info(
                 "schedule %s: ticks came due while no worker fired it, %s to %s; catch-up = %s: %s",
@@ -202,6 +206,22 @@ class Scheduler:
                 rule.catch_up,
                 _CATCH_UP_SAYS[rule.catch_up],
             )
+
+    def _running_since(self, rule: Rule, now: float) -> float:
+        """When the earliest started of the other live workers that may fire ``rule`` started
+        (``inf``: none runs), by their heartbeats."""
+        from ..control import live_workers  # at a take-up with missed ticks only: it reads heartbeats
+
+        try:
+            others = [w for w in live_workers(self.repo, now) if w.worker_id != self.worker_id]
+        except OSError:
+            return math.inf
+        starts = []
+        for worker in others:
+            if rule.fired_by(worker.worker_id):
+                with contextlib.suppress(InvalidActivity):  # a heartbeat written by hand
+                    starts.append(parse_time(worker.run.started_at))
+        return min(starts, default=math.inf)
 
     def _write(self, name: str, state: State, now: float, *, create: bool = False) -> None:
         """Write ``state``, never behind what another worker wrote for the same expression meanwhile."""
