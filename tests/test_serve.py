@@ -592,6 +592,57 @@ def test_not_a_repository_or_invalid_configuration_is_exit_2(tmp_path: Path) -> 
     assert out.returncode == 2 and "spoolpipe.properties:" in out.stderr
 
 
+JUNK_HEARTBEATS = {
+    "state a list": {"circuits": {"t.a": {"state": ["open"]}}},
+    "state an object": {"circuits": {"t.a": {"state": {"a": 1}}}},
+    "circuit fields of every shape": {
+        "circuits": {"t.a": {"state": "open", "since": ["s"], "until": {"u": 1}, "failures": [3], "probe": 5}}
+    },
+    "circuits a list": {"circuits": [{"state": "open"}]},
+    "a circuit a list": {"circuits": {"t.a": ["open"], "t.b": None}},
+    "types of every shape": {"types": {"t.a": [1], "t.b": {"n": 1}, "t.c": 1.5, "t.d": True}},
+    "activities of every shape": {
+        "activities": [
+            {"id": ["x"], "type": ["t"], "attempt": {"a": 1}, "started_at": ["s"], "timeout_seconds": [1]},
+            {"id": "ok", "type": {"t": 1}, "started_at": {"s": 1}, "timeout_seconds": "10"},
+            ["x"],
+        ]
+    },
+    "every field an object": {
+        k: {"a": 1} for k in ("host", "pid", "started_at", "lock_mode", "pool_size", "running", "activities")
+    },
+    "every field a list": {
+        k: [["x"]] for k in ("host", "pid", "started_at", "lock_mode", "pool_size", "types", "circuits")
+    },
+}
+
+
+@pytest.mark.parametrize("shape", list(JUNK_HEARTBEATS.values()), ids=list(JUNK_HEARTBEATS))
+def test_status_and_the_page_survive_junk_heartbeats(tmp_path: Path, shape: dict[str, Any]) -> None:
+    """A circuit "state" that was a list or an object crashed status (exit 70) and made the page 500."""
+    repo = make_repository(tmp_path)
+    heartbeat = {"worker": "w9", "host": "h", "pid": 1, "types": {"t.a": 1}} | shape
+    (repo / "heartbeats" / "w9.json").write_text(json.dumps(heartbeat))
+    for args in ([], ["--json"]):
+        out = subprocess.run(
+            [sys.executable, "-m", "spoolpipe", "status", str(repo), *args],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert out.returncode == 0, out.stderr
+        assert "w9" in out.stdout
+    proc, address = start_serve(repo)
+    try:
+        for path in ("/", "/api/status"):
+            response = get(address, path)
+            assert response.status == 200, path
+            assert "w9" in body(response)
+    finally:
+        code, err = stop(proc, repo)
+    assert code == 0 and "Traceback" not in err, err
+
+
 # --------------------------------------------------------------------------- in a browser
 
 CHROMIUM_FLAGS = [
