@@ -213,7 +213,7 @@ def get(
     served: Address, path: str, *, method: str = "GET", host: str | None = None
 ) -> http.client.HTTPResponse:
     """A request with ``path`` sent exactly as given (no normalisation), the body read."""
-    conn = http.client.HTTPConnection(served.host, served.port, timeout=60)
+    conn = http.client.HTTPConnection(served.host.strip("[]"), served.port, timeout=60)
     conn.putrequest(method, path, skip_host=host is not None, skip_accept_encoding=True)
     if host is not None:
         conn.putheader("Host", host)
@@ -442,6 +442,40 @@ def test_a_loopback_page_refuses_foreign_host_names(served: Served) -> None:
     assert get(served, "/", host="evil.example:8765").status == 403  # DNS rebinding
     assert get(served, "/", host=f"localhost:{served.port}").status == 200
     assert get(served, "/", host=f"127.0.0.1:{served.port}").status == 200
+
+
+def raw_request(address: Address, request: bytes) -> bytes:
+    """Send ``request`` as it is on a new connection; everything the server answers until it closes."""
+    with socket.create_connection((address.host.strip("[]"), address.port), timeout=60) as sock:
+        sock.sendall(request)
+        sock.shutdown(socket.SHUT_WR)
+        chunks = []
+        while chunk := sock.recv(1 << 16):
+            chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def test_a_request_with_no_host_header_is_refused_by_a_loopback_page(served: Served) -> None:
+    answer = raw_request(served, b"GET /api/status HTTP/1.1\r\nConnection: close\r\n\r\n")
+    assert answer.startswith(b"HTTP/1.0 403 "), answer[:200]
+    assert b"Content-Security-Policy: default-src 'none'" in answer
+
+
+@pytest.mark.parametrize("host", ["127.1", "2130706433", "0x7f.1", "::ffff:127.0.0.1"])
+def test_loopback_written_otherwise_than_as_an_ip_literal_still_refuses_foreign_host_names(
+    tmp_path: Path, host: str
+) -> None:
+    """The guard judged the --host string: 127.1 (or a name resolving to 127.0.1.1) switched it off."""
+    repo = make_repository(tmp_path)
+    proc, address = start_serve(repo, "--host", host)
+    try:
+        assert get(address, "/api/status", host="attacker.example").status == 403
+        assert get(address, "/api/status", host=f"attacker.example:{address.port}").status == 403
+        assert get(address, "/api/status", host=f"localhost:{address.port}").status == 200
+        assert get(address, "/api/status", host=f"{address.host}:{address.port}").status == 200
+    finally:
+        code, err = stop(proc, repo)
+    assert code == 0, err
 
 
 # --------------------------------------------------------------------------- the process
@@ -718,7 +752,9 @@ def test_routes() -> None:
 
 def test_host_guard() -> None:
     assert host_allowed("127.0.0.1:8765", "127.0.0.1") and host_allowed("[::1]:80", "127.0.0.1")
-    assert host_allowed("LOCALHOST", "127.0.0.1") and host_allowed(None, "127.0.0.1")
+    assert host_allowed("LOCALHOST", "127.0.0.1") and not host_allowed(None, "127.0.0.1")
+    assert host_allowed("[::ffff:127.0.0.1]:80", "::ffff:127.0.0.1")
+    assert not host_allowed("attacker.example", "::ffff:127.0.0.1") and host_allowed(None, "0.0.0.0")
     assert not host_allowed("attacker.example", "127.0.0.1") and not host_allowed("", "::1")
     assert not host_allowed("[::1", "127.0.0.1") and not host_allowed("127.0.0.1.attacker.example", "::1")
     assert host_allowed("status.example.org", "0.0.0.0")

@@ -106,8 +106,13 @@ class _Server(ThreadingHTTPServer):
             self._slots.release()
 
 
-def _family(host: str, port: int) -> socket.AddressFamily:
-    return socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)[0][0]
+def _resolve(host: str, port: int) -> tuple[socket.AddressFamily, str]:
+    """The family and numeric address ``host`` names: what is bound, and what the Host guard judges
+    (``127.1``, ``2130706433`` or a name resolving to 127.0.1.1 are loopback too)."""
+    family, _, _, _, address = socket.getaddrinfo(
+        host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+    )[0]
+    return family, str(address[0])
 
 
 def serve(repo: Repository, host: str, port: int, *, out: TextIO = sys.stdout) -> int:
@@ -117,13 +122,13 @@ def serve(repo: Repository, host: str, port: int, *, out: TextIO = sys.stdout) -
     a bug, which ``cli.main`` turns into exit 70.
     """
     try:
-        family = _family(host, port)
+        family, address = _resolve(host, port)
     except (OSError, UnicodeError) as exc:
         print(f"spoolpipe serve: error: --host {host!r} is not a usable address ({exc})", file=sys.stderr)
         return EXIT_BAD_HOST
     server_class = type("Server", (_Server,), {"address_family": family})
     try:
-        server = server_class((host, port), _handler(Site(repo, host)))
+        server = server_class((address, port), _handler(Site(repo, address)))
     except OSError as exc:
         print(
             f"spoolpipe serve: error: cannot listen on {host} port {port}: {exc.strerror or exc}",

@@ -93,9 +93,13 @@ def host_allowed(host_header: str | None, bound_host: str) -> bool:
 
     A page on 127.0.0.1 is otherwise readable by any web site through DNS
     rebinding (a name of theirs resolving to 127.0.0.1); bound elsewhere, any Host is fine.
+    ``bound_host`` is the address bound, not what ``--host`` said. No Host at all is refused
+    too: browsers always send one, and the documented rule is "a loopback name", not "none".
     """
-    if not _is_loopback(bound_host) or host_header is None:
+    if not _is_loopback(bound_host):
         return True
+    if host_header is None:
+        return False
     try:
         name = urlsplit("//" + host_header.strip()).hostname
     except ValueError:  # "[::1", say
@@ -107,9 +111,11 @@ def _is_loopback(host: str) -> bool:
     if host.lower() in ("localhost", "localhost."):
         return True
     try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
+        address = ipaddress.ip_address(host.strip("[]"))
     except ValueError:
         return False
+    mapped = address.ipv4_mapped if isinstance(address, ipaddress.IPv6Address) else None
+    return (mapped or address).is_loopback  # ::ffff:127.0.0.1 is 127.0.0.1
 
 
 @dataclass
