@@ -193,8 +193,8 @@ class Site:
     def _index(self) -> str:
         return render.index_page(
             status(self.repo),
-            entries(self.repo, "failed", limit=RECENT_FAILURES),
-            entries(self.repo, "invalid", limit=RECENT_INVALID),
+            entries(self.repo, "failed", limit=RECENT_FAILURES, chars=render.FIELD_CHARS),
+            entries(self.repo, "invalid", limit=RECENT_INVALID, chars=render.FIELD_CHARS),
             self._tiles(),
             format_time(self.clock.now()),
         )
@@ -212,7 +212,9 @@ class Site:
         roots = self._real_roots()
         if not roots:
             return tiles
-        recent = entries(self.repo, "done", limit=RECENT_DONE_SCANNED)  # by type would read every record
+        recent = entries(
+            self.repo, "done", limit=RECENT_DONE_SCANNED, chars=render.FIELD_CHARS
+        )  # by type would read every record
         image_ids = [
             d["id"] for d in recent if d.get("type") == IMAGE_PROCESS and isinstance(d.get("id"), str)
         ]
