@@ -21,6 +21,7 @@ import os
 import shutil
 import signal
 import socket
+import struct
 import subprocess
 import sys
 import time
@@ -515,6 +516,27 @@ def test_huge_values_in_hand_written_files_do_not_inflate_the_pages(tmp_path: Pa
     assert f"{'&lt;' * 50}" in page and "…" in page  # the start of each value, and a visible cut
     assert len(body(story)) < 2 << 20, len(body(story))
     assert "…" in body(story)
+
+
+def test_a_client_that_goes_away_before_its_answer_is_one_line_in_the_log(tmp_path: Path) -> None:
+    """A connection reset while the page was being made put a whole traceback in the log."""
+    repo = make_repository(tmp_path)
+    for n in range(3000):  # the front page reads each: slow enough for the reset to arrive first
+        (repo / "inbox" / f"a-{n}.json").write_text(json.dumps({"id": f"a-{n}", "type": "t.noop"}))
+    proc, address = start_serve(repo)
+    log = repo.parent / "serve.stderr"
+    try:
+        sock = socket.create_connection((address.host, address.port), timeout=30)
+        sock.sendall(f"GET / HTTP/1.1\r\nHost: 127.0.0.1:{address.port}\r\n\r\n".encode())
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        sock.close()  # with a reset, not a FIN
+        wait_for(lambda: "went away" in log.read_text() or "Traceback" in log.read_text(), 60, "an answer")
+        assert get(address, "/api/status").status == 200  # and the page goes on
+    finally:
+        code, err = stop(proc, repo)
+    assert code == 0, err
+    assert "Traceback" not in err and "Exception occurred" not in err, err
+    assert "127.0.0.1 the client went away before its answer was sent (Connection reset by peer)" in err, err
 
 
 # --------------------------------------------------------------------------- the process

@@ -105,6 +105,19 @@ class _Server(ThreadingHTTPServer):
         finally:
             self._slots.release()
 
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """A client that went away (reset, closed, timed out) is one line, not a traceback.
+
+        Every other error of an answer is the site's 500 (``Site.respond``): an OSError
+        that gets here is of the client's socket. Anything else is a bug, with its traceback.
+        """
+        exc = sys.exc_info()[1]
+        if not isinstance(exc, OSError):
+            super().handle_error(request, client_address)
+            return
+        why = printable(exc.strerror or str(exc) or type(exc).__name__)
+        sys.stderr.write(f"{client_address[0]} the client went away before its answer was sent ({why})\n")
+
 
 def _resolve(host: str, port: int) -> tuple[socket.AddressFamily, str]:
     """The family and numeric address ``host`` names: what is bound, and what the Host guard judges
