@@ -372,6 +372,35 @@ def test_lone_surrogates_in_a_record_do_not_break_the_page(served: Served) -> No
     assert "done/forged-surrogate.json" in body(get(served, "/activity/forged-surrogate"))
 
 
+def test_a_story_escapes_what_is_not_printable_as_inspect_does(tmp_path: Path) -> None:
+    """Data and result were shown with raw bidi overrides and controls: text could pose as other text."""
+    repo = make_repository(tmp_path)
+    spoof = "invoice\u202eFDP.exe\u2066\x7f\u0085\u2028"
+    record = {"id": "spoof-1", "type": "t.noop", "data": {spoof: [spoof]}, "result": spoof,
+              "spoolpipe": {"status": "done"}}  # fmt: skip
+    (repo / "done" / "spoof-1.json").write_text(json.dumps(record))
+    inspected = subprocess.run(
+        [sys.executable, "-m", "spoolpipe", "inspect", str(repo), "spoof-1"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert inspected.returncode == 0, inspected.stderr
+    proc, address = start_serve(repo)
+    try:
+        response = get(address, "/activity/spoof-1")
+    finally:
+        code, err = stop(proc, repo)
+    assert code == 0, err
+    assert response.status == 200
+    shown = "".join(parse(body(response)).text)
+    for escaped in ("\\u202e", "\\u2066", "\\u0085", "\\u2028"):
+        assert escaped in inspected.stdout and escaped in shown, escaped
+    assert not [c for c in shown if not c.isprintable() and c != "\n"], "a character not printable"
+    assert '"invoice\\u202eFDP.exe' in shown  # still the JSON, indented, one value a line
+    assert "\n  " in shown
+
+
 def test_unknown_and_unusable_ids_are_404(served: Served) -> None:
     for path in ("/activity/no-such-id", "/activity/%3Cscript%3E", "/activity/", "/api/activity/no-such-id"):
         response = get(served, path)

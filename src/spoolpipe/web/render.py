@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from typing import Any, Final
 from urllib.parse import quote
 
-from ..activity import is_valid_name
+from ..activity import is_valid_name, printable
 from ..views.reading import cut
 
 REFRESH_SECONDS: Final = 5
@@ -269,9 +269,12 @@ def index_page(
 
 
 def _json_block(value: object) -> str:
+    """Indented JSON, every character that is not printable escaped as ``inspect`` does (a bidi
+    override could make one value pose as another); other characters as they are."""
     if value is None:
         return '<p class="empty">none</p>'
-    return _block(json.dumps(value, indent=2, ensure_ascii=False, default=str))
+    dumped = json.dumps(value, indent=2, ensure_ascii=False, default=str)
+    return _block("\n".join(printable(line) for line in dumped.split("\n")))
 
 
 def _block(value: str) -> str:
