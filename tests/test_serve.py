@@ -491,6 +491,19 @@ def test_a_request_with_no_host_header_is_refused_by_a_loopback_page(served: Ser
     assert b"Content-Security-Policy: default-src 'none'" in answer
 
 
+@pytest.mark.parametrize(
+    "request_line", [b"PRI * HTTP/2.0", b"GET / HTTP/9.9", b"GET / HTTP/1.x", b"GET", b"GET /", b"G E T /"]
+)
+def test_a_malformed_request_line_gets_a_status_line_and_the_security_headers(
+    served: Served, request_line: bytes
+) -> None:
+    """These were answered HTTP/0.9 style: a bare body, no status line, no Content-Security-Policy."""
+    answer = raw_request(served, request_line + b"\r\n\r\n")
+    head = answer.split(b"\r\n\r\n", 1)[0].decode("latin-1")
+    assert head.startswith(("HTTP/1.0 400 ", "HTTP/1.0 403 ", "HTTP/1.0 505 ")), answer[:200]
+    assert "Content-Security-Policy: default-src 'none'" in head and "X-Frame-Options: DENY" in head
+
+
 @pytest.mark.parametrize("host", ["127.1", "2130706433", "0x7f.1", "::ffff:127.0.0.1"])
 def test_loopback_written_otherwise_than_as_an_ip_literal_still_refuses_foreign_host_names(
     tmp_path: Path, host: str

@@ -35,6 +35,9 @@ def _handler(site: Site) -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
         server_version = "spoolpipe"
         sys_version = ""
+        # Until a request line names its version, http.server assumes HTTP/0.9, whose answers have no
+        # status line and no headers: a malformed line got a bare body without the security headers.
+        default_request_version = "HTTP/1.0"
         timeout = REQUEST_TIMEOUT_SECONDS
 
         def setup(self) -> None:
