@@ -5,6 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from spoolpipe import check, config
 from spoolpipe.activity import format_time
@@ -250,6 +252,23 @@ def test_status_reads_heartbeat_circuits_field_by_field() -> None:
         "  circuit open: mail.send on w2 after 3 failures, since s, probe at u; "
         "its activities wait in the inbox"
     )
+
+
+JSON_VALUES = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=8)
+    | st.sampled_from(["open", "half-open", "closed"]),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=4), inner, max_size=3),
+    max_leaves=8,
+)  # fmt: skip
+CIRCUIT_FIELDS = st.sampled_from(["state", "since", "until", "failures", "probe"])
+
+
+@given(st.dictionaries(st.text(max_size=8), JSON_VALUES | st.dictionaries(CIRCUIT_FIELDS, JSON_VALUES)))
+def test_no_heartbeat_circuits_can_make_status_fail(circuits: dict[str, object]) -> None:
+    """A "state" that was a list or an object raised TypeError (unhashable): status crashed with exit 70."""
+    found = published_circuits([{"worker": "w", "circuits": circuits}])
+    assert all(c["state"] in ("open", "half-open") for c in found)
+    assert len(status_lines(found)) == len(found)
 
 
 def write(repo: Path, text: str) -> Path:

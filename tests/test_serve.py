@@ -21,6 +21,7 @@ import os
 import shutil
 import signal
 import socket
+import struct
 import subprocess
 import sys
 import time
@@ -213,7 +214,7 @@ def get(
     served: Address, path: str, *, method: str = "GET", host: str | None = None
 ) -> http.client.HTTPResponse:
     """A request with ``path`` sent exactly as given (no normalisation), the body read."""
-    conn = http.client.HTTPConnection(served.host, served.port, timeout=60)
+    conn = http.client.HTTPConnection(served.host.strip("[]"), served.port, timeout=60)
     conn.putrequest(method, path, skip_host=host is not None, skip_accept_encoding=True)
     if host is not None:
         conn.putheader("Host", host)
@@ -371,6 +372,35 @@ def test_lone_surrogates_in_a_record_do_not_break_the_page(served: Served) -> No
     assert "done/forged-surrogate.json" in body(get(served, "/activity/forged-surrogate"))
 
 
+def test_a_story_escapes_what_is_not_printable_as_inspect_does(tmp_path: Path) -> None:
+    """Data and result were shown with raw bidi overrides and controls: text could pose as other text."""
+    repo = make_repository(tmp_path)
+    spoof = "invoice\u202eFDP.exe\u2066\x7f\u0085\u2028"
+    record = {"id": "spoof-1", "type": "t.noop", "data": {spoof: [spoof]}, "result": spoof,
+              "spoolpipe": {"status": "done"}}  # fmt: skip
+    (repo / "done" / "spoof-1.json").write_text(json.dumps(record))
+    inspected = subprocess.run(
+        [sys.executable, "-m", "spoolpipe", "inspect", str(repo), "spoof-1"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert inspected.returncode == 0, inspected.stderr
+    proc, address = start_serve(repo)
+    try:
+        response = get(address, "/activity/spoof-1")
+    finally:
+        code, err = stop(proc, repo)
+    assert code == 0, err
+    assert response.status == 200
+    shown = "".join(parse(body(response)).text)
+    for escaped in ("\\u202e", "\\u2066", "\\u0085", "\\u2028"):
+        assert escaped in inspected.stdout and escaped in shown, escaped
+    assert not [c for c in shown if not c.isprintable() and c != "\n"], "a character not printable"
+    assert '"invoice\\u202eFDP.exe' in shown  # still the JSON, indented, one value a line
+    assert "\n  " in shown
+
+
 def test_unknown_and_unusable_ids_are_404(served: Served) -> None:
     for path in ("/activity/no-such-id", "/activity/%3Cscript%3E", "/activity/", "/api/activity/no-such-id"):
         response = get(served, path)
@@ -442,6 +472,113 @@ def test_a_loopback_page_refuses_foreign_host_names(served: Served) -> None:
     assert get(served, "/", host="evil.example:8765").status == 403  # DNS rebinding
     assert get(served, "/", host=f"localhost:{served.port}").status == 200
     assert get(served, "/", host=f"127.0.0.1:{served.port}").status == 200
+
+
+def raw_request(address: Address, request: bytes) -> bytes:
+    """Send ``request`` as it is on a new connection; everything the server answers until it closes."""
+    with socket.create_connection((address.host.strip("[]"), address.port), timeout=60) as sock:
+        sock.sendall(request)
+        sock.shutdown(socket.SHUT_WR)
+        chunks = []
+        while chunk := sock.recv(1 << 16):
+            chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def test_a_request_with_no_host_header_is_refused_by_a_loopback_page(served: Served) -> None:
+    answer = raw_request(served, b"GET /api/status HTTP/1.1\r\nConnection: close\r\n\r\n")
+    assert answer.startswith(b"HTTP/1.0 403 "), answer[:200]
+    assert b"Content-Security-Policy: default-src 'none'" in answer
+
+
+@pytest.mark.parametrize(
+    "request_line", [b"PRI * HTTP/2.0", b"GET / HTTP/9.9", b"GET / HTTP/1.x", b"GET", b"GET /", b"G E T /"]
+)
+def test_a_malformed_request_line_gets_a_status_line_and_the_security_headers(
+    served: Served, request_line: bytes
+) -> None:
+    """These were answered HTTP/0.9 style: a bare body, no status line, no Content-Security-Policy."""
+    answer = raw_request(served, request_line + b"\r\n\r\n")
+    head = answer.split(b"\r\n\r\n", 1)[0].decode("latin-1")
+    assert head.startswith(("HTTP/1.0 400 ", "HTTP/1.0 403 ", "HTTP/1.0 505 ")), answer[:200]
+    assert "Content-Security-Policy: default-src 'none'" in head and "X-Frame-Options: DENY" in head
+
+
+@pytest.mark.parametrize("host", ["127.1", "2130706433", "0x7f.1", "::ffff:127.0.0.1"])
+def test_loopback_written_otherwise_than_as_an_ip_literal_still_refuses_foreign_host_names(
+    tmp_path: Path, host: str
+) -> None:
+    """The guard judged the --host string: 127.1 (or a name resolving to 127.0.1.1) switched it off."""
+    repo = make_repository(tmp_path)
+    proc, address = start_serve(repo, "--host", host)
+    try:
+        assert get(address, "/api/status", host="attacker.example").status == 403
+        assert get(address, "/api/status", host=f"attacker.example:{address.port}").status == 403
+        assert get(address, "/api/status", host=f"localhost:{address.port}").status == 200
+        assert get(address, "/api/status", host=f"{address.host}:{address.port}").status == 200
+    finally:
+        code, err = stop(proc, repo)
+    assert code == 0, err
+
+
+def test_huge_values_in_hand_written_files_do_not_inflate_the_pages(tmp_path: Path) -> None:
+    """20 failed records with a 4 MiB reason of "<" made / 335 MB: every value was shown in full."""
+    repo = make_repository(tmp_path)
+    huge = "<" * (1 << 20)
+    for n in range(20):
+        record = {
+            "id": f"big-{n}" if n else huge,
+            "type": "t." + huge[:100_000],
+            "data": huge,
+            "result": [huge],
+            "spoolpipe": {"status": "failed", "attempts": 1, "finished_at": huge, "reason": huge,
+                          "traceback": huge, "attempt_history": [{"attempt": 1, "error": huge}]},
+        }  # fmt: skip
+        (repo / "failed" / f"big-{n}.json").write_text(json.dumps(record))
+    heartbeat = {
+        "worker": "w-" + huge[:100_000],
+        "host": huge[:100_000],
+        "types": {"t." + huge[:100_000]: 1},
+        "activities": [{"id": huge[:1000]}] * 500,
+    }
+    (repo / "heartbeats" / "w.json").write_text(json.dumps(heartbeat))
+    (repo / "inbox" / "big.json").write_text(json.dumps({"id": "big", "type": "t." + huge[:100_000]}))
+    quarantined = repo / "invalid" / "x.json~01J00000000000000000000000"
+    quarantined.mkdir()
+    (quarantined / "reason.txt").write_text(huge[:60_000] + "\n")
+    proc, address = start_serve(repo)
+    try:
+        front, story = get(address, "/"), get(address, "/activity/big-1")
+    finally:
+        code, err = stop(proc, repo)
+    assert code == 0 and "Traceback" not in err, err
+    assert front.status == 200 and story.status == 200
+    page = body(front)
+    assert len(page) < 1 << 20, len(page)
+    assert f"{'&lt;' * 50}" in page and "…" in page  # the start of each value, and a visible cut
+    assert len(body(story)) < 2 << 20, len(body(story))
+    assert "…" in body(story)
+
+
+def test_a_client_that_goes_away_before_its_answer_is_one_line_in_the_log(tmp_path: Path) -> None:
+    """A connection reset while the page was being made put a whole traceback in the log."""
+    repo = make_repository(tmp_path)
+    for n in range(3000):  # the front page reads each: slow enough for the reset to arrive first
+        (repo / "inbox" / f"a-{n}.json").write_text(json.dumps({"id": f"a-{n}", "type": "t.noop"}))
+    proc, address = start_serve(repo)
+    log = repo.parent / "serve.stderr"
+    try:
+        sock = socket.create_connection((address.host, address.port), timeout=30)
+        sock.sendall(f"GET / HTTP/1.1\r\nHost: 127.0.0.1:{address.port}\r\n\r\n".encode())
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        sock.close()  # with a reset, not a FIN
+        wait_for(lambda: "went away" in log.read_text() or "Traceback" in log.read_text(), 60, "an answer")
+        assert get(address, "/api/status").status == 200  # and the page goes on
+    finally:
+        code, err = stop(proc, repo)
+    assert code == 0, err
+    assert "Traceback" not in err and "Exception occurred" not in err, err
+    assert "127.0.0.1 the client went away before its answer was sent (Connection reset by peer)" in err, err
 
 
 # --------------------------------------------------------------------------- the process
@@ -592,6 +729,57 @@ def test_not_a_repository_or_invalid_configuration_is_exit_2(tmp_path: Path) -> 
     assert out.returncode == 2 and "spoolpipe.properties:" in out.stderr
 
 
+JUNK_HEARTBEATS = {
+    "state a list": {"circuits": {"t.a": {"state": ["open"]}}},
+    "state an object": {"circuits": {"t.a": {"state": {"a": 1}}}},
+    "circuit fields of every shape": {
+        "circuits": {"t.a": {"state": "open", "since": ["s"], "until": {"u": 1}, "failures": [3], "probe": 5}}
+    },
+    "circuits a list": {"circuits": [{"state": "open"}]},
+    "a circuit a list": {"circuits": {"t.a": ["open"], "t.b": None}},
+    "types of every shape": {"types": {"t.a": [1], "t.b": {"n": 1}, "t.c": 1.5, "t.d": True}},
+    "activities of every shape": {
+        "activities": [
+            {"id": ["x"], "type": ["t"], "attempt": {"a": 1}, "started_at": ["s"], "timeout_seconds": [1]},
+            {"id": "ok", "type": {"t": 1}, "started_at": {"s": 1}, "timeout_seconds": "10"},
+            ["x"],
+        ]
+    },
+    "every field an object": {
+        k: {"a": 1} for k in ("host", "pid", "started_at", "lock_mode", "pool_size", "running", "activities")
+    },
+    "every field a list": {
+        k: [["x"]] for k in ("host", "pid", "started_at", "lock_mode", "pool_size", "types", "circuits")
+    },
+}
+
+
+@pytest.mark.parametrize("shape", list(JUNK_HEARTBEATS.values()), ids=list(JUNK_HEARTBEATS))
+def test_status_and_the_page_survive_junk_heartbeats(tmp_path: Path, shape: dict[str, Any]) -> None:
+    """A circuit "state" that was a list or an object crashed status (exit 70) and made the page 500."""
+    repo = make_repository(tmp_path)
+    heartbeat = {"worker": "w9", "host": "h", "pid": 1, "types": {"t.a": 1}} | shape
+    (repo / "heartbeats" / "w9.json").write_text(json.dumps(heartbeat))
+    for args in ([], ["--json"]):
+        out = subprocess.run(
+            [sys.executable, "-m", "spoolpipe", "status", str(repo), *args],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert out.returncode == 0, out.stderr
+        assert "w9" in out.stdout
+    proc, address = start_serve(repo)
+    try:
+        for path in ("/", "/api/status"):
+            response = get(address, path)
+            assert response.status == 200, path
+            assert "w9" in body(response)
+    finally:
+        code, err = stop(proc, repo)
+    assert code == 0 and "Traceback" not in err, err
+
+
 # --------------------------------------------------------------------------- in a browser
 
 CHROMIUM_FLAGS = [
@@ -667,7 +855,9 @@ def test_routes() -> None:
 
 def test_host_guard() -> None:
     assert host_allowed("127.0.0.1:8765", "127.0.0.1") and host_allowed("[::1]:80", "127.0.0.1")
-    assert host_allowed("LOCALHOST", "127.0.0.1") and host_allowed(None, "127.0.0.1")
+    assert host_allowed("LOCALHOST", "127.0.0.1") and not host_allowed(None, "127.0.0.1")
+    assert host_allowed("[::ffff:127.0.0.1]:80", "::ffff:127.0.0.1")
+    assert not host_allowed("attacker.example", "::ffff:127.0.0.1") and host_allowed(None, "0.0.0.0")
     assert not host_allowed("attacker.example", "127.0.0.1") and not host_allowed("", "::1")
     assert not host_allowed("[::1", "127.0.0.1") and not host_allowed("127.0.0.1.attacker.example", "::1")
     assert host_allowed("status.example.org", "0.0.0.0")
@@ -735,7 +925,7 @@ def test_rendering_escapes_everything() -> None:
 
 
 @settings(max_examples=300, deadline=None)
-@given(st.text(), st.text(min_size=1))
+@given(st.text(max_size=render.FIELD_CHARS), st.text(min_size=1))
 def test_no_value_can_add_markup(value: str, key: str) -> None:
     failures = [{"id": value, "type": value, "attempts": value, "reason": value, "finished_at": value}]
     status = {

@@ -256,14 +256,15 @@ def published_circuits(workers: Iterable[Mapping[str, Any]]) -> list[dict[str, A
         if not isinstance(circuits, dict) or worker is None:
             continue
         for type_, c in circuits.items():
-            if not isinstance(type_, str) or not isinstance(c, dict) or c.get("state") not in states:
+            state = c.get("state") if isinstance(c, dict) else None
+            if not isinstance(type_, str) or not isinstance(state, str) or state not in states:
                 continue
             failures = c.get("failures")
             found.append(
                 {
                     "type": printable(type_[:_TEXT_MAX]),
                     "worker": worker,
-                    "state": c["state"],
+                    "state": state,
                     "since": _text(c.get("since")),
                     "until": _text(c.get("until")),
                     "failures": failures

@@ -32,9 +32,11 @@ def entries(
     type_: str | None = None,
     since: float | None = None,
     limit: int | None = None,
+    chars: int | None = None,
 ) -> list[dict[str, Any]]:
     """The activities in ``state``, newest first: ``type_`` only, at most ``since`` seconds old,
-    at most ``limit`` of them (what ``list --json`` prints; fields in docs/operations.md)."""
+    at most ``limit`` of them (what ``list --json`` prints; fields in docs/operations.md); each text
+    read from a record cut to ``chars`` (the status page shows no more)."""
     if state not in STATES:
         raise ValueError(f"unknown state {state!r}; expected one of {', '.join(STATES)}")
     now = shared_now(repo)
@@ -59,7 +61,7 @@ def entries(
     for when, name in dated:
         if limit is not None and len(found) >= limit:
             break
-        entry = _ENTRY[state](repo, directory, name, activity_bytes)
+        entry = _ENTRY[state](repo, directory, name, activity_bytes, chars)
         if type_ is not None and entry["type"] != printable(type_):
             continue
         found.append(
@@ -80,7 +82,9 @@ def _listed(state: State, name: str) -> bool:
     return state == "invalid" or name.endswith(".json")
 
 
-def _inbox(repo: Repository, directory: Path, name: str, activity_bytes: int) -> dict[str, Any]:
+def _inbox(
+    repo: Repository, directory: Path, name: str, activity_bytes: int, chars: int | None
+) -> dict[str, Any]:
     read = repo.read(name, limit=activity_bytes)
     queued = parse_inbox_name(name)
     if isinstance(read, Found):
@@ -102,14 +106,16 @@ def _inbox(repo: Repository, directory: Path, name: str, activity_bytes: int) ->
     }
 
 
-def _running(repo: Repository, directory: Path, name: str, activity_bytes: int) -> dict[str, Any]:
+def _running(
+    repo: Repository, directory: Path, name: str, activity_bytes: int, chars: int | None
+) -> dict[str, Any]:
     parsed = parse_running_name(name)
     assert parsed is not None  # listed only if it parses
     claim = parsed.claim
     doc = read_document(directory / name, activity_bytes) if parsed.kind is None else None
     return {
         "id": claim.activity_id,
-        "type": text(doc.get("type")) if doc is not None else None,
+        "type": text(doc.get("type"), chars) if doc is not None else None,
         "attempts": claim.attempt,
         "worker": claim.worker,
         "committed": parsed.kind == "committed",
@@ -117,19 +123,21 @@ def _running(repo: Repository, directory: Path, name: str, activity_bytes: int) 
     }
 
 
-def _record(repo: Repository, directory: Path, name: str, activity_bytes: int) -> dict[str, Any]:
+def _record(
+    repo: Repository, directory: Path, name: str, activity_bytes: int, chars: int | None
+) -> dict[str, Any]:
     record = read_document(directory / name)
     record = record if record is not None else {}
     section = record.get("spoolpipe")
     section = section if isinstance(section, dict) else {}
     return {
-        "id": text(record.get("id")) or printable(name[: -len(".json")]),
-        "type": text(record.get("type")),
+        "id": text(record.get("id"), chars) or printable(name[: -len(".json")]),
+        "type": text(record.get("type"), chars),
         "attempts": integer(section.get("attempts")),
-        "status": text(section.get("status")),
-        "worker": text(section.get("worker")),
-        "finished_at": text(section.get("finished_at")),
-        "reason": text(section.get("reason")),
+        "status": text(section.get("status"), chars),
+        "worker": text(section.get("worker"), chars),
+        "finished_at": text(section.get("finished_at"), chars),
+        "reason": text(section.get("reason"), chars),
     }
 
 
@@ -142,7 +150,9 @@ def invalid_reason(path: Path) -> str | None:
     return printable(lines[0]) if lines else ""
 
 
-def _invalid(repo: Repository, directory: Path, name: str, activity_bytes: int) -> dict[str, Any]:
+def _invalid(
+    repo: Repository, directory: Path, name: str, activity_bytes: int, chars: int | None
+) -> dict[str, Any]:
     return {"id": None, "type": None, "attempts": None, "reason": invalid_reason(directory / name)}
 
 

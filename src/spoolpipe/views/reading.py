@@ -84,9 +84,17 @@ def tail(path: Path | str, max_bytes: int, max_lines: int) -> list[str] | None:
     return [printable(line) for line in lines[-max_lines:]]
 
 
-def text(value: object) -> str | None:
-    """A string from an untrusted document, escaped; None for anything else."""
-    return printable(value) if isinstance(value, str) else None
+def cut(value: str, chars: int) -> str:
+    """``value``, or its first ``chars - 1`` characters and a visible "…" when it is longer."""
+    return value if len(value) <= chars else value[: chars - 1] + "…"
+
+
+def text(value: object, chars: int | None = None) -> str | None:
+    """A string from an untrusted document, escaped (cut to ``chars`` first: escaping megabytes takes
+    seconds); None for anything else."""
+    if not isinstance(value, str):
+        return None
+    return printable(value if chars is None else cut(value, chars))
 
 
 def integer(value: object) -> int | None:

@@ -35,6 +35,9 @@ def _handler(site: Site) -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
         server_version = "spoolpipe"
         sys_version = ""
+        # Until a request line names its version, http.server assumes HTTP/0.9, whose answers have no
+        # status line and no headers: a malformed line got a bare body without the security headers.
+        default_request_version = "HTTP/1.0"
         timeout = REQUEST_TIMEOUT_SECONDS
 
         def setup(self) -> None:
@@ -105,9 +108,27 @@ class _Server(ThreadingHTTPServer):
         finally:
             self._slots.release()
 
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """A client that went away (reset, closed, timed out) is one line, not a traceback.
 
-def _family(host: str, port: int) -> socket.AddressFamily:
-    return socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)[0][0]
+        Every other error of an answer is the site's 500 (``Site.respond``): an OSError
+        that gets here is of the client's socket. Anything else is a bug, with its traceback.
+        """
+        exc = sys.exc_info()[1]
+        if not isinstance(exc, OSError):
+            super().handle_error(request, client_address)
+            return
+        why = printable(exc.strerror or str(exc) or type(exc).__name__)
+        sys.stderr.write(f"{client_address[0]} the client went away before its answer was sent ({why})\n")
+
+
+def _resolve(host: str, port: int) -> tuple[socket.AddressFamily, str]:
+    """The family and numeric address ``host`` names: what is bound, and what the Host guard judges
+    (``127.1``, ``2130706433`` or a name resolving to 127.0.1.1 are loopback too)."""
+    family, _, _, _, address = socket.getaddrinfo(
+        host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+    )[0]
+    return family, str(address[0])
 
 
 def serve(repo: Repository, host: str, port: int, *, out: TextIO = sys.stdout) -> int:
@@ -117,13 +138,13 @@ def serve(repo: Repository, host: str, port: int, *, out: TextIO = sys.stdout) -
     a bug, which ``cli.main`` turns into exit 70.
     """
     try:
-        family = _family(host, port)
+        family, address = _resolve(host, port)
     except (OSError, UnicodeError) as exc:
         print(f"spoolpipe serve: error: --host {host!r} is not a usable address ({exc})", file=sys.stderr)
         return EXIT_BAD_HOST
     server_class = type("Server", (_Server,), {"address_family": family})
     try:
-        server = server_class((host, port), _handler(Site(repo, host)))
+        server = server_class((address, port), _handler(Site(repo, address)))
     except OSError as exc:
         print(
             f"spoolpipe serve: error: cannot listen on {host} port {port}: {exc.strerror or exc}",

@@ -17,10 +17,18 @@ from dataclasses import dataclass
 from typing import Any, Final
 from urllib.parse import quote
 
-from ..activity import is_valid_name
+from ..activity import is_valid_name, printable
+from ..views.reading import cut
 
 REFRESH_SECONDS: Final = 5
 """How often the pages reload themselves."""
+FIELD_CHARS: Final = 1000
+"""Characters of one value shown (a reason spoolpipe writes has at most 500, escaped ones may grow):
+a hand-written record may hold megabytes, and the page is loaded every few seconds."""
+BLOCK_CHARS: Final = 100_000
+"""Characters of a story's data, result, traceback or log tail shown (the JSON of the story has them all)."""
+RUNNING_SHOWN: Final = 100
+"""Activities shown per worker in "running now"."""
 
 STYLESHEET: Final = """\
 body { font: 14px/1.4 system-ui, sans-serif; margin: 1.5em; color: #222; background: #fafafa; }
@@ -41,9 +49,12 @@ figcaption { font-size: .85em; max-width: 160px; overflow-wrap: anywhere; }
 """
 
 
-def text(value: object) -> str:
-    """Any value as HTML text, safe in element content and in double- or single-quoted attributes."""
-    return html.escape(value if isinstance(value, str) else json.dumps(value, default=str), quote=True)
+def text(value: object, limit: int = FIELD_CHARS) -> str:
+    """Any value as HTML text, safe in element content and in double- or single-quoted attributes;
+    at most ``limit`` characters of it, a longer one cut with a visible ``…``."""
+    return html.escape(
+        cut(value if isinstance(value, str) else json.dumps(value, default=str), limit), quote=True
+    )
 
 
 def activity_href(activity_id: str) -> str:
@@ -115,11 +126,14 @@ def _counts(counts: Mapping[str, Any]) -> str:
 def _workers(workers: Sequence[Mapping[str, Any]]) -> str:
     def row(w: Mapping[str, Any]) -> list[str]:
         types, running = _dict(w, "types"), _list(w, "activities") or _list(w, "running")
+        shown = [_running(r) for r in running[:RUNNING_SHOWN]]
+        if len(running) > RUNNING_SHOWN:
+            shown.append(f"… {len(running) - RUNNING_SHOWN} more")
         return [
             _cell(w.get("worker")),
             _cell(w.get("host")),
             _cell(w.get("pid"), "num"),
-            f"<td>{', '.join(_running(r) for r in running)}</td>",
+            f"<td>{', '.join(shown)}</td>",
             _cell(w.get("last_seen_seconds"), "num"),
             _cell(", ".join(f"{t} ({n})" for t, n in sorted(types.items()))),
         ]
@@ -255,9 +269,17 @@ def index_page(
 
 
 def _json_block(value: object) -> str:
+    """Indented JSON, every character that is not printable escaped as ``inspect`` does (a bidi
+    override could make one value pose as another); other characters as they are."""
     if value is None:
         return '<p class="empty">none</p>'
-    return f"<pre>{text(json.dumps(value, indent=2, ensure_ascii=False, default=str))}</pre>"
+    dumped = json.dumps(value, indent=2, ensure_ascii=False, default=str)
+    return _block("\n".join(printable(line) for line in dumped.split("\n")))
+
+
+def _block(value: str) -> str:
+    """A story's long text (data, result, traceback, log tail), at most ``BLOCK_CHARS`` of it."""
+    return f"<pre>{text(value, BLOCK_CHARS)}</pre>"
 
 
 def _linked(entry: object) -> str:
@@ -287,7 +309,7 @@ def _logs(logs: Sequence[object]) -> str:
         lines = "\n".join(line for line in _list(log, "tail") if isinstance(line, str))
         parts.append(
             f"<p><code>{text(log.get('path'))}</code> ({text(log.get('bytes'))} bytes), last lines:</p>"
-            f"<pre>{text(lines)}</pre>"
+            + _block(lines)
         )
     return "".join(parts) or '<p class="empty">no attempt log</p>'
 
@@ -328,7 +350,7 @@ def story_page(activity_id: str, story: Mapping[str, Any]) -> str:
 <h2>Attempts</h2>
 {_attempts(_list(story, "attempts"))}
 <h2>Traceback</h2>
-{f"<pre>{text(traceback)}</pre>" if isinstance(traceback, str) and traceback else '<p class="empty">none</p>'}
+{_block(traceback) if isinstance(traceback, str) and traceback else '<p class="empty">none</p>'}
 <h2>Attempt logs</h2>
 {_logs(_list(story, "logs"))}
 <h2>Result</h2>

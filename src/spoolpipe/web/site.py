@@ -93,9 +93,13 @@ def host_allowed(host_header: str | None, bound_host: str) -> bool:
 
     A page on 127.0.0.1 is otherwise readable by any web site through DNS
     rebinding (a name of theirs resolving to 127.0.0.1); bound elsewhere, any Host is fine.
+    ``bound_host`` is the address bound, not what ``--host`` said. No Host at all is refused
+    too: browsers always send one, and the documented rule is "a loopback name", not "none".
     """
-    if not _is_loopback(bound_host) or host_header is None:
+    if not _is_loopback(bound_host):
         return True
+    if host_header is None:
+        return False
     try:
         name = urlsplit("//" + host_header.strip()).hostname
     except ValueError:  # "[::1", say
@@ -107,9 +111,11 @@ def _is_loopback(host: str) -> bool:
     if host.lower() in ("localhost", "localhost."):
         return True
     try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
+        address = ipaddress.ip_address(host.strip("[]"))
     except ValueError:
         return False
+    mapped = address.ipv4_mapped if isinstance(address, ipaddress.IPv6Address) else None
+    return (mapped or address).is_loopback  # ::ffff:127.0.0.1 is 127.0.0.1
 
 
 @dataclass
@@ -187,8 +193,8 @@ class Site:
     def _index(self) -> str:
         return render.index_page(
             status(self.repo),
-            entries(self.repo, "failed", limit=RECENT_FAILURES),
-            entries(self.repo, "invalid", limit=RECENT_INVALID),
+            entries(self.repo, "failed", limit=RECENT_FAILURES, chars=render.FIELD_CHARS),
+            entries(self.repo, "invalid", limit=RECENT_INVALID, chars=render.FIELD_CHARS),
             self._tiles(),
             format_time(self.clock.now()),
         )
@@ -206,7 +212,9 @@ class Site:
         roots = self._real_roots()
         if not roots:
             return tiles
-        recent = entries(self.repo, "done", limit=RECENT_DONE_SCANNED)  # by type would read every record
+        recent = entries(
+            self.repo, "done", limit=RECENT_DONE_SCANNED, chars=render.FIELD_CHARS
+        )  # by type would read every record
         image_ids = [
             d["id"] for d in recent if d.get("type") == IMAGE_PROCESS and isinstance(d.get("id"), str)
         ]
