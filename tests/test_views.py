@@ -516,6 +516,26 @@ def test_inspect_lists_follow_ups_gone_or_not_ids_as_the_record_names_them(tmp_p
     assert (attempt["attempt"], attempt["outcome"]) == (1, "done")
 
 
+def test_inspect_says_how_many_follow_ups_it_left_out(tmp_path: Path) -> None:
+    """1,500 listed: it showed "follow-ups: 1000" and 1,000 entries, with no word of the rest."""
+    repo = make_repository(tmp_path)
+    record = {
+        "id": "p",
+        "type": "t.parent",
+        "data": {},
+        "result": None,
+        "spoolpipe": {"status": "done", "attempts": 1, "follow_ups": [f"c{i}" for i in range(1500)]},
+    }
+    (repo / "done" / "p.json").write_text(json.dumps(record))
+    story = as_json("inspect", str(repo), "p")
+    assert (len(story["follow_ups"]), story["follow_ups_left_out"]) == (1000, 500)
+    said = cli("inspect", str(repo), "p").stdout.splitlines()
+    assert "follow-ups: 1500" in said
+    assert "  ... and 500 more, not looked up" in said
+    (repo / "done" / "p.json").write_text(json.dumps({**record, "spoolpipe": {"status": "done"}}))
+    assert as_json("inspect", str(repo), "p")["follow_ups_left_out"] == 0
+
+
 def test_inspect_of_an_activity_waiting_for_its_retry_shows_no_running_attempt(tmp_path: Path) -> None:
     """Its inbox name ID~N~MS.json is not a claim name ID~N~WORKER.json."""
     repo = make_repository(tmp_path, "retry.backoff-seconds = 600\n")

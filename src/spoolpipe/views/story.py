@@ -208,6 +208,12 @@ def _follow_ups(index: _Index, doc: dict[str, Any], state: Where) -> list[dict[s
     return found
 
 
+def _follow_ups_left_out(section: dict[str, Any]) -> int:
+    """How many of the follow-ups a record lists are past the first ``_FOLLOW_UPS_MAX``, not looked up."""
+    listed = section.get("follow_ups")
+    return max(0, len(listed) - _FOLLOW_UPS_MAX) if isinstance(listed, list) else 0
+
+
 def _multiline(value: object) -> str | None:
     """A traceback (untrusted): each line escaped, the lines kept."""
     return "\n".join(printable(line) for line in value.splitlines()) if isinstance(value, str) else None
@@ -244,5 +250,6 @@ def story(repo: Repository, activity_id: str) -> dict[str, Any] | None:
         "finished_at": text(section.get("finished_at")),
         "parent": _linked(index, doc.get("parent")),
         "follow_ups": _follow_ups(index, doc, state),
+        "follow_ups_left_out": _follow_ups_left_out(section),
         "now": iso(now),
     }

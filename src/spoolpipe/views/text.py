@@ -134,8 +134,11 @@ def story_lines(story: dict[str, Any]) -> list[str]:
     if story["data"] is not None:
         lines.append(f"data: {_inline(story['data'])}")
     if story["follow_ups"]:
-        lines.append(f"follow-ups: {len(story['follow_ups'])}")
+        left_out = story["follow_ups_left_out"]
+        lines.append(f"follow-ups: {len(story['follow_ups']) + left_out}")
         lines += [f"  {_linked(f)}" for f in story["follow_ups"]]
+        if left_out:
+            lines.append(f"  ... and {left_out} more, not looked up")
     for log in story["logs"]:
         lines.append(f"log of attempt {log['attempt']}: {log['path']} ({log['bytes']} bytes), last lines:")
         lines += [f"  | {line}" for line in log["tail"]]

@@ -318,6 +318,7 @@ def _logs(logs: Sequence[object]) -> str:
 _STORY_SUMMARY: Final = ("state", "type", "status", "not_before", "started_at", "finished_at", "reason")
 _STORY_LAID_OUT: Final = frozenset(
     {*_STORY_SUMMARY, "id", "attempts", "logs", "result", "data", "traceback", "parent", "follow_ups",
+     "follow_ups_left_out",
      "locations", "now"}
 )  # fmt: skip
 
@@ -332,6 +333,10 @@ def story_page(activity_id: str, story: Mapping[str, Any]) -> str:
     )
     parent = story.get("parent")
     follow_ups = "".join(f"<li>{_linked(f)}</li>" for f in _list(story, "follow_ups"))
+    left_out = story.get("follow_ups_left_out")
+    if isinstance(left_out, int) and left_out > 0:
+        follow_ups += f'<li class="empty">and {left_out} more, not looked up</li>'
+
     locations = "".join(
         f"<li><code>{text(loc.get('path'))}</code> ({text(loc.get('state'))})</li>"
         for loc in _list(story, "locations")
