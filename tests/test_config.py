@@ -196,6 +196,37 @@ def test_bad_value_reports_file_line_key(tmp_path: Path, key: str, value: str, m
     assert errors_of(tmp_path) == [f"{path}:3: {key}: {message}"]
 
 
+# Values that made validation raise (ValueError, RecursionError, UnicodeEncodeError) instead of an error
+# at their line: a hot reload of one killed the worker, --check, submit and reload crashed (exit 70).
+_DEEP = "[" * 100_000 + "]" * 100_000
+UNCHECKED_VALUES = [
+    ("command.x.ok-exit-codes", "\u00b2", "'\u00b2' is not an exit code"),  # '²'.isdigit(), int('²') fails
+    ("command.x.retry-exit-codes", "1, \u0663", "'\u0663' is not an exit code"),  # ARABIC-INDIC THREE
+    ("pool.size", "1" * 5000, "is out of range"),  # over int()'s 4300 digits
+    ("limits.activity-bytes", "0" * 4999 + "7", None),  # leading zeros do not count: 7
+    ("metrics.port", "0" * 5000, None),  # 0: none
+    ("metrics.port", "9" * 5000, "is out of range"),
+    ("command.x.argv", _DEEP, "is not JSON"),
+    ("http.x.headers", '{"a": ' + _DEEP + "}", "not JSON"),
+    ("metrics.file", "/tmp/\\uD800.prom", "which no file name can hold"),  # a lone surrogate
+    ("processors.path", "lib, \\uDBFF", "which no file name can hold"),
+    ("files.roots", "\\uDCE9x", None),  # a byte no encoding gave (surrogateescape): a name holds it
+    ("command.x.cwd", "/srv/\\uD800", "which no file name can hold"),
+]
+
+
+@pytest.mark.parametrize(("key", "value", "message"), UNCHECKED_VALUES)
+def test_a_value_validation_cannot_read_is_an_error_at_its_line(
+    tmp_path: Path, key: str, value: str, message: str | None
+) -> None:
+    path = shared(tmp_path, f"# c\n{key} = {value}\n")
+    if message is None:
+        load(tmp_path)
+        return
+    errors = [e for e in errors_of(tmp_path) if e.startswith(f"{path}:2: {key}: ")]
+    assert len(errors) == 1 and message in errors[0], errors_of(tmp_path)
+
+
 def test_error_example_from_spec(tmp_path: Path) -> None:
     path = shared(tmp_path, "\n" * 11 + "pool.size = many\n")
     with pytest.raises(ConfigError) as info:
