@@ -458,6 +458,30 @@ def test_worker_check_names_the_processors_line_of_a_module_that_is_not_there(tm
     )
 
 
+def test_worker_check_diagnoses_a_long_junk_line_with_bounded_effort(tmp_path: Path) -> None:
+    """Suggesting a key for an unknown one tried each dotted tail of it with each prefix: 'x.' * 6000
+    took 44 s and 490 MB, and a line of 1500 addresses blocked a worker's reload 46 s."""
+    import resource
+
+    def one_gigabyte() -> None:
+        resource.setrlimit(resource.RLIMIT_AS, (2**30, 2**30))
+
+    repo = repository(tmp_path)
+    addresses = ",".join(f"10.0.{i // 256}.{i % 256}" for i in range(15_000))  # no key: all of it is one
+    with (repo / "spoolpipe.properties").open("a") as f:
+        f.write("x." * 100_000 + "y = 1\n" + addresses + "\n")
+    result = subprocess.run(
+        [*SPOOLPIPE, "worker", str(repo), "--worker-id", "w1", "--check"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        preexec_fn=one_gigabyte,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.count("unknown key") == 2
+    assert "ok: worker w1 can start (2 warnings)" in result.stdout
+
+
 def test_review_warns_about_types_nobody_here_handles(tmp_path: Path) -> None:
     def noop(activity: object, ctx: object) -> None:
         return None

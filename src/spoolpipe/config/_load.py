@@ -161,12 +161,19 @@ def _read_entries(path: Path, errors: list[str]) -> list[_Entry] | None:
     return entries
 
 
+#: Longest key a suggestion is sought for, well over a per-type prefix and a 128-character type: each
+#: candidate is compared with the whole key (a 12 KB junk line took 44 s and 490 MB).
+_SUGGEST_MAX_CHARS = 200
+
+
 def _suggest(key: str) -> str | None:
+    if len(key) > _SUGGEST_MAX_CHARS:
+        return None
     candidates = [k for k in _STATIC]
     parts = key.split(".")
-    # Every way the key may end in a type (types hold dots too): retry.maxattempts.mail.send may be
-    # retry.max-attempts. + mail.send, or + send.
-    tails = [".".join(parts[i:]) for i in range(1, len(parts)) if all(parts[i:])]
+    # The ways the key may end in a type (types hold dots too) after a misspelt prefix of up to three
+    # parts: retry.maxattempts.mail.send may be retry.max-attempts. + mail.send, or + send.
+    tails = [".".join(parts[i:]) for i in range(1, min(len(parts), 4)) if all(parts[i:])]
     candidates += [prefix + tail for prefix in (*_PER_TYPE_PREFIXES, _CUSTOM_PREFIX) for tail in tails]
     lowered = {c.lower(): c for c in candidates}
     matches = difflib.get_close_matches(key.lower(), list(lowered), n=1, cutoff=0.75)
