@@ -556,6 +556,32 @@ def test_utf8_and_latin1_files(tmp_path: Path) -> None:
     assert dict(load(tmp_path).settings.custom) == {"name": "Zoë"}
 
 
+def test_a_byte_order_mark_is_ignored_in_a_file_that_falls_back_to_latin1(tmp_path: Path) -> None:
+    """The BOM was kept: the first key became 'ï»¿concurrency.t.slow', only an unknown key."""
+    (tmp_path / "spoolpipe.properties").write_bytes(b"\xef\xbb\xbfconcurrency.t.slow = 0\n# r\xe9sum\xe9\n")
+    loaded = load(tmp_path)
+    assert loaded.warnings == ()
+    assert dict(loaded.settings.concurrency) == {"t.slow": 0}
+
+
+@pytest.mark.parametrize(
+    ("data", "line"),
+    [
+        ("pool.size = 2\nconcurrency.t.slow = 0\n".encode("utf-16"), 1),  # FF FE, then UTF-16LE
+        ("pool.size = 2\n".encode("utf-16-be"), 1),  # no BOM: NUL bytes
+        ("# ok\n\npool.size = 2\n".encode("utf-32-le"), 1),
+        (b"# ok\npool.size = 2\ncustom.x = a\0b\n", 3),
+    ],
+)
+def test_a_file_saved_as_utf16_is_an_error_not_junk_keys(tmp_path: Path, data: bytes, line: int) -> None:
+    """It decoded into junk keys: the worker started with every key at its default, and warnings."""
+    path = tmp_path / "spoolpipe.properties"
+    path.write_bytes(data)
+    [error] = errors_of(tmp_path)
+    assert error.startswith(f"{path}:{line}: "), error
+    assert "save it as UTF-8" in error
+
+
 # --------------------------------------------------------------------------
 # Objects
 # --------------------------------------------------------------------------

@@ -105,9 +105,22 @@ def config_files(repo: Path, worker_id: str | None) -> tuple[Path, ...]:
     return tuple(files)
 
 
+class _NotText(Exception):
+    """Bytes no properties file holds; the arguments: the line they are on, and what to say."""
+
+
 def _decode(data: bytes) -> str:
+    """UTF-8, a leading byte-order mark ignored, else ISO-8859-1 as the ``.properties`` specification
+    prescribes; ``_NotText`` for UTF-16 or UTF-32 (a BOM, or NUL bytes), which either decoding turned
+    into junk keys: the worker ran with every key at its default."""
+    if data.startswith((b"\xff\xfe", b"\xfe\xff")):
+        raise _NotText(1, "the file is saved as UTF-16 (it starts with a UTF-16 byte-order mark)")
+    if b"\0" in data:
+        line = 1 + len(_EOL_RE.findall(data[: data.index(b"\0")].decode("iso-8859-1")))
+        raise _NotText(line, "a NUL byte: the file is not text (saved as UTF-16 or UTF-32?)")
+    data = data.removeprefix(b"\xef\xbb\xbf")  # before the fallback, which would keep it as 'ï»¿'
     try:
-        return data.decode("utf-8-sig")
+        return data.decode("utf-8")
     except UnicodeDecodeError:
         return data.decode("iso-8859-1")
 
@@ -149,7 +162,12 @@ def _read_entries(path: Path, errors: list[str]) -> list[_Entry] | None:
     entries: list[_Entry] = []
     line = 1
     try:
-        for element in reading.parse(_decode(data)):
+        text = _decode(data)
+    except _NotText as exc:
+        errors.append(f"{path}:{exc.args[0]}: {exc.args[1]}; save it as UTF-8 (file not read)")
+        return []
+    try:
+        for element in reading.parse(text):
             if isinstance(element, reading.KeyValue):
                 entries.append(_Entry(element.key, element.value, path, line))
             line += len(_EOL_RE.findall(element.source))
