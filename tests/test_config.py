@@ -46,7 +46,7 @@ def test_defaults_without_any_file(tmp_path: Path) -> None:
     assert s.processors == ()
     assert s.processors_path == ()
     assert s.pool_size == 4
-    assert s.concurrency_default == 4
+    assert s.concurrency_default == 0  # the pool size
     assert dict(s.concurrency) == {}
     assert s.timeout_seconds == 300.0
     assert dict(s.timeouts) == {}
@@ -75,7 +75,7 @@ def test_defaults_without_any_file(tmp_path: Path) -> None:
 def test_pool_size_zero_uses_cpus_of_this_machine(tmp_path: Path) -> None:
     s = load(tmp_path).settings
     assert s.pool_size >= 1
-    assert s.concurrency_default == s.pool_size
+    assert s.concurrency_for("x") == s.pool_size
 
 
 def test_schema_covers_every_settings_field() -> None:
@@ -445,7 +445,7 @@ def test_per_type_concurrency_and_timeouts(tmp_path: Path) -> None:
 def test_concurrency_default_zero_means_pool_size(tmp_path: Path) -> None:
     shared(tmp_path, "pool.size = 3\n")
     s = load(tmp_path, cpu_count=16).settings
-    assert (s.pool_size, s.concurrency_default) == (3, 3)
+    assert (s.pool_size, s.concurrency_for("x")) == (3, 3)
 
 
 @pytest.mark.parametrize(

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import signal
@@ -10,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from harness import ids_in, make_repository, start_worker, submit, wait_for
+from harness import effects, ids_in, make_repository, start_worker, submit, wait_for
 from spoolpipe import config
 from spoolpipe.reload import Reloads
 
@@ -119,6 +120,31 @@ def test_no_configuration_edit_kills_a_running_worker(tmp_path: Path) -> None:
             assert worker.poll() is None, stderr.read_text()
         aid = submit(repo, "t.noop")
         wait_for(lambda: aid in ids_in(repo / "done"), 20, "work under the last good configuration")
+    finally:
+        worker.send_signal(signal.SIGTERM)
+        assert worker.wait(30) == 0, stderr.read_text()
+
+
+def test_a_smaller_pool_size_changes_nothing_until_a_restart(tmp_path: Path) -> None:
+    """The log said the pool keeps its 2 processes, but concurrency.default (0: the pool size) followed
+    the new pool.size: activities ran one at a time and the heartbeat said 1."""
+    repo = make_repository(tmp_path, "pool.size = 2\nshutdown.grace-seconds = 0.5\n")
+    props = repo / "spoolpipe.properties"
+    stderr = repo.parent / "worker-w1.stderr"
+    worker = start_worker(repo, "w1")
+    try:
+        wait_for(lambda: (repo / "heartbeats" / "w1.json").exists(), 20, "the worker to start")
+        props.write_text(props.read_text() + "pool.size = 1\n")
+        os.utime(props, ns=(10**12, 10**12))
+        wait_for(lambda: "configuration reloaded" in stderr.read_text(), 20, "the reload")
+        assert "pool.size = 1 takes effect at restart; until then the pool keeps its 2 processes" in (
+            stderr.read_text()
+        )
+        for _ in range(2):
+            submit(repo, "t.slow", {"sleep": 30})
+        wait_for(lambda: len(effects(repo, "t.slow")) == 2, 20, "both to run at once, as before")
+        heartbeat = json.loads((repo / "heartbeats" / "w1.json").read_text())
+        assert (heartbeat["pool_size"], heartbeat["types"]["t.slow"]) == (2, 2)
     finally:
         worker.send_signal(signal.SIGTERM)
         assert worker.wait(30) == 0, stderr.read_text()

@@ -285,7 +285,7 @@ def load(repo: Path, worker_id: str | None = None, *, cpu_count: int | None = No
         processors=cast(tuple[str, ...], values["processors"]),
         processors_path=cast(tuple[Path, ...], values["processors.path"]),
         pool_size=max(1, pool_size),
-        concurrency_default=cast(int, values["concurrency.default"]) or max(1, pool_size),
+        concurrency_default=cast(int, values["concurrency.default"]),
         concurrency=FrozenMap(cast(dict[str, int], per_type["concurrency."])),
         timeout_seconds=cast(float, values["timeout.seconds"]),
         timeouts=FrozenMap(cast(dict[str, float], per_type["timeout."])),

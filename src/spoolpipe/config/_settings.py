@@ -55,7 +55,8 @@ class Settings:
     processors_path: tuple[Path, ...]
     #: Already resolved: never 0.
     pool_size: int
-    #: Already resolved: never 0.
+    #: 0: ``pool_size``, resolved when asked (:meth:`concurrency_for`), so that a worker given settings
+    #: with the pool it runs (a reloaded pool.size waits for a restart) takes as many as it runs.
     concurrency_default: int
     #: Per-type limits from ``concurrency.<type>``; 0 means "never on this worker".
     concurrency: Mapping[str, int]
@@ -125,7 +126,7 @@ class Settings:
 
     def concurrency_for(self, type_: str) -> int:
         """Maximum concurrent activities of ``type_`` here (0: never take it)."""
-        return self.concurrency.get(type_, self.concurrency_default)
+        return self.concurrency.get(type_, self.concurrency_default or self.pool_size)
 
     def timeout_for(self, type_: str) -> float:
         """Wall-clock limit in seconds for one activity of ``type_``."""
