@@ -84,7 +84,7 @@ def test_schema_covers_every_settings_field() -> None:
     per_type = {"concurrency", "timeouts", "max_attempts", "backoffs", "retry_on"}
     processor_options = {"processor_options", "option_sources"}
     families = {"schedules", "circuits", "commands", "http_endpoints"}
-    assert fields - static == per_type | processor_options | families | {"custom", "sources"}
+    assert fields - static == per_type | processor_options | families | {"custom", "sources", "key_sources"}
     assert static <= fields
 
 

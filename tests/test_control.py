@@ -531,6 +531,22 @@ def test_worker_check_beside_the_running_worker_is_not_refused_its_metrics_port(
         assert worker.wait(30) == 0
 
 
+def test_worker_check_names_the_processors_line_after_values_with_other_line_breaks(tmp_path: Path) -> None:
+    """The line was found again by a regex over str.splitlines(), which also breaks at U+2028, \\x0b,
+    \\x0c and \\x85, and reads a continued line as a line of its own."""
+    repo = repository(tmp_path)
+    own = repo / "workers" / "w1.properties"
+    own.write_bytes(
+        "custom.a = x\u2028y\x0bz\x0c\x85\ncustom.b = one,\\\n  processors = not this\n"
+        "\nprocessors = e2e_procs, e2e_typo\n".encode()
+    )
+    result = spoolpipe("worker", str(repo), "--worker-id", "w1", "--check")
+    assert result.returncode == 3, result
+    assert result.stderr.startswith(f"{own}:5: ModuleNotFoundError: No module named 'e2e_typo'"), (
+        result.stderr
+    )
+
+
 def test_review_warns_about_types_nobody_here_handles(tmp_path: Path) -> None:
     def noop(activity: object, ctx: object) -> None:
         return None

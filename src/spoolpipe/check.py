@@ -11,10 +11,9 @@ from __future__ import annotations
 
 import errno
 import os
-import re
 import time
 import traceback
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from pathlib import Path
 from typing import TextIO
 
@@ -26,12 +25,11 @@ from .pool import ProcessorImportError, import_processors
 from .processor import Registration, registered
 from .repository import Repository
 
-_PROCESSORS_KEY = re.compile(r"\s*processors\s*[=:\s]")
 #: Exit codes, per the shared convention (docs/operations.md, *Exit codes*).
 EXIT_OK, EXIT_CONFIGURATION, EXIT_CANNOT_START = 0, 2, 3
 
 
-def where_it_failed(error: BaseException, sources: Sequence[Path]) -> str:
+def where_it_failed(error: BaseException, settings: config.Settings) -> str:
     """``FILE:LINE`` of the code that raised ``error`` (the bad line of a syntax error), or, for a
     module that is not found at all, of the ``processors`` line naming it."""
     if isinstance(error, SyntaxError) and error.filename:
@@ -44,15 +42,7 @@ def where_it_failed(error: BaseException, sources: Sequence[Path]) -> str:
     ]
     if frames:
         return f"{frames[-1].filename}:{frames[-1].lineno}"
-    for path in reversed(sources):  # the per-worker file wins over the shared one
-        try:
-            lines = path.read_text(encoding="utf-8", errors="replace").splitlines()
-        except OSError:
-            continue
-        found = [n for n, line in enumerate(lines, 1) if _PROCESSORS_KEY.match(line)]
-        if found:
-            return f"{path}:{found[-1]}"
-    return "processors"
+    return settings.key_sources.get("processors", "processors")
 
 
 def review(settings: config.Settings, processors: Mapping[str, Registration]) -> list[str]:
@@ -98,7 +88,7 @@ def import_configured(settings: config.Settings, err: TextIO) -> Mapping[str, Re
         import_processors(settings.processors, paths)
     except ProcessorImportError as exc:
         cause = exc.__cause__ or exc
-        print(f"{where_it_failed(cause, settings.sources)}: {type(cause).__name__}: {cause}", file=err)
+        print(f"{where_it_failed(cause, settings)}: {type(cause).__name__}: {cause}", file=err)
         print(f"the worker cannot start: {exc}", file=err)
         return None
     return registered()

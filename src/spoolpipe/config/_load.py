@@ -330,6 +330,7 @@ def load(repo: Path, worker_id: str | None = None, *, cpu_count: int | None = No
         retry_on=FrozenMap({t: cast(tuple[str, ...], n) for t, n in per_type["retry.on."].items() if n}),
         processor_options=FrozenMap({t: FrozenMap(keys) for t, keys in options.items()}),
         option_sources=FrozenMap(option_sources),
+        key_sources=FrozenMap({key: entry.where for key, entry in where.items()}),
     )
     return Loaded(settings=settings, warnings=tuple(warnings))
 

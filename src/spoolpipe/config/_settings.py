@@ -123,6 +123,9 @@ class Settings:
     processor_options: Mapping[str, Mapping[str, str]] = FrozenMap()
     #: ``processor.<type>.<key>`` -> ``file:line`` of the line that set it (for error messages).
     option_sources: Mapping[str, str] = FrozenMap()
+    #: Each key of :data:`OPTIONS` set in a file (``processors``...) -> ``file:line`` of the line that
+    #: set it (for error messages: only the properties reader knows where a line starts).
+    key_sources: Mapping[str, str] = FrozenMap()
 
     def concurrency_for(self, type_: str) -> int:
         """Maximum concurrent activities of ``type_`` here (0: never take it)."""
