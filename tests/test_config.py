@@ -46,7 +46,7 @@ def test_defaults_without_any_file(tmp_path: Path) -> None:
     assert s.processors == ()
     assert s.processors_path == ()
     assert s.pool_size == 4
-    assert s.concurrency_default == 4
+    assert s.concurrency_default == 0  # the pool size
     assert dict(s.concurrency) == {}
     assert s.timeout_seconds == 300.0
     assert dict(s.timeouts) == {}
@@ -75,7 +75,7 @@ def test_defaults_without_any_file(tmp_path: Path) -> None:
 def test_pool_size_zero_uses_cpus_of_this_machine(tmp_path: Path) -> None:
     s = load(tmp_path).settings
     assert s.pool_size >= 1
-    assert s.concurrency_default == s.pool_size
+    assert s.concurrency_for("x") == s.pool_size
 
 
 def test_schema_covers_every_settings_field() -> None:
@@ -84,7 +84,7 @@ def test_schema_covers_every_settings_field() -> None:
     per_type = {"concurrency", "timeouts", "max_attempts", "backoffs", "retry_on"}
     processor_options = {"processor_options", "option_sources"}
     families = {"schedules", "circuits", "commands", "http_endpoints"}
-    assert fields - static == per_type | processor_options | families | {"custom", "sources"}
+    assert fields - static == per_type | processor_options | families | {"custom", "sources", "key_sources"}
     assert static <= fields
 
 
@@ -194,6 +194,37 @@ BAD_VALUES = [
 def test_bad_value_reports_file_line_key(tmp_path: Path, key: str, value: str, message: str) -> None:
     path = shared(tmp_path, f"# comment\n\n{key} = {value}\n")
     assert errors_of(tmp_path) == [f"{path}:3: {key}: {message}"]
+
+
+# Values that made validation raise (ValueError, RecursionError, UnicodeEncodeError) instead of an error
+# at their line: a hot reload of one killed the worker, --check, submit and reload crashed (exit 70).
+_DEEP = "[" * 100_000 + "]" * 100_000
+UNCHECKED_VALUES = [
+    ("command.x.ok-exit-codes", "\u00b2", "'\u00b2' is not an exit code"),  # '²'.isdigit(), int('²') fails
+    ("command.x.retry-exit-codes", "1, \u0663", "'\u0663' is not an exit code"),  # ARABIC-INDIC THREE
+    ("pool.size", "1" * 5000, "is out of range"),  # over int()'s 4300 digits
+    ("limits.activity-bytes", "0" * 4999 + "7", None),  # leading zeros do not count: 7
+    ("metrics.port", "0" * 5000, None),  # 0: none
+    ("metrics.port", "9" * 5000, "is out of range"),
+    ("command.x.argv", _DEEP, "is not JSON"),
+    ("http.x.headers", '{"a": ' + _DEEP + "}", "not JSON"),
+    ("metrics.file", "/tmp/\\uD800.prom", "which no file name can hold"),  # a lone surrogate
+    ("processors.path", "lib, \\uDBFF", "which no file name can hold"),
+    ("files.roots", "\\uDCE9x", None),  # a byte no encoding gave (surrogateescape): a name holds it
+    ("command.x.cwd", "/srv/\\uD800", "which no file name can hold"),
+]
+
+
+@pytest.mark.parametrize(("key", "value", "message"), UNCHECKED_VALUES)
+def test_a_value_validation_cannot_read_is_an_error_at_its_line(
+    tmp_path: Path, key: str, value: str, message: str | None
+) -> None:
+    path = shared(tmp_path, f"# c\n{key} = {value}\n")
+    if message is None:
+        load(tmp_path)
+        return
+    errors = [e for e in errors_of(tmp_path) if e.startswith(f"{path}:2: {key}: ")]
+    assert len(errors) == 1 and message in errors[0], errors_of(tmp_path)
 
 
 def test_error_example_from_spec(tmp_path: Path) -> None:
@@ -414,7 +445,7 @@ def test_per_type_concurrency_and_timeouts(tmp_path: Path) -> None:
 def test_concurrency_default_zero_means_pool_size(tmp_path: Path) -> None:
     shared(tmp_path, "pool.size = 3\n")
     s = load(tmp_path, cpu_count=16).settings
-    assert (s.pool_size, s.concurrency_default) == (3, 3)
+    assert (s.pool_size, s.concurrency_for("x")) == (3, 3)
 
 
 @pytest.mark.parametrize(
@@ -523,6 +554,32 @@ def test_utf8_and_latin1_files(tmp_path: Path) -> None:
     assert dict(loaded.settings.custom) == {"name": "Zoë"}
     write(tmp_path / "spoolpipe.properties", "custom.name = Zoë\n", encoding="latin-1")
     assert dict(load(tmp_path).settings.custom) == {"name": "Zoë"}
+
+
+def test_a_byte_order_mark_is_ignored_in_a_file_that_falls_back_to_latin1(tmp_path: Path) -> None:
+    """The BOM was kept: the first key became 'ï»¿concurrency.t.slow', only an unknown key."""
+    (tmp_path / "spoolpipe.properties").write_bytes(b"\xef\xbb\xbfconcurrency.t.slow = 0\n# r\xe9sum\xe9\n")
+    loaded = load(tmp_path)
+    assert loaded.warnings == ()
+    assert dict(loaded.settings.concurrency) == {"t.slow": 0}
+
+
+@pytest.mark.parametrize(
+    ("data", "line"),
+    [
+        ("pool.size = 2\nconcurrency.t.slow = 0\n".encode("utf-16"), 1),  # FF FE, then UTF-16LE
+        ("pool.size = 2\n".encode("utf-16-be"), 1),  # no BOM: NUL bytes
+        ("# ok\n\npool.size = 2\n".encode("utf-32-le"), 1),
+        (b"# ok\npool.size = 2\ncustom.x = a\0b\n", 3),
+    ],
+)
+def test_a_file_saved_as_utf16_is_an_error_not_junk_keys(tmp_path: Path, data: bytes, line: int) -> None:
+    """It decoded into junk keys: the worker started with every key at its default, and warnings."""
+    path = tmp_path / "spoolpipe.properties"
+    path.write_bytes(data)
+    [error] = errors_of(tmp_path)
+    assert error.startswith(f"{path}:{line}: "), error
+    assert "save it as UTF-8" in error
 
 
 # --------------------------------------------------------------------------

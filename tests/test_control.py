@@ -458,6 +458,95 @@ def test_worker_check_names_the_processors_line_of_a_module_that_is_not_there(tm
     )
 
 
+def test_worker_check_diagnoses_a_long_junk_line_with_bounded_effort(tmp_path: Path) -> None:
+    """Suggesting a key for an unknown one tried each dotted tail of it with each prefix: 'x.' * 6000
+    took 44 s and 490 MB, and a line of 1500 addresses blocked a worker's reload 46 s."""
+    import resource
+
+    def one_gigabyte() -> None:
+        resource.setrlimit(resource.RLIMIT_AS, (2**30, 2**30))
+
+    repo = repository(tmp_path)
+    addresses = ",".join(f"10.0.{i // 256}.{i % 256}" for i in range(15_000))  # no key: all of it is one
+    with (repo / "spoolpipe.properties").open("a") as f:
+        f.write("x." * 100_000 + "y = 1\n" + addresses + "\n")
+    result = subprocess.run(
+        [*SPOOLPIPE, "worker", str(repo), "--worker-id", "w1", "--check"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        preexec_fn=one_gigabyte,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.count("unknown key") == 2
+    assert "ok: worker w1 can start (2 warnings)" in result.stdout
+
+
+@pytest.mark.parametrize(
+    ("properties", "said"),
+    [
+        ("metrics.file = /nonexistent/d/x.prom\n", "cannot write metrics.file /nonexistent/d/x.prom: "),
+        ("metrics.port = 9\nmetrics.host = nonexistent.invalid\n", "cannot serve metrics on nonexistent"),
+        ("metrics.port = 9\nmetrics.host = 10.99.99.99\n", "cannot serve metrics on 10.99.99.99 port 9: "),
+        ("metrics.port = TAKEN\n", "cannot serve metrics on 127.0.0.1 port TAKEN: "),
+    ],
+)
+def test_worker_check_exits_3_when_the_metrics_cannot_be_set_up_as_the_start_would(
+    tmp_path: Path, properties: str, said: str
+) -> None:
+    """--check said "ok: worker w1 can start" (exit 0), then the worker refused to start (exit 3)."""
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = str(taken.getsockname()[1])
+        repo = repository(tmp_path, properties.replace("TAKEN", port))
+        result = spoolpipe("worker", str(repo), "--worker-id", "w1", "--check")
+        assert result.returncode == 3, result
+        assert said.replace("TAKEN", port) in result.stderr, result.stderr
+        assert "ok: worker" not in result.stdout
+        started = spoolpipe("worker", str(repo), "--worker-id", "w1", "--until-idle")
+        assert started.returncode == 3 and said.replace("TAKEN", port) in started.stderr, started
+
+
+def test_worker_check_beside_the_running_worker_is_not_refused_its_metrics_port(tmp_path: Path) -> None:
+    """The running worker of the same id holds the port, which a reload keeps."""
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    repo = repository(tmp_path, f"metrics.port = {port}\nmetrics.file = metrics/w1.prom\n")
+    (repo / "metrics").mkdir()
+    worker = start_worker(repo, "w1")
+    try:
+        wait_for(lambda: (repo / "heartbeats" / "w1.json").exists(), 20, "the worker to start")
+        result = spoolpipe("worker", str(repo), "--worker-id", "w1", "--check")
+        assert result.returncode == 0, result
+        assert f"metrics.port {port} is in use by the running worker w1" in result.stdout
+        assert os.listdir(repo / "metrics") == ["w1.prom"]  # the check's probe is gone
+    finally:
+        worker.send_signal(signal.SIGTERM)
+        assert worker.wait(30) == 0
+
+
+def test_worker_check_names_the_processors_line_after_values_with_other_line_breaks(tmp_path: Path) -> None:
+    """The line was found again by a regex over str.splitlines(), which also breaks at U+2028, \\x0b,
+    \\x0c and \\x85, and reads a continued line as a line of its own."""
+    repo = repository(tmp_path)
+    own = repo / "workers" / "w1.properties"
+    own.write_bytes(
+        "custom.a = x\u2028y\x0bz\x0c\x85\ncustom.b = one,\\\n  processors = not this\n"
+        "\nprocessors = e2e_procs, e2e_typo\n".encode()
+    )
+    result = spoolpipe("worker", str(repo), "--worker-id", "w1", "--check")
+    assert result.returncode == 3, result
+    assert result.stderr.startswith(f"{own}:5: ModuleNotFoundError: No module named 'e2e_typo'"), (
+        result.stderr
+    )
+
+
 def test_review_warns_about_types_nobody_here_handles(tmp_path: Path) -> None:
     def noop(activity: object, ctx: object) -> None:
         return None

@@ -1,14 +1,17 @@
-"""What a running worker notices of a changed configuration, driven in-process on a real repository."""
+"""What a running worker notices of a changed configuration, driven in-process on a real repository
+(and, at the end, by real workers)."""
 
 from __future__ import annotations
 
+import json
 import logging
 import os
+import signal
 from pathlib import Path
 
 import pytest
 
-from harness import make_repository
+from harness import effects, ids_in, make_repository, start_worker, submit, wait_for
 from spoolpipe import config
 from spoolpipe.reload import Reloads
 
@@ -88,3 +91,60 @@ def test_what_a_worker_takes_only_at_start_is_said_to_wait_for_a_restart(
         and m.endswith("takes effect at restart; until then its types still run here")
         for m in said
     ), said
+
+
+def test_no_configuration_edit_kills_a_running_worker(tmp_path: Path) -> None:
+    """Each of these values raised out of validation (ValueError, RecursionError), or passed it and
+    then failed at open(): the worker exited 70 at the reload, its claims left in running/."""
+    repo = make_repository(tmp_path)
+    props = repo / "spoolpipe.properties"
+    good = props.read_text()
+    stderr = repo.parent / "worker-w1.stderr"
+    worker = start_worker(repo, "w1")
+    try:
+        wait_for(lambda: (repo / "heartbeats" / "w1.json").exists(), 20, "the worker to start")
+        bad = [
+            'command.x.ok-exit-codes = \u00b2\ncommand.x.argv = ["true"]\n',
+            "pool.size = " + "1" * 5000 + "\n",
+            "command.x.argv = " + "[" * 100_000 + "]" * 100_000 + "\n",
+            "metrics.file = /tmp/\\uD800.prom\n",
+        ]
+        for n, edit in enumerate(bad, 1):
+            props.write_text(good + edit)
+            os.utime(props, ns=(n * 10**12, n * 10**12))  # file times can be coarse
+            wait_for(
+                lambda n=n: stderr.read_text().count("configuration change rejected") == n,  # type: ignore[misc]
+                20,
+                f"rejection {n}",
+            )
+            assert worker.poll() is None, stderr.read_text()
+        aid = submit(repo, "t.noop")
+        wait_for(lambda: aid in ids_in(repo / "done"), 20, "work under the last good configuration")
+    finally:
+        worker.send_signal(signal.SIGTERM)
+        assert worker.wait(30) == 0, stderr.read_text()
+
+
+def test_a_smaller_pool_size_changes_nothing_until_a_restart(tmp_path: Path) -> None:
+    """The log said the pool keeps its 2 processes, but concurrency.default (0: the pool size) followed
+    the new pool.size: activities ran one at a time and the heartbeat said 1."""
+    repo = make_repository(tmp_path, "pool.size = 2\nshutdown.grace-seconds = 0.5\n")
+    props = repo / "spoolpipe.properties"
+    stderr = repo.parent / "worker-w1.stderr"
+    worker = start_worker(repo, "w1")
+    try:
+        wait_for(lambda: (repo / "heartbeats" / "w1.json").exists(), 20, "the worker to start")
+        props.write_text(props.read_text() + "pool.size = 1\n")
+        os.utime(props, ns=(10**12, 10**12))
+        wait_for(lambda: "configuration reloaded" in stderr.read_text(), 20, "the reload")
+        assert "pool.size = 1 takes effect at restart; until then the pool keeps its 2 processes" in (
+            stderr.read_text()
+        )
+        for _ in range(2):
+            submit(repo, "t.slow", {"sleep": 30})
+        wait_for(lambda: len(effects(repo, "t.slow")) == 2, 20, "both to run at once, as before")
+        heartbeat = json.loads((repo / "heartbeats" / "w1.json").read_text())
+        assert (heartbeat["pool_size"], heartbeat["types"]["t.slow"]) == (2, 2)
+    finally:
+        worker.send_signal(signal.SIGTERM)
+        assert worker.wait(30) == 0, stderr.read_text()

@@ -9,25 +9,27 @@ upgrade, in a deployment script).
 
 from __future__ import annotations
 
+import errno
 import os
-import re
+import time
 import traceback
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from pathlib import Path
 from typing import TextIO
 
-from . import config, pool
+from . import config, control, pool
 from .attempt import counted
+from .durable import temp_beside
 from .liveness import resolve_mode
 from .pool import ProcessorImportError, import_processors
 from .processor import Registration, registered
+from .repository import Repository
 
-_PROCESSORS_KEY = re.compile(r"\s*processors\s*[=:\s]")
 #: Exit codes, per the shared convention (docs/operations.md, *Exit codes*).
 EXIT_OK, EXIT_CONFIGURATION, EXIT_CANNOT_START = 0, 2, 3
 
 
-def where_it_failed(error: BaseException, sources: Sequence[Path]) -> str:
+def where_it_failed(error: BaseException, settings: config.Settings) -> str:
     """``FILE:LINE`` of the code that raised ``error`` (the bad line of a syntax error), or, for a
     module that is not found at all, of the ``processors`` line naming it."""
     if isinstance(error, SyntaxError) and error.filename:
@@ -40,15 +42,7 @@ def where_it_failed(error: BaseException, sources: Sequence[Path]) -> str:
     ]
     if frames:
         return f"{frames[-1].filename}:{frames[-1].lineno}"
-    for path in reversed(sources):  # the per-worker file wins over the shared one
-        try:
-            lines = path.read_text(encoding="utf-8", errors="replace").splitlines()
-        except OSError:
-            continue
-        found = [n for n, line in enumerate(lines, 1) if _PROCESSORS_KEY.match(line)]
-        if found:
-            return f"{path}:{found[-1]}"
-    return "processors"
+    return settings.key_sources.get("processors", "processors")
 
 
 def review(settings: config.Settings, processors: Mapping[str, Registration]) -> list[str]:
@@ -94,10 +88,51 @@ def import_configured(settings: config.Settings, err: TextIO) -> Mapping[str, Re
         import_processors(settings.processors, paths)
     except ProcessorImportError as exc:
         cause = exc.__cause__ or exc
-        print(f"{where_it_failed(cause, settings.sources)}: {type(cause).__name__}: {cause}", file=err)
+        print(f"{where_it_failed(cause, settings)}: {type(cause).__name__}: {cause}", file=err)
         print(f"the worker cannot start: {exc}", file=err)
         return None
     return registered()
+
+
+def try_metrics(root: Path, worker_id: str, s: config.Settings, out: TextIO, err: TextIO) -> bool:
+    """Try what a starting worker does with ``metrics.file`` (a new file in its folder, removed again)
+    and ``metrics.port`` (bound, then released); False once ``err`` says why it would not start.
+
+    The running worker of the same id holds its port, which it keeps at a reload: that is only said.
+    """
+    if s.metrics_file is not None:
+        probe = temp_beside(s.metrics_file)
+        try:
+            os.close(os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644))
+            os.unlink(probe)
+        except OSError as exc:
+            print(
+                f"the worker cannot start: cannot write metrics.file {s.metrics_file}: {exc.strerror}",
+                file=err,
+            )
+            return False
+    if s.metrics_port:
+        from prometheus_client import CollectorRegistry  # only now, as in the worker
+
+        from .metrics import Endpoint
+
+        try:
+            Endpoint(s.metrics_host, s.metrics_port, CollectorRegistry()).close()
+        except OSError as exc:
+            if exc.errno == errno.EADDRINUSE and control.live_worker(
+                Repository(root), worker_id, time.time()
+            ):
+                print(
+                    f"note: metrics.port {s.metrics_port} is in use by the running worker {worker_id}",
+                    file=out,
+                )
+                return True
+            where = f"{s.metrics_host} port {s.metrics_port}"
+            print(
+                f"the worker cannot start: cannot serve metrics on {where}: {exc.strerror or exc}", file=err
+            )
+            return False
+    return True
 
 
 def check_worker(root: Path, worker_id: str, out: TextIO, err: TextIO) -> int:
@@ -109,7 +144,7 @@ def check_worker(root: Path, worker_id: str, out: TextIO, err: TextIO) -> int:
     sources = ", ".join(str(p) for p in s.sources) or "none (every key at its default)"
     print(f"configuration of worker {worker_id}: {sources}", file=out)
     processors = import_configured(s, err)
-    if processors is None:
+    if processors is None or not try_metrics(root, worker_id, s, out, err):
         return EXIT_CANNOT_START
     paths = [str(p) for p in s.processors_path]
     print(

@@ -304,7 +304,11 @@ class _WorkerLogHandler(logging.handlers.WatchedFileHandler):
         if stream is not None:
             stream.close()
         base = self.baseFilename
-        for n in range(self.backups - 1, 0, -1):
+        # Only the backups there are, in a row from .1: walking down from log.backups spun for good at 10**12.
+        there = 0
+        while there < self.backups - 1 and os.path.lexists(f"{base}.{there + 1}"):
+            there += 1
+        for n in range(there, 0, -1):
             with contextlib.suppress(FileNotFoundError):
                 os.replace(f"{base}.{n}", f"{base}.{n + 1}")
         os.replace(base, f"{base}.1")

@@ -80,8 +80,13 @@ class Reloads:
                 import_processors(
                     settings.processors, [str(p) for p in settings.processors_path], again=settings.processors
                 )
-        except (config.ConfigError, ProcessorImportError) as exc:
-            log.error("configuration change rejected, keeping the previous configuration:\n%s", exc)
+        except Exception as exc:  # a bug in reading a value must never kill the worker: logged, traceback too
+            expected = isinstance(exc, config.ConfigError | ProcessorImportError)
+            log.error(
+                "configuration change rejected, keeping the previous configuration:\n%s",
+                exc,
+                exc_info=not expected,
+            )
             if isinstance(exc, ProcessorImportError):
                 self._retry_after = exc.files
             return None

@@ -14,6 +14,7 @@ Filesystem notifications bring new names at once; a full listing every
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import errno
 import logging
 import math
@@ -701,7 +702,8 @@ class Worker:
         requested, self._reload_requested = self._reload_requested, False
         settings = self.reloads.settings(self.settings, requested)
         if settings is not None:
-            old, self.settings = self.settings, settings
+            # pool.size waits for a restart: until then concurrency.default = 0 means the pool that runs
+            old, self.settings = self.settings, dataclasses.replace(settings, pool_size=self.pool.size)
             try:
                 self._configure_metrics()
             except OSError as exc:

@@ -224,7 +224,7 @@ def parse_headers(text: str) -> tuple[tuple[str, str], ...]:
     """Headers from a JSON object of header names to string values (no line breaks in either)."""
     try:
         doc = json.loads(text)
-    except ValueError as exc:
+    except (ValueError, RecursionError) as exc:  # nested too deep for json to read: no headers
         raise InvalidDefinition(f"not JSON: {exc}") from None
     if not isinstance(doc, dict):
         raise InvalidDefinition("expected a JSON object of header names to values")

@@ -16,7 +16,8 @@ and never writes anything.
 
 Files are decoded as UTF-8 (an initial byte-order mark is ignored); a file that
 is not valid UTF-8 is decoded as ISO-8859-1, the encoding the ``.properties``
-specification prescribes. ``\\uXXXX`` escapes work in both cases.
+specification prescribes. ``\\uXXXX`` escapes work in both cases. A UTF-16 or UTF-32 file
+(a UTF-16 byte-order mark, NUL bytes) is an error.
 
 - ``_kinds``: kinds of values (``IntKind``, ``DurationKind``, ``CronKind``...) and
   :func:`parse_duration`;

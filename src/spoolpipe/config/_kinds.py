@@ -45,7 +45,22 @@ class Kind:
 
 
 _INTEGER = re.compile(r"[+-]?[0-9]+", re.ASCII)
+_DIGITS = re.compile(r"[0-9]+", re.ASCII)
 _NUMBER = re.compile(r"[+-]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][+-]?[0-9]+)?", re.ASCII)
+
+
+def _integer(text: str, what: str, pattern: re.Pattern[str] = _INTEGER) -> int:
+    """``text`` as an int, or ``Invalid`` saying it is not ``what``: only ASCII digits, as int() also
+    takes "1_0" and digits of other scripts ('\u00b2'.isdigit() is true, int('\u00b2') fails), and
+    a number too long for int() (4300 digits, leading zeros aside) is out of range."""
+    if not pattern.fullmatch(text):
+        raise Invalid(f"{text!r} is not {what}")
+    digits = text.lstrip("+-").lstrip("0") or "0"
+    try:
+        number = int(digits)
+    except ValueError:
+        raise Invalid(f"{text!r} is out of range") from None
+    return -number if text.startswith("-") else number
 
 
 @dataclass(frozen=True)
@@ -58,9 +73,7 @@ class IntKind(Kind):
 
     def parse(self, raw: str, base: Path) -> int:
         text = raw.strip()
-        if not _INTEGER.fullmatch(text):  # int() also takes "1_0" and digits of other scripts
-            raise Invalid(f"{text!r} is not an integer")
-        number = int(text)
+        number = _integer(text, "an integer")
         if number < self.minimum:
             raise Invalid(f"{text!r} is out of range")
         return number
@@ -162,6 +175,17 @@ class ChoiceKind(Kind):
         raise Invalid(f"{text!r} is not a valid choice")
 
 
+def _check_file_name(text: str) -> None:
+    """``Invalid`` unless ``text`` can name a file: no NUL, and nothing the file system encoding cannot
+    write (a lone surrogate from a ``\\uD800`` escape), which open() refused only when the worker used it."""
+    if "\0" in text:
+        raise Invalid(f"{text!r} contains a NUL character")
+    try:
+        os.fsencode(text)
+    except UnicodeEncodeError as exc:
+        raise Invalid(f"{text!r} holds {text[exc.start]!r}, which no file name can hold") from None
+
+
 def _split_list(raw: str) -> list[str]:
     return [item.strip() for item in raw.split(",") if item.strip()]
 
@@ -197,8 +221,7 @@ class PathListKind(Kind):
     def parse(self, raw: str, base: Path) -> tuple[Path, ...]:
         items = _split_list(raw)
         for item in items:
-            if "\0" in item:
-                raise Invalid(f"{item!r} contains a NUL character")
+            _check_file_name(item)
         return tuple(Path(os.path.abspath(base / item)) for item in items)
 
 
@@ -269,8 +292,7 @@ class SuffixFileKind(Kind):
         if text == "":
             return None
         name = os.path.basename(text)
-        if "\0" in text:
-            raise Invalid(f"{text!r} contains a NUL character")
+        _check_file_name(text)
         if not name.endswith(self.suffix) or name.startswith("."):
             raise Invalid(f"{text!r} does not name a file ending in {self.suffix}")
         return Path(os.path.abspath(base / text))
@@ -288,11 +310,10 @@ class PortKind(Kind):
         text = raw.strip()
         if text == "":
             return 0
-        if not text.isascii() or not text.isdigit():
-            raise Invalid(f"{text!r} is not a port number")
-        if int(text) > 65535:
+        port = _integer(text, "a port number", _DIGITS)
+        if port > 65535:
             raise Invalid(f"{text!r} is out of range")
-        return int(text)
+        return port
 
 
 _HOST_NAME_RE = re.compile(
@@ -443,7 +464,7 @@ class ArgvKind(Kind):
     def parse(self, raw: str, base: Path) -> tuple[str, ...]:
         try:
             doc = json.loads(raw)
-        except ValueError:
+        except (ValueError, RecursionError):  # nested too deep for json to read: no argv
             raise Invalid(f"{raw.strip()!r} is not JSON") from None
         if not isinstance(doc, list) or not all(isinstance(item, str) for item in doc):
             raise Invalid("the value is not an array of strings")
@@ -465,9 +486,10 @@ class ExitCodesKind(Kind):
     def parse(self, raw: str, base: Path) -> tuple[int, ...]:
         codes = []
         for item in _split_list(raw):
-            if not item.isdigit() or int(item) > 255:
+            code = _integer(item, "an exit code", _DIGITS)
+            if code > 255:
                 raise Invalid(f"{item!r} is not an exit code")
-            codes.append(int(item))
+            codes.append(code)
         return tuple(dict.fromkeys(codes))
 
 
@@ -497,8 +519,9 @@ class DirectoryKind(Kind):
 
     def parse(self, raw: str, base: Path) -> Path:
         text = raw.strip()
-        if not text or "\0" in text:
+        if not text:
             raise Invalid(f"{text!r} is not a directory name")
+        _check_file_name(text)
         return Path(os.path.abspath(base / text))
 
 

@@ -105,9 +105,22 @@ def config_files(repo: Path, worker_id: str | None) -> tuple[Path, ...]:
     return tuple(files)
 
 
+class _NotText(Exception):
+    """Bytes no properties file holds; the arguments: the line they are on, and what to say."""
+
+
 def _decode(data: bytes) -> str:
+    """UTF-8, a leading byte-order mark ignored, else ISO-8859-1 as the ``.properties`` specification
+    prescribes; ``_NotText`` for UTF-16 or UTF-32 (a BOM, or NUL bytes), which either decoding turned
+    into junk keys: the worker ran with every key at its default."""
+    if data.startswith((b"\xff\xfe", b"\xfe\xff")):
+        raise _NotText(1, "the file is saved as UTF-16 (it starts with a UTF-16 byte-order mark)")
+    if b"\0" in data:
+        line = 1 + len(_EOL_RE.findall(data[: data.index(b"\0")].decode("iso-8859-1")))
+        raise _NotText(line, "a NUL byte: the file is not text (saved as UTF-16 or UTF-32?)")
+    data = data.removeprefix(b"\xef\xbb\xbf")  # before the fallback, which would keep it as 'ï»¿'
     try:
-        return data.decode("utf-8-sig")
+        return data.decode("utf-8")
     except UnicodeDecodeError:
         return data.decode("iso-8859-1")
 
@@ -149,7 +162,12 @@ def _read_entries(path: Path, errors: list[str]) -> list[_Entry] | None:
     entries: list[_Entry] = []
     line = 1
     try:
-        for element in reading.parse(_decode(data)):
+        text = _decode(data)
+    except _NotText as exc:
+        errors.append(f"{path}:{exc.args[0]}: {exc.args[1]}; save it as UTF-8 (file not read)")
+        return []
+    try:
+        for element in reading.parse(text):
             if isinstance(element, reading.KeyValue):
                 entries.append(_Entry(element.key, element.value, path, line))
             line += len(_EOL_RE.findall(element.source))
@@ -161,12 +179,19 @@ def _read_entries(path: Path, errors: list[str]) -> list[_Entry] | None:
     return entries
 
 
+#: Longest key a suggestion is sought for, well over a per-type prefix and a 128-character type: each
+#: candidate is compared with the whole key (a 12 KB junk line took 44 s and 490 MB).
+_SUGGEST_MAX_CHARS = 200
+
+
 def _suggest(key: str) -> str | None:
+    if len(key) > _SUGGEST_MAX_CHARS:
+        return None
     candidates = [k for k in _STATIC]
     parts = key.split(".")
-    # Every way the key may end in a type (types hold dots too): retry.maxattempts.mail.send may be
-    # retry.max-attempts. + mail.send, or + send.
-    tails = [".".join(parts[i:]) for i in range(1, len(parts)) if all(parts[i:])]
+    # The ways the key may end in a type (types hold dots too) after a misspelt prefix of up to three
+    # parts: retry.maxattempts.mail.send may be retry.max-attempts. + mail.send, or + send.
+    tails = [".".join(parts[i:]) for i in range(1, min(len(parts), 4)) if all(parts[i:])]
     candidates += [prefix + tail for prefix in (*_PER_TYPE_PREFIXES, _CUSTOM_PREFIX) for tail in tails]
     lowered = {c.lower(): c for c in candidates}
     matches = difflib.get_close_matches(key.lower(), list(lowered), n=1, cutoff=0.75)
@@ -260,7 +285,7 @@ def load(repo: Path, worker_id: str | None = None, *, cpu_count: int | None = No
         processors=cast(tuple[str, ...], values["processors"]),
         processors_path=cast(tuple[Path, ...], values["processors.path"]),
         pool_size=max(1, pool_size),
-        concurrency_default=cast(int, values["concurrency.default"]) or max(1, pool_size),
+        concurrency_default=cast(int, values["concurrency.default"]),
         concurrency=FrozenMap(cast(dict[str, int], per_type["concurrency."])),
         timeout_seconds=cast(float, values["timeout.seconds"]),
         timeouts=FrozenMap(cast(dict[str, float], per_type["timeout."])),
@@ -305,6 +330,7 @@ def load(repo: Path, worker_id: str | None = None, *, cpu_count: int | None = No
         retry_on=FrozenMap({t: cast(tuple[str, ...], n) for t, n in per_type["retry.on."].items() if n}),
         processor_options=FrozenMap({t: FrozenMap(keys) for t, keys in options.items()}),
         option_sources=FrozenMap(option_sources),
+        key_sources=FrozenMap({key: entry.where for key, entry in where.items()}),
     )
     return Loaded(settings=settings, warnings=tuple(warnings))
 

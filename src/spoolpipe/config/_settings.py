@@ -55,7 +55,8 @@ class Settings:
     processors_path: tuple[Path, ...]
     #: Already resolved: never 0.
     pool_size: int
-    #: Already resolved: never 0.
+    #: 0: ``pool_size``, resolved when asked (:meth:`concurrency_for`), so that a worker given settings
+    #: with the pool it runs (a reloaded pool.size waits for a restart) takes as many as it runs.
     concurrency_default: int
     #: Per-type limits from ``concurrency.<type>``; 0 means "never on this worker".
     concurrency: Mapping[str, int]
@@ -122,10 +123,13 @@ class Settings:
     processor_options: Mapping[str, Mapping[str, str]] = FrozenMap()
     #: ``processor.<type>.<key>`` -> ``file:line`` of the line that set it (for error messages).
     option_sources: Mapping[str, str] = FrozenMap()
+    #: Each key of :data:`OPTIONS` set in a file (``processors``...) -> ``file:line`` of the line that
+    #: set it (for error messages: only the properties reader knows where a line starts).
+    key_sources: Mapping[str, str] = FrozenMap()
 
     def concurrency_for(self, type_: str) -> int:
         """Maximum concurrent activities of ``type_`` here (0: never take it)."""
-        return self.concurrency.get(type_, self.concurrency_default)
+        return self.concurrency.get(type_, self.concurrency_default or self.pool_size)
 
     def timeout_for(self, type_: str) -> float:
         """Wall-clock limit in seconds for one activity of ``type_``."""
