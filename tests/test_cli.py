@@ -7,6 +7,7 @@ import json
 import os
 import re
 import shlex
+import shutil
 import subprocess
 import sys
 import time
@@ -314,6 +315,23 @@ def test_commands_on_a_non_repository_exit_2_and_say_to_run_init(tmp_path: Path)
         assert f"spoolpipe init {tmp_path}" in result.stderr, str(result)
         assert "Traceback" not in result.stderr
     assert os.listdir(tmp_path) == []
+
+
+@pytest.mark.parametrize("folder", ["ids", "inbox", "tmp"])
+def test_a_file_in_place_of_a_layout_folder_is_named_not_a_crash(repo: Path, folder: str) -> None:
+    """ids/ as a file: every command crashed in Repository.check (FileExistsError, exit 70)."""
+    shutil.rmtree(repo / folder)
+    (repo / folder).write_text("in the way\n")
+    results = run_all(
+        ("submit", str(repo), "t.x", "{}"),
+        ("status", str(repo), "--json"),
+        ("worker", str(repo), "--worker-id", "w1", "--until-idle"),
+    )
+    for result in results:
+        assert result.returncode == 2, str(result)
+        assert f"{repo / folder} is not a folder" in result.stderr, str(result)
+        assert "Traceback" not in result.stderr
+    assert (repo / folder).read_text() == "in the way\n"
 
 
 # -- status ----------------------------------------------------------------------------------------

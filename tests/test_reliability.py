@@ -796,6 +796,33 @@ def test_a_worker_whose_ids_folder_was_deleted_creates_it_again_and_goes_on(tmp_
     assert leftovers(repo) == {}
 
 
+def test_a_file_in_place_of_ids_is_said_once_not_per_activity_and_nothing_is_lost(tmp_path: Path) -> None:
+    """Each claim said "cannot reserve id ...: Not a directory", every 5 s: 10,000 waiting made
+    10,000 error lines every 5 s."""
+    repo = make_repository(tmp_path, "pool.size = 1\n")
+    proc = start_worker(repo, "w1")
+    log = tmp_path / "worker-w1.stderr"
+    try:
+        wait_for(lambda: "worker w1 started" in log.read_text(), 60, "the worker to start")
+        (repo / "ids").rmdir()
+        (repo / "ids").write_text("in the way\n")
+        names = [f"n{i}" for i in range(20)]
+        for name in names:
+            drop(repo, f"{name}.json", json.dumps({"type": "t.noop"}))
+        wait_for(lambda: "ids is not a folder" in log.read_text(), 60, "the worker to say why")
+        time.sleep(6)  # every activity claimed and requeued at least once more
+        (repo / "ids").unlink()
+        (repo / "ids").mkdir()
+        wait_for(lambda: sorted(ids_in(repo / "done")) == sorted(names), 60, "every activity done")
+    finally:
+        kill_group(proc, signal.SIGTERM)
+        proc.wait(60)
+    text = log.read_text()
+    assert text.count("ids is not a folder") == 1, text
+    assert "cannot reserve id" not in text, text
+    assert leftovers(repo) == {}
+
+
 @pytest.mark.parametrize("folder", ["done", "inbox"])
 def test_a_record_or_follow_up_whose_folder_is_gone_waits_for_it_and_is_never_lost(
     tmp_path: Path, folder: str

@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import logging
+import os
 import sys
 import threading
 import time
@@ -198,6 +199,10 @@ class _CommitDeadline:
                     self._error = exc
 
 
+#: How often a pool process says that ``ids/`` is not a folder while it is not.
+_IDS_SAID_EVERY = 60.0
+
+
 @dataclass
 class Attempts:
     """The activity path of one pool process."""
@@ -206,6 +211,7 @@ class Attempts:
     reports: list[Report] = field(default_factory=list)
     _pending: list[_Pending] = field(default_factory=list)
     _pending_since: float = 0.0
+    _ids_said_until: float = 0.0  # when to say again that ids/ is not a folder (monotonic)
 
     def __post_init__(self) -> None:
         root = Path(self.setup.repository)
@@ -315,7 +321,16 @@ class Attempts:
         try:
             reserved = self._reserve(claim, item)
         except OSError as exc:
-            self._report(logging.ERROR, f"cannot reserve id {activity.id}: {exc}; requeueing it")
+            if os.path.isdir(self.repo.ids):
+                self._report(logging.ERROR, f"cannot reserve id {activity.id}: {exc}; requeueing it")
+            elif time.monotonic() >= self._ids_said_until:  # one line for them all, not one per claim
+                self._ids_said_until = time.monotonic() + _IDS_SAID_EVERY
+                self._report(
+                    logging.ERROR,
+                    f"{self.repo.ids} is not a folder: no activity can run here until it is one again "
+                    "(move what is there out of the way); the activities claimed meanwhile go back to "
+                    f"the inbox (said once every {_IDS_SAID_EVERY:g}s)",
+                )
             self._requeue_unwritten(claim, exc, said=True)
             return None
         if reserved == "changed":

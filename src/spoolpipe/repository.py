@@ -230,6 +230,12 @@ class Repository:
 
     def check(self) -> None:
         missing = [d for d in (*STATE_DIRS, *SUPPORT_DIRS) if not (self.root / d).is_dir()]
+        in_the_way = [d for d in missing if os.path.lexists(self.root / d)]
+        if in_the_way:  # init would not replace it either
+            raise NotARepository(
+                f"{self.root / in_the_way[0]} is not a folder: move it out of the way, then run: "
+                f"spoolpipe init {self.root}"
+            )
         if missing == ["ids"]:  # added in 0.2: a repository made before lacks only this
             self.ids.mkdir(exist_ok=True)
             missing = []
