@@ -13,7 +13,9 @@ import io
 import json
 import os
 import shutil
+import signal
 import socket
+import subprocess
 import sys
 import tarfile
 import tempfile
@@ -375,6 +377,30 @@ def test_a_command_dies_with_a_worker_killed_by_kill_9(tmp_path: Path) -> None:
     finally:
         kill_group(proc)
     wait_for(lambda: not _alive(pid), 30, "the command to die with its pool process")
+
+
+@pytest.mark.parametrize("how", ["SIGTERM", "stop --now"])
+def test_a_command_released_at_shutdown_is_killed_with_its_children(tmp_path: Path, how: str) -> None:
+    """The grace period over, the pool process is killed: the command's whole session goes with it,
+    or it would run on while the activity, back in the inbox, runs again elsewhere."""
+    pids = tmp_path / "pids"
+    script = f'sleep 300 & echo $! >> "{pids}"; echo $$ >> "{pids}"; sleep 301; echo finished'
+    repo = command_repo(tmp_path, {"hang": ["/bin/sh", "-c", script]}, "shutdown.grace-seconds = 1\n")
+    activity = submit(repo, "command", {"command": "hang"})
+    proc = start_worker(repo, "w1")
+    try:
+        wait_for(lambda: pids.exists() and len(pids.read_text().split()) == 2, 60, "the command to start")
+        if how == "SIGTERM":
+            proc.send_signal(signal.SIGTERM)
+        else:
+            stop = [PY, "-m", "spoolpipe", "stop", str(repo), "w1", "--now"]
+            assert subprocess.run(stop, capture_output=True, timeout=60).returncode == 0
+        assert proc.wait(60) == 0
+    finally:
+        kill_group(proc)
+    assert os.listdir(repo / "inbox") == [f"{activity}~1.json"]
+    started = [int(line) for line in pids.read_text().split()]
+    wait_for(lambda: not any(_alive(pid) for pid in started), 30, "the command and its children to be gone")
 
 
 def test_a_command_gets_the_default_signal_handling_back(tmp_path: Path) -> None:
