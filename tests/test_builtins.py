@@ -146,6 +146,15 @@ def test_an_unusable_argv_is_a_configuration_error_at_its_line(
         # it passed, then every request failed with a UnicodeEncodeError, retried
         ({"http.x.headers": '{"X-Price": "5 \\u20ac"}'}, "header 'X-Price': '\u20ac' cannot be sent"),
         ({"http.x.timeout": "0"}, "'0' is out of range"),
+        # each passed, then every request failed (UnicodeEncodeError, ValueError, refused), retried
+        (
+            {"http.x.url": "http://127.0.0.1:18777/caf\u00e9"},
+            "'\u00e9' cannot be sent: percent-encode it (%C3%A9)",
+        ),
+        ({"http.x.url": "http://[::1/x"}, "Invalid IPv6 URL"),
+        ({"http.x.url": "http://127.0.0.1:99999/"}, "the port is not a number from 1 to 65535"),
+        ({"http.x.url": "http://127.0.0.1:0/"}, "the port is not a number from 1 to 65535"),
+        ({"http.x.url": "http://127.0.0.1:x/"}, "the port is not a number from 1 to 65535"),
     ],
 )
 def test_bad_definitions_are_configuration_errors(
@@ -1044,3 +1053,73 @@ def test_a_missing_root_fails_only_the_activities_that_name_it(tmp_path: Path, t
     run_until_idle(repo)
     assert (tree / "in" / "a-copy.txt").read_text() == "alpha" and copied in done(repo)
     assert f"data.target: file root {missing} does not exist" in reason(repo, refused)
+
+
+class Trickle:
+    """A raw HTTP server whose one answer is ``head`` at once, then ``tail`` a byte every 0.3 s."""
+
+    def __init__(self, head: bytes, tail: bytes) -> None:
+        self.requests = 0
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        self.head, self.tail = head, tail
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                conn, _ = self.listener.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._answer, args=(conn,), daemon=True).start()
+
+    def _answer(self, conn: socket.socket) -> None:
+        with conn, contextlib.suppress(OSError):
+            conn.recv(65536)
+            self.requests += 1
+            conn.sendall(self.head)
+            for byte in self.tail:
+                time.sleep(0.3)
+                conn.sendall(bytes([byte]))
+
+
+@pytest.mark.parametrize(
+    ("head", "tail", "outcome"),
+    [
+        (b"HTTP/1.1 200 OK\r\nContent-Length: 40\r\n\r\nstart", b"x" * 35, "done"),
+        (b"HTTP/1.1 200 OK\r\n", b"X-Slow: " + b"y" * 40 + b"\r\n\r\n", "failed"),
+    ],
+)
+def test_the_endpoint_timeout_bounds_the_whole_request(
+    tmp_path: Path, head: bytes, tail: bytes, outcome: str
+) -> None:
+    """A server that answers a byte at a time within each read's timeout: the answer's status known
+    (2xx), the request is done with what came; before it, the attempt ends at the timeout, retried."""
+    slow = Trickle(head, tail)
+    repo = http_repo(
+        tmp_path,
+        {"slow": f"http://127.0.0.1:{slow.port}/"},
+        "http.slow.timeout = 1s\ntimeout.http.request = 30\nretry.max-attempts = 1\n",
+    )
+    activity = submit(repo, "http.request", {"endpoint": "slow"})
+    run_until_idle(repo)
+    slow.listener.close()
+    assert slow.requests == 1
+    if outcome == "done":
+        result = done(repo)[activity]["result"]
+        assert (result["status"], result["body_complete"]) == (200, False)
+        assert result["body"].startswith("start")
+    else:
+        expected = f"POST http://127.0.0.1:{slow.port}/: no answer within 1s (http.slow.timeout)"
+        assert expected in reason(repo, activity)
+
+
+def test_a_2xx_whose_body_cannot_be_read_in_full_is_done_not_sent_again(tmp_path: Path) -> None:
+    broken = Trickle(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\nzz\r\n", b"")
+    repo = http_repo(tmp_path, {"hook": f"http://127.0.0.1:{broken.port}/"})
+    activity = submit(repo, "http.request", {"endpoint": "hook"})
+    run_until_idle(repo)
+    broken.listener.close()
+    assert broken.requests == 1
+    result = done(repo)[activity]["result"]
+    assert (result["status"], result["body"], result["body_complete"]) == (200, "hello", False)
