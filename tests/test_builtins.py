@@ -8,12 +8,15 @@ tries: shell syntax in data values, paths out of the roots, unconfigured names.
 
 from __future__ import annotations
 
+import contextlib
 import http.server
 import io
 import json
 import os
 import shutil
+import signal
 import socket
+import subprocess
 import sys
 import tarfile
 import tempfile
@@ -143,6 +146,15 @@ def test_an_unusable_argv_is_a_configuration_error_at_its_line(
         # it passed, then every request failed with a UnicodeEncodeError, retried
         ({"http.x.headers": '{"X-Price": "5 \\u20ac"}'}, "header 'X-Price': '\u20ac' cannot be sent"),
         ({"http.x.timeout": "0"}, "'0' is out of range"),
+        # each passed, then every request failed (UnicodeEncodeError, ValueError, refused), retried
+        (
+            {"http.x.url": "http://127.0.0.1:18777/caf\u00e9"},
+            "'\u00e9' cannot be sent: percent-encode it (%C3%A9)",
+        ),
+        ({"http.x.url": "http://[::1/x"}, "Invalid IPv6 URL"),
+        ({"http.x.url": "http://127.0.0.1:99999/"}, "the port is not a number from 1 to 65535"),
+        ({"http.x.url": "http://127.0.0.1:0/"}, "the port is not a number from 1 to 65535"),
+        ({"http.x.url": "http://127.0.0.1:x/"}, "the port is not a number from 1 to 65535"),
     ],
 )
 def test_bad_definitions_are_configuration_errors(
@@ -375,6 +387,30 @@ def test_a_command_dies_with_a_worker_killed_by_kill_9(tmp_path: Path) -> None:
     finally:
         kill_group(proc)
     wait_for(lambda: not _alive(pid), 30, "the command to die with its pool process")
+
+
+@pytest.mark.parametrize("how", ["SIGTERM", "stop --now"])
+def test_a_command_released_at_shutdown_is_killed_with_its_children(tmp_path: Path, how: str) -> None:
+    """The grace period over, the pool process is killed: the command's whole session goes with it,
+    or it would run on while the activity, back in the inbox, runs again elsewhere."""
+    pids = tmp_path / "pids"
+    script = f'sleep 300 & echo $! >> "{pids}"; echo $$ >> "{pids}"; sleep 301; echo finished'
+    repo = command_repo(tmp_path, {"hang": ["/bin/sh", "-c", script]}, "shutdown.grace-seconds = 1\n")
+    activity = submit(repo, "command", {"command": "hang"})
+    proc = start_worker(repo, "w1")
+    try:
+        wait_for(lambda: pids.exists() and len(pids.read_text().split()) == 2, 60, "the command to start")
+        if how == "SIGTERM":
+            proc.send_signal(signal.SIGTERM)
+        else:
+            stop = [PY, "-m", "spoolpipe", "stop", str(repo), "w1", "--now"]
+            assert subprocess.run(stop, capture_output=True, timeout=60).returncode == 0
+        assert proc.wait(60) == 0
+    finally:
+        kill_group(proc)
+    assert os.listdir(repo / "inbox") == [f"{activity}~1.json"]
+    started = [int(line) for line in pids.read_text().split()]
+    wait_for(lambda: not any(_alive(pid) for pid in started), 30, "the command and its children to be gone")
 
 
 def test_a_command_gets_the_default_signal_handling_back(tmp_path: Path) -> None:
@@ -883,3 +919,209 @@ def test_a_get_sends_no_body_and_says_no_content_type(tmp_path: Path, server: Se
     [sent] = server.requests
     assert (sent["method"], sent["body"]) == ("GET", b"")
     assert "Content-Type" not in sent["headers"]
+
+
+def _open_by(pid: int, path: Path) -> bool:
+    """Whether ``pid`` or one of its children holds ``path`` open."""
+    children = Path(f"/proc/{pid}/task/{pid}/children")
+    pids = [pid, *map(int, children.read_text().split())] if children.exists() else [pid]
+    for each in pids:
+        with contextlib.suppress(OSError):
+            for fd in os.scandir(f"/proc/{each}/fd"):
+                with contextlib.suppress(OSError):
+                    if os.readlink(fd.path) == str(path):
+                        return True
+    return False
+
+
+def test_a_folder_swapped_for_a_link_during_a_copy_never_lets_it_write_outside(
+    tmp_path: Path, tree: Path
+) -> None:
+    """The target folder is confined, then (while the copy compares the existing target with the
+    source) replaced by a link to outside: the copy still lands in the folder that was checked."""
+    size = 64 << 20
+    with open(tree / "in" / "big.bin", "wb") as source:
+        source.truncate(size)
+    (tree / "out").mkdir()
+    with open(tree / "out" / "big.bin", "wb") as existing:  # as large: compared to its last byte
+        existing.seek(size - 1)
+        existing.write(b"x")
+    outside = tmp_path / "outside"
+    repo = files_repo(tmp_path, tree, "retry.max-attempts = 1\n")
+    for n in range(2):
+        (tree / "out" / f"sub{n}").mkdir()
+        shutil.copyfile(tree / "out" / "big.bin", tree / "out" / f"sub{n}" / "big.bin")
+        submit(repo, "files.copy", {"source": "in/big.bin", "target": f"out/sub{n}/big.bin"})
+    proc = start_worker(repo, "w1", "--until-idle")
+    try:
+        for n in range(2):
+            target = tree / "out" / f"sub{n}" / "big.bin"
+            deadline = time.monotonic() + 60
+            while not _open_by(proc.pid, target):  # no pause: the comparison lasts milliseconds
+                assert time.monotonic() < deadline, "the copy never compared the existing target"
+            (tree / "out" / f"sub{n}").rename(tree / "out" / f"moved{n}")
+            (tree / "out" / f"sub{n}").symlink_to(outside, target_is_directory=True)
+        assert proc.wait(120) == 0
+    finally:
+        kill_group(proc)
+    assert sorted(os.listdir(outside)) == ["secret.txt"]
+    for n in range(2):
+        assert [name for name in os.listdir(tree / "out" / f"moved{n}") if name.startswith(".")] == []
+
+
+def test_a_copy_or_archive_removes_what_its_killed_attempts_left(tmp_path: Path, tree: Path) -> None:
+    """An attempt killed mid-copy (its timeout, a crash) leaves its temporary file: the next removes it."""
+    (tree / "out").mkdir()
+    copy_id, archive_id, other_id = (f"ACT{n}" for n in range(3))
+    left = [tree / "out" / f".a.txt.{copy_id}.tmp", tree / "out" / f".old.zip.{archive_id}.tmp"]
+    for path in left:
+        path.write_bytes(b"half a file")
+    others = tree / "out" / f".a.txt.{other_id}.tmp"  # another activity's: not this one's to remove
+    others.write_bytes(b"in progress")
+    repo = files_repo(tmp_path, tree)
+    submit(repo, "files.copy", {"source": "in/a.txt", "target": "out/a.txt"}, id=copy_id)
+    old = time.time() - 3600
+    os.utime(tree / "in" / "b.txt", (old, old))
+    submit(
+        repo, "files.archive", {"folder": "in", "older_than": "1m", "archive": "out/old.zip"}, id=archive_id
+    )
+    run_until_idle(repo)
+    assert set(done(repo)) == {copy_id, archive_id}
+    assert sorted(os.listdir(tree / "out")) == sorted(["a.txt", "old.zip", others.name])
+    assert "removed" in attempt_log(repo, copy_id) and left[0].name in attempt_log(repo, copy_id)
+
+
+def test_a_move_across_file_systems_interrupted_after_its_copy_is_done_on_retry(
+    tmp_path: Path, tree: Path, other_file_system: Path
+) -> None:
+    """What a move killed (or refused the source's removal) between its copy and the removal left."""
+    (other_file_system / "a.txt").write_text("alpha")  # the copy was made; in/a.txt is still there
+    repo = files_repo(tmp_path, tree, f"files.roots = {tree}, {other_file_system}\n")
+    moved = submit(repo, "files.move", {"source": "in/a.txt", "target": str(other_file_system / "a.txt")})
+    run_until_idle(repo)
+    assert done(repo)[moved]["result"]["moved"] is True
+    assert not (tree / "in" / "a.txt").exists() and (other_file_system / "a.txt").read_text() == "alpha"
+
+
+def test_a_move_onto_another_name_of_the_same_file_removes_the_source_name(
+    tmp_path: Path, tree: Path
+) -> None:
+    os.link(tree / "in" / "a.txt", tree / "in" / "hard.txt")
+    os.link(tree / "in" / "b.txt", tree / "in" / "hard-b.txt")
+    repo = files_repo(tmp_path, tree)
+    replaced = submit(repo, "files.move", {"source": "in/a.txt", "target": "in/hard.txt", "replace": True})
+    kept = submit(repo, "files.move", {"source": "in/b.txt", "target": "in/hard-b.txt"})
+    run_until_idle(repo)
+    assert done(repo)[replaced]["result"]["moved"] is True and done(repo)[kept]["result"]["moved"] is True
+    assert not (tree / "in" / "a.txt").exists() and (tree / "in" / "hard.txt").read_text() == "alpha"
+    assert not (tree / "in" / "b.txt").exists() and (tree / "in" / "hard-b.txt").read_text() == "beta"
+
+
+def test_archive_lists_at_most_1000_kept_names_and_counts_them_all(tmp_path: Path, tree: Path) -> None:
+    old = time.time() - 3600
+    for n in range(1100):
+        path = os.path.join(os.fsencode(tree / "in"), b"odd-\xff-%d" % n)
+        with open(path, "wb"):
+            pass
+        os.utime(path, (old, old))
+    os.utime(tree / "in" / "a.txt", (old, old))
+    repo = files_repo(tmp_path, tree)
+    activity = submit(repo, "files.archive", {"folder": "in", "older_than": "1m", "archive": "a.zip"})
+    run_until_idle(repo)
+    result = done(repo)[activity]["result"]
+    assert (result["files"], result["names"], result["kept_files"]) == (1, ["a.txt"], 1100)
+    assert len(result["kept"]) == 1000 and result["kept"][0] == "odd-\\xff-0"
+
+
+def test_a_write_error_names_the_file(tmp_path: Path, tree: Path) -> None:
+    """A full disk (here: a file-size limit, EFBIG) fails the copy with a reason naming its target."""
+    (tree / "in" / "big.bin").write_bytes(b"x" * (3 << 20))
+    repo = files_repo(tmp_path, tree, "retry.max-attempts = 1\n")
+    activity = submit(repo, "files.copy", {"source": "in/big.bin", "target": "out/big.bin"})
+    limit = f"import resource; resource.setrlimit(resource.RLIMIT_FSIZE, ({2 << 20}, {2 << 20}))"
+    run = "import runpy; runpy.run_module('spoolpipe', run_name='__main__', alter_sys=True)"
+    argv = [PY, "-c", f"{limit}; {run}", "worker", str(repo), "--worker-id", "w1", "--until-idle"]
+    proc = subprocess.run(argv, timeout=120)
+    assert proc.returncode == 0
+    assert f"File too large: '{tree / 'out' / 'big.bin'}'" in reason(repo, activity)
+    assert os.listdir(tree / "out") == []
+
+
+def test_a_missing_root_fails_only_the_activities_that_name_it(tmp_path: Path, tree: Path) -> None:
+    missing = tmp_path / "unmounted"
+    repo = files_repo(tmp_path, tree, f"files.roots = {tree}, {missing}\n")
+    copied = submit(repo, "files.copy", {"source": "in/a.txt", "target": "in/a-copy.txt"})
+    refused = submit(repo, "files.copy", {"source": "in/a.txt", "target": str(missing / "a.txt")})
+    run_until_idle(repo)
+    assert (tree / "in" / "a-copy.txt").read_text() == "alpha" and copied in done(repo)
+    assert f"data.target: file root {missing} does not exist" in reason(repo, refused)
+
+
+class Trickle:
+    """A raw HTTP server whose one answer is ``head`` at once, then ``tail`` a byte every 0.3 s."""
+
+    def __init__(self, head: bytes, tail: bytes) -> None:
+        self.requests = 0
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        self.head, self.tail = head, tail
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                conn, _ = self.listener.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._answer, args=(conn,), daemon=True).start()
+
+    def _answer(self, conn: socket.socket) -> None:
+        with conn, contextlib.suppress(OSError):
+            conn.recv(65536)
+            self.requests += 1
+            conn.sendall(self.head)
+            for byte in self.tail:
+                time.sleep(0.3)
+                conn.sendall(bytes([byte]))
+
+
+@pytest.mark.parametrize(
+    ("head", "tail", "outcome"),
+    [
+        (b"HTTP/1.1 200 OK\r\nContent-Length: 40\r\n\r\nstart", b"x" * 35, "done"),
+        (b"HTTP/1.1 200 OK\r\n", b"X-Slow: " + b"y" * 40 + b"\r\n\r\n", "failed"),
+    ],
+)
+def test_the_endpoint_timeout_bounds_the_whole_request(
+    tmp_path: Path, head: bytes, tail: bytes, outcome: str
+) -> None:
+    """A server that answers a byte at a time within each read's timeout: the answer's status known
+    (2xx), the request is done with what came; before it, the attempt ends at the timeout, retried."""
+    slow = Trickle(head, tail)
+    repo = http_repo(
+        tmp_path,
+        {"slow": f"http://127.0.0.1:{slow.port}/"},
+        "http.slow.timeout = 1s\ntimeout.http.request = 30\nretry.max-attempts = 1\n",
+    )
+    activity = submit(repo, "http.request", {"endpoint": "slow"})
+    run_until_idle(repo)
+    slow.listener.close()
+    assert slow.requests == 1
+    if outcome == "done":
+        result = done(repo)[activity]["result"]
+        assert (result["status"], result["body_complete"]) == (200, False)
+        assert result["body"].startswith("start")
+    else:
+        expected = f"POST http://127.0.0.1:{slow.port}/: no answer within 1s (http.slow.timeout)"
+        assert expected in reason(repo, activity)
+
+
+def test_a_2xx_whose_body_cannot_be_read_in_full_is_done_not_sent_again(tmp_path: Path) -> None:
+    broken = Trickle(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\nzz\r\n", b"")
+    repo = http_repo(tmp_path, {"hook": f"http://127.0.0.1:{broken.port}/"})
+    activity = submit(repo, "http.request", {"endpoint": "hook"})
+    run_until_idle(repo)
+    broken.listener.close()
+    assert broken.requests == 1
+    result = done(repo)[activity]["result"]
+    assert (result["status"], result["body"], result["body_complete"]) == (200, "hello", False)

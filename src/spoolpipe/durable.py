@@ -39,11 +39,13 @@ _REFUSED = frozenset({errno.EINVAL, errno.ENOSYS, errno.ENOTSUP, errno.EOPNOTSUP
 StrPath = str | os.PathLike[str]
 
 
-def _rename_noreplace(source: StrPath, target: StrPath) -> bool:
+def _rename_noreplace(
+    source: StrPath, target: StrPath, source_dir: int = _AT_FDCWD, target_dir: int = _AT_FDCWD
+) -> bool:
     """``renameat2(RENAME_NOREPLACE)``; False when this file system does not offer it."""
     if _renameat2 is None:
         return False
-    if _renameat2(_AT_FDCWD, os.fsencode(source), _AT_FDCWD, os.fsencode(target), _RENAME_NOREPLACE) == 0:
+    if _renameat2(source_dir, os.fsencode(source), target_dir, os.fsencode(target), _RENAME_NOREPLACE) == 0:
         return True
     code = ctypes.get_errno()
     if code in _REFUSED:
@@ -75,39 +77,46 @@ def take(source: StrPath, target: StrPath) -> bool:
     return True
 
 
-def move_noreplace(source: StrPath, target: StrPath) -> None:
+def move_noreplace(
+    source: StrPath, target: StrPath, *, source_dir: int | None = None, target_dir: int | None = None
+) -> None:
     """Move a file only this process renames to ``target``, never replacing it (``FileExistsError``).
 
     ``RENAME_NOREPLACE`` where the file system has it, else ``link`` + ``unlink``,
     which refuses an existing target on every POSIX file system, NFS and GlusterFS
     included (a directory, which cannot be linked, is renamed after looking: its
     name is this process's own). Idempotent: a move interrupted between link and
-    unlink is completed.
+    unlink is completed. ``source_dir`` and ``target_dir``: folder descriptors the
+    names are relative to (``renameat``).
     """
+    at = {"src_dir_fd": source_dir, "dst_dir_fd": target_dir}
     try:
-        if _rename_noreplace(source, target):
+        if _rename_noreplace(source, target, *(_AT_FDCWD if d is None else d for d in at.values())):
             return
-        if stat.S_ISDIR(os.lstat(source).st_mode):  # directories cannot be linked: look, then rename
-            if os.path.lexists(target):
+        if stat.S_ISDIR(os.lstat(source, dir_fd=source_dir).st_mode):  # cannot be linked: look, then rename
+            with contextlib.suppress(FileNotFoundError):
+                os.lstat(target, dir_fd=target_dir)
                 raise FileExistsError(errno.EEXIST, "File exists", os.fspath(target))
-            os.rename(source, target)
+            os.rename(source, target, **at)
             return
-        os.link(source, target, follow_symlinks=False)
+        os.link(source, target, **at, follow_symlinks=False)
     except FileExistsError:  # a move interrupted after its link, by this or a client without renameat2
-        if not os.path.samestat(os.lstat(source), os.lstat(target)):
+        if not os.path.samestat(os.lstat(source, dir_fd=source_dir), os.lstat(target, dir_fd=target_dir)):
             raise
     with contextlib.suppress(FileNotFoundError):
-        os.unlink(source)
+        os.unlink(source, dir_fd=source_dir)
 
 
-def fsync_directory(path: StrPath) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+def fsync_directory(path: StrPath | int) -> None:
+    """Flush a folder, named or open (a descriptor, left open)."""
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY) if not isinstance(path, int) else path
     try:
         os.fsync(fd)
     except OSError:
         pass  # some network file systems refuse fsync on a directory; their renames are synchronous
     finally:
-        os.close(fd)
+        if fd is not path:
+            os.close(fd)
 
 
 class Durability:
@@ -325,11 +334,13 @@ def _umask() -> int:
 _TEMP_NAME_BYTES = 200
 
 
-def temp_beside(target: Path) -> Path:
-    """A fresh hidden name beside ``target``, ``.NAME.RANDOM.tmp``, for a file to be renamed onto it:
-    ``NAME`` is cut so that a target name as long as a file system allows still has one."""
-    short = os.fsdecode(os.fsencode(target.name)[:_TEMP_NAME_BYTES])
-    return target.with_name(f".{short}.{os.urandom(6).hex()}.tmp")
+def temp_beside(target: Path, tag: str | None = None) -> Path:
+    """A fresh hidden name beside ``target``, ``.NAME.RANDOM.tmp``, for a file to be renamed onto it;
+    with ``tag`` (ASCII, at most 128 characters) ``.NAME.TAG.tmp``, the same each time. ``NAME`` is
+    cut so that a target name as long as a file system allows still has one."""
+    middle = os.urandom(6).hex() if tag is None else tag
+    short = os.fsdecode(os.fsencode(target.name)[: _TEMP_NAME_BYTES - max(0, len(middle) - 12)])
+    return target.with_name(f".{short}.{middle}.tmp")
 
 
 def write_atomic(path: str | os.PathLike[str], data: bytes | str) -> None:

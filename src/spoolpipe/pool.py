@@ -115,6 +115,21 @@ def processor_files(modules: Sequence[str]) -> dict[str, tuple[str, int | None]]
     return files
 
 
+#: Index in a slot's ``progress`` of the process group of the command its process runs (0: none).
+#: ``builtins.command`` publishes it: that group is a session of its own, which would outlive a
+#: killed pool process, so :meth:`Pool.kill` kills it too.
+COMMAND_GROUP = 4
+#: In a pool process: its ``progress`` (None in the daemon).
+own_progress: Any = None
+
+
+def _kill_command_group(progress: Any) -> None:
+    group = int(progress[COMMAND_GROUP])
+    if group > 0:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(group, signal.SIGKILL)
+
+
 def _die_with_parent() -> None:
     prctl = _libc.function("prctl", [ctypes.c_int, ctypes.c_ulong])
     if prctl is not None:
@@ -171,7 +186,9 @@ def _close_inherited(keep: int) -> None:
 
 
 def _child_main(conn: Connection, setup: Setup, progress: Any, forked: bool) -> None:
+    global own_progress
     _die_with_parent()
+    own_progress = progress
     if forked:  # start as a spawned process would: no daemon log handlers, its own random state
         _close_inherited(conn.fileno())
         spoolpipe_log = logging.getLogger("spoolpipe")
@@ -241,7 +258,8 @@ class Slot:
     process: BaseProcess
     conn: Connection
     #: Shared with the process: [index of the running item or -1, monotonic time it started,
-    #: 1 = stop, monotonic time until which it may claim (the worker holds its lock until then)].
+    #: 1 = stop, monotonic time until which it may claim (the worker holds its lock until then),
+    #: process group of the command it runs or 0 (COMMAND_GROUP)].
     progress: Any
     ready: bool = False
     batch: tuple[Item, ...] = ()
@@ -283,7 +301,7 @@ class Pool:
     def _spawn(self, index: int) -> Slot:
         forked = threading.active_count() == 1 and sys.platform.startswith("linux")
         mp: Any = multiprocessing.get_context("fork" if forked else "spawn")
-        progress = multiprocessing.sharedctypes.RawArray(ctypes.c_double, 4)
+        progress = multiprocessing.sharedctypes.RawArray(ctypes.c_double, 5)
         progress[0], progress[3] = -1, self._claims_until
         parent, child = mp.Pipe()
         process = mp.Process(
@@ -353,8 +371,18 @@ class Pool:
         self.slots[slot.index] = self._spawn(slot.index)
 
     def kill(self, slot: Slot) -> None:
-        """Kill a pool process without replacing it (stopping: :meth:`close` reaps it)."""
-        if slot.process.is_alive():
+        """Kill a pool process without replacing it (stopping: :meth:`close` reaps it), and the command
+        it runs with everything that command started.
+
+        Stopped first: a stopped process cannot reap its command, whose process group id thus
+        stays reserved (never another's) while it is killed.
+        """
+        alive = slot.process.is_alive()
+        if alive:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(slot.process.pid or 0, signal.SIGSTOP)
+        _kill_command_group(slot.progress)
+        if alive:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(slot.process.pid or 0, signal.SIGKILL)
         _reaped(slot.process, 5)

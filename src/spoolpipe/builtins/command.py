@@ -5,8 +5,11 @@ its working directory, environment, timeout and the meaning of its exit codes
 come from the properties only. Arguments are passed to ``execve`` as a list,
 never through a shell. The command runs in a session of its own, so a timeout
 kills it with everything it started; so does its exit, for anything it left
-running in its process group. The program itself is also killed when the pool
-process running it dies; what it started in the background then survives.
+running in its process group, and so does the daemon killing the pool process
+running it (its own timeout, a stop whose grace period is over): the pool
+process publishes the group for that. The program itself is also killed when
+the pool process dies otherwise (the whole worker killed by ``kill -9``); what
+it started in the background then survives.
 """
 
 from __future__ import annotations
@@ -22,8 +25,9 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
-from .. import _libc
+from .. import _libc, pool
 from ..activity import Activity
 from ..processor import Context, Fatal, processor
 from . import specs
@@ -65,27 +69,40 @@ def _exited(pid: int) -> bool:
     return info is not None and info.si_pid == pid
 
 
-def _child_setup() -> Callable[[], None] | None:
-    """What the child runs before ``exec``: the signals a program expects, and death with this process.
+def _child_setup(published: Any) -> Callable[[], None]:
+    """What the child runs before ``exec``: its process group published, the signals a program
+    expects, and death with this process.
 
-    A pool process ignores SIGINT, SIGTERM and SIGHUP (its daemon stops it), and an
-    ignored signal stays ignored across ``exec``: the program gets them back. It also
-    asks for SIGKILL when the pool process dies (killed at the activity's timeout, or
-    with a worker killed by ``kill -9``), which it would outlive in its own session
+    The group goes into the pool process's ``progress`` (shared memory) before the
+    program runs, so that the daemon killing the pool process kills all the program
+    starts (``pool.Pool.kill``). A pool process ignores SIGINT, SIGTERM and SIGHUP
+    (its daemon stops it), and an ignored signal stays ignored across ``exec``: the
+    program gets them back. It also asks for SIGKILL when the pool process dies
+    (with a worker killed by ``kill -9``), which it would outlive in its own session
     otherwise. Resolved before the fork, so the child only makes system calls.
     """
     prctl = _libc.function("prctl", [ctypes.c_int, ctypes.c_ulong])
     set_handler = _libc.function("signal", [ctypes.c_int, ctypes.c_void_p], ctypes.c_void_p)
-    if prctl is None or set_handler is None:
-        return None
     default = ctypes.c_void_p(0)  # SIG_DFL
+    parent = os.getpid()
 
     def setup() -> None:
-        for number in _RESTORED:
-            set_handler(number, default)
-        prctl(_libc.PR_SET_PDEATHSIG, signal.SIGKILL)
+        if published is not None:
+            published[pool.COMMAND_GROUP] = os.getpid()  # its own session: the group's id
+        if set_handler is not None:
+            for number in _RESTORED:
+                set_handler(number, default)
+        if prctl is not None:
+            prctl(_libc.PR_SET_PDEATHSIG, signal.SIGKILL)
+            if os.getppid() != parent:  # the pool process died before it could ask
+                os._exit(1)
 
     return setup
+
+
+def _unpublish(published: Any) -> None:
+    if published is not None:
+        published[pool.COMMAND_GROUP] = 0
 
 
 def run(argv: list[str], cwd: Path, env: dict[str, str], limit: float) -> Ran:
@@ -95,16 +112,21 @@ def run(argv: list[str], cwd: Path, env: dict[str, str], limit: float) -> Ran:
     """
     started = time.monotonic()
     deadline = started + limit
-    proc = subprocess.Popen(
-        argv,
-        cwd=cwd,
-        env=env,
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-        preexec_fn=_child_setup(),  # system calls only, between fork and exec: takes no lock
-    )
+    published = pool.own_progress
+    try:
+        proc = subprocess.Popen(
+            argv,
+            cwd=cwd,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            preexec_fn=_child_setup(published),  # system calls only, between fork and exec: takes no lock
+        )
+    except BaseException:
+        _unpublish(published)
+        raise
     assert proc.stdout is not None
     tail = bytearray()
     total = 0
@@ -137,6 +159,7 @@ def run(argv: list[str], cwd: Path, env: dict[str, str], limit: float) -> Ran:
     finally:
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(proc.pid, signal.SIGKILL)
+        _unpublish(published)  # before the reap frees the group's id for another
         proc.wait()
         proc.stdout.close()
     return Ran(proc.returncode, time.monotonic() - started, bytes(tail), total, timed_out)

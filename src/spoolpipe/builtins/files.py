@@ -2,11 +2,15 @@
 
 Every path in the data goes through ``spoolpipe.confine`` (the rules of
 ``images.roots``: relative paths start at the first root, ``..`` is refused,
-symbolic links are resolved before the check). New files are written under a
-temporary name beside the target, flushed, then renamed into place without
-replacing anything (unless the data says ``"replace": true``); directories
-are flushed after each change. ``zipfile`` and ``tarfile`` are imported only
-by ``files.archive``.
+symbolic links are resolved before the check). Each folder is then opened
+from its root down, one name at a time, without following links, and every
+file is created, read, renamed and removed through that descriptor: a folder
+swapped for a link after the check cannot lead a write outside the roots. New
+files are written under a temporary name beside the target (the activity's id
+in it, so that a later attempt removes what a killed one left), flushed, then
+renamed into place without replacing anything (unless the data says
+``"replace": true``); directories are flushed after each change. ``zipfile``
+and ``tarfile`` are imported only by ``files.archive``.
 """
 
 from __future__ import annotations
@@ -15,9 +19,11 @@ import contextlib
 import errno
 import os
 import shutil
+import stat
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from logging import Logger
 from pathlib import Path
 from typing import IO, Literal
 
@@ -29,8 +35,11 @@ from ..processor import Context, Fatal, processor
 
 MOVE, COPY, DELETE, ARCHIVE = "files.move", "files.copy", "files.delete", "files.archive"
 _LABEL = "file roots"
-#: Names of archived files listed in the result of ``files.archive``: at most this many.
+#: Names of archived files (and of kept ones) listed in the result of ``files.archive``: at most this many.
 LISTED_NAMES = 1000
+_FOLDER_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+#: Opening a file to read: never through a link, never blocking on a FIFO swapped in.
+_READ_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
 
 ArchiveFormat = Literal["zip", "tar.gz"]
 _ZIP_EPOCH = 315576000.0  # 1980-01-01 12:00 UTC: within the 1980 a zip can hold, read in any time zone
@@ -38,20 +47,33 @@ _SUFFIXES: dict[str, ArchiveFormat] = {".zip": "zip", ".tar.gz": "tar.gz", ".tgz
 
 
 def _roots(settings: Settings) -> tuple[Path, ...]:
-    """``files.roots`` as real paths; ``Fatal`` when none is configured or one is unusable."""
+    """``files.roots`` as real paths, a missing one as configured: only a path in it fails (it names it)."""
     if not settings.files_roots:
         raise Fatal("no file roots configured: set files.roots in spoolpipe.properties")
-    try:
-        return confine.real_roots(settings.files_roots, _LABEL)
-    except ValueError as exc:
-        raise Fatal(f"{exc} (check files.roots in spoolpipe.properties)") from None
+    roots: list[Path] = []
+    for root in settings.files_roots:
+        try:
+            roots.append(*confine.real_roots([root], _LABEL))
+        except ValueError:
+            roots.append(Path(os.path.abspath(root)))
+    return tuple(roots)
+
+
+def _rejected(data: dict[str, object], field: str, roots: tuple[Path, ...], exc: Exception) -> Fatal:
+    """Why ``data[field]`` cannot be used: its root is missing, or what confinement said."""
+    with contextlib.suppress(confine.PathRejected):
+        _, lexical = confine.candidate(data.get(field), roots)
+        for root in roots:
+            if lexical.is_relative_to(root) and not root.is_dir():
+                return Fatal(f"data.{field}: file root {root} does not exist (check files.roots)")
+    return Fatal(f"data.{field}: {exc}")
 
 
 def _existing(data: dict[str, object], field: str, roots: tuple[Path, ...], kind: str = "file") -> Path:
     try:
         return confine.existing(data.get(field), roots, "folder" if kind == "folder" else "file", _LABEL)
     except confine.PathRejected as exc:
-        raise Fatal(f"data.{field}: {exc}") from None
+        raise _rejected(data, field, roots, exc) from None
 
 
 def _not_a_link(data: dict[str, object], field: str, roots: tuple[Path, ...]) -> None:
@@ -59,7 +81,7 @@ def _not_a_link(data: dict[str, object], field: str, roots: tuple[Path, ...]) ->
     try:
         _, lexical = confine.candidate(data.get(field), roots)
     except confine.PathRejected as exc:
-        raise Fatal(f"data.{field}: {exc}") from None
+        raise _rejected(data, field, roots, exc) from None
     if lexical.is_symlink():
         raise Fatal(f"data.{field}: {data.get(field)!r} is a symbolic link; name the file itself")
 
@@ -69,7 +91,7 @@ def _target(data: dict[str, object], field: str, roots: tuple[Path, ...]) -> Pat
     try:
         target = confine.output_file(data.get(field), roots, _LABEL)
     except confine.PathRejected as exc:
-        raise Fatal(f"data.{field}: {exc}") from None
+        raise _rejected(data, field, roots, exc) from None
     if target.is_symlink():
         raise Fatal(f"data.{field}: {data.get(field)!r} is a symbolic link")
     return target
@@ -98,67 +120,133 @@ def _sync(fd: int, fsync: bool) -> None:
         os.fsync(fd)
 
 
-def _make_parents(path: Path, fsync: bool) -> None:
-    """Create the missing folders above ``path`` (already confined: its deepest existing one is in a root)."""
-    missing = []
-    parent = path.parent
-    while not parent.exists():
-        missing.append(parent)
-        parent = parent.parent
-    for folder in reversed(missing):
-        with contextlib.suppress(FileExistsError):
-            folder.mkdir()
-        if fsync:
-            fsync_directory(folder.parent)
+@contextlib.contextmanager
+def _folder(
+    folder: Path, roots: tuple[Path, ...], *, create: bool = False, fsync: bool = False
+) -> Iterator[int]:
+    """``folder`` (confined already) opened from its root down without following a link, creating the
+    missing ones if ``create``: what is done through it stays where it was checked to be."""
+    root = next(r for r in roots if folder.is_relative_to(r))
+    fd = os.open(root, _FOLDER_FLAGS & ~os.O_NOFOLLOW)  # configured by the operator: may be a link
+    try:
+        here = root
+        for name in folder.relative_to(root).parts:
+            here = here / name
+            if create:
+                try:
+                    os.mkdir(name, dir_fd=fd)
+                    if fsync:
+                        fsync_directory(fd)
+                except FileExistsError:
+                    pass
+            try:
+                inner = os.open(name, _FOLDER_FLAGS, dir_fd=fd)
+            except OSError as exc:
+                if exc.errno not in (errno.ELOOP, errno.ENOTDIR):
+                    raise
+                raise Fatal(
+                    f"{here} was replaced by a symbolic link or a file meanwhile: nothing done"
+                ) from None
+            os.close(fd)
+            fd = inner
+        yield fd
+    finally:
+        os.close(fd)
+
+
+def _open_in(folder: int, name: str, where: Path) -> IO[bytes]:
+    """The regular file ``name`` in ``folder``, to read: a link or other thing put in its place is refused."""
+    fd = os.open(name, _READ_FLAGS, dir_fd=folder)
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise Fatal(f"{where} is not a regular file")
+    os.set_blocking(fd, True)
+    return os.fdopen(fd, "rb")
+
+
+def _written(exc: OSError, target: Path) -> OSError:
+    """A write error (disk full) that names the file it was writing."""
+    return OSError(exc.errno, exc.strerror, str(target)) if exc.filename is None else exc
+
+
+def _drop_leftover(folder: int, target: Path, owner: str, log: Logger) -> str:
+    """The temporary name of ``owner`` (the activity's id) for ``target``, after removing the file an
+    earlier attempt of it left there (killed before it could)."""
+    name = temp_beside(target, owner).name
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(name, dir_fd=folder)
+        log.warning("removed %s, left by an earlier attempt", target.with_name(name))
+    return name
 
 
 @contextlib.contextmanager
-def _temporary(target: Path) -> Iterator[tuple[Path, IO[bytes]]]:
-    """A new hidden file beside ``target``, removed unless it was renamed away."""
-    tmp = temp_beside(target)
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)
+def _temporary(folder: int, target: Path, owner: str, log: Logger) -> Iterator[tuple[str, IO[bytes]]]:
+    """A new hidden file beside ``target`` in ``folder``, removed unless it was renamed away."""
+    tmp = _drop_leftover(folder, target, owner, log)
+    fd = os.open(
+        tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644, dir_fd=folder
+    )
     try:
         with os.fdopen(fd, "wb") as handle:
             yield tmp, handle
     finally:
         with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
+            os.unlink(tmp, dir_fd=folder)
 
 
-def _place(tmp: Path, target: Path, replace: bool, fsync: bool) -> None:
-    """Rename ``tmp`` to ``target`` (never over an existing one unless ``replace``), then flush the folder."""
+def _place(folder: int, name: str, into: int, target: Path, replace: bool, fsync: bool) -> None:
+    """Rename ``name`` of ``folder`` to ``target`` in ``into`` (never over an existing one unless
+    ``replace``), then flush that folder."""
     try:
         if replace:
-            os.replace(tmp, target)
+            os.replace(name, target.name, src_dir_fd=folder, dst_dir_fd=into)
         else:
-            move_noreplace(tmp, target)
+            move_noreplace(name, target.name, source_dir=folder, target_dir=into)
     except FileExistsError:
         raise Fatal(f'{target} exists; set "replace": true in the data to replace it') from None
     except IsADirectoryError:
         raise Fatal(f"{target} is a folder") from None
     if fsync:
-        fsync_directory(target.parent)
+        fsync_directory(into)
 
 
-def _copy_into(source: Path, target: Path, replace: bool, fsync: bool) -> int:
-    """Copy ``source`` to ``target`` through a temporary file; returns the bytes copied."""
-    _make_parents(target, fsync)
-    with _temporary(target) as (tmp, out):
-        with open(source, "rb") as src:
-            shutil.copyfileobj(src, out, 1 << 20)
-        out.flush()
-        shutil.copystat(source, tmp)
-        _sync(out.fileno(), fsync)
+def _copy_into(source: IO[bytes], into: int, target: Path, replace: bool, ctx: Context, owner: str) -> int:
+    """Copy ``source`` to ``target`` in ``into`` through a temporary file; returns the bytes copied."""
+    fsync = ctx.settings.durability_fsync
+    with _temporary(into, target, owner, ctx.log) as (tmp, out):
+        try:
+            shutil.copyfileobj(source, out, 1 << 20)
+            out.flush()
+            info = os.fstat(source.fileno())
+            os.chmod(out.fileno(), stat.S_IMODE(info.st_mode))
+            os.utime(out.fileno(), ns=(info.st_atime_ns, info.st_mtime_ns))
+            _sync(out.fileno(), fsync)
+        except OSError as exc:
+            raise _written(exc, target) from None
         size = out.tell()
         out.close()
-        _place(tmp, target, replace, fsync)
+        _place(into, tmp, into, target, replace, fsync)
     return size
 
 
-def _same_content(a: Path, b: Path) -> bool:
-    import filecmp
-
-    return b.is_file() and filecmp.cmp(a, b, shallow=False)
+def _same_content(source: IO[bytes], folder: int, name: str) -> bool:
+    """Whether the regular file ``name`` in ``folder`` holds exactly the bytes of ``source``."""
+    try:
+        fd = os.open(name, _READ_FLAGS, dir_fd=folder)
+    except OSError:
+        return False
+    with os.fdopen(fd, "rb") as other:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode) or info.st_size != os.fstat(source.fileno()).st_size:
+            return False
+        source.seek(0)
+        try:
+            while chunk := source.read(1 << 20):
+                if other.read(len(chunk)) != chunk:
+                    return False
+            return not other.read(1)
+        finally:
+            source.seek(0)
 
 
 @processor(COPY, follow_ups=())
@@ -171,11 +259,18 @@ def copy(activity: Activity, ctx: Context) -> dict[str, object]:
     replace = _flag(data, "replace")
     if source == target:
         raise Fatal(f"data.target: {target} is the source itself")
-    if not replace and _same_content(source, target):  # a copy an interrupted attempt already made
-        ctx.log.info("%s already holds a copy of %s", target, source)
-        return {"source": str(source), "target": str(target), "bytes": target.stat().st_size}
-    size = _copy_into(source, target, replace, ctx.settings.durability_fsync)
-    ctx.log.info("copied %s to %s (%d bytes)", source, target, size)
+    fsync = ctx.settings.durability_fsync
+    with (
+        _folder(source.parent, roots) as from_folder,
+        _open_in(from_folder, source.name, source) as src,
+        _folder(target.parent, roots, create=True, fsync=fsync) as into,
+    ):
+        if not replace and _same_content(src, into, target.name):  # a copy an interrupted attempt made
+            ctx.log.info("%s already holds a copy of %s", target, source)
+            size = os.fstat(src.fileno()).st_size
+        else:
+            size = _copy_into(src, into, target, replace, ctx, activity.id)
+            ctx.log.info("copied %s to %s (%d bytes)", source, target, size)
     return {"source": str(source), "target": str(target), "bytes": size}
 
 
@@ -195,18 +290,37 @@ def move(activity: Activity, ctx: Context) -> dict[str, object]:
     source = _existing(data, "source", roots)
     if source == target:
         raise Fatal(f"data.target: {target} is the source itself")
-    _make_parents(target, fsync)
-    try:
-        _place(source, target, replace, fsync)
-    except OSError as exc:
-        if exc.errno != errno.EXDEV:
-            raise
-        _copy_into(source, target, replace, fsync)
-        os.unlink(source)
-    if fsync:
-        fsync_directory(source.parent)
+    with (
+        _folder(source.parent, roots) as from_folder,
+        _folder(target.parent, roots, create=True, fsync=fsync) as into,
+    ):
+        try:
+            if _same_file(from_folder, source.name, into, target.name):  # a rename would do nothing
+                ctx.log.info("%s is another name of %s: removing the source name", target, source)
+                os.unlink(source.name, dir_fd=from_folder)
+            else:
+                _place(from_folder, source.name, into, target, replace, fsync)
+        except OSError as exc:
+            if exc.errno != errno.EXDEV:
+                raise
+            with _open_in(from_folder, source.name, source) as src:
+                if _same_content(src, into, target.name):  # copied by an attempt stopped before the removal
+                    ctx.log.info("%s already holds a copy of %s: removing the source", target, source)
+                else:
+                    _copy_into(src, into, target, replace, ctx, activity.id)
+            os.unlink(source.name, dir_fd=from_folder)
+        if fsync:
+            fsync_directory(from_folder)
     ctx.log.info("moved %s to %s", source, target)
     return {"source": str(source), "target": str(target), "moved": True}
+
+
+def _same_file(folder: int, name: str, other_folder: int, other: str) -> bool:
+    try:
+        info = os.stat(other, dir_fd=other_folder, follow_symlinks=False)
+    except FileNotFoundError:
+        return False
+    return os.path.samestat(os.stat(name, dir_fd=folder, follow_symlinks=False), info)
 
 
 @processor(DELETE, follow_ups=())
@@ -220,9 +334,10 @@ def delete(activity: Activity, ctx: Context) -> dict[str, object]:
         ctx.log.info("%s does not exist: nothing to delete", gone)
         return {"path": str(gone), "deleted": False}
     path = _existing(data, "path", roots)
-    os.unlink(path)
-    if ctx.settings.durability_fsync:
-        fsync_directory(path.parent)
+    with _folder(path.parent, roots) as folder:
+        os.unlink(path.name, dir_fd=folder)
+        if ctx.settings.durability_fsync:
+            fsync_directory(folder)
     ctx.log.info("deleted %s", path)
     return {"path": str(path), "deleted": True}
 
@@ -268,37 +383,33 @@ def _printable(name: str) -> str:
     return os.fsencode(name).decode("utf-8", "backslashreplace")
 
 
-def choose(folder: Path, cutoff: float, skip: Path) -> tuple[list[Candidate], list[str]]:
-    """The regular files directly in ``folder`` last modified at or before ``cutoff`` (links are skipped),
-    and the names of those left out because they are not UTF-8 (no archive member could be named so)."""
+def choose(folder: Path, fd: int, cutoff: float, skip: os.stat_result) -> tuple[list[Candidate], list[str]]:
+    """The regular files directly in ``folder`` (open as ``fd``) last modified at or before ``cutoff``
+    (links are skipped, and the file ``skip``), and the names of those left out because they are not
+    UTF-8 (no archive member could be named so)."""
     chosen, unnamable = [], []
-    with os.scandir(folder) as entries:
+    with os.scandir(fd) as entries:
         for entry in entries:
-            if not entry.is_file(follow_symlinks=False) or Path(entry.path) == skip:
+            if not entry.is_file(follow_symlinks=False):
                 continue
             info = entry.stat(follow_symlinks=False)
-            if info.st_mtime > cutoff:
+            if info.st_mtime > cutoff or os.path.samestat(info, skip):
                 continue
             if _printable(entry.name) != entry.name:
                 unnamable.append(_printable(entry.name))
             else:
-                chosen.append(Candidate(Path(entry.path), info.st_size, info.st_mtime_ns))
+                chosen.append(Candidate(folder / entry.name, info.st_size, info.st_mtime_ns))
     return sorted(chosen, key=lambda c: c.path.name), sorted(unnamable)
 
 
-def _open_chosen(item: Candidate) -> IO[bytes]:
-    """The chosen file itself: a symbolic link put in its place since is refused, not followed."""
-    return os.fdopen(os.open(item.path, os.O_RDONLY | os.O_NOFOLLOW), "rb")
-
-
-def _write_archive(out: IO[bytes], fmt: ArchiveFormat, files: list[Candidate]) -> None:
+def _write_archive(out: IO[bytes], fmt: ArchiveFormat, folder: int, files: list[Candidate]) -> None:
     """Each file under its name, read through a descriptor opened without following links."""
     if fmt == "zip":
         import zipfile
 
         with zipfile.ZipFile(out, "w", zipfile.ZIP_DEFLATED) as archive:
             for item in files:
-                with _open_chosen(item) as source:
+                with _open_in(folder, item.path.name, item.path) as source:
                     stamp = time.gmtime(max(item.mtime_ns / 1e9, _ZIP_EPOCH))[
                         :6
                     ]  # zip has no time before 1980
@@ -312,11 +423,11 @@ def _write_archive(out: IO[bytes], fmt: ArchiveFormat, files: list[Candidate]) -
 
         with tarfile.open(fileobj=out, mode="w:gz") as archive:
             for item in files:
-                with _open_chosen(item) as source:
+                with _open_in(folder, item.path.name, item.path) as source:
                     archive.addfile(archive.gettarinfo(arcname=item.path.name, fileobj=source), source)
 
 
-def _members(path: Path, fmt: ArchiveFormat) -> dict[str, int]:
+def _members(path: IO[bytes], target: Path, fmt: ArchiveFormat) -> dict[str, int]:
     """Each member's name and size, read back from the archive (every byte read, so it is readable)."""
     sizes: dict[str, int] = {}
     if fmt == "zip":
@@ -325,12 +436,12 @@ def _members(path: Path, fmt: ArchiveFormat) -> dict[str, int]:
         with zipfile.ZipFile(path) as archive:
             bad = archive.testzip()
             if bad is not None:
-                raise Fatal(f"the archive {path} does not read back: {bad!r} is damaged")
+                raise Fatal(f"the archive {target} does not read back: {bad!r} is damaged")
             sizes = {info.filename: info.file_size for info in archive.infolist()}
     else:
         import tarfile
 
-        with tarfile.open(path, "r:gz") as archive:
+        with tarfile.open(fileobj=path, mode="r:gz") as archive:
             for member in archive:
                 handle = archive.extractfile(member)
                 if handle is not None:
@@ -345,9 +456,9 @@ def _read_size(handle: IO[bytes]) -> int:
     return size
 
 
-def _unchanged(item: Candidate) -> bool:
+def _unchanged(folder: int, item: Candidate) -> bool:
     try:
-        info = item.path.stat(follow_symlinks=False)
+        info = os.stat(item.path.name, dir_fd=folder, follow_symlinks=False)
     except FileNotFoundError:
         return False
     return info.st_size == item.size and info.st_mtime_ns == item.mtime_ns
@@ -363,31 +474,38 @@ def archive(activity: Activity, ctx: Context) -> dict[str, object]:
     fmt = archive_format(target)
     age = _older_than(data)
     fsync = ctx.settings.durability_fsync
-    if target.exists():
+    if os.path.lexists(target):
         raise Fatal(f"data.archive: {target} exists; archives are never replaced")
-    _make_parents(target, fsync)
-    with _temporary(target) as (tmp, out):
-        os.utime(tmp)  # "now" as the file system's server sets it (a new file may get the client's clock)
-        now = tmp.stat().st_mtime  # the file system's clock, as the files' times are
-        files, unnamable = choose(folder, now - age, tmp)
+    with (
+        _folder(folder, roots) as from_folder,
+        _folder(target.parent, roots, create=True, fsync=fsync) as into,
+        _temporary(into, target, activity.id, ctx.log) as (tmp, out),
+    ):
+        os.utime(out.fileno())  # "now" as the file system's server sets it (a new file may get the client's)
+        made = os.fstat(out.fileno())
+        files, unnamable = choose(folder, from_folder, made.st_mtime - age, made)  # the file system's clock
         for name in unnamable:
             ctx.log.warning("%s in %s is not a UTF-8 name: not archived, kept", name, folder)
         if not files:
             ctx.log.info("no file in %s is older than %gs: no archive written", folder, age)
-            nothing = {"archive": None, "files": 0, "bytes": 0, "names": [], "kept": unnamable}
-            return {"folder": str(folder), **nothing}
-        _write_archive(out, fmt, files)
-        out.flush()
-        _sync(out.fileno(), fsync)
+            nothing: dict[str, object] = {"archive": None, "files": 0, "bytes": 0, "names": []}
+            return {"folder": str(folder), **nothing, **_kept(unnamable)}
+        try:
+            _write_archive(out, fmt, from_folder, files)
+            out.flush()
+            _sync(out.fileno(), fsync)
+        except OSError as exc:
+            raise _written(exc, target) from None
         out.close()
-        members = _members(tmp, fmt)
+        with _open_in(into, tmp, target) as written:
+            members = _members(written, target, fmt)
         for item in files:
-            if members.get(item.path.name) != item.size and _unchanged(item):
+            if members.get(item.path.name) != item.size and _unchanged(from_folder, item):
                 raise Fatal(f"the archive {target} does not hold {item.path.name} as it was: nothing removed")
-        _place(tmp, target, False, fsync)
-    removed, kept = _remove(files, members)
-    if fsync and removed:
-        fsync_directory(folder)
+        _place(into, tmp, into, target, False, fsync)
+        removed, kept = _remove(from_folder, files, members)
+        if fsync and removed:
+            fsync_directory(from_folder)
     for name in kept:
         ctx.log.warning("%s changed while it was archived: kept in %s", name, folder)
     ctx.log.info("archived %d files of %s into %s", len(removed), folder, target)
@@ -398,17 +516,22 @@ def archive(activity: Activity, ctx: Context) -> dict[str, object]:
         "files": len(files),
         "bytes": sum(item.size for item in files),
         "names": names[:LISTED_NAMES],
-        "kept": sorted(kept + unnamable),
+        **_kept(kept + unnamable),
     }
 
 
-def _remove(files: list[Candidate], members: dict[str, int]) -> tuple[list[str], list[str]]:
+def _kept(names: list[str]) -> dict[str, object]:
+    """``kept``: the first ``LISTED_NAMES`` names, sorted; ``kept_files``: how many in all."""
+    return {"kept": sorted(names)[:LISTED_NAMES], "kept_files": len(names)}
+
+
+def _remove(folder: int, files: list[Candidate], members: dict[str, int]) -> tuple[list[str], list[str]]:
     """Remove each archived file that is still as it was archived; the names removed and kept."""
     removed, kept = [], []
     for item in files:
-        if members.get(item.path.name) == item.size and _unchanged(item):
+        if members.get(item.path.name) == item.size and _unchanged(folder, item):
             with contextlib.suppress(FileNotFoundError):
-                os.unlink(item.path)
+                os.unlink(item.path.name, dir_fd=folder)
             removed.append(item.path.name)
         else:
             kept.append(item.path.name)

@@ -3,12 +3,19 @@
 The activity names an ``http.<name>`` (data field ``endpoint``, default
 ``default``); the URL, method, headers and timeout come from the properties
 only. Redirects are never followed: a 3xx answer fails the activity, naming
-where it pointed. ``urllib`` is imported when a request is made, not before.
+where it pointed. The endpoint's timeout bounds the whole request (an alarm:
+a server that sends a byte within each read's timeout cannot hold it longer).
+``urllib`` is imported when a request is made, not before.
 """
 
 from __future__ import annotations
 
+import contextlib
+import signal
+import threading
 import time
+from collections.abc import Iterator
+from types import FrameType
 from typing import TYPE_CHECKING, Any
 
 from .. import __version__
@@ -28,6 +35,30 @@ class RequestFailed(Exception):
     """The endpoint could not be reached or asked to be asked again (5xx, 408, 429): retried."""
 
 
+class _Overdue(Exception):
+    """The request's time is up (raised by the alarm, wherever the request is blocked)."""
+
+
+@contextlib.contextmanager
+def _alarm(seconds: float) -> Iterator[None]:
+    """``_Overdue`` raised in this thread after ``seconds``: a deadline for a whole request, which a
+    socket timeout (each read) is not. Only the main thread gets signals; elsewhere each read's only."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def overdue(_signum: int, _frame: FrameType | None) -> None:
+        raise _Overdue
+
+    previous = signal.signal(signal.SIGALRM, overdue)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+
+
 def _opener() -> urllib.request.OpenerDirector:
     import urllib.request
 
@@ -43,27 +74,55 @@ def _opener() -> urllib.request.OpenerDirector:
     return urllib.request.build_opener(NoRedirect)
 
 
-def _send(endpoint: specs.Endpoint, body: bytes | None, headers: dict[str, str]) -> tuple[int, bytes, str]:
-    """Status, the body's first ``BODY_BYTES`` and the Location header; ``RequestFailed`` if unreachable."""
+def _read_body(response: Any) -> tuple[bytes, bool]:
+    """The body's first ``BODY_BYTES``, and whether they (or the whole body) could be read: an answer
+    is what its status says even when its body breaks off (a cut connection, bad chunks, the time up)."""
+    import http.client
+
+    content = b""
+    try:
+        while len(content) < BODY_BYTES:
+            chunk = response.read1(BODY_BYTES - len(content))
+            if not chunk:
+                break
+            content += chunk
+    except (OSError, http.client.HTTPException, ValueError, _Overdue):
+        return content, False
+    return content, True
+
+
+def _send(
+    endpoint: specs.Endpoint, body: bytes | None, headers: dict[str, str], limit: float
+) -> tuple[int, bytes, bool, str]:
+    """Status, the body's first ``BODY_BYTES``, whether they were read in full, and the Location
+    header; ``RequestFailed`` if unreachable or with no answer within ``limit`` seconds."""
     import http.client
     import urllib.error
     import urllib.request
 
     request = urllib.request.Request(endpoint.url, data=body, headers=headers, method=endpoint.method)
+    answer: tuple[int, bytes, bool, str] | None = None
     try:
-        with _opener().open(request, timeout=endpoint.timeout) as response:
-            return response.status, response.read(BODY_BYTES), response.headers.get("Location", "")
-    except urllib.error.HTTPError as exc:
-        with exc:
+        with _alarm(limit):
             try:
-                content = exc.read(BODY_BYTES)
-            except (OSError, http.client.HTTPException):
-                content = b""
-            return exc.code, content, exc.headers.get("Location", "") if exc.headers else ""
+                with _opener().open(request, timeout=min(endpoint.timeout, limit)) as response:
+                    answer = response.status, *_read_body(response), response.headers.get("Location", "")
+            except urllib.error.HTTPError as exc:
+                with exc:
+                    location = exc.headers.get("Location", "") if exc.headers else ""
+                    answer = exc.code, *_read_body(exc), location
+    except _Overdue:
+        if answer is None:  # else it came just in time
+            raise RequestFailed(
+                f"{endpoint.method} {endpoint.url}: no answer within {limit:g}s "
+                f"(http.{endpoint.name}.timeout)"
+            ) from None
     except urllib.error.URLError as exc:
         raise RequestFailed(f"{endpoint.method} {endpoint.url}: {exc.reason}") from None
     except (OSError, http.client.HTTPException) as exc:
         raise RequestFailed(f"{endpoint.method} {endpoint.url}: {type(exc).__name__}: {exc}") from None
+    assert answer is not None
+    return answer
 
 
 @processor(TYPE, follow_ups=())
@@ -92,10 +151,12 @@ def request(activity: Activity, ctx: Context) -> dict[str, object]:
         **dict(endpoint.headers),
     }
     started = time.monotonic()
-    status, content, location = _send(endpoint, body, headers)
+    limit = specs.within(endpoint.timeout, ctx.settings.timeout_for(activity.type))
+    status, content, complete, location = _send(endpoint, body, headers, limit)
     seconds = time.monotonic() - started
     text = content.decode("utf-8", "replace")
-    ctx.log.info("%s %s: %d after %.3fs\n%s", endpoint.method, endpoint.url, status, seconds, text)
+    cut = "" if complete else " (the body broke off: what came)"
+    ctx.log.info("%s %s: %d after %.3fs%s\n%s", endpoint.method, endpoint.url, status, seconds, cut, text)
     verdict = endpoint.verdict(status)
     what = f"{endpoint.method} {endpoint.url} answered {status}"
     if verdict == "retry":
@@ -104,4 +165,10 @@ def request(activity: Activity, ctx: Context) -> dict[str, object]:
         if 300 <= status < 400:
             raise Fatal(f"{what}, a redirect to {location!r}, which is not followed: fix http.{name}.url")
         raise Fatal(f"{what}: {text[:200]!r}")
-    return {"endpoint": name, "status": status, "duration_seconds": round(seconds, 3), "body": text}
+    return {
+        "endpoint": name,
+        "status": status,
+        "duration_seconds": round(seconds, 3),
+        "body": text,
+        "body_complete": complete,
+    }

@@ -189,8 +189,14 @@ class Command:
 
     def deadline(self, activity_timeout: float) -> float:
         """Seconds the command may run: its own timeout, never past the activity's (the pool kills then)."""
-        limit = max(activity_timeout - 1.0, activity_timeout / 2)
-        return limit if self.timeout is None else min(self.timeout, limit)
+        return within(self.timeout, activity_timeout)
+
+
+def within(timeout: float | None, activity_timeout: float) -> float:
+    """``timeout`` (None: none of its own), capped so that it acts before the activity's own timeout
+    (which kills the pool process): a second before it, or at half of it when that is under two seconds."""
+    limit = max(activity_timeout - 1.0, activity_timeout / 2)
+    return limit if timeout is None else min(timeout, limit)
 
 
 def build_command(
@@ -213,10 +219,24 @@ def build_command(
 
 
 def check_url(url: str) -> str:
-    """An absolute ``http://`` or ``https://`` URL without spaces or credentials; returns it stripped."""
+    """An absolute ``http://`` or ``https://`` URL without spaces or credentials, that ``urllib`` can
+    send (ASCII, a valid host and port); returns it stripped."""
+    import urllib.parse
+
     text = url.strip()
     if not _URL_RE.fullmatch(text) or any(ord(c) < 0x21 or c == "\x7f" for c in text):
         raise InvalidDefinition(f"{text!r} is not an http:// or https:// URL (without user:password@)")
+    odd = next((c for c in text if not c.isascii()), None)
+    if odd is not None:
+        escaped = urllib.parse.quote(odd)
+        raise InvalidDefinition(f"{text!r}: {odd!r} cannot be sent: percent-encode it ({escaped})")
+    try:
+        port = urllib.parse.urlsplit(text).port
+    except ValueError as exc:  # Invalid IPv6 URL; a port out of range or not a number
+        why = str(exc) if "IPv6" in str(exc) else "the port is not a number from 1 to 65535"
+        raise InvalidDefinition(f"{text!r}: {why}") from None
+    if port == 0:
+        raise InvalidDefinition(f"{text!r}: the port is not a number from 1 to 65535")
     return text
 
 
