@@ -108,13 +108,15 @@ def test_every_schema_default_is_valid_and_used(tmp_path: Path) -> None:
 # --------------------------------------------------------------------------
 
 BAD_VALUES = [
-    ("pool.size", "many", "'many' is not an integer; expected an integer >= 0"),
-    ("pool.size", "-1", "'-1' is out of range; expected an integer >= 0"),
-    ("pool.size", "2.5", "'2.5' is not an integer; expected an integer >= 0"),
-    ("pool.size", "", "'' is not an integer; expected an integer >= 0"),
+    ("pool.size", "many", "'many' is not an integer; expected an integer from 0 to 1024"),
+    ("pool.size", "-1", "'-1' is out of range; expected an integer from 0 to 1024"),
+    ("pool.size", "2.5", "'2.5' is not an integer; expected an integer from 0 to 1024"),
+    ("pool.size", "", "'' is not an integer; expected an integer from 0 to 1024"),
     # int() and float() take these too: a typo or a digit from another script, not a number.
-    ("pool.size", "1_0", "'1_0' is not an integer; expected an integer >= 0"),
-    ("pool.size", "\u0663", "'\u0663' is not an integer; expected an integer >= 0"),
+    ("pool.size", "1_0", "'1_0' is not an integer; expected an integer from 0 to 1024"),
+    ("pool.size", "\u0663", "'\u0663' is not an integer; expected an integer from 0 to 1024"),
+    # A typo such as 10000 forked that many processes, each importing every processor module.
+    ("pool.size", "1025", "'1025' is out of range; expected an integer from 0 to 1024"),
     (
         "timeout.seconds",
         "1_0",
@@ -231,7 +233,8 @@ def test_error_example_from_spec(tmp_path: Path) -> None:
     path = shared(tmp_path, "\n" * 11 + "pool.size = many\n")
     with pytest.raises(ConfigError) as info:
         load(tmp_path)
-    assert str(info.value) == (f"{path}:12: pool.size: 'many' is not an integer; expected an integer >= 0")
+    expected = "expected an integer from 0 to 1024"
+    assert str(info.value) == (f"{path}:12: pool.size: 'many' is not an integer; {expected}")
 
 
 def test_all_errors_are_reported_together(tmp_path: Path) -> None:
@@ -239,7 +242,7 @@ def test_all_errors_are_reported_together(tmp_path: Path) -> None:
     b = worker(tmp_path, "w1", "\n\nlog.level = loud\n")
     errors = errors_of(tmp_path, "w1")
     assert errors == [
-        f"{a}:1: pool.size: 'x' is not an integer; expected an integer >= 0",
+        f"{a}:1: pool.size: 'x' is not an integer; expected an integer from 0 to 1024",
         f"{a}:2: retry.jitter: '2' is out of range; expected a number between 0 and 1",
         f"{b}:3: log.level: 'loud' is not a valid choice; expected one of DEBUG, INFO, WARNING, ERROR",
     ]
@@ -250,7 +253,8 @@ def test_all_errors_are_reported_together(tmp_path: Path) -> None:
 
 def test_overridden_bad_value_is_still_an_error(tmp_path: Path) -> None:
     path = shared(tmp_path, "pool.size = x\npool.size = 2\n")
-    assert errors_of(tmp_path) == [f"{path}:1: pool.size: 'x' is not an integer; expected an integer >= 0"]
+    said = "expected an integer from 0 to 1024"
+    assert errors_of(tmp_path) == [f"{path}:1: pool.size: 'x' is not an integer; {said}"]
 
 
 def test_continuation_lines_report_the_line_the_key_starts_on(tmp_path: Path) -> None:
@@ -259,7 +263,7 @@ def test_continuation_lines_report_the_line_the_key_starts_on(tmp_path: Path) ->
         "# header\nprocessors = a,\\\n    b,\\\n    c\npool.size = \\\n    lots\nretry.jitter = 9\n",
     )
     assert errors_of(tmp_path) == [
-        f"{path}:5: pool.size: 'lots' is not an integer; expected an integer >= 0",
+        f"{path}:5: pool.size: 'lots' is not an integer; expected an integer from 0 to 1024",
         f"{path}:7: retry.jitter: '9' is out of range; expected a number between 0 and 1",
     ]
 
@@ -267,7 +271,8 @@ def test_continuation_lines_report_the_line_the_key_starts_on(tmp_path: Path) ->
 def test_line_numbers_with_crlf_and_cr_line_endings(tmp_path: Path) -> None:
     path = tmp_path / "spoolpipe.properties"
     path.write_bytes(b"# a\r\nprocessors = x,\\\r\n  y\r\r\npool.size = z\r\n")
-    assert errors_of(tmp_path) == [f"{path}:5: pool.size: 'z' is not an integer; expected an integer >= 0"]
+    said = "expected an integer from 0 to 1024"
+    assert errors_of(tmp_path) == [f"{path}:5: pool.size: 'z' is not an integer; {said}"]
 
 
 def test_continued_value_is_joined(tmp_path: Path) -> None:

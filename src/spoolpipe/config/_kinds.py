@@ -66,15 +66,18 @@ def _integer(text: str, what: str, pattern: re.Pattern[str] = _INTEGER) -> int:
 @dataclass(frozen=True)
 class IntKind(Kind):
     minimum: int
+    maximum: int | None = None
 
     @property
     def expected(self) -> str:
+        if self.maximum is not None:
+            return f"an integer from {self.minimum} to {self.maximum}"
         return f"an integer >= {self.minimum}"
 
     def parse(self, raw: str, base: Path) -> int:
         text = raw.strip()
         number = _integer(text, "an integer")
-        if number < self.minimum:
+        if number < self.minimum or (self.maximum is not None and number > self.maximum):
             raise Invalid(f"{text!r} is out of range")
         return number
 

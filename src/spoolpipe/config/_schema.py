@@ -94,6 +94,8 @@ class Family:
 
 
 _TYPE_NOTE = f"Type names match {TYPE_PATTERN}."
+#: More pool processes than any host this runs on has cores for: a typo (10000) would fork them all.
+MAX_POOL_SIZE = 1024
 
 #: Every configuration key, in the order they are documented.
 OPTIONS: tuple[Option, ...] = (
@@ -115,7 +117,7 @@ OPTIONS: tuple[Option, ...] = (
     ),
     Option(
         "pool.size",
-        IntKind(0),
+        IntKind(0, MAX_POOL_SIZE),
         "0",
         "Number of worker processes in this daemon's pool. 0 means one per CPU available to the daemon.",
     ),
