@@ -397,6 +397,17 @@ def test_a_missing_image_root_fails_the_activity_at_once_naming_it(tmp_path: Pat
     record = records(repo / "failed")[aid]["spoolpipe"]
     assert record["attempts"] == 1, record  # Fatal: not retried while the root stays missing
     assert f"image root {repo / 'gone'} does not exist" in record["reason"]
+    assert f"(check images.roots at {repo / 'spoolpipe.properties'}:" in record["reason"]
+
+
+def test_a_missing_image_root_set_in_a_worker_file_names_that_file(tmp_path: Path) -> None:
+    """It said "check images.roots in spoolpipe.properties", which did not set it."""
+    repo = make_repository(tmp_path, "pool.size = 1\n")
+    (repo / "workers" / "w1.properties").write_text("\nimages.roots = nothere\n")
+    aid = submit(repo, "image.process", _recipe())
+    run_until_idle(repo)
+    reason = records(repo / "failed")[aid]["spoolpipe"]["reason"]
+    assert f"(check images.roots at {repo / 'workers' / 'w1.properties'}:2)" in reason, reason
 
 
 def test_an_image_root_that_is_a_file_is_fatal_naming_it(tmp_path: Path) -> None:

@@ -542,7 +542,8 @@ def build_parser() -> argparse.ArgumentParser:
         f"{EXIT_CRASH} crashed on an unexpected error (a bug in spoolpipe), logged with its "
         "traceback in REPO/logs/workers/ID.log. Claims a crashed worker leaves are recovered "
         "when it starts again. With --check: 0 it could start, 2 invalid configuration, 3 processors "
-        "that do not import."
+        "that do not import, metrics.port taken (but by the running worker of this id) or metrics.file "
+        "not writable."
     )
     p.add_argument(
         "--worker-id",
@@ -572,7 +573,8 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="start nothing: validate the configuration, import the processors, print the types this "
         "worker would take and any warnings, then exit 0, 2 (invalid configuration, file:line) or 3 "
-        "(processors that do not import, file:line); takes no lock and never touches the inbox",
+        "(processors that do not import, file:line; metrics that cannot be set up); takes no lock and "
+        "never touches the inbox",
     )
 
     p = _command(
@@ -782,7 +784,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.epilog = (
         "Exit codes: 0 listed; 1 NAME is not a configured schedule; 2 bad usage, not a "
-        "repository or invalid configuration (each problem with file:line)."
+        f"repository or invalid configuration (each problem with file:line); {EXIT_CRASH} crashed (a bug)."
     )
     p.add_argument("name", metavar="NAME", nargs="?", help="show only this schedule")
     p.add_argument(
@@ -832,15 +834,15 @@ def build_parser() -> argparse.ArgumentParser:
 #: The exit codes of the commands whose parsers above do not state them (docs/operations.md, Exit codes).
 _EXIT_CODES = {
     "init": "0 created what was missing (or nothing was); 2 bad usage, or no repository can be made "
-    "there (a file in the way, a link to nothing)",
+    "there (a file in the way, a link to nothing, no permission)",
     "submit": "0 published, the id is printed; 1 it could not be written (disk full, read-only): "
     "nothing published; 2 bad usage (an invalid TYPE, --id, JSON or --delay, "
     "DATA a worker would refuse: over limits.activity-bytes or nested too deep; an id already in "
     "use), not a repository or invalid configuration",
     "status": "0 printed; 2 bad usage, not a repository or invalid configuration",
     "retry": "0 every ID requeued; 1 an ID without failed/ID.json, or one that cannot be requeued "
-    "(the others still are); 2 bad usage (an ID that is not a valid id: nothing is requeued) or not "
-    "a repository",
+    "(the others still are); 2 bad usage (an ID that is not a valid id: nothing is requeued), not "
+    "a repository or invalid configuration",
 }
 
 

@@ -23,15 +23,16 @@ from pathlib import Path
 from typing import Any, TypeGuard
 
 from .activity import Activity, is_priority
-from .config import Settings
+from .config import MAX_SECONDS, Settings
 from .outcome import Outcome, Status
 from .processor import Context, Fatal, FollowUp, Registration, Retry, Skip, registered
 from .record import follow_up_document
 from .retry import retried
 from .storable import NotStorable, bounded_text, check_text, encode, reason_line, shown, storable
 
-#: Longest delay a follow-up may ask for: 100 years, so that its start time can always be written.
-MAX_FOLLOW_UP_DELAY = 100 * 365.25 * 86400
+#: Longest delay a follow-up or a Retry may ask for: 100 years (of 365 days, as every other bound of
+#: seconds), so that its start time can always be written.
+MAX_FOLLOW_UP_DELAY = MAX_SECONDS
 
 
 class _AttemptLog(io.TextIOBase):

@@ -147,7 +147,8 @@ def image_roots(settings: Settings) -> tuple[Path, ...]:
     try:
         return images.real_roots(settings.images_roots)
     except ValueError as exc:
-        raise Fatal(f"{exc} (check images.roots in spoolpipe.properties)") from exc
+        where = settings.key_sources.get("images.roots", "spoolpipe.properties")
+        raise Fatal(f"{exc} (check images.roots at {where})") from exc
 
 
 def resolve_input(
