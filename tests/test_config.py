@@ -348,6 +348,14 @@ def test_unknown_key_without_close_match_has_no_suggestion(tmp_path: Path) -> No
     assert load(tmp_path).warnings == (f"{path}:1: unknown key 'zebra.stripes'",)
 
 
+def test_an_unknown_key_of_a_junk_line_is_shown_cut_not_whole(tmp_path: Path) -> None:
+    """A 200 KB line was quoted whole in the warning, at every start and reload."""
+    junk = "10.0.0.1," * 20_000
+    path = shared(tmp_path, f"{junk}\n")
+    [warning] = load(tmp_path).warnings
+    assert warning == f"{path}:1: unknown key {junk[:200]!r}... ({len(junk)} characters)"
+
+
 def test_later_key_wins_within_a_file_and_repeat_warns(tmp_path: Path) -> None:
     path = shared(tmp_path, "pool.size = 2\n\npool.size = 3\n")
     loaded = load(tmp_path)

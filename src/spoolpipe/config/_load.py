@@ -198,8 +198,16 @@ def _suggest(key: str) -> str | None:
     return lowered[matches[0]] if matches else None
 
 
+#: Longest unknown key quoted whole in its warning (a junk line is cut, said at every reload).
+_KEY_SHOWN = 200
+
+
 def _unknown_key_warning(entry: _Entry) -> str:
-    message = f"{entry.where}: unknown key {entry.key!r}"
+    key = entry.key
+    if len(key) > _KEY_SHOWN:
+        message = f"{entry.where}: unknown key {key[:_KEY_SHOWN]!r}... ({len(key)} characters)"
+    else:
+        message = f"{entry.where}: unknown key {key!r}"
     suggestion = _suggest(entry.key)
     return f"{message}; did you mean {suggestion!r}?" if suggestion else message
 
