@@ -555,8 +555,8 @@ OPTIONS: tuple[Option, ...] = (
         "http.<name>.timeout",
         DurationKind(0.1),
         None,
-        "Longest a request to the endpoint <name> may take (connecting and reading) before it is retried. "
-        "Default: 30s.",
+        "Longest a whole request to the endpoint <name> may take (connecting, sending, reading the answer) "
+        "before it is retried. Default: 30s, and never more than timeout.http.request less one second.",
         example="http.alerts.timeout = 10s",
     ),
     Option(
