@@ -17,6 +17,7 @@ from typing import Any
 
 from harness import (
     effects,
+    jumping_clock_env,
     kill_group,
     leftovers,
     make_repository,
@@ -160,6 +161,44 @@ def test_ticks_fire_once_and_never_early_whatever_the_workers_clocks_say(tmp_pat
         assert stamp(record["data"]["scheduled_for"]) == tick
     log = log_of(repo, "ahead") + log_of(repo, "behind") + log_of(repo, "right")
     assert "fired as" in log
+
+
+# Records the real time it runs at: CLOCK_REALTIME, which a shifted time.time() leaves alone.
+REAL = """
+@processor("t.real")
+def real(activity, ctx):
+    return {"real": time.clock_gettime(time.CLOCK_REALTIME)}
+"""
+
+
+def test_a_workers_clock_jump_neither_starts_work_early_nor_stalls_ticks(tmp_path: Path) -> None:
+    """An NTP step of +120 s ran every not_before activity at once and stopped the ticks until the
+    clock was probed again 30 s later (for the length of the jump); a step back stalled them too."""
+    repo = make_repository(tmp_path, pulse("pulse", type_="t.real"), extra_processors=REAL)
+    offset = tmp_path / "offset"
+    offset.write_text("0")
+    worker = start_worker(repo, "w1", env=jumping_clock_env(offset, tmp_path / "shim"))
+    try:
+        wait_for(lambda: len(done_ticks(repo, "pulse")) >= 2, TIMEOUT, "the first ticks")
+        times = [time.time() + 4 + i for i in range(3)]
+        starts = {submit(repo, "t.real", not_before=when): when for when in times}
+        offset.write_text("120")  # forward
+        count = len(fired(repo, "pulse"))
+        wait_for(lambda: len(fired(repo, "pulse")) >= count + 3, 20, "ticks after a jump forward")
+        offset.write_text("-120")  # and back, past where it was
+        count = len(fired(repo, "pulse"))
+        wait_for(lambda: len(fired(repo, "pulse")) >= count + 3, 20, "ticks after a jump back")
+        wait_for(lambda: all((repo / "done" / f"{i}.json").exists() for i in starts), 20, "the activities")
+    finally:
+        stop(worker)
+    for activity_id, not_before in starts.items():
+        ran = json.loads((repo / "done" / f"{activity_id}.json").read_text())["result"]["real"]
+        assert ran >= not_before, f"{activity_id} started {not_before - ran:.1f}s before its not_before"
+    ticks = fired(repo, "pulse")
+    assert ticks == [ticks[0] + i for i in range(len(ticks))], "a tick was dropped"
+    for tick in done_ticks(repo, "pulse"):
+        record = json.loads((repo / "done" / f"{tick_id('pulse', tick)}.json").read_text())
+        assert record["result"]["real"] >= tick, "a tick ran before its time"
 
 
 def test_a_worker_that_joins_while_another_runs_says_no_tick_was_missed(tmp_path: Path) -> None:
