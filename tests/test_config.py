@@ -214,6 +214,10 @@ UNCHECKED_VALUES = [
     ("processors.path", "lib, \\uDBFF", "which no file name can hold"),
     ("files.roots", "\\uDCE9x", None),  # a byte no encoding gave (surrogateescape): a name holds it
     ("command.x.cwd", "/srv/\\uD800", "which no file name can hold"),
+    # Data nested 101 levels was accepted (the limit of a whole document), then each tick quarantined.
+    ("schedule.x.data", '{"a": ' + "[" * 100 + "]" * 100 + "}", "nested more than 100 levels deep"),
+    # The .properties escape made a lone surrogate: "not UTF-8: invalid byte at offset 7".
+    ("schedule.x.data", '{"a": "\\ud800"}', "lone surrogate"),
 ]
 
 

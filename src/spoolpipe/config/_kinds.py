@@ -10,9 +10,10 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..activity import NAME_PATTERN, InvalidActivity, is_valid_name, parse_document
+from ..activity import NAME_PATTERN, InvalidActivity, is_valid_name, nesting, parse_document
 from ..builtins import specs as builtin_specs
 from ..schedule import rules as schedule_rules
+from ..storable import MAX_DEPTH, NotStorable, check_text
 
 #: Regular expression (for ``re.fullmatch``) that every activity type name matches.
 TYPE_PATTERN = NAME_PATTERN
@@ -425,12 +426,17 @@ class JsonObjectKind(Kind):
         return 'a JSON object, e.g. {"folder": "incoming"}'
 
     def parse(self, raw: str, base: Path) -> str:
-        try:
-            doc = parse_document(raw.strip().encode("utf-8", "surrogatepass"))
+        try:  # a .properties \uD800 escape makes a lone surrogate, which no UTF-8 can hold
+            check_text(raw, "the value (its .properties \\u escapes read)")
+            doc = parse_document(raw.strip().encode("utf-8"))
+        except NotStorable as exc:
+            raise Invalid(str(exc)) from None
         except InvalidActivity as exc:
             raise Invalid(
                 exc.reason.replace("top level is", "the value is").replace(", expected an object", "")
             ) from None
+        if nesting(doc) > MAX_DEPTH:  # as an activity's data, itself level 1 (submit's DATA limit)
+            raise Invalid(f"lists and objects nested more than {MAX_DEPTH} levels deep")
         return schedule_rules.canonical_data(doc)
 
 

@@ -428,7 +428,8 @@ OPTIONS: tuple[Option, ...] = (
         JsonObjectKind(),
         None,
         "The data of each activity of the schedule <name> (default {}), to which spoolpipe adds "
-        f"{schedule_rules.TICK_FIELD}, the tick's time (a key of that name here is an error).",
+        f"{schedule_rules.TICK_FIELD}, the tick's time (a key of that name here is an error). Nested at "
+        "most 100 levels deep (the object itself is level 1), as spoolpipe submit's data.",
         example='schedule.nightly.data = {"format": "pdf"}',
     ),
     Option(
