@@ -481,6 +481,9 @@ def test_queued_name_shapes() -> None:
     assert queued_name("X", 2, None) == "X~2.json"
     assert queued_name("X", 3, 1_795_334_400.5) == "X~3~1795334400500.json"
     assert queued_name("X", 1, 1.0) == "X~1~1000.json"
+    # Past every retry.max-attempts all the same, and still read back as such (not as attempt 1).
+    assert queued_name("X", 10**8, None) == "X~9999999.json"
+    assert parse_inbox_name("X~1000000.json").attempt == 1_000_000
 
 
 def test_parse_inbox_name_of_a_foreign_name() -> None:

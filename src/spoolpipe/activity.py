@@ -22,17 +22,21 @@ from typing import Any, Literal, TypeGuard, get_args
 from .storable import MAX_DEPTH
 
 NAME_PATTERN = r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}"
+#: The highest ``retry.max-attempts``: a name counts attempts up to seven digits, so that the attempt after
+#: the last allowed one (a crash counts) still reads back as itself and is given up, never as attempt 1.
+MAX_ATTEMPTS = 999_999
+_NAMED_ATTEMPTS = 9_999_999
 _NAME = re.compile(rf"\A{NAME_PATTERN}\Z")
 # A queued name written by spoolpipe itself: ``ID~ATTEMPT[~NOT_BEFORE_MS][~pPRIORITY].json``, or
 # ``ID~pPRIORITY.json`` (a new activity whose priority is not the default).
 _QUEUED = re.compile(
-    rf"\A(?P<id>{NAME_PATTERN})(?:~(?P<attempt>[1-9][0-9]{{0,5}})(?:~(?P<nb>[0-9]{{1,15}}))?)?"
+    rf"\A(?P<id>{NAME_PATTERN})(?:~(?P<attempt>[1-9][0-9]{{0,6}})(?:~(?P<nb>[0-9]{{1,15}}))?)?"
     r"(?:~p(?P<priority>[0-9]))?\.json\Z"
 )
 # A claim in running/: ``ID~ATTEMPT~WORKER.json``, or a file staged beside it: ``ID~ATTEMPT~WORKER~KIND``
 # (``KIND`` one of committed, done, failed) or ``ID~ATTEMPT~WORKER~follow-up~FID``.
 _CLAIM = re.compile(
-    rf"\A(?P<id>{NAME_PATTERN})~(?P<attempt>[1-9][0-9]{{0,5}})~(?P<worker>{NAME_PATTERN})"
+    rf"\A(?P<id>{NAME_PATTERN})~(?P<attempt>[1-9][0-9]{{0,6}})~(?P<worker>{NAME_PATTERN})"
     rf"(?:\.json|~(?P<kind>committed|done|failed|follow-up~(?P<follow_up>{NAME_PATTERN}(?:~p[0-9])?)))\Z"
 )
 _CROCKFORD = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
@@ -174,6 +178,7 @@ def queued_name(
     copy a person dropped as ``ID.json``.
     """
     mark = priority_mark(priority)
+    attempt = min(attempt, _NAMED_ATTEMPTS)  # past every limit all the same: given up when claimed
     if not_before is None:
         return f"{activity_id}~{attempt}{mark}.json"
     ms = int(not_before * 1000)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from .. import circuit
+from ..activity import MAX_ATTEMPTS
 from ..builtins import specs as builtin_specs
 from ..schedule import rules as schedule_rules
 from ._kinds import (
@@ -153,10 +154,11 @@ OPTIONS: tuple[Option, ...] = (
     ),
     Option(
         "retry.max-attempts",
-        IntKind(1),
+        IntKind(1, MAX_ATTEMPTS),
         "5",
         "Number of attempts, including attempts that crashed their worker process, "
-        "before an activity is failed. 1 disables retries.",
+        f"before an activity is failed. 1 disables retries; at most {MAX_ATTEMPTS:,}, what an inbox "
+        "name counts.",
     ),
     Option(
         "retry.backoff-seconds",
@@ -180,7 +182,7 @@ OPTIONS: tuple[Option, ...] = (
     ),
     Option(
         "retry.max-attempts.<type>",
-        IntKind(1),
+        IntKind(1, MAX_ATTEMPTS),
         None,
         f"Number of attempts for activities of the given type, overriding retry.max-attempts. {_TYPE_NOTE}",
         example="retry.max-attempts.mail.send = 10",
