@@ -15,6 +15,8 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from harness import (
     effects,
     jumping_clock_env,
@@ -490,6 +492,42 @@ def test_schedule_command_lists_rules_last_and_next_ticks(tmp_path: Path) -> Non
     assert bare.returncode == 0 and bare.stdout.startswith("no schedules")
     assert spoolpipe("schedule", str(tmp_path)).returncode == 2
     assert spoolpipe("schedule", str(repo), "--next", "-1").returncode == 2
+
+
+@pytest.mark.parametrize("moment", ["9999-12-31T23:59:59-12:00", "0001-01-01T00:00:00+14:00"])
+def test_a_state_time_past_what_spoolpipe_writes_counts_as_absent(tmp_path: Path, moment: str) -> None:
+    """A time past 9999 (or before year 1) UTC crashed spoolpipe schedule (exit 70: year 10000 is out
+    of range) and made a worker log a traceback every 5 s."""
+    repo = make_repository(tmp_path, pulse("pulse", type_="t.noop") + pulse("cron", type_="t.noop"))
+    (repo / "spoolpipe.properties").write_text(
+        (repo / "spoolpipe.properties")
+        .read_text()
+        .replace("schedule.cron.every = 1s", "schedule.cron.cron = * * * * *")
+    )
+    (repo / "schedules").mkdir()
+    for rule, expression in (("pulse", "every 1s"), ("cron", "cron * * * * *")):
+        doc = {"expression": expression, "defined_at": moment, "through": moment, "last_fired": None}
+        (repo / "schedules" / f"{rule}.json").write_text(json.dumps({**doc, "last_id": None}))
+    listing = spoolpipe("schedule", str(repo))
+    assert listing.returncode == 0, listing.stderr
+    assert listing.stdout.count("last fired: never") == 2 and "none" not in listing.stdout
+    worker = start_worker(repo, "w1")
+    try:
+        wait_for(lambda: len(done_ticks(repo, "pulse")) >= 2, TIMEOUT, "ticks of the rule")
+    finally:
+        stop(worker)
+    log = log_of(repo, "w1")
+    assert "Traceback" not in log and "is not a state file; starting afresh" in log
+
+
+def test_a_state_fired_without_an_id_lists_no_none(tmp_path: Path) -> None:
+    repo = make_repository(tmp_path, pulse("pulse", type_="t.noop"))
+    (repo / "schedules").mkdir()
+    when = "2026-01-01T00:00:00+00:00"
+    doc = {"expression": "every 1s", "defined_at": when, "through": when, "last_fired": when, "last_id": None}
+    (repo / "schedules" / "pulse.json").write_text(json.dumps(doc))
+    listing = spoolpipe("schedule", str(repo))
+    assert listing.returncode == 0 and "  last fired: " in listing.stdout and "None" not in listing.stdout
 
 
 # -- publish_once, the repository's side of firing a tick ----------------------------------------------

@@ -80,8 +80,8 @@ class Cron:
         from croniter import croniter
 
         # get_prev is strictly before its start: ticks are whole seconds, so start just past at.
-        start = datetime.fromtimestamp(math.floor(at) + 1, UTC)
-        try:
+        try:  # fromtimestamp: ValueError past 9999
+            start = datetime.fromtimestamp(math.floor(at) + 1, UTC)
             return float(croniter(self.text, start).get_prev(float))
         except (ValueError, KeyError, OverflowError):  # CroniterBadDateError is a ValueError
             return None
@@ -89,8 +89,8 @@ class Cron:
     def next(self, after: float) -> float:
         from croniter import croniter
 
-        start = datetime.fromtimestamp(math.floor(after), UTC)
         try:
+            start = datetime.fromtimestamp(math.floor(after), UTC)
             return float(croniter(self.text, start).get_next(float))
         except (ValueError, KeyError, OverflowError):
             return math.inf
