@@ -298,3 +298,20 @@ def test_an_attempt_past_the_limit_a_name_can_count_fails_for_good(tmp_path: Pat
     record = json.loads((repo / "failed" / "x.json").read_text())
     reason = record["spoolpipe"]["reason"]
     assert f"attempt {MAX_ATTEMPTS + 1} exceeds retry.max-attempts={MAX_ATTEMPTS}" in reason
+
+
+def test_an_inbox_name_never_makes_an_activity_due_before_its_document_says(tmp_path: Path) -> None:
+    """``early~1~1000.json`` of a 2030 activity ran at once (the name's time replaced the document's);
+    one of 1960 was quarantined (out of range) rather than due now, as any past time."""
+    repo = make_repository(tmp_path)
+    drop(repo, "early~1~1000.json", json.dumps({"type": "t.noop", "not_before": "2030-01-01T00:00:00Z"}))
+    drop(repo, "old.json", json.dumps({"type": "t.noop", "not_before": "1960-01-01T00:00:00Z"}))
+    drop(repo, "older~2~1000.json", json.dumps({"type": "t.noop", "not_before": "0001-01-01T00:00:00Z"}))
+    worker = start_worker(repo, "w1")
+    try:
+        wait_for(lambda: (repo / "done" / "old.json").exists(), 30, "the activity of 1960")
+        wait_for(lambda: (repo / "done" / "older.json").exists(), 30, "the activity of year 1")
+    finally:
+        os.killpg(worker.pid, signal.SIGTERM)
+        worker.wait(30)
+    assert os.listdir(repo / "inbox") == ["early~1~1000.json"] and os.listdir(repo / "invalid") == []

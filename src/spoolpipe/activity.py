@@ -45,7 +45,7 @@ _KNOWN_FIELDS = frozenset({"id", "type", "data", "not_before", "priority", "resu
 #: Priorities an activity may have: higher runs first; one without the field has the default.
 PRIORITIES = range(10)
 DEFAULT_PRIORITY = 5
-# Timestamps spoolpipe can write back: 1970-01-01 to 9999-12-31.
+# The latest timestamp spoolpipe can write back: 9999-12-31 (and it writes none before 1970).
 LATEST = 253402300799.0
 
 
@@ -416,10 +416,12 @@ def activity_from_document(doc: Mapping[str, Any], queued: QueuedName) -> Activi
     if not isinstance(data, dict):
         raise InvalidActivity(f"'data' must be a JSON object, got {type(data).__name__}")
     not_before = parse_time(doc["not_before"]) if doc.get("not_before") is not None else None
-    if queued.not_before_ms is not None:
-        not_before = queued.not_before_ms / 1000
-    if not_before is not None and not (math.isfinite(not_before) and 0 <= not_before <= LATEST):
-        raise InvalidActivity("not_before is out of range (1970-01-01 to 9999-12-31)")
+    if not_before is not None and not (math.isfinite(not_before) and not_before <= LATEST):
+        raise InvalidActivity("not_before is past 9999-12-31T23:59:59Z, the latest time spoolpipe can write")
+    if not_before is not None and not_before < 0:  # before 1970: past, so due now as any past time
+        not_before = None
+    if queued.not_before_ms is not None:  # a retry's backoff (or a person's name): never the earlier
+        not_before = max(not_before or 0.0, queued.not_before_ms / 1000)
     priority = document_priority(doc)
     extra = {k: v for k, v in doc.items() if k not in _KNOWN_FIELDS}
     return Activity(
