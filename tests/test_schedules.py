@@ -3,6 +3,7 @@ restarts and kill -9; catch-up; the workers restriction; errors; hot reload; spo
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import re
@@ -29,7 +30,7 @@ from harness import (
     submit,
     wait_for,
 )
-from spoolpipe.activity import Activity, parse_inbox_name
+from spoolpipe.activity import Activity, format_time, parse_inbox_name
 from spoolpipe.repository import Repository
 from spoolpipe.schedule.fire import Scheduler
 from spoolpipe.schedule.rules import CATCH_UP_CAP, Every, Rule, parse_tick_id, tick_id
@@ -221,6 +222,29 @@ def test_a_worker_that_joins_while_another_runs_says_no_tick_was_missed(tmp_path
     assert "came due while no worker fired it" not in log_of(repo, "w2"), log_of(repo, "w2")
     ticks = fired(repo, "each")
     assert ticks == [ticks[0] + i for i in range(len(ticks))], "a tick left out or fired twice"
+
+
+def test_ticks_a_paused_worker_leaves_out_by_catch_up_are_logged(tmp_path: Path) -> None:
+    """Ticks 14, 15, 16, then 20: catch-up = latest dropped 17 to 19 of a paused (or busy) worker
+    without a word; only a take-up said so."""
+    repo = make_repository(tmp_path, pulse("last", "latest", "t.noop"))
+    worker = start_worker(repo, "w1")
+    try:
+        wait_for(lambda: len(fired(repo, "last")) >= 2, TIMEOUT, "ticks")
+        os.killpg(worker.pid, signal.SIGSTOP)
+        time.sleep(3.5)
+        os.killpg(worker.pid, signal.SIGCONT)
+        count = len(fired(repo, "last"))
+        wait_for(lambda: len(fired(repo, "last")) >= count + 2, TIMEOUT, "ticks after the pause")
+    finally:
+        os.killpg(worker.pid, signal.SIGCONT)
+        stop(worker)
+    ticks = fired(repo, "last")
+    gaps = [(a, b) for a, b in itertools.pairwise(ticks) if b - a > 1]
+    assert len(gaps) == 1, ticks
+    (before, after), log = gaps[0], log_of(repo, "w1")
+    line = f"ticks came due while this worker was held up (paused or busy), {format_time(before + 1)} to "
+    assert f"{line}{format_time(after)}; catch-up = latest: the latest fires" in log, log
 
 
 def test_catch_up_after_every_worker_was_stopped_for_several_ticks(tmp_path: Path) -> None:
