@@ -554,6 +554,15 @@ def test_a_state_fired_without_an_id_lists_no_none(tmp_path: Path) -> None:
     assert listing.returncode == 0 and "  last fired: " in listing.stdout and "None" not in listing.stdout
 
 
+def test_schedule_next_has_a_documented_maximum(tmp_path: Path) -> None:
+    """--next 99999999999 ran unbounded."""
+    repo = make_repository(tmp_path, pulse("pulse", type_="t.noop"))
+    refused = spoolpipe("schedule", str(repo), "--next", "99999999999")
+    assert refused.returncode == 2 and "--next must be from 0 to 1000" in refused.stderr
+    (listed,) = json.loads(spoolpipe("schedule", str(repo), "--json", "--next", "1000").stdout)["schedules"]
+    assert len(listed["next"]) == 1000
+
+
 # -- publish_once, the repository's side of firing a tick ----------------------------------------------
 
 

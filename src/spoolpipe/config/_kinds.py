@@ -370,17 +370,21 @@ class DurationKind(Kind):
     minimum: float = 0.0
     #: True when ``minimum`` itself is not allowed (``> minimum``).
     exclusive: bool = False
+    #: The longest allowed, in whole days (``None``: :data:`MAX_SECONDS`, 100 years).
+    maximum_days: int | None = None
 
     @property
     def expected(self) -> str:
-        return f"{_DURATION_EXPECTED} {'>' if self.exclusive else '>='} {self.minimum:g}s, at most 100 years"
+        most = "100 years" if self.maximum_days is None else f"{self.maximum_days}d"
+        return f"{_DURATION_EXPECTED} {'>' if self.exclusive else '>='} {self.minimum:g}s, at most {most}"
 
     def parse(self, raw: str, base: Path) -> float:
         try:
             seconds = parse_duration(raw)
         except ValueError as exc:
             raise Invalid(str(exc)) from None
-        if seconds < self.minimum or (self.exclusive and seconds == self.minimum) or seconds > MAX_SECONDS:
+        longest = MAX_SECONDS if self.maximum_days is None else self.maximum_days * 86400
+        if seconds < self.minimum or (self.exclusive and seconds == self.minimum) or seconds > longest:
             raise Invalid(f"{raw.strip()!r} is out of range")
         return seconds
 

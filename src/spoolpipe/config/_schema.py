@@ -53,6 +53,8 @@ class Option:
     default: str | None
     description: str
     example: str = ""
+    #: For a pattern, the value each key of the family has when unset, for the table (None: no value).
+    family_default: str | None = None
 
     @property
     def is_pattern(self) -> bool:
@@ -410,7 +412,7 @@ OPTIONS: tuple[Option, ...] = (
     ),
     Option(
         "schedule.<name>.every",
-        DurationKind(1),
+        DurationKind(1, maximum_days=schedule_rules.EVERY_MAX_DAYS),
         None,
         "Fire the schedule <name> every so long, a whole number of seconds up to 366d (30s, 15m, 2h, "
         "1d): at the "
@@ -451,6 +453,7 @@ OPTIONS: tuple[Option, ...] = (
         f"{schedule_rules.CATCH_UP_CAP} (the most recent; a warning names the rule when older ones "
         "are skipped).",
         example="schedule.nightly.catch-up = latest",
+        family_default="latest",
     ),
     Option(
         "circuit.<type>.failures",

@@ -12,6 +12,8 @@ from .state import STATE_DIR, read_state, state_path
 
 #: How many next fire times ``spoolpipe schedule`` lists by default.
 NEXT_COUNT = 3
+#: The most ``--next`` may ask for.
+NEXT_MAX = 1000
 
 
 def next_ticks(rule: Rule, after: float, count: int) -> list[float]:

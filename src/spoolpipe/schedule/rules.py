@@ -24,7 +24,8 @@ TICK_FIELD = "scheduled_for"
 #: Most ticks ``catch-up = all`` fires at once; older missed ticks are skipped (with a warning).
 CATCH_UP_CAP = 100
 #: Longest ``schedule.<name>.every``: a year and a day.
-EVERY_MAX_SECONDS = 366 * 86400
+EVERY_MAX_DAYS = 366
+EVERY_MAX_SECONDS = EVERY_MAX_DAYS * 86400
 #: ``@`` names accepted in ``schedule.<name>.cron``.
 CRON_NICKNAMES = ("@hourly", "@daily", "@weekly", "@monthly", "@yearly", "@midnight")
 
