@@ -254,8 +254,22 @@ import os as _os
 import time as _time
 
 _offset = float(_os.environ.get("SPOOLPIPE_TEST_CLOCK_OFFSET") or 0)
-if _offset:
-    _real_time, _real_time_ns = _time.time, _time.time_ns
+_jumps = _os.environ.get("SPOOLPIPE_TEST_CLOCK_FILE")  # the offset read from this file: a clock step
+_real_time, _real_time_ns = _time.time, _time.time_ns
+
+
+def _shift():
+    try:
+        with open(_jumps) as f:
+            return float(f.read() or 0)
+    except (OSError, ValueError):
+        return 0.0
+
+
+if _jumps:
+    _time.time = lambda: _real_time() + _shift()
+    _time.time_ns = lambda: _real_time_ns() + int(_shift() * 1e9)
+elif _offset:
     _time.time = lambda: _real_time() + _offset
     _time.time_ns = lambda: _real_time_ns() + int(_offset * 1e9)
 """
@@ -274,6 +288,13 @@ def skewed_clock_env(offset_seconds: float, directory: Path) -> dict[str, str]:
     (directory / "sitecustomize.py").write_text(_SKEWED_CLOCK)
     path = os.pathsep.join(p for p in (str(directory), os.environ.get("PYTHONPATH", "")) if p)
     return {"PYTHONPATH": path, "SPOOLPIPE_TEST_CLOCK_OFFSET": repr(float(offset_seconds))}
+
+
+def jumping_clock_env(offset_file: Path, directory: Path) -> dict[str, str]:
+    """Like :func:`skewed_clock_env`, the offset read from ``offset_file`` at each call: writing it steps
+    the clock at once (an NTP step, a resumed VM), file times unchanged."""
+    env = skewed_clock_env(0, directory)
+    return {**env, "SPOOLPIPE_TEST_CLOCK_FILE": str(offset_file)}
 
 
 def start_worker_as(

@@ -118,9 +118,26 @@ def test_canonical_retry_name_with_time_gives_attempt_and_not_before() -> None:
     assert activity.not_before == pytest.approx(1_795_334_400.123)
 
 
-def test_the_time_in_the_name_wins_over_the_document() -> None:
+def test_the_later_of_the_name_and_the_document_applies() -> None:
+    """The name's time replaced the document's: ``early~1~1000.json`` of a 2030 activity ran at once."""
     doc = {"type": "t", "not_before": "2030-01-01T00:00:00Z"}
-    assert parse(doc, "x~2~1000.json").not_before == pytest.approx(1.0)
+    assert parse(doc, "x~2~1000.json").not_before == parse_time("2030-01-01T00:00:00Z")
+    doc = {"type": "t", "not_before": "1970-01-01T00:00:01Z"}  # a retry's backoff, later
+    assert parse(doc, "x~2~5000.json").not_before == pytest.approx(5.0)
+
+
+@pytest.mark.parametrize(
+    "text", ["1969-12-31T23:59:59Z", "0001-01-01T00:00:00+14:00", "1960-06-01T12:00:00-05:00"]
+)
+def test_a_not_before_before_1970_is_past_so_due_now(text: str) -> None:
+    """It was quarantined: "not_before is out of range (1970-01-01 to 9999-12-31)"."""
+    assert parse({"type": "t", "not_before": text}).not_before is None
+    assert parse({"id": "x", "type": "t", "not_before": text}, "x~2~3000.json").not_before == 3.0
+
+
+def test_a_not_before_past_9999_is_invalid() -> None:
+    reason = reason_of(b'{"type": "t", "not_before": "9999-12-31T23:59:59-01:00"}', "x.json")
+    assert reason == "not_before is past 9999-12-31T23:59:59Z, the latest time spoolpipe can write"
 
 
 def test_canonical_name_whose_document_id_differs_is_invalid() -> None:
@@ -481,6 +498,9 @@ def test_queued_name_shapes() -> None:
     assert queued_name("X", 2, None) == "X~2.json"
     assert queued_name("X", 3, 1_795_334_400.5) == "X~3~1795334400500.json"
     assert queued_name("X", 1, 1.0) == "X~1~1000.json"
+    # Past every retry.max-attempts all the same, and still read back as such (not as attempt 1).
+    assert queued_name("X", 10**8, None) == "X~9999999.json"
+    assert parse_inbox_name("X~1000000.json").attempt == 1_000_000
 
 
 def test_parse_inbox_name_of_a_foreign_name() -> None:

@@ -318,3 +318,12 @@ def test_worker_check_warns_about_a_circuit_for_a_type_nobody_here_handles(tmp_p
     assert check.review(config.load(tmp_path).settings, registry) == [
         "circuit.t.gone.* is set, but no processor imported here handles 't.gone'"
     ]
+
+
+def test_a_circuit_opened_by_one_failure_says_so_in_the_singular() -> None:
+    """It said "open after 1 failures", in the log and in status."""
+    world = Clock({MAIL: Rule(failures=1, window=10, cool_down=30)})
+    fail(world.circuits, 0)
+    assert world.changes[0].message.startswith("circuit for mail.send open after 1 failure in 10s:")
+    found = published_circuits([{"worker": "w1", "circuits": world.circuits.published(1, 1000)}])
+    assert status_lines(found)[0].startswith("  circuit open: mail.send on w1 after 1 failure, since ")

@@ -122,7 +122,7 @@ BAD_VALUES = [
         "1_0",
         "'1_0' is not a number; expected a number > 0, at most 3153600000 (100 years)",
     ),
-    ("retry.max-attempts", "0", "'0' is out of range; expected an integer >= 1"),
+    ("retry.max-attempts", "0", "'0' is out of range; expected an integer from 1 to 999999"),
     ("limits.activity-bytes", "1", "'1' is out of range; expected an integer >= 2"),
     ("concurrency.default", "x", "'x' is not an integer; expected an integer >= 0"),
     ("concurrency.image.resize", "-2", "'-2' is out of range; expected an integer >= 0"),
@@ -148,6 +148,9 @@ BAD_VALUES = [
         "-0.5",
         "'-0.5' is out of range; expected a number >= 0, at most 3153600000 (100 years)",
     ),
+    # A name counts attempts to 999,999: attempt 1,000,000 was read back as attempt 1, for ever.
+    ("retry.max-attempts", "5000000", "'5000000' is out of range; expected an integer from 1 to 999999"),
+    ("retry.max-attempts.t.x", "1000000", "'1000000' is out of range; expected an integer from 1 to 999999"),
     ("retry.jitter", "1.5", "'1.5' is out of range; expected a number between 0 and 1"),
     ("retry.jitter", "-0.1", "'-0.1' is out of range; expected a number between 0 and 1"),
     ("images.max-megapixels", "-3", "'-3' is out of range; expected a number >= 0"),
@@ -214,6 +217,10 @@ UNCHECKED_VALUES = [
     ("processors.path", "lib, \\uDBFF", "which no file name can hold"),
     ("files.roots", "\\uDCE9x", None),  # a byte no encoding gave (surrogateescape): a name holds it
     ("command.x.cwd", "/srv/\\uD800", "which no file name can hold"),
+    # Data nested 101 levels was accepted (the limit of a whole document), then each tick quarantined.
+    ("schedule.x.data", '{"a": ' + "[" * 100 + "]" * 100 + "}", "nested more than 100 levels deep"),
+    # The .properties escape made a lone surrogate: "not UTF-8: invalid byte at offset 7".
+    ("schedule.x.data", '{"a": "\\ud800"}', "lone surrogate"),
 ]
 
 

@@ -19,9 +19,9 @@ from pathlib import Path
 
 import pytest
 
-from harness import drop, leftovers, make_repository, start_worker, wait_for
+from harness import drop, effects, leftovers, make_repository, run_until_idle, start_worker, wait_for
 from spoolpipe import config
-from spoolpipe.activity import invalid_entry_name, new_id, printable
+from spoolpipe.activity import MAX_ATTEMPTS, invalid_entry_name, new_id, printable
 from spoolpipe.repository import Repository
 
 NAME_MAX = 255
@@ -279,3 +279,39 @@ def test_a_worker_whose_quarantines_fail_leaves_the_file_in_the_inbox_and_logs_i
         worker.send_signal(signal.SIGTERM)
         assert worker.wait(30) == 0
     assert leftovers(repo) == {}
+
+
+def test_an_attempt_past_the_limit_a_name_can_count_fails_for_good(tmp_path: Path) -> None:
+    """Attempt 1,000,000 (a worker killed during attempt 999,999) got a name no parser read back as one
+    (six digits): it ran again as attempt 1, so retry.max-attempts never triggered."""
+    repo = make_repository(tmp_path, f"retry.max-attempts = {MAX_ATTEMPTS}\n")
+    doc = {"id": "x", "type": "t.stuck", "data": {"unstick_on": MAX_ATTEMPTS + 2}}
+    drop(repo, f"x~{MAX_ATTEMPTS}.json", json.dumps(doc))
+    worker = start_worker(repo, "w1")
+    try:
+        wait_for(lambda: len(effects(repo, "t.stuck")) == 1, 30, "attempt 999999 to run")
+    finally:
+        os.killpg(worker.pid, signal.SIGKILL)
+        worker.wait()
+    run_until_idle(repo, timeout=30)  # w1 again: its dead claim counts as an attempt
+    assert [int(run[1]) for run in effects(repo, "t.stuck")] == [MAX_ATTEMPTS]
+    record = json.loads((repo / "failed" / "x.json").read_text())
+    reason = record["spoolpipe"]["reason"]
+    assert f"attempt {MAX_ATTEMPTS + 1} exceeds retry.max-attempts={MAX_ATTEMPTS}" in reason
+
+
+def test_an_inbox_name_never_makes_an_activity_due_before_its_document_says(tmp_path: Path) -> None:
+    """``early~1~1000.json`` of a 2030 activity ran at once (the name's time replaced the document's);
+    one of 1960 was quarantined (out of range) rather than due now, as any past time."""
+    repo = make_repository(tmp_path)
+    drop(repo, "early~1~1000.json", json.dumps({"type": "t.noop", "not_before": "2030-01-01T00:00:00Z"}))
+    drop(repo, "old.json", json.dumps({"type": "t.noop", "not_before": "1960-01-01T00:00:00Z"}))
+    drop(repo, "older~2~1000.json", json.dumps({"type": "t.noop", "not_before": "0001-01-01T00:00:00Z"}))
+    worker = start_worker(repo, "w1")
+    try:
+        wait_for(lambda: (repo / "done" / "old.json").exists(), 30, "the activity of 1960")
+        wait_for(lambda: (repo / "done" / "older.json").exists(), 30, "the activity of year 1")
+    finally:
+        os.killpg(worker.pid, signal.SIGTERM)
+        worker.wait(30)
+    assert os.listdir(repo / "inbox") == ["early~1~1000.json"] and os.listdir(repo / "invalid") == []

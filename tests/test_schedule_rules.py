@@ -282,11 +282,27 @@ def test_every_problem_is_an_error_with_file_and_line(tmp_path: Path) -> None:
         18: "schedule.j.data: the key 'scheduled_for' is reserved",
         19: "schedule.k.every: '0s' is out of range",
         23: "schedule.l.workers: '../bad' is not a valid worker id",
-        24: "schedule.m.every: '367d' is longer than 366d; expected a duration of whole seconds",
+        24: "schedule.m.every: '367d' is out of range; expected a duration (30s, 15m, 2h, 1d; a plain",
     }
     for line, text in expected.items():
         assert any(e.startswith(f"{path}:{line}: {text}") for e in found), (line, found)
     assert len(found) == len(expected), found  # a rule with a bad value gets no second error
+
+
+@pytest.mark.parametrize("value", ["0", "-1", "1e12"])
+def test_an_every_out_of_range_names_the_limit_the_docs_give(tmp_path: Path, value: str) -> None:
+    """It said "at most 100 years", though every is at most 366d."""
+    found = errors(tmp_path, f"schedule.k.every = {value}\nschedule.k.type = t.k\n")
+    path = tmp_path / "spoolpipe.properties"
+    assert len(found) == 1 and found[0].startswith(f"{path}:1: schedule.k.every: {value!r} is ")
+    assert found[0].endswith(
+        "; expected a duration (30s, 15m, 2h, 1d; a plain number is seconds) >= 1s, at most 366d"
+    )
+
+
+def test_the_key_table_gives_catch_up_its_default() -> None:
+    """It said (none), though a rule without catch-up has latest."""
+    assert "| `schedule.<name>.catch-up` | `latest` |" in config.describe_keys()
 
 
 def test_schedules_are_read_only_from_the_shared_file(tmp_path: Path) -> None:

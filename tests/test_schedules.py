@@ -3,6 +3,7 @@ restarts and kill -9; catch-up; the workers restriction; errors; hot reload; spo
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import re
@@ -15,8 +16,11 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from harness import (
     effects,
+    jumping_clock_env,
     kill_group,
     leftovers,
     make_repository,
@@ -26,7 +30,7 @@ from harness import (
     submit,
     wait_for,
 )
-from spoolpipe.activity import Activity, parse_inbox_name
+from spoolpipe.activity import Activity, format_time, parse_inbox_name
 from spoolpipe.repository import Repository
 from spoolpipe.schedule.fire import Scheduler
 from spoolpipe.schedule.rules import CATCH_UP_CAP, Every, Rule, parse_tick_id, tick_id
@@ -162,6 +166,44 @@ def test_ticks_fire_once_and_never_early_whatever_the_workers_clocks_say(tmp_pat
     assert "fired as" in log
 
 
+# Records the real time it runs at: CLOCK_REALTIME, which a shifted time.time() leaves alone.
+REAL = """
+@processor("t.real")
+def real(activity, ctx):
+    return {"real": time.clock_gettime(time.CLOCK_REALTIME)}
+"""
+
+
+def test_a_workers_clock_jump_neither_starts_work_early_nor_stalls_ticks(tmp_path: Path) -> None:
+    """An NTP step of +120 s ran every not_before activity at once and stopped the ticks until the
+    clock was probed again 30 s later (for the length of the jump); a step back stalled them too."""
+    repo = make_repository(tmp_path, pulse("pulse", type_="t.real"), extra_processors=REAL)
+    offset = tmp_path / "offset"
+    offset.write_text("0")
+    worker = start_worker(repo, "w1", env=jumping_clock_env(offset, tmp_path / "shim"))
+    try:
+        wait_for(lambda: len(done_ticks(repo, "pulse")) >= 2, TIMEOUT, "the first ticks")
+        times = [time.time() + 4 + i for i in range(3)]
+        starts = {submit(repo, "t.real", not_before=when): when for when in times}
+        offset.write_text("120")  # forward
+        count = len(fired(repo, "pulse"))
+        wait_for(lambda: len(fired(repo, "pulse")) >= count + 3, 20, "ticks after a jump forward")
+        offset.write_text("-120")  # and back, past where it was
+        count = len(fired(repo, "pulse"))
+        wait_for(lambda: len(fired(repo, "pulse")) >= count + 3, 20, "ticks after a jump back")
+        wait_for(lambda: all((repo / "done" / f"{i}.json").exists() for i in starts), 20, "the activities")
+    finally:
+        stop(worker)
+    for activity_id, not_before in starts.items():
+        ran = json.loads((repo / "done" / f"{activity_id}.json").read_text())["result"]["real"]
+        assert ran >= not_before, f"{activity_id} started {not_before - ran:.1f}s before its not_before"
+    ticks = fired(repo, "pulse")
+    assert ticks == [ticks[0] + i for i in range(len(ticks))], "a tick was dropped"
+    for tick in done_ticks(repo, "pulse"):
+        record = json.loads((repo / "done" / f"{tick_id('pulse', tick)}.json").read_text())
+        assert record["result"]["real"] >= tick, "a tick ran before its time"
+
+
 def test_a_worker_that_joins_while_another_runs_says_no_tick_was_missed(tmp_path: Path) -> None:
     """w1 lagged behind its ticks (a busy machine) as w2 started: w2 logged the ticks w1 was about to
     fire as "came due while no worker fired it"."""
@@ -180,6 +222,29 @@ def test_a_worker_that_joins_while_another_runs_says_no_tick_was_missed(tmp_path
     assert "came due while no worker fired it" not in log_of(repo, "w2"), log_of(repo, "w2")
     ticks = fired(repo, "each")
     assert ticks == [ticks[0] + i for i in range(len(ticks))], "a tick left out or fired twice"
+
+
+def test_ticks_a_paused_worker_leaves_out_by_catch_up_are_logged(tmp_path: Path) -> None:
+    """Ticks 14, 15, 16, then 20: catch-up = latest dropped 17 to 19 of a paused (or busy) worker
+    without a word; only a take-up said so."""
+    repo = make_repository(tmp_path, pulse("last", "latest", "t.noop"))
+    worker = start_worker(repo, "w1")
+    try:
+        wait_for(lambda: len(fired(repo, "last")) >= 2, TIMEOUT, "ticks")
+        os.killpg(worker.pid, signal.SIGSTOP)
+        time.sleep(3.5)
+        os.killpg(worker.pid, signal.SIGCONT)
+        count = len(fired(repo, "last"))
+        wait_for(lambda: len(fired(repo, "last")) >= count + 2, TIMEOUT, "ticks after the pause")
+    finally:
+        os.killpg(worker.pid, signal.SIGCONT)
+        stop(worker)
+    ticks = fired(repo, "last")
+    gaps = [(a, b) for a, b in itertools.pairwise(ticks) if b - a > 1]
+    assert len(gaps) == 1, ticks
+    (before, after), log = gaps[0], log_of(repo, "w1")
+    line = f"ticks came due while this worker was held up (paused or busy), {format_time(before + 1)} to "
+    assert f"{line}{format_time(after)}; catch-up = latest: the latest fires" in log, log
 
 
 def test_catch_up_after_every_worker_was_stopped_for_several_ticks(tmp_path: Path) -> None:
@@ -451,6 +516,51 @@ def test_schedule_command_lists_rules_last_and_next_ticks(tmp_path: Path) -> Non
     assert bare.returncode == 0 and bare.stdout.startswith("no schedules")
     assert spoolpipe("schedule", str(tmp_path)).returncode == 2
     assert spoolpipe("schedule", str(repo), "--next", "-1").returncode == 2
+
+
+@pytest.mark.parametrize("moment", ["9999-12-31T23:59:59-12:00", "0001-01-01T00:00:00+14:00"])
+def test_a_state_time_past_what_spoolpipe_writes_counts_as_absent(tmp_path: Path, moment: str) -> None:
+    """A time past 9999 (or before year 1) UTC crashed spoolpipe schedule (exit 70: year 10000 is out
+    of range) and made a worker log a traceback every 5 s."""
+    repo = make_repository(tmp_path, pulse("pulse", type_="t.noop") + pulse("cron", type_="t.noop"))
+    (repo / "spoolpipe.properties").write_text(
+        (repo / "spoolpipe.properties")
+        .read_text()
+        .replace("schedule.cron.every = 1s", "schedule.cron.cron = * * * * *")
+    )
+    (repo / "schedules").mkdir()
+    for rule, expression in (("pulse", "every 1s"), ("cron", "cron * * * * *")):
+        doc = {"expression": expression, "defined_at": moment, "through": moment, "last_fired": None}
+        (repo / "schedules" / f"{rule}.json").write_text(json.dumps({**doc, "last_id": None}))
+    listing = spoolpipe("schedule", str(repo))
+    assert listing.returncode == 0, listing.stderr
+    assert listing.stdout.count("last fired: never") == 2 and "none" not in listing.stdout
+    worker = start_worker(repo, "w1")
+    try:
+        wait_for(lambda: len(done_ticks(repo, "pulse")) >= 2, TIMEOUT, "ticks of the rule")
+    finally:
+        stop(worker)
+    log = log_of(repo, "w1")
+    assert "Traceback" not in log and "is not a state file; starting afresh" in log
+
+
+def test_a_state_fired_without_an_id_lists_no_none(tmp_path: Path) -> None:
+    repo = make_repository(tmp_path, pulse("pulse", type_="t.noop"))
+    (repo / "schedules").mkdir()
+    when = "2026-01-01T00:00:00+00:00"
+    doc = {"expression": "every 1s", "defined_at": when, "through": when, "last_fired": when, "last_id": None}
+    (repo / "schedules" / "pulse.json").write_text(json.dumps(doc))
+    listing = spoolpipe("schedule", str(repo))
+    assert listing.returncode == 0 and "  last fired: " in listing.stdout and "None" not in listing.stdout
+
+
+def test_schedule_next_has_a_documented_maximum(tmp_path: Path) -> None:
+    """--next 99999999999 ran unbounded."""
+    repo = make_repository(tmp_path, pulse("pulse", type_="t.noop"))
+    refused = spoolpipe("schedule", str(repo), "--next", "99999999999")
+    assert refused.returncode == 2 and "--next must be from 0 to 1000" in refused.stderr
+    (listed,) = json.loads(spoolpipe("schedule", str(repo), "--json", "--next", "1000").stdout)["schedules"]
+    assert len(listed["next"]) == 1000
 
 
 # -- publish_once, the repository's side of firing a tick ----------------------------------------------

@@ -22,17 +22,21 @@ from typing import Any, Literal, TypeGuard, get_args
 from .storable import MAX_DEPTH
 
 NAME_PATTERN = r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}"
+#: The highest ``retry.max-attempts``: a name counts attempts up to seven digits, so that the attempt after
+#: the last allowed one (a crash counts) still reads back as itself and is given up, never as attempt 1.
+MAX_ATTEMPTS = 999_999
+_NAMED_ATTEMPTS = 9_999_999
 _NAME = re.compile(rf"\A{NAME_PATTERN}\Z")
 # A queued name written by spoolpipe itself: ``ID~ATTEMPT[~NOT_BEFORE_MS][~pPRIORITY].json``, or
 # ``ID~pPRIORITY.json`` (a new activity whose priority is not the default).
 _QUEUED = re.compile(
-    rf"\A(?P<id>{NAME_PATTERN})(?:~(?P<attempt>[1-9][0-9]{{0,5}})(?:~(?P<nb>[0-9]{{1,15}}))?)?"
+    rf"\A(?P<id>{NAME_PATTERN})(?:~(?P<attempt>[1-9][0-9]{{0,6}})(?:~(?P<nb>[0-9]{{1,15}}))?)?"
     r"(?:~p(?P<priority>[0-9]))?\.json\Z"
 )
 # A claim in running/: ``ID~ATTEMPT~WORKER.json``, or a file staged beside it: ``ID~ATTEMPT~WORKER~KIND``
 # (``KIND`` one of committed, done, failed) or ``ID~ATTEMPT~WORKER~follow-up~FID``.
 _CLAIM = re.compile(
-    rf"\A(?P<id>{NAME_PATTERN})~(?P<attempt>[1-9][0-9]{{0,5}})~(?P<worker>{NAME_PATTERN})"
+    rf"\A(?P<id>{NAME_PATTERN})~(?P<attempt>[1-9][0-9]{{0,6}})~(?P<worker>{NAME_PATTERN})"
     rf"(?:\.json|~(?P<kind>committed|done|failed|follow-up~(?P<follow_up>{NAME_PATTERN}(?:~p[0-9])?)))\Z"
 )
 _CROCKFORD = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
@@ -41,7 +45,7 @@ _KNOWN_FIELDS = frozenset({"id", "type", "data", "not_before", "priority", "resu
 #: Priorities an activity may have: higher runs first; one without the field has the default.
 PRIORITIES = range(10)
 DEFAULT_PRIORITY = 5
-# Timestamps spoolpipe can write back: 1970-01-01 to 9999-12-31.
+# The latest timestamp spoolpipe can write back: 9999-12-31 (and it writes none before 1970).
 LATEST = 253402300799.0
 
 
@@ -174,6 +178,7 @@ def queued_name(
     copy a person dropped as ``ID.json``.
     """
     mark = priority_mark(priority)
+    attempt = min(attempt, _NAMED_ATTEMPTS)  # past every limit all the same: given up when claimed
     if not_before is None:
         return f"{activity_id}~{attempt}{mark}.json"
     ms = int(not_before * 1000)
@@ -411,10 +416,12 @@ def activity_from_document(doc: Mapping[str, Any], queued: QueuedName) -> Activi
     if not isinstance(data, dict):
         raise InvalidActivity(f"'data' must be a JSON object, got {type(data).__name__}")
     not_before = parse_time(doc["not_before"]) if doc.get("not_before") is not None else None
-    if queued.not_before_ms is not None:
-        not_before = queued.not_before_ms / 1000
-    if not_before is not None and not (math.isfinite(not_before) and 0 <= not_before <= LATEST):
-        raise InvalidActivity("not_before is out of range (1970-01-01 to 9999-12-31)")
+    if not_before is not None and not (math.isfinite(not_before) and not_before <= LATEST):
+        raise InvalidActivity("not_before is past 9999-12-31T23:59:59Z, the latest time spoolpipe can write")
+    if not_before is not None and not_before < 0:  # before 1970: past, so due now as any past time
+        not_before = None
+    if queued.not_before_ms is not None:  # a retry's backoff (or a person's name): never the earlier
+        not_before = max(not_before or 0.0, queued.not_before_ms / 1000)
     priority = document_priority(doc)
     extra = {k: v for k, v in doc.items() if k not in _KNOWN_FIELDS}
     return Activity(

@@ -198,7 +198,7 @@ class Circuits:
         if b.state is State.HALF_OPEN:
             why = f"again, probe {printable(b.probe or '')} failed"
         else:
-            why = f"after {count} failures in {rule.window:g}s"
+            why = f"after {_failures(count)} in {rule.window:g}s"
         b.state, b.opened_at, b.opened_after, b.probe, b.failures = State.OPEN, now, count, None, []
         self._tell(
             type_, State.OPEN, f"circuit for {name} open {why}: not claiming {name} for {rule.cool_down:g}s"
@@ -276,12 +276,18 @@ def published_circuits(workers: Iterable[Mapping[str, Any]]) -> list[dict[str, A
     return sorted(found, key=lambda c: (c["type"], c["worker"]))
 
 
+def _failures(count: int) -> str:
+    from .attempt import counted  # not at import: attempt needs config, which needs this module
+
+    return counted(count, "failure")
+
+
 def status_lines(circuits: Iterable[Mapping[str, Any]]) -> list[str]:
     """``status`` text: one line per circuit that is not closed."""
     lines = []
     for c in circuits:
         if c["state"] == State.OPEN.value:
-            after = f" after {c['failures']} failures" if c["failures"] is not None else ""
+            after = f" after {_failures(c['failures'])}" if c["failures"] is not None else ""
             lines.append(
                 f"  circuit open: {c['type']} on {c['worker']}{after}, since {c['since']}, "
                 f"probe at {c['until']}; its activities wait in the inbox"

@@ -239,8 +239,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 def cmd_schedule(args: argparse.Namespace) -> int:
     repo = _repository(args.repo)
-    if args.next < 0:
-        raise _UsageError("--next must be 0 or more")
+    if not 0 <= args.next <= schedule_report.NEXT_MAX:
+        raise _UsageError(f"--next must be from 0 to {schedule_report.NEXT_MAX}")
     rules = config.load(repo.root).settings.schedules
     if args.name is not None:
         if args.name not in rules:
@@ -795,7 +795,8 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         default=schedule_report.NEXT_COUNT,
         metavar="N",
-        help=f"how many next fire times to list (default {schedule_report.NEXT_COUNT})",
+        help=f"how many next fire times to list (default {schedule_report.NEXT_COUNT}, "
+        f"at most {schedule_report.NEXT_MAX})",
     )
     p = _command(
         sub,

@@ -982,19 +982,33 @@ def filesystem_now(probe: Path) -> float:
 
 
 _CLOCK_GRAIN = 0.02
+#: A wall clock that moved this much more (or less) than the monotonic one since the last look was stepped.
+_CLOCK_STEP = 0.5
 
 
 class SharedClock:
-    """Local time corrected to the shared file system's clock, re-probed every ``refresh`` seconds."""
+    """Local time corrected to the shared file system's clock, re-probed every ``refresh`` seconds.
+
+    A step of the local clock (NTP, a resumed VM) is noticed at the next call, as the wall clock
+    moving apart from the monotonic one: the offset is probed again at once (corrected by that step
+    if the probe fails), so that nothing waiting for a time starts early or stalls for the step.
+    """
 
     def __init__(self, probe: Path, refresh: float = 30.0) -> None:
         self._probe = probe
         self._refresh = refresh
         self._offset = 0.0
         self._probed_at = -refresh
+        self._last: tuple[float, float] | None = None  # (monotonic, wall) at the last call
 
     def now(self) -> float:
-        local = time.monotonic()
+        local, wall = time.monotonic(), time.time()
+        if self._last is not None:
+            step = (wall - self._last[1]) - (local - self._last[0])
+            if abs(step) > _CLOCK_STEP:
+                self._offset -= step
+                self._probed_at = -self._refresh
+        self._last = (local, wall)
         if local - self._probed_at >= self._refresh:
             with contextlib.suppress(OSError):
                 offset = filesystem_now(self._probe) - time.time()
@@ -1002,4 +1016,4 @@ class SharedClock:
                 # is that coarseness, not another clock, and would make a delay end a little early.
                 self._offset = offset if abs(offset) > _CLOCK_GRAIN else 0.0
                 self._probed_at = local
-        return time.time() + self._offset
+        return wall + self._offset

@@ -10,9 +10,10 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..activity import NAME_PATTERN, InvalidActivity, is_valid_name, parse_document
+from ..activity import NAME_PATTERN, InvalidActivity, is_valid_name, nesting, parse_document
 from ..builtins import specs as builtin_specs
 from ..schedule import rules as schedule_rules
+from ..storable import MAX_DEPTH, NotStorable, check_text
 
 #: Regular expression (for ``re.fullmatch``) that every activity type name matches.
 TYPE_PATTERN = NAME_PATTERN
@@ -369,17 +370,21 @@ class DurationKind(Kind):
     minimum: float = 0.0
     #: True when ``minimum`` itself is not allowed (``> minimum``).
     exclusive: bool = False
+    #: The longest allowed, in whole days (``None``: :data:`MAX_SECONDS`, 100 years).
+    maximum_days: int | None = None
 
     @property
     def expected(self) -> str:
-        return f"{_DURATION_EXPECTED} {'>' if self.exclusive else '>='} {self.minimum:g}s, at most 100 years"
+        most = "100 years" if self.maximum_days is None else f"{self.maximum_days}d"
+        return f"{_DURATION_EXPECTED} {'>' if self.exclusive else '>='} {self.minimum:g}s, at most {most}"
 
     def parse(self, raw: str, base: Path) -> float:
         try:
             seconds = parse_duration(raw)
         except ValueError as exc:
             raise Invalid(str(exc)) from None
-        if seconds < self.minimum or (self.exclusive and seconds == self.minimum) or seconds > MAX_SECONDS:
+        longest = MAX_SECONDS if self.maximum_days is None else self.maximum_days * 86400
+        if seconds < self.minimum or (self.exclusive and seconds == self.minimum) or seconds > longest:
             raise Invalid(f"{raw.strip()!r} is out of range")
         return seconds
 
@@ -425,12 +430,17 @@ class JsonObjectKind(Kind):
         return 'a JSON object, e.g. {"folder": "incoming"}'
 
     def parse(self, raw: str, base: Path) -> str:
-        try:
-            doc = parse_document(raw.strip().encode("utf-8", "surrogatepass"))
+        try:  # a .properties \uD800 escape makes a lone surrogate, which no UTF-8 can hold
+            check_text(raw, "the value (its .properties \\u escapes read)")
+            doc = parse_document(raw.strip().encode("utf-8"))
+        except NotStorable as exc:
+            raise Invalid(str(exc)) from None
         except InvalidActivity as exc:
             raise Invalid(
                 exc.reason.replace("top level is", "the value is").replace(", expected an object", "")
             ) from None
+        if nesting(doc) > MAX_DEPTH:  # as an activity's data, itself level 1 (submit's DATA limit)
+            raise Invalid(f"lists and objects nested more than {MAX_DEPTH} levels deep")
         return schedule_rules.canonical_data(doc)
 
 

@@ -430,11 +430,10 @@ def _build_schedules(
             timing = schedule_rules.Cron(cast(str, fields["cron"][0]))
         elif "every" in fields:
             seconds, entry = cast(float, fields["every"][0]), fields["every"][1]
-            if seconds != int(seconds) or seconds > schedule_rules.EVERY_MAX_SECONDS:
-                what = "longer than 366d" if seconds == int(seconds) else "not a whole number of seconds"
+            if seconds != int(seconds):  # the kind checked the range
                 errors.append(
-                    f"{entry.where}: {entry.key}: {entry.value.strip()!r} is {what}; "
-                    "expected a duration of whole seconds, at most 366d"
+                    f"{entry.where}: {entry.key}: {entry.value.strip()!r} is not a whole number of seconds; "
+                    f"expected a duration of whole seconds, at most {schedule_rules.EVERY_MAX_DAYS}d"
                 )
                 continue
             timing = schedule_rules.Every(int(seconds))

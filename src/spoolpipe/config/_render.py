@@ -81,7 +81,7 @@ def describe_keys() -> str:
     ]
     for opt in OPTIONS:
         if opt.default is None:
-            default = "(none)"
+            default = "(none)" if opt.family_default is None else f"`{opt.family_default}`"
         elif opt.default == "":
             default = "(empty)"
         else:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from .. import circuit
+from ..activity import MAX_ATTEMPTS
 from ..builtins import specs as builtin_specs
 from ..schedule import rules as schedule_rules
 from ._kinds import (
@@ -52,6 +53,8 @@ class Option:
     default: str | None
     description: str
     example: str = ""
+    #: For a pattern, the value each key of the family has when unset, for the table (None: no value).
+    family_default: str | None = None
 
     @property
     def is_pattern(self) -> bool:
@@ -153,10 +156,11 @@ OPTIONS: tuple[Option, ...] = (
     ),
     Option(
         "retry.max-attempts",
-        IntKind(1),
+        IntKind(1, MAX_ATTEMPTS),
         "5",
         "Number of attempts, including attempts that crashed their worker process, "
-        "before an activity is failed. 1 disables retries.",
+        f"before an activity is failed. 1 disables retries; at most {MAX_ATTEMPTS:,}, what an inbox "
+        "name counts.",
     ),
     Option(
         "retry.backoff-seconds",
@@ -180,7 +184,7 @@ OPTIONS: tuple[Option, ...] = (
     ),
     Option(
         "retry.max-attempts.<type>",
-        IntKind(1),
+        IntKind(1, MAX_ATTEMPTS),
         None,
         f"Number of attempts for activities of the given type, overriding retry.max-attempts. {_TYPE_NOTE}",
         example="retry.max-attempts.mail.send = 10",
@@ -408,7 +412,7 @@ OPTIONS: tuple[Option, ...] = (
     ),
     Option(
         "schedule.<name>.every",
-        DurationKind(1),
+        DurationKind(1, maximum_days=schedule_rules.EVERY_MAX_DAYS),
         None,
         "Fire the schedule <name> every so long, a whole number of seconds up to 366d (30s, 15m, 2h, "
         "1d): at the "
@@ -428,7 +432,8 @@ OPTIONS: tuple[Option, ...] = (
         JsonObjectKind(),
         None,
         "The data of each activity of the schedule <name> (default {}), to which spoolpipe adds "
-        f"{schedule_rules.TICK_FIELD}, the tick's time (a key of that name here is an error).",
+        f"{schedule_rules.TICK_FIELD}, the tick's time (a key of that name here is an error). Nested at "
+        "most 100 levels deep (the object itself is level 1), as spoolpipe submit's data.",
         example='schedule.nightly.data = {"format": "pdf"}',
     ),
     Option(
@@ -448,6 +453,7 @@ OPTIONS: tuple[Option, ...] = (
         f"{schedule_rules.CATCH_UP_CAP} (the most recent; a warning names the rule when older ones "
         "are skipped).",
         example="schedule.nightly.catch-up = latest",
+        family_default="latest",
     ),
     Option(
         "circuit.<type>.failures",

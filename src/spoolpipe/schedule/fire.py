@@ -106,6 +106,7 @@ class Scheduler:
             return []
         self._say_missed(rule, state, track.taken_up, precise)
         todo = due(rule, state.through, precise, track.taken_up)
+        self._say_left_out(rule, state, track.taken_up, todo.ticks)
         if todo.cut:
             log.warning(
                 "schedule %s: catch-up = all fires at most %d missed ticks: the latest, from %s; "
@@ -203,6 +204,23 @@ class Scheduler:
                 rule.name,
                 format_time(missed[0]),
                 format_time(missed[-1]),
+                rule.catch_up,
+                _CATCH_UP_SAYS[rule.catch_up],
+            )
+
+    def _say_left_out(self, rule: Rule, state: State, taken_up: float, ticks: tuple[float, ...]) -> None:
+        """Log the ticks since the take-up that catch-up = latest leaves out (this worker paused or
+        busy past them), as the take-up logs those before it."""
+        if rule.catch_up != "latest" or not ticks:
+            return
+        first = rule.timing.next(max(state.through, taken_up))
+        if first < ticks[-1]:
+            log.info(
+                "schedule %s: ticks came due while this worker was held up (paused or busy), %s to %s; "
+                "catch-up = %s: %s",
+                rule.name,
+                format_time(first),
+                format_time(ticks[-1]),
                 rule.catch_up,
                 _CATCH_UP_SAYS[rule.catch_up],
             )

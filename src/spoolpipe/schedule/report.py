@@ -2,17 +2,18 @@
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping
 from typing import Any
 
-from ..activity import format_time
+from ..activity import LATEST, format_time
 from ..repository import Repository
 from .rules import Cron, Every, Rule
 from .state import STATE_DIR, read_state, state_path
 
 #: How many next fire times ``spoolpipe schedule`` lists by default.
 NEXT_COUNT = 3
+#: The most ``--next`` may ask for.
+NEXT_MAX = 1000
 
 
 def next_ticks(rule: Rule, after: float, count: int) -> list[float]:
@@ -20,7 +21,7 @@ def next_ticks(rule: Rule, after: float, count: int) -> list[float]:
     ticks: list[float] = []
     while len(ticks) < count:
         after = rule.timing.next(after)
-        if after == math.inf:
+        if after > LATEST:  # none past 9999-12-31, which no time spoolpipe writes can be
             break
         ticks.append(after)
     return ticks
@@ -67,6 +68,7 @@ def render(described: list[dict[str, Any]], count: int) -> str:
         if rule["last_fired"] is None:
             lines.append("  last fired: never")
         else:
-            lines.append(f"  last fired: {rule['last_fired']} ({rule['last_id']})")
+            fired_as = f" ({rule['last_id']})" if rule["last_id"] is not None else ""
+            lines.append(f"  last fired: {rule['last_fired']}{fired_as}")
         lines.append(f"  next {count}: " + (", ".join(rule["next"]) or "none"))
     return "\n".join(lines) + "\n"

@@ -24,7 +24,8 @@ TICK_FIELD = "scheduled_for"
 #: Most ticks ``catch-up = all`` fires at once; older missed ticks are skipped (with a warning).
 CATCH_UP_CAP = 100
 #: Longest ``schedule.<name>.every``: a year and a day.
-EVERY_MAX_SECONDS = 366 * 86400
+EVERY_MAX_DAYS = 366
+EVERY_MAX_SECONDS = EVERY_MAX_DAYS * 86400
 #: ``@`` names accepted in ``schedule.<name>.cron``.
 CRON_NICKNAMES = ("@hourly", "@daily", "@weekly", "@monthly", "@yearly", "@midnight")
 
@@ -80,8 +81,8 @@ class Cron:
         from croniter import croniter
 
         # get_prev is strictly before its start: ticks are whole seconds, so start just past at.
-        start = datetime.fromtimestamp(math.floor(at) + 1, UTC)
-        try:
+        try:  # fromtimestamp: ValueError past 9999
+            start = datetime.fromtimestamp(math.floor(at) + 1, UTC)
             return float(croniter(self.text, start).get_prev(float))
         except (ValueError, KeyError, OverflowError):  # CroniterBadDateError is a ValueError
             return None
@@ -89,8 +90,8 @@ class Cron:
     def next(self, after: float) -> float:
         from croniter import croniter
 
-        start = datetime.fromtimestamp(math.floor(after), UTC)
         try:
+            start = datetime.fromtimestamp(math.floor(after), UTC)
             return float(croniter(self.text, start).get_next(float))
         except (ValueError, KeyError, OverflowError):
             return math.inf

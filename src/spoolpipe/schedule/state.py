@@ -16,7 +16,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from ..activity import format_time, is_valid_name
+from ..activity import LATEST, format_time, is_valid_name
 from ..durable import publish
 from ..repository import Repository, dumps
 
@@ -67,7 +67,10 @@ def _time(value: object) -> float:
     moment = datetime.fromisoformat(value)
     if moment.tzinfo is None:
         raise ValueError("no time zone")
-    return moment.timestamp()
+    epoch = moment.timestamp()
+    if not 0 <= epoch <= LATEST:  # never written by spoolpipe, and could not be written back
+        raise ValueError("out of range")
+    return epoch
 
 
 def parse_state(raw: bytes) -> State | None:
