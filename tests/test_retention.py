@@ -660,3 +660,41 @@ def test_a_purge_journal_that_is_not_a_file_stops_the_purge_with_a_reason(tmp_pa
     assert result.returncode == 1, result.stderr
     assert "archive/.pending.json is not a regular file" in result.stderr
     assert "Traceback" not in result.stderr and record.exists()
+
+
+# -- what changes while a purge runs, damaged archives, attempt notes ----------------------------------
+
+
+def start_purge(repo: Path, *args: str) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "spoolpipe", "purge", str(repo), *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def test_an_entry_that_changes_or_is_queued_again_while_a_purge_runs_stays_in_place(tmp_path: Path) -> None:
+    """A purge archived and deleted whatever was at a name it had scanned: a rerun's new record (filed
+    under the old record's day), an attempt log still being written, the log of an activity queued again."""
+    repo = make_repository(tmp_path, "retention.done = 1d\nretention.failed = 1d\nretention.logs = 1d\n")
+    big = {f"done/big{i}.json" for i in range(8)}
+    for name in big:
+        put(repo / name, os.urandom(4 << 20), old=10 * DAY)  # done/ first: the purge is busy on it a while
+    record = put(repo / "failed" / "X.json", '{"run": 1}', old=10 * DAY)
+    growing = put(repo / "logs" / "activities" / "L~1.log", "first line\n", old=10 * DAY)
+    requeued = put(repo / "logs" / "activities" / "Q~1.log", "an attempt of the first run\n", old=10 * DAY)
+    proc = start_purge(repo)
+    wait_for(lambda: any((repo / "tmp").glob("archive.*.tmp")), 60, "the purge to write done/'s archive")
+    record.unlink()
+    record.write_text('{"run": 2}')  # the rerun's record
+    with growing.open("a") as log:
+        log.write("a later line\n")
+    submit(repo, "t.noop", id="Q")  # queued again
+    out, err = proc.communicate(timeout=120)
+    assert "done: archived 8" in out, out + err
+    assert record.read_text() == '{"run": 2}'
+    assert growing.read_text() == "first line\na later line\n"
+    assert requeued.read_text() == "an attempt of the first run\n"
+    assert set(members(repo)) == big  # nothing archived that stays, nothing filed under a wrong day
+    assert "failed/X.json" in err and "logs/activities/L~1.log" in err, err

@@ -31,11 +31,37 @@ from ..activity import printable
 from ..durable import fsync_directory, move_noreplace
 from ..liveness import OwnLock
 from ..repository import Repository
-from ._expiry import ARCHIVE_DIR, ARCHIVE_PATTERN, STATE_DIRS, STATES, Entry, Report, State, archive_name
+from ._expiry import (
+    ARCHIVE_DIR,
+    ARCHIVE_PATTERN,
+    STATE_DIRS,
+    STATES,
+    Entry,
+    Report,
+    State,
+    archive_name,
+    entry_id,
+    referenced_id,
+)
 from ._tree import Skipped, Stamp, fsync_dir_fd, node, open_dir, remove, stamp, still_archived, walk
 
 #: Names the archive just published and the entries it holds, until they are deleted.
 JOURNAL = ".pending.json"
+#: Why an entry found expired is not taken after all: it is no longer the file the purge found.
+CHANGED = "it changed since the purge found it"
+
+
+def protected_ids(repo: Repository) -> set[str]:
+    """Ids that are queued, claimed, being settled or reserved: their entries are never purged.
+
+    Listed again before each archive is written and before its entries are
+    deleted: an activity retried or requeued since the scan is protected again.
+    """
+    ids: set[str] = set()
+    for directory in (repo.inbox, repo.running, repo.ids):
+        with os.scandir(directory) as found:
+            ids.update(referenced_id(item.name) for item in found)
+    return ids
 
 
 def _gzip_stored(data: bytes) -> bytes:
@@ -88,22 +114,27 @@ def _tar_entry(out: IO[bytes], dir_fd: int, entry: Entry) -> Stamp:
     """Write the tar members of ``entry`` (a file, or a tree for ``invalid/``) to ``out``; its stamp.
 
     Nothing is followed or opened but regular files (without blocking). A socket
-    has no content to keep and is left out.
+    has no content to keep and is left out. Only the entry as it was found is
+    taken (the name may hold a rerun's record by now), and a file only if it did
+    not change while it was read (an attempt log still written): else :class:`Skipped`.
     """
     nodes = []
     base = STATE_DIRS[entry.state]
     for rel, parent, name, st in walk(dir_fd, entry.name):
+        if rel == entry.name and not entry.is_still(st):
+            raise Skipped(CHANGED)
         nodes.append(node(rel, st))
         info = _tarinfo(f"{base}/{rel}", st)
         mode = st.st_mode
         if stat.S_ISREG(mode):
             fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY, dir_fd=parent)
             try:
-                opened = os.fstat(fd)
-                if not os.path.samestat(opened, st):
-                    raise Skipped("it changed while it was being archived")
+                if _identity(os.fstat(fd)) != _identity(st):
+                    raise Skipped(CHANGED)
                 info.size = st.st_size
                 _write_member(out, info, _Exactly(fd, st.st_size))
+                if _identity(os.fstat(fd)) != _identity(st):
+                    raise Skipped("it changed while it was being archived")
             finally:
                 os.close(fd)
             continue
@@ -180,7 +211,10 @@ def archive_group(
                 with gzip.GzipFile(
                     filename="", mode="wb", compresslevel=6, fileobj=out, mtime=int(now)
                 ) as packed:
+                    live = protected_ids(repo)  # queued or running again since the scan: not expired now
                     for entry in group:
+                        if entry_id(entry.state, entry.name) in live:
+                            continue
                         with tempfile.SpooledTemporaryFile(8 << 20, "w+b", dir=str(repo.tmp)) as chunk:
                             try:
                                 entry_stamp = _tar_entry(chunk, state_fd, entry)
@@ -214,7 +248,7 @@ def archive_group(
             with contextlib.suppress(FileNotFoundError):
                 tmp.unlink()
         report.archives[state].add(target.name)
-        report.removed[state] += _delete_archived(state_fd, held, report)
+        report.removed[state] += _delete_archived(state_fd, held, report, protected_ids(repo))
         (archive_dir / JOURNAL).unlink()
         fsync_directory(archive_dir)
     finally:
@@ -239,10 +273,18 @@ def _write_journal(
     fsync_directory(repo.root / ARCHIVE_DIR)
 
 
-def _delete_archived(state_fd: int, held: Iterable[tuple[Entry, Stamp]], report: Report) -> list[Entry]:
-    """Delete the entries now in a durable archive, each only if it is still what was archived."""
+def _delete_archived(
+    state_fd: int, held: Iterable[tuple[Entry, Stamp]], report: Report, protected: set[str]
+) -> list[Entry]:
+    """Delete the entries now in a durable archive, each only if it is still what was archived and
+    its activity is not queued or running again (``protected``): else it stays, the archive holding a copy."""
     deleted = []
     for entry, archived in held:
+        if entry_id(entry.state, entry.name) in protected:
+            report.problems.append(
+                f"{printable(entry.path)}: archived, but its activity is queued or running again: kept"
+            )
+            continue
         try:
             if not still_archived(stamp(state_fd, entry.name), archived):
                 report.problems.append(f"{printable(entry.path)}: changed after it was archived: kept")
@@ -322,7 +364,7 @@ def complete_interrupted(repo: Repository, report: Report) -> None:
         if mine:
             fd = open_dir(str(repo.root / STATE_DIRS[state]), None)
             try:
-                report.completed += len(_delete_archived(fd, mine, report))
+                report.completed += len(_delete_archived(fd, mine, report, protected_ids(repo)))
             finally:
                 os.close(fd)
     journal.unlink()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import os
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -39,6 +40,13 @@ class Entry:
     state: State
     name: str
     mtime: float
+    #: Its inode and size when it was found (0 and -1: not known): only that file may be taken.
+    inode: int = field(default=0, compare=False)
+    size: int = field(default=-1, compare=False)
+
+    def is_still(self, st: os.stat_result) -> bool:
+        """Whether ``st`` (an lstat) is the entry as it was found, so as old as it was then."""
+        return (st.st_ino, st.st_size, st.st_mtime) == (self.inode, self.size, self.mtime)
 
     @property
     def path(self) -> str:

@@ -14,7 +14,7 @@ from ..activity import printable
 from ..config import Settings
 from ..liveness import OwnLock
 from ..repository import Repository, filesystem_now
-from ._archive import NotAFile, archive_group, complete_interrupted, sweep_temp
+from ._archive import CHANGED, NotAFile, archive_group, complete_interrupted, protected_ids, sweep_temp
 from ._expiry import (
     ARCHIVE_DIR,
     STATE_DIRS,
@@ -25,10 +25,10 @@ from ._expiry import (
     archive_name,
     by_archive,
     describe_age,
+    entry_id,
     expired,
     is_entry,
     limits_of,
-    referenced_id,
 )
 from ._lock import Busy, retention_lock
 from ._tree import Skipped, fsync_dir_fd, open_dir, remove
@@ -53,17 +53,8 @@ def scan(repo: Repository, state: State) -> list[Entry]:
             except FileNotFoundError:
                 continue
             if wanted(st.st_mode):
-                entries.append(Entry(state, item.name, st.st_mtime))
+                entries.append(Entry(state, item.name, st.st_mtime, st.st_ino, st.st_size))
     return entries
-
-
-def protected_ids(repo: Repository) -> set[str]:
-    """Ids that are queued, claimed, being settled or reserved: their entries are never purged."""
-    ids: set[str] = set()
-    for directory in (repo.inbox, repo.running, repo.ids):
-        with os.scandir(directory) as found:
-            ids.update(referenced_id(item.name) for item in found)
-    return ids
 
 
 def purge(
@@ -121,10 +112,14 @@ def _delete(repo: Repository, found: Iterable[Entry], report: Report) -> None:
             continue
         fd = open_dir(str(repo.root / STATE_DIRS[state]), None)
         try:
+            live = protected_ids(repo)  # queued or running again since the scan: no longer expired
             for entry in mine:
+                if entry_id(state, entry.name) in live:
+                    continue
                 try:
-                    if os.lstat(entry.name, dir_fd=fd).st_mtime != entry.mtime:
-                        continue  # changed since it was found: no longer what expired
+                    if not entry.is_still(os.lstat(entry.name, dir_fd=fd)):
+                        report.problems.append(f"{printable(entry.path)}: not deleted: {CHANGED}")
+                        continue
                     remove(fd, entry.name)
                 except FileNotFoundError:
                     continue
