@@ -698,3 +698,32 @@ def test_an_entry_that_changes_or_is_queued_again_while_a_purge_runs_stays_in_pl
     assert requeued.read_text() == "an attempt of the first run\n"
     assert set(members(repo)) == big  # nothing archived that stays, nothing filed under a wrong day
     assert "failed/X.json" in err and "logs/activities/L~1.log" in err, err
+
+
+def test_a_days_archive_damaged_in_the_middle_is_left_as_it_is_and_the_day_goes_on_in_a_second(
+    tmp_path: Path,
+) -> None:
+    """Only the archive's last 1029 bytes were checked: entries appended after a damaged middle could not
+    be read back, and were deleted."""
+    repo = make_repository(tmp_path, "retention.done = 1d\n")
+    when = time.time() - 10 * DAY
+    for name in "abc":
+        put(repo / "done" / f"{name}.json", os.urandom(50_000))
+        os.utime(repo / "done" / f"{name}.json", (when, when))
+    assert purge(repo).returncode == 0
+    (archive,) = (repo / "archive").glob("done-*.tar.gz")
+    damaged = bytearray(archive.read_bytes())
+    damaged[len(damaged) // 2] ^= 0xFF
+    archive.write_bytes(damaged)
+    new = os.urandom(50_000)
+    put(repo / "done" / "new.json", new)
+    os.utime(repo / "done" / "new.json", (when, when))
+    result = purge(repo)
+    assert result.returncode == 0, result.stderr
+    second = archive.with_name(archive.name.replace(".tar.gz", ".2.tar.gz"))
+    assert f"archived 1 into archive/{second.name}" in result.stdout
+    assert archive.read_bytes() == damaged  # left as it is
+    with tarfile.open(second) as tar:
+        extracted = tar.extractfile("done/new.json")
+        assert extracted is not None and extracted.read() == new
+    assert not (repo / "done" / "new.json").exists()

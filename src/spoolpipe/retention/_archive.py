@@ -166,7 +166,8 @@ def sweep_temp(repo: Repository) -> None:
 
 def _appendable(archive_dir: Path, state: State, mtime: float) -> tuple[Path, os.stat_result | None]:
     """The archive for this state and day, with its stat if it exists; one not ending as spoolpipe
-    ends its archives (not written by spoolpipe, or cut short) is left alone for ``...-DD.N.tar.gz``."""
+    ends its archives (not written by spoolpipe, or cut short) or not reading back whole (damaged)
+    is left alone for ``...-DD.N.tar.gz``."""
     number = 1
     while True:
         path = archive_dir / archive_name(state, mtime, number)
@@ -177,9 +178,64 @@ def _appendable(archive_dir: Path, state: State, mtime: float) -> tuple[Path, os
         if stat.S_ISREG(st.st_mode) and st.st_size >= len(END_MEMBER):
             with open(path, "rb") as existing:
                 existing.seek(st.st_size - len(END_MEMBER))
-                if existing.read() == END_MEMBER:
+                if existing.read() == END_MEMBER and _reads_back(path):
                     return path, st
         number += 1
+
+
+#: Largest pax header read back when checking an archive (spoolpipe's hold a path, at most 64 levels deep).
+_PAX_BYTES = 1 << 20
+
+
+def _reads_back(path: Path) -> bool:
+    """Whether every gzip member of the archive has its CRC and every tar header its checksum, up to the
+    end-of-archive blocks: entries appended after a damaged part could not be read back. Streamed."""
+    zero = bytes(tarfile.BLOCKSIZE)
+    size: int | None = None  # from a pax header, for the member that follows it
+    try:
+        with gzip.open(path, "rb") as stream:
+            while True:
+                block = stream.read(tarfile.BLOCKSIZE)
+                if block == zero:
+                    return stream.read(tarfile.BLOCKSIZE) == zero and not stream.read(1)
+                if len(block) < tarfile.BLOCKSIZE:
+                    return False
+                info = tarfile.TarInfo.frombuf(block, "utf-8", "surrogateescape")
+                length = info.size if size is None else size
+                size = None
+                if info.type in (tarfile.XHDTYPE, tarfile.XGLTYPE):
+                    if length > _PAX_BYTES:
+                        return False
+                    records = stream.read(length + -length % tarfile.BLOCKSIZE)
+                    if len(records) < length + -length % tarfile.BLOCKSIZE:
+                        return False
+                    if info.type == tarfile.XHDTYPE:
+                        size = _pax_size(records[:length])
+                    continue
+                left = length + -length % tarfile.BLOCKSIZE
+                while left:
+                    chunk = stream.read(min(left, 1 << 20))
+                    if not chunk:
+                        return False
+                    left -= len(chunk)
+    except (OSError, EOFError, ValueError, zlib.error, tarfile.TarError):
+        return False
+
+
+def _pax_size(records: bytes) -> int | None:
+    """The ``size`` a pax header gives the member after it (for files of 8 GiB and more), if any."""
+    found = None
+    at = 0
+    while at < len(records):
+        space = records.index(b" ", at)
+        length = int(records[at:space])
+        if length <= space - at:
+            raise ValueError("bad pax record")
+        key, _, value = records[space + 1 : at + length - 1].partition(b"=")
+        if key == b"size":
+            found = int(value)
+        at += length
+    return found
 
 
 def _copy(source: Path, out: IO[bytes], length: int) -> None:
