@@ -727,3 +727,24 @@ def test_a_days_archive_damaged_in_the_middle_is_left_as_it_is_and_the_day_goes_
         extracted = tar.extractfile("done/new.json")
         assert extracted is not None and extracted.read() == new
     assert not (repo / "done" / "new.json").exists()
+
+
+def test_attempt_notes_go_with_the_attempt_logs(tmp_path: Path) -> None:
+    """ID~N.attempt.json were never purged, and a later run of the same id listed the old run's note."""
+    repo = make_repository(tmp_path, "retry.backoff-seconds = 0\n")
+    flaky = submit(repo, "t.flaky", {"succeed_on": 2})
+    run_until_idle(repo)
+    activities = repo / "logs" / "activities"
+    assert (activities / f"{flaky}~1.attempt.json").exists()
+    for path in [*activities.iterdir(), repo / "done" / f"{flaky}.json"]:
+        age(path, 100 * DAY)
+    result = purge(repo, "--older-than", "1d")
+    assert result.returncode == 0, result.stderr
+    assert sorted(os.listdir(activities)) == []
+    assert f"logs/activities/{flaky}~1.attempt.json" in members(repo)
+    # The same id again, as its second attempt: no attempt 1 of this run is known.
+    submit(repo, "t.flaky", {"succeed_on": 2}, id=flaky)
+    (repo / "inbox" / f"{flaky}.json").rename(repo / "inbox" / f"{flaky}~2.json")
+    run_until_idle(repo)
+    history = json.loads((repo / "done" / f"{flaky}.json").read_text())["spoolpipe"]["attempt_history"]
+    assert history[0] == {"attempt": 1, "outcome": "unknown"}

@@ -11,6 +11,7 @@ from datetime import UTC, datetime
 from typing import Literal, get_args
 
 from ..activity import NAME_PATTERN, is_invalid_entry_name
+from ..attempt_notes import NOTE_SUFFIX
 from ..config import Settings
 
 #: What retention cleans up, each with its own ``retention.<state>`` limit.
@@ -26,7 +27,8 @@ STATE_DIRS: Mapping[State, str] = {
 ARCHIVE_DIR = "archive"
 
 _RECORD = re.compile(rf"\A({NAME_PATTERN})\.json\Z")
-_ATTEMPT_LOG = re.compile(rf"\A({NAME_PATTERN})~[1-9][0-9]{{0,5}}\.log\Z")
+#: An attempt log ``ID~N.log``, or the attempt's note beside it: they go together.
+_ATTEMPT_LOG = re.compile(rf"\A({NAME_PATTERN})~[1-9][0-9]{{0,5}}(?:\.log|{re.escape(NOTE_SUFFIX)})\Z")
 #: The names :func:`archive_name` gives.
 ARCHIVE_PATTERN = re.compile(
     r"\A(?:done|failed|invalid|logs)-[0-9]{4}-[0-9]{2}-[0-9]{2}(?:\.[0-9]+)?\.tar\.gz\Z"
@@ -64,8 +66,8 @@ def entry_id(state: State, name: str) -> str | None:
 def is_entry(state: State, name: str) -> bool:
     """Whether retention may touch ``name`` in that state's directory: only names spoolpipe writes there.
 
-    A record is ``ID.json``, an attempt log ``ID~N.log``; an ``invalid/`` entry ``NAME~TOKEN``
-    (a folder an operator made there is not one).
+    A record is ``ID.json``, an attempt log ``ID~N.log`` (its note ``ID~N.attempt.json``); an
+    ``invalid/`` entry ``NAME~TOKEN`` (a folder an operator made there is not one).
     """
     if state == "invalid":
         return is_invalid_entry_name(name)
