@@ -748,3 +748,22 @@ def test_attempt_notes_go_with_the_attempt_logs(tmp_path: Path) -> None:
     run_until_idle(repo)
     history = json.loads((repo / "done" / f"{flaky}.json").read_text())["spoolpipe"]["attempt_history"]
     assert history[0] == {"attempt": 1, "outcome": "unknown"}
+
+
+def test_a_scheduled_purge_on_a_read_only_mount_says_so_without_a_traceback(tmp_path: Path) -> None:
+    """``purge --scheduled`` crashed (exit 70) opening the worker's log on a read-only mount."""
+    repo = make_repository(tmp_path, "retention.done = 1d\n")
+    record = put(repo / "done" / "old.json", "{}", old=2 * DAY)
+    mount = tmp_path / "ro"
+    mount.mkdir()
+    if subprocess.run(["mount", "--bind", str(repo), str(mount)], check=False).returncode != 0:
+        pytest.fail("cannot bind-mount (the tests run as root: .ci/run)")
+    try:
+        assert subprocess.run(["mount", "-o", "remount,bind,ro", str(mount)], check=False).returncode == 0
+        result = purge(mount, "--scheduled", "--worker-id", "w1")
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], check=False)
+    assert "Traceback" not in result.stderr and "crashed" not in result.stderr, result.stderr
+    assert result.returncode == 1, result.stderr
+    assert "logs/workers/w1.log" in result.stderr and "Read-only file system" in result.stderr
+    assert record.exists()
