@@ -21,7 +21,15 @@ from pathlib import Path
 
 import pytest
 
-from harness import kill_group, make_repository, run_until_idle, start_worker, submit, wait_for
+from harness import (
+    kill_group,
+    make_repository,
+    make_repository_on,
+    run_until_idle,
+    start_worker,
+    submit,
+    wait_for,
+)
 from spoolpipe import config, retention
 from spoolpipe.config import ConfigError
 from spoolpipe.repository import Repository
@@ -767,3 +775,25 @@ def test_a_scheduled_purge_on_a_read_only_mount_says_so_without_a_traceback(tmp_
     assert result.returncode == 1, result.stderr
     assert "logs/workers/w1.log" in result.stderr and "Read-only file system" in result.stderr
     assert record.exists()
+
+
+def test_a_full_disk_names_each_entry_and_the_archive_that_could_not_be_written(tmp_path: Path) -> None:
+    """It said 'done: 2 entries not archived: [Errno 28] ...' (no names), and 'nothing to purge'."""
+    mount = tmp_path / "small"
+    mount.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(mount)]).returncode != 0:
+        pytest.fail("cannot mount a tmpfs (the tests run as root: .ci/run)")
+    try:
+        repo = make_repository_on(mount / "repo", tmp_path / "procs", "retention.done = 1d\n")
+        records = [put(repo / "done" / f"{n}.json", os.urandom(300_000), old=2 * DAY) for n in "ab"]
+        free = os.statvfs(mount)
+        (mount / "filler").write_bytes(bytes(free.f_bavail * free.f_frsize - 100_000))
+        result = purge(repo)
+        assert all(record.exists() for record in records)
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], check=False)
+    assert result.returncode == 1, result
+    for name in ("done/a.json", "done/b.json"):
+        assert f"{name}: not archived into archive/done-" in result.stderr, result.stderr
+    assert "No space left on device" in result.stderr
+    assert "nothing to purge" not in result.stdout and "nothing purged" in result.stdout

@@ -258,6 +258,7 @@ def archive_group(
     target, old = _appendable(archive_dir, state, group[0].mtime)
     tmp = repo.temp_path("archive")
     held: list[tuple[Entry, Stamp]] = []
+    left_out: set[str] = set()  # names not to be archived after all (each said, if need be)
     state_fd = open_dir(str(repo.root / STATE_DIRS[state]), None)
     try:
         try:
@@ -270,14 +271,19 @@ def archive_group(
                     live = protected_ids(repo)  # queued or running again since the scan: not expired now
                     for entry in group:
                         if entry_id(entry.state, entry.name) in live:
+                            left_out.add(entry.name)
                             continue
                         with tempfile.SpooledTemporaryFile(8 << 20, "w+b", dir=str(repo.tmp)) as chunk:
                             try:
                                 entry_stamp = _tar_entry(chunk, state_fd, entry)
                             except FileNotFoundError:
+                                left_out.add(entry.name)
                                 continue  # removed meanwhile (by a person, or retried)
-                            except (OSError, Skipped) as exc:
-                                report.problems.append(f"{printable(entry.path)}: not archived: {exc}")
+                            except (OSError, Skipped) as exc:  # unreadable, too deep, changed...
+                                left_out.add(entry.name)
+                                report.problems.append(
+                                    f"{printable(entry.path)}: not archived into archive/{target.name}: {exc}"
+                                )
                                 continue
                             chunk.seek(0)
                             while block := chunk.read(1 << 20):
@@ -300,6 +306,13 @@ def archive_group(
             else:
                 os.replace(tmp, target)
             fsync_directory(archive_dir)
+        except OSError as exc:  # a full disk, say: every entry of the group stays in place
+            for entry in group:
+                if entry.name not in left_out:
+                    report.problems.append(
+                        f"{printable(entry.path)}: not archived into archive/{target.name}: {exc}"
+                    )
+            return
         finally:
             with contextlib.suppress(FileNotFoundError):
                 tmp.unlink()

@@ -220,7 +220,7 @@ def run_command(
                 where = f" into archive/{archive_name(state, entry.mtime)}" if report.archive else ""
                 verb = "archive" if report.archive else "delete"
                 print(f"would {verb} {printable(entry.path)} ({describe_age(now - entry.mtime)} old){where}")
-    for line in report.summary() or ["nothing to purge"]:
+    for line in report.summary() or ["nothing purged" if report.problems else "nothing to purge"]:
         print(line)
     _say_problems(report.problems, lambda line: print(f"spoolpipe purge: {line}", file=sys.stderr))
     return 1 if report.problems else 0
