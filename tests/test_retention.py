@@ -797,3 +797,20 @@ def test_a_full_disk_names_each_entry_and_the_archive_that_could_not_be_written(
         assert f"{name}: not archived into archive/done-" in result.stderr, result.stderr
     assert "No space left on device" in result.stderr
     assert "nothing to purge" not in result.stdout and "nothing purged" in result.stdout
+
+
+def test_a_state_folder_that_is_a_link_is_not_purged_and_said_so_dry_run_too(tmp_path: Path) -> None:
+    """With retention.archive = false it said 'cannot take locks/~retention.lock: Not a directory'; a dry
+    run listed the entries behind the link, which the real run does not touch."""
+    repo = make_repository(tmp_path, "retention.done = 1d\nretention.archive = false\n")
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    record = put(elsewhere / "old.json", "{}", old=2 * DAY)
+    (repo / "done").rmdir()
+    (repo / "done").symlink_to(elsewhere)
+    for args in ((), ("--dry-run",)):
+        result = purge(repo, *args)
+        assert result.returncode == 1, result
+        assert "retention.lock" not in result.stderr and "Traceback" not in result.stderr, result.stderr
+        assert "done/ cannot be opened as a folder" in result.stderr, result.stderr
+        assert "old.json" not in result.stdout and record.exists()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import os
@@ -41,19 +42,24 @@ LAST_RUN = ".last-run"
 
 def scan(repo: Repository, state: State) -> list[Entry]:
     """The entries of ``state`` in place now: regular files named as spoolpipe names them, or
-    ``invalid/`` directories; links and anything else are never touched."""
+    ``invalid/`` directories; links and anything else are never touched, nor a state's folder that
+    is a link (``OSError``: the purge cannot open it to archive or delete, so a dry run lists none)."""
     wanted = stat.S_ISDIR if state == "invalid" else stat.S_ISREG
     entries = []
-    with os.scandir(repo.root / STATE_DIRS[state]) as found:
-        for item in found:
-            if not is_entry(state, item.name):
-                continue
-            try:
-                st = item.stat(follow_symlinks=False)
-            except FileNotFoundError:
-                continue
-            if wanted(st.st_mode):
-                entries.append(Entry(state, item.name, st.st_mtime, st.st_ino, st.st_size))
+    fd = open_dir(str(repo.root / STATE_DIRS[state]), None)
+    try:
+        with os.scandir(fd) as found:
+            for item in found:
+                if not is_entry(state, item.name):
+                    continue
+                try:
+                    st = item.stat(follow_symlinks=False)
+                except FileNotFoundError:
+                    continue
+                if wanted(st.st_mode):
+                    entries.append(Entry(state, item.name, st.st_mtime, st.st_ino, st.st_size))
+    finally:
+        os.close(fd)
     return entries
 
 
@@ -82,7 +88,14 @@ def purge(
             return report
         sweep_temp(repo)
     now = filesystem_now(repo.tmp / ".clock-purge")
-    entries = [e for s in STATES if limits.get(s, math.inf) < math.inf for e in scan(repo, s)]
+    entries = []
+    for state in (s for s in STATES if limits.get(s, math.inf) < math.inf):
+        try:
+            entries += scan(repo, state)
+        except OSError as exc:
+            report.problems.append(
+                f"{STATE_DIRS[state]}/ cannot be opened as a folder: {exc.strerror}: nothing purged there"
+            )
     found = expired(entries, {s: limits.get(s, math.inf) for s in STATES}, now, protected_ids(repo))
     if dry_run:
         for entry in found:
@@ -110,7 +123,11 @@ def _delete(repo: Repository, found: Iterable[Entry], report: Report) -> None:
         mine = [e for e in found if e.state == state]
         if not mine:
             continue
-        fd = open_dir(str(repo.root / STATE_DIRS[state]), None)
+        try:
+            fd = open_dir(str(repo.root / STATE_DIRS[state]), None)
+        except OSError as exc:
+            report.problems.append(f"{STATE_DIRS[state]}/ cannot be opened as a folder: {exc.strerror}")
+            continue
         try:
             live = protected_ids(repo)  # queued or running again since the scan: no longer expired
             for entry in mine:
@@ -204,15 +221,16 @@ def run_command(
             _say_problems(report.problems, lambda line: log.warning("purge: %s", line))
         return 0
     limits = {s: (older_than if older_than is not None else limits_of(settings)[s]) for s in states}
-    try:
-        with retention_lock(repo, settings, wait=5.0) as lock:
-            report = purge(repo, limits, archive=settings.retention_archive, dry_run=dry_run, lock=lock)
-    except Busy as exc:
-        print(f"spoolpipe purge: {exc}", file=sys.stderr)
-        return 1
-    except OSError as exc:  # the lock file cannot be made (a read-only mount)
-        print(f"spoolpipe purge: cannot take locks/~retention.lock: {exc}", file=sys.stderr)
-        return 1
+    with contextlib.ExitStack() as held:
+        try:
+            lock = held.enter_context(retention_lock(repo, settings, wait=5.0))
+        except Busy as exc:
+            print(f"spoolpipe purge: {exc}", file=sys.stderr)
+            return 1
+        except OSError as exc:  # the lock file cannot be made (a read-only mount)
+            print(f"spoolpipe purge: cannot take locks/~retention.lock: {exc}", file=sys.stderr)
+            return 1
+        report = purge(repo, limits, archive=settings.retention_archive, dry_run=dry_run, lock=lock)
     if dry_run:
         now = filesystem_now(repo.tmp / ".clock-purge")
         for state in STATES:
