@@ -814,3 +814,18 @@ def test_a_state_folder_that_is_a_link_is_not_purged_and_said_so_dry_run_too(tmp
         assert "retention.lock" not in result.stderr and "Traceback" not in result.stderr, result.stderr
         assert "done/ cannot be opened as a folder" in result.stderr, result.stderr
         assert "old.json" not in result.stdout and record.exists()
+
+
+def test_a_tree_too_deep_to_delete_is_left_whole(tmp_path: Path) -> None:
+    """With retention.archive = false, reason.txt was deleted before the depth limit was found."""
+    repo = make_repository(tmp_path, "retention.invalid = 1d\nretention.archive = false\n")
+    entry = invalid_entry(repo, "deep.json", old=2 * DAY)
+    deep = entry
+    for _ in range(70):
+        deep = deep / "d"
+    deep.mkdir(parents=True)
+    age(entry, 2 * DAY)
+    result = purge(repo)
+    assert result.returncode == 1 and "more than 64 directories deep" in result.stderr, result
+    assert (entry / "reason.txt").read_text() == "deep.json: not JSON\n"
+    assert (entry / "deep.json").exists() and deep.is_dir()
