@@ -219,9 +219,9 @@ def test_durations_and_forever_in_the_configuration(tmp_path: Path) -> None:
     where = tmp_path / "spoolpipe.properties"
     assert info.value.errors == [
         f"{where}:3: retention.failed: 'soon' is not a duration; expected a duration (30s, 15m, 2h, 1d; "
-        "a plain number is seconds) > 0s, or forever",
+        "a plain number is seconds) > 0s, at most 100 years, or forever",
         f"{where}:4: retention.invalid: '0' is out of range; expected a duration (30s, 15m, 2h, 1d; "
-        "a plain number is seconds) > 0s, or forever",
+        "a plain number is seconds) > 0s, at most 100 years, or forever",
     ]
 
 
@@ -829,3 +829,10 @@ def test_a_tree_too_deep_to_delete_is_left_whole(tmp_path: Path) -> None:
     assert result.returncode == 1 and "more than 64 directories deep" in result.stderr, result
     assert (entry / "reason.txt").read_text() == "deep.json: not JSON\n"
     assert (entry / "deep.json").exists() and deep.is_dir()
+
+
+def test_a_limit_too_long_says_the_longest_there_is(tmp_path: Path) -> None:
+    repo = make_repository(tmp_path, "retention.done = 36501d\n")
+    result = purge(repo)
+    assert result.returncode == 2 and "'36501d' is out of range" in result.stderr, result
+    assert "at most 100 years" in result.stderr
