@@ -836,3 +836,17 @@ def test_a_limit_too_long_says_the_longest_there_is(tmp_path: Path) -> None:
     result = purge(repo)
     assert result.returncode == 2 and "'36501d' is out of range" in result.stderr, result
     assert "at most 100 years" in result.stderr
+
+
+def test_a_dry_run_names_the_archive_the_real_run_writes(tmp_path: Path) -> None:
+    """It named the day's first archive even where that one is not spoolpipe's (the run used .2)."""
+    repo = make_repository(tmp_path, "retention.done = 1d\n")
+    record = put(repo / "done" / "old.json", "{}", old=2 * DAY)
+    first = repo / "archive" / retention.archive_name("done", record.stat().st_mtime)
+    put(first, "a person's file")
+    second = first.name.replace(".tar.gz", ".2.tar.gz")
+    dry = purge(repo, "--dry-run")
+    assert f"would archive done/old.json (2d 0h old) into archive/{second}" in dry.stdout, dry
+    assert f"done: would archive 1 into archive/{second}" in dry.stdout
+    real = purge(repo)
+    assert f"done: archived 1 into archive/{second}" in real.stdout, real

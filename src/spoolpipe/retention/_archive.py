@@ -164,7 +164,7 @@ def sweep_temp(repo: Repository) -> None:
             path.unlink()
 
 
-def _appendable(archive_dir: Path, state: State, mtime: float) -> tuple[Path, os.stat_result | None]:
+def appendable(archive_dir: Path, state: State, mtime: float) -> tuple[Path, os.stat_result | None]:
     """The archive for this state and day, with its stat if it exists; one not ending as spoolpipe
     ends its archives (not written by spoolpipe, or cut short) or not reading back whole (damaged)
     is left alone for ``...-DD.N.tar.gz``."""
@@ -255,7 +255,7 @@ def archive_group(
     state = group[0].state
     archive_dir = repo.root / ARCHIVE_DIR
     archive_dir.mkdir(exist_ok=True)
-    target, old = _appendable(archive_dir, state, group[0].mtime)
+    target, old = appendable(archive_dir, state, group[0].mtime)
     tmp = repo.temp_path("archive")
     held: list[tuple[Entry, Stamp]] = []
     left_out: set[str] = set()  # names not to be archived after all (each said, if need be)

@@ -139,6 +139,8 @@ class Report:
     removed: dict[State, list[Entry]] = field(default_factory=lambda: {s: [] for s in STATES})
     #: Archive names (in ``archive/``) written to, per state.
     archives: dict[State, set[str]] = field(default_factory=lambda: {s: set() for s in STATES})
+    #: Dry: the archive each entry would go into (the day's first may not be appendable).
+    destinations: dict[Entry, str] = field(default_factory=dict)
     #: Entries a purge killed earlier had archived, deleted by this one.
     completed: int = 0
     #: One line per entry that could not be purged (it stays where it is).

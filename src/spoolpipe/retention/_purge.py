@@ -15,7 +15,15 @@ from ..activity import printable
 from ..config import Settings
 from ..liveness import OwnLock
 from ..repository import Repository, filesystem_now
-from ._archive import CHANGED, NotAFile, archive_group, complete_interrupted, protected_ids, sweep_temp
+from ._archive import (
+    CHANGED,
+    NotAFile,
+    appendable,
+    archive_group,
+    complete_interrupted,
+    protected_ids,
+    sweep_temp,
+)
 from ._expiry import (
     ARCHIVE_DIR,
     STATE_DIRS,
@@ -23,7 +31,6 @@ from ._expiry import (
     Entry,
     Report,
     State,
-    archive_name,
     by_archive,
     describe_age,
     entry_id,
@@ -98,10 +105,14 @@ def purge(
             )
     found = expired(entries, {s: limits.get(s, math.inf) for s in STATES}, now, protected_ids(repo))
     if dry_run:
-        for entry in found:
-            report.removed[entry.state].append(entry)
-            if archive:
-                report.archives[entry.state].add(archive_name(entry.state, entry.mtime))
+        for group in by_archive(found).values():
+            state = group[0].state
+            target = appendable(repo.root / ARCHIVE_DIR, state, group[0].mtime)[0].name if archive else ""
+            for entry in group:
+                report.removed[state].append(entry)
+                if archive:
+                    report.archives[state].add(target)
+                    report.destinations[entry] = target
         return report
     if not archive:
         _delete(repo, found, report)
@@ -235,7 +246,7 @@ def run_command(
         now = filesystem_now(repo.tmp / ".clock-purge")
         for state in STATES:
             for entry in report.removed[state]:
-                where = f" into archive/{archive_name(state, entry.mtime)}" if report.archive else ""
+                where = f" into archive/{report.destinations[entry]}" if report.archive else ""
                 verb = "archive" if report.archive else "delete"
                 print(f"would {verb} {printable(entry.path)} ({describe_age(now - entry.mtime)} old){where}")
     for line in report.summary() or ["nothing purged" if report.problems else "nothing to purge"]:
