@@ -850,3 +850,21 @@ def test_a_dry_run_names_the_archive_the_real_run_writes(tmp_path: Path) -> None
     assert f"done: would archive 1 into archive/{second}" in dry.stdout
     real = purge(repo)
     assert f"done: archived 1 into archive/{second}" in real.stdout, real
+
+
+def test_a_shorter_interval_on_a_hot_reload_takes_effect_from_the_last_purge(tmp_path: Path) -> None:
+    """The next purge stayed planned at the old interval (an hour) after retention.interval became 2s."""
+    repo = make_repository(tmp_path, "retention.done = 1d\nretention.interval = 1h\n")
+    worker = start_worker(repo, "w1")
+    try:
+        wait_for((repo / "archive" / ".last-run").exists, 60, "the worker's first scheduled purge")
+        properties = repo / "spoolpipe.properties"
+        properties.write_text(
+            properties.read_text().replace("retention.interval = 1h", "retention.interval = 2s")
+        )
+        worker.send_signal(signal.SIGHUP)
+        record = put(repo / "done" / "old.json", '{"id": "old"}', old=2 * DAY)
+        wait_for(lambda: not record.exists(), 60, "a purge at the new interval")
+        assert set(members(repo)) == {"done/old.json"}
+    finally:
+        kill_group(worker)
