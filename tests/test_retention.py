@@ -21,7 +21,15 @@ from pathlib import Path
 
 import pytest
 
-from harness import kill_group, make_repository, run_until_idle, start_worker, submit, wait_for
+from harness import (
+    kill_group,
+    make_repository,
+    make_repository_on,
+    run_until_idle,
+    start_worker,
+    submit,
+    wait_for,
+)
 from spoolpipe import config, retention
 from spoolpipe.config import ConfigError
 from spoolpipe.repository import Repository
@@ -211,9 +219,9 @@ def test_durations_and_forever_in_the_configuration(tmp_path: Path) -> None:
     where = tmp_path / "spoolpipe.properties"
     assert info.value.errors == [
         f"{where}:3: retention.failed: 'soon' is not a duration; expected a duration (30s, 15m, 2h, 1d; "
-        "a plain number is seconds) > 0s, or forever",
+        "a plain number is seconds) > 0s, at most 100 years, or forever",
         f"{where}:4: retention.invalid: '0' is out of range; expected a duration (30s, 15m, 2h, 1d; "
-        "a plain number is seconds) > 0s, or forever",
+        "a plain number is seconds) > 0s, at most 100 years, or forever",
     ]
 
 
@@ -660,3 +668,203 @@ def test_a_purge_journal_that_is_not_a_file_stops_the_purge_with_a_reason(tmp_pa
     assert result.returncode == 1, result.stderr
     assert "archive/.pending.json is not a regular file" in result.stderr
     assert "Traceback" not in result.stderr and record.exists()
+
+
+# -- what changes while a purge runs, damaged archives, attempt notes ----------------------------------
+
+
+def start_purge(repo: Path, *args: str) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "spoolpipe", "purge", str(repo), *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def test_an_entry_that_changes_or_is_queued_again_while_a_purge_runs_stays_in_place(tmp_path: Path) -> None:
+    """A purge archived and deleted whatever was at a name it had scanned: a rerun's new record (filed
+    under the old record's day), an attempt log still being written, the log of an activity queued again."""
+    repo = make_repository(tmp_path, "retention.done = 1d\nretention.failed = 1d\nretention.logs = 1d\n")
+    big = {f"done/big{i}.json" for i in range(8)}
+    for name in big:
+        put(repo / name, os.urandom(4 << 20), old=10 * DAY)  # done/ first: the purge is busy on it a while
+    record = put(repo / "failed" / "X.json", '{"run": 1}', old=10 * DAY)
+    growing = put(repo / "logs" / "activities" / "L~1.log", "first line\n", old=10 * DAY)
+    requeued = put(repo / "logs" / "activities" / "Q~1.log", "an attempt of the first run\n", old=10 * DAY)
+    proc = start_purge(repo)
+    wait_for(lambda: any((repo / "tmp").glob("archive.*.tmp")), 60, "the purge to write done/'s archive")
+    record.unlink()
+    record.write_text('{"run": 2}')  # the rerun's record
+    with growing.open("a") as log:
+        log.write("a later line\n")
+    submit(repo, "t.noop", id="Q")  # queued again
+    out, err = proc.communicate(timeout=120)
+    assert "done: archived 8" in out, out + err
+    assert record.read_text() == '{"run": 2}'
+    assert growing.read_text() == "first line\na later line\n"
+    assert requeued.read_text() == "an attempt of the first run\n"
+    assert set(members(repo)) == big  # nothing archived that stays, nothing filed under a wrong day
+    assert "failed/X.json" in err and "logs/activities/L~1.log" in err, err
+
+
+def test_a_days_archive_damaged_in_the_middle_is_left_as_it_is_and_the_day_goes_on_in_a_second(
+    tmp_path: Path,
+) -> None:
+    """Only the archive's last 1029 bytes were checked: entries appended after a damaged middle could not
+    be read back, and were deleted."""
+    repo = make_repository(tmp_path, "retention.done = 1d\n")
+    when = time.time() - 10 * DAY
+    for name in "abc":
+        put(repo / "done" / f"{name}.json", os.urandom(50_000))
+        os.utime(repo / "done" / f"{name}.json", (when, when))
+    assert purge(repo).returncode == 0
+    (archive,) = (repo / "archive").glob("done-*.tar.gz")
+    damaged = bytearray(archive.read_bytes())
+    damaged[len(damaged) // 2] ^= 0xFF
+    archive.write_bytes(damaged)
+    new = os.urandom(50_000)
+    put(repo / "done" / "new.json", new)
+    os.utime(repo / "done" / "new.json", (when, when))
+    result = purge(repo)
+    assert result.returncode == 0, result.stderr
+    second = archive.with_name(archive.name.replace(".tar.gz", ".2.tar.gz"))
+    assert f"archived 1 into archive/{second.name}" in result.stdout
+    assert archive.read_bytes() == damaged  # left as it is
+    with tarfile.open(second) as tar:
+        extracted = tar.extractfile("done/new.json")
+        assert extracted is not None and extracted.read() == new
+    assert not (repo / "done" / "new.json").exists()
+
+
+def test_attempt_notes_go_with_the_attempt_logs(tmp_path: Path) -> None:
+    """ID~N.attempt.json were never purged, and a later run of the same id listed the old run's note."""
+    repo = make_repository(tmp_path, "retry.backoff-seconds = 0\n")
+    flaky = submit(repo, "t.flaky", {"succeed_on": 2})
+    run_until_idle(repo)
+    activities = repo / "logs" / "activities"
+    assert (activities / f"{flaky}~1.attempt.json").exists()
+    for path in [*activities.iterdir(), repo / "done" / f"{flaky}.json"]:
+        age(path, 100 * DAY)
+    result = purge(repo, "--older-than", "1d")
+    assert result.returncode == 0, result.stderr
+    assert sorted(os.listdir(activities)) == []
+    assert f"logs/activities/{flaky}~1.attempt.json" in members(repo)
+    # The same id again, as its second attempt: no attempt 1 of this run is known.
+    submit(repo, "t.flaky", {"succeed_on": 2}, id=flaky)
+    (repo / "inbox" / f"{flaky}.json").rename(repo / "inbox" / f"{flaky}~2.json")
+    run_until_idle(repo)
+    history = json.loads((repo / "done" / f"{flaky}.json").read_text())["spoolpipe"]["attempt_history"]
+    assert history[0] == {"attempt": 1, "outcome": "unknown"}
+
+
+def test_a_scheduled_purge_on_a_read_only_mount_says_so_without_a_traceback(tmp_path: Path) -> None:
+    """``purge --scheduled`` crashed (exit 70) opening the worker's log on a read-only mount."""
+    repo = make_repository(tmp_path, "retention.done = 1d\n")
+    record = put(repo / "done" / "old.json", "{}", old=2 * DAY)
+    mount = tmp_path / "ro"
+    mount.mkdir()
+    if subprocess.run(["mount", "--bind", str(repo), str(mount)], check=False).returncode != 0:
+        pytest.fail("cannot bind-mount (the tests run as root: .ci/run)")
+    try:
+        assert subprocess.run(["mount", "-o", "remount,bind,ro", str(mount)], check=False).returncode == 0
+        result = purge(mount, "--scheduled", "--worker-id", "w1")
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], check=False)
+    assert "Traceback" not in result.stderr and "crashed" not in result.stderr, result.stderr
+    assert result.returncode == 1, result.stderr
+    assert "logs/workers/w1.log" in result.stderr and "Read-only file system" in result.stderr
+    assert record.exists()
+
+
+def test_a_full_disk_names_each_entry_and_the_archive_that_could_not_be_written(tmp_path: Path) -> None:
+    """It said 'done: 2 entries not archived: [Errno 28] ...' (no names), and 'nothing to purge'."""
+    mount = tmp_path / "small"
+    mount.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(mount)]).returncode != 0:
+        pytest.fail("cannot mount a tmpfs (the tests run as root: .ci/run)")
+    try:
+        repo = make_repository_on(mount / "repo", tmp_path / "procs", "retention.done = 1d\n")
+        records = [put(repo / "done" / f"{n}.json", os.urandom(300_000), old=2 * DAY) for n in "ab"]
+        free = os.statvfs(mount)
+        (mount / "filler").write_bytes(bytes(free.f_bavail * free.f_frsize - 100_000))
+        result = purge(repo)
+        assert all(record.exists() for record in records)
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], check=False)
+    assert result.returncode == 1, result
+    for name in ("done/a.json", "done/b.json"):
+        assert f"{name}: not archived into archive/done-" in result.stderr, result.stderr
+    assert "No space left on device" in result.stderr
+    assert "nothing to purge" not in result.stdout and "nothing purged" in result.stdout
+
+
+def test_a_state_folder_that_is_a_link_is_not_purged_and_said_so_dry_run_too(tmp_path: Path) -> None:
+    """With retention.archive = false it said 'cannot take locks/~retention.lock: Not a directory'; a dry
+    run listed the entries behind the link, which the real run does not touch."""
+    repo = make_repository(tmp_path, "retention.done = 1d\nretention.archive = false\n")
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    record = put(elsewhere / "old.json", "{}", old=2 * DAY)
+    (repo / "done").rmdir()
+    (repo / "done").symlink_to(elsewhere)
+    for args in ((), ("--dry-run",)):
+        result = purge(repo, *args)
+        assert result.returncode == 1, result
+        assert "retention.lock" not in result.stderr and "Traceback" not in result.stderr, result.stderr
+        assert "done/ cannot be opened as a folder" in result.stderr, result.stderr
+        assert "old.json" not in result.stdout and record.exists()
+
+
+def test_a_tree_too_deep_to_delete_is_left_whole(tmp_path: Path) -> None:
+    """With retention.archive = false, reason.txt was deleted before the depth limit was found."""
+    repo = make_repository(tmp_path, "retention.invalid = 1d\nretention.archive = false\n")
+    entry = invalid_entry(repo, "deep.json", old=2 * DAY)
+    deep = entry
+    for _ in range(70):
+        deep = deep / "d"
+    deep.mkdir(parents=True)
+    age(entry, 2 * DAY)
+    result = purge(repo)
+    assert result.returncode == 1 and "more than 64 directories deep" in result.stderr, result
+    assert (entry / "reason.txt").read_text() == "deep.json: not JSON\n"
+    assert (entry / "deep.json").exists() and deep.is_dir()
+
+
+def test_a_limit_too_long_says_the_longest_there_is(tmp_path: Path) -> None:
+    repo = make_repository(tmp_path, "retention.done = 36501d\n")
+    result = purge(repo)
+    assert result.returncode == 2 and "'36501d' is out of range" in result.stderr, result
+    assert "at most 100 years" in result.stderr
+
+
+def test_a_dry_run_names_the_archive_the_real_run_writes(tmp_path: Path) -> None:
+    """It named the day's first archive even where that one is not spoolpipe's (the run used .2)."""
+    repo = make_repository(tmp_path, "retention.done = 1d\n")
+    record = put(repo / "done" / "old.json", "{}", old=2 * DAY)
+    first = repo / "archive" / retention.archive_name("done", record.stat().st_mtime)
+    put(first, "a person's file")
+    second = first.name.replace(".tar.gz", ".2.tar.gz")
+    dry = purge(repo, "--dry-run")
+    assert f"would archive done/old.json (2d 0h old) into archive/{second}" in dry.stdout, dry
+    assert f"done: would archive 1 into archive/{second}" in dry.stdout
+    real = purge(repo)
+    assert f"done: archived 1 into archive/{second}" in real.stdout, real
+
+
+def test_a_shorter_interval_on_a_hot_reload_takes_effect_from_the_last_purge(tmp_path: Path) -> None:
+    """The next purge stayed planned at the old interval (an hour) after retention.interval became 2s."""
+    repo = make_repository(tmp_path, "retention.done = 1d\nretention.interval = 1h\n")
+    worker = start_worker(repo, "w1")
+    try:
+        wait_for((repo / "archive" / ".last-run").exists, 60, "the worker's first scheduled purge")
+        properties = repo / "spoolpipe.properties"
+        properties.write_text(
+            properties.read_text().replace("retention.interval = 1h", "retention.interval = 2s")
+        )
+        worker.send_signal(signal.SIGHUP)
+        record = put(repo / "done" / "old.json", '{"id": "old"}', old=2 * DAY)
+        wait_for(lambda: not record.exists(), 60, "a purge at the new interval")
+        assert set(members(repo)) == {"done/old.json"}
+    finally:
+        kill_group(worker)

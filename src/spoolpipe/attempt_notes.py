@@ -19,6 +19,8 @@ from typing import Any
 from .activity import Activity, InvalidActivity, new_id, parse_document
 from .repository import dumps
 
+#: A note's name after ``ID~N``; retention purges notes with the attempt logs (``retention.logs``).
+NOTE_SUFFIX = ".attempt.json"
 #: Largest note read back.
 _NOTE_BYTES = 64 << 10
 #: Earlier attempts a record lists at most (the latest ones): an inbox name may claim any attempt number.
@@ -27,7 +29,7 @@ _TEXT_FIELDS = ("worker", "host", "started_at", "finished_at", "outcome", "error
 
 
 def note_path(logs: Path, activity_id: str, attempt: int) -> Path:
-    return logs / "activities" / f"{activity_id}~{attempt}.attempt.json"
+    return logs / "activities" / f"{activity_id}~{attempt}{NOTE_SUFFIX}"
 
 
 def write_note(logs: Path, tmp: Path, activity: Activity, entry: dict[str, Any]) -> None:

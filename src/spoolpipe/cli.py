@@ -449,7 +449,11 @@ def cmd_purge(args: argparse.Namespace) -> int:
             raise _UsageError(f"--older-than: {exc}; expected 30s, 15m, 2h, 1d or seconds") from None
     settings = config.load(repo.root, args.worker_id).settings
     if args.scheduled:
-        _configure_logging(repo, args.worker_id, settings.log_level)
+        try:
+            _configure_logging(repo, args.worker_id, settings.log_level)
+        except OSError as exc:  # a read-only mount: its lock could not be taken either
+            print(f"spoolpipe purge: cannot open logs/workers/{args.worker_id}.log: {exc}", file=sys.stderr)
+            return 1
     try:
         return retention.run_command(
             repo,

@@ -395,7 +395,7 @@ class KeepKind(Kind):
 
     @property
     def expected(self) -> str:
-        return f"{_DURATION_EXPECTED} > 0s, or forever"
+        return f"{_DURATION_EXPECTED} > 0s, at most 100 years, or forever"
 
     def parse(self, raw: str, base: Path) -> float:
         if raw.strip().lower() == "forever":

@@ -382,8 +382,9 @@ OPTIONS: tuple[Option, ...] = (
         "retention.logs",
         KeepKind(),
         "forever",
-        "How long attempt logs in logs/activities/ are kept (as retention.done); forever keeps "
-        "them. The logs of an activity that is queued or running are always kept.",
+        "How long attempt logs in logs/activities/ (ID~N.log, and the notes ID~N.attempt.json "
+        "beside them) are kept (as retention.done); forever keeps them. The logs of an activity "
+        "that is queued or running are always kept.",
     ),
     Option(
         "retention.archive",

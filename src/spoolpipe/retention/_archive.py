@@ -31,11 +31,37 @@ from ..activity import printable
 from ..durable import fsync_directory, move_noreplace
 from ..liveness import OwnLock
 from ..repository import Repository
-from ._expiry import ARCHIVE_DIR, ARCHIVE_PATTERN, STATE_DIRS, STATES, Entry, Report, State, archive_name
+from ._expiry import (
+    ARCHIVE_DIR,
+    ARCHIVE_PATTERN,
+    STATE_DIRS,
+    STATES,
+    Entry,
+    Report,
+    State,
+    archive_name,
+    entry_id,
+    referenced_id,
+)
 from ._tree import Skipped, Stamp, fsync_dir_fd, node, open_dir, remove, stamp, still_archived, walk
 
 #: Names the archive just published and the entries it holds, until they are deleted.
 JOURNAL = ".pending.json"
+#: Why an entry found expired is not taken after all: it is no longer the file the purge found.
+CHANGED = "it changed since the purge found it"
+
+
+def protected_ids(repo: Repository) -> set[str]:
+    """Ids that are queued, claimed, being settled or reserved: their entries are never purged.
+
+    Listed again before each archive is written and before its entries are
+    deleted: an activity retried or requeued since the scan is protected again.
+    """
+    ids: set[str] = set()
+    for directory in (repo.inbox, repo.running, repo.ids):
+        with os.scandir(directory) as found:
+            ids.update(referenced_id(item.name) for item in found)
+    return ids
 
 
 def _gzip_stored(data: bytes) -> bytes:
@@ -88,22 +114,27 @@ def _tar_entry(out: IO[bytes], dir_fd: int, entry: Entry) -> Stamp:
     """Write the tar members of ``entry`` (a file, or a tree for ``invalid/``) to ``out``; its stamp.
 
     Nothing is followed or opened but regular files (without blocking). A socket
-    has no content to keep and is left out.
+    has no content to keep and is left out. Only the entry as it was found is
+    taken (the name may hold a rerun's record by now), and a file only if it did
+    not change while it was read (an attempt log still written): else :class:`Skipped`.
     """
     nodes = []
     base = STATE_DIRS[entry.state]
     for rel, parent, name, st in walk(dir_fd, entry.name):
+        if rel == entry.name and not entry.is_still(st):
+            raise Skipped(CHANGED)
         nodes.append(node(rel, st))
         info = _tarinfo(f"{base}/{rel}", st)
         mode = st.st_mode
         if stat.S_ISREG(mode):
             fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY, dir_fd=parent)
             try:
-                opened = os.fstat(fd)
-                if not os.path.samestat(opened, st):
-                    raise Skipped("it changed while it was being archived")
+                if _identity(os.fstat(fd)) != _identity(st):
+                    raise Skipped(CHANGED)
                 info.size = st.st_size
                 _write_member(out, info, _Exactly(fd, st.st_size))
+                if _identity(os.fstat(fd)) != _identity(st):
+                    raise Skipped("it changed while it was being archived")
             finally:
                 os.close(fd)
             continue
@@ -133,9 +164,10 @@ def sweep_temp(repo: Repository) -> None:
             path.unlink()
 
 
-def _appendable(archive_dir: Path, state: State, mtime: float) -> tuple[Path, os.stat_result | None]:
+def appendable(archive_dir: Path, state: State, mtime: float) -> tuple[Path, os.stat_result | None]:
     """The archive for this state and day, with its stat if it exists; one not ending as spoolpipe
-    ends its archives (not written by spoolpipe, or cut short) is left alone for ``...-DD.N.tar.gz``."""
+    ends its archives (not written by spoolpipe, or cut short) or not reading back whole (damaged)
+    is left alone for ``...-DD.N.tar.gz``."""
     number = 1
     while True:
         path = archive_dir / archive_name(state, mtime, number)
@@ -146,9 +178,64 @@ def _appendable(archive_dir: Path, state: State, mtime: float) -> tuple[Path, os
         if stat.S_ISREG(st.st_mode) and st.st_size >= len(END_MEMBER):
             with open(path, "rb") as existing:
                 existing.seek(st.st_size - len(END_MEMBER))
-                if existing.read() == END_MEMBER:
+                if existing.read() == END_MEMBER and _reads_back(path):
                     return path, st
         number += 1
+
+
+#: Largest pax header read back when checking an archive (spoolpipe's hold a path, at most 64 levels deep).
+_PAX_BYTES = 1 << 20
+
+
+def _reads_back(path: Path) -> bool:
+    """Whether every gzip member of the archive has its CRC and every tar header its checksum, up to the
+    end-of-archive blocks: entries appended after a damaged part could not be read back. Streamed."""
+    zero = bytes(tarfile.BLOCKSIZE)
+    size: int | None = None  # from a pax header, for the member that follows it
+    try:
+        with gzip.open(path, "rb") as stream:
+            while True:
+                block = stream.read(tarfile.BLOCKSIZE)
+                if block == zero:
+                    return stream.read(tarfile.BLOCKSIZE) == zero and not stream.read(1)
+                if len(block) < tarfile.BLOCKSIZE:
+                    return False
+                info = tarfile.TarInfo.frombuf(block, "utf-8", "surrogateescape")
+                length = info.size if size is None else size
+                size = None
+                if info.type in (tarfile.XHDTYPE, tarfile.XGLTYPE):
+                    if length > _PAX_BYTES:
+                        return False
+                    records = stream.read(length + -length % tarfile.BLOCKSIZE)
+                    if len(records) < length + -length % tarfile.BLOCKSIZE:
+                        return False
+                    if info.type == tarfile.XHDTYPE:
+                        size = _pax_size(records[:length])
+                    continue
+                left = length + -length % tarfile.BLOCKSIZE
+                while left:
+                    chunk = stream.read(min(left, 1 << 20))
+                    if not chunk:
+                        return False
+                    left -= len(chunk)
+    except (OSError, EOFError, ValueError, zlib.error, tarfile.TarError):
+        return False
+
+
+def _pax_size(records: bytes) -> int | None:
+    """The ``size`` a pax header gives the member after it (for files of 8 GiB and more), if any."""
+    found = None
+    at = 0
+    while at < len(records):
+        space = records.index(b" ", at)
+        length = int(records[at:space])
+        if length <= space - at:
+            raise ValueError("bad pax record")
+        key, _, value = records[space + 1 : at + length - 1].partition(b"=")
+        if key == b"size":
+            found = int(value)
+        at += length
+    return found
 
 
 def _copy(source: Path, out: IO[bytes], length: int) -> None:
@@ -168,9 +255,10 @@ def archive_group(
     state = group[0].state
     archive_dir = repo.root / ARCHIVE_DIR
     archive_dir.mkdir(exist_ok=True)
-    target, old = _appendable(archive_dir, state, group[0].mtime)
+    target, old = appendable(archive_dir, state, group[0].mtime)
     tmp = repo.temp_path("archive")
     held: list[tuple[Entry, Stamp]] = []
+    left_out: set[str] = set()  # names not to be archived after all (each said, if need be)
     state_fd = open_dir(str(repo.root / STATE_DIRS[state]), None)
     try:
         try:
@@ -180,14 +268,22 @@ def archive_group(
                 with gzip.GzipFile(
                     filename="", mode="wb", compresslevel=6, fileobj=out, mtime=int(now)
                 ) as packed:
+                    live = protected_ids(repo)  # queued or running again since the scan: not expired now
                     for entry in group:
+                        if entry_id(entry.state, entry.name) in live:
+                            left_out.add(entry.name)
+                            continue
                         with tempfile.SpooledTemporaryFile(8 << 20, "w+b", dir=str(repo.tmp)) as chunk:
                             try:
                                 entry_stamp = _tar_entry(chunk, state_fd, entry)
                             except FileNotFoundError:
+                                left_out.add(entry.name)
                                 continue  # removed meanwhile (by a person, or retried)
-                            except (OSError, Skipped) as exc:
-                                report.problems.append(f"{printable(entry.path)}: not archived: {exc}")
+                            except (OSError, Skipped) as exc:  # unreadable, too deep, changed...
+                                left_out.add(entry.name)
+                                report.problems.append(
+                                    f"{printable(entry.path)}: not archived into archive/{target.name}: {exc}"
+                                )
                                 continue
                             chunk.seek(0)
                             while block := chunk.read(1 << 20):
@@ -210,11 +306,18 @@ def archive_group(
             else:
                 os.replace(tmp, target)
             fsync_directory(archive_dir)
+        except OSError as exc:  # a full disk, say: every entry of the group stays in place
+            for entry in group:
+                if entry.name not in left_out:
+                    report.problems.append(
+                        f"{printable(entry.path)}: not archived into archive/{target.name}: {exc}"
+                    )
+            return
         finally:
             with contextlib.suppress(FileNotFoundError):
                 tmp.unlink()
         report.archives[state].add(target.name)
-        report.removed[state] += _delete_archived(state_fd, held, report)
+        report.removed[state] += _delete_archived(state_fd, held, report, protected_ids(repo))
         (archive_dir / JOURNAL).unlink()
         fsync_directory(archive_dir)
     finally:
@@ -239,10 +342,18 @@ def _write_journal(
     fsync_directory(repo.root / ARCHIVE_DIR)
 
 
-def _delete_archived(state_fd: int, held: Iterable[tuple[Entry, Stamp]], report: Report) -> list[Entry]:
-    """Delete the entries now in a durable archive, each only if it is still what was archived."""
+def _delete_archived(
+    state_fd: int, held: Iterable[tuple[Entry, Stamp]], report: Report, protected: set[str]
+) -> list[Entry]:
+    """Delete the entries now in a durable archive, each only if it is still what was archived and
+    its activity is not queued or running again (``protected``): else it stays, the archive holding a copy."""
     deleted = []
     for entry, archived in held:
+        if entry_id(entry.state, entry.name) in protected:
+            report.problems.append(
+                f"{printable(entry.path)}: archived, but its activity is queued or running again: kept"
+            )
+            continue
         try:
             if not still_archived(stamp(state_fd, entry.name), archived):
                 report.problems.append(f"{printable(entry.path)}: changed after it was archived: kept")
@@ -322,7 +433,7 @@ def complete_interrupted(repo: Repository, report: Report) -> None:
         if mine:
             fd = open_dir(str(repo.root / STATE_DIRS[state]), None)
             try:
-                report.completed += len(_delete_archived(fd, mine, report))
+                report.completed += len(_delete_archived(fd, mine, report, protected_ids(repo)))
             finally:
                 os.close(fd)
     journal.unlink()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import os
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -10,6 +11,7 @@ from datetime import UTC, datetime
 from typing import Literal, get_args
 
 from ..activity import NAME_PATTERN, is_invalid_entry_name
+from ..attempt_notes import NOTE_SUFFIX
 from ..config import Settings
 
 #: What retention cleans up, each with its own ``retention.<state>`` limit.
@@ -25,7 +27,8 @@ STATE_DIRS: Mapping[State, str] = {
 ARCHIVE_DIR = "archive"
 
 _RECORD = re.compile(rf"\A({NAME_PATTERN})\.json\Z")
-_ATTEMPT_LOG = re.compile(rf"\A({NAME_PATTERN})~[1-9][0-9]{{0,5}}\.log\Z")
+#: An attempt log ``ID~N.log``, or the attempt's note beside it: they go together.
+_ATTEMPT_LOG = re.compile(rf"\A({NAME_PATTERN})~[1-9][0-9]{{0,5}}(?:\.log|{re.escape(NOTE_SUFFIX)})\Z")
 #: The names :func:`archive_name` gives.
 ARCHIVE_PATTERN = re.compile(
     r"\A(?:done|failed|invalid|logs)-[0-9]{4}-[0-9]{2}-[0-9]{2}(?:\.[0-9]+)?\.tar\.gz\Z"
@@ -39,6 +42,13 @@ class Entry:
     state: State
     name: str
     mtime: float
+    #: Its inode and size when it was found (0 and -1: not known): only that file may be taken.
+    inode: int = field(default=0, compare=False)
+    size: int = field(default=-1, compare=False)
+
+    def is_still(self, st: os.stat_result) -> bool:
+        """Whether ``st`` (an lstat) is the entry as it was found, so as old as it was then."""
+        return (st.st_ino, st.st_size, st.st_mtime) == (self.inode, self.size, self.mtime)
 
     @property
     def path(self) -> str:
@@ -56,8 +66,8 @@ def entry_id(state: State, name: str) -> str | None:
 def is_entry(state: State, name: str) -> bool:
     """Whether retention may touch ``name`` in that state's directory: only names spoolpipe writes there.
 
-    A record is ``ID.json``, an attempt log ``ID~N.log``; an ``invalid/`` entry ``NAME~TOKEN``
-    (a folder an operator made there is not one).
+    A record is ``ID.json``, an attempt log ``ID~N.log`` (its note ``ID~N.attempt.json``); an
+    ``invalid/`` entry ``NAME~TOKEN`` (a folder an operator made there is not one).
     """
     if state == "invalid":
         return is_invalid_entry_name(name)
@@ -129,6 +139,8 @@ class Report:
     removed: dict[State, list[Entry]] = field(default_factory=lambda: {s: [] for s in STATES})
     #: Archive names (in ``archive/``) written to, per state.
     archives: dict[State, set[str]] = field(default_factory=lambda: {s: set() for s in STATES})
+    #: Dry: the archive each entry would go into (the day's first may not be appendable).
+    destinations: dict[Entry, str] = field(default_factory=dict)
     #: Entries a purge killed earlier had archived, deleted by this one.
     completed: int = 0
     #: One line per entry that could not be purged (it stays where it is).

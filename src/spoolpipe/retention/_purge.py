@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import os
@@ -14,7 +15,15 @@ from ..activity import printable
 from ..config import Settings
 from ..liveness import OwnLock
 from ..repository import Repository, filesystem_now
-from ._archive import NotAFile, archive_group, complete_interrupted, sweep_temp
+from ._archive import (
+    CHANGED,
+    NotAFile,
+    appendable,
+    archive_group,
+    complete_interrupted,
+    protected_ids,
+    sweep_temp,
+)
 from ._expiry import (
     ARCHIVE_DIR,
     STATE_DIRS,
@@ -22,13 +31,12 @@ from ._expiry import (
     Entry,
     Report,
     State,
-    archive_name,
     by_archive,
     describe_age,
+    entry_id,
     expired,
     is_entry,
     limits_of,
-    referenced_id,
 )
 from ._lock import Busy, retention_lock
 from ._tree import Skipped, fsync_dir_fd, open_dir, remove
@@ -41,29 +49,25 @@ LAST_RUN = ".last-run"
 
 def scan(repo: Repository, state: State) -> list[Entry]:
     """The entries of ``state`` in place now: regular files named as spoolpipe names them, or
-    ``invalid/`` directories; links and anything else are never touched."""
+    ``invalid/`` directories; links and anything else are never touched, nor a state's folder that
+    is a link (``OSError``: the purge cannot open it to archive or delete, so a dry run lists none)."""
     wanted = stat.S_ISDIR if state == "invalid" else stat.S_ISREG
     entries = []
-    with os.scandir(repo.root / STATE_DIRS[state]) as found:
-        for item in found:
-            if not is_entry(state, item.name):
-                continue
-            try:
-                st = item.stat(follow_symlinks=False)
-            except FileNotFoundError:
-                continue
-            if wanted(st.st_mode):
-                entries.append(Entry(state, item.name, st.st_mtime))
+    fd = open_dir(str(repo.root / STATE_DIRS[state]), None)
+    try:
+        with os.scandir(fd) as found:
+            for item in found:
+                if not is_entry(state, item.name):
+                    continue
+                try:
+                    st = item.stat(follow_symlinks=False)
+                except FileNotFoundError:
+                    continue
+                if wanted(st.st_mode):
+                    entries.append(Entry(state, item.name, st.st_mtime, st.st_ino, st.st_size))
+    finally:
+        os.close(fd)
     return entries
-
-
-def protected_ids(repo: Repository) -> set[str]:
-    """Ids that are queued, claimed, being settled or reserved: their entries are never purged."""
-    ids: set[str] = set()
-    for directory in (repo.inbox, repo.running, repo.ids):
-        with os.scandir(directory) as found:
-            ids.update(referenced_id(item.name) for item in found)
-    return ids
 
 
 def purge(
@@ -91,13 +95,24 @@ def purge(
             return report
         sweep_temp(repo)
     now = filesystem_now(repo.tmp / ".clock-purge")
-    entries = [e for s in STATES if limits.get(s, math.inf) < math.inf for e in scan(repo, s)]
+    entries = []
+    for state in (s for s in STATES if limits.get(s, math.inf) < math.inf):
+        try:
+            entries += scan(repo, state)
+        except OSError as exc:
+            report.problems.append(
+                f"{STATE_DIRS[state]}/ cannot be opened as a folder: {exc.strerror}: nothing purged there"
+            )
     found = expired(entries, {s: limits.get(s, math.inf) for s in STATES}, now, protected_ids(repo))
     if dry_run:
-        for entry in found:
-            report.removed[entry.state].append(entry)
-            if archive:
-                report.archives[entry.state].add(archive_name(entry.state, entry.mtime))
+        for group in by_archive(found).values():
+            state = group[0].state
+            target = appendable(repo.root / ARCHIVE_DIR, state, group[0].mtime)[0].name if archive else ""
+            for entry in group:
+                report.removed[state].append(entry)
+                if archive:
+                    report.archives[state].add(target)
+                    report.destinations[entry] = target
         return report
     if not archive:
         _delete(repo, found, report)
@@ -119,12 +134,20 @@ def _delete(repo: Repository, found: Iterable[Entry], report: Report) -> None:
         mine = [e for e in found if e.state == state]
         if not mine:
             continue
-        fd = open_dir(str(repo.root / STATE_DIRS[state]), None)
         try:
+            fd = open_dir(str(repo.root / STATE_DIRS[state]), None)
+        except OSError as exc:
+            report.problems.append(f"{STATE_DIRS[state]}/ cannot be opened as a folder: {exc.strerror}")
+            continue
+        try:
+            live = protected_ids(repo)  # queued or running again since the scan: no longer expired
             for entry in mine:
+                if entry_id(state, entry.name) in live:
+                    continue
                 try:
-                    if os.lstat(entry.name, dir_fd=fd).st_mtime != entry.mtime:
-                        continue  # changed since it was found: no longer what expired
+                    if not entry.is_still(os.lstat(entry.name, dir_fd=fd)):
+                        report.problems.append(f"{printable(entry.path)}: not deleted: {CHANGED}")
+                        continue
                     remove(fd, entry.name)
                 except FileNotFoundError:
                     continue
@@ -209,23 +232,24 @@ def run_command(
             _say_problems(report.problems, lambda line: log.warning("purge: %s", line))
         return 0
     limits = {s: (older_than if older_than is not None else limits_of(settings)[s]) for s in states}
-    try:
-        with retention_lock(repo, settings, wait=5.0) as lock:
-            report = purge(repo, limits, archive=settings.retention_archive, dry_run=dry_run, lock=lock)
-    except Busy as exc:
-        print(f"spoolpipe purge: {exc}", file=sys.stderr)
-        return 1
-    except OSError as exc:  # the lock file cannot be made (a read-only mount)
-        print(f"spoolpipe purge: cannot take locks/~retention.lock: {exc}", file=sys.stderr)
-        return 1
+    with contextlib.ExitStack() as held:
+        try:
+            lock = held.enter_context(retention_lock(repo, settings, wait=5.0))
+        except Busy as exc:
+            print(f"spoolpipe purge: {exc}", file=sys.stderr)
+            return 1
+        except OSError as exc:  # the lock file cannot be made (a read-only mount)
+            print(f"spoolpipe purge: cannot take locks/~retention.lock: {exc}", file=sys.stderr)
+            return 1
+        report = purge(repo, limits, archive=settings.retention_archive, dry_run=dry_run, lock=lock)
     if dry_run:
         now = filesystem_now(repo.tmp / ".clock-purge")
         for state in STATES:
             for entry in report.removed[state]:
-                where = f" into archive/{archive_name(state, entry.mtime)}" if report.archive else ""
+                where = f" into archive/{report.destinations[entry]}" if report.archive else ""
                 verb = "archive" if report.archive else "delete"
                 print(f"would {verb} {printable(entry.path)} ({describe_age(now - entry.mtime)} old){where}")
-    for line in report.summary() or ["nothing to purge"]:
+    for line in report.summary() or ["nothing purged" if report.problems else "nothing to purge"]:
         print(line)
     _say_problems(report.problems, lambda line: print(f"spoolpipe purge: {line}", file=sys.stderr))
     return 1 if report.problems else 0

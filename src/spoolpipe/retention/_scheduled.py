@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import subprocess
 import sys
 from pathlib import Path
@@ -27,7 +28,9 @@ class ScheduledPurges:
         self._command = [sys.executable, "-m", "spoolpipe", "purge", str(root), "--scheduled"]
         self._command += ["--worker-id", worker_id]
         self._process: subprocess.Popen[bytes] | None = None
-        self._next = 0.0
+        #: When the last purge was started (the daemon's monotonic clock); the next is planned from it
+        #: at each tick, so a ``retention.interval`` changed by a hot reload takes effect at once.
+        self._started = -math.inf
 
     def tick(self, settings: Settings, now: float) -> None:
         """Called from the daemon's loop (``now``: its monotonic clock); returns at once."""
@@ -38,9 +41,9 @@ class ScheduledPurges:
             if code != 0:
                 log.error("scheduled purge (pid %d) exited with code %d", self._process.pid, code)
             self._process = None
-        if now < self._next or not any_limit(settings):
+        if now < self._started + settings.retention_interval or not any_limit(settings):
             return
-        self._next = now + settings.retention_interval
+        self._started = now
         try:
             self._process = subprocess.Popen(self._command, stdin=subprocess.DEVNULL)
         except OSError as exc:

@@ -78,18 +78,27 @@ def still_archived(current: Stamp, archived: Stamp) -> bool:
     return True
 
 
-def remove(dir_fd: int, name: str, depth: int = 0) -> None:
-    """Delete the entry ``name`` in ``dir_fd``: a file, or a whole tree (children first), by descriptors."""
+def remove(dir_fd: int, name: str) -> None:
+    """Delete the entry ``name`` in ``dir_fd``: a file, or a whole tree (children first), by descriptors.
+
+    A tree deeper than ``MAX_DEPTH`` is found so by walking it first: :class:`Skipped`, nothing deleted.
+    """
+    for _ in walk(dir_fd, name):
+        pass
+    _remove(dir_fd, name, 0)
+
+
+def _remove(dir_fd: int, name: str, depth: int) -> None:
     st = os.lstat(name, dir_fd=dir_fd)
     if not stat.S_ISDIR(st.st_mode):
         os.unlink(name, dir_fd=dir_fd)
         return
-    if depth > MAX_DEPTH:
+    if depth > MAX_DEPTH:  # it grew deeper since it was walked
         raise Skipped(f"more than {MAX_DEPTH} directories deep")
     fd = open_dir(name, dir_fd)
     try:
         for child in os.listdir(fd):
-            remove(fd, child, depth + 1)
+            _remove(fd, child, depth + 1)
     finally:
         os.close(fd)
     os.rmdir(name, dir_fd=dir_fd)
