@@ -758,6 +758,19 @@ def test_attempt_notes_go_with_the_attempt_logs(tmp_path: Path) -> None:
     assert history[0] == {"attempt": 1, "outcome": "unknown"}
 
 
+def test_a_temp_archive_name_that_cannot_be_removed_is_left_and_the_purge_goes_on(tmp_path: Path) -> None:
+    """A folder named tmp/archive.X.tmp: the sweep of a killed purge's temp archives crashed (exit 70)."""
+    repo = tmp_path / "repo"
+    Repository.create(repo, config.render_defaults())
+    put(repo / "done" / "a.json", "{}", old=10 * 86400)
+    (repo / "tmp" / "archive.01M8T7YWB5EA6CBDFZP8VMHW8Z.tmp" / "x").mkdir(parents=True)
+    result = purge(repo, "--older-than", "1d")
+    assert result.returncode == 0, result.stderr
+    assert "Traceback" not in result.stderr
+    assert not (repo / "done" / "a.json").exists()
+    assert (repo / "tmp" / "archive.01M8T7YWB5EA6CBDFZP8VMHW8Z.tmp" / "x").is_dir()
+
+
 def test_a_scheduled_purge_on_a_read_only_mount_says_so_without_a_traceback(tmp_path: Path) -> None:
     """``purge --scheduled`` crashed (exit 70) opening the worker's log on a read-only mount."""
     repo = make_repository(tmp_path, "retention.done = 1d\n")

@@ -158,9 +158,10 @@ def _identity(st: os.stat_result) -> tuple[int, int, int, int]:
 
 
 def sweep_temp(repo: Repository) -> None:
-    """Archives a killed purge was writing: only the lock holder writes them, so each is stale."""
+    """Archives a killed purge was writing: only the lock holder writes them, so each is stale.
+    Upkeep: what cannot be removed (a folder of that name) is left for a person."""
     for path in repo.tmp.glob("archive.*.tmp"):
-        with contextlib.suppress(FileNotFoundError):
+        with contextlib.suppress(OSError):
             path.unlink()
 
 

@@ -241,7 +241,11 @@ def run_command(
         except OSError as exc:  # the lock file cannot be made (a read-only mount)
             print(f"spoolpipe purge: cannot take locks/~retention.lock: {exc}", file=sys.stderr)
             return 1
-        report = purge(repo, limits, archive=settings.retention_archive, dry_run=dry_run, lock=lock)
+        try:
+            report = purge(repo, limits, archive=settings.retention_archive, dry_run=dry_run, lock=lock)
+        except OSError as exc:  # the file system refused what no entry's report covers
+            print(f"spoolpipe purge: {exc}; stopped, what was not purged stays in place", file=sys.stderr)
+            return 1
     if dry_run:
         now = filesystem_now(repo.tmp / ".clock-purge")
         for state in STATES:
