@@ -758,6 +758,17 @@ def test_attempt_notes_go_with_the_attempt_logs(tmp_path: Path) -> None:
     assert history[0] == {"attempt": 1, "outcome": "unknown"}
 
 
+def test_an_id_being_written_into_the_inbox_keeps_its_record(tmp_path: Path) -> None:
+    """repository-format.md: nothing of an id whose name starts ID.json in inbox/ goes; ID.json.part did."""
+    repo = tmp_path / "repo"
+    Repository.create(repo, config.render_defaults())
+    put(repo / "done" / "a.json", "{}", old=10 * 86400)
+    put(repo / "inbox" / "a.json.part", "{")
+    result = purge(repo, "--older-than", "1d")
+    assert result.returncode == 0, result.stderr
+    assert (repo / "done" / "a.json").exists()
+
+
 def test_a_temp_archive_name_that_cannot_be_removed_is_left_and_the_purge_goes_on(tmp_path: Path) -> None:
     """A folder named tmp/archive.X.tmp: the sweep of a killed purge's temp archives crashed (exit 70)."""
     repo = tmp_path / "repo"

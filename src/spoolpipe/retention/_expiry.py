@@ -75,9 +75,9 @@ def is_entry(state: State, name: str) -> bool:
 
 
 def referenced_id(name: str) -> str:
-    """The id a name in ``inbox/``, ``running/`` or ``ids/`` is of: its part before ``~`` or ``.json``."""
-    stem = name.split("~", 1)[0]
-    return stem[: -len(".json")] if stem.endswith(".json") else stem
+    """The id a name in ``inbox/``, ``running/`` or ``ids/`` is of: its part before ``~`` or ``.json``
+    (``ID.json.part`` too, being written). An id holding ``.json`` protects more: never less."""
+    return name.split("~", 1)[0].split(".json", 1)[0]
 
 
 def expired(
