@@ -173,7 +173,10 @@ def test_per_type_retry_keys_and_processor_settings_load(tmp_path: Path) -> None
         ),
         ("retry.on.t = 1oops", "retry.on.t: '1oops' is not a Python class name; expected comma-separated"),
         ("retry.on.bad/type = OSError", "retry.on.bad/type: 'bad/type' is not a valid activity type name"),
-        ("retry.max-attempts.t = 0", "retry.max-attempts.t: '0' is out of range; expected an integer >= 1"),
+        (
+            "retry.max-attempts.t = 0",
+            "retry.max-attempts.t: '0' is out of range; expected an integer from 1 to 999999",
+        ),
         ("retry.backoff-seconds.t = -1", "retry.backoff-seconds.t: '-1' is out of range"),
     ],
 )
