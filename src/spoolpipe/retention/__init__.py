@@ -31,7 +31,7 @@ from ._expiry import (
     entry_id,
     expired,
     is_entry,
-    referenced_id,
+    referenced_ids,
 )
 from ._lock import retention_lock
 from ._scheduled import ScheduledPurges
@@ -52,7 +52,7 @@ __all__ = [
     "entry_id",
     "expired",
     "is_entry",
-    "referenced_id",
+    "referenced_ids",
     "retention_lock",
     "run_command",
     "still_archived",

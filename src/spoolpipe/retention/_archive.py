@@ -41,7 +41,7 @@ from ._expiry import (
     State,
     archive_name,
     entry_id,
-    referenced_id,
+    referenced_ids,
 )
 from ._tree import Skipped, Stamp, fsync_dir_fd, node, open_dir, remove, stamp, still_archived, walk
 
@@ -60,7 +60,8 @@ def protected_ids(repo: Repository) -> set[str]:
     ids: set[str] = set()
     for directory in (repo.inbox, repo.running, repo.ids):
         with os.scandir(directory) as found:
-            ids.update(referenced_id(item.name) for item in found)
+            for item in found:
+                ids |= referenced_ids(item.name)
     return ids
 
 

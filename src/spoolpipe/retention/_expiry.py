@@ -74,10 +74,17 @@ def is_entry(state: State, name: str) -> bool:
     return entry_id(state, name) is not None
 
 
-def referenced_id(name: str) -> str:
-    """The id a name in ``inbox/``, ``running/`` or ``ids/`` is of: its part before ``~`` or ``.json``
-    (``ID.json.part`` too, being written). An id holding ``.json`` protects more: never less."""
-    return name.split("~", 1)[0].split(".json", 1)[0]
+def referenced_ids(name: str) -> set[str]:
+    """The ids a name in ``inbox/``, ``running/`` or ``ids/`` may be of: its part before ``~``, and
+    that part cut before each ``.json`` in it (``ID.json``, ``ID.json.part`` being written, and an id
+    that itself holds ``.json``, ``rep.json.v2.json``). One too many protects more: never less."""
+    stem = name.split("~", 1)[0]
+    ids = {stem}
+    at = stem.find(".json")
+    while at != -1:
+        ids.add(stem[:at])
+        at = stem.find(".json", at + 1)
+    return ids
 
 
 def expired(

@@ -174,7 +174,9 @@ def _ran_recently(repo: Repository, interval: float) -> bool:
         last = os.lstat(marker).st_mtime
     except FileNotFoundError:
         return False
-    return filesystem_now(repo.tmp / ".clock-purge") - last < interval / 2
+    # A mark in the future (a server clock stepped back, a restored backup) is no recent run: else
+    # every purge would skip, without a word, until the clock caught up.
+    return 0 <= filesystem_now(repo.tmp / ".clock-purge") - last < interval / 2
 
 
 def _mark_run(repo: Repository) -> None:
