@@ -282,3 +282,34 @@ def test_image_work_is_admitted_by_megapixels_across_pool_processes(tmp_path: Pa
     # 8 + 8 > 10: two big ones never ran at once; 3 + 3 + 3 <= 10: the small ones did
     assert not any(overlap(a, b) for a in big for b in big if a < b)
     assert any(overlap(a, b) for a in small for b in small if a < b)
+
+
+def _pool_exit() -> None:
+    os._exit(0)
+
+
+def test_the_command_group_of_a_pool_process_that_died_is_never_killed() -> None:
+    """Its published group id is stale once no zombie holds it: after a pool process died on its own,
+    the daemon SIGKILLed whatever group had taken that id since (another program's)."""
+    import ctypes
+    import multiprocessing
+    import multiprocessing.sharedctypes
+    import subprocess
+
+    from spoolpipe.pool import COMMAND_GROUP, Pool, Slot
+
+    innocent = subprocess.Popen(["sleep", "60"], start_new_session=True)  # a group of its own
+    try:
+        context = multiprocessing.get_context("fork")
+        died = context.Process(target=_pool_exit)
+        died.start()
+        died.join(30)
+        progress = multiprocessing.sharedctypes.RawArray(ctypes.c_double, COMMAND_GROUP + 1)
+        progress[COMMAND_GROUP] = innocent.pid  # as if its command's group had had that id
+        parent, _child = context.Pipe()
+        Pool.kill(object.__new__(Pool), Slot(0, died, parent, progress))
+        time.sleep(0.2)
+        assert innocent.poll() is None, "a process spoolpipe does not own was killed"
+    finally:
+        innocent.kill()
+        innocent.wait()

@@ -130,6 +130,22 @@ def _kill_command_group(progress: Any) -> None:
             os.killpg(group, signal.SIGKILL)
 
 
+def _stopped(pid: int, wait: float = 1.0) -> bool:
+    """Whether ``pid`` is stopped (``T`` in /proc), waiting up to ``wait`` s for a SIGSTOP to land."""
+    deadline = time.monotonic() + wait
+    while True:
+        try:
+            with open(f"/proc/{pid}/stat", "rb") as f:
+                state = f.read().rsplit(b")", 1)[1].split()[0]
+        except (OSError, IndexError):
+            return False
+        if state in (b"T", b"t"):
+            return True
+        if state in (b"Z", b"X") or time.monotonic() > deadline:
+            return False
+        time.sleep(0.001)
+
+
 def _die_with_parent() -> None:
     prctl = _libc.function("prctl", [ctypes.c_int, ctypes.c_ulong])
     if prctl is not None:
@@ -375,16 +391,17 @@ class Pool:
         it runs with everything that command started.
 
         Stopped first: a stopped process cannot reap its command, whose process group id thus
-        stays reserved (never another's) while it is killed.
+        stays reserved (never another's) while it is killed. A process that is gone (or ends before
+        it stops) leaves its group alone: the id it published may be another program's by now.
         """
-        alive = slot.process.is_alive()
-        if alive:
+        pid = slot.process.pid or 0
+        if slot.process.is_alive():
             with contextlib.suppress(ProcessLookupError):
-                os.kill(slot.process.pid or 0, signal.SIGSTOP)
-        _kill_command_group(slot.progress)
-        if alive:
+                os.kill(pid, signal.SIGSTOP)
+            if _stopped(pid) and slot.process.is_alive():
+                _kill_command_group(slot.progress)
             with contextlib.suppress(ProcessLookupError):
-                os.kill(slot.process.pid or 0, signal.SIGKILL)
+                os.kill(pid, signal.SIGKILL)
         _reaped(slot.process, 5)
 
     def close(self) -> None:
