@@ -935,3 +935,23 @@ def test_spoolpipe_submit_on_a_full_disk_says_so_with_exit_1(tiny_fs: Path) -> N
     assert "spoolpipe submit: cannot publish the activity:" in run.stderr and "No space left" in run.stderr
     assert "Traceback" not in run.stderr and run.stdout == ""
     assert listing(root / "inbox") == [] and listing(root / "ids") == []
+
+
+@pytest.mark.parametrize("step", [0.4, -0.4])
+def test_small_steps_of_the_local_clock_that_add_up_are_noticed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, step: float
+) -> None:
+    """Each call was compared with the one before only: 20 steps of 0.4 s (under the 0.5 s a step
+    must be) made the shared clock 8 s wrong until its next probe, 30 s later, and not_before work
+    started early."""
+    from spoolpipe.repository import SharedClock
+
+    real = time.time
+    shift = [0.0]
+    monkeypatch.setattr(time, "time", lambda: real() + shift[0])  # this process's clock only
+    clock = SharedClock(tmp_path / "probe")
+    clock.now()  # probed: the file system's clock, the real one here
+    for _ in range(20):
+        shift[0] += step
+        clock.now()
+    assert abs(clock.now() - real()) < 0.3

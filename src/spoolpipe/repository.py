@@ -982,7 +982,8 @@ def filesystem_now(probe: Path) -> float:
 
 
 _CLOCK_GRAIN = 0.02
-#: A wall clock that moved this much more (or less) than the monotonic one since the last look was stepped.
+#: A wall clock that moved this much more (or less) than the monotonic one since the offset was last
+#: right was stepped (in one step or in several small ones).
 _CLOCK_STEP = 0.5
 
 
@@ -990,8 +991,9 @@ class SharedClock:
     """Local time corrected to the shared file system's clock, re-probed every ``refresh`` seconds.
 
     A step of the local clock (NTP, a resumed VM) is noticed at the next call, as the wall clock
-    moving apart from the monotonic one: the offset is probed again at once (corrected by that step
-    if the probe fails), so that nothing waiting for a time starts early or stalls for the step.
+    moving apart from the monotonic one since the offset was last right (small steps add up): the
+    offset is probed again at once (corrected by that step if the probe fails), so that nothing
+    waiting for a time starts early or stalls for the step.
     """
 
     def __init__(self, probe: Path, refresh: float = 30.0) -> None:
@@ -999,16 +1001,18 @@ class SharedClock:
         self._refresh = refresh
         self._offset = 0.0
         self._probed_at = -refresh
-        self._last: tuple[float, float] | None = None  # (monotonic, wall) at the last call
+        # (monotonic, wall) when the offset was last right: steps since then add up, however small.
+        self._anchor: tuple[float, float] | None = None
 
     def now(self) -> float:
         local, wall = time.monotonic(), time.time()
-        if self._last is not None:
-            step = (wall - self._last[1]) - (local - self._last[0])
-            if abs(step) > _CLOCK_STEP:
-                self._offset -= step
-                self._probed_at = -self._refresh
-        self._last = (local, wall)
+        if self._anchor is None:
+            self._anchor = (local, wall)
+        step = (wall - self._anchor[1]) - (local - self._anchor[0])
+        if abs(step) > _CLOCK_STEP:
+            self._offset -= step
+            self._anchor = (local, wall)
+            self._probed_at = -self._refresh
         if local - self._probed_at >= self._refresh:
             with contextlib.suppress(OSError):
                 offset = filesystem_now(self._probe) - time.time()
@@ -1016,4 +1020,5 @@ class SharedClock:
                 # is that coarseness, not another clock, and would make a delay end a little early.
                 self._offset = offset if abs(offset) > _CLOCK_GRAIN else 0.0
                 self._probed_at = local
+                self._anchor = (local, wall)
         return wall + self._offset
