@@ -1125,3 +1125,32 @@ def test_a_2xx_whose_body_cannot_be_read_in_full_is_done_not_sent_again(tmp_path
     assert broken.requests == 1
     result = done(repo)[activity]["result"]
     assert (result["status"], result["body"], result["body_complete"]) == (200, "hello", False)
+
+
+@pytest.mark.parametrize(
+    ("type_", "data", "precious"),
+    [
+        ("files.copy", {"source": "in/.report.c1.tmp", "target": "in/report"}, "in/.report.c1.tmp"),
+        (
+            "files.copy",
+            {"source": "in/.a.txt.c1.tmp", "target": "in/a.txt", "replace": True},
+            "in/.a.txt.c1.tmp",
+        ),
+        ("files.copy", {"source": "in/.fresh.c1.tmp", "target": "in/fresh"}, "in/.fresh.c1.tmp"),
+        ("files.archive", {"folder": "in", "older_than": 0, "archive": "in/old.zip"}, "in/.old.zip.c1.tmp"),
+    ],
+)
+def test_a_source_named_as_the_temporary_file_of_its_target_is_never_removed(
+    tmp_path: Path, tree: Path, type_: str, data: dict[str, Any], precious: str
+) -> None:
+    """The temporary name is ``.NAME.ID.tmp``: a file of that name that is the source (or lies in the
+    folder archived) is not a leftover of an earlier attempt, and is neither removed nor replaced."""
+    (tree / precious).write_text("precious")
+    (tree / "in" / "report").write_text("other")
+    repo = files_repo(tmp_path, tree)
+    submit(repo, type_, data, id="c1")
+    run_until_idle(repo)
+    assert (tree / precious).read_text() == "precious"
+    assert f"{tree / precious} has the name of this activity's temporary file" in reason(repo, "c1")
+    assert (tree / "in" / "report").read_text() == "other" and (tree / "in" / "a.txt").read_text() == "alpha"
+    assert not (tree / "in" / "fresh").exists() and not (tree / "in" / "old.zip").exists()

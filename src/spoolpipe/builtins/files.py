@@ -169,10 +169,21 @@ def _written(exc: OSError, target: Path) -> OSError:
     return OSError(exc.errno, exc.strerror, str(target)) if exc.filename is None else exc
 
 
-def _drop_leftover(folder: int, target: Path, owner: str, log: Logger) -> str:
+def _drop_leftover(folder: int, target: Path, owner: str, log: Logger, source: os.stat_result) -> str:
     """The temporary name of ``owner`` (the activity's id) for ``target``, after removing the file an
-    earlier attempt of it left there (killed before it could)."""
+    earlier attempt of it left there (killed before it could). A file of that name that is the
+    ``source`` (or lies in it, a folder archived) is no leftover: a name can be anyone's."""
     name = temp_beside(target, owner).name
+    try:
+        info = os.stat(name, dir_fd=folder, follow_symlinks=False)
+    except FileNotFoundError:
+        return name
+    if os.path.samestat(info, source) or os.path.samestat(os.fstat(folder), source):
+        what = "lies in the folder archived" if stat.S_ISDIR(source.st_mode) else "is the source"
+        raise Fatal(
+            f"{target.with_name(name)} has the name of this activity's temporary file for {target.name}"
+            f" and {what}: nothing done (rename it, or submit the activity under another id)"
+        )
     with contextlib.suppress(FileNotFoundError):
         os.unlink(name, dir_fd=folder)
         log.warning("removed %s, left by an earlier attempt", target.with_name(name))
@@ -180,9 +191,11 @@ def _drop_leftover(folder: int, target: Path, owner: str, log: Logger) -> str:
 
 
 @contextlib.contextmanager
-def _temporary(folder: int, target: Path, owner: str, log: Logger) -> Iterator[tuple[str, IO[bytes]]]:
+def _temporary(
+    folder: int, target: Path, owner: str, log: Logger, source: os.stat_result
+) -> Iterator[tuple[str, IO[bytes]]]:
     """A new hidden file beside ``target`` in ``folder``, removed unless it was renamed away."""
-    tmp = _drop_leftover(folder, target, owner, log)
+    tmp = _drop_leftover(folder, target, owner, log, source)
     fd = os.open(
         tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644, dir_fd=folder
     )
@@ -213,7 +226,7 @@ def _place(folder: int, name: str, into: int, target: Path, replace: bool, fsync
 def _copy_into(source: IO[bytes], into: int, target: Path, replace: bool, ctx: Context, owner: str) -> int:
     """Copy ``source`` to ``target`` in ``into`` through a temporary file; returns the bytes copied."""
     fsync = ctx.settings.durability_fsync
-    with _temporary(into, target, owner, ctx.log) as (tmp, out):
+    with _temporary(into, target, owner, ctx.log, os.fstat(source.fileno())) as (tmp, out):
         try:
             shutil.copyfileobj(source, out, 1 << 20)
             out.flush()
@@ -479,7 +492,7 @@ def archive(activity: Activity, ctx: Context) -> dict[str, object]:
     with (
         _folder(folder, roots) as from_folder,
         _folder(target.parent, roots, create=True, fsync=fsync) as into,
-        _temporary(into, target, activity.id, ctx.log) as (tmp, out),
+        _temporary(into, target, activity.id, ctx.log, os.fstat(from_folder)) as (tmp, out),
     ):
         os.utime(out.fileno())  # "now" as the file system's server sets it (a new file may get the client's)
         made = os.fstat(out.fileno())
