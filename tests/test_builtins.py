@@ -1154,3 +1154,41 @@ def test_a_source_named_as_the_temporary_file_of_its_target_is_never_removed(
     assert f"{tree / precious} has the name of this activity's temporary file" in reason(repo, "c1")
     assert (tree / "in" / "report").read_text() == "other" and (tree / "in" / "a.txt").read_text() == "alpha"
     assert not (tree / "in" / "fresh").exists() and not (tree / "in" / "old.zip").exists()
+
+
+def run_without_dac_override(repo: Path) -> None:
+    """A worker (``--until-idle``) as root without the capabilities to pass over file permissions:
+    as any other user, it gets only what the folders' modes allow it."""
+    setpriv = shutil.which("setpriv")
+    assert setpriv, "setpriv (util-linux) is needed to drop capabilities"
+    drop = "-dac_override,-dac_read_search"
+    argv = [setpriv, f"--inh-caps={drop}", f"--bounding-set={drop}"]
+    argv += [PY, "-m", "spoolpipe", "worker", str(repo), "--worker-id", "w1", "--until-idle"]
+    assert subprocess.run(argv, timeout=120).returncode == 0
+
+
+def test_folders_that_can_be_entered_but_not_listed_work_as_with_cp(tmp_path: Path, tree: Path) -> None:
+    """A source folder of mode 0111 (enter only) and a drop box of 0333 (enter and write), not the
+    worker's own: files are read from the one and written, moved and deleted in the other."""
+    hidden, drop = tree / "in" / "xonly", tree / "out" / "drop"
+    hidden.mkdir()
+    drop.mkdir(parents=True)
+    (hidden / "a.txt").write_text("alpha")
+    (drop / "old.txt").write_text("old")
+    for folder, mode in ((hidden, 0o111), (drop, 0o333)):
+        os.chown(folder, 65534, 65534)
+        folder.chmod(mode)
+    repo = files_repo(tmp_path, tree, "retry.max-attempts = 1\n")
+    copied = submit(repo, "files.copy", {"source": "in/xonly/a.txt", "target": "out/drop/a.txt"})
+    moved = submit(repo, "files.move", {"source": "in/b.txt", "target": "out/drop/b.txt"})
+    deleted = submit(repo, "files.delete", {"path": "out/drop/old.txt"})
+    (tree / "old").mkdir()
+    (tree / "old" / "c.txt").write_text("gamma")
+    archived = submit(repo, "files.archive", {"folder": "old", "older_than": 0, "archive": "out/drop/c.zip"})
+    run_without_dac_override(repo)
+    assert set(done(repo)) == {copied, moved, deleted, archived}, failed(repo)
+    assert sorted(os.listdir(drop)) == ["a.txt", "b.txt", "c.zip"]
+    with zipfile.ZipFile(drop / "c.zip") as archive:
+        assert archive.read("c.txt") == b"gamma"
+    assert (drop / "a.txt").read_text() == "alpha" and (drop / "b.txt").read_text() == "beta"
+

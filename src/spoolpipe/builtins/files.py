@@ -37,7 +37,8 @@ MOVE, COPY, DELETE, ARCHIVE = "files.move", "files.copy", "files.delete", "files
 _LABEL = "file roots"
 #: Names of archived files (and of kept ones) listed in the result of ``files.archive``: at most this many.
 LISTED_NAMES = 1000
-_FOLDER_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+#: Opening a folder to act in: ``O_PATH`` needs only the right to enter it (``x``), as ``cp`` and ``mv`` do.
+_FOLDER_FLAGS = os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 #: Opening a file to read: never through a link, never blocking on a FIFO swapped in.
 _READ_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
 
@@ -120,12 +121,26 @@ def _sync(fd: int, fsync: bool) -> None:
         os.fsync(fd)
 
 
+def _flush_folder(folder: int) -> None:
+    """Flush the folder open (``O_PATH``) as ``folder``: fsync needs it opened to read, which a folder
+    one may only enter or write to refuses; its files are then flushed, its names as the system does."""
+    try:
+        readable = os.open(".", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC, dir_fd=folder)
+    except PermissionError:
+        return
+    try:
+        fsync_directory(readable)
+    finally:
+        os.close(readable)
+
+
 @contextlib.contextmanager
 def _folder(
-    folder: Path, roots: tuple[Path, ...], *, create: bool = False, fsync: bool = False
+    folder: Path, roots: tuple[Path, ...], *, create: bool = False, fsync: bool = False, listed: bool = False
 ) -> Iterator[int]:
     """``folder`` (confined already) opened from its root down without following a link, creating the
-    missing ones if ``create``: what is done through it stays where it was checked to be."""
+    missing ones if ``create``: what is done through it stays where it was checked to be. Opened to
+    read (``listed``) only for listing it."""
     root = next(r for r in roots if folder.is_relative_to(r))
     fd = os.open(root, _FOLDER_FLAGS & ~os.O_NOFOLLOW)  # configured by the operator: may be a link
     try:
@@ -136,7 +151,7 @@ def _folder(
                 try:
                     os.mkdir(name, dir_fd=fd)
                     if fsync:
-                        fsync_directory(fd)
+                        _flush_folder(fd)
                 except FileExistsError:
                     pass
             try:
@@ -147,6 +162,10 @@ def _folder(
                 raise Fatal(
                     f"{here} was replaced by a symbolic link or a file meanwhile: nothing done"
                 ) from None
+            os.close(fd)
+            fd = inner
+        if listed:
+            inner = os.open(".", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC, dir_fd=fd)
             os.close(fd)
             fd = inner
         yield fd
@@ -220,7 +239,7 @@ def _place(folder: int, name: str, into: int, target: Path, replace: bool, fsync
     except IsADirectoryError:
         raise Fatal(f"{target} is a folder") from None
     if fsync:
-        fsync_directory(into)
+        _flush_folder(into)
 
 
 def _copy_into(source: IO[bytes], into: int, target: Path, replace: bool, ctx: Context, owner: str) -> int:
@@ -323,7 +342,7 @@ def move(activity: Activity, ctx: Context) -> dict[str, object]:
                     _copy_into(src, into, target, replace, ctx, activity.id)
             os.unlink(source.name, dir_fd=from_folder)
         if fsync:
-            fsync_directory(from_folder)
+            _flush_folder(from_folder)
     ctx.log.info("moved %s to %s", source, target)
     return {"source": str(source), "target": str(target), "moved": True}
 
@@ -350,7 +369,7 @@ def delete(activity: Activity, ctx: Context) -> dict[str, object]:
     with _folder(path.parent, roots) as folder:
         os.unlink(path.name, dir_fd=folder)
         if ctx.settings.durability_fsync:
-            fsync_directory(folder)
+            _flush_folder(folder)
     ctx.log.info("deleted %s", path)
     return {"path": str(path), "deleted": True}
 
@@ -490,7 +509,7 @@ def archive(activity: Activity, ctx: Context) -> dict[str, object]:
     if os.path.lexists(target):
         raise Fatal(f"data.archive: {target} exists; archives are never replaced")
     with (
-        _folder(folder, roots) as from_folder,
+        _folder(folder, roots, listed=True) as from_folder,
         _folder(target.parent, roots, create=True, fsync=fsync) as into,
         _temporary(into, target, activity.id, ctx.log, os.fstat(from_folder)) as (tmp, out),
     ):
@@ -518,7 +537,7 @@ def archive(activity: Activity, ctx: Context) -> dict[str, object]:
         _place(into, tmp, into, target, False, fsync)
         removed, kept = _remove(from_folder, files, members)
         if fsync and removed:
-            fsync_directory(from_folder)
+            _flush_folder(from_folder)
     for name in kept:
         ctx.log.warning("%s changed while it was archived: kept in %s", name, folder)
     ctx.log.info("archived %d files of %s into %s", len(removed), folder, target)
