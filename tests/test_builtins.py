@@ -1192,3 +1192,29 @@ def test_folders_that_can_be_entered_but_not_listed_work_as_with_cp(tmp_path: Pa
         assert archive.read("c.txt") == b"gamma"
     assert (drop / "a.txt").read_text() == "alpha" and (drop / "b.txt").read_text() == "beta"
 
+
+def test_a_refusal_of_the_file_system_names_the_full_path(tmp_path: Path, tree: Path) -> None:
+    """Every step runs relative to a folder descriptor: an error still names the whole path."""
+    locked = tree / "locked"
+    locked.mkdir()
+    (locked / "f").write_text("f")
+    os.chown(locked, 65534, 65534)
+    locked.chmod(0o555)
+    repo = files_repo(tmp_path, tree, "retry.max-attempts = 1\n")
+    refusals = {
+        submit(repo, "files.copy", {"source": "in/a.txt", "target": "locked/a.txt"}): f"'{locked / 'a.txt'}'",
+        submit(
+            repo, "files.copy", {"source": "in/a.txt", "target": "locked/new/a.txt"}
+        ): f"'{locked / 'new'}'",
+        submit(repo, "files.delete", {"path": "locked/f"}): f"'{locked / 'f'}'",
+        submit(
+            repo, "files.move", {"source": "locked/f", "target": "locked/h"}
+        ): f"'{locked / 'f'}' -> '{locked / 'h'}'",
+        submit(
+            repo, "files.move", {"source": "locked/f", "target": "in/h"}
+        ): f"'{locked / 'f'}' -> '{tree / 'in' / 'h'}'",
+    }
+    run_without_dac_override(repo)
+    for activity, named in refusals.items():
+        assert f"PermissionError: [Errno 13] Permission denied: {named}" in reason(repo, activity)
+    assert os.listdir(locked) == ["f"] and not (tree / "in" / "h").exists()

@@ -147,25 +147,27 @@ def _folder(
         here = root
         for name in folder.relative_to(root).parts:
             here = here / name
-            if create:
+            with _naming(here):
+                if create:
+                    try:
+                        os.mkdir(name, dir_fd=fd)
+                        if fsync:
+                            _flush_folder(fd)
+                    except FileExistsError:
+                        pass
                 try:
-                    os.mkdir(name, dir_fd=fd)
-                    if fsync:
-                        _flush_folder(fd)
-                except FileExistsError:
-                    pass
-            try:
-                inner = os.open(name, _FOLDER_FLAGS, dir_fd=fd)
-            except OSError as exc:
-                if exc.errno not in (errno.ELOOP, errno.ENOTDIR):
-                    raise
-                raise Fatal(
-                    f"{here} was replaced by a symbolic link or a file meanwhile: nothing done"
-                ) from None
+                    inner = os.open(name, _FOLDER_FLAGS, dir_fd=fd)
+                except OSError as exc:
+                    if exc.errno not in (errno.ELOOP, errno.ENOTDIR):
+                        raise
+                    raise Fatal(
+                        f"{here} was replaced by a symbolic link or a file meanwhile: nothing done"
+                    ) from None
             os.close(fd)
             fd = inner
         if listed:
-            inner = os.open(".", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC, dir_fd=fd)
+            with _naming(folder):
+                inner = os.open(".", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC, dir_fd=fd)
             os.close(fd)
             fd = inner
         yield fd
@@ -175,7 +177,8 @@ def _folder(
 
 def _open_in(folder: int, name: str, where: Path) -> IO[bytes]:
     """The regular file ``name`` in ``folder``, to read: a link or other thing put in its place is refused."""
-    fd = os.open(name, _READ_FLAGS, dir_fd=folder)
+    with _naming(where):
+        fd = os.open(name, _READ_FLAGS, dir_fd=folder)
     if not stat.S_ISREG(os.fstat(fd).st_mode):
         os.close(fd)
         raise Fatal(f"{where} is not a regular file")
@@ -183,9 +186,16 @@ def _open_in(folder: int, name: str, where: Path) -> IO[bytes]:
     return os.fdopen(fd, "rb")
 
 
-def _written(exc: OSError, target: Path) -> OSError:
-    """A write error (disk full) that names the file it was writing."""
-    return OSError(exc.errno, exc.strerror, str(target)) if exc.filename is None else exc
+@contextlib.contextmanager
+def _naming(path: Path, other: Path | None = None) -> Iterator[None]:
+    """An error of a call relative to a folder descriptor (which names ``.a.txt.ID.tmp`` or ``a.txt``,
+    or nothing: a write) raised naming ``path`` (``-> other``: a rename) in full instead."""
+    try:
+        yield
+    except OSError as exc:
+        if exc.filename is not None and os.path.isabs(os.fsdecode(exc.filename)):
+            raise
+        raise OSError(exc.errno, exc.strerror, str(path), None, other and str(other)) from None
 
 
 def _drop_leftover(folder: int, target: Path, owner: str, log: Logger, source: os.stat_result) -> str:
@@ -214,10 +224,11 @@ def _temporary(
     folder: int, target: Path, owner: str, log: Logger, source: os.stat_result
 ) -> Iterator[tuple[str, IO[bytes]]]:
     """A new hidden file beside ``target`` in ``folder``, removed unless it was renamed away."""
-    tmp = _drop_leftover(folder, target, owner, log, source)
-    fd = os.open(
-        tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644, dir_fd=folder
-    )
+    with _naming(target):
+        tmp = _drop_leftover(folder, target, owner, log, source)
+        fd = os.open(
+            tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644, dir_fd=folder
+        )
     try:
         with os.fdopen(fd, "wb") as handle:
             yield tmp, handle
@@ -226,14 +237,17 @@ def _temporary(
             os.unlink(tmp, dir_fd=folder)
 
 
-def _place(folder: int, name: str, into: int, target: Path, replace: bool, fsync: bool) -> None:
-    """Rename ``name`` of ``folder`` to ``target`` in ``into`` (never over an existing one unless
-    ``replace``), then flush that folder."""
+def _place(
+    folder: int, name: str, into: int, target: Path, replace: bool, fsync: bool, source: Path | None = None
+) -> None:
+    """Rename ``name`` of ``folder`` (the file ``source``, or a temporary one of ``target``) to
+    ``target`` in ``into`` (never over an existing one unless ``replace``), then flush that folder."""
     try:
-        if replace:
-            os.replace(name, target.name, src_dir_fd=folder, dst_dir_fd=into)
-        else:
-            move_noreplace(name, target.name, source_dir=folder, target_dir=into)
+        with _naming(source or target, source and target):
+            if replace:
+                os.replace(name, target.name, src_dir_fd=folder, dst_dir_fd=into)
+            else:
+                move_noreplace(name, target.name, source_dir=folder, target_dir=into)
     except FileExistsError:
         raise Fatal(f'{target} exists; set "replace": true in the data to replace it') from None
     except IsADirectoryError:
@@ -246,17 +260,15 @@ def _copy_into(source: IO[bytes], into: int, target: Path, replace: bool, ctx: C
     """Copy ``source`` to ``target`` in ``into`` through a temporary file; returns the bytes copied."""
     fsync = ctx.settings.durability_fsync
     with _temporary(into, target, owner, ctx.log, os.fstat(source.fileno())) as (tmp, out):
-        try:
+        with _naming(target):
             shutil.copyfileobj(source, out, 1 << 20)
             out.flush()
             info = os.fstat(source.fileno())
             os.chmod(out.fileno(), stat.S_IMODE(info.st_mode))
             os.utime(out.fileno(), ns=(info.st_atime_ns, info.st_mtime_ns))
             _sync(out.fileno(), fsync)
-        except OSError as exc:
-            raise _written(exc, target) from None
-        size = out.tell()
-        out.close()
+            size = out.tell()
+            out.close()
         _place(into, tmp, into, target, replace, fsync)
     return size
 
@@ -329,9 +341,10 @@ def move(activity: Activity, ctx: Context) -> dict[str, object]:
         try:
             if _same_file(from_folder, source.name, into, target.name):  # a rename would do nothing
                 ctx.log.info("%s is another name of %s: removing the source name", target, source)
-                os.unlink(source.name, dir_fd=from_folder)
+                with _naming(source):
+                    os.unlink(source.name, dir_fd=from_folder)
             else:
-                _place(from_folder, source.name, into, target, replace, fsync)
+                _place(from_folder, source.name, into, target, replace, fsync, source)
         except OSError as exc:
             if exc.errno != errno.EXDEV:
                 raise
@@ -340,7 +353,8 @@ def move(activity: Activity, ctx: Context) -> dict[str, object]:
                     ctx.log.info("%s already holds a copy of %s: removing the source", target, source)
                 else:
                     _copy_into(src, into, target, replace, ctx, activity.id)
-            os.unlink(source.name, dir_fd=from_folder)
+            with _naming(source):
+                os.unlink(source.name, dir_fd=from_folder)
         if fsync:
             _flush_folder(from_folder)
     ctx.log.info("moved %s to %s", source, target)
@@ -366,7 +380,7 @@ def delete(activity: Activity, ctx: Context) -> dict[str, object]:
         ctx.log.info("%s does not exist: nothing to delete", gone)
         return {"path": str(gone), "deleted": False}
     path = _existing(data, "path", roots)
-    with _folder(path.parent, roots) as folder:
+    with _folder(path.parent, roots) as folder, _naming(path):
         os.unlink(path.name, dir_fd=folder)
         if ctx.settings.durability_fsync:
             _flush_folder(folder)
@@ -522,13 +536,11 @@ def archive(activity: Activity, ctx: Context) -> dict[str, object]:
             ctx.log.info("no file in %s is older than %gs: no archive written", folder, age)
             nothing: dict[str, object] = {"archive": None, "files": 0, "bytes": 0, "names": []}
             return {"folder": str(folder), **nothing, **_kept(unnamable)}
-        try:
+        with _naming(target):
             _write_archive(out, fmt, from_folder, files)
             out.flush()
             _sync(out.fileno(), fsync)
-        except OSError as exc:
-            raise _written(exc, target) from None
-        out.close()
+            out.close()
         with _open_in(into, tmp, target) as written:
             members = _members(written, target, fmt)
         for item in files:
@@ -562,7 +574,7 @@ def _remove(folder: int, files: list[Candidate], members: dict[str, int]) -> tup
     removed, kept = [], []
     for item in files:
         if members.get(item.path.name) == item.size and _unchanged(folder, item):
-            with contextlib.suppress(FileNotFoundError):
+            with contextlib.suppress(FileNotFoundError), _naming(item.path):
                 os.unlink(item.path.name, dir_fd=folder)
             removed.append(item.path.name)
         else:
