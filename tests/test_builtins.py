@@ -1218,3 +1218,34 @@ def test_a_refusal_of_the_file_system_names_the_full_path(tmp_path: Path, tree: 
     for activity, named in refusals.items():
         assert f"PermissionError: [Errno 13] Permission denied: {named}" in reason(repo, activity)
     assert os.listdir(locked) == ["f"] and not (tree / "in" / "h").exists()
+
+
+TIMED_PROCESSOR = """
+import dataclasses, signal
+from spoolpipe.builtins import http
+
+@processor("t.timed")
+def timed(activity, ctx):
+    ticks = []
+    signal.signal(signal.SIGALRM, lambda signum, frame: ticks.append(signum))
+    signal.setitimer(signal.ITIMER_REAL, 0.5, 0.5)
+    http.request(dataclasses.replace(activity, type="http.request"), ctx)
+    after = signal.getitimer(signal.ITIMER_REAL)
+    ticks.clear()
+    deadline = time.monotonic() + 10
+    while len(ticks) < 2 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    signal.setitimer(signal.ITIMER_REAL, 0)
+    return {"interval": after[1], "ticks_after": len(ticks)}
+"""
+
+
+def test_a_request_gives_back_the_timer_a_processor_had_set(tmp_path: Path, server: Server) -> None:
+    """http.request bounds itself with SIGALRM in the pool process: a processor's own interval timer
+    runs on after it, with the processor's handler."""
+    lines = prop_lines({"http.default.url": f"http://127.0.0.1:{server.port}/"})
+    repo = make_repository(tmp_path, lines, extra_processors=TIMED_PROCESSOR)
+    activity = submit(repo, "t.timed")
+    run_until_idle(repo)
+    assert done(repo)[activity]["result"] == {"interval": 0.5, "ticks_after": 2}
+    assert len(server.requests) == 1

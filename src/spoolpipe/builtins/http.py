@@ -42,7 +42,8 @@ class _Overdue(Exception):
 @contextlib.contextmanager
 def _alarm(seconds: float) -> Iterator[None]:
     """``_Overdue`` raised in this thread after ``seconds``: a deadline for a whole request, which a
-    socket timeout (each read) is not. Only the main thread gets signals; elsewhere each read's only."""
+    socket timeout (each read) is not. Only the main thread gets signals; elsewhere each read's only.
+    A timer the processor's own code had set is held off meanwhile, then set again for what was left."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
@@ -51,12 +52,15 @@ def _alarm(seconds: float) -> Iterator[None]:
         raise _Overdue
 
     previous = signal.signal(signal.SIGALRM, overdue)
-    signal.setitimer(signal.ITIMER_REAL, seconds)
+    started = time.monotonic()
+    delay, interval = signal.setitimer(signal.ITIMER_REAL, seconds)
     try:
         yield
     finally:
         signal.setitimer(signal.ITIMER_REAL, 0)
         signal.signal(signal.SIGALRM, previous)
+        if delay:  # due now if its time passed meanwhile
+            signal.setitimer(signal.ITIMER_REAL, max(delay - (time.monotonic() - started), 1e-6), interval)
 
 
 def _opener() -> urllib.request.OpenerDirector:
