@@ -1249,3 +1249,30 @@ def test_a_request_gives_back_the_timer_a_processor_had_set(tmp_path: Path, serv
     run_until_idle(repo)
     assert done(repo)[activity]["result"] == {"interval": 0.5, "ticks_after": 2}
     assert len(server.requests) == 1
+
+
+def test_the_endpoint_timeout_bounds_a_name_lookup_that_gets_no_answer(tmp_path: Path) -> None:
+    """A DNS server that never answers (glibc would wait 30 s, past the activity's own timeout of
+    5 s): the request ends at http.<name>.timeout and is retried, the pool process not killed."""
+    silent = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    address = f"127.{os.getpid() % 200 + 20}.{threading.get_ident() % 250 + 1}.53"
+    silent.bind((address, 53))
+    resolv = tmp_path / "resolv.conf"
+    resolv.write_text(f"nameserver {address}\noptions timeout:10 attempts:3\n")
+    repo = http_repo(
+        tmp_path,
+        {"slow": "http://nowhere.spoolpipe.test/"},
+        "http.slow.timeout = 1s\ntimeout.http.request = 5\nretry.max-attempts = 1\n",
+    )
+    activity = submit(repo, "http.request", {"endpoint": "slow"})
+    unshare = shutil.which("unshare")
+    assert unshare, "unshare (util-linux) is needed to give the worker a resolv.conf of its own"
+    mount = 'mount --bind "$0" /etc/resolv.conf && exec "$@"'
+    argv = [unshare, "--mount", "--", "sh", "-c", mount, str(resolv)]
+    argv += [PY, "-m", "spoolpipe", "worker", str(repo), "--worker-id", "w1", "--until-idle"]
+    try:
+        assert subprocess.run(argv, timeout=120).returncode == 0
+    finally:
+        silent.close()
+    expected = "POST http://nowhere.spoolpipe.test/: no answer within 1s (http.slow.timeout)"
+    assert expected in reason(repo, activity)
