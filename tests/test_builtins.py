@@ -668,7 +668,11 @@ def test_a_retry_after_an_interrupted_copy_or_move_finds_the_work_done(tmp_path:
     lost = submit(repo, "files.move", {"source": "in/lost.txt", "target": "out/lost.txt"})
     run_until_idle(repo)
     assert done(repo)[copied]["result"]["bytes"] == 5
-    assert done(repo)[moved]["result"] == {"target": str(tree / "out" / "moved.txt"), "moved": False}
+    assert done(repo)[moved]["result"] == {
+        "source": str(tree / "in" / "moved.txt"),
+        "target": str(tree / "out" / "moved.txt"),
+        "moved": False,
+    }
     assert "out/other.txt exists" in reason(repo, clash)
     assert (tree / "out" / "other.txt").read_text() == "not alpha"
     assert "data.source: 'in/lost.txt' does not exist" in reason(repo, lost)
@@ -1276,3 +1280,33 @@ def test_the_endpoint_timeout_bounds_a_name_lookup_that_gets_no_answer(tmp_path:
         silent.close()
     expected = "POST http://nowhere.spoolpipe.test/: no answer within 1s (http.slow.timeout)"
     assert expected in reason(repo, activity)
+
+
+def test_paths_through_a_root_configured_as_a_link_and_files_named_as_folders_are_refused(
+    tmp_path: Path, tree: Path
+) -> None:
+    """The root's link is the operator's: a path through it that leaves by another link is said to
+    leave through a link. A trailing / names a folder: a regular file so named is refused."""
+    via = tmp_path / "via-link"
+    via.symlink_to(tree, target_is_directory=True)
+    repo = files_repo(tmp_path, via, "retry.max-attempts = 1\n")
+    stolen = submit(
+        repo, "files.copy", {"source": "in/a.txt", "target": str(via / "in" / "linked-folder" / "x")}
+    )
+    slashed = {
+        submit(repo, type_, data): field
+        for type_, data, field in [
+            ("files.copy", {"source": "in/a.txt/", "target": "in/c.txt"}, "source"),
+            ("files.move", {"source": "in/a.txt/", "target": "in/m.txt"}, "source"),
+            ("files.delete", {"path": "in/b.txt/"}, "path"),
+        ]
+    }
+    run_until_idle(repo)
+    expected = f"data.target: {str(via / 'in' / 'linked-folder' / 'x')!r} leads outside the file roots"
+    assert f"{expected} through a symbolic link" in reason(repo, stolen)
+    for activity, field in slashed.items():
+        assert f"data.{field}: 'in/{'b' if field == 'path' else 'a'}.txt/' is not a folder" in reason(
+            repo, activity
+        )
+    assert sorted(os.listdir(tree / "in")) == ["a.txt", "b.txt", "link.txt", "linked-folder"]
+    assert os.listdir(tmp_path / "outside") == ["secret.txt"]

@@ -71,10 +71,15 @@ def _rejected(data: dict[str, object], field: str, roots: tuple[Path, ...], exc:
 
 
 def _existing(data: dict[str, object], field: str, roots: tuple[Path, ...], kind: str = "file") -> Path:
+    """The real path of ``data[field]``; a file named with a trailing / (a folder's name) is refused."""
+    value = data.get(field)
     try:
-        return confine.existing(data.get(field), roots, "folder" if kind == "folder" else "file", _LABEL)
+        path = confine.existing(value, roots, "folder" if kind == "folder" else "file", _LABEL)
     except confine.PathRejected as exc:
         raise _rejected(data, field, roots, exc) from None
+    if kind == "file" and isinstance(value, str) and value.endswith("/"):
+        raise Fatal(f"data.{field}: {value!r} is not a folder")
+    return path
 
 
 def _not_a_link(data: dict[str, object], field: str, roots: tuple[Path, ...]) -> None:
@@ -330,7 +335,7 @@ def move(activity: Activity, ctx: Context) -> dict[str, object]:
     gone = _missing(data, "source", roots)
     if gone is not None and target.is_file():  # moved by an interrupted attempt of this activity
         ctx.log.warning("%s is gone and %s exists: taken as moved already", gone, target)
-        return {"target": str(target), "moved": False}
+        return {"source": str(gone), "target": str(target), "moved": False}
     source = _existing(data, "source", roots)
     if source == target:
         raise Fatal(f"data.target: {target} is the source itself")
