@@ -1310,3 +1310,22 @@ def test_paths_through_a_root_configured_as_a_link_and_files_named_as_folders_ar
         )
     assert sorted(os.listdir(tree / "in")) == ["a.txt", "b.txt", "link.txt", "linked-folder"]
     assert os.listdir(tmp_path / "outside") == ["secret.txt"]
+
+
+def test_a_move_across_file_systems_whose_source_cannot_be_removed_leaves_no_copy(
+    tmp_path: Path, tree: Path, other_file_system: Path
+) -> None:
+    """The copy is made, then the source's folder refuses its removal: the move fails, naming the
+    source, and takes back the copy it made (one file, not two)."""
+    locked = tree / "locked"
+    locked.mkdir()
+    (locked / "a.txt").write_text("alpha")
+    os.chown(locked, 65534, 65534)
+    locked.chmod(0o555)
+    repo = files_repo(tmp_path, tree, f"files.roots = {tree}, {other_file_system}\nretry.max-attempts = 1\n")
+    target = other_file_system / "a.txt"
+    activity = submit(repo, "files.move", {"source": "locked/a.txt", "target": str(target)})
+    run_without_dac_override(repo)
+    assert f"Permission denied: '{locked / 'a.txt'}'" in reason(repo, activity)
+    assert (locked / "a.txt").read_text() == "alpha"
+    assert os.listdir(other_file_system) == []

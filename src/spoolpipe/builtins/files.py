@@ -261,8 +261,10 @@ def _place(
         _flush_folder(into)
 
 
-def _copy_into(source: IO[bytes], into: int, target: Path, replace: bool, ctx: Context, owner: str) -> int:
-    """Copy ``source`` to ``target`` in ``into`` through a temporary file; returns the bytes copied."""
+def _copy_into(
+    source: IO[bytes], into: int, target: Path, replace: bool, ctx: Context, owner: str
+) -> os.stat_result:
+    """Copy ``source`` to ``target`` in ``into`` through a temporary file; returns what it made."""
     fsync = ctx.settings.durability_fsync
     with _temporary(into, target, owner, ctx.log, os.fstat(source.fileno())) as (tmp, out):
         with _naming(target):
@@ -272,10 +274,10 @@ def _copy_into(source: IO[bytes], into: int, target: Path, replace: bool, ctx: C
             os.chmod(out.fileno(), stat.S_IMODE(info.st_mode))
             os.utime(out.fileno(), ns=(info.st_atime_ns, info.st_mtime_ns))
             _sync(out.fileno(), fsync)
-            size = out.tell()
+            made = os.fstat(out.fileno())
             out.close()
         _place(into, tmp, into, target, replace, fsync)
-    return size
+    return made
 
 
 def _same_content(source: IO[bytes], folder: int, name: str) -> bool:
@@ -318,7 +320,7 @@ def copy(activity: Activity, ctx: Context) -> dict[str, object]:
             ctx.log.info("%s already holds a copy of %s", target, source)
             size = os.fstat(src.fileno()).st_size
         else:
-            size = _copy_into(src, into, target, replace, ctx, activity.id)
+            size = _copy_into(src, into, target, replace, ctx, activity.id).st_size
             ctx.log.info("copied %s to %s (%d bytes)", source, target, size)
     return {"source": str(source), "target": str(target), "bytes": size}
 
@@ -353,13 +355,21 @@ def move(activity: Activity, ctx: Context) -> dict[str, object]:
         except OSError as exc:
             if exc.errno != errno.EXDEV:
                 raise
+            made = None
             with _open_in(from_folder, source.name, source) as src:
                 if _same_content(src, into, target.name):  # copied by an attempt stopped before the removal
                     ctx.log.info("%s already holds a copy of %s: removing the source", target, source)
                 else:
-                    _copy_into(src, into, target, replace, ctx, activity.id)
-            with _naming(source):
-                os.unlink(source.name, dir_fd=from_folder)
+                    made = _copy_into(src, into, target, replace, ctx, activity.id)
+            try:
+                with _naming(source):
+                    os.unlink(source.name, dir_fd=from_folder)
+            except OSError:
+                if made is not None:  # a move that fails leaves one file, not two: the copy it made goes
+                    with contextlib.suppress(OSError):
+                        if os.path.samestat(os.stat(target.name, dir_fd=into, follow_symlinks=False), made):
+                            os.unlink(target.name, dir_fd=into)
+                raise
         if fsync:
             _flush_folder(from_folder)
     ctx.log.info("moved %s to %s", source, target)
