@@ -668,7 +668,11 @@ def test_a_retry_after_an_interrupted_copy_or_move_finds_the_work_done(tmp_path:
     lost = submit(repo, "files.move", {"source": "in/lost.txt", "target": "out/lost.txt"})
     run_until_idle(repo)
     assert done(repo)[copied]["result"]["bytes"] == 5
-    assert done(repo)[moved]["result"] == {"target": str(tree / "out" / "moved.txt"), "moved": False}
+    assert done(repo)[moved]["result"] == {
+        "source": str(tree / "in" / "moved.txt"),
+        "target": str(tree / "out" / "moved.txt"),
+        "moved": False,
+    }
     assert "out/other.txt exists" in reason(repo, clash)
     assert (tree / "out" / "other.txt").read_text() == "not alpha"
     assert "data.source: 'in/lost.txt' does not exist" in reason(repo, lost)
@@ -1125,3 +1129,203 @@ def test_a_2xx_whose_body_cannot_be_read_in_full_is_done_not_sent_again(tmp_path
     assert broken.requests == 1
     result = done(repo)[activity]["result"]
     assert (result["status"], result["body"], result["body_complete"]) == (200, "hello", False)
+
+
+@pytest.mark.parametrize(
+    ("type_", "data", "precious"),
+    [
+        ("files.copy", {"source": "in/.report.c1.tmp", "target": "in/report"}, "in/.report.c1.tmp"),
+        (
+            "files.copy",
+            {"source": "in/.a.txt.c1.tmp", "target": "in/a.txt", "replace": True},
+            "in/.a.txt.c1.tmp",
+        ),
+        ("files.copy", {"source": "in/.fresh.c1.tmp", "target": "in/fresh"}, "in/.fresh.c1.tmp"),
+        ("files.archive", {"folder": "in", "older_than": 0, "archive": "in/old.zip"}, "in/.old.zip.c1.tmp"),
+    ],
+)
+def test_a_source_named_as_the_temporary_file_of_its_target_is_never_removed(
+    tmp_path: Path, tree: Path, type_: str, data: dict[str, Any], precious: str
+) -> None:
+    """The temporary name is ``.NAME.ID.tmp``: a file of that name that is the source (or lies in the
+    folder archived) is not a leftover of an earlier attempt, and is neither removed nor replaced."""
+    (tree / precious).write_text("precious")
+    (tree / "in" / "report").write_text("other")
+    repo = files_repo(tmp_path, tree)
+    submit(repo, type_, data, id="c1")
+    run_until_idle(repo)
+    assert (tree / precious).read_text() == "precious"
+    assert f"{tree / precious} has the name of this activity's temporary file" in reason(repo, "c1")
+    assert (tree / "in" / "report").read_text() == "other" and (tree / "in" / "a.txt").read_text() == "alpha"
+    assert not (tree / "in" / "fresh").exists() and not (tree / "in" / "old.zip").exists()
+
+
+def run_without_dac_override(repo: Path) -> None:
+    """A worker (``--until-idle``) as root without the capabilities to pass over file permissions:
+    as any other user, it gets only what the folders' modes allow it."""
+    setpriv = shutil.which("setpriv")
+    assert setpriv, "setpriv (util-linux) is needed to drop capabilities"
+    drop = "-dac_override,-dac_read_search"
+    argv = [setpriv, f"--inh-caps={drop}", f"--bounding-set={drop}"]
+    argv += [PY, "-m", "spoolpipe", "worker", str(repo), "--worker-id", "w1", "--until-idle"]
+    assert subprocess.run(argv, timeout=120).returncode == 0
+
+
+def test_folders_that_can_be_entered_but_not_listed_work_as_with_cp(tmp_path: Path, tree: Path) -> None:
+    """A source folder of mode 0111 (enter only) and a drop box of 0333 (enter and write), not the
+    worker's own: files are read from the one and written, moved and deleted in the other."""
+    hidden, drop = tree / "in" / "xonly", tree / "out" / "drop"
+    hidden.mkdir()
+    drop.mkdir(parents=True)
+    (hidden / "a.txt").write_text("alpha")
+    (drop / "old.txt").write_text("old")
+    for folder, mode in ((hidden, 0o111), (drop, 0o333)):
+        os.chown(folder, 65534, 65534)
+        folder.chmod(mode)
+    repo = files_repo(tmp_path, tree, "retry.max-attempts = 1\n")
+    copied = submit(repo, "files.copy", {"source": "in/xonly/a.txt", "target": "out/drop/a.txt"})
+    moved = submit(repo, "files.move", {"source": "in/b.txt", "target": "out/drop/b.txt"})
+    deleted = submit(repo, "files.delete", {"path": "out/drop/old.txt"})
+    (tree / "old").mkdir()
+    (tree / "old" / "c.txt").write_text("gamma")
+    archived = submit(repo, "files.archive", {"folder": "old", "older_than": 0, "archive": "out/drop/c.zip"})
+    run_without_dac_override(repo)
+    assert set(done(repo)) == {copied, moved, deleted, archived}, failed(repo)
+    assert sorted(os.listdir(drop)) == ["a.txt", "b.txt", "c.zip"]
+    with zipfile.ZipFile(drop / "c.zip") as archive:
+        assert archive.read("c.txt") == b"gamma"
+    assert (drop / "a.txt").read_text() == "alpha" and (drop / "b.txt").read_text() == "beta"
+
+
+def test_a_refusal_of_the_file_system_names_the_full_path(tmp_path: Path, tree: Path) -> None:
+    """Every step runs relative to a folder descriptor: an error still names the whole path."""
+    locked = tree / "locked"
+    locked.mkdir()
+    (locked / "f").write_text("f")
+    os.chown(locked, 65534, 65534)
+    locked.chmod(0o555)
+    repo = files_repo(tmp_path, tree, "retry.max-attempts = 1\n")
+    refusals = {
+        submit(repo, "files.copy", {"source": "in/a.txt", "target": "locked/a.txt"}): f"'{locked / 'a.txt'}'",
+        submit(
+            repo, "files.copy", {"source": "in/a.txt", "target": "locked/new/a.txt"}
+        ): f"'{locked / 'new'}'",
+        submit(repo, "files.delete", {"path": "locked/f"}): f"'{locked / 'f'}'",
+        submit(
+            repo, "files.move", {"source": "locked/f", "target": "locked/h"}
+        ): f"'{locked / 'f'}' -> '{locked / 'h'}'",
+        submit(
+            repo, "files.move", {"source": "locked/f", "target": "in/h"}
+        ): f"'{locked / 'f'}' -> '{tree / 'in' / 'h'}'",
+    }
+    run_without_dac_override(repo)
+    for activity, named in refusals.items():
+        assert f"PermissionError: [Errno 13] Permission denied: {named}" in reason(repo, activity)
+    assert os.listdir(locked) == ["f"] and not (tree / "in" / "h").exists()
+
+
+TIMED_PROCESSOR = """
+import dataclasses, signal
+from spoolpipe.builtins import http
+
+@processor("t.timed")
+def timed(activity, ctx):
+    ticks = []
+    signal.signal(signal.SIGALRM, lambda signum, frame: ticks.append(signum))
+    signal.setitimer(signal.ITIMER_REAL, 0.5, 0.5)
+    http.request(dataclasses.replace(activity, type="http.request"), ctx)
+    after = signal.getitimer(signal.ITIMER_REAL)
+    ticks.clear()
+    deadline = time.monotonic() + 10
+    while len(ticks) < 2 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    signal.setitimer(signal.ITIMER_REAL, 0)
+    return {"interval": after[1], "ticks_after": len(ticks)}
+"""
+
+
+def test_a_request_gives_back_the_timer_a_processor_had_set(tmp_path: Path, server: Server) -> None:
+    """http.request bounds itself with SIGALRM in the pool process: a processor's own interval timer
+    runs on after it, with the processor's handler."""
+    lines = prop_lines({"http.default.url": f"http://127.0.0.1:{server.port}/"})
+    repo = make_repository(tmp_path, lines, extra_processors=TIMED_PROCESSOR)
+    activity = submit(repo, "t.timed")
+    run_until_idle(repo)
+    assert done(repo)[activity]["result"] == {"interval": 0.5, "ticks_after": 2}
+    assert len(server.requests) == 1
+
+
+def test_the_endpoint_timeout_bounds_a_name_lookup_that_gets_no_answer(tmp_path: Path) -> None:
+    """A DNS server that never answers (glibc would wait 30 s, past the activity's own timeout of
+    5 s): the request ends at http.<name>.timeout and is retried, the pool process not killed."""
+    silent = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    address = f"127.{os.getpid() % 200 + 20}.{threading.get_ident() % 250 + 1}.53"
+    silent.bind((address, 53))
+    resolv = tmp_path / "resolv.conf"
+    resolv.write_text(f"nameserver {address}\noptions timeout:10 attempts:3\n")
+    repo = http_repo(
+        tmp_path,
+        {"slow": "http://nowhere.spoolpipe.test/"},
+        "http.slow.timeout = 1s\ntimeout.http.request = 5\nretry.max-attempts = 1\n",
+    )
+    activity = submit(repo, "http.request", {"endpoint": "slow"})
+    unshare = shutil.which("unshare")
+    assert unshare, "unshare (util-linux) is needed to give the worker a resolv.conf of its own"
+    mount = 'mount --bind "$0" /etc/resolv.conf && exec "$@"'
+    argv = [unshare, "--mount", "--", "sh", "-c", mount, str(resolv)]
+    argv += [PY, "-m", "spoolpipe", "worker", str(repo), "--worker-id", "w1", "--until-idle"]
+    try:
+        assert subprocess.run(argv, timeout=120).returncode == 0
+    finally:
+        silent.close()
+    expected = "POST http://nowhere.spoolpipe.test/: no answer within 1s (http.slow.timeout)"
+    assert expected in reason(repo, activity)
+
+
+def test_paths_through_a_root_configured_as_a_link_and_files_named_as_folders_are_refused(
+    tmp_path: Path, tree: Path
+) -> None:
+    """The root's link is the operator's: a path through it that leaves by another link is said to
+    leave through a link. A trailing / names a folder: a regular file so named is refused."""
+    via = tmp_path / "via-link"
+    via.symlink_to(tree, target_is_directory=True)
+    repo = files_repo(tmp_path, via, "retry.max-attempts = 1\n")
+    stolen = submit(
+        repo, "files.copy", {"source": "in/a.txt", "target": str(via / "in" / "linked-folder" / "x")}
+    )
+    slashed = {
+        submit(repo, type_, data): field
+        for type_, data, field in [
+            ("files.copy", {"source": "in/a.txt/", "target": "in/c.txt"}, "source"),
+            ("files.move", {"source": "in/a.txt/", "target": "in/m.txt"}, "source"),
+            ("files.delete", {"path": "in/b.txt/"}, "path"),
+        ]
+    }
+    run_until_idle(repo)
+    expected = f"data.target: {str(via / 'in' / 'linked-folder' / 'x')!r} leads outside the file roots"
+    assert f"{expected} through a symbolic link" in reason(repo, stolen)
+    for activity, field in slashed.items():
+        assert f"data.{field}: 'in/{'b' if field == 'path' else 'a'}.txt/' is not a folder" in reason(
+            repo, activity
+        )
+    assert sorted(os.listdir(tree / "in")) == ["a.txt", "b.txt", "link.txt", "linked-folder"]
+    assert os.listdir(tmp_path / "outside") == ["secret.txt"]
+
+
+def test_a_move_across_file_systems_whose_source_cannot_be_removed_leaves_no_copy(
+    tmp_path: Path, tree: Path, other_file_system: Path
+) -> None:
+    """The copy is made, then the source's folder refuses its removal: the move fails, naming the
+    source, and takes back the copy it made (one file, not two)."""
+    locked = tree / "locked"
+    locked.mkdir()
+    (locked / "a.txt").write_text("alpha")
+    os.chown(locked, 65534, 65534)
+    locked.chmod(0o555)
+    repo = files_repo(tmp_path, tree, f"files.roots = {tree}, {other_file_system}\nretry.max-attempts = 1\n")
+    target = other_file_system / "a.txt"
+    activity = submit(repo, "files.move", {"source": "locked/a.txt", "target": str(target)})
+    run_without_dac_override(repo)
+    assert f"Permission denied: '{locked / 'a.txt'}'" in reason(repo, activity)
+    assert (locked / "a.txt").read_text() == "alpha"
+    assert os.listdir(other_file_system) == []

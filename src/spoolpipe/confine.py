@@ -40,7 +40,9 @@ def _inside(path: Path, roots: tuple[Path, ...]) -> bool:
 
 
 def _escape(raw: str, lexical: Path, roots: tuple[Path, ...], label: str) -> PathRejected:
-    if _inside(lexical, roots):
+    """Through a link when the path, or a folder on its way, really lies in a root (a root configured
+    as a link is reached through it: ``lexical`` alone would not say)."""
+    if any(_inside(Path(os.path.realpath(step)), roots) for step in (lexical, *lexical.parents)):
         return PathRejected(f"{raw!r} leads outside the {label} through a symbolic link")
     return PathRejected(f"{raw!r} is outside the {label}")
 

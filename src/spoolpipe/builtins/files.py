@@ -37,7 +37,8 @@ MOVE, COPY, DELETE, ARCHIVE = "files.move", "files.copy", "files.delete", "files
 _LABEL = "file roots"
 #: Names of archived files (and of kept ones) listed in the result of ``files.archive``: at most this many.
 LISTED_NAMES = 1000
-_FOLDER_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+#: Opening a folder to act in: ``O_PATH`` needs only the right to enter it (``x``), as ``cp`` and ``mv`` do.
+_FOLDER_FLAGS = os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 #: Opening a file to read: never through a link, never blocking on a FIFO swapped in.
 _READ_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
 
@@ -70,10 +71,15 @@ def _rejected(data: dict[str, object], field: str, roots: tuple[Path, ...], exc:
 
 
 def _existing(data: dict[str, object], field: str, roots: tuple[Path, ...], kind: str = "file") -> Path:
+    """The real path of ``data[field]``; a file named with a trailing / (a folder's name) is refused."""
+    value = data.get(field)
     try:
-        return confine.existing(data.get(field), roots, "folder" if kind == "folder" else "file", _LABEL)
+        path = confine.existing(value, roots, "folder" if kind == "folder" else "file", _LABEL)
     except confine.PathRejected as exc:
         raise _rejected(data, field, roots, exc) from None
+    if kind == "file" and isinstance(value, str) and value.endswith("/"):
+        raise Fatal(f"data.{field}: {value!r} is not a folder")
+    return path
 
 
 def _not_a_link(data: dict[str, object], field: str, roots: tuple[Path, ...]) -> None:
@@ -120,33 +126,53 @@ def _sync(fd: int, fsync: bool) -> None:
         os.fsync(fd)
 
 
+def _flush_folder(folder: int) -> None:
+    """Flush the folder open (``O_PATH``) as ``folder``: fsync needs it opened to read, which a folder
+    one may only enter or write to refuses; its files are then flushed, its names as the system does."""
+    try:
+        readable = os.open(".", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC, dir_fd=folder)
+    except PermissionError:
+        return
+    try:
+        fsync_directory(readable)
+    finally:
+        os.close(readable)
+
+
 @contextlib.contextmanager
 def _folder(
-    folder: Path, roots: tuple[Path, ...], *, create: bool = False, fsync: bool = False
+    folder: Path, roots: tuple[Path, ...], *, create: bool = False, fsync: bool = False, listed: bool = False
 ) -> Iterator[int]:
     """``folder`` (confined already) opened from its root down without following a link, creating the
-    missing ones if ``create``: what is done through it stays where it was checked to be."""
+    missing ones if ``create``: what is done through it stays where it was checked to be. Opened to
+    read (``listed``) only for listing it."""
     root = next(r for r in roots if folder.is_relative_to(r))
     fd = os.open(root, _FOLDER_FLAGS & ~os.O_NOFOLLOW)  # configured by the operator: may be a link
     try:
         here = root
         for name in folder.relative_to(root).parts:
             here = here / name
-            if create:
+            with _naming(here):
+                if create:
+                    try:
+                        os.mkdir(name, dir_fd=fd)
+                        if fsync:
+                            _flush_folder(fd)
+                    except FileExistsError:
+                        pass
                 try:
-                    os.mkdir(name, dir_fd=fd)
-                    if fsync:
-                        fsync_directory(fd)
-                except FileExistsError:
-                    pass
-            try:
-                inner = os.open(name, _FOLDER_FLAGS, dir_fd=fd)
-            except OSError as exc:
-                if exc.errno not in (errno.ELOOP, errno.ENOTDIR):
-                    raise
-                raise Fatal(
-                    f"{here} was replaced by a symbolic link or a file meanwhile: nothing done"
-                ) from None
+                    inner = os.open(name, _FOLDER_FLAGS, dir_fd=fd)
+                except OSError as exc:
+                    if exc.errno not in (errno.ELOOP, errno.ENOTDIR):
+                        raise
+                    raise Fatal(
+                        f"{here} was replaced by a symbolic link or a file meanwhile: nothing done"
+                    ) from None
+            os.close(fd)
+            fd = inner
+        if listed:
+            with _naming(folder):
+                inner = os.open(".", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC, dir_fd=fd)
             os.close(fd)
             fd = inner
         yield fd
@@ -156,7 +182,8 @@ def _folder(
 
 def _open_in(folder: int, name: str, where: Path) -> IO[bytes]:
     """The regular file ``name`` in ``folder``, to read: a link or other thing put in its place is refused."""
-    fd = os.open(name, _READ_FLAGS, dir_fd=folder)
+    with _naming(where):
+        fd = os.open(name, _READ_FLAGS, dir_fd=folder)
     if not stat.S_ISREG(os.fstat(fd).st_mode):
         os.close(fd)
         raise Fatal(f"{where} is not a regular file")
@@ -164,15 +191,33 @@ def _open_in(folder: int, name: str, where: Path) -> IO[bytes]:
     return os.fdopen(fd, "rb")
 
 
-def _written(exc: OSError, target: Path) -> OSError:
-    """A write error (disk full) that names the file it was writing."""
-    return OSError(exc.errno, exc.strerror, str(target)) if exc.filename is None else exc
+@contextlib.contextmanager
+def _naming(path: Path, other: Path | None = None) -> Iterator[None]:
+    """An error of a call relative to a folder descriptor (which names ``.a.txt.ID.tmp`` or ``a.txt``,
+    or nothing: a write) raised naming ``path`` (``-> other``: a rename) in full instead."""
+    try:
+        yield
+    except OSError as exc:
+        if exc.filename is not None and os.path.isabs(os.fsdecode(exc.filename)):
+            raise
+        raise OSError(exc.errno, exc.strerror, str(path), None, other and str(other)) from None
 
 
-def _drop_leftover(folder: int, target: Path, owner: str, log: Logger) -> str:
+def _drop_leftover(folder: int, target: Path, owner: str, log: Logger, source: os.stat_result) -> str:
     """The temporary name of ``owner`` (the activity's id) for ``target``, after removing the file an
-    earlier attempt of it left there (killed before it could)."""
+    earlier attempt of it left there (killed before it could). A file of that name that is the
+    ``source`` (or lies in it, a folder archived) is no leftover: a name can be anyone's."""
     name = temp_beside(target, owner).name
+    try:
+        info = os.stat(name, dir_fd=folder, follow_symlinks=False)
+    except FileNotFoundError:
+        return name
+    if os.path.samestat(info, source) or os.path.samestat(os.fstat(folder), source):
+        what = "lies in the folder archived" if stat.S_ISDIR(source.st_mode) else "is the source"
+        raise Fatal(
+            f"{target.with_name(name)} has the name of this activity's temporary file for {target.name}"
+            f" and {what}: nothing done (rename it, or submit the activity under another id)"
+        )
     with contextlib.suppress(FileNotFoundError):
         os.unlink(name, dir_fd=folder)
         log.warning("removed %s, left by an earlier attempt", target.with_name(name))
@@ -180,12 +225,15 @@ def _drop_leftover(folder: int, target: Path, owner: str, log: Logger) -> str:
 
 
 @contextlib.contextmanager
-def _temporary(folder: int, target: Path, owner: str, log: Logger) -> Iterator[tuple[str, IO[bytes]]]:
+def _temporary(
+    folder: int, target: Path, owner: str, log: Logger, source: os.stat_result
+) -> Iterator[tuple[str, IO[bytes]]]:
     """A new hidden file beside ``target`` in ``folder``, removed unless it was renamed away."""
-    tmp = _drop_leftover(folder, target, owner, log)
-    fd = os.open(
-        tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644, dir_fd=folder
-    )
+    with _naming(target):
+        tmp = _drop_leftover(folder, target, owner, log, source)
+        fd = os.open(
+            tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644, dir_fd=folder
+        )
     try:
         with os.fdopen(fd, "wb") as handle:
             yield tmp, handle
@@ -194,39 +242,42 @@ def _temporary(folder: int, target: Path, owner: str, log: Logger) -> Iterator[t
             os.unlink(tmp, dir_fd=folder)
 
 
-def _place(folder: int, name: str, into: int, target: Path, replace: bool, fsync: bool) -> None:
-    """Rename ``name`` of ``folder`` to ``target`` in ``into`` (never over an existing one unless
-    ``replace``), then flush that folder."""
+def _place(
+    folder: int, name: str, into: int, target: Path, replace: bool, fsync: bool, source: Path | None = None
+) -> None:
+    """Rename ``name`` of ``folder`` (the file ``source``, or a temporary one of ``target``) to
+    ``target`` in ``into`` (never over an existing one unless ``replace``), then flush that folder."""
     try:
-        if replace:
-            os.replace(name, target.name, src_dir_fd=folder, dst_dir_fd=into)
-        else:
-            move_noreplace(name, target.name, source_dir=folder, target_dir=into)
+        with _naming(source or target, source and target):
+            if replace:
+                os.replace(name, target.name, src_dir_fd=folder, dst_dir_fd=into)
+            else:
+                move_noreplace(name, target.name, source_dir=folder, target_dir=into)
     except FileExistsError:
         raise Fatal(f'{target} exists; set "replace": true in the data to replace it') from None
     except IsADirectoryError:
         raise Fatal(f"{target} is a folder") from None
     if fsync:
-        fsync_directory(into)
+        _flush_folder(into)
 
 
-def _copy_into(source: IO[bytes], into: int, target: Path, replace: bool, ctx: Context, owner: str) -> int:
-    """Copy ``source`` to ``target`` in ``into`` through a temporary file; returns the bytes copied."""
+def _copy_into(
+    source: IO[bytes], into: int, target: Path, replace: bool, ctx: Context, owner: str
+) -> os.stat_result:
+    """Copy ``source`` to ``target`` in ``into`` through a temporary file; returns what it made."""
     fsync = ctx.settings.durability_fsync
-    with _temporary(into, target, owner, ctx.log) as (tmp, out):
-        try:
+    with _temporary(into, target, owner, ctx.log, os.fstat(source.fileno())) as (tmp, out):
+        with _naming(target):
             shutil.copyfileobj(source, out, 1 << 20)
             out.flush()
             info = os.fstat(source.fileno())
             os.chmod(out.fileno(), stat.S_IMODE(info.st_mode))
             os.utime(out.fileno(), ns=(info.st_atime_ns, info.st_mtime_ns))
             _sync(out.fileno(), fsync)
-        except OSError as exc:
-            raise _written(exc, target) from None
-        size = out.tell()
-        out.close()
+            made = os.fstat(out.fileno())
+            out.close()
         _place(into, tmp, into, target, replace, fsync)
-    return size
+    return made
 
 
 def _same_content(source: IO[bytes], folder: int, name: str) -> bool:
@@ -269,7 +320,7 @@ def copy(activity: Activity, ctx: Context) -> dict[str, object]:
             ctx.log.info("%s already holds a copy of %s", target, source)
             size = os.fstat(src.fileno()).st_size
         else:
-            size = _copy_into(src, into, target, replace, ctx, activity.id)
+            size = _copy_into(src, into, target, replace, ctx, activity.id).st_size
             ctx.log.info("copied %s to %s (%d bytes)", source, target, size)
     return {"source": str(source), "target": str(target), "bytes": size}
 
@@ -286,7 +337,7 @@ def move(activity: Activity, ctx: Context) -> dict[str, object]:
     gone = _missing(data, "source", roots)
     if gone is not None and target.is_file():  # moved by an interrupted attempt of this activity
         ctx.log.warning("%s is gone and %s exists: taken as moved already", gone, target)
-        return {"target": str(target), "moved": False}
+        return {"source": str(gone), "target": str(target), "moved": False}
     source = _existing(data, "source", roots)
     if source == target:
         raise Fatal(f"data.target: {target} is the source itself")
@@ -297,20 +348,30 @@ def move(activity: Activity, ctx: Context) -> dict[str, object]:
         try:
             if _same_file(from_folder, source.name, into, target.name):  # a rename would do nothing
                 ctx.log.info("%s is another name of %s: removing the source name", target, source)
-                os.unlink(source.name, dir_fd=from_folder)
+                with _naming(source):
+                    os.unlink(source.name, dir_fd=from_folder)
             else:
-                _place(from_folder, source.name, into, target, replace, fsync)
+                _place(from_folder, source.name, into, target, replace, fsync, source)
         except OSError as exc:
             if exc.errno != errno.EXDEV:
                 raise
+            made = None
             with _open_in(from_folder, source.name, source) as src:
                 if _same_content(src, into, target.name):  # copied by an attempt stopped before the removal
                     ctx.log.info("%s already holds a copy of %s: removing the source", target, source)
                 else:
-                    _copy_into(src, into, target, replace, ctx, activity.id)
-            os.unlink(source.name, dir_fd=from_folder)
+                    made = _copy_into(src, into, target, replace, ctx, activity.id)
+            try:
+                with _naming(source):
+                    os.unlink(source.name, dir_fd=from_folder)
+            except OSError:
+                if made is not None:  # a move that fails leaves one file, not two: the copy it made goes
+                    with contextlib.suppress(OSError):
+                        if os.path.samestat(os.stat(target.name, dir_fd=into, follow_symlinks=False), made):
+                            os.unlink(target.name, dir_fd=into)
+                raise
         if fsync:
-            fsync_directory(from_folder)
+            _flush_folder(from_folder)
     ctx.log.info("moved %s to %s", source, target)
     return {"source": str(source), "target": str(target), "moved": True}
 
@@ -334,10 +395,10 @@ def delete(activity: Activity, ctx: Context) -> dict[str, object]:
         ctx.log.info("%s does not exist: nothing to delete", gone)
         return {"path": str(gone), "deleted": False}
     path = _existing(data, "path", roots)
-    with _folder(path.parent, roots) as folder:
+    with _folder(path.parent, roots) as folder, _naming(path):
         os.unlink(path.name, dir_fd=folder)
         if ctx.settings.durability_fsync:
-            fsync_directory(folder)
+            _flush_folder(folder)
     ctx.log.info("deleted %s", path)
     return {"path": str(path), "deleted": True}
 
@@ -477,9 +538,9 @@ def archive(activity: Activity, ctx: Context) -> dict[str, object]:
     if os.path.lexists(target):
         raise Fatal(f"data.archive: {target} exists; archives are never replaced")
     with (
-        _folder(folder, roots) as from_folder,
+        _folder(folder, roots, listed=True) as from_folder,
         _folder(target.parent, roots, create=True, fsync=fsync) as into,
-        _temporary(into, target, activity.id, ctx.log) as (tmp, out),
+        _temporary(into, target, activity.id, ctx.log, os.fstat(from_folder)) as (tmp, out),
     ):
         os.utime(out.fileno())  # "now" as the file system's server sets it (a new file may get the client's)
         made = os.fstat(out.fileno())
@@ -490,13 +551,11 @@ def archive(activity: Activity, ctx: Context) -> dict[str, object]:
             ctx.log.info("no file in %s is older than %gs: no archive written", folder, age)
             nothing: dict[str, object] = {"archive": None, "files": 0, "bytes": 0, "names": []}
             return {"folder": str(folder), **nothing, **_kept(unnamable)}
-        try:
+        with _naming(target):
             _write_archive(out, fmt, from_folder, files)
             out.flush()
             _sync(out.fileno(), fsync)
-        except OSError as exc:
-            raise _written(exc, target) from None
-        out.close()
+            out.close()
         with _open_in(into, tmp, target) as written:
             members = _members(written, target, fmt)
         for item in files:
@@ -505,7 +564,7 @@ def archive(activity: Activity, ctx: Context) -> dict[str, object]:
         _place(into, tmp, into, target, False, fsync)
         removed, kept = _remove(from_folder, files, members)
         if fsync and removed:
-            fsync_directory(from_folder)
+            _flush_folder(from_folder)
     for name in kept:
         ctx.log.warning("%s changed while it was archived: kept in %s", name, folder)
     ctx.log.info("archived %d files of %s into %s", len(removed), folder, target)
@@ -530,7 +589,7 @@ def _remove(folder: int, files: list[Candidate], members: dict[str, int]) -> tup
     removed, kept = [], []
     for item in files:
         if members.get(item.path.name) == item.size and _unchanged(folder, item):
-            with contextlib.suppress(FileNotFoundError):
+            with contextlib.suppress(FileNotFoundError), _naming(item.path):
                 os.unlink(item.path.name, dir_fd=folder)
             removed.append(item.path.name)
         else:

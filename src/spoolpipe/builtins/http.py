@@ -4,7 +4,8 @@ The activity names an ``http.<name>`` (data field ``endpoint``, default
 ``default``); the URL, method, headers and timeout come from the properties
 only. Redirects are never followed: a 3xx answer fails the activity, naming
 where it pointed. The endpoint's timeout bounds the whole request (an alarm:
-a server that sends a byte within each read's timeout cannot hold it longer).
+a server that sends a byte within each read's timeout cannot hold it longer),
+the name lookup included: it runs in a thread of its own, waited for until then.
 ``urllib`` is imported when a request is made, not before.
 """
 
@@ -12,9 +13,10 @@ from __future__ import annotations
 
 import contextlib
 import signal
+import socket
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from types import FrameType
 from typing import TYPE_CHECKING, Any
 
@@ -42,7 +44,8 @@ class _Overdue(Exception):
 @contextlib.contextmanager
 def _alarm(seconds: float) -> Iterator[None]:
     """``_Overdue`` raised in this thread after ``seconds``: a deadline for a whole request, which a
-    socket timeout (each read) is not. Only the main thread gets signals; elsewhere each read's only."""
+    socket timeout (each read) is not. Only the main thread gets signals; elsewhere each read's only.
+    A timer the processor's own code had set is held off meanwhile, then set again for what was left."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
@@ -51,16 +54,79 @@ def _alarm(seconds: float) -> Iterator[None]:
         raise _Overdue
 
     previous = signal.signal(signal.SIGALRM, overdue)
-    signal.setitimer(signal.ITIMER_REAL, seconds)
+    started = time.monotonic()
+    delay, interval = signal.setitimer(signal.ITIMER_REAL, seconds)
     try:
         yield
     finally:
         signal.setitimer(signal.ITIMER_REAL, 0)
         signal.signal(signal.SIGALRM, previous)
+        if delay:  # due now if its time passed meanwhile
+            signal.setitimer(signal.ITIMER_REAL, max(delay - (time.monotonic() - started), 1e-6), interval)
 
 
-def _opener() -> urllib.request.OpenerDirector:
+def _connect_within(deadline: float) -> Callable[..., socket.socket]:
+    """``socket.create_connection``, its name lookup bounded by ``deadline`` (``time.monotonic``):
+    glibc's getaddrinfo goes on after a signal, to its own timeout (resolv.conf), so it runs in a
+    thread, left to finish alone when the time is up."""
+
+    def connect(
+        address: tuple[str, int], timeout: float | None = None, source: tuple[str, int] | None = None
+    ) -> socket.socket:
+        found: list[list[Any] | OSError] = []
+
+        def look_up() -> None:
+            try:
+                found.append(socket.getaddrinfo(*address, type=socket.SOCK_STREAM))
+            except OSError as exc:
+                found.append(exc)
+
+        lookup = threading.Thread(target=look_up, name=f"resolve {address[0]}", daemon=True)
+        lookup.start()
+        lookup.join(max(0.0, deadline - time.monotonic()))
+        if not found:
+            raise _Overdue
+        if isinstance(found[0], OSError):
+            raise found[0]
+        error: OSError = OSError(f"{address[0]}: no address")
+        for family, kind, proto, _, sockaddr in found[0]:  # each in turn, as create_connection does
+            sock = socket.socket(family, kind, proto)
+            try:
+                sock.settimeout(timeout)
+                if source:
+                    sock.bind(source)
+                sock.connect(sockaddr)
+                return sock
+            except OSError as exc:
+                sock.close()
+                error = exc
+        raise error
+
+    return connect
+
+
+def _opener(deadline: float) -> urllib.request.OpenerDirector:
+    import http.client
     import urllib.request
+
+    def bounded(connection: type[http.client.HTTPConnection]) -> Callable[..., http.client.HTTPConnection]:
+        """``connection`` connecting by ``_connect_within``: only the socket's address comes from it,
+        the host (``Host``, TLS name and certificate check, a proxy's tunnel) stays the URL's."""
+
+        def make(host: str, **kwargs: Any) -> http.client.HTTPConnection:
+            made = connection(host, **kwargs)
+            made._create_connection = _connect_within(deadline)  # type: ignore[attr-defined]
+            return made
+
+        return make
+
+    class Bounded(urllib.request.HTTPHandler):
+        def do_open(self, http_class: Any, req: Any, **kwargs: Any) -> Any:
+            return super().do_open(bounded(http_class), req, **kwargs)
+
+    class BoundedTLS(urllib.request.HTTPSHandler):
+        def do_open(self, http_class: Any, req: Any, **kwargs: Any) -> Any:
+            return super().do_open(bounded(http_class), req, **kwargs)
 
     class NoRedirect(urllib.request.HTTPRedirectHandler):
         """Answers no 3xx, so urllib raises it as an HTTPError: before its Location is even parsed
@@ -71,7 +137,7 @@ def _opener() -> urllib.request.OpenerDirector:
 
         http_error_301 = http_error_303 = http_error_307 = http_error_308 = http_error_302
 
-    return urllib.request.build_opener(NoRedirect)
+    return urllib.request.build_opener(NoRedirect, Bounded, BoundedTLS)
 
 
 def _read_body(response: Any) -> tuple[bytes, bool]:
@@ -105,7 +171,9 @@ def _send(
     try:
         with _alarm(limit):
             try:
-                with _opener().open(request, timeout=min(endpoint.timeout, limit)) as response:
+                with _opener(time.monotonic() + limit).open(
+                    request, timeout=min(endpoint.timeout, limit)
+                ) as response:
                     answer = response.status, *_read_body(response), response.headers.get("Location", "")
             except urllib.error.HTTPError as exc:
                 with exc:
