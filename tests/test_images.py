@@ -917,6 +917,74 @@ def test_outputs_shrunk_on_load_keep_their_size_and_orientation(root: Path, orie
             corners_ok(written)
 
 
+_PNG_HEADER_SCRIPT = """
+import re, sys
+from contextlib import contextmanager
+from pathlib import Path
+from spoolpipe.images import PixelBudget, parse_recipe, recipe_megapixels, run_recipe
+
+def peak():  # VmHWM, KiB: this process's memory high-water mark
+    return int(re.search(r"VmHWM:\\s+(\\d+)", open("/proc/self/status").read())[1])
+
+class Watched(PixelBudget):
+    @contextmanager
+    def hold(self, megapixels):
+        print("asking", peak() - start)
+        with super().hold(megapixels):
+            yield
+
+root = Path(sys.argv[1])
+outputs = [{"path": "t.jpg", "ops": [{"op": "thumbnail", "width": 64}, {"op": "save"}]}]
+recipe = parse_recipe({"input": "big.png", "outputs": outputs}, [root])
+start = peak()
+print("estimate", recipe_megapixels(recipe), peak() - start)
+run_recipe(recipe, budget=Watched(1000))
+"""
+
+
+def test_a_png_is_not_decoded_to_estimate_it_or_before_its_budget_is_held(tmp_path: Path) -> None:
+    """Pillow's PNG getexif decodes the image when no eXIf chunk precedes the pixels (most PNGs):
+    reading the orientation from the header cost a worker's main process 225 MB and 5 s of CPU for
+    six activities on a 7000x7000 PNG, outside the budget."""
+    Image.new("RGB", (3000, 3000), (90, 120, 30)).save(tmp_path / "big.png", compress_level=1)
+    package = Path(images.__file__).parents[2]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(package), os.environ.get("PYTHONPATH", "")])}
+    run = subprocess.run(
+        [sys.executable, "-c", _PNG_HEADER_SCRIPT, str(tmp_path)],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    estimate, asking = (line.split() for line in run.stdout.splitlines())
+    assert estimate[:2] == ["estimate", str(3 * 9.0)]
+    # Decoded, the 9 Mpx are 36 MB (four bytes a pixel); the header is a few KB.
+    assert int(estimate[2]) < 12_000, run.stdout
+    assert int(asking[1]) < 12_000, run.stdout
+    with Image.open(tmp_path / "t.jpg") as thumb:
+        assert thumb.size == (64, 64)
+
+
+@pytest.mark.parametrize("orientation", [3, 6, 8])
+def test_the_exif_orientation_of_a_png_is_honoured(root: Path, orientation: int) -> None:
+    with Image.open(factory.oriented_jpeg(root / "o.jpg", orientation, size=(640, 480))) as jpeg:
+        jpeg.save(root / "o.png", exif=jpeg.getexif())  # an eXIf chunk, written before the pixels
+    data = {
+        "input": "o.png",
+        "outputs": [
+            {"path": "thumb.png", "ops": [{"op": "thumbnail", "width": 80, "height": 80}, SAVE]},
+            {"path": "fit.png", "ops": [{"op": "auto_orient"}, {"op": "resize", "width": 120}, SAVE]},
+        ],
+    }
+    recipe = parse_recipe(data, [root])
+    assert images.recipe_megapixels(recipe) == pytest.approx(3 * 640 * 480 / 1e6)
+    results = run_recipe(recipe)
+    assert [(r["width"], r["height"]) for r in results] == [(80, 60), (120, 90)]
+    for name in ("thumb.png", "fit.png"):
+        with Image.open(root / name) as written:
+            corners_ok(written)
+
+
 def test_a_smaller_output_made_after_a_larger_one_matches_a_direct_thumbnail(root: Path) -> None:
     factory.photo(root / "big.jpg", (1200, 900))
     sides = (900, 300, 120)
