@@ -705,6 +705,27 @@ def test_recipe_validation_messages(root: Path, data: Mapping[str, object], expe
     assert any(expected in error for error in errors), errors
 
 
+@pytest.mark.parametrize(
+    ("op", "option"),
+    [
+        ("rotate", "angle"),
+        ("blur", "sigma"),
+        ("sharpen", "radius"),
+        ("watermark", "opacity"),
+        ("watermark", "size"),
+        ("placeholder", "sigma"),
+    ],
+)
+def test_an_integer_too_large_for_a_float_is_an_error_naming_its_option(
+    root: Path, op: str, option: str
+) -> None:
+    """math.isfinite(10**400) raised OverflowError: a transient error, retried, naming no field."""
+    extra = {"text": "x"} if op == "watermark" else {}
+    for value in (10**400, -(10**400)):
+        errors = recipe_errors(one_output({"op": op, option: value, **extra}, SAVE), [root])
+        assert any(error.startswith(f"outputs[0].ops[0].{option}: expected ") for error in errors), errors
+
+
 def test_duplicate_outputs_are_rejected(root: Path) -> None:
     output = {"path": "out/a.jpg", "ops": [SAVE]}
     data = {
