@@ -528,6 +528,40 @@ def test_an_exif_block_that_does_not_parse_is_no_reason_to_fail_a_save(tmp_path:
         assert reopened.size == (32, 24)
 
 
+UNWRITABLE_EXIF = {
+    "SubIFDs holding text": factory.patched_exif({274: 6, 305: "x"}, {305: (330, 2)}),
+    "an Orientation of type UNDEFINED": factory.patched_exif({274: 6}, {274: (274, 7)}),
+}
+
+
+@pytest.mark.parametrize("exif", UNWRITABLE_EXIF.values(), ids=UNWRITABLE_EXIF.keys())
+@pytest.mark.parametrize("suffix", ["jpg", "png", "webp", *(["avif"] if images.AVIF_SUPPORTED else [])])
+def test_an_exif_block_pillow_cannot_write_back_is_dropped_and_the_outputs_made(
+    root: Path, exif: bytes, suffix: str
+) -> None:
+    """Pillow reads these blocks but not back: auto_orient (exif_transpose) raised struct.error and the
+    AVIF encoder TypeError, transient errors naming no file, retried."""
+    with Image.open(factory.oriented_jpeg(root / "o.jpg", 6, size=(64, 48))) as stored:
+        stored.save(root / "in.png", exif=exif)
+    data = {
+        "input": "in.png",
+        "outputs": [
+            {"path": f"oriented.{suffix}", "ops": [{"op": "auto_orient"}, SAVE]},
+            {"path": f"thumb.{suffix}", "ops": [{"op": "thumbnail", "width": 32}, SAVE]},
+            {"path": f"kept.{suffix}", "ops": [SAVE]},
+        ],
+    }
+    results = run_recipe(parse_recipe(data, [root]))
+    readable = images.image_info(open_image(root / "in.png")).orientation == 6
+    upright = [(64, 48), (32, 24)] if readable else [(48, 64), (32, 43)]
+    assert [(r["width"], r["height"]) for r in results] == [*upright, (48, 64)]
+    for name in ("oriented", "thumb"):
+        with Image.open(root / f"{name}.{suffix}") as made:
+            if readable:  # the orientation Pillow reads is applied
+                corners_ok(made)
+            assert images.image_info(made).orientation == 1  # never turned twice
+
+
 def test_save_converts_modes_for_the_format(samples: dict[str, Path], tmp_path: Path) -> None:
     flattened = images.save_image(open_image(samples["rgba-png"]), tmp_path / "a.jpg", background="#ff0000")
     with Image.open(flattened.path) as jpeg:

@@ -13,7 +13,7 @@ from PIL import Image
 
 from ..durable import write_atomic
 from ._decode import _WEBP_SUPPORTED, AVIF_SUPPORTED, load_plugins
-from ._ops import _flatten, normalize_mode
+from ._ops import _exif_writable, _flatten, normalize_mode
 
 SAVE_FORMATS: Final = frozenset(
     {"JPEG", "PNG"} | ({"WEBP"} if _WEBP_SUPPORTED else set()) | ({"AVIF"} if AVIF_SUPPORTED else set())
@@ -78,15 +78,16 @@ def _icc_fits(icc: bytes, mode: str) -> bool:
 
 
 def _exif_parses(exif: bytes) -> bool:
-    """Whether Pillow reads ``exif`` (its AVIF encoder parses it; the others copy the bytes): a
-    camera's corrupt block is dropped rather than failing the save."""
+    """Whether Pillow reads ``exif`` and writes it back (its AVIF encoder does; the others copy the
+    bytes): a camera's corrupt block is dropped rather than failing the save."""
     if not exif:
         return True
+    parsed = Image.Exif()
     try:
-        Image.Exif().load(exif)
+        parsed.load(exif)
     except Exception:  # SyntaxError "not a TIFF file", struct errors...
         return False
-    return True
+    return _exif_writable(parsed)
 
 
 def _encoder_params(
