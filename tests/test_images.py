@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from PIL import Image, ImageChops, ImageStat
+from PIL import ExifTags, Image, ImageChops, ImageStat
 
 import imagefactory as factory
 from spoolpipe import images
@@ -560,6 +560,51 @@ def test_an_exif_block_pillow_cannot_write_back_is_dropped_and_the_outputs_made(
             if readable:  # the orientation Pillow reads is applied
                 corners_ok(made)
             assert images.image_info(made).orientation == 1  # never turned twice
+
+
+def test_metadata_too_long_for_a_jpeg_is_dropped_on_save(root: Path) -> None:
+    """A JPEG marker holds 65,533 bytes: a PNG's 100 KB EXIF or XMP, a GIF's long comment, could never
+    be saved as JPEG (ValueError "EXIF data is too long"), a transient error naming no output, retried."""
+    exif = Image.Exif()
+    exif[ExifTags.Base.ImageDescription] = "d" * 100_000
+    xmp = b'<x:xmpmeta xmlns:x="adobe:ns:meta/">' + b" " * 100_000 + b"</x:xmpmeta>"
+    Image.new("RGB", (32, 24), "red").save(root / "exif.png", exif=exif)
+    Image.new("RGB", (32, 24), "red").save(root / "xmp.webp", xmp=xmp)
+    Image.new("P", (32, 24)).save(root / "comment.gif", comment=b"c" * 100_000)
+    small = Image.Exif()
+    small[ExifTags.Base.Orientation] = 1
+    Image.new("RGB", (32, 24), "red").save(root / "fits.png", exif=small)
+    for name in ("exif.png", "xmp.webp", "comment.gif", "fits.png"):
+        outputs = [{"path": f"{name}.{suffix}", "ops": [SAVE]} for suffix in ("jpg", "png", "webp")]
+        run_recipe(parse_recipe({"input": name, "outputs": outputs}, [root]))
+        with Image.open(root / f"{name}.jpg") as jpeg:
+            assert jpeg.size == (32, 24)
+            assert not {"xmp", "comment"} & jpeg.info.keys()
+            assert ("exif" in jpeg.info) == (name == "fits.png")  # what fits is kept
+    with Image.open(root / "exif.png.png") as png:  # other formats keep it
+        assert png.getexif()[ExifTags.Base.ImageDescription] == "d" * 100_000
+    with Image.open(root / "xmp.webp.webp") as webp:
+        assert webp.info["xmp"] == xmp
+
+
+def test_an_image_the_encoder_refuses_is_a_recipe_error_naming_the_output(root: Path) -> None:
+    """WebP stops at 16,383 pixels a side, JPEG and AVIF at 65,500: the encoder's ValueError, OSError
+    or RuntimeError failed the activity as transient, naming no output, and it was retried."""
+    Image.new("RGB", (70_000, 2), "red").save(root / "wide.png")
+    for suffix in ["webp", "jpg", *(["avif"] if images.AVIF_SUPPORTED else [])]:
+        data = {
+            "input": "wide.png",
+            "outputs": [
+                {"path": "fine.png", "ops": [SAVE]},
+                {"path": f"wide.{suffix}", "ops": [SAVE]},
+            ],
+        }
+        with pytest.raises(RecipeError) as caught:
+            run_recipe(parse_recipe(data, [root]))
+        [error] = caught.value.errors
+        target = root.resolve() / f"wide.{suffix}"
+        assert error.startswith(f"outputs[1]: cannot save {target} (cannot encode as "), error
+        assert not (root / f"wide.{suffix}").exists()
 
 
 def test_save_converts_modes_for_the_format(samples: dict[str, Path], tmp_path: Path) -> None:

@@ -155,16 +155,19 @@ def run_recipe(
             image, shrunk = _make(output, f"outputs[{i}]", source, orientation, shrunk, load_mark)
             _ready_folder(output.path, recipe.roots, f"outputs[{i}].path")
             save = output.save
-            saved = save_image(
-                image,
-                output.path,
-                format=save.format,
-                quality=save.quality,
-                progressive=save.progressive,
-                optimize=save.optimize,
-                lossless=save.lossless,
-                speed=save.speed,
-                background=save.background,
-            )
+            try:
+                saved = save_image(
+                    image,
+                    output.path,
+                    format=save.format,
+                    quality=save.quality,
+                    progressive=save.progressive,
+                    optimize=save.optimize,
+                    lossless=save.lossless,
+                    speed=save.speed,
+                    background=save.background,
+                )
+            except ValueError as exc:  # the encoder refusing this image: a retry would get the same
+                raise RecipeError([f"outputs[{i}]: cannot save {output.path} ({exc})"]) from exc
             results.append({**dataclasses.asdict(saved), "path": str(saved.path)})
     return results
