@@ -431,6 +431,24 @@ def test_undeclared_key_fails_step() -> None:
     assert "undeclared key 'height'" in result.errors["Extra"]
 
 
+@pytest.mark.parametrize("data", ["x", None, [("x", 1)], 7])
+def test_result_data_that_is_no_dict_fails_the_step_naming_it(data: Any) -> None:
+    """A string passed the key checks (its characters are keys), then context.update raised
+    ValueError; None raised TypeError: both crashed Pipeline.run, naming no step."""
+
+    class Odd(Counting):
+        @provides("x")
+        def process(self, image: Image.Image, context: dict[str, Any]) -> StepResult:
+            self.calls += 1
+            return StepResult(StepStatus.COMPLETED, data=data)
+
+    odd = Odd()
+    result = _run_failing(_pipeline(odd))
+    assert result.errors["Odd"] == f"step 'Odd' returned data of type {type(data).__name__}, expected a dict"
+    assert odd.calls == 1  # a broken contract is not retried
+    assert "x" not in result
+
+
 def test_non_step_result_fails() -> None:
     class Wrong(PipelineStep):
         def process(self, image: Image.Image, context: dict[str, Any]) -> StepResult:

@@ -940,6 +940,9 @@ def _check(step: PipelineStep, outcome: object) -> StepResult:
             f"step {step.name!r} returned status {outcome.status.name}",
             retryable=False,
         )
+    if not isinstance(outcome.data, Mapping):  # merged into the context: a string's letters would be keys
+        kind = type(outcome.data).__name__
+        return _failed(f"step {step.name!r} returned data of type {kind}, expected a dict", retryable=False)
     for key in step.provided_context_keys:
         if key not in outcome.data:
             return _failed(f"step {step.name!r} did not provide declared key {key!r}", retryable=False)
