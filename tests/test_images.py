@@ -831,6 +831,29 @@ def test_an_output_name_the_file_system_refuses_is_a_recipe_error(root: Path) ->
     assert "the name is 256 bytes, longer than the file system allows (255)" in error
 
 
+def test_an_output_path_longer_than_the_file_system_allows_is_a_recipe_error(root: Path) -> None:
+    """Over PATH_MAX (4096 bytes) Path.is_dir raised ENAMETOOLONG: a raw OSError, retried."""
+    data = {
+        "input": "photos/in/cat.jpg",
+        "outputs": [{"path": "/".join(["d" * 250] * 18) + "/x.jpg", "ops": [SAVE]}],
+    }
+    [error] = recipe_errors(data, [root])
+    assert error.startswith("outputs[0].path: ")
+    assert "longer than the file system allows (4095)" in error
+    # The longest that fits, counting the temp file written beside it, is written.
+    room = 4095 - 18 - len("/x.png") - len(os.fsencode(root.resolve()))  # .NAME.RANDOM.tmp: 18 more
+    full, rest = divmod(room - 2, 251)  # "/" and 250 bytes a folder; the last takes what is left
+    folders = ["d" * 250] * full + ["e" * (rest + 1)]
+    target = "/".join([*folders, "x.png"])
+    run_recipe(
+        parse_recipe({"input": "photos/in/cat.jpg", "outputs": [{"path": target, "ops": [SAVE]}]}, [root])
+    )
+    assert len(os.fsencode(root.resolve() / target)) + 18 == 4095
+    assert os.listdir(root.resolve().joinpath(*folders)) == ["x.png"]
+    too_long = {"input": "photos/in/cat.jpg", "outputs": [{"path": target + "x", "ops": [SAVE]}]}
+    assert "longer than the file system allows (4095)" in recipe_errors(too_long, [root])[0]
+
+
 def test_a_long_output_name_the_file_system_allows_is_written(root: Path, tmp_path: Path) -> None:
     """The temp file beside it is named after it, 18 bytes longer: ENAMETOOLONG, retried as a
     transient error for a name that is legal."""
