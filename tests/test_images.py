@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from PIL import ExifTags, Image, ImageChops, ImageStat
+from PIL import ExifTags, Image, ImageChops, ImageStat, PngImagePlugin
 
 import imagefactory as factory
 from spoolpipe import images
@@ -200,6 +200,22 @@ def test_own_pixel_cap_holds_when_pillow_limit_is_disabled(
 def test_huge_dimensions_are_rejected(samples: dict[str, Path]) -> None:
     with pytest.raises(ImageRejected, match=r"huge-header\.png: too many pixels"):
         open_image(samples["huge-header-png"], max_pixels=10**12)
+
+
+@pytest.mark.parametrize("mode", ["L", "RGB", "RGBA"])
+def test_a_png_text_chunk_named_transparency_is_not_taken_for_transparency(root: Path, mode: str) -> None:
+    """Pillow files a tEXt chunk under its keyword in ``info``: a text "transparency" on an L or RGB
+    PNG made every op's mode conversion raise TypeError, a transient error naming no file, retried."""
+    text = PngImagePlugin.PngInfo()
+    text.add_text("transparency", "x")
+    Image.new(mode, (16, 12), "white").save(root / "t.png", pnginfo=text)
+    outputs = [
+        {"path": f"o.{suffix}", "ops": [{"op": "thumbnail", "width": 8}, SAVE]} for suffix in ("png", "jpg")
+    ]
+    results = run_recipe(parse_recipe({"input": "t.png", "outputs": outputs}, [root]))
+    assert [(r["width"], r["height"]) for r in results] == [(8, 6), (8, 6)]
+    with Image.open(root / "o.png") as png:
+        assert png.mode == mode  # no alpha made up from the text
 
 
 def test_truncated_file_is_rejected(samples: dict[str, Path]) -> None:
