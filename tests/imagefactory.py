@@ -52,6 +52,7 @@ __all__ = [
     "la_png",
     "oriented_jpeg",
     "palette_png",
+    "patched_exif",
     "photo",
     "png16",
     "rgba_png",
@@ -138,6 +139,28 @@ def icc_jpeg(path: Path, size: tuple[int, int] = (48, 32)) -> Path:
     """Reddish pixels (200, 30, 30) tagged with ``ICC_SWAPPED``: greenish once converted to sRGB."""
     Image.new("RGB", size, (200, 30, 30)).save(path, "JPEG", quality=95, icc_profile=ICC_SWAPPED)
     return path
+
+
+def patched_exif(tags: dict[int, object], patches: dict[int, tuple[int, int]]) -> bytes:
+    """An EXIF block Pillow reads but cannot write back: ``tags`` written, then each entry of
+    ``patches`` (tag -> (new tag, new type)) rewritten in the first IFD.
+
+    ``patched_exif({274: 6, 305: "x"}, {305: (330, 2)})`` gives SubIFDs (330) holding text;
+    ``patched_exif({274: 6}, {274: (274, 7)})`` an Orientation of type UNDEFINED (bytes).
+    """
+    exif = Image.Exif()
+    for tag, value in tags.items():
+        exif[tag] = value
+    data = bytearray(exif.tobytes())  # b"Exif\0\0", then the TIFF header
+    endian = "<" if data[6:8] == b"II" else ">"
+    (ifd,) = struct.unpack_from(endian + "L", data, 10)
+    (count,) = struct.unpack_from(endian + "H", data, 6 + ifd)
+    for i in range(count):
+        entry = 6 + ifd + 2 + 12 * i
+        (tag,) = struct.unpack_from(endian + "H", data, entry)
+        if tag in patches:
+            struct.pack_into(endian + "HH", data, entry, *patches[tag])
+    return bytes(data)
 
 
 # --------------------------------------------------------------------------- the whole set

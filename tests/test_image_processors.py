@@ -29,6 +29,7 @@ from spoolpipe.image_processors import (
 )
 from spoolpipe.images import PIXEL_BUDGET, parse_recipe
 from spoolpipe.steps import Pipeline, PipelineStep, StepResult, StepStatus, provides, step
+from spoolpipe.storable import storable
 
 # Processors appended to the harness's e2e_procs module: pipelines bound with pipeline_processor.
 PIPELINES = """
@@ -507,6 +508,47 @@ def test_a_pipeline_with_a_draft_box_gets_its_jpeg_shrunk_on_load(tmp_path: Path
     # Decoded at 1/4: 160x120 still covers the 100x75 the box asks for; without a box, every pixel.
     assert drafted(activity, ctx)["outputs"]["size"] == [160, 120]
     assert whole(activity, ctx)["outputs"]["size"] == [640, 480]
+
+
+def _nested(depth: int) -> list[Any]:
+    value: list[Any] = []
+    for _ in range(depth - 1):
+        value = [value]
+    return value
+
+
+class _Deep(PipelineStep):
+    @step("deep")
+    @provides("deep", "deeper", "deepest", "loop", "flat")
+    def process(self, image: Image.Image, context: dict[str, Any]) -> StepResult:
+        loop: dict[str, Any] = {}
+        loop["self"] = loop
+        return StepResult(
+            StepStatus.COMPLETED,
+            {"deep": _nested(98), "deeper": _nested(99), "deepest": _nested(5000), "loop": loop, "flat": 1},
+        )
+
+
+def _deep_pipeline() -> Pipeline:
+    pipeline = Pipeline()
+    pipeline.add_step(_Deep())
+    return pipeline
+
+
+def test_step_outputs_nested_deeper_than_a_result_may_be_are_left_out(tmp_path: Path) -> None:
+    """_jsonable recursed without bound: an output 5,000 deep or a dict holding itself raised
+    RecursionError and failed the finished activity."""
+    root = tmp_path / "photos"
+    root.mkdir()
+    factory.photo(root / "cat.jpg", (64, 48))
+    ctx = _context(tmp_path, "images.roots = photos\n")
+    deep = pipeline_processor("t.deep", _deep_pipeline)
+    result = deep(Activity("a", "t.deep", {"input": "cat.jpg"}), ctx)
+    # The result nests 100 levels at most (docs/repository-format.md): it, "outputs", then the value.
+    assert sorted(result["outputs"]) == ["deep", "flat"]
+    assert result["outputs"]["deep"] == _nested(98)
+    assert result["steps"] == {"deep": "completed"}
+    storable(result, "result", limit=1 << 20, limit_key="limits.result-bytes")
 
 
 def test_the_image_key_is_reserved_and_a_daemon_needs_no_pipeline_machinery() -> None:

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from PIL import Image, ImageChops, ImageStat
+from PIL import ExifTags, Image, ImageChops, ImageStat, PngImagePlugin
 
 import imagefactory as factory
 from spoolpipe import images
@@ -200,6 +200,22 @@ def test_own_pixel_cap_holds_when_pillow_limit_is_disabled(
 def test_huge_dimensions_are_rejected(samples: dict[str, Path]) -> None:
     with pytest.raises(ImageRejected, match=r"huge-header\.png: too many pixels"):
         open_image(samples["huge-header-png"], max_pixels=10**12)
+
+
+@pytest.mark.parametrize("mode", ["L", "RGB", "RGBA"])
+def test_a_png_text_chunk_named_transparency_is_not_taken_for_transparency(root: Path, mode: str) -> None:
+    """Pillow files a tEXt chunk under its keyword in ``info``: a text "transparency" on an L or RGB
+    PNG made every op's mode conversion raise TypeError, a transient error naming no file, retried."""
+    text = PngImagePlugin.PngInfo()
+    text.add_text("transparency", "x")
+    Image.new(mode, (16, 12), "white").save(root / "t.png", pnginfo=text)
+    outputs = [
+        {"path": f"o.{suffix}", "ops": [{"op": "thumbnail", "width": 8}, SAVE]} for suffix in ("png", "jpg")
+    ]
+    results = run_recipe(parse_recipe({"input": "t.png", "outputs": outputs}, [root]))
+    assert [(r["width"], r["height"]) for r in results] == [(8, 6), (8, 6)]
+    with Image.open(root / "o.png") as png:
+        assert png.mode == mode  # no alpha made up from the text
 
 
 def test_truncated_file_is_rejected(samples: dict[str, Path]) -> None:
@@ -528,6 +544,85 @@ def test_an_exif_block_that_does_not_parse_is_no_reason_to_fail_a_save(tmp_path:
         assert reopened.size == (32, 24)
 
 
+UNWRITABLE_EXIF = {
+    "SubIFDs holding text": factory.patched_exif({274: 6, 305: "x"}, {305: (330, 2)}),
+    "an Orientation of type UNDEFINED": factory.patched_exif({274: 6}, {274: (274, 7)}),
+}
+
+
+@pytest.mark.parametrize("exif", UNWRITABLE_EXIF.values(), ids=UNWRITABLE_EXIF.keys())
+@pytest.mark.parametrize("suffix", ["jpg", "png", "webp", *(["avif"] if images.AVIF_SUPPORTED else [])])
+def test_an_exif_block_pillow_cannot_write_back_is_dropped_and_the_outputs_made(
+    root: Path, exif: bytes, suffix: str
+) -> None:
+    """Pillow reads these blocks but not back: auto_orient (exif_transpose) raised struct.error and the
+    AVIF encoder TypeError, transient errors naming no file, retried."""
+    with Image.open(factory.oriented_jpeg(root / "o.jpg", 6, size=(64, 48))) as stored:
+        stored.save(root / "in.png", exif=exif)
+    data = {
+        "input": "in.png",
+        "outputs": [
+            {"path": f"oriented.{suffix}", "ops": [{"op": "auto_orient"}, SAVE]},
+            {"path": f"thumb.{suffix}", "ops": [{"op": "thumbnail", "width": 32}, SAVE]},
+            {"path": f"kept.{suffix}", "ops": [SAVE]},
+        ],
+    }
+    results = run_recipe(parse_recipe(data, [root]))
+    readable = images.image_info(open_image(root / "in.png")).orientation == 6
+    upright = [(64, 48), (32, 24)] if readable else [(48, 64), (32, 43)]
+    assert [(r["width"], r["height"]) for r in results] == [*upright, (48, 64)]
+    for name in ("oriented", "thumb"):
+        with Image.open(root / f"{name}.{suffix}") as made:
+            if readable:  # the orientation Pillow reads is applied
+                corners_ok(made)
+            assert images.image_info(made).orientation == 1  # never turned twice
+
+
+def test_metadata_too_long_for_a_jpeg_is_dropped_on_save(root: Path) -> None:
+    """A JPEG marker holds 65,533 bytes: a PNG's 100 KB EXIF or XMP, a GIF's long comment, could never
+    be saved as JPEG (ValueError "EXIF data is too long"), a transient error naming no output, retried."""
+    exif = Image.Exif()
+    exif[ExifTags.Base.ImageDescription] = "d" * 100_000
+    xmp = b'<x:xmpmeta xmlns:x="adobe:ns:meta/">' + b" " * 100_000 + b"</x:xmpmeta>"
+    Image.new("RGB", (32, 24), "red").save(root / "exif.png", exif=exif)
+    Image.new("RGB", (32, 24), "red").save(root / "xmp.webp", xmp=xmp)
+    Image.new("P", (32, 24)).save(root / "comment.gif", comment=b"c" * 100_000)
+    small = Image.Exif()
+    small[ExifTags.Base.Orientation] = 1
+    Image.new("RGB", (32, 24), "red").save(root / "fits.png", exif=small)
+    for name in ("exif.png", "xmp.webp", "comment.gif", "fits.png"):
+        outputs = [{"path": f"{name}.{suffix}", "ops": [SAVE]} for suffix in ("jpg", "png", "webp")]
+        run_recipe(parse_recipe({"input": name, "outputs": outputs}, [root]))
+        with Image.open(root / f"{name}.jpg") as jpeg:
+            assert jpeg.size == (32, 24)
+            assert not {"xmp", "comment"} & jpeg.info.keys()
+            assert ("exif" in jpeg.info) == (name == "fits.png")  # what fits is kept
+    with Image.open(root / "exif.png.png") as png:  # other formats keep it
+        assert png.getexif()[ExifTags.Base.ImageDescription] == "d" * 100_000
+    with Image.open(root / "xmp.webp.webp") as webp:
+        assert webp.info["xmp"] == xmp
+
+
+def test_an_image_the_encoder_refuses_is_a_recipe_error_naming_the_output(root: Path) -> None:
+    """WebP stops at 16,383 pixels a side, JPEG and AVIF at 65,500: the encoder's ValueError, OSError
+    or RuntimeError failed the activity as transient, naming no output, and it was retried."""
+    Image.new("RGB", (70_000, 2), "red").save(root / "wide.png")
+    for suffix in ["webp", "jpg", *(["avif"] if images.AVIF_SUPPORTED else [])]:
+        data = {
+            "input": "wide.png",
+            "outputs": [
+                {"path": "fine.png", "ops": [SAVE]},
+                {"path": f"wide.{suffix}", "ops": [SAVE]},
+            ],
+        }
+        with pytest.raises(RecipeError) as caught:
+            run_recipe(parse_recipe(data, [root]))
+        [error] = caught.value.errors
+        target = root.resolve() / f"wide.{suffix}"
+        assert error.startswith(f"outputs[1]: cannot save {target} (cannot encode as "), error
+        assert not (root / f"wide.{suffix}").exists()
+
+
 def test_save_converts_modes_for_the_format(samples: dict[str, Path], tmp_path: Path) -> None:
     flattened = images.save_image(open_image(samples["rgba-png"]), tmp_path / "a.jpg", background="#ff0000")
     with Image.open(flattened.path) as jpeg:
@@ -705,6 +800,27 @@ def test_recipe_validation_messages(root: Path, data: Mapping[str, object], expe
     assert any(expected in error for error in errors), errors
 
 
+@pytest.mark.parametrize(
+    ("op", "option"),
+    [
+        ("rotate", "angle"),
+        ("blur", "sigma"),
+        ("sharpen", "radius"),
+        ("watermark", "opacity"),
+        ("watermark", "size"),
+        ("placeholder", "sigma"),
+    ],
+)
+def test_an_integer_too_large_for_a_float_is_an_error_naming_its_option(
+    root: Path, op: str, option: str
+) -> None:
+    """math.isfinite(10**400) raised OverflowError: a transient error, retried, naming no field."""
+    extra = {"text": "x"} if op == "watermark" else {}
+    for value in (10**400, -(10**400)):
+        errors = recipe_errors(one_output({"op": op, option: value, **extra}, SAVE), [root])
+        assert any(error.startswith(f"outputs[0].ops[0].{option}: expected ") for error in errors), errors
+
+
 def test_duplicate_outputs_are_rejected(root: Path) -> None:
     output = {"path": "out/a.jpg", "ops": [SAVE]}
     data = {
@@ -729,6 +845,29 @@ def test_an_output_name_the_file_system_refuses_is_a_recipe_error(root: Path) ->
     [error] = recipe_errors(data, [root])
     assert error.startswith("outputs[0].path: ")
     assert "the name is 256 bytes, longer than the file system allows (255)" in error
+
+
+def test_an_output_path_longer_than_the_file_system_allows_is_a_recipe_error(root: Path) -> None:
+    """Over PATH_MAX (4096 bytes) Path.is_dir raised ENAMETOOLONG: a raw OSError, retried."""
+    data = {
+        "input": "photos/in/cat.jpg",
+        "outputs": [{"path": "/".join(["d" * 250] * 18) + "/x.jpg", "ops": [SAVE]}],
+    }
+    [error] = recipe_errors(data, [root])
+    assert error.startswith("outputs[0].path: ")
+    assert "longer than the file system allows (4095)" in error
+    # The longest that fits, counting the temp file written beside it, is written.
+    room = 4095 - 18 - len("/x.png") - len(os.fsencode(root.resolve()))  # .NAME.RANDOM.tmp: 18 more
+    full, rest = divmod(room - 2, 251)  # "/" and 250 bytes a folder; the last takes what is left
+    folders = ["d" * 250] * full + ["e" * (rest + 1)]
+    target = "/".join([*folders, "x.png"])
+    run_recipe(
+        parse_recipe({"input": "photos/in/cat.jpg", "outputs": [{"path": target, "ops": [SAVE]}]}, [root])
+    )
+    assert len(os.fsencode(root.resolve() / target)) + 18 == 4095
+    assert os.listdir(root.resolve().joinpath(*folders)) == ["x.png"]
+    too_long = {"input": "photos/in/cat.jpg", "outputs": [{"path": target + "x", "ops": [SAVE]}]}
+    assert "longer than the file system allows (4095)" in recipe_errors(too_long, [root])[0]
 
 
 def test_a_long_output_name_the_file_system_allows_is_written(root: Path, tmp_path: Path) -> None:
@@ -911,6 +1050,74 @@ def test_outputs_shrunk_on_load_keep_their_size_and_orientation(root: Path, orie
         ],
     }
     results = run_recipe(parse_recipe(data, [root]))
+    assert [(r["width"], r["height"]) for r in results] == [(80, 60), (120, 90)]
+    for name in ("thumb.png", "fit.png"):
+        with Image.open(root / name) as written:
+            corners_ok(written)
+
+
+_PNG_HEADER_SCRIPT = """
+import re, sys
+from contextlib import contextmanager
+from pathlib import Path
+from spoolpipe.images import PixelBudget, parse_recipe, recipe_megapixels, run_recipe
+
+def peak():  # VmHWM, KiB: this process's memory high-water mark
+    return int(re.search(r"VmHWM:\\s+(\\d+)", open("/proc/self/status").read())[1])
+
+class Watched(PixelBudget):
+    @contextmanager
+    def hold(self, megapixels):
+        print("asking", peak() - start)
+        with super().hold(megapixels):
+            yield
+
+root = Path(sys.argv[1])
+outputs = [{"path": "t.jpg", "ops": [{"op": "thumbnail", "width": 64}, {"op": "save"}]}]
+recipe = parse_recipe({"input": "big.png", "outputs": outputs}, [root])
+start = peak()
+print("estimate", recipe_megapixels(recipe), peak() - start)
+run_recipe(recipe, budget=Watched(1000))
+"""
+
+
+def test_a_png_is_not_decoded_to_estimate_it_or_before_its_budget_is_held(tmp_path: Path) -> None:
+    """Pillow's PNG getexif decodes the image when no eXIf chunk precedes the pixels (most PNGs):
+    reading the orientation from the header cost a worker's main process 225 MB and 5 s of CPU for
+    six activities on a 7000x7000 PNG, outside the budget."""
+    Image.new("RGB", (3000, 3000), (90, 120, 30)).save(tmp_path / "big.png", compress_level=1)
+    package = Path(images.__file__).parents[2]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(package), os.environ.get("PYTHONPATH", "")])}
+    run = subprocess.run(
+        [sys.executable, "-c", _PNG_HEADER_SCRIPT, str(tmp_path)],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    estimate, asking = (line.split() for line in run.stdout.splitlines())
+    assert estimate[:2] == ["estimate", str(3 * 9.0)]
+    # Decoded, the 9 Mpx are 36 MB (four bytes a pixel); the header is a few KB.
+    assert int(estimate[2]) < 12_000, run.stdout
+    assert int(asking[1]) < 12_000, run.stdout
+    with Image.open(tmp_path / "t.jpg") as thumb:
+        assert thumb.size == (64, 64)
+
+
+@pytest.mark.parametrize("orientation", [3, 6, 8])
+def test_the_exif_orientation_of_a_png_is_honoured(root: Path, orientation: int) -> None:
+    with Image.open(factory.oriented_jpeg(root / "o.jpg", orientation, size=(640, 480))) as jpeg:
+        jpeg.save(root / "o.png", exif=jpeg.getexif())  # an eXIf chunk, written before the pixels
+    data = {
+        "input": "o.png",
+        "outputs": [
+            {"path": "thumb.png", "ops": [{"op": "thumbnail", "width": 80, "height": 80}, SAVE]},
+            {"path": "fit.png", "ops": [{"op": "auto_orient"}, {"op": "resize", "width": 120}, SAVE]},
+        ],
+    }
+    recipe = parse_recipe(data, [root])
+    assert images.recipe_megapixels(recipe) == pytest.approx(3 * 640 * 480 / 1e6)
+    results = run_recipe(recipe)
     assert [(r["width"], r["height"]) for r in results] == [(80, 60), (120, 90)]
     for name in ("thumb.png", "fit.png"):
         with Image.open(root / name) as written:

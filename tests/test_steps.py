@@ -431,6 +431,50 @@ def test_undeclared_key_fails_step() -> None:
     assert "undeclared key 'height'" in result.errors["Extra"]
 
 
+@pytest.mark.parametrize("data", ["x", None, [("x", 1)], 7])
+def test_result_data_that_is_no_dict_fails_the_step_naming_it(data: Any) -> None:
+    """A string passed the key checks (its characters are keys), then context.update raised
+    ValueError; None raised TypeError: both crashed Pipeline.run, naming no step."""
+
+    class Odd(Counting):
+        @provides("x")
+        def process(self, image: Image.Image, context: dict[str, Any]) -> StepResult:
+            self.calls += 1
+            return StepResult(StepStatus.COMPLETED, data=data)
+
+    odd = Odd()
+    result = _run_failing(_pipeline(odd))
+    assert result.errors["Odd"] == f"step 'Odd' returned data of type {type(data).__name__}, expected a dict"
+    assert odd.calls == 1  # a broken contract is not retried
+    assert "x" not in result
+
+
+@pytest.mark.parametrize("refusal", ["false", "raise"])
+def test_a_validate_context_that_refuses_a_full_context_fails_the_step_naming_it(refusal: str) -> None:
+    """PixelPiper's hook may refuse for its own reasons: the search for a missing key found none and
+    Pipeline.run crashed with "RuntimeError: coroutine raised StopIteration"."""
+
+    class Picky(Counting):
+        @requires("size")
+        def process(self, image: Image.Image, context: dict[str, Any]) -> StepResult:
+            self.calls += 1
+            return StepResult(StepStatus.COMPLETED)
+
+        def validate_context(self, context: Mapping[str, Any]) -> bool:
+            if refusal == "raise" and context["size"] <= 0:
+                raise ValueError("size must be positive")
+            return bool(context["size"] > 0)
+
+    picky = Picky()
+    result = _run_failing(_pipeline(picky, max_retries=2), {"size": -1})
+    expected = "validate_context refused the context"
+    if refusal == "raise":
+        expected = "validate_context raised ValueError('size must be positive')"
+    assert result.errors["Picky"] == f"step 'Picky': {expected}"
+    assert picky.calls == 0  # never run, never retried
+    assert _run(_pipeline(Picky()), {"size": 3}).success
+
+
 def test_non_step_result_fails() -> None:
     class Wrong(PipelineStep):
         def process(self, image: Image.Image, context: dict[str, Any]) -> StepResult:

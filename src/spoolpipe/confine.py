@@ -12,6 +12,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Literal
 
+from .durable import temp_beside
+
 
 class _Invalid(Exception):
     """A bad value; the message completes "<json path>: "."""
@@ -79,6 +81,8 @@ def _existing_file(value: object, roots: tuple[Path, ...]) -> Path:
 
 #: Longest file or folder name Linux file systems take, in bytes (NAME_MAX).
 _NAME_MAX = 255
+#: Longest path Linux takes, in bytes (PATH_MAX less its terminating NUL).
+_PATH_MAX = 4095
 
 
 def output_file(value: object, roots: tuple[Path, ...], label: str = "image roots") -> Path:
@@ -101,6 +105,12 @@ def output_file(value: object, roots: tuple[Path, ...], label: str = "image root
                 f"{raw!r}: the name is {size} bytes, longer than the file system allows ({_NAME_MAX})"
             )
     target = real_parent.joinpath(*missing)
+    size = max(len(os.fsencode(path)) for path in (target, temp_beside(target)))  # written, then renamed
+    if size > _PATH_MAX:
+        raise PathRejected(
+            f"{raw!r}: the path is {size} bytes with the temp file beside it,"
+            f" longer than the file system allows ({_PATH_MAX})"
+        )
     if target.is_dir():
         raise PathRejected(f"{raw!r} is a folder")
     return target

@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any, Final, Literal
 from .activity import Activity
 from .config import Settings
 from .processor import Context, Fatal, processor
+from .storable import MAX_DEPTH
 
 if TYPE_CHECKING:  # steps (and asyncio) are imported by the first pipeline run: the daemon never needs them
     from .images import Limits
@@ -224,19 +225,25 @@ class _FollowUps:
             self._open = False
 
 
-def _jsonable(value: object) -> tuple[bool, object]:
-    """``value`` as JSON data (paths become strings, tuples lists), or ``(False, None)``."""
+def _jsonable(value: object, levels: int = MAX_DEPTH - 2) -> tuple[bool, object]:
+    """``value`` as JSON data (paths become strings, tuples lists), or ``(False, None)``.
+
+    Lists and objects may nest ``levels`` deep: the summary and its ``outputs`` are
+    the first two of the ``MAX_DEPTH`` a result may have (a dict holding itself never ends).
+    """
     if value is None or isinstance(value, str | bool | int):
         return True, value
     if isinstance(value, float):
         return (True, value) if math.isfinite(value) else (False, None)
     if isinstance(value, Path):
         return True, str(value)
+    if levels < 1 and isinstance(value, list | tuple | Mapping):
+        return False, None
     if isinstance(value, list | tuple):
-        items = [_jsonable(v) for v in value]
+        items = [_jsonable(v, levels - 1) for v in value]
         return (True, [v for _, v in items]) if all(ok for ok, _ in items) else (False, None)
     if isinstance(value, Mapping) and all(isinstance(k, str) for k in value):
-        pairs = {k: _jsonable(v) for k, v in value.items()}
+        pairs = {k: _jsonable(v, levels - 1) for k, v in value.items()}
         if all(ok for ok, _ in pairs.values()):
             return True, {k: v for k, (_, v) in pairs.items()}
     return False, None

@@ -758,17 +758,26 @@ class Pipeline:
                     StepReport(StepOutcome.NOT_RUN, cause=state.root_cause(provider)),
                 )
         context = state.context
-        if not step.validate_context(context):
-            key = next(k for k in step.required_context_keys if k not in context)
-            provider = state.plan.providers[key]
+        meta = step._step_meta
+        policy = self._policy(step)
+        try:
+            valid = step.validate_context(context)
+        except Exception as exc:  # an override's own check (PixelPiper's hook): a bug, never retried
+            refused = _failed(f"step {step.name!r}: validate_context raised {exc!r}", retryable=False)
+            return _conclude(refused, _give_up(refused, policy))
+        if not valid:
+            missing = next((k for k in step.required_context_keys if k not in context), None)
+            if missing is None:  # every key is there: the override refused for its own reasons
+                refusal = f"step {step.name!r}: validate_context refused the context"
+                refused = _failed(refusal, retryable=False)
+                return _conclude(refused, _give_up(refused, policy))
+            provider = state.plan.providers[missing]
             return (
                 StepResult(
-                    StepStatus.SKIPPED, error=f"skipped: {key!r} missing as step {provider!r} was skipped"
+                    StepStatus.SKIPPED, error=f"skipped: {missing!r} missing as step {provider!r} was skipped"
                 ),
                 StepReport(StepOutcome.SKIPPED, cause=state.root_cause(provider)),
             )
-        meta = step._step_meta
-        policy = self._policy(step)
         if meta.when is not None:
             try:
                 wanted = meta.when(MappingProxyType(context))
@@ -940,6 +949,9 @@ def _check(step: PipelineStep, outcome: object) -> StepResult:
             f"step {step.name!r} returned status {outcome.status.name}",
             retryable=False,
         )
+    if not isinstance(outcome.data, Mapping):  # merged into the context: a string's letters would be keys
+        kind = type(outcome.data).__name__
+        return _failed(f"step {step.name!r} returned data of type {kind}, expected a dict", retryable=False)
     for key in step.provided_context_keys:
         if key not in outcome.data:
             return _failed(f"step {step.name!r} did not provide declared key {key!r}", retryable=False)

@@ -159,6 +159,8 @@ def decode(image: ImageFile.ImageFile, name: str) -> Image.Image:
         image.load()
     except _DECODE_ERRORS as exc:
         raise ImageRejected(f"{name}: cannot decode ({exc})") from exc
+    if isinstance(image.info.get("transparency"), str):  # a PNG text chunk of that name, not a tRNS one
+        del image.info["transparency"]
     return image
 
 

@@ -159,11 +159,31 @@ def normalize_mode(image: Image.Image) -> Image.Image:
     return image.convert("RGBA" if alpha else "RGB")
 
 
+def _exif_writable(exif: Image.Exif) -> bool:
+    """Whether Pillow writes ``exif`` back as it reads it: a tag of the wrong type (SubIFDs holding
+    text, an Orientation as bytes) parses, then fails ``tobytes`` or the AVIF encoder."""
+    if not isinstance(exif.get(ExifTags.Base.Orientation, 1), int):
+        return False
+    try:
+        exif.tobytes()
+    except _DECODE_ERRORS:
+        return False
+    return True
+
+
 def auto_orient(image: Image.Image) -> Image.Image:
-    """Apply the EXIF orientation (1-8) to the pixels and drop the tag."""
-    if _orientation(image) == 1:
+    """Apply the EXIF orientation (1-8) to the pixels and drop the tag.
+
+    An EXIF block Pillow cannot write back is dropped (the orientation read from it still applies).
+    """
+    orientation = _orientation(image)
+    if orientation == 1:
         return image
-    return ImageOps.exif_transpose(image)
+    if _exif_writable(image.getexif()):
+        return ImageOps.exif_transpose(image)
+    bare = _without(image, "exif")
+    bare.getexif()[ExifTags.Base.Orientation] = orientation
+    return ImageOps.exif_transpose(bare)
 
 
 def thumbnail(image: Image.Image, width: int | None = None, height: int | None = None) -> Image.Image:

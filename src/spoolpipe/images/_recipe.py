@@ -74,7 +74,14 @@ def _int(low: int, high: int, what: str) -> _Check:
 
 def _number(low: float, high: float, what: str, *, open_low: bool = False) -> _Check:
     def check(value: object, roots: tuple[Path, ...]) -> object:
-        if isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value):
+        if (
+            isinstance(value, int | float)
+            and not isinstance(value, bool)
+            and (
+                isinstance(value, int)
+                or math.isfinite(value)  # an int compares exactly: isfinite(10**400) raised
+            )
+        ):
             above_low = value > low if open_low else value >= low
             if above_low and value <= high:
                 return float(value)

@@ -90,13 +90,24 @@ def _make(
     return image, shrunk
 
 
-def _shrink_on_load(recipe: Recipe, lazy: ImageFile.ImageFile) -> int:
-    """Draft ``lazy`` down to ``recipe.decode_size`` (nothing is decoded); returns its EXIF orientation."""
-    orientation = _orientation(lazy)
-    target = recipe.decode_size(lazy.size, orientation)
+def _header_orientation(lazy: ImageFile.ImageFile) -> int:
+    """The EXIF orientation as far as the header tells, without decoding a pixel.
+
+    Pillow's PNG ``getexif`` decodes the whole image when no eXIf chunk precedes
+    the pixels (most PNGs): outside the budget, in the worker's main process when
+    it estimates. Only a JPEG is drafted, so a PNG's is not needed before decoding;
+    the outputs follow the orientation of the decoded image.
+    """
+    if lazy.format == "PNG" and "exif" not in lazy.info:
+        return 1
+    return _orientation(lazy)
+
+
+def _shrink_on_load(recipe: Recipe, lazy: ImageFile.ImageFile) -> None:
+    """Draft ``lazy`` down to ``recipe.decode_size`` (nothing is decoded)."""
+    target = recipe.decode_size(lazy.size, _header_orientation(lazy))
     if target is not None:
         lazy.draft(None, target)
-    return orientation
 
 
 def recipe_megapixels(recipe: Recipe, *, limits: Limits = DEFAULT_LIMITS) -> float:
@@ -135,24 +146,28 @@ def run_recipe(
     with ExitStack() as held:
         name = str(recipe.input)
         with open_lazy(recipe.input, limits.max_bytes, limits.max_pixels, limits.formats) as lazy:
-            orientation = _shrink_on_load(recipe, lazy)
+            _shrink_on_load(recipe, lazy)
             held.enter_context(budget.hold(WORKING_COPIES * lazy.width * lazy.height / 1e6))
             source = _working(decode(lazy, name), name)
+        orientation = _orientation(source)
         shrunk: _Shrunk | None = None
         for i, output in enumerate(recipe.outputs):
             image, shrunk = _make(output, f"outputs[{i}]", source, orientation, shrunk, load_mark)
             _ready_folder(output.path, recipe.roots, f"outputs[{i}].path")
             save = output.save
-            saved = save_image(
-                image,
-                output.path,
-                format=save.format,
-                quality=save.quality,
-                progressive=save.progressive,
-                optimize=save.optimize,
-                lossless=save.lossless,
-                speed=save.speed,
-                background=save.background,
-            )
+            try:
+                saved = save_image(
+                    image,
+                    output.path,
+                    format=save.format,
+                    quality=save.quality,
+                    progressive=save.progressive,
+                    optimize=save.optimize,
+                    lossless=save.lossless,
+                    speed=save.speed,
+                    background=save.background,
+                )
+            except ValueError as exc:  # the encoder refusing this image: a retry would get the same
+                raise RecipeError([f"outputs[{i}]: cannot save {output.path} ({exc})"]) from exc
             results.append({**dataclasses.asdict(saved), "path": str(saved.path)})
     return results

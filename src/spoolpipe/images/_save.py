@@ -12,8 +12,8 @@ from typing import Any, Final
 from PIL import Image
 
 from ..durable import write_atomic
-from ._decode import _WEBP_SUPPORTED, AVIF_SUPPORTED, load_plugins
-from ._ops import _flatten, normalize_mode
+from ._decode import _DECODE_ERRORS, _WEBP_SUPPORTED, AVIF_SUPPORTED, load_plugins
+from ._ops import _exif_writable, _flatten, normalize_mode
 
 SAVE_FORMATS: Final = frozenset(
     {"JPEG", "PNG"} | ({"WEBP"} if _WEBP_SUPPORTED else set()) | ({"AVIF"} if AVIF_SUPPORTED else set())
@@ -22,6 +22,9 @@ SAVE_FORMATS: Final = frozenset(
 _FORMAT_NAMES: Final = {"jpeg": "JPEG", "jpg": "JPEG", "png": "PNG", "webp": "WEBP", "avif": "AVIF"}
 _SUFFIX_FORMATS: Final = {".jpg": "JPEG", ".jpeg": "JPEG", ".png": "PNG", ".webp": "WEBP", ".avif": "AVIF"}
 _DEFAULT_QUALITY: Final = {"JPEG": 85, "WEBP": 80, "AVIF": 60}
+_JPEG_MARKER_BYTES: Final = 65533
+"""Most a JPEG marker segment holds: a longer EXIF, XMP (with its namespace) or comment is dropped."""
+_XMP_NAMESPACE_BYTES: Final = 29
 
 
 @dataclass(frozen=True)
@@ -77,16 +80,22 @@ def _icc_fits(icc: bytes, mode: str) -> bool:
     return icc[16:20] == (b"GRAY" if mode in ("L", "LA") else b"RGB ")
 
 
+def _fits(fmt: str, data: bytes, overhead: int = 0) -> bool:
+    """Whether a metadata block fits the format: one JPEG marker segment, or anything elsewhere."""
+    return fmt != "JPEG" or overhead + len(data) <= _JPEG_MARKER_BYTES
+
+
 def _exif_parses(exif: bytes) -> bool:
-    """Whether Pillow reads ``exif`` (its AVIF encoder parses it; the others copy the bytes): a
-    camera's corrupt block is dropped rather than failing the save."""
+    """Whether Pillow reads ``exif`` and writes it back (its AVIF encoder does; the others copy the
+    bytes): a camera's corrupt block is dropped rather than failing the save."""
     if not exif:
         return True
+    parsed = Image.Exif()
     try:
-        Image.Exif().load(exif)
+        parsed.load(exif)
     except Exception:  # SyntaxError "not a TIFF file", struct errors...
         return False
-    return True
+    return _exif_writable(parsed)
 
 
 def _encoder_params(
@@ -101,12 +110,17 @@ def _encoder_params(
     """Metadata is passed explicitly: some plugins would otherwise copy it from ``info`` and some not."""
     icc = image.info.get("icc_profile")
     xmp = image.info.get("xmp", image.info.get("XML:com.adobe.xmp", b""))
+    xmp = xmp.encode() if isinstance(xmp, str) else xmp
     exif = image.info.get("exif", b"")
     params: dict[str, Any] = {
-        "exif": exif if fmt != "AVIF" or _exif_parses(exif) else b"",
+        "exif": exif if _fits(fmt, exif) and (fmt != "AVIF" or _exif_parses(exif)) else b"",
         "icc_profile": icc if icc and _icc_fits(icc, image.mode) else None,
-        "xmp": xmp.encode() if isinstance(xmp, str) else xmp,
+        "xmp": xmp if _fits(fmt, xmp, _XMP_NAMESPACE_BYTES) else b"",
     }
+    if fmt == "JPEG":  # Pillow's JPEG encoder takes a comment from ``info`` unless given one
+        comment = image.info.get("comment", b"")
+        comment = comment.encode() if isinstance(comment, str) else comment  # a PNG's text chunk
+        params["comment"] = comment if _fits(fmt, comment) else b""
     if fmt in _DEFAULT_QUALITY:
         params["quality"] = _DEFAULT_QUALITY[fmt] if quality is None else quality
     if fmt == "JPEG":
@@ -138,7 +152,9 @@ def save_image(
     Modes are converted as the format needs (alpha flattened over
     ``background`` for JPEG, 16-bit to 8-bit, palettes expanded). Metadata left
     in ``image.info`` is written; a profile that does not match the pixels'
-    colour space is dropped. Default quality: JPEG 85, WebP 80, AVIF 60.
+    colour space is dropped, and so is a block too long for a JPEG marker.
+    Default quality: JPEG 85, WebP 80, AVIF 60. ``ValueError`` when the
+    encoder refuses the image (a WebP over 16383 pixels a side...).
     """
     target = Path(path)
     fmt = _format_for(format, target)
@@ -149,9 +165,11 @@ def save_image(
         prepared = _flatten(prepared, background)
     buffer = io.BytesIO()
     load_plugins([fmt])
-    prepared.save(
-        buffer, format=fmt, **_encoder_params(prepared, fmt, quality, progressive, optimize, lossless, speed)
-    )
+    params = _encoder_params(prepared, fmt, quality, progressive, optimize, lossless, speed)
+    try:
+        prepared.save(buffer, format=fmt, **params)
+    except (*_DECODE_ERRORS, RuntimeError) as exc:  # into memory: the encoder refusing the image, not I/O
+        raise ValueError(f"cannot encode as {fmt.lower()}: {exc}") from exc
     data = buffer.getvalue()
     write_atomic(target, data)
     return SavedImage(
