@@ -211,7 +211,11 @@ def test_submit_writes_valid_activities(repo: Path) -> None:
 BAD_SUBMITS = {
     ("bad type", "{}"): "TYPE 'bad type' is not a valid type",
     ("t.x", '{"a": '): "DATA: malformed JSON at line 1 column 7",
-    ("t.x", "[1, 2]"): "DATA: top level is a JSON list, expected an object",
+    ("t.x", "[1, 2]"): "DATA: top level is a JSON array, expected an object",
+    ("t.x", "null"): "DATA: top level is JSON null, expected an object",  # it said "a JSON NoneType"
+    ("t.x", '"text"'): "DATA: top level is a JSON string, expected an object",
+    ("t.x", "true"): "DATA: top level is JSON true, expected an object",
+    ("t.x", "7.5"): "DATA: top level is a JSON number, expected an object",
     ("t.x", "{}", "--id", "no/slash"): "--id 'no/slash' is not a valid id",
     ("t.x", "{}", "--delay", "-1"): "--delay must be a number of seconds >= 0",
     ("t.x", "{}", "--delay", "3e11"): "--delay reaches past 9999-12-31",

@@ -186,7 +186,7 @@ def test_junk_is_quarantined_with_reasons_while_valid_work_completes(tmp_path: P
             assert (entry / name).exists() or (entry / name).is_symlink(), f"{entry} lost its payload"
             reasons[name] = (entry / "reason.txt").read_text()
         assert "NaN" in reasons["nan.json"]
-        assert "top level is a JSON list" in reasons["array.json"]
+        assert "top level is a JSON array" in reasons["array.json"]
         assert "missing required field 'type'" in reasons["no-type.json"]
         assert "bad id" in reasons["bad-id.json"]
         assert "not UTF-8" in reasons["latin1.json"]

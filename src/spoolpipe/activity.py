@@ -341,7 +341,7 @@ def parse_document(raw: bytes) -> dict[str, Any]:
     except (ValueError, RecursionError) as exc:
         raise InvalidActivity(f"malformed JSON: {exc}") from None
     if not isinstance(doc, dict):
-        raise InvalidActivity(f"top level is a JSON {type(doc).__name__}, expected an object")
+        raise InvalidActivity(f"top level is {_json_kind(doc)}, expected an object")
     if text.count("[") + text.count("{") > MAX_DEPTH and nesting(doc) > MAX_DEPTH + 1:
         raise InvalidActivity(f"a field's lists and objects are nested more than {MAX_DEPTH} levels deep")
     if "\\u" in text:  # a lone surrogate, which cannot be written back, comes only from an escape
@@ -350,6 +350,15 @@ def parse_document(raw: bytes) -> dict[str, Any]:
         except UnicodeEncodeError:
             raise InvalidActivity("a string holds an unpaired \\u surrogate escape") from None
     return doc
+
+
+def _json_kind(value: object) -> str:
+    """What a JSON value is, in JSON's words (not Python's: "a JSON NoneType")."""
+    if value is None or isinstance(value, bool):
+        return f"JSON {json.dumps(value)}"
+    if isinstance(value, list):
+        return "a JSON array"
+    return "a JSON string" if isinstance(value, str) else "a JSON number"
 
 
 def parse_time(value: object) -> float:

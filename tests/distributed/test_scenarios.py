@@ -800,7 +800,7 @@ EXPECTED_REASON = {
     "not UTF-8 (latin-1 byte)": ("not UTF-8",),
     "not UTF-8 (utf-16)": ("not UTF-8",),
     "not UTF-8 (bom)": ("byte order mark",),
-    "top level not an object": ("top level is a JSON",),
+    "top level not an object": ("top level is a JSON", "top level is JSON"),
     "duplicate key": ("duplicate key",),
     "naive not_before": ("no time zone",),
     "bad not_before": ("not_before",),
