@@ -11,7 +11,7 @@ import subprocess
 import sys
 import textwrap
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -136,6 +136,20 @@ def run_until_idle(repo: Path, worker_id: str = "w1", timeout: float = 120) -> s
     output = (repo.parent / f"worker-{worker_id}.stderr").read_text()
     assert proc.returncode == 0, output
     return output
+
+
+@contextlib.contextmanager
+def read_only_view(folder: Path, mount: Path) -> Iterator[Path]:
+    """``folder`` bind-mounted read-only at ``mount`` (a new folder) while the block runs: a read-only
+    mount of the same files (needs root, as the tests run in .ci/run)."""
+    mount.mkdir()
+    if subprocess.run(["mount", "--bind", str(folder), str(mount)], check=False).returncode != 0:
+        raise AssertionError("cannot bind-mount (the tests run as root: .ci/run)")
+    try:
+        assert subprocess.run(["mount", "-o", "remount,bind,ro", str(mount)], check=False).returncode == 0
+        yield mount
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], check=False)
 
 
 def kill_group(proc: subprocess.Popen[bytes], sig: int = signal.SIGKILL) -> None:

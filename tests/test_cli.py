@@ -18,6 +18,7 @@ from typing import Any
 
 import pytest
 
+from harness import read_only_view
 from spoolpipe import config
 from spoolpipe.activity import Activity, ClaimName, parse_activity
 from spoolpipe.cli import build_parser
@@ -586,17 +587,10 @@ def test_commands_on_a_read_only_mount_say_what_they_cannot_do_without_a_traceba
 ) -> None:
     """schedule, stop --all and purge --dry-run crashed (exit 70) where the clock probe or the purge
     lock could not be written."""
-    mount = tmp_path / "ro"
-    mount.mkdir()
-    if subprocess.run(["mount", "--bind", str(repo), str(mount)], check=False).returncode != 0:
-        pytest.fail("cannot bind-mount (the tests run as root: .ci/run)")
-    try:
-        assert subprocess.run(["mount", "-o", "remount,bind,ro", str(mount)], check=False).returncode == 0
+    with read_only_view(repo, tmp_path / "ro") as mount:
         schedule = run("schedule", str(mount))
         stop = run("stop", str(mount), "--all")
         purge = run("purge", str(mount), "--dry-run")
-    finally:
-        subprocess.run(["umount", "-l", str(mount)], check=False)
     for result in (schedule, stop, purge):
         assert "Traceback" not in result.stderr and "crashed" not in result.stderr, str(result)
     assert schedule.returncode == 0, str(schedule)

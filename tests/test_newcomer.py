@@ -262,19 +262,24 @@ raise ImportError("half way")
 """
 
 
+def _name_extra_and_see_it_rejected(repo: Path) -> None:
+    """Once worker w1 runs, add the module ``extra`` to its processors and wait for the rejection."""
+    wait_for(lambda: "worker w1 started" in _stderr(repo), 30, "the worker")
+    properties = repo / "spoolpipe.properties"
+    _change(
+        properties,
+        properties.read_text().replace("processors = e2e_procs", "processors = e2e_procs, extra"),
+    )
+    wait_for(lambda: "configuration change rejected" in _stderr(repo), 30, "the rejection")
+
+
 def test_a_module_rejected_at_a_reload_runs_none_of_its_code(tmp_path: Path) -> None:
     """Its @processor ran before the error: the worker said "rejected" and ran t.extra anyway."""
     repo = make_repository(tmp_path, "pool.size = 1\nprocessors = e2e_procs\n")
     (tmp_path / "procs" / "extra.py").write_text(HALF_WAY)
     worker = start_worker(repo, "w1")
     try:
-        wait_for(lambda: "worker w1 started" in _stderr(repo), 30, "the worker")
-        properties = repo / "spoolpipe.properties"
-        _change(
-            properties,
-            properties.read_text().replace("processors = e2e_procs", "processors = e2e_procs, extra"),
-        )
-        wait_for(lambda: "configuration change rejected" in _stderr(repo), 30, "the rejection")
+        _name_extra_and_see_it_rejected(repo)
         extra = submit(repo, "t.extra")
         noop = submit(repo, "t.noop")
         wait_for(lambda: noop in ids_in(repo / "done"), 30, "other work")
@@ -297,13 +302,7 @@ def test_a_module_fixed_after_its_rejection_is_taken_without_another_reload(
         module.write_text(HALF_WAY)
     worker = start_worker(repo, "w1")
     try:
-        wait_for(lambda: "worker w1 started" in _stderr(repo), 30, "the worker")
-        properties = repo / "spoolpipe.properties"
-        _change(
-            properties,
-            properties.read_text().replace("processors = e2e_procs", "processors = e2e_procs, extra"),
-        )
-        wait_for(lambda: "configuration change rejected" in _stderr(repo), 30, "the rejection")
+        _name_extra_and_see_it_rejected(repo)
         extra = submit(repo, "t.extra")
         _change(module, HALF_WAY.replace('raise ImportError("half way")', ""))
         wait_for(lambda: extra in ids_in(repo / "done"), 30, "the fixed module's work")

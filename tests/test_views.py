@@ -498,16 +498,22 @@ def test_status_where_the_clock_probe_cannot_be_written_uses_the_local_clock(tmp
     assert json.loads(result.stdout)["inbox"]["ready"] == 1
 
 
-def test_inspect_lists_follow_ups_gone_or_not_ids_as_the_record_names_them(tmp_path: Path) -> None:
-    repo = make_repository(tmp_path)
+def _done_listing(repo: Path, follow_ups: list[Any]) -> dict[str, Any]:
+    """A hand-written ``done/p.json`` whose record lists ``follow_ups``."""
     record = {
         "id": "p",
         "type": "t.parent",
         "data": {},
         "result": None,
-        "spoolpipe": {"status": "done", "attempts": 1, "follow_ups": ["gone-child", "\x1b[2J", 7]},
+        "spoolpipe": {"status": "done", "attempts": 1, "follow_ups": follow_ups},
     }
     (repo / "done" / "p.json").write_text(json.dumps(record))
+    return record
+
+
+def test_inspect_lists_follow_ups_gone_or_not_ids_as_the_record_names_them(tmp_path: Path) -> None:
+    repo = make_repository(tmp_path)
+    _done_listing(repo, ["gone-child", "\x1b[2J", 7])
     story = as_json("inspect", str(repo), "p")
     gone, hostile, number = story["follow_ups"]
     assert gone == {"id": "gone-child", "state": None, "type": None, "valid": True}
@@ -519,14 +525,7 @@ def test_inspect_lists_follow_ups_gone_or_not_ids_as_the_record_names_them(tmp_p
 def test_inspect_says_how_many_follow_ups_it_left_out(tmp_path: Path) -> None:
     """1,500 listed: it showed "follow-ups: 1000" and 1,000 entries, with no word of the rest."""
     repo = make_repository(tmp_path)
-    record = {
-        "id": "p",
-        "type": "t.parent",
-        "data": {},
-        "result": None,
-        "spoolpipe": {"status": "done", "attempts": 1, "follow_ups": [f"c{i}" for i in range(1500)]},
-    }
-    (repo / "done" / "p.json").write_text(json.dumps(record))
+    record = _done_listing(repo, [f"c{i}" for i in range(1500)])
     story = as_json("inspect", str(repo), "p")
     assert (len(story["follow_ups"]), story["follow_ups_left_out"]) == (1000, 500)
     said = cli("inspect", str(repo), "p").stdout.splitlines()
