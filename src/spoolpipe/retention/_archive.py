@@ -40,7 +40,6 @@ from ._expiry import (
     Report,
     State,
     archive_name,
-    entry_id,
     referenced_ids,
 )
 from ._tree import Skipped, Stamp, fsync_dir_fd, node, open_dir, remove, stamp, still_archived, walk
@@ -272,7 +271,7 @@ def archive_group(
                 ) as packed:
                     live = protected_ids(repo)  # queued or running again since the scan: not expired now
                     for entry in group:
-                        if entry_id(entry.state, entry.name) in live:
+                        if entry.is_of(live):
                             left_out.add(entry.name)
                             continue
                         with tempfile.SpooledTemporaryFile(8 << 20, "w+b", dir=str(repo.tmp)) as chunk:
@@ -351,7 +350,7 @@ def _delete_archived(
     its activity is not queued or running again (``protected``): else it stays, the archive holding a copy."""
     deleted = []
     for entry, archived in held:
-        if entry_id(entry.state, entry.name) in protected:
+        if entry.is_of(protected):
             report.problems.append(
                 f"{printable(entry.path)}: archived, but its activity is queued or running again: kept"
             )

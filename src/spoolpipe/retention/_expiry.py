@@ -46,6 +46,10 @@ class Entry:
     inode: int = field(default=0, compare=False)
     size: int = field(default=-1, compare=False)
 
+    def is_of(self, ids: set[str]) -> bool:
+        """Whether the entry belongs to an activity of ``ids`` (queued, running or reserved)."""
+        return entry_id(self.state, self.name) in ids
+
     def is_still(self, st: os.stat_result) -> bool:
         """Whether ``st`` (an lstat) is the entry as it was found, so as old as it was then."""
         return (st.st_ino, st.st_size, st.st_mtime) == (self.inode, self.size, self.mtime)
@@ -98,8 +102,7 @@ def expired(
     for entry in entries:
         if now - entry.mtime <= limits[entry.state]:
             continue
-        activity = entry_id(entry.state, entry.name)
-        if activity is None or activity not in protected:
+        if not entry.is_of(protected):
             found.append(entry)
     return found
 

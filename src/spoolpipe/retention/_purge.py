@@ -33,7 +33,6 @@ from ._expiry import (
     State,
     by_archive,
     describe_age,
-    entry_id,
     expired,
     is_entry,
     limits_of,
@@ -142,7 +141,7 @@ def _delete(repo: Repository, found: Iterable[Entry], report: Report) -> None:
         try:
             live = protected_ids(repo)  # queued or running again since the scan: no longer expired
             for entry in mine:
-                if entry_id(state, entry.name) in live:
+                if entry.is_of(live):
                     continue
                 try:
                     if not entry.is_still(os.lstat(entry.name, dir_fd=fd)):
