@@ -7,7 +7,6 @@ import contextlib
 import gc
 import json
 import logging
-import logging.handlers
 import math
 import os
 import sys
@@ -16,7 +15,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from . import __version__, check, config, control, graph, retention, service, views
+from . import __version__, check, config, control, graph, retention, service, views, worker_log
 from .activity import (
     DEFAULT_PRIORITY,
     LATEST,
@@ -260,62 +259,6 @@ def cmd_schedule(args: argparse.Namespace) -> int:
     return 0
 
 
-class _WorkerLogHandler(logging.handlers.WatchedFileHandler):
-    """Reopens the log when it is moved (rotation) or its file system is remounted; never stops the worker.
-
-    With ``max_bytes`` (``log.max-bytes``) it also rotates the log by size: ``ID.log``
-    becomes ``ID.log.1`` (``.1`` becomes ``.2``...), keeping ``backups`` of them. Other
-    processes appending to the log (a scheduled purge) give ``max_bytes=0``: they
-    reopen it once it has been rotated, and only the daemon rotates it.
-    """
-
-    def __init__(self, path: Path, max_bytes: int = 0, backups: int = 1) -> None:
-        super().__init__(path, encoding="utf-8")
-        self.max_bytes, self.backups = max_bytes, backups
-
-    def reopenIfNeeded(self) -> None:
-        # While the file system is away, emit() reports each failed write on stderr.
-        with contextlib.suppress(OSError):
-            super().reopenIfNeeded()
-
-    def emit(self, record: logging.LogRecord) -> None:
-        self.reopenIfNeeded()
-        if self.stream is None and not self._reopen():
-            return  # the line still went to stderr; the next one tries the file again
-        if self.max_bytes and self.stream is not None:
-            with contextlib.suppress(OSError):
-                size = os.fstat(self.stream.fileno()).st_size
-                if size and size + len(self.format(record).encode()) + 1 > self.max_bytes:
-                    self._rotate()
-        logging.FileHandler.emit(self, record)
-
-    def _reopen(self) -> bool:
-        """Open the log again, making its folder again if it was deleted; False if it cannot be."""
-        try:
-            os.makedirs(os.path.dirname(self.baseFilename), exist_ok=True)
-            self.stream = self._open()
-        except OSError:
-            return False
-        self._statstream()
-        return True
-
-    def _rotate(self) -> None:
-        stream, self.stream = self.stream, None  # reopened by FileHandler.emit if a rename fails
-        if stream is not None:
-            stream.close()
-        base = self.baseFilename
-        # Only the backups there are, in a row from .1: walking down from log.backups spun for good at 10**12.
-        there = 0
-        while there < self.backups - 1 and os.path.lexists(f"{base}.{there + 1}"):
-            there += 1
-        for n in range(there, 0, -1):
-            with contextlib.suppress(FileNotFoundError):
-                os.replace(f"{base}.{n}", f"{base}.{n + 1}")
-        os.replace(base, f"{base}.1")
-        self.stream = self._open()
-        self._statstream()
-
-
 def _log_rotation(repo: Repository, worker_id: str) -> tuple[int, int]:
     """``log.max-bytes`` and ``log.backups``; no rotation with an invalid configuration (the worker
     then logs why it cannot start, and exits)."""
@@ -324,22 +267,6 @@ def _log_rotation(repo: Repository, worker_id: str) -> tuple[int, int]:
     except config.ConfigError:
         return 0, 1
     return settings.log_max_bytes, settings.log_backups
-
-
-def _configure_logging(
-    repo: Repository, worker_id: str, level: str | None, max_bytes: int = 0, backups: int = 1
-) -> None:
-    fmt = logging.Formatter(f"%(asctime)s %(levelname)s [{worker_id}] %(message)s")
-    root = logging.getLogger("spoolpipe")
-    root.handlers.clear()
-    for handler in (
-        logging.StreamHandler(sys.stderr),
-        _WorkerLogHandler(repo.logs / "workers" / f"{worker_id}.log", max_bytes, backups),
-    ):
-        handler.setFormatter(fmt)
-        root.addHandler(handler)
-    root.setLevel(level or "INFO")
-    root.propagate = False
 
 
 def _worker_id(value: str | None) -> str:
@@ -378,7 +305,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
         if args.until_idle:
             raise _UsageError("--check starts no worker: it takes no --until-idle")
         return check.check_worker(repo.root, worker_id, sys.stdout, sys.stderr)
-    _configure_logging(repo, worker_id, args.log_level, *_log_rotation(repo, worker_id))
+    worker_log.configure(repo.logs, worker_id, args.log_level, *_log_rotation(repo, worker_id))
     try:
         worker = Worker(
             repo.root, worker_id, until_idle=args.until_idle, no_wait=args.no_wait, log_level=args.log_level
@@ -450,7 +377,7 @@ def cmd_purge(args: argparse.Namespace) -> int:
     settings = config.load(repo.root, args.worker_id).settings
     if args.scheduled:
         try:
-            _configure_logging(repo, args.worker_id, settings.log_level)
+            worker_log.configure(repo.logs, args.worker_id, settings.log_level)
         except OSError as exc:  # a read-only mount: its lock could not be taken either
             print(f"spoolpipe purge: cannot open logs/workers/{args.worker_id}.log: {exc}", file=sys.stderr)
             return 1

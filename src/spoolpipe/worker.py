@@ -29,7 +29,7 @@ from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING, Any
 
-from . import circuit, config, control, heartbeat, service
+from . import circuit, config, control, heartbeat, service, worker_log
 from .activity import Activity, format_time
 from .attempt import Item, Setup, counted, quarantine
 from .idle import UntilIdle
@@ -353,8 +353,10 @@ class Worker:
             if self.until_idle and self._idle():
                 log.info("nothing left to run: exiting (--until-idle)")
                 return False
-        for event in self.pool.wait(self._timeout(now), self._wakers()):
-            self._handle(event)
+        events = self.pool.wait(self._timeout(now), self._wakers())
+        with worker_log.held():  # a batch's lines, one write
+            for event in events:
+                self._handle(event)
         self._drain_wakers()
         self._enforce_timeouts()
         return True
