@@ -593,6 +593,45 @@ def test_a_huge_log_backups_rotates_only_the_backups_there_are(tmp_path: Path) -
     assert stamps == sorted(stamps)  # nothing lost or out of order
 
 
+def test_a_held_batch_of_lines_is_written_whole_in_order_and_still_rotated_by_size(tmp_path: Path) -> None:
+    """A finished batch's lines are written together (one write per stream); rotation by size still
+    happens between lines, so no file passes log.max-bytes and nothing is lost or reordered."""
+    import logging
+
+    from spoolpipe import worker_log
+
+    logs = tmp_path / "logs"
+    (logs / "workers").mkdir(parents=True)
+    worker_log.configure(logs, "w1", "INFO", max_bytes=2000, backups=9)
+    log = logging.getLogger("spoolpipe.worker")
+    log_file = logs / "workers" / "w1.log"
+    try:
+        log.info("before the batch")
+        with worker_log.held():
+            for n in range(150):
+                log.info("line %03d of the batch", n)
+            assert "line 000" not in log_file.read_text()  # held until the batch ends
+        log.info("after the batch")
+    finally:
+        for handler in logging.getLogger("spoolpipe").handlers:
+            handler.close()
+        logging.getLogger("spoolpipe").handlers.clear()
+    names = sorted(
+        os.listdir(logs / "workers"), key=lambda n: -int(n.rpartition(".")[2]) if n[-1].isdigit() else 0
+    )
+    assert len(names) >= 3 and names[-1] == "w1.log"
+    for name in names:
+        assert 0 < (logs / "workers" / name).stat().st_size <= 2000, name
+    messages = [
+        line.split("] ", 1)[1] for n in names for line in (logs / "workers" / n).read_text().splitlines()
+    ]
+    assert messages == [
+        "before the batch",
+        *(f"line {n:03d} of the batch" for n in range(150)),
+        "after the batch",
+    ]
+
+
 def test_a_moved_worker_log_is_reopened(tmp_path: Path) -> None:
     repo = make_repository(tmp_path, "log.max-bytes = 100000\n")
     worker = start_worker(repo, "w1")
