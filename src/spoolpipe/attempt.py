@@ -280,7 +280,7 @@ class Attempts:
             )
             self._outcome(claim, activity, started, Outcome("fatal", error=reason))
             return False
-        log_path = str(self.repo.attempt_log(activity))
+        log_path = self.repo.attempt_log(activity)
         ran = time.monotonic()
         # Later than the check between activities, which commits a quick batch's outcomes by itself:
         # the thread only acts on a processor that runs long.
@@ -525,7 +525,7 @@ class Attempts:
     def _note_in_attempt_log(self, activity: Activity, text: str) -> None:
         with (
             contextlib.suppress(OSError),
-            self.repo.attempt_log(activity).open("a", encoding="utf-8", errors="backslashreplace") as log,
+            open(self.repo.attempt_log(activity), "a", encoding="utf-8", errors="backslashreplace") as log,
         ):
             log.write(f"{format_time(self.clock.now())} ERROR {text} (worker {self.worker_id})\n")
 

@@ -58,21 +58,19 @@ def _section(
     earlier: Sequence[Mapping[str, Any]],
     error: str = "",
 ) -> dict[str, Any]:
+    this = attempt_entry(activity.attempt, attempt, status, error)
     section: dict[str, Any] = {
         "status": status,
         "attempts": activity.attempt,
         "worker": attempt.worker,
         "host": attempt.host,
         "pid": attempt.pid,
-        "started_at": format_time(attempt.started),
-        "finished_at": format_time(attempt.finished),
+        "started_at": this["started_at"],
+        "finished_at": this["finished_at"],
     }
     if activity.history:
         section["history"] = [dict(h) for h in activity.history]
-    section["attempt_history"] = [
-        *(dict(e) for e in earlier),
-        attempt_entry(activity.attempt, attempt, status, error),
-    ]
+    section["attempt_history"] = [*(dict(e) for e in earlier), this]
     return section
 
 

@@ -199,8 +199,9 @@ class Repository:
         #: Finished claims' files, rewritten as the next staged files (see ``Spares``): a worker's only.
         self.spares = Spares(os.fspath(self.tmp), worker)
         # The hot path joins plain strings: pathlib costs more than the system calls it wraps.
-        self._inbox, self._running, self._done, self._failed, self._ids = (
-            os.fspath(d) for d in (self.inbox, self.running, self.done, self.failed, self.ids)
+        self._inbox, self._running, self._done, self._failed, self._ids, self._attempt_logs = (
+            os.fspath(d)
+            for d in (self.inbox, self.running, self.done, self.failed, self.ids, self.logs / "activities")
         )
 
     # -- layout ------------------------------------------------------------------------------
@@ -249,8 +250,8 @@ class Repository:
         """A fresh name in ``tmp/``, on the same file system as every state directory."""
         return self.tmp / f"{tag}.{new_id()}.tmp"
 
-    def attempt_log(self, activity: Activity) -> Path:
-        return self.logs / "activities" / f"{activity.id}~{activity.attempt}.log"
+    def attempt_log(self, activity: Activity) -> str:
+        return f"{self._attempt_logs}/{activity.id}~{activity.attempt}.log"
 
     # -- writing new activities ----------------------------------------------------------------
 
