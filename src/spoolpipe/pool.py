@@ -244,11 +244,12 @@ def _reaped(process: BaseProcess, timeout: float) -> bool:
     exit with no timeout: a process kept alive by a thread its processor left
     would block the daemon for good.
     """
-    deadline = time.monotonic() + timeout
+    start = time.monotonic()
     while process.exitcode is None:  # a non-blocking waitpid
-        if time.monotonic() >= deadline:
+        waited = time.monotonic() - start
+        if waited >= timeout:
             return False
-        time.sleep(0.005)
+        time.sleep(0.0005 if waited < 0.02 else 0.005)  # most end within milliseconds: an exit waits less
     return True
 
 
