@@ -302,6 +302,12 @@ def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     return doc
 
 
+#: One decoder for every document (``json.loads`` with these hooks makes one per call).
+_STRICT = json.JSONDecoder(
+    parse_constant=_reject_constant, parse_float=_finite_float, object_pairs_hook=_unique_keys
+)
+
+
 def nesting(value: object) -> int:
     """How deep lists and objects nest in ``value``: 0 for a scalar, 1 for ``[]`` or ``{}``."""
     deepest, stack = 0, [(value, 1)]
@@ -331,9 +337,7 @@ def parse_document(raw: bytes) -> dict[str, Any]:
     if not text.strip():
         raise InvalidActivity("file is empty")
     try:
-        doc = json.loads(
-            text, parse_constant=_reject_constant, parse_float=_finite_float, object_pairs_hook=_unique_keys
-        )
+        doc = _STRICT.decode(text)
     except _Infinite:
         raise InvalidActivity("a number is out of range (it would be infinite)") from None
     except json.JSONDecodeError as exc:
