@@ -1081,25 +1081,28 @@ run_recipe(recipe, budget=Watched(1000))
 """
 
 
+def _in_a_fresh_interpreter(script: str, folder: Path) -> str:
+    """What ``script`` prints, run with ``folder`` as its argument in a new Python that imports this
+    spoolpipe: a process whose heap and imports no earlier test has touched, as a pool process's."""
+    package = Path(images.__file__).parents[2]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(package), os.environ.get("PYTHONPATH", "")])}
+    run = subprocess.run(
+        [sys.executable, "-c", script, str(folder)], env=env, capture_output=True, text=True, check=True
+    )
+    return run.stdout
+
+
 def test_a_png_is_not_decoded_to_estimate_it_or_before_its_budget_is_held(tmp_path: Path) -> None:
     """Pillow's PNG getexif decodes the image when no eXIf chunk precedes the pixels (most PNGs):
     reading the orientation from the header cost a worker's main process 225 MB and 5 s of CPU for
     six activities on a 7000x7000 PNG, outside the budget."""
     Image.new("RGB", (3000, 3000), (90, 120, 30)).save(tmp_path / "big.png", compress_level=1)
-    package = Path(images.__file__).parents[2]
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(package), os.environ.get("PYTHONPATH", "")])}
-    run = subprocess.run(
-        [sys.executable, "-c", _PNG_HEADER_SCRIPT, str(tmp_path)],
-        env=env,
-        capture_output=True,
-        text=True,
-        check=True,
-    )
-    estimate, asking = (line.split() for line in run.stdout.splitlines())
+    printed = _in_a_fresh_interpreter(_PNG_HEADER_SCRIPT, tmp_path)
+    estimate, asking = (line.split() for line in printed.splitlines())
     assert estimate[:2] == ["estimate", str(3 * 9.0)]
     # Decoded, the 9 Mpx are 36 MB (four bytes a pixel); the header is a few KB.
-    assert int(estimate[2]) < 12_000, run.stdout
-    assert int(asking[1]) < 12_000, run.stdout
+    assert int(estimate[2]) < 12_000, printed
+    assert int(asking[1]) < 12_000, printed
     with Image.open(tmp_path / "t.jpg") as thumb:
         assert thumb.size == (64, 64)
 
@@ -1338,14 +1341,5 @@ def test_the_next_photo_reuses_the_freed_pixel_memory(tmp_path: Path) -> None:
     # those 7,000 pages in again. A fresh interpreter that frees no larger image first (glibc's
     # thresholds follow the largest chunk freed so far), as a worker's pool process.
     Image.linear_gradient("L").resize((4000, 3000)).convert("RGB").save(tmp_path / "photo.jpg", quality=90)
-    package = Path(images.__file__).parents[2]
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(package), os.environ.get("PYTHONPATH", "")])}
-    run = subprocess.run(
-        [sys.executable, "-c", _REUSE_SCRIPT, str(tmp_path)],
-        env=env,
-        capture_output=True,
-        text=True,
-        check=True,
-    )
-    faults = int(run.stdout.split()[-1])
+    faults = int(_in_a_fresh_interpreter(_REUSE_SCRIPT, tmp_path).split()[-1])
     assert faults < 700, f"{faults} page faults in the third run (fresh pages for its pixels)"
