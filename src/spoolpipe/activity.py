@@ -378,6 +378,11 @@ def parse_time(value: object) -> float:
     return moment.timestamp()
 
 
+def attempt_log_name(activity_id: str, attempt: int) -> str:
+    """The name of attempt ``attempt``'s log in ``logs/activities/``: ``ID~N.log``."""
+    return f"{activity_id}~{attempt}.log"
+
+
 def format_time(epoch: float) -> str:
     """ISO-8601 in the local zone; in UTC where the local date would be past 9999 (or before 1)."""
     try:

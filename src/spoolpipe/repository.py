@@ -28,6 +28,7 @@ from .activity import (
     InvalidActivity,
     OutcomeKind,
     RunningName,
+    attempt_log_name,
     document_priority,
     invalid_entry_name,
     is_ignored,
@@ -251,7 +252,7 @@ class Repository:
         return self.tmp / f"{tag}.{new_id()}.tmp"
 
     def attempt_log(self, activity: Activity) -> str:
-        return f"{self._attempt_logs}/{activity.id}~{activity.attempt}.log"
+        return f"{self._attempt_logs}/{attempt_log_name(activity.id, activity.attempt)}"
 
     # -- writing new activities ----------------------------------------------------------------
 

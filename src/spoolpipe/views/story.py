@@ -14,7 +14,15 @@ import functools
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from ..activity import ClaimName, derived_id, is_valid_name, parse_inbox_name, parse_running_name, printable
+from ..activity import (
+    ClaimName,
+    attempt_log_name,
+    derived_id,
+    is_valid_name,
+    parse_inbox_name,
+    parse_running_name,
+    printable,
+)
 from ..attempt_notes import read_note
 from ..repository import Repository
 from .reading import iso, lstat, moment, names, read_document, shared_now, tail, text
@@ -177,14 +185,15 @@ def _logs(repo: Repository, activity_id: str, attempts: list[dict[str, Any]]) ->
     highest = max((a["attempt"] for a in attempts), default=1)
     logs = []
     for number in range(1, min(highest, _ATTEMPTS_MAX) + 1):
-        path = repo.logs / "activities" / f"{activity_id}~{number}.log"
+        name = attempt_log_name(activity_id, number)
+        path = repo.logs / "activities" / name
         st = lstat(path)
         if st is None:
             continue
         logs.append(
             {
                 "attempt": number,
-                "path": f"logs/activities/{activity_id}~{number}.log",
+                "path": f"logs/activities/{name}",
                 "bytes": st.st_size,
                 "tail": tail(path, LOG_TAIL_BYTES, LOG_TAIL_LINES) or [],
             }
