@@ -956,3 +956,16 @@ def test_a_shorter_interval_on_a_hot_reload_takes_effect_from_the_last_purge(tmp
         assert set(members(repo)) == {"done/old.json"}
     finally:
         kill_group(worker)
+
+
+def test_an_attempt_log_of_a_seven_digit_attempt_is_purged(tmp_path: Path) -> None:
+    """Names count attempts up to seven digits, retention took six: x~1234567.log stayed for good."""
+    repo = tmp_path / "repo"
+    Repository.create(repo, config.render_defaults())
+    for name in ("x~1234567.log", "x~1234567.attempt.json", "y~12.log"):
+        put(repo / "logs" / "activities" / name, "old\n", old=10 * 86400)
+    put(repo / "logs" / "activities" / "z~12345678.log", "not a name spoolpipe writes\n", old=10 * 86400)
+    result = purge(repo, "--older-than", "1d")
+    assert result.returncode == 0, result.stderr
+    assert sorted(os.listdir(repo / "logs" / "activities")) == ["z~12345678.log"]
+    assert {"logs/activities/x~1234567.log", "logs/activities/x~1234567.attempt.json"} <= set(members(repo))

@@ -26,17 +26,19 @@ NAME_PATTERN = r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}"
 #: the last allowed one (a crash counts) still reads back as itself and is given up, never as attempt 1.
 MAX_ATTEMPTS = 999_999
 _NAMED_ATTEMPTS = 9_999_999
+#: An attempt number in a file name: at most seven digits (``_NAMED_ATTEMPTS``), no leading zero.
+ATTEMPT_PATTERN = "[1-9][0-9]{0,6}"
 _NAME = re.compile(rf"\A{NAME_PATTERN}\Z")
 # A queued name written by spoolpipe itself: ``ID~ATTEMPT[~NOT_BEFORE_MS][~pPRIORITY].json``, or
 # ``ID~pPRIORITY.json`` (a new activity whose priority is not the default).
 _QUEUED = re.compile(
-    rf"\A(?P<id>{NAME_PATTERN})(?:~(?P<attempt>[1-9][0-9]{{0,6}})(?:~(?P<nb>[0-9]{{1,15}}))?)?"
+    rf"\A(?P<id>{NAME_PATTERN})(?:~(?P<attempt>{ATTEMPT_PATTERN})(?:~(?P<nb>[0-9]{{1,15}}))?)?"
     r"(?:~p(?P<priority>[0-9]))?\.json\Z"
 )
 # A claim in running/: ``ID~ATTEMPT~WORKER.json``, or a file staged beside it: ``ID~ATTEMPT~WORKER~KIND``
 # (``KIND`` one of committed, done, failed) or ``ID~ATTEMPT~WORKER~follow-up~FID``.
 _CLAIM = re.compile(
-    rf"\A(?P<id>{NAME_PATTERN})~(?P<attempt>[1-9][0-9]{{0,6}})~(?P<worker>{NAME_PATTERN})"
+    rf"\A(?P<id>{NAME_PATTERN})~(?P<attempt>{ATTEMPT_PATTERN})~(?P<worker>{NAME_PATTERN})"
     rf"(?:\.json|~(?P<kind>committed|done|failed|follow-up~(?P<follow_up>{NAME_PATTERN}(?:~p[0-9])?)))\Z"
 )
 _CROCKFORD = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"

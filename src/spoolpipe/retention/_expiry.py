@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Literal, get_args
 
-from ..activity import NAME_PATTERN, is_invalid_entry_name
+from ..activity import ATTEMPT_PATTERN, NAME_PATTERN, is_invalid_entry_name
 from ..attempt_notes import NOTE_SUFFIX
 from ..config import Settings
 
@@ -28,7 +28,7 @@ ARCHIVE_DIR = "archive"
 
 _RECORD = re.compile(rf"\A({NAME_PATTERN})\.json\Z")
 #: An attempt log ``ID~N.log``, or the attempt's note beside it: they go together.
-_ATTEMPT_LOG = re.compile(rf"\A({NAME_PATTERN})~[1-9][0-9]{{0,5}}(?:\.log|{re.escape(NOTE_SUFFIX)})\Z")
+_ATTEMPT_LOG = re.compile(rf"\A({NAME_PATTERN})~{ATTEMPT_PATTERN}(?:\.log|{re.escape(NOTE_SUFFIX)})\Z")
 #: The names :func:`archive_name` gives.
 ARCHIVE_PATTERN = re.compile(
     r"\A(?:done|failed|invalid|logs)-[0-9]{4}-[0-9]{2}-[0-9]{2}(?:\.[0-9]+)?\.tar\.gz\Z"
