@@ -632,6 +632,37 @@ def test_a_held_batch_of_lines_is_written_whole_in_order_and_still_rotated_by_si
     ]
 
 
+def test_a_log_line_that_cannot_be_written_anywhere_does_not_raise(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A full disk under the log file while stderr is closed: reporting the failed write raised
+    ValueError out of the logging call, which would stop the worker. Once there is room, lines go on."""
+    import io
+    import logging
+
+    from spoolpipe import worker_log
+
+    closed = io.StringIO()
+    closed.close()
+    monkeypatch.setattr(sys, "stderr", closed)
+    logs = tmp_path / "logs"
+    (logs / "workers").mkdir(parents=True)
+    (logs / "workers" / "w1.log").symlink_to("/dev/full")  # every write: ENOSPC
+    worker_log.configure(logs, "w1", "INFO")
+    log = logging.getLogger("spoolpipe.worker")
+    try:
+        log.info("a line with nowhere to go")
+        with worker_log.held():
+            log.info("a held line with nowhere to go")
+        (logs / "workers" / "w1.log").unlink()  # the disk has room again
+        log.info("back again")
+    finally:
+        for handler in logging.getLogger("spoolpipe").handlers:
+            handler.close()
+        logging.getLogger("spoolpipe").handlers.clear()
+    assert (logs / "workers" / "w1.log").read_text().endswith("] back again\n")
+
+
 def test_a_moved_worker_log_is_reopened(tmp_path: Path) -> None:
     repo = make_repository(tmp_path, "log.max-bytes = 100000\n")
     worker = start_worker(repo, "w1")

@@ -42,7 +42,7 @@ class WorkerLog(logging.handlers.WatchedFileHandler):
         try:
             line = self.format(record) + self.terminator
         except Exception:
-            self.handleError(record)
+            self._report(record)
             return
         if self._held is not None:
             self._held.append((record, line))
@@ -81,7 +81,11 @@ class WorkerLog(logging.handlers.WatchedFileHandler):
         try:
             self._to_file([line for _, line in lines])
         except Exception:  # a full disk, a file system away: said on stderr, and the next line tries again
-            self.handleError(lines[0][0])
+            self._report(lines[0][0])
+
+    def _report(self, record: logging.LogRecord) -> None:
+        with contextlib.suppress(Exception):  # stderr closed as well: there is nowhere left to say it
+            self.handleError(record)
 
     def _to_file(self, lines: list[str]) -> None:
         with contextlib.suppress(OSError):  # the file system is away: the write below says so
@@ -107,8 +111,14 @@ class WorkerLog(logging.handlers.WatchedFileHandler):
 
     def _append(self, text: str) -> None:
         if text and self.stream is not None:
-            self.stream.write(text)
-            self.stream.flush()
+            try:
+                self.stream.write(text)
+                self.stream.flush()
+            except Exception:  # not kept buffered to fail again at every flush: the next line reopens
+                stream, self.stream = self.stream, None
+                with contextlib.suppress(Exception):
+                    stream.close()
+                raise
 
     def _reopen(self) -> bool:
         """Open the log again, making its folder again if it was deleted; False if it cannot be."""
