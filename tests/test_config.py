@@ -9,6 +9,7 @@ import pytest
 
 from spoolpipe import config
 from spoolpipe.config import ConfigError, Settings, config_files, load
+from spoolpipe.processor import timeout_for
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -69,7 +70,7 @@ def test_defaults_without_any_file(tmp_path: Path) -> None:
     assert s.images_max_megapixels == 0.0
     assert dict(s.custom) == {}
     assert s.concurrency_for("anything") == 4
-    assert s.timeout_for("anything") == 300.0
+    assert timeout_for(s, "anything") == 300.0
 
 
 def test_pool_size_zero_uses_cpus_of_this_machine(tmp_path: Path) -> None:
@@ -458,8 +459,8 @@ def test_per_type_concurrency_and_timeouts(tmp_path: Path) -> None:
     assert s.concurrency_for("video") == 0
     assert s.concurrency_for("other") == 2
     assert dict(s.timeouts) == {"image.resize": 12.5}
-    assert s.timeout_for("image.resize") == 12.5
-    assert s.timeout_for("other") == 60.0
+    assert timeout_for(s, "image.resize") == 12.5
+    assert timeout_for(s, "other") == 60.0
 
 
 def test_concurrency_default_zero_means_pool_size(tmp_path: Path) -> None:

@@ -217,6 +217,25 @@ def test_retry_on_must_name_exception_classes_in_both_forms() -> None:
             retry_on = (int,)  # type: ignore[assignment]
 
 
+def test_a_types_timeout_setting_wins_over_its_processors_which_wins_over_timeout_seconds(
+    tmp_path: Path,
+) -> None:
+    """One decision for the worker's kill, its heartbeat, the status view and the built-ins' own
+    deadlines (the settings alone know nothing of a processor's ``timeout``)."""
+    from spoolpipe.processor import timeout_for
+
+    processor("reg.timed", timeout=30)(lambda activity, ctx: None)
+    processor("reg.timed-overridden", timeout=30)(lambda activity, ctx: None)
+    (tmp_path / "spoolpipe.properties").write_text(
+        "timeout.seconds = 60\ntimeout.reg.timed-overridden = 5\ntimeout.reg.untimed-overridden = 7\n"
+    )
+    settings = config.load(tmp_path).settings
+    assert timeout_for(settings, "reg.timed") == 30
+    assert timeout_for(settings, "reg.timed-overridden") == 5
+    assert timeout_for(settings, "reg.untimed-overridden") == 7
+    assert timeout_for(settings, "reg.nothing-declared") == 60
+
+
 # -- end to end: real workers --------------------------------------------------------------------
 
 PROCESSORS = """

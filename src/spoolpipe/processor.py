@@ -300,3 +300,14 @@ def forget_registrations(module: str) -> None:
 def registered() -> Mapping[str, Registration]:
     """The processors imported so far, by type (a read-only view: asked on every dispatch)."""
     return _view
+
+
+def timeout_for(settings: Settings, type_: str) -> float:
+    """How long one activity of ``type_`` may run: ``timeout.<type>``, else its processor's ``timeout``,
+    else ``timeout.seconds``."""
+    if type_ in settings.timeouts:
+        return settings.timeouts[type_]
+    registration = _view.get(type_)
+    if registration is not None and registration.timeout is not None:
+        return registration.timeout
+    return settings.timeout_seconds

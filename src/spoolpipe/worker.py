@@ -1,9 +1,9 @@
 """The worker daemon: reads the inbox, hands batches to its pool processes, supervises them.
 
-One activity's path: the intake finds it (``Intake.take``), the daemon hands it
-to an idle pool process (``_dispatch``), which claims, runs, decides and
-commits it (``attempt.Attempts``) and reports back; the daemon logs the report
-(``_finished``). Everything else is supervision: timeouts, dead pool
+One activity's path: the intake finds it (``Intake.take``), the admission puts
+it in a batch for an idle pool process (``Admission.hand_out``), which claims,
+runs, decides and commits it (``attempt.Attempts``) and reports back; the daemon
+logs the report (``_finished``). Everything else is supervision: timeouts, dead pool
 processes, recovery of dead workers' claims, heartbeats (the document is
 ``heartbeat``'s), reloads (what changed is ``reload``'s), shutdown; when
 ``--until-idle`` is done is ``idle``'s decision.
@@ -23,14 +23,14 @@ import resource
 import signal
 import socket
 import time
-from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING, Any
 
 from . import circuit, config, control, heartbeat, service, worker_log
-from .activity import Activity, format_time
+from .activity import format_time
+from .admission import Admission, handles
 from .attempt import Item, Setup, counted, quarantine
 from .idle import UntilIdle
 from .intake import Intake
@@ -42,10 +42,9 @@ from .pool import (
     Finished,
     Pool,
     ProcessorImportError,
-    Slot,
     import_processors,
 )
-from .processor import registered
+from .processor import registered, timeout_for
 from .recovery import Recovery
 from .reload import Reloads, load
 from .repository import Repository, SharedClock
@@ -58,10 +57,6 @@ if TYPE_CHECKING:
 log = logging.getLogger("spoolpipe.worker")
 #: Exit code of a worker stopped by an unexpected exception (a bug): EX_SOFTWARE of sysexits.h.
 EXIT_CRASH = 70
-#: Most activities handed to a pool process at once (each is still timed on its own).
-BATCH_MAX = 128
-#: How long a batch should take: short activities are batched up to this, long ones are not.
-BATCH_SECONDS = 0.05
 
 
 class StartupError(Exception):
@@ -124,8 +119,6 @@ class Worker:
         os.set_blocking(self._wake_w, False)
         self._arrivals: Arrivals | None = None
         self._interrupted: list[Item] = []  # claims whose attempt ended without an answer, to settle
-        self._megapixels: dict[int, float] = {}  # held by the batch of each busy slot
-        self._pace: dict[str, float] = {}  # seconds per activity, by type (one entry per handled type)
         self._rescan = True
         self.metrics: Metrics | None = None  # only with metrics.file or metrics.port
         self._purges = ScheduledPurges(root, worker_id)
@@ -186,6 +179,9 @@ class Worker:
             limit=lambda: self.settings.limits_activity_bytes,
             settle=lambda: self.settings.inbox_settle_seconds,
         )
+        self.admission = Admission(
+            self.intake, self.pool, self.circuits, lambda: self.settings, self._quarantine
+        )
         log.info(
             "worker %s started on %s (pid %d): repository %s, lock mode %s, %d pool processes, types: %s",
             self.worker_id,
@@ -220,7 +216,7 @@ class Worker:
         return sorted(t for t in registered() if self._handles(t))
 
     def _handles(self, type_: str) -> bool:
-        return type_ in registered() and self.settings.concurrency_for(type_) > 0
+        return handles(self.settings, type_)
 
     # -- signals and wake-ups --------------------------------------------------------------------
 
@@ -427,7 +423,7 @@ class Worker:
     # -- handing out work ------------------------------------------------------------------------------
 
     def _dispatch(self) -> None:
-        """Give each idle pool process a batch: activities due now, of one type, that may run here."""
+        """Give each idle pool process a batch (``Admission``), interrupted attempts first, to settle."""
         self.circuits.tick(time.monotonic(), self._in_flight())
         if not self.pool.slots:
             if not self._interrupted and self.intake.next_due() > self.clock.now():
@@ -438,92 +434,20 @@ class Worker:
                 self.pool.replace(slot)
         idle = self.pool.idle()
         while idle and self._interrupted:
-            self._send(idle.pop(), [self._interrupted.pop(0)])
-        if not idle:
-            return
-        now = self.clock.now()
-        busy = Counter(i.activity.type for s in self.pool.busy() for i in s.batch[:1])
-        # One copy of an id at a time in this worker: its pool processes share one claim name for it.
-        ids = self._in_flight()
-        share = len(self.intake) // (2 * len(self.pool.slots))  # leave work for every process
-        for slot in idle:
-            found = self._take(now, lambda a: self._admit(a, busy, ids), 1)
-            if not found:
-                break
-            first = found[0].activity
-            size = min(
-                share, self._batch_size(first.type), self.circuits.batch_limit(first.type) or BATCH_MAX
-            )
-            if size > 1 and registered()[first.type].megapixels is None:
-                found += self._take(  # never past a higher priority of another type
-                    now,
-                    lambda a, same=first.type: a.type == same and self._fresh(a, ids),
-                    size - 1,
-                    first.priority,
-                )
-            busy[first.type] += 1
-            self._megapixels[slot.index] = self._estimate(first)
-            self._send(slot, found)
+            self.admission.send(idle.pop(), [self._interrupted.pop(0)])
+        if idle:
+            # One copy of an id at a time in this worker: its pool processes share one claim name for it.
+            self.admission.hand_out(idle, self._in_flight(), self.clock.now())
 
     def _in_flight(self) -> set[str]:
         return {i.activity.id for s in self.pool.busy() for i in s.batch} | {
             i.activity.id for i in self._interrupted
         }
 
-    def _batch_size(self, type_: str) -> int:
-        """As many as run in about ``BATCH_SECONDS`` at this type's pace so far: short ones share a
-        message and a flush to disk, long ones go one at a time so every process has its share."""
-        pace = self._pace.get(type_)
-        return 1 if pace is None else max(1, min(BATCH_MAX, int(BATCH_SECONDS / max(pace, 1e-6))))
-
-    @staticmethod
-    def _fresh(activity: Activity, ids: set[str]) -> bool:
-        """Not in flight yet (and from now on it is)."""
-        if activity.id in ids:
-            return False
-        ids.add(activity.id)
-        return True
-
-    def _take(self, now: float, admit: Any, want: int, priority: int | None = None) -> list[Item]:
-        quarantine = self._quarantine
-        found = self.intake.take(now, admit, self._claimable, want, quarantine, priority)
-        for name, _ in found:
-            self.intake.forget(name)
-        return [Item(name, read.activity, read.stamp) for name, read in found]
-
-    def _send(self, slot: Slot, batch: Sequence[Item]) -> None:
-        log.debug("handing %s to pool process %d", counted(len(batch), "activity", "activities"), slot.index)
-        self.pool.send(slot, batch)
-
-    def _admit(self, activity: Activity, busy: Counter[str], ids: set[str]) -> bool:
-        if busy[activity.type] >= self.settings.concurrency_for(activity.type) or activity.id in ids:
-            return False
-        held = sum(self._megapixels.get(s.index, 0.0) for s in self.pool.busy())
-        # An image bigger than the whole cap still runs, alone, rather than never.
-        if held and held + self._estimate(activity) > self.settings.megapixel_cap:
-            return False
-        if not self.circuits.admit(activity.type, activity.id):  # half-open: this one is the probe
-            return False
-        return self._fresh(activity, ids)
-
-    def _claimable(self, type_: str) -> bool:
-        """Handled here and not held by an open circuit (those are set aside until it lets one through)."""
-        return self._handles(type_) and not self.circuits.holds(type_)
-
     def _circuit_changed(self, change: circuit.Change) -> None:
         log.log(change.level, "%s", change.message)
         if not self.circuits.holds(change.type):  # its set-aside activities may be claimed again
-            self.intake.reconsider(self._claimable)
-
-    def _estimate(self, activity: Activity) -> float:
-        """The decoded megapixels ``activity`` will hold, by its processor's estimate (0 if none)."""
-        estimate = registered()[activity.type].megapixels
-        if estimate is None:
-            return 0.0
-        try:
-            return max(0.0, float(estimate(activity, self.settings)))
-        except Exception:  # the processor itself will report what is wrong with its input
-            return 0.0
+            self.intake.reconsider(self.admission.claimable)
 
     def _quarantine(self, name: str, reason: str) -> bool:
         """False when the entry could not be moved (and is still in the inbox)."""
@@ -535,20 +459,12 @@ class Worker:
             self.metrics.count(report)
         return report.quarantined
 
-    def _item_timeout(self, type_: str) -> float:
-        if type_ in self.settings.timeouts:
-            return self.settings.timeouts[type_]
-        registration = registered().get(type_)
-        if registration is not None and registration.timeout is not None:
-            return registration.timeout
-        return self.settings.timeout_seconds
-
     def _next_deadline(self) -> float:
         deadlines = [0.0]
         for slot in self.pool.busy():
             current = slot.current()
             if current is not None:
-                deadlines.append(current[1] + self._item_timeout(current[0].activity.type))
+                deadlines.append(current[1] + timeout_for(self.settings, current[0].activity.type))
         return min(deadlines[1:], default=float("inf"))
 
     def _idle(self) -> bool:
@@ -583,18 +499,15 @@ class Worker:
                 metrics.count(report)
             if report.ending is not None:
                 self.circuits.ended(report.type, report.ending, time.monotonic(), batch_ids)
-        if event.taken:  # seconds per activity of this type, smoothed
-            type_, took = event.batch[0].activity.type, event.seconds / event.taken
-            self._pace[type_] = took if type_ not in self._pace else 0.7 * self._pace[type_] + 0.3 * took
+        self.admission.finished(event)
         self.intake.add(item.name for item in event.batch[event.taken :])  # untouched: still in the inbox
-        self._megapixels.pop(event.slot.index, None)
         if self._arrivals is None and self.intake.next_due() > self.clock.now():
             self._rescan = True  # nothing else to do: look for its follow-ups and retries now
         if (event.recycle or self.pool.is_stale(event.slot)) and not self._stopping:
             self.pool.replace(event.slot)
 
     def _died(self, event: Died) -> None:
-        self._megapixels.pop(event.slot.index, None)
+        self.admission.freed(event.slot)
         self._abandoned(event.batch, event.current, f"pool process died ({event.how})")
         if not self._stopping:
             self.pool.replace(event.slot)
@@ -606,7 +519,7 @@ class Worker:
             if current is None:
                 continue
             item, started = current
-            limit = self._item_timeout(item.activity.type)
+            limit = timeout_for(self.settings, item.activity.type)
             if now < started + limit:
                 continue
             batch, index = slot.batch, int(slot.progress[0])
@@ -620,7 +533,7 @@ class Worker:
                 self.metrics.timed_out(item.activity.type)
             self.pool.kill(slot)
             slot.batch = ()
-            self._megapixels.pop(slot.index, None)
+            self.admission.freed(slot)
             self._abandoned(batch, index, f"timed out after {limit}s; the processor was killed")
             self.pool.replace(slot)
 
@@ -677,7 +590,7 @@ class Worker:
             current = slot.current()
             if current is not None:
                 activity, started = current[0].activity, current[1]
-                timeout = self._item_timeout(activity.type)
+                timeout = timeout_for(self.settings, activity.type)
                 running.append(
                     heartbeat.Running(
                         activity.id, activity.type, activity.attempt, now - (mono - started), timeout

@@ -29,7 +29,7 @@ from typing import Any
 
 from .. import _libc, pool
 from ..activity import Activity
-from ..processor import Context, Fatal, processor
+from ..processor import Context, Fatal, processor, timeout_for
 from . import specs
 
 TYPE = "command"
@@ -197,7 +197,7 @@ def run_command(activity: Activity, ctx: Context) -> dict[str, object]:
         raise Fatal(f"command {name!r}: {exc}") from None
     env = {key: os.environ[key] for key in command.env if key in os.environ}
     cwd = command.cwd or ctx.repository
-    limit = command.deadline(ctx.settings.timeout_for(activity.type))
+    limit = command.deadline(timeout_for(ctx.settings, activity.type))
     ctx.log.info("command %s: running %s in %s (timeout %gs)", name, shlex.join(argv), cwd, limit)
     try:
         ran = run(argv, cwd, env, limit)

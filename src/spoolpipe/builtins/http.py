@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 from .. import __version__
 from ..activity import Activity
-from ..processor import Context, Fatal, processor
+from ..processor import Context, Fatal, processor, timeout_for
 from . import specs
 
 if TYPE_CHECKING:
@@ -219,7 +219,7 @@ def request(activity: Activity, ctx: Context) -> dict[str, object]:
         **dict(endpoint.headers),
     }
     started = time.monotonic()
-    limit = specs.within(endpoint.timeout, ctx.settings.timeout_for(activity.type))
+    limit = specs.within(endpoint.timeout, timeout_for(ctx.settings, activity.type))
     status, content, complete, location = _send(endpoint, body, headers, limit)
     seconds = time.monotonic() - started
     text = content.decode("utf-8", "replace")

@@ -131,10 +131,6 @@ class Settings:
         """Maximum concurrent activities of ``type_`` here (0: never take it)."""
         return self.concurrency.get(type_, self.concurrency_default or self.pool_size)
 
-    def timeout_for(self, type_: str) -> float:
-        """Wall-clock limit in seconds for one activity of ``type_``."""
-        return self.timeouts.get(type_, self.timeout_seconds)
-
     def max_attempts_for(self, type_: str) -> int:
         """Attempts an activity of ``type_`` gets before it fails."""
         return self.max_attempts.get(type_, self.retry_max_attempts)

@@ -21,6 +21,7 @@ from typing import Any
 from .. import config
 from ..activity import is_ignored, parse_inbox_name, parse_running_name, printable
 from ..circuit import published_circuits
+from ..processor import timeout_for
 from ..repository import Repository
 from .reading import age, integer, iso, lstat, moment, names, read_document, shared_now, text
 
@@ -251,7 +252,7 @@ def stuck_claims(
             type_ = text(doc.get("type")) if doc is not None else None
             # A claim's inode changes time when it is renamed into running/: when it was claimed.
             seconds = age(now, st.st_ctime)
-            timeout = settings.timeout_for(type_ or "")
+            timeout = timeout_for(settings, type_ or "")
         if owner is None:
             why = f"its worker {claim.worker} is not alive: the next worker to scan recovers it"
         elif timeout is not None and seconds is not None and seconds > timeout:
