@@ -22,6 +22,9 @@ from typing import Any, Literal, TypeGuard, get_args
 from .storable import MAX_DEPTH
 
 NAME_PATTERN = r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}"
+#: The name of a ``schedule.<name>``, ``command.<name>`` or ``http.<name>``: one segment of a property key
+#: (so no dot), short enough to sit inside an activity id.
+KEY_NAME_PATTERN = r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}"
 #: The highest ``retry.max-attempts``: a name counts attempts up to seven digits, so that the attempt after
 #: the last allowed one (a crash counts) still reads back as itself and is given up, never as attempt 1.
 MAX_ATTEMPTS = 999_999
@@ -380,9 +383,14 @@ def parse_time(value: object) -> float:
     return moment.timestamp()
 
 
+def attempt_stem(activity_id: str, attempt: int) -> str:
+    """What attempt ``attempt``'s files in ``logs/activities/`` are named after: ``ID~N``."""
+    return f"{activity_id}~{attempt}"
+
+
 def attempt_log_name(activity_id: str, attempt: int) -> str:
     """The name of attempt ``attempt``'s log in ``logs/activities/``: ``ID~N.log``."""
-    return f"{activity_id}~{attempt}.log"
+    return f"{attempt_stem(activity_id, attempt)}.log"
 
 
 def format_time(epoch: float) -> str:

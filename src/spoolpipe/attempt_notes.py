@@ -16,7 +16,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from .activity import Activity, InvalidActivity, new_id, parse_document
+from .activity import Activity, InvalidActivity, attempt_stem, new_id, parse_document
 from .repository import dumps
 
 #: A note's name after ``ID~N``; retention purges notes with the attempt logs (``retention.logs``).
@@ -29,7 +29,7 @@ _TEXT_FIELDS = ("worker", "host", "started_at", "finished_at", "outcome", "error
 
 
 def note_path(logs: Path, activity_id: str, attempt: int) -> Path:
-    return logs / "activities" / f"{activity_id}~{attempt}{NOTE_SUFFIX}"
+    return logs / "activities" / f"{attempt_stem(activity_id, attempt)}{NOTE_SUFFIX}"
 
 
 def write_note(logs: Path, tmp: Path, activity: Activity, entry: dict[str, Any]) -> None:

@@ -16,8 +16,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, TypeVar
 
+from ..activity import KEY_NAME_PATTERN
+
 #: Regular expression (``re.fullmatch``) a ``command.<name>`` or ``http.<name>`` name matches.
-NAME_PATTERN = r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}"
+NAME_PATTERN = KEY_NAME_PATTERN
 #: A placeholder's name inside ``{...}`` in ``command.<name>.argv``: a data field of the activity.
 FIELD_PATTERN = r"[A-Za-z_][A-Za-z0-9_]{0,63}"
 #: The data field of a ``command`` activity naming its ``command.<name>``.

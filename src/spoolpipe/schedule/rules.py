@@ -15,10 +15,10 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Literal
 
-from ..activity import format_time
+from ..activity import KEY_NAME_PATTERN, format_time
 
 #: Regular expression (``re.fullmatch``) a schedule name matches: it becomes part of activity ids.
-NAME_PATTERN = r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}"
+NAME_PATTERN = KEY_NAME_PATTERN
 #: The data key that carries the tick's time; reserved in ``schedule.<name>.data``.
 TICK_FIELD = "scheduled_for"
 #: Most ticks ``catch-up = all`` fires at once; older missed ticks are skipped (with a warning).
