@@ -339,12 +339,16 @@ def test_inspect_running_delayed_and_untrusted_parent(world: dict[str, Any]) -> 
     assert parent["state"] is None
 
 
-def test_inspect_of_an_unknown_id_exits_1(world: dict[str, Any]) -> None:
-    for result in (world["unknown"], world["hostile_id"]):
-        assert result.returncode == 1, result.stderr
-        assert "no activity" in result.stderr
+def test_inspect_of_an_unknown_id_exits_1_and_of_an_invalid_id_2_as_retry_does(world: dict[str, Any]) -> None:
+    assert world["unknown"].returncode == 1, world["unknown"].stderr
+    assert "no activity 'no-such-id'" in world["unknown"].stderr
+    hostile = world["hostile_id"]  # bad usage, as for retry: no activity can ever have this id
+    assert hostile.returncode == 2, hostile.stderr
+    assert "is not a valid id" in hostile.stderr
+    assert "\x1b" not in hostile.stderr
+    for result in (world["unknown"], hostile):
         assert "Traceback" not in result.stderr
-    assert "\x1b" not in world["hostile_id"].stderr
+        assert result.stdout == ""
 
 
 # -- pure parts ----------------------------------------------------------------------------------------

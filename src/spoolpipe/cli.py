@@ -174,6 +174,8 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     from .views import text
 
     repo = _repository(args.repo)
+    if not is_valid_name(args.id):
+        raise _UsageError(f"{printable(args.id)!r} is not a valid id ({NAME_PATTERN})")
     config.load(repo.root)  # an invalid configuration is exit 2 (file:line), as for status
     found = views.story(repo, args.id)
     if found is None:
