@@ -430,6 +430,22 @@ def test_inspect_shows_a_timed_out_attempt_and_the_one_that_succeeded(tmp_path: 
     assert (second["attempt"], second["outcome"], story["result"]) == (2, "done", "unstuck")
 
 
+def test_inspect_of_a_quarantined_activity_says_why_it_can_never_run(tmp_path: Path) -> None:
+    repo = make_repository(tmp_path)
+    drop(repo, "lone.json", '{"type": "t.ok", "data": {"a": "\\ud800"}}')  # not UTF-8 once decoded
+    worker = start_worker(repo, "w1", "--until-idle")
+    try:
+        assert worker.wait(90) == 0
+    finally:
+        kill_group(worker)
+    story = as_json("inspect", str(repo), "lone")
+    assert story["state"] == "invalid"
+    assert "unpaired" in story["reason"], story
+    assert story["reason"].startswith("lone.json: "), story
+    shown = cli("inspect", str(repo), "lone").stdout
+    assert f"reason: {story['reason']}" in shown
+
+
 def test_status_survives_heartbeats_anyone_could_have_written(tmp_path: Path) -> None:
     repo = make_repository(tmp_path)
     beats = repo / "heartbeats"

@@ -15,12 +15,10 @@ from typing import Any, Literal, get_args
 from .. import config
 from ..activity import is_ignored, parse_inbox_name, parse_running_name, printable
 from ..repository import Found, Rejected, Repository
-from .reading import age, integer, iso, read_bytes, read_document, shared_now, text
+from .reading import age, integer, invalid_reason, iso, read_document, shared_now, text
 
 State = Literal["inbox", "running", "done", "failed", "invalid"]
 STATES: tuple[State, ...] = get_args(State)
-#: Longest ``reason.txt`` of an invalid entry read.
-_REASON_BYTES = 64 << 10
 #: Largest claim file read (for its type) when the configuration is not loaded.
 _LIMIT = 1 << 20
 
@@ -139,15 +137,6 @@ def _record(
         "finished_at": text(section.get("finished_at"), chars),
         "reason": text(section.get("reason"), chars),
     }
-
-
-def invalid_reason(path: Path) -> str | None:
-    """The first line of an ``invalid/`` entry's ``reason.txt``, escaped."""
-    raw = read_bytes(path / "reason.txt", _REASON_BYTES)
-    if raw is None:
-        return None
-    lines = raw.decode("utf-8", "surrogateescape").splitlines()
-    return printable(lines[0]) if lines else ""
 
 
 def _invalid(

@@ -14,6 +14,8 @@ from ..repository import Repository, filesystem_now
 
 #: Largest record a view reads (a result may be 1 MiB, its activity's data as much again).
 RECORD_BYTES = 8 << 20
+#: Longest ``reason.txt`` of an invalid entry read.
+_REASON_BYTES = 64 << 10
 
 
 def shared_now(repo: Repository) -> float:
@@ -49,6 +51,15 @@ def read_bytes(path: Path | str, limit: int) -> bytes | None:
         return None
     finally:
         os.close(fd)
+
+
+def invalid_reason(path: Path) -> str | None:
+    """The first line of an ``invalid/`` entry's ``reason.txt``, escaped."""
+    raw = read_bytes(path / "reason.txt", _REASON_BYTES)
+    if raw is None:
+        return None
+    lines = raw.decode("utf-8", "surrogateescape").splitlines()
+    return printable(lines[0]) if lines else ""
 
 
 def read_document(path: Path | str, limit: int = RECORD_BYTES) -> dict[str, Any] | None:

@@ -25,7 +25,7 @@ from ..activity import (
 )
 from ..attempt_notes import read_note
 from ..repository import Repository
-from .reading import iso, lstat, moment, names, read_document, shared_now, tail, text
+from .reading import invalid_reason, iso, lstat, moment, names, read_document, shared_now, tail, text
 
 #: Where an activity is: ``delayed`` is in the inbox with a ``not_before`` (or retry backoff) ahead.
 Where = Literal["done", "failed", "running", "inbox", "delayed", "invalid"]
@@ -242,6 +242,7 @@ def story(repo: Repository, activity_id: str) -> dict[str, Any] | None:
     section = doc.get("spoolpipe")
     section = section if isinstance(section, dict) else {}
     attempts = _attempts(repo, activity_id, doc, where) if state != "invalid" else []
+    reason = invalid_reason(repo.root / where[0][1]) if state == "invalid" else text(section.get("reason"))
     return {
         "id": activity_id,
         "state": state,
@@ -253,7 +254,7 @@ def story(repo: Repository, activity_id: str) -> dict[str, Any] | None:
         "attempts": attempts,
         "logs": _logs(repo, activity_id, attempts),
         "result": doc.get("result"),
-        "reason": text(section.get("reason")),
+        "reason": reason,
         "traceback": _multiline(section.get("traceback")),
         "started_at": text(section.get("started_at")),
         "finished_at": text(section.get("finished_at")),
