@@ -143,3 +143,51 @@ def test_a_delayed_file_rewritten_in_place_is_read_again_when_it_is_noticed(repo
     drop(repo, "later.json", {"type": "t"})  # now due at once
     intake.add(["later.json"])  # as inotify reports a file written in place
     assert take(intake, 10) == (["later.json"], [])
+
+
+def _publish(repo: Repository, name: str, doc: dict[str, object]) -> None:
+    """Replace ``name`` the documented way: write a temp file, rename it over the old one."""
+    tmp = repo.inbox / f".{name}.tmp"
+    tmp.write_text(json.dumps(doc))
+    os.rename(tmp, repo.inbox / name)
+
+
+@pytest.mark.parametrize("noticed_by", ["inotify", "listing"])
+def test_a_file_of_a_type_nobody_runs_replaced_by_a_runnable_one_runs(
+    repo: Repository, noticed_by: str
+) -> None:
+    """A typo in the type, fixed by publishing the file again under its name, waited until a restart."""
+    drop(repo, "job.json", {"type": "other"})  # nobody here runs "other"
+    intake = intake_of(repo)
+    assert take(intake, 10) == ([], [])
+    _publish(repo, "job.json", {"type": "t"})
+    if noticed_by == "inotify":
+        intake.add(["job.json"])
+    else:  # polling only, or another machine's rename on NFS: the next listing sees a new file
+        intake.rescan()
+    assert take(intake, 10) == (["job.json"], [])
+
+
+def test_a_delayed_file_replaced_by_a_due_one_is_noticed_by_the_next_listing(repo: Repository) -> None:
+    drop(repo, "later.json", {"type": "t", "not_before": "2099-01-01T00:00:00Z"})
+    intake = intake_of(repo)
+    assert take(intake, 10) == ([], [])
+    _publish(repo, "later.json", {"type": "t"})
+    intake.rescan()
+    assert take(intake, 10) == (["later.json"], [])
+
+
+def test_a_listing_does_not_read_again_what_it_set_aside_unchanged(repo: Repository) -> None:
+    """Files of types other machines run may be many: a listing costs no read of them."""
+    drop(repo, "job.json", {"type": "other"})
+    drop(repo, "later.json", {"type": "t", "not_before": "2099-01-01T00:00:00Z"})
+    intake = intake_of(repo)
+    assert take(intake, 10) == ([], [])
+    reads: list[str] = []
+    read = repo.read
+    repo.read = lambda name, *, limit: reads.append(name) or read(name, limit=limit)  # type: ignore[method-assign]
+    for _ in range(3):
+        intake.rescan()
+        assert take(intake, 10) == ([], [])
+    assert reads == []
+    assert intake.set_aside() == {"other"}

@@ -797,7 +797,8 @@ def test_count_ignores_temp_names(repo: Repository) -> None:
     for name in ("a.json", "b.json", ".c.json", "d.json.tmp", "e.part"):
         drop(repo, name, b"{}")
     assert repo.count(repo.inbox) == 2
-    assert sorted(repo.inbox_names()) == ["a.json", "b.json"]
+    assert sorted(repo.inbox_entries()) == ["a.json", "b.json"]
+    assert repo.inbox_entries()["a.json"] == os.lstat(repo.inbox / "a.json").st_ino
 
 
 # -- a write that fails (disk full) ------------------------------------------------------------------

@@ -121,6 +121,26 @@ def test_not_before_is_honoured(tmp_path: Path) -> None:
     assert int(start + 2.5) <= ran[1] < start + 5.5
 
 
+def test_a_file_with_a_mistyped_type_published_again_fixed_runs_without_a_restart(tmp_path: Path) -> None:
+    """Polling only, as on NFS where another machine's rename is seen by the next listing alone."""
+    repo = make_repository(tmp_path, "scan.watch = false\n")
+    worker = start_worker(repo, "w1")
+    try:
+        drop(repo, "job.json", json.dumps({"type": "t.nopp", "data": {}}))  # nobody runs t.nopp
+        drop(repo, "zz.json", json.dumps({"type": "t.noop", "data": {}}))  # in line after job.json
+        wait_for(lambda: (repo / "done" / "zz.json").exists(), 30, "job.json read and set aside")
+        assert (repo / "inbox" / "job.json").exists()
+        staged = repo / "inbox" / ".job.json.tmp"
+        staged.write_text(json.dumps({"type": "t.noop", "data": {}}))
+        os.rename(staged, repo / "inbox" / "job.json")
+        wait_for(lambda: (repo / "done" / "job.json").exists(), 30, "the fixed file done")
+    finally:
+        worker.send_signal(signal.SIGTERM)
+        assert worker.wait(30) == 0
+    assert json.loads((repo / "done" / "job.json").read_text())["type"] == "t.noop"
+    assert os.listdir(repo / "inbox") == []
+
+
 def test_a_stuck_processor_is_killed_by_its_timeout_and_retried(tmp_path: Path) -> None:
     repo = make_repository(tmp_path, "timeout.t.stuck = 1\n")
     aid = submit(repo, "t.stuck", {"unstick_on": 2})

@@ -60,13 +60,17 @@ class Intake:
         self._delayed: dict[str, Delayed] = {}
         self._unhandled: dict[str, str] = {}  # name -> type nobody here runs
         self._suspects: dict[str, tuple[tuple[int, int, int], float]] = {}
+        # name -> inode of the file set aside (unhandled or delayed): a listing that shows another one
+        # under that name (published again with a rename) has it read again
+        self._inodes: dict[str, int] = {}
         self._held: set[str] = set()  # their quarantine failed: left alone until the next listing
 
     # -- what is there -------------------------------------------------------------------------
 
     def rescan(self) -> None:
         """List the inbox: new names join the index, vanished ones leave it."""
-        present = set(self._repo.inbox_names())
+        listing = self._repo.inbox_entries()
+        present = listing.keys()
         self._held.clear()
         gone = self._known - present
         self._known -= gone
@@ -76,9 +80,14 @@ class Intake:
             self._delayed.pop(name, None)
             self._unhandled.pop(name, None)
             self._suspects.pop(name, None)
+            self._inodes.pop(name, None)
         self.add(present - self._known)
         for name in self._suspects:  # not yet parsable: look again
             self._queue(name)
+        for name, inode in list(self._inodes.items()):  # replaced, or numbered otherwise by the listing
+            if listing.get(name, inode) != inode:
+                self._read_again(name)
+                self._inodes[name] = listing[name]
 
     def add(self, names: Iterable[str]) -> None:
         """Names that arrived (inotify) or were found (a listing)."""
@@ -86,9 +95,9 @@ class Intake:
             if name in self._held:  # put back by a quarantine that failed (inotify saw it come back)
                 continue
             if name in self._known or is_ignored(name):
-                if name in self._suspects or name in self._delayed:  # rewritten in place: read it again
-                    self._delayed.pop(name, None)
-                    self._queue(name)
+                if name in self._suspects or name in self._delayed or name in self._unhandled:
+                    self._inodes.pop(name, None)
+                    self._read_again(name)  # rewritten in place, or published again under its name
                 continue
             self._known.add(name)
             queued = parse_inbox_name(name)
@@ -105,10 +114,17 @@ class Intake:
             priority = parse_inbox_name(name).priority
         heapq.heappush(self._heap, (-(DEFAULT_PRIORITY if priority is None else priority), name))
 
+    def _read_again(self, name: str) -> None:
+        """Another version of a known file: what was decided from the last one no longer holds."""
+        self._delayed.pop(name, None)
+        self._unhandled.pop(name, None)
+        self._queue(name)
+
     def forget(self, name: str) -> None:
         """A name handed out: it is claimed (or gone) unless it comes back under a new name."""
         self._known.discard(name)
         self._ranks.pop(name, None)
+        self._inodes.pop(name, None)
 
     def reconsider(self, handled: Callable[[str], bool]) -> None:
         """The configuration changed: set-aside types may be runnable now."""
@@ -167,12 +183,14 @@ class Intake:
             if found.priority != -rank:  # the name said otherwise: from now on in line as the document says
                 self._ranks[name] = found.priority
             if not handled(found.type):
+                self._set_aside(name, read)
                 self._unhandled[name] = found.type
                 continue
             if found.priority < -rank:  # its name said more: back in line behind what is ahead of it
                 heapq.heappush(self._heap, (-found.priority, name))
                 continue
             if found.not_before is not None and found.not_before > now:
+                self._set_aside(name, read)
                 self._delayed[name] = Delayed(found.id, found.type, found.not_before)
                 heapq.heappush(self._later, (found.not_before, -found.priority, name))
                 continue
@@ -185,6 +203,10 @@ class Intake:
         for entry in refused:
             heapq.heappush(self._heap, entry)
         return chosen
+
+    def _set_aside(self, name: str, read: Found) -> None:
+        """Remember which file ``name`` was when it was set aside (kept if a listing numbered it)."""
+        self._inodes.setdefault(name, read.stamp[0])
 
     def _settled(self, name: str, stamp: tuple[int, int, int], now: float) -> bool:
         """Whether a file that does not parse is done being written, so it may be quarantined.
@@ -225,6 +247,7 @@ class Intake:
             ):
                 read = self._repo.read(name, limit=self._limit())
                 if isinstance(read, Found):
+                    self._set_aside(name, read)
                     found = read.activity
                     if handled(found.type):
                         self._delayed[name] = Delayed(found.id, found.type, max(due, found.not_before or 0.0))

@@ -388,9 +388,10 @@ class Repository:
 
     # -- intake --------------------------------------------------------------------------------
 
-    def inbox_names(self) -> list[str]:
+    def inbox_entries(self) -> dict[str, int]:
+        """The inbox's names, each with its inode as the listing gives it (no ``stat``)."""
         with os.scandir(self.inbox) as entries:
-            return [e.name for e in entries if not is_ignored(e.name)]
+            return {e.name: e.inode() for e in entries if not is_ignored(e.name)}
 
     def read(self, name: str, *, limit: int) -> Found | Rejected | None:
         """Read an inbox entry without following links or blocking on FIFOs; ``None`` if it is gone."""
