@@ -141,6 +141,31 @@ def test_a_file_with_a_mistyped_type_published_again_fixed_runs_without_a_restar
     assert os.listdir(repo / "inbox") == []
 
 
+def test_the_longest_ids_fit_every_name_the_protocol_makes(tmp_path: Path) -> None:
+    """128-character activity ids run by a 64-character worker id: claims, commits, follow-ups and
+    failure reports are all names of at most 255 bytes (longer worker ids made them fail for ever)."""
+    repo = make_repository(tmp_path)
+    parent = submit(repo, "t.parent", {"children": 2}, id="P" * 128)
+    fatal = submit(repo, "t.fatal", id="F" * 128)
+    given_up = "G" * 128  # named at the highest attempt a name holds: past retry.max-attempts, so failed
+    drop(repo, f"{given_up}~9999999.json", json.dumps({"type": "t.noop"}))
+    output = run_until_idle(repo, "w" * 64, timeout=60)
+    assert "too long" not in output
+    done, failed = records(repo / "done"), records(repo / "failed")
+    assert done[parent]["result"] == {"children": 2}
+    assert sorted(r["type"] for r in done.values()) == ["spoolpipe.failure"] * 2 + ["t.child"] * 2 + [
+        "t.parent"
+    ]
+    assert sorted(failed) == sorted([fatal, given_up])
+    assert failed[given_up]["spoolpipe"]["attempts"] == 9999999
+    assert leftovers(repo) == {}
+    submit(repo, "t.noop", id="N" * 128)
+    longer = start_worker(repo, "w" * 65, "--until-idle")  # its names could not all be made: refused
+    assert longer.wait(30) == 2
+    assert "at most 64 characters" in (repo.parent / f"worker-{'w' * 65}.stderr").read_text()
+    assert os.listdir(repo / "inbox") == [f"{'N' * 128}.json"]
+
+
 def test_a_stuck_processor_is_killed_by_its_timeout_and_retried(tmp_path: Path) -> None:
     repo = make_repository(tmp_path, "timeout.t.stuck = 1\n")
     aid = submit(repo, "t.stuck", {"unstick_on": 2})

@@ -22,6 +22,9 @@ from typing import Any, Literal, TypeGuard, get_args
 from .storable import MAX_DEPTH
 
 NAME_PATTERN = r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}"
+#: A worker id: shorter than an activity id, so that every name the protocol makes of both (the longest:
+#: ``ID~ATTEMPT~WORKER~follow-up~FID~pP``, 241 bytes) fits the file systems' 255.
+WORKER_ID_PATTERN = r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}"
 #: The name of a ``schedule.<name>``, ``command.<name>`` or ``http.<name>``: one segment of a property key
 #: (so no dot), short enough to sit inside an activity id.
 KEY_NAME_PATTERN = r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}"
@@ -32,6 +35,7 @@ _NAMED_ATTEMPTS = 9_999_999
 #: An attempt number in a file name: at most seven digits (``_NAMED_ATTEMPTS``), no leading zero.
 ATTEMPT_PATTERN = "[1-9][0-9]{0,6}"
 _NAME = re.compile(rf"\A{NAME_PATTERN}\Z")
+_WORKER_ID = re.compile(rf"\A{WORKER_ID_PATTERN}\Z")
 # A queued name written by spoolpipe itself: ``ID~ATTEMPT[~NOT_BEFORE_MS][~pPRIORITY].json``, or
 # ``ID~pPRIORITY.json`` (a new activity whose priority is not the default).
 _QUEUED = re.compile(
@@ -112,6 +116,10 @@ def is_invalid_entry_name(name: str) -> bool:
 def is_valid_name(value: object) -> bool:
     """Whether ``value`` is a usable activity id or type."""
     return isinstance(value, str) and _NAME.match(value) is not None
+
+
+def is_valid_worker_id(value: object) -> bool:
+    return isinstance(value, str) and _WORKER_ID.match(value) is not None
 
 
 def is_ignored(name: str) -> bool:

@@ -21,10 +21,12 @@ from .activity import (
     LATEST,
     NAME_PATTERN,
     PRIORITIES,
+    WORKER_ID_PATTERN,
     Activity,
     InvalidActivity,
     format_time,
     is_valid_name,
+    is_valid_worker_id,
     nesting,
     new_id,
     parse_document,
@@ -275,8 +277,8 @@ def _worker_id(value: str | None) -> str:
     """``--worker-id``, or the host's default when it is not given (an empty one is invalid: a script's
     unset ``$WID`` must not borrow another worker's identity)."""
     worker_id = default_worker_id() if value is None else value
-    if not is_valid_name(worker_id):
-        raise _UsageError(f"--worker-id {worker_id!r} must match [A-Za-z0-9][A-Za-z0-9._-]{{0,127}}")
+    if not is_valid_worker_id(worker_id):
+        raise _UsageError(f"--worker-id {worker_id!r} must match {WORKER_ID_PATTERN} (at most 64 characters)")
     return worker_id
 
 
@@ -322,8 +324,8 @@ def _targets(args: argparse.Namespace) -> list[str]:
     if args.all == bool(args.workers):
         raise _UsageError("give WORKER ids or --all (not both)")
     for worker_id in args.workers:
-        if not is_valid_name(worker_id):
-            raise _UsageError(f"WORKER {worker_id!r} is not a worker id ([A-Za-z0-9][A-Za-z0-9._-]{{0,127}})")
+        if not is_valid_worker_id(worker_id):
+            raise _UsageError(f"WORKER {worker_id!r} is not a worker id ({WORKER_ID_PATTERN})")
     return list(args.workers)
 
 
@@ -366,8 +368,8 @@ def _add_targets(parser: argparse.ArgumentParser, wait_help: str) -> None:
 
 def cmd_purge(args: argparse.Namespace) -> int:
     repo = _repository(args.repo)
-    if args.worker_id is not None and not is_valid_name(args.worker_id):
-        raise _UsageError(f"--worker-id {args.worker_id!r} must match [A-Za-z0-9][A-Za-z0-9._-]{{0,127}}")
+    if args.worker_id is not None:
+        _worker_id(args.worker_id)
     if args.scheduled and (args.worker_id is None or args.state or args.older_than or args.dry_run):
         raise _UsageError("--scheduled takes --worker-id and nothing else")
     older_than = None
@@ -481,7 +483,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--worker-id",
         metavar="ID",
-        help="unique name of this worker (default: the host name); "
+        help="unique name of this worker, at most 64 of A-Z a-z 0-9 . _ - (default: the host name); "
         "REPO/workers/ID.properties overrides settings for it",
     )
     p.add_argument(

@@ -10,7 +10,14 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..activity import NAME_PATTERN, InvalidActivity, is_valid_name, nesting, parse_document
+from ..activity import (
+    NAME_PATTERN,
+    WORKER_ID_PATTERN,
+    InvalidActivity,
+    is_valid_worker_id,
+    nesting,
+    parse_document,
+)
 from ..builtins import specs as builtin_specs
 from ..schedule import rules as schedule_rules
 from ..storable import MAX_DEPTH, NotStorable, check_text
@@ -450,12 +457,12 @@ class WorkerListKind(Kind):
 
     @property
     def expected(self) -> str:
-        return f"comma-separated worker ids matching {TYPE_PATTERN}"
+        return f"comma-separated worker ids matching {WORKER_ID_PATTERN}"
 
     def parse(self, raw: str, base: Path) -> tuple[str, ...]:
         ids = _split_list(raw)
         for worker_id in ids:
-            if not is_valid_name(worker_id):
+            if not is_valid_worker_id(worker_id):
                 raise Invalid(f"{worker_id!r} is not a valid worker id")
         return tuple(dict.fromkeys(ids))
 
