@@ -166,6 +166,33 @@ def test_the_longest_ids_fit_every_name_the_protocol_makes(tmp_path: Path) -> No
     assert os.listdir(repo / "inbox") == [f"{'N' * 128}.json"]
 
 
+def test_a_processor_can_stop_the_programs_it_starts_with_sigterm_and_sigint(tmp_path: Path) -> None:
+    """Pool processes leave SIGTERM, SIGINT and SIGHUP to their daemon, but a program a processor starts
+    gets them back: an ignored signal stays ignored across exec, and terminate() then waited for ever."""
+    extra = """
+        import signal, subprocess
+
+        @processor("t.terminate")
+        def terminate(activity, ctx):
+            codes = {}
+            for name in ("SIGTERM", "SIGINT", "SIGHUP"):
+                child = subprocess.Popen(["sleep", "60"])
+                time.sleep(0.3)
+                child.send_signal(getattr(signal, name))
+                try:
+                    codes[name] = child.wait(timeout=10)
+                except subprocess.TimeoutExpired:
+                    child.kill()
+                    codes[name] = "ignored"
+            return codes
+    """
+    repo = make_repository(tmp_path, extra_processors=extra)
+    job = submit(repo, "t.terminate")
+    run_until_idle(repo, timeout=90)
+    result = json.loads((repo / "done" / f"{job}.json").read_text())["result"]
+    assert result == {"SIGTERM": -signal.SIGTERM, "SIGINT": -signal.SIGINT, "SIGHUP": -signal.SIGHUP}
+
+
 def test_a_stuck_processor_is_killed_by_its_timeout_and_retried(tmp_path: Path) -> None:
     repo = make_repository(tmp_path, "timeout.t.stuck = 1\n")
     aid = submit(repo, "t.stuck", {"unstick_on": 2})

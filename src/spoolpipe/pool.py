@@ -201,6 +201,10 @@ def _close_inherited(keep: int) -> None:
                     os.close(fd)
 
 
+def _left_to_the_daemon(signum: int, frame: object) -> None:
+    """A pool process does nothing on SIGINT, SIGTERM or SIGHUP: its daemon stops it."""
+
+
 def _child_main(conn: Connection, setup: Setup, progress: Any, forked: bool) -> None:
     global own_progress
     _die_with_parent()
@@ -212,8 +216,8 @@ def _child_main(conn: Connection, setup: Setup, progress: Any, forked: bool) -> 
         spoolpipe_log.setLevel(logging.NOTSET)
         spoolpipe_log.propagate = True
         random.seed()
-    for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
-        signal.signal(s, signal.SIG_IGN)
+    for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):  # the daemon's to act on (Ctrl-C reaches all)
+        signal.signal(s, _left_to_the_daemon)  # caught, not ignored: exec resets it for programs started here
     # Started as a daemon process (never outliving the daemon), but its processors may start processes
     # of their own (ProcessPoolExecutor): multiprocessing refuses that to a daemon process.
     multiprocessing.current_process().daemon = False

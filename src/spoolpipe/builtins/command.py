@@ -40,7 +40,6 @@ RESULT_TAIL_CHARS = 2000
 #: How long output is still read after the program exited, from what it left running.
 _LINGER_SECONDS = 0.5
 _READ_SIZE = 65536
-_RESTORED = (int(signal.SIGINT), int(signal.SIGTERM), int(signal.SIGHUP))
 
 
 class CommandFailed(Exception):
@@ -70,28 +69,20 @@ def _exited(pid: int) -> bool:
 
 
 def _child_setup(published: Any) -> Callable[[], None]:
-    """What the child runs before ``exec``: its process group published, the signals a program
-    expects, and death with this process.
+    """What the child runs before ``exec``: its process group published, and death with this process.
 
     The group goes into the pool process's ``progress`` (shared memory) before the
     program runs, so that the daemon killing the pool process kills all the program
-    starts (``pool.Pool.kill``). A pool process ignores SIGINT, SIGTERM and SIGHUP
-    (its daemon stops it), and an ignored signal stays ignored across ``exec``: the
-    program gets them back. It also asks for SIGKILL when the pool process dies
+    starts (``pool.Pool.kill``). It also asks for SIGKILL when the pool process dies
     (with a worker killed by ``kill -9``), which it would outlive in its own session
     otherwise. Resolved before the fork, so the child only makes system calls.
     """
     prctl = _libc.function("prctl", [ctypes.c_int, ctypes.c_ulong])
-    set_handler = _libc.function("signal", [ctypes.c_int, ctypes.c_void_p], ctypes.c_void_p)
-    default = ctypes.c_void_p(0)  # SIG_DFL
     parent = os.getpid()
 
     def setup() -> None:
         if published is not None:
             published[pool.COMMAND_GROUP] = os.getpid()  # its own session: the group's id
-        if set_handler is not None:
-            for number in _RESTORED:
-                set_handler(number, default)
         if prctl is not None:
             prctl(_libc.PR_SET_PDEATHSIG, signal.SIGKILL)
             if os.getppid() != parent:  # the pool process died before it could ask
