@@ -193,6 +193,29 @@ def test_a_processor_can_stop_the_programs_it_starts_with_sigterm_and_sigint(tmp
     assert result == {"SIGTERM": -signal.SIGTERM, "SIGINT": -signal.SIGINT, "SIGHUP": -signal.SIGHUP}
 
 
+def test_a_running_worker_finishes_a_quarantine_a_crash_interrupted(tmp_path: Path) -> None:
+    """Not only the next worker to start: one restarted within the minute, or a pool process killed
+    mid-quarantine while its daemon runs on, left the entry hidden in tmp/, counted nowhere."""
+    repo = make_repository(tmp_path)
+    worker = start_worker(repo, "w1")
+    try:
+        wait_for(lambda: (repo / "heartbeats" / "w1.json").exists(), 30, "the worker running")
+        staging = repo / "tmp" / "quarantine-01M8VBQ7MQF5KK743E78ZKDAFX"  # as a crash leaves it
+        staging.mkdir()
+        (staging / "reason.txt").write_text("junk.json: malformed JSON\n")
+        (staging / "junk.json").write_text("{junk")
+        then = time.time() - 120  # older than any quarantine still under way
+        os.utime(staging, (then, then))
+        recovered = repo / "invalid" / "recovered~01M8VBQ7MQF5KK743E78ZKDAFX"
+        wait_for(recovered.exists, 30, "the interrupted quarantine finished")
+    finally:
+        worker.send_signal(signal.SIGTERM)
+        assert worker.wait(30) == 0
+    assert sorted(os.listdir(recovered)) == ["junk.json", "reason.txt"]
+    assert (recovered / "junk.json").read_text() == "{junk"
+    assert not staging.exists()
+
+
 def test_a_stuck_processor_is_killed_by_its_timeout_and_retried(tmp_path: Path) -> None:
     repo = make_repository(tmp_path, "timeout.t.stuck = 1\n")
     aid = submit(repo, "t.stuck", {"unstick_on": 2})

@@ -879,7 +879,7 @@ class Repository:
         """Drop reservations left without their file (only the marker's own name is left).
 
         Only a crash between a record's publication and the reservation's removal
-        leaves one (or a person deleting files by hand). Judged at start-up and by
+        leaves one (or a person deleting files by hand). Judged at each heartbeat and by
         age, as client caches may show a link count late.
         """
         with os.scandir(self.ids) as entries:

@@ -165,7 +165,6 @@ class Worker:
         self.requests = control.Mailbox(
             self.repo, self.worker_id, control.Incarnation(self.host, os.getpid(), format_time(self.started))
         )
-        self.repo.sweep_tmp(self.clock.now())
         self.repo.drop_spares(self.worker_id)  # of an earlier run of this worker: its lock is ours
         self.pool = Pool(self.settings.pool_size, self._setup())  # started once there is work
         try:
@@ -333,6 +332,7 @@ class Worker:
             self._reload()
             if not self._stopping:
                 self._purges.tick(self.settings, now)
+                self.repo.sweep_tmp(self.clock.now())  # what crashes left, on any machine
         elif self._reload_requested:  # SIGHUP: at once, not at the next heartbeat
             self._reload()
         if not self._stopping:
