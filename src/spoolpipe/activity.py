@@ -13,6 +13,7 @@ import json
 import math
 import os
 import re
+import sys
 import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -306,11 +307,15 @@ def _finite_float(token: str) -> float:
     return value
 
 
+class _Duplicate(Exception):
+    """An object names one key twice: which value was meant cannot be known."""
+
+
 def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     doc: dict[str, Any] = {}
     for key, value in pairs:
         if key in doc:
-            raise ValueError(f"duplicate key {key!r}")
+            raise _Duplicate(f"duplicate key {key!r}")
         doc[key] = value
     return doc
 
@@ -353,10 +358,17 @@ def parse_document(raw: bytes) -> dict[str, Any]:
         doc = _STRICT.decode(text)
     except _Infinite:
         raise InvalidActivity("a number is out of range (it would be infinite)") from None
+    except _Duplicate as exc:
+        raise InvalidActivity(str(exc)) from None
     except json.JSONDecodeError as exc:
         raise InvalidActivity(f"malformed JSON at line {exc.lineno} column {exc.colno}: {exc.msg}") from None
-    except (ValueError, RecursionError) as exc:
-        raise InvalidActivity(f"malformed JSON: {exc}") from None
+    except RecursionError:  # deeper than the decoder goes, so far deeper than MAX_DEPTH
+        raise InvalidActivity(f"lists and objects are nested more than {MAX_DEPTH} levels deep") from None
+    except ValueError as exc:  # an integer longer than Python converts
+        digits = sys.get_int_max_str_digits()
+        raise InvalidActivity(
+            f"a number has more than {digits} digits" if "integer string conversion" in str(exc) else str(exc)
+        ) from None
     if not isinstance(doc, dict):
         raise InvalidActivity(f"top level is {_json_kind(doc)}, expected an object")
     if text.count("[") + text.count("{") > MAX_DEPTH and nesting(doc) > MAX_DEPTH + 1:
@@ -450,7 +462,7 @@ def activity_from_document(doc: Mapping[str, Any], queued: QueuedName) -> Activi
         )
     data = doc.get("data", {})
     if not isinstance(data, dict):
-        raise InvalidActivity(f"'data' must be a JSON object, got {type(data).__name__}")
+        raise InvalidActivity(f"'data' must be a JSON object, got {_json_kind(data)}")
     not_before = parse_time(doc["not_before"]) if doc.get("not_before") is not None else None
     if not_before is not None and not (math.isfinite(not_before) and not_before <= LATEST):
         raise InvalidActivity("not_before is past 9999-12-31T23:59:59Z, the latest time spoolpipe can write")
