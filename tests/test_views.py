@@ -446,6 +446,22 @@ def test_inspect_of_a_quarantined_activity_says_why_it_can_never_run(tmp_path: P
     assert f"reason: {story['reason']}" in shown
 
 
+def test_status_counts_as_waiting_work_only_what_a_worker_would_run(tmp_path: Path) -> None:
+    """A file with a string type is not yet an activity: its id, data and not_before must hold too."""
+    repo = make_repository(tmp_path)
+    drop(repo, "ok.json", json.dumps({"type": "t.ok"}))
+    drop(repo, "bad\xff.json".encode("latin-1").decode("utf-8", "surrogateescape"), '{"type": "t.ok"}')
+    drop(repo, "new\nline.json", '{"type": "t.ok"}')  # no id field, and the name is no id
+    drop(repo, "list.json", '{"type": "t.ok", "data": [1]}')
+    drop(repo, "when.json", '{"type": "t.ok", "not_before": 5}')
+    report = as_json("status", str(repo))
+    inbox = report["inbox"]
+    assert (inbox["ready"], inbox["unreadable"]) == (1, 4), inbox
+    assert report["inbox_by_type"] == {"t.ok": 1}
+    text = cli("status", str(repo)).stdout
+    assert "(ok.json)" in text and "bad" not in text.split("oldest")[-1], text
+
+
 def test_status_survives_heartbeats_anyone_could_have_written(tmp_path: Path) -> None:
     repo = make_repository(tmp_path)
     beats = repo / "heartbeats"

@@ -19,7 +19,14 @@ from dataclasses import dataclass
 from typing import Any
 
 from .. import config
-from ..activity import is_ignored, parse_inbox_name, parse_running_name, printable
+from ..activity import (
+    InvalidActivity,
+    activity_from_document,
+    is_ignored,
+    parse_inbox_name,
+    parse_running_name,
+    printable,
+)
 from ..circuit import published_circuits
 from ..processor import timeout_for
 from ..repository import Repository
@@ -128,14 +135,15 @@ def _waiting(repo: Repository, settings: config.Settings, now: float) -> _Waitin
             continue
         waiting.read += 1
         doc = read_document(repo.inbox / name, settings.limits_activity_bytes)
-        type_ = text(doc.get("type")) if doc is not None else None
-        if type_ is None:  # not an activity (yet): a worker quarantines it once it is settled
+        try:  # judged as a worker judges it
+            activity = activity_from_document(doc, queued) if doc is not None else None
+        except InvalidActivity:
+            activity = None
+        if activity is None:  # not an activity (yet): a worker quarantines it once it is settled
             waiting.unreadable += 1
             continue
-        waiting.types[type_] += 1
-        assert doc is not None
-        due = named_due if queued.not_before_ms is not None else moment(doc.get("not_before")) or 0.0
-        waiting.count(name, written, due, now)
+        waiting.types[activity.type] += 1
+        waiting.count(name, written, activity.not_before or 0.0, now)
     return waiting
 
 
