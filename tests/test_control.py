@@ -197,6 +197,25 @@ def test_stop_or_reload_of_an_unknown_or_dead_worker_exits_1(tmp_path: Path) -> 
     assert spoolpipe("stop", str(tmp_path / "nowhere"), "--all").returncode == 2
 
 
+def test_stop_of_a_worker_killed_moments_ago_says_its_lock_is_free_not_its_heartbeat_old(
+    tmp_path: Path,
+) -> None:
+    """Its heartbeat is still recent (status lists it): the lock left with the process is the reason."""
+    repo = repository(tmp_path, "claims.lease-seconds = 120\n")
+    worker = start_worker(repo, "k9")
+    wait_for(lambda: live(repo, "k9"), 30, "the worker")
+    kill_group(worker)
+    result = spoolpipe("stop", str(repo), "k9")
+    assert result.returncode == 1, result
+    assert (
+        "error: no live worker 'k9' (its heartbeat is recent, but nothing holds locks/k9.lock"
+        in result.stderr
+    )
+    old = spoolpipe("reload", str(repo), "nosuch")
+    assert "error: no live worker 'nosuch' (no readable heartbeats/nosuch.json)" in old.stderr, old
+    assert "error: no live worker in this repository" in spoolpipe("stop", str(repo), "--all").stderr
+
+
 def test_request_files_that_are_not_requests_never_stop_or_crash_a_worker(tmp_path: Path) -> None:
     repo = repository(tmp_path)
     worker = start_worker(repo, "w1")

@@ -370,6 +370,25 @@ def test_dry_run_lists_what_would_go_and_changes_nothing(tmp_path: Path) -> None
     assert snapshot(repo) == before
 
 
+def test_a_dry_run_whose_reader_stops_early_exits_0_as_list_does(tmp_path: Path) -> None:
+    """``spoolpipe purge --dry-run | head -1``: a broken pipe is no crash (it said exit 70)."""
+    repo = make_repository(tmp_path, "retention.done = 1d\n")
+    for i in range(500):  # more lines than a pipe's buffer holds
+        put(repo / "done" / f"old-{i:04d}.json", "{}", old=2 * DAY)
+    before = snapshot(repo)
+    reader = subprocess.Popen(
+        [sys.executable, "-m", "spoolpipe", "purge", str(repo), "--dry-run"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    assert reader.stdout is not None and reader.stderr is not None
+    assert reader.stdout.readline().startswith(b"would archive done/old-")
+    reader.stdout.close()  # as head does after its line
+    assert reader.wait(60) == 0
+    assert b"crashed" not in reader.stderr.read()
+    assert snapshot(repo) == before
+
+
 def test_purge_by_hand_overrides_limits_per_state_and_says_how_it_went(tmp_path: Path) -> None:
     repo = make_repository(tmp_path)  # every limit: forever
     record = put(repo / "done" / "a.json", "{}", old=3 * DAY)

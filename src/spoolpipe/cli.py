@@ -394,6 +394,8 @@ def cmd_purge(args: argparse.Namespace) -> int:
             dry_run=args.dry_run,
             scheduled_run=args.scheduled,
         )
+    except BrokenPipeError:  # its reader went away (``| head``): no crash, as for every command
+        raise
     except Exception:
         logging.getLogger("spoolpipe").critical("purge crashed (a bug in spoolpipe):", exc_info=True)
         return EXIT_CRASH
@@ -523,10 +525,6 @@ def build_parser() -> argparse.ArgumentParser:
         "circuit breakers workers have open (docs/operations.md, Circuit breakers). "
         "The --json document is a stable contract (docs/operations.md, 'Seeing what happens').",
     )
-    p.epilog = (
-        "Exit codes: 0 shown (with --watch: stopped by Ctrl-C); "
-        f"2 bad usage, not a repository or invalid configuration; {EXIT_CRASH} crashed (a bug)."
-    )
     p.add_argument(
         "--json", action="store_true", help="machine-readable output (with --watch: one line per redraw)"
     )
@@ -570,8 +568,8 @@ def build_parser() -> argparse.ArgumentParser:
         "or reason and traceback, its parent and its follow-ups with their states.",
     )
     p.epilog = (
-        "Exit codes: 0 shown; 1 no activity with this id; "
-        f"2 bad usage, not a repository or invalid configuration; {EXIT_CRASH} crashed (a bug)."
+        "Exit codes: 0 shown; 1 no activity with this id; 2 bad usage (an ID that is not a valid id), "
+        f"not a repository or invalid configuration; {EXIT_CRASH} crashed (a bug)."
     )
     p.add_argument("id", metavar="ID", help="the activity id")
     p.add_argument("--json", action="store_true", help="machine-readable output")
@@ -775,7 +773,8 @@ _EXIT_CODES = {
     "nothing published; 2 bad usage (an invalid TYPE, --id, JSON or --delay, "
     "DATA a worker would refuse: over limits.activity-bytes or nested too deep; an id already in "
     "use), not a repository or invalid configuration",
-    "status": "0 printed; 2 bad usage, not a repository or invalid configuration",
+    "status": "0 shown (with --watch: stopped by Ctrl-C); 2 bad usage, not a repository or invalid "
+    "configuration",
     "retry": "0 every ID requeued; 1 an ID without failed/ID.json, or one that cannot be requeued "
     "(the others still are); 2 bad usage (an ID that is not a valid id: nothing is requeued), not "
     "a repository or invalid configuration",

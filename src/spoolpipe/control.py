@@ -282,22 +282,30 @@ def _lock_free(repo: Repository, worker_id: str, s: config.Settings) -> bool:
 
 
 def live_worker(repo: Repository, worker_id: str, now: float) -> Live | None:
-    """The live run of ``worker_id`` by its heartbeat and the shared clock ``now``; None if none.
+    """The live run of ``worker_id`` by its heartbeat and the shared clock ``now``; None if none."""
+    judged = judge_liveness(repo, worker_id, now)
+    return judged if isinstance(judged, Live) else None
+
+
+def judge_liveness(repo: Repository, worker_id: str, now: float) -> Live | str:
+    """The live run of ``worker_id``, or why it is not alive.
 
     Alive: its heartbeat is recent (as for ``status``) and, where locks are flock, it holds its lock.
     """
     found = _heartbeat(repo, worker_id)
     if found is None:
-        return None
+        return f"no readable heartbeats/{worker_id}.json"
     doc, mtime = found
     run = Incarnation.from_json(doc)
     if run is None or doc.get("worker") != worker_id:
-        return None
+        return f"heartbeats/{worker_id}.json is not a heartbeat of {worker_id!r}"
     s = _settings(repo.root, worker_id)
     # With no valid configuration at all, be generous: a request to a dead run is harmless.
     silence = 600.0 if s is None else s.heartbeat_silence_seconds
-    if now - mtime > silence or (s is not None and _lock_free(repo, worker_id, s)):
-        return None
+    if now - mtime > silence:
+        return f"its last heartbeat is {now - mtime:.0f}s old, more than the {silence:g}s of silence allowed"
+    if s is not None and _lock_free(repo, worker_id, s):
+        return f"its heartbeat is recent, but nothing holds locks/{worker_id}.lock: its process is gone"
     running = doc.get("running")
     return Live(worker_id, run, len(running) if isinstance(running, list) else 0)
 
@@ -341,17 +349,17 @@ def _targets(
     if every:
         found = live_workers(repo, now)
         if not found:
-            print("no live worker in this repository (heartbeats/ shows none recent)", file=err)
+            print("error: no live worker in this repository (heartbeats/ shows none recent)", file=err)
             return [], 1
         return found, 0
     targets, code = [], 0
     for worker_id in dict.fromkeys(ids):
-        live = live_worker(repo, worker_id, now)
-        if live is None:
-            print(f"error: no live worker {worker_id!r} (no recent heartbeats/{worker_id}.json)", file=err)
-            code = 1
+        judged = judge_liveness(repo, worker_id, now)
+        if isinstance(judged, Live):
+            targets.append(judged)
         else:
-            targets.append(live)
+            print(f"error: no live worker {worker_id!r} ({judged})", file=err)
+            code = 1
     return targets, code
 
 
