@@ -492,7 +492,17 @@ def test_a_request_with_no_host_header_is_refused_by_a_loopback_page(served: Ser
 
 
 @pytest.mark.parametrize(
-    "request_line", [b"PRI * HTTP/2.0", b"GET / HTTP/9.9", b"GET / HTTP/1.x", b"GET", b"GET /", b"G E T /"]
+    "request_line",
+    [
+        b"PRI * HTTP/2.0",
+        b"GET / HTTP/9.9",
+        b"GET / HTTP/1.x",
+        b"GET",
+        b"GET /",
+        b"G E T /",
+        b"GET / HTTP/0.9",
+        b"GET /nothing HTTP/0.9\r\nHost: localhost",
+    ],
 )
 def test_a_malformed_request_line_gets_a_status_line_and_the_security_headers(
     served: Served, request_line: bytes
@@ -500,8 +510,21 @@ def test_a_malformed_request_line_gets_a_status_line_and_the_security_headers(
     """These were answered HTTP/0.9 style: a bare body, no status line, no Content-Security-Policy."""
     answer = raw_request(served, request_line + b"\r\n\r\n")
     head = answer.split(b"\r\n\r\n", 1)[0].decode("latin-1")
-    assert head.startswith(("HTTP/1.0 400 ", "HTTP/1.0 403 ", "HTTP/1.0 505 ")), answer[:200]
+    assert head.startswith(("HTTP/1.0 400 ", "HTTP/1.0 403 ", "HTTP/1.0 404 ", "HTTP/1.0 505 ")), answer[:200]
     assert "Content-Security-Policy: default-src 'none'" in head and "X-Frame-Options: DENY" in head
+
+
+def test_an_http_0_9_simple_request_is_answered_at_once_as_http_1_0(served: Served) -> None:
+    """``GET /`` and its line end, nothing more: HTTP/0.9 has no headers, so none are waited for
+    (the client got nothing until the connection's time limit)."""
+    with socket.create_connection((served.host.strip("[]"), served.port), timeout=10) as sock:
+        sock.sendall(b"GET /\r\n")  # and the connection stays open, as such a client leaves it
+        answer = b""
+        while chunk := sock.recv(1 << 16):
+            answer += chunk
+    head = answer.split(b"\r\n\r\n", 1)[0].decode("latin-1")
+    assert head.startswith("HTTP/1.0 403 "), answer[:200]  # no Host: refused, with its headers
+    assert "Content-Security-Policy: default-src 'none'" in head
 
 
 @pytest.mark.parametrize("host", ["127.1", "2130706433", "0x7f.1", "::ffff:127.0.0.1"])

@@ -8,6 +8,7 @@ runs ``ThreadingHTTPServer`` and stops it on SIGTERM or SIGINT.
 from __future__ import annotations
 
 import contextlib
+import http.client
 import signal
 import socket
 import sys
@@ -39,6 +40,28 @@ def _handler(site: Site) -> type[BaseHTTPRequestHandler]:
         # status line and no headers: a malformed line got a bare body without the security headers.
         default_request_version = "HTTP/1.0"
         timeout = REQUEST_TIMEOUT_SECONDS
+
+        _version = "HTTP/1.0"
+
+        @property
+        def request_version(self) -> str:
+            return self._version
+
+        @request_version.setter
+        def request_version(self, value: str) -> None:
+            # A request line may name HTTP/0.9 itself: answered as HTTP/1.0 too, never as a bare body.
+            self._version = "HTTP/1.0" if value == "HTTP/0.9" else value
+
+        def parse_request(self) -> bool:
+            words = self.raw_requestline.split()
+            if len(words) == 2 and words[0] == b"GET":  # HTTP/0.9's simple request: no headers follow
+                self.command, self.path = "GET", words[1].decode("iso-8859-1")
+                self.requestline = str(self.raw_requestline, "iso-8859-1").rstrip("\r\n")
+                self.request_version = self.default_request_version
+                self.close_connection = True
+                self.headers = http.client.HTTPMessage()
+                return True
+            return super().parse_request()
 
         def setup(self) -> None:
             super().setup()
