@@ -1329,3 +1329,40 @@ def test_a_move_across_file_systems_whose_source_cannot_be_removed_leaves_no_cop
     assert f"Permission denied: '{locked / 'a.txt'}'" in reason(repo, activity)
     assert (locked / "a.txt").read_text() == "alpha"
     assert os.listdir(other_file_system) == []
+
+
+def test_a_replacing_move_across_file_systems_whose_source_cannot_be_removed_keeps_the_old_target(
+    tmp_path: Path, tree: Path, other_file_system: Path
+) -> None:
+    """With "replace": true the copy had taken the old target's place when the removal failed: the
+    move failed and deleted its copy, and the file it was to replace was gone with it."""
+    locked = tree / "locked"
+    locked.mkdir()
+    (locked / "a.txt").write_text("alpha")
+    os.chown(locked, 65534, 65534)
+    locked.chmod(0o555)
+    target = other_file_system / "a.txt"
+    target.write_text("the old target")
+    other_file_system.chmod(0o777)
+    repo = files_repo(tmp_path, tree, f"files.roots = {tree}, {other_file_system}\nretry.max-attempts = 1\n")
+    activity = submit(repo, "files.move", {"source": "locked/a.txt", "target": str(target), "replace": True})
+    run_without_dac_override(repo)
+    assert f"Permission denied: '{locked / 'a.txt'}'" in reason(repo, activity)
+    assert (locked / "a.txt").read_text() == "alpha"
+    assert os.listdir(other_file_system) == ["a.txt"]  # nothing hidden left beside it
+    assert target.read_text() == "the old target"
+
+
+def test_a_replacing_move_killed_after_it_removed_the_source_leaves_nothing_hidden(
+    tmp_path: Path, tree: Path, other_file_system: Path
+) -> None:
+    """Killed between the source's removal and dropping the kept old target: the retry drops it."""
+    (tree / "in" / "a.txt").unlink()  # removed by the killed attempt, after its copy took the target's place
+    (other_file_system / "a.txt").write_text("alpha")
+    (other_file_system / ".a.txt.MOVE1.kept.tmp").write_text("the old target")
+    repo = files_repo(tmp_path, tree, f"files.roots = {tree}, {other_file_system}\n")
+    target = str(other_file_system / "a.txt")
+    moved = submit(repo, "files.move", {"source": "in/a.txt", "target": target, "replace": True}, id="MOVE1")
+    run_until_idle(repo)
+    assert done(repo)[moved]["result"]["moved"] is False
+    assert os.listdir(other_file_system) == ["a.txt"]

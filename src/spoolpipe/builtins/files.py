@@ -337,6 +337,8 @@ def move(activity: Activity, ctx: Context) -> dict[str, object]:
     gone = _missing(data, "source", roots)
     if gone is not None and target.is_file():  # moved by an interrupted attempt of this activity
         ctx.log.warning("%s is gone and %s exists: taken as moved already", gone, target)
+        with _folder(target.parent, roots) as into, contextlib.suppress(FileNotFoundError):
+            os.unlink(_kept_name(target, activity.id), dir_fd=into)  # what it replaced, if it was killed
         return {"source": str(gone), "target": str(target), "moved": False}
     source = _existing(data, "source", roots)
     if source == target:
@@ -355,25 +357,59 @@ def move(activity: Activity, ctx: Context) -> dict[str, object]:
         except OSError as exc:
             if exc.errno != errno.EXDEV:
                 raise
-            made = None
-            with _open_in(from_folder, source.name, source) as src:
-                if _same_content(src, into, target.name):  # copied by an attempt stopped before the removal
-                    ctx.log.info("%s already holds a copy of %s: removing the source", target, source)
-                else:
-                    made = _copy_into(src, into, target, replace, ctx, activity.id)
-            try:
-                with _naming(source):
-                    os.unlink(source.name, dir_fd=from_folder)
-            except OSError:
-                if made is not None:  # a move that fails leaves one file, not two: the copy it made goes
-                    with contextlib.suppress(OSError):
-                        if os.path.samestat(os.stat(target.name, dir_fd=into, follow_symlinks=False), made):
-                            os.unlink(target.name, dir_fd=into)
-                raise
+            _move_across(from_folder, source, into, target, replace, ctx, activity.id)
         if fsync:
             _flush_folder(from_folder)
     ctx.log.info("moved %s to %s", source, target)
     return {"source": str(source), "target": str(target), "moved": True}
+
+
+def _move_across(
+    from_folder: int, source: Path, into: int, target: Path, replace: bool, ctx: Context, owner: str
+) -> None:
+    """A move between file systems: a copy, then the source's removal.
+
+    A removal refused leaves one file, not two: the copy it made goes, and the target it replaced
+    comes back. That one is kept meanwhile as another name of the same file (``.NAME.ID.kept.tmp``),
+    where the file system has hard links; the next attempt finds it if this one is killed.
+    """
+    kept = _kept_name(target, owner)
+    made = None
+    with _open_in(from_folder, source.name, source) as src:
+        if _same_content(src, into, target.name):  # copied by an attempt stopped before the removal
+            ctx.log.info("%s already holds a copy of %s: removing the source", target, source)
+        else:
+            if replace:
+                with contextlib.suppress(FileNotFoundError, FileExistsError), _naming(target):
+                    os.link(target.name, kept, src_dir_fd=into, dst_dir_fd=into, follow_symlinks=False)
+            made = _copy_into(src, into, target, replace, ctx, owner)
+    try:
+        with _naming(source):
+            os.unlink(source.name, dir_fd=from_folder)
+    except OSError:
+        with contextlib.suppress(OSError):
+            now_there = os.stat(target.name, dir_fd=into, follow_symlinks=False)
+            ours = made is None or os.path.samestat(now_there, made)  # not another writer's since
+            if ours and _exists(into, kept):
+                os.replace(kept, target.name, src_dir_fd=into, dst_dir_fd=into)
+                ctx.log.warning("%s: put back the file it replaced", target)
+            elif ours and made is not None:
+                os.unlink(target.name, dir_fd=into)
+        raise
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(kept, dir_fd=into)
+
+
+def _kept_name(target: Path, owner: str) -> str:
+    return temp_beside(target, f"{owner}.kept").name
+
+
+def _exists(folder: int, name: str) -> bool:
+    try:
+        os.stat(name, dir_fd=folder, follow_symlinks=False)
+    except FileNotFoundError:
+        return False
+    return True
 
 
 def _same_file(folder: int, name: str, other_folder: int, other: str) -> bool:
