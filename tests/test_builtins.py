@@ -1366,3 +1366,42 @@ def test_a_replacing_move_killed_after_it_removed_the_source_leaves_nothing_hidd
     run_until_idle(repo)
     assert done(repo)[moved]["result"]["moved"] is False
     assert os.listdir(other_file_system) == ["a.txt"]
+
+
+@pytest.mark.parametrize(
+    ("answer", "status", "body", "complete"),
+    [
+        # cut before its Content-Length: read1 gave b"" as if it were the end (body_complete true)
+        (b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nabc", 200, "abc", False),
+        (b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\nabc", 200, "abc", True),
+        # interim answers before the final one: a request that succeeded was failed as "answered 103"
+        (
+            b"HTTP/1.1 103 Early Hints\r\nLink: </a.css>\r\n\r\n"
+            b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok",
+            200,
+            "ok",
+            True,
+        ),
+        (b"HTTP/1.1 102 Processing\r\n\r\nHTTP/1.1 201 Created\r\nContent-Length: 0\r\n\r\n", 201, "", True),
+    ],
+)
+def test_what_a_2xx_answer_holds_however_it_arrives(
+    tmp_path: Path, answer: bytes, status: int, body: str, complete: bool
+) -> None:
+    server = Trickle(answer, b"")
+    repo = http_repo(tmp_path, {"hook": f"http://127.0.0.1:{server.port}/"}, "retry.max-attempts = 1\n")
+    activity = submit(repo, "http.request", {"endpoint": "hook"})
+    run_until_idle(repo)
+    server.listener.close()
+    result = done(repo)[activity]["result"]
+    assert (result["status"], result["body"], result["body_complete"]) == (status, body, complete)
+
+
+def test_a_status_past_599_is_fatal_not_retried(tmp_path: Path) -> None:
+    server = Trickle(b"HTTP/1.1 999 Odd\r\nContent-Length: 0\r\n\r\n", b"")
+    repo = http_repo(tmp_path, {"hook": f"http://127.0.0.1:{server.port}/"}, "retry.max-attempts = 3\n")
+    activity = submit(repo, "http.request", {"endpoint": "hook"})
+    run_until_idle(repo)
+    server.listener.close()
+    assert server.requests == 1
+    assert "answered 999" in reason(repo, activity)

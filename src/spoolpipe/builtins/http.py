@@ -116,9 +116,21 @@ def _opener(deadline: float) -> urllib.request.OpenerDirector:
         def make(host: str, **kwargs: Any) -> http.client.HTTPConnection:
             made = connection(host, **kwargs)
             made._create_connection = _connect_within(deadline)  # type: ignore[attr-defined]
+            made.response_class = FinalAnswer
             return made
 
         return make
+
+    class FinalAnswer(http.client.HTTPResponse):
+        """The answer past interim ones (102 Processing, 103 Early Hints): http.client itself skips
+        only 100 Continue, and a 103 before the 200 of a request that succeeded was taken as final."""
+
+        def _read_status(self) -> tuple[str, int, str]:
+            while True:
+                version, status, reason = super()._read_status()  # type: ignore[misc]
+                if not 101 < status < 200:  # 100 is skipped by http.client; 101 switched protocols
+                    return version, status, reason
+                http.client.parse_headers(self.fp)  # the interim answer's own headers
 
     class Bounded(urllib.request.HTTPHandler):
         def do_open(self, http_class: Any, req: Any, **kwargs: Any) -> Any:
@@ -149,8 +161,8 @@ def _read_body(response: Any) -> tuple[bytes, bool]:
     try:
         while len(content) < BODY_BYTES:
             chunk = response.read1(BODY_BYTES - len(content))
-            if not chunk:
-                break
+            if not chunk:  # the end, or a connection closed before its Content-Length was sent
+                return content, not response.length
             content += chunk
     except (OSError, http.client.HTTPException, ValueError, _Overdue):
         return content, False

@@ -279,10 +279,10 @@ class Endpoint:
 
     @staticmethod
     def verdict(status: int) -> Verdict:
-        """2xx done; 5xx, 408 and 429 retried; anything else (4xx, a redirect) fatal."""
+        """2xx done; 5xx, 408 and 429 retried; anything else (4xx, a redirect, 600 and up) fatal."""
         if 200 <= status < 300:
             return "done"
-        if status >= 500 or status in RETRIED_CLIENT_ERRORS:
+        if 500 <= status < 600 or status in RETRIED_CLIENT_ERRORS:
             return "retry"
         return "fatal"
 
