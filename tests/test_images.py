@@ -370,6 +370,19 @@ def test_rotate_any_angle_fills_the_corners(samples: dict[str, Path]) -> None:
     assert clear.mode == "RGBA" and bands(clear, (0, 0))[3] == 0
 
 
+def test_upscaling_and_rotating_stay_within_max_dimension_and_its_area() -> None:
+    """A 10x100 image resized to width 8192 was 8192x81920 (671 Mpx, 2.6 GB), a 2x30000 one turned by
+    45 degrees 21216x21216 (450 Mpx): neither counted by the memory budget, both from tiny inputs."""
+    tall = Image.new("RGB", (10, 100))
+    with pytest.raises(ValueError, match="8192x81920, over 8192 pixels a side"):
+        images.resize(tall, 8192, None, upscale=True)
+    assert images.resize(Image.new("RGB", (100, 50)), 8192, None, upscale=True).size == (8192, 4096)
+    assert images.resize(Image.new("RGB", (9000, 10)), 8192, None).size == (8192, 9)  # a shrink: no bound
+    with pytest.raises(ValueError, match="over 67108864 pixels"):
+        images.rotate(Image.new("RGB", (2, 30000)), 45)
+    assert images.rotate(Image.new("RGB", (3000, 2000)), 45).size == (3536, 3536)
+
+
 @pytest.mark.parametrize(
     "call",
     [
@@ -838,6 +851,63 @@ def test_an_output_may_not_be_the_input(root: Path) -> None:
         assert recipe_errors(data, [root]) == [
             "outputs[0].path: same file as input (a retry would start from this run's output)"
         ]
+
+
+def test_an_output_may_not_be_a_watermark_image_of_the_recipe(root: Path) -> None:
+    """The photo replaced the logo: this run's later outputs, its retry and every later recipe then
+    stamped the wrong mark."""
+    mark = {"op": "watermark", "image": "logo.png"}
+    data = {
+        "input": "photos/in/cat.jpg",
+        "outputs": [
+            {"path": "out/a.jpg", "ops": [mark, SAVE]},
+            {"path": "logo.png", "ops": [SAVE]},
+        ],
+    }
+    assert recipe_errors(data, [root]) == [
+        "outputs[1].path: same file as the watermark image of outputs[0].ops[0] (it would be replaced)"
+    ]
+
+
+@pytest.mark.parametrize(("first", "second"), [("out/a", "out/a/b.png"), ("out/x/y.png", "out/x")])
+def test_an_output_inside_another_output_is_a_recipe_error(root: Path, first: str, second: str) -> None:
+    """A file and a folder of one name: it failed at the first save (retried), and only later as fatal."""
+    data = {
+        "input": "photos/in/cat.jpg",
+        "outputs": [
+            {"path": first, "ops": [{"op": "save", "format": "png"}]},
+            {"path": second, "ops": [{"op": "save", "format": "png"}]},
+        ],
+    }
+    assert recipe_errors(data, [root]) == [
+        "outputs[1].path: one of outputs[0].path and it lies inside the other"
+    ]
+
+
+def test_large_watermark_images_are_not_all_kept_for_the_whole_run(tmp_path: Path) -> None:
+    """Eight 4000x4000 marks on an 8x8 image: each was decoded and kept to the end (1.9 GB for eight
+    7000x7000 ones), though the budget held a few pixels and the docs say one image at a time."""
+    root = tmp_path / "root"
+    root.mkdir()
+    Image.new("RGB", (8, 8), "grey").save(root / "tiny.png")
+    outputs = []
+    for n in range(8):
+        Image.new("RGBA", (4000, 4000), (n, 0, 0, 128)).save(root / f"mark{n}.png")
+        mark = {"op": "watermark", "image": f"mark{n}.png"}
+        outputs.append({"path": f"out/{n}.png", "ops": [mark, {"op": "save"}]})
+    script = (
+        "import json, resource, sys\n"
+        "from pathlib import Path\n"
+        "from spoolpipe.images import parse_recipe, run_recipe\n"
+        "root = Path(sys.argv[1])\n"
+        "run_recipe(parse_recipe(json.loads(sys.argv[2]), [root]))\n"
+        "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024)\n"
+    )
+    recipe = json.dumps({"input": "tiny.png", "outputs": outputs})
+    ran = subprocess.run([sys.executable, "-c", script, str(root), recipe], capture_output=True, text=True)
+    assert ran.returncode == 0, ran.stderr
+    assert sorted(os.listdir(root / "out")) == [f"{n}.png" for n in range(8)]
+    assert int(ran.stdout) < 400, f"peak {ran.stdout.strip()} MB: every mark was kept"  # 8 x 64 MB kept
 
 
 def test_an_output_name_the_file_system_refuses_is_a_recipe_error(root: Path) -> None:

@@ -88,8 +88,8 @@ def configure_pixel_budget(settings: Settings) -> float:
     """Set this process's ``PIXEL_BUDGET`` to ``images.max-megapixels``; returns the capacity.
 
     Across pool processes the worker admits image activities by their estimated
-    megapixels (``input_megapixels``); inside one activity, the budget bounds the
-    threads of a pipeline's fan-out. Idempotent and cheap: image processors call
+    megapixels (``input_megapixels``); inside one activity, ``run_recipe`` (and any code
+    that calls ``PIXEL_BUDGET.hold``) holds from it. Idempotent and cheap: image processors call
     it at the start of every activity, so a hot-reloaded setting applies.
     """
     from .images import PIXEL_BUDGET

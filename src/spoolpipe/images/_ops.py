@@ -22,6 +22,9 @@ from PIL import ExifTags, Image, ImageColor, ImageFilter, ImageOps
 from ._decode import _DECODE_ERRORS
 
 MAX_DIMENSION: Final = 8192
+#: How much larger than the image a canvas rotated with ``expand`` may be, past ``MAX_DIMENSION`` squared:
+#: a photo turned by 45 degrees needs about 2.1 times its pixels, a long thin strip far more.
+_ROTATED_AREA: Final = 3
 """Largest width or height a recipe may ask for (resize, pad canvas, thumbnail), or a rotation make."""
 
 ResizeMode = Literal["fit", "inside", "fill", "cover", "pad", "contain", "exact", "force"]
@@ -224,7 +227,14 @@ def resize(
     image = normalize_mode(image)
     if kind == "fit":
         scale = _fit_scale(image.size, width, height)
-        return image if scale >= 1 and not upscale else _resample(image, _scaled(image.size, scale))
+        if scale >= 1 and not upscale:
+            return image
+        size = _scaled(image.size, scale)
+        if max(size) > max(MAX_DIMENSION, *image.size):  # the side not given grows with the one given
+            raise ValueError(
+                f"resized the image would be {size[0]}x{size[1]}, over {MAX_DIMENSION} pixels a side"
+            )
+        return _resample(image, size)
     if width is None or height is None:
         raise ValueError(f"resize mode {mode} needs both width and height")
     src_w, src_h = image.size
@@ -325,12 +335,17 @@ def rotate(
     if expand:  # every turn of 45 degrees grows the canvas 1.41 times: bounded, as upscaling is
         cos, sin = abs(math.cos(math.radians(turn))), abs(math.sin(math.radians(turn)))
         w, h = image.size
-        side = math.ceil(max(w * cos + h * sin, w * sin + h * cos))
+        across, down = math.ceil(w * cos + h * sin), math.ceil(w * sin + h * cos)
         bound = max(MAX_DIMENSION, w, h)
-        if side > bound + 1:
+        if max(across, down) > bound + 1:
             raise ValueError(
-                f"rotated by {angle:g} degrees the canvas would be {side} pixels across, "
+                f"rotated by {angle:g} degrees the canvas would be {max(across, down)} pixels across, "
                 f"over {bound} pixels a side"
+            )
+        area = max(MAX_DIMENSION**2, _ROTATED_AREA * w * h)  # a long thin image grows most
+        if across * down > area:
+            raise ValueError(
+                f"rotated by {angle:g} degrees the canvas would be {across}x{down}, over {area} pixels"
             )
     image = normalize_mode(image)
     rotated = image.rotate(-turn, Image.Resampling.BICUBIC, expand=expand, fillcolor=_fill(image, background))

@@ -630,14 +630,38 @@ def parse_recipe(data: Mapping[str, object], roots: Sequence[Path]) -> Recipe:
             output = _parse_output(raw, f"outputs[{i}]", resolved, errors)
             if output is None:
                 continue
+            nested = next(
+                (j for p, j in seen.items() if p in output.path.parents or output.path in p.parents), None
+            )
             if output.path in seen:
                 errors.append(f"outputs[{i}].path: same file as outputs[{seen[output.path]}]")
+            elif nested is not None:
+                errors.append(
+                    f"outputs[{i}].path: one of outputs[{nested}].path and it lies inside the other"
+                )
             elif source is not None and _same_file(output.path, source):
                 errors.append(
                     f"outputs[{i}].path: same file as input (a retry would start from this run's output)"
                 )
             seen.setdefault(output.path, i)
             outputs.append(output)
+        errors += _marks_replaced(outputs)
     if errors or source is None:
         raise RecipeError(errors)
     return Recipe(source, tuple(outputs), resolved)
+
+
+def _marks_replaced(outputs: Sequence[Output]) -> list[str]:
+    """An output that is a watermark image of the recipe would replace it for later outputs and retries."""
+    marks = [
+        (f"outputs[{i}].ops[{k}]", op.image)
+        for i, output in enumerate(outputs)
+        for k, op in enumerate(output.ops)
+        if isinstance(op, WatermarkOp) and op.image is not None
+    ]
+    return [
+        f"outputs[{i}].path: same file as the watermark image of {where} (it would be replaced)"
+        for i, output in enumerate(outputs)
+        for where, mark in marks
+        if _same_file(output.path, mark)
+    ]

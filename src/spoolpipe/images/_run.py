@@ -117,6 +117,11 @@ def recipe_megapixels(recipe: Recipe, *, limits: Limits = DEFAULT_LIMITS) -> flo
         return WORKING_COPIES * lazy.width * lazy.height / 1e6
 
 
+#: Watermark images up to this many pixels are decoded once per run; larger ones each time they are used,
+#: so that a run holds at most one of them (they are not counted by the budget).
+KEPT_MARK_PIXELS: Final = 1 << 20
+
+
 def run_recipe(
     recipe: Recipe, *, limits: Limits = DEFAULT_LIMITS, budget: PixelBudget = PIXEL_BUDGET
 ) -> list[dict[str, object]]:
@@ -132,15 +137,18 @@ def run_recipe(
     """
     if Path(os.path.realpath(recipe.input)) != recipe.input:
         raise RecipeError(["input: changed into a link since the recipe was validated"])
-    marks: dict[Path, Image.Image] = {}
+    marks: dict[Path, Image.Image] = {}  # small ones, used again by later outputs
 
     def load_mark(path: Path) -> Image.Image:
-        if path not in marks:
-            decoded = open_image(
-                path, max_bytes=limits.max_bytes, max_pixels=limits.max_pixels, formats=limits.formats
-            )
-            marks[path] = _working(decoded, str(path))
-        return marks[path]
+        if path in marks:
+            return marks[path]
+        decoded = open_image(
+            path, max_bytes=limits.max_bytes, max_pixels=limits.max_pixels, formats=limits.formats
+        )
+        mark = _working(decoded, str(path))
+        if mark.width * mark.height <= KEPT_MARK_PIXELS:  # a larger one is decoded again where used
+            marks[path] = mark
+        return mark
 
     results: list[dict[str, object]] = []
     with ExitStack() as held:
