@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
 import platform
@@ -908,6 +909,31 @@ def test_large_watermark_images_are_not_all_kept_for_the_whole_run(tmp_path: Pat
     assert ran.returncode == 0, ran.stderr
     assert sorted(os.listdir(root / "out")) == [f"{n}.png" for n in range(8)]
     assert int(ran.stdout) < 400, f"peak {ran.stdout.strip()} MB: every mark was kept"  # 8 x 64 MB kept
+
+
+def test_a_file_whose_decoding_runs_out_of_memory_is_rejected_naming_it(tmp_path: Path) -> None:
+    """A 4x4 PNG whose IDAT claims 4 GB: on a host without overcommit Pillow's read raised a bare
+    MemoryError, retried as transient (five times, "MemoryError:"), never naming the file."""
+    buffer = io.BytesIO()
+    Image.new("RGB", (4, 4), "red").save(buffer, "PNG")
+    data = bytearray(buffer.getvalue())
+    at = data.index(b"IDAT") - 4
+    data[at : at + 4] = (0xFFFF0073).to_bytes(4, "big")
+    bad = tmp_path / "bad.png"
+    bad.write_bytes(bytes(data))
+    script = (
+        "import resource, sys\n"
+        "resource.setrlimit(resource.RLIMIT_AS, (1 << 30, 1 << 30))  # a small host\n"
+        "from spoolpipe.images import ImageRejected, open_image\n"
+        "try:\n"
+        "    open_image(sys.argv[1])\n"
+        "except ImageRejected as exc:\n"
+        "    print(exc)\n"
+    )
+    ran = subprocess.run([sys.executable, "-c", script, str(bad)], capture_output=True, text=True)
+    assert ran.returncode == 0, ran.stderr
+    assert ran.stdout.startswith(f"{bad}: cannot decode"), ran.stdout
+    assert "memory" in ran.stdout
 
 
 def test_an_output_name_the_file_system_refuses_is_a_recipe_error(root: Path) -> None:

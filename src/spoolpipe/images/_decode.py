@@ -159,6 +159,12 @@ def decode(image: ImageFile.ImageFile, name: str) -> Image.Image:
         image.load()
     except _DECODE_ERRORS as exc:
         raise ImageRejected(f"{name}: cannot decode ({exc})") from exc
+    except (
+        MemoryError
+    ):  # within the pixel limit: a damaged or hostile file asking for more (a chunk's length)
+        raise ImageRejected(
+            f"{name}: cannot decode (it asks for more memory than this process may have)"
+        ) from None
     if isinstance(image.info.get("transparency"), str):  # a PNG text chunk of that name, not a tRNS one
         del image.info["transparency"]
     return image
