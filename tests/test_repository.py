@@ -788,6 +788,31 @@ def test_retry_failed_never_replaces_an_inbox_file(repo: Repository) -> None:
     assert listing(repo.failed) == ["job-7.json"]
 
 
+def test_retry_failed_never_deletes_the_record_of_the_retried_run(
+    repo: Repository, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Between publishing the activity and dropping the old record, a worker ran it, failed it again
+    and wrote its new failed/ID.json (deleting the old one itself): retry then deleted that record,
+    and the activity was gone from every folder."""
+    old = failed_record(Activity("job-7", "t", {"n": 1}, 5), ATTEMPT, "boom", "tb")
+    (repo.failed / "job-7.json").write_bytes(dumps(old))
+    new = failed_record(Activity("job-7", "t", {"n": 1}, 1), ATTEMPT, "boom again", "tb")
+    publish = repo._publish_new
+
+    def a_worker_runs_it_at_once(*args: Any) -> Path:
+        published = publish(*args)
+        published.unlink()  # claimed, run and failed by a fast worker
+        (repo.failed / "job-7.json").unlink()
+        (repo.failed / "job-7.json").write_bytes(dumps(new))
+        return published
+
+    monkeypatch.setattr(repo, "_publish_new", a_worker_runs_it_at_once)
+    repo.retry_failed("job-7")
+    assert listing(repo.failed) == ["job-7.json"]
+    assert load(repo.failed / "job-7.json")["spoolpipe"]["reason"] == "boom again"
+    assert listing(repo.tmp) == []
+
+
 def test_retry_failed_of_an_unknown_id(repo: Repository) -> None:
     with pytest.raises(FileNotFoundError):
         repo.retry_failed("nope")

@@ -897,7 +897,8 @@ class Repository:
         ``limit`` (``limits.activity-bytes``): a document larger than a worker reads is refused.
         """
         source = self.failed / f"{activity_id}.json"
-        activity = retried_activity(parse_document(_read_record(source)))
+        raw, read = _read_record(source)
+        activity = retried_activity(parse_document(raw))
         if activity.id != activity_id:
             raise InvalidActivity(f"its id is {activity.id!r}, not the {activity_id!r} its name says")
         size = len(dumps(activity.to_json()))
@@ -907,11 +908,24 @@ class Repository:
                 f"over limits.activity-bytes={limit}: a worker would quarantine it"
             )
         published = self._publish_new(activity, "retry", f"failed/{source.name}")
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(source)
-        self.durability.renamed(source)
+        self._drop_retried(source, read)
         self.durability.barrier()
         return published
+
+    def _drop_retried(self, source: Path, read: os.stat_result) -> None:
+        """Drop the record ``retry_failed`` read, and only that one: a worker may have run the published
+        activity meanwhile and failed it again, deleting this record and writing its own under the name.
+        Moved aside first, so that what is judged is what goes."""
+        aside = self.temp_path("retried")
+        try:
+            os.rename(source, aside)
+        except FileNotFoundError:  # the worker that claimed the copy dropped it already
+            return
+        self.durability.renamed(source)
+        if _stamp(os.lstat(aside)) == _stamp(read):  # not only the inode: a freed one is soon reused
+            os.unlink(aside)
+        else:  # the new run's record: back where it was (nothing else writes that name meanwhile)
+            move_noreplace(aside, source)
 
     def count(self, directory: Path) -> int:
         with os.scandir(directory) as entries:
@@ -922,9 +936,9 @@ class Repository:
 _RECORD_BYTES = 64 << 20
 
 
-def _read_record(path: Path) -> bytes:
-    """A record file's bytes, never following a link or blocking on a FIFO: InvalidActivity says why
-    it is not a record file."""
+def _read_record(path: Path) -> tuple[bytes, os.stat_result]:
+    """A record file's bytes and the file's status, never following a link or blocking on a FIFO:
+    InvalidActivity says why it is not a record file."""
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY)
     except OSError as exc:
@@ -940,7 +954,7 @@ def _read_record(path: Path) -> bytes:
         chunks = []
         while chunk := os.read(fd, 1 << 20):
             chunks.append(chunk)
-        return b"".join(chunks)
+        return b"".join(chunks), st
     finally:
         os.close(fd)
 
