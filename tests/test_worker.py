@@ -216,6 +216,24 @@ def test_a_running_worker_finishes_a_quarantine_a_crash_interrupted(tmp_path: Pa
     assert not staging.exists()
 
 
+def test_a_worker_whose_ids_folder_is_deleted_goes_on_running_work(tmp_path: Path) -> None:
+    """Each heartbeat's sweep listed ids/ unguarded: with a heartbeat due at every turn of the loop the
+    worker logged a file system error each second and never handed out work again."""
+    repo = make_repository(tmp_path)  # heartbeat.interval-seconds = 0.5
+    worker = start_worker(repo, "w1")
+    try:
+        wait_for(lambda: (repo / "heartbeats" / "w1.json").exists(), 30, "the worker running")
+        os.rmdir(repo / "ids")
+        time.sleep(1.5)  # a few heartbeats
+        jobs = [submit(repo, "t.noop") for _ in range(3)]
+        wait_for(lambda: all((repo / "done" / f"{j}.json").exists() for j in jobs), 30, "the work done")
+    finally:
+        worker.send_signal(signal.SIGTERM)
+        assert worker.wait(30) == 0
+    assert "file system error" not in (repo.parent / "worker-w1.stderr").read_text()
+    assert (repo / "ids").is_dir()
+
+
 def test_a_stuck_processor_is_killed_by_its_timeout_and_retried(tmp_path: Path) -> None:
     repo = make_repository(tmp_path, "timeout.t.stuck = 1\n")
     aid = submit(repo, "t.stuck", {"unstick_on": 2})

@@ -839,9 +839,14 @@ class Repository:
         Spares.drop_left_by(os.fspath(self.tmp), worker)
 
     def sweep_tmp(self, now: float) -> None:
-        """Finish quarantines a crash interrupted and drop temp files nobody will rename any more."""
-        with os.scandir(self.tmp) as entries:
-            stale = [e for e in entries]
+        """Finish quarantines a crash interrupted and drop temp files nobody will rename any more.
+
+        Upkeep: a folder deleted by hand is skipped (made again by whoever needs it next)."""
+        try:
+            with os.scandir(self.tmp) as entries:
+                stale = [e for e in entries]
+        except (FileNotFoundError, NotADirectoryError):
+            stale = []
         for entry in stale:
             try:
                 age = now - entry.stat(follow_symlinks=False).st_mtime
@@ -882,7 +887,7 @@ class Repository:
         leaves one (or a person deleting files by hand). Judged at each heartbeat and by
         age, as client caches may show a link count late.
         """
-        with os.scandir(self.ids) as entries:
+        with contextlib.suppress(FileNotFoundError, NotADirectoryError), os.scandir(self.ids) as entries:
             for entry in entries:
                 with contextlib.suppress(FileNotFoundError):
                     st = entry.stat(follow_symlinks=False)

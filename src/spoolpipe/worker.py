@@ -332,7 +332,7 @@ class Worker:
             self._reload()
             if not self._stopping:
                 self._purges.tick(self.settings, now)
-                self.repo.sweep_tmp(self.clock.now())  # what crashes left, on any machine
+                self._sweep()
         elif self._reload_requested:  # SIGHUP: at once, not at the next heartbeat
             self._reload()
         if not self._stopping:
@@ -356,6 +356,13 @@ class Worker:
         self._drain_wakers()
         self._enforce_timeouts()
         return True
+
+    def _sweep(self) -> None:
+        """What crashes left, on any machine; upkeep, which never keeps the loop from its work."""
+        try:
+            self.repo.sweep_tmp(self.clock.now())
+        except OSError as exc:
+            log.warning("cannot sweep tmp/, reports/ and ids/: %s", exc)
 
     def _timeout(self, now: float) -> float:
         """How long the loop may wait for an event: until the next thing it must do by itself."""
