@@ -234,6 +234,41 @@ def test_a_worker_whose_ids_folder_is_deleted_goes_on_running_work(tmp_path: Pat
     assert (repo / "ids").is_dir()
 
 
+def test_stopping_now_while_an_outcome_is_written_counts_the_attempt_that_ran(tmp_path: Path) -> None:
+    """The processor had returned; its outcome (a large result) was being encoded and written when the
+    second SIGTERM released the batch: released as the same attempt, it ran again as attempt 1."""
+    extra = """
+        @processor("t.finish_slowly")
+        def finish_slowly(activity, ctx):
+            _effect(ctx, activity)
+            go, returning = ctx.repository / "effects" / "go", ctx.repository / "effects" / "returning"
+            while activity.attempt == 1 and not go.exists():
+                time.sleep(0.01)
+            result = list(range(5_000_000))  # takes a while to check and encode after the return
+            returning.touch()
+            return result
+    """
+    repo = make_repository(
+        tmp_path, "limits.result-bytes = 100000000\nshutdown.grace-seconds = 60\n", extra_processors=extra
+    )
+    job = submit(repo, "t.finish_slowly")
+    worker = start_worker(repo, "w1")
+    try:
+        wait_for(lambda: effects(repo, "t.finish_slowly"), 30, "the processor running")
+        worker.send_signal(signal.SIGTERM)  # drain: it lets the running one finish
+        (repo / "effects" / "go").touch()
+        wait_for((repo / "effects" / "returning").exists, 30, "the processor returning", interval=0.001)
+        worker.send_signal(signal.SIGTERM)  # now: release what is left
+        assert worker.wait(60) == 0
+    finally:
+        kill_group(worker)
+    log = (repo.parent / "worker-w1.stderr").read_text()
+    assert "ran, but its outcome was lost: its next attempt is queued" in log, log[-3000:]
+    run_until_idle(repo, "w2")
+    assert [e[1] for e in effects(repo, "t.finish_slowly")] == ["1", "2"]
+    assert json.loads((repo / "done" / f"{job}.json").read_text())["spoolpipe"]["attempts"] == 2
+
+
 def test_a_stuck_processor_is_killed_by_its_timeout_and_retried(tmp_path: Path) -> None:
     repo = make_repository(tmp_path, "timeout.t.stuck = 1\n")
     aid = submit(repo, "t.stuck", {"unstick_on": 2})

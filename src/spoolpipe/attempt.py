@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import functools
 import logging
 import os
 import sys
@@ -203,6 +204,12 @@ class _CommitDeadline:
 _IDS_SAID_EVERY = 60.0
 
 
+def _ran_until(progress: Any, taken: int) -> None:
+    """The items before ``taken`` have run: a daemon that ends the batch now counts their attempts, even
+    while an outcome is still being checked and written. The next item's clock starts (timeouts)."""
+    progress[0], progress[1] = taken, time.monotonic()
+
+
 @dataclass
 class Attempts:
     """The activity path of one pool process."""
@@ -240,8 +247,10 @@ class Attempts:
                     # A retry may be of one that crashed its process: what is done is committed first.
                     self.commit()
                 progress[0], progress[1] = index, time.monotonic()
-                recycle = self._one(item)
                 taken = index + 1
+                ran = functools.partial(_ran_until, progress, taken)
+                recycle = self._one(item, ran)
+                ran()
                 if self._pending and (
                     len(self._pending) >= GROUP_COMMIT_SIZE
                     or time.monotonic() - self._pending_since >= GROUP_COMMIT_SECONDS
@@ -258,8 +267,9 @@ class Attempts:
 
     # -- claim and run ---------------------------------------------------------------------------
 
-    def _one(self, item: Item) -> bool:
-        """Claim and run one item; True if its processor asked for this process to be replaced."""
+    def _one(self, item: Item, returned: Callable[[], None]) -> bool:
+        """Claim and run one item; True if its processor asked for this process to be replaced.
+        ``returned`` is called once its processor has returned."""
         activity = item.activity
         if item.interrupted:
             claim = ClaimName(activity.id, activity.attempt, self.worker_id)
@@ -287,7 +297,7 @@ class Attempts:
         due = self._pending_since + 2 * GROUP_COMMIT_SECONDS if self._pending else None
         self._deadline.start(due)
         try:
-            outcome = execute(activity, log_path, self.worker_id, self.repo.root, self.settings)
+            outcome = execute(activity, log_path, self.worker_id, self.repo.root, self.settings, returned)
         finally:
             self._deadline.end()
         self._outcome(claim, activity, started, outcome, time.monotonic() - ran)

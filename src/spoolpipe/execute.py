@@ -18,7 +18,7 @@ import os
 import sys
 import time
 import traceback
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, TypeGuard
 
@@ -239,9 +239,17 @@ os.umask(_UMASK)
 
 
 def execute(
-    activity: Activity, log_path: str, worker_id: str, repository: Path, settings: Settings
+    activity: Activity,
+    log_path: str,
+    worker_id: str,
+    repository: Path,
+    settings: Settings,
+    returned: Callable[[], None] = lambda: None,
 ) -> Outcome:
-    """Run the activity's processor; whatever it does becomes an :class:`Outcome` that can be stored."""
+    """Run the activity's processor; whatever it does becomes an :class:`Outcome` that can be stored.
+
+    ``returned`` is called as soon as the processor has returned or raised: from then on its attempt
+    has run, whatever happens to its outcome."""
     registration = registered().get(activity.type)
     if registration is None:
         return Outcome("error", error=f"no processor for type {activity.type!r} in this worker")
@@ -263,7 +271,10 @@ def execute(
     attempt = activity.attempt
     try:
         try:
-            result = _confined(registration, activity, ctx)
+            try:
+                result = _confined(registration, activity, ctx)
+            finally:
+                returned()
         except Fatal as exc:
             reason = _message(exc) or "the processor said it can never succeed"
             return _failed("fatal", log, attempt, reason, _traceback())
