@@ -225,14 +225,16 @@ def test_a_worker_quarantines_hostile_names_with_one_line_reasons_and_no_forged_
 
 def test_status_escapes_names_in_text_and_json(tmp_path: Path) -> None:
     repo = make_repository(tmp_path)
-    drop(repo, "job.json", json.dumps({"type": "evil\x1b[2J\ntype"}))
+    drop(repo, "job.json", json.dumps({"type": "evil\x1b[2J\ntype"}))  # no activity: not shown as a type
+    drop(repo, "evil\x1b[2J\nname.json", json.dumps({"id": "ok", "type": "t.nobody"}))
     command = [sys.executable, "-m", "spoolpipe", "status", str(repo)]
     text = subprocess.run(command, capture_output=True, check=True).stdout.decode()
     assert "\x1b" not in text
-    assert "evil\\x1b[2J\\ntype" in text
+    assert "(evil\\x1b[2J\\nname.json)" in text
     report = json.loads(subprocess.run([*command, "--json"], capture_output=True, check=True).stdout)
-    assert report["inbox_by_type"] == {"evil\\x1b[2J\\ntype": 1}
-    assert report["unhandled_types"] == ["evil\\x1b[2J\\ntype"]
+    assert report["inbox_by_type"] == {"t.nobody": 1}
+    assert (report["inbox"]["oldest_ready"], report["inbox"]["unreadable"]) == ("evil\\x1b[2J\\nname.json", 1)
+    assert report["unhandled_types"] == ["t.nobody"]
 
 
 def test_status_escapes_what_a_heartbeat_file_says(tmp_path: Path) -> None:
