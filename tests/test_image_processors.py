@@ -560,3 +560,22 @@ def test_the_image_key_is_reserved_and_a_daemon_needs_no_pipeline_machinery() ->
     probe = "import sys, spoolpipe.image_processors; print('spoolpipe.steps' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout
     assert out.split() == ["False"]
+
+
+def test_the_next_attempt_replaces_the_temporary_file_a_killed_one_left_beside_an_output(
+    tmp_path: Path,
+) -> None:
+    """An attempt killed while writing an output left .NAME.RANDOM.tmp: a new random name at every
+    retry, so orphans of up to an image's size piled up in the user's folder."""
+    repo = make_repository(tmp_path, "images.roots = photos\npool.size = 1\n")
+    (repo / "photos" / "in").mkdir(parents=True)
+    (repo / "photos" / "out").mkdir()
+    factory.photo(repo / "photos" / "in" / "cat.jpg")
+    aid = "IMG1"
+    left = repo / "photos" / "out" / f".cat-200.webp.{aid}.tmp"  # as a kill -9 mid-write leaves it
+    left.write_bytes(b"half an image")
+    submit(repo, "image.process", _recipe(), id=aid)
+    run_until_idle(repo)
+    assert aid in records(repo / "done")
+    assert sorted(os.listdir(repo / "photos" / "out")) == ["cat-200.webp", "cat-square.png", "thumbs"]
+    assert os.listdir(repo / "photos" / "out" / "thumbs") == ["cat-96.jpg"]

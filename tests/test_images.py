@@ -1446,3 +1446,16 @@ def test_the_next_photo_reuses_the_freed_pixel_memory(tmp_path: Path) -> None:
     Image.linear_gradient("L").resize((4000, 3000)).convert("RGB").save(tmp_path / "photo.jpg", quality=90)
     faults = int(_in_a_fresh_interpreter(_REUSE_SCRIPT, tmp_path).split()[-1])
     assert faults < 700, f"{faults} page faults in the third run (fresh pages for its pixels)"
+
+
+def test_a_tagged_temporary_name_that_is_a_file_the_recipe_reads_is_never_replaced(root: Path) -> None:
+    """With temp_tag an output's temporary file is removed first: an input of that very name stays."""
+    hidden = root / "photos" / "in" / ".a.png.T1.tmp"
+    Image.new("RGB", (64, 48), "red").save(hidden, format="PNG")
+    before = hidden.read_bytes()
+    recipe = parse_recipe(
+        {"input": str(hidden), "outputs": [{"path": "photos/in/a.png", "ops": [SAVE]}]}, [root]
+    )
+    [saved] = run_recipe(recipe, temp_tag="T1")
+    assert hidden.read_bytes() == before
+    assert Image.open(str(saved["path"])).size == (64, 48)

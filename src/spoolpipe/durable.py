@@ -343,17 +343,22 @@ def temp_beside(target: Path, tag: str | None = None) -> Path:
     return target.with_name(f".{short}.{middle}.tmp")
 
 
-def write_atomic(path: str | os.PathLike[str], data: bytes | str) -> None:
+def write_atomic(path: str | os.PathLike[str], data: bytes | str, *, tag: str | None = None) -> None:
     """Replace ``path`` with ``data``: readers see the old file or the new one, never part of one.
 
     For processors writing their own outputs; durable when it returns. ``path``
     is a ``str`` or path-like, ``data`` bytes or text (written as UTF-8). The
     directory must exist; an error names ``path``, never the hidden temp file
-    (``.NAME.RANDOM.tmp`` beside it, removed on failure).
+    (``.NAME.RANDOM.tmp`` beside it, removed on failure). With ``tag`` (the
+    activity's id, say) the temp file is ``.NAME.TAG.tmp``, the same at every
+    attempt: one a killed attempt left is replaced, not left to pile up.
     """
     target = Path(path)
     content = data.encode("utf-8") if isinstance(data, str) else data
-    tmp = temp_beside(target)
+    tmp = temp_beside(target, tag)
+    if tag is not None:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
     try:
         publish(content, tmp, target, Durability(target.parent), replace=True)
     except OSError as exc:

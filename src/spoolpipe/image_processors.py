@@ -179,7 +179,7 @@ def process_recipe(activity: Activity, ctx: Context) -> list[dict[str, object]]:
     except images.RecipeError as exc:
         raise Fatal(f"invalid recipe: {exc}") from exc
     try:
-        outputs = images.run_recipe(recipe)
+        outputs = images.run_recipe(recipe, temp_tag=activity.id)
     except images.RecipeError as exc:
         raise Fatal(f"recipe failed: {exc}") from exc
     except images.ImageRejected as exc:

@@ -12,10 +12,11 @@ from typing import Final
 from PIL import Image, ImageFile
 
 from ..confine import _inside
+from ..durable import temp_beside
 from ._budget import PIXEL_BUDGET, WORKING_COPIES, PixelBudget
 from ._decode import DEFAULT_LIMITS, ImageRejected, Limits, decode, open_image, open_lazy
 from ._ops import _orientation, normalize_mode
-from ._recipe import Op, Output, Recipe, RecipeError, Size
+from ._recipe import Op, Output, Recipe, RecipeError, Size, WatermarkOp
 from ._save import save_image
 
 DERIVE_GAP: Final = 3
@@ -123,7 +124,11 @@ KEPT_MARK_PIXELS: Final = 1 << 20
 
 
 def run_recipe(
-    recipe: Recipe, *, limits: Limits = DEFAULT_LIMITS, budget: PixelBudget = PIXEL_BUDGET
+    recipe: Recipe,
+    *,
+    limits: Limits = DEFAULT_LIMITS,
+    budget: PixelBudget = PIXEL_BUDGET,
+    temp_tag: str | None = None,
 ) -> list[dict[str, object]]:
     """Decode the input once and write every output; returns one dict per output.
 
@@ -133,7 +138,8 @@ def run_recipe(
     from an earlier output's shrunk image (``DERIVE_GAP``). The run holds
     ``WORKING_COPIES`` times the decoded megapixels from ``budget`` throughout.
     Each file is replaced atomically, but outputs are written one after
-    another: a failure can leave earlier ones done.
+    another: a failure can leave earlier ones done. ``temp_tag`` names their
+    temporary files (``save_image``), so that a retry replaces what a killed run left.
     """
     if Path(os.path.realpath(recipe.input)) != recipe.input:
         raise RecipeError(["input: changed into a link since the recipe was validated"])
@@ -151,6 +157,9 @@ def run_recipe(
         return mark
 
     results: list[dict[str, object]] = []
+    read = {recipe.input} | {
+        op.image for o in recipe.outputs for op in o.ops if isinstance(op, WatermarkOp) and op.image
+    }
     with ExitStack() as held:
         name = str(recipe.input)
         with open_lazy(recipe.input, limits.max_bytes, limits.max_pixels, limits.formats) as lazy:
@@ -163,6 +172,8 @@ def run_recipe(
             image, shrunk = _make(output, f"outputs[{i}]", source, orientation, shrunk, load_mark)
             _ready_folder(output.path, recipe.roots, f"outputs[{i}].path")
             save = output.save
+            # Never the name of a file the recipe reads: the tagged temporary file is replaced first.
+            tag = None if temp_tag is None or temp_beside(output.path, temp_tag) in read else temp_tag
             try:
                 saved = save_image(
                     image,
@@ -174,6 +185,7 @@ def run_recipe(
                     lossless=save.lossless,
                     speed=save.speed,
                     background=save.background,
+                    temp_tag=tag,
                 )
             except ValueError as exc:  # the encoder refusing this image: a retry would get the same
                 raise RecipeError([f"outputs[{i}]: cannot save {output.path} ({exc})"]) from exc

@@ -145,6 +145,7 @@ def save_image(
     lossless: bool = False,
     speed: int | None = None,
     background: str = "#ffffff",
+    temp_tag: str | None = None,
 ) -> SavedImage:
     """Encode ``image`` and atomically replace ``path`` with it.
 
@@ -154,7 +155,8 @@ def save_image(
     in ``image.info`` is written; a profile that does not match the pixels'
     colour space is dropped, and so is a block too long for a JPEG marker.
     Default quality: JPEG 85, WebP 80, AVIF 60. ``ValueError`` when the
-    encoder refuses the image (a WebP over 16383 pixels a side...).
+    encoder refuses the image (a WebP over 16383 pixels a side...). ``temp_tag``:
+    see ``write_atomic``'s ``tag``.
     """
     target = Path(path)
     fmt = _format_for(format, target)
@@ -171,7 +173,7 @@ def save_image(
     except (*_DECODE_ERRORS, RuntimeError) as exc:  # into memory: the encoder refusing the image, not I/O
         raise ValueError(f"cannot encode as {fmt.lower()}: {exc}") from exc
     data = buffer.getvalue()
-    write_atomic(target, data)
+    write_atomic(target, data, tag=temp_tag)
     return SavedImage(
         target, fmt.lower(), prepared.width, prepared.height, len(data), hashlib.sha256(data).hexdigest()
     )
