@@ -389,12 +389,13 @@ def _move_across(
     except OSError:
         with contextlib.suppress(OSError):
             now_there = os.stat(target.name, dir_fd=into, follow_symlinks=False)
-            ours = made is None or os.path.samestat(now_there, made)  # not another writer's since
-            if ours and _exists(into, kept):
-                os.replace(kept, target.name, src_dir_fd=into, dst_dir_fd=into)
-                ctx.log.warning("%s: put back the file it replaced", target)
-            elif ours and made is not None:
-                os.unlink(target.name, dir_fd=into)
+            if made is None or os.path.samestat(now_there, made):  # not another writer's since
+                try:
+                    os.replace(kept, target.name, src_dir_fd=into, dst_dir_fd=into)
+                    ctx.log.warning("%s: put back the file it replaced", target)
+                except FileNotFoundError:  # nothing was replaced (or kept): the copy it made goes
+                    if made is not None:
+                        os.unlink(target.name, dir_fd=into)
         raise
     with contextlib.suppress(FileNotFoundError):
         os.unlink(kept, dir_fd=into)
@@ -402,14 +403,6 @@ def _move_across(
 
 def _kept_name(target: Path, owner: str) -> str:
     return temp_beside(target, f"{owner}.kept").name
-
-
-def _exists(folder: int, name: str) -> bool:
-    try:
-        os.stat(name, dir_fd=folder, follow_symlinks=False)
-    except FileNotFoundError:
-        return False
-    return True
 
 
 def _same_file(folder: int, name: str, other_folder: int, other: str) -> bool:

@@ -159,9 +159,7 @@ def decode(image: ImageFile.ImageFile, name: str) -> Image.Image:
         image.load()
     except _DECODE_ERRORS as exc:
         raise ImageRejected(f"{name}: cannot decode ({exc})") from exc
-    except (
-        MemoryError
-    ):  # within the pixel limit: a damaged or hostile file asking for more (a chunk's length)
+    except MemoryError:  # within the pixel limit: a damaged file asking for more (a chunk's length)
         raise ImageRejected(
             f"{name}: cannot decode (it asks for more memory than this process may have)"
         ) from None

@@ -22,10 +22,10 @@ from PIL import ExifTags, Image, ImageColor, ImageFilter, ImageOps
 from ._decode import _DECODE_ERRORS
 
 MAX_DIMENSION: Final = 8192
+"""Largest width or height a recipe may ask for (resize, pad canvas, thumbnail), or a rotation make."""
 #: How much larger than the image a canvas rotated with ``expand`` may be, past ``MAX_DIMENSION`` squared:
 #: a photo turned by 45 degrees needs about 2.1 times its pixels, a long thin strip far more.
 _ROTATED_AREA: Final = 3
-"""Largest width or height a recipe may ask for (resize, pad canvas, thumbnail), or a rotation make."""
 
 ResizeMode = Literal["fit", "inside", "fill", "cover", "pad", "contain", "exact", "force"]
 Gravity = Literal[
@@ -336,10 +336,10 @@ def rotate(
         cos, sin = abs(math.cos(math.radians(turn))), abs(math.sin(math.radians(turn)))
         w, h = image.size
         across, down = math.ceil(w * cos + h * sin), math.ceil(w * sin + h * cos)
-        bound = max(MAX_DIMENSION, w, h)
-        if max(across, down) > bound + 1:
+        side, bound = max(across, down), max(MAX_DIMENSION, w, h)
+        if side > bound + 1:
             raise ValueError(
-                f"rotated by {angle:g} degrees the canvas would be {max(across, down)} pixels across, "
+                f"rotated by {angle:g} degrees the canvas would be {side} pixels across, "
                 f"over {bound} pixels a side"
             )
         area = max(MAX_DIMENSION**2, _ROTATED_AREA * w * h)  # a long thin image grows most

@@ -479,6 +479,10 @@ class Recipe:
     outputs: tuple[Output, ...]
     roots: tuple[Path, ...]
 
+    def files_read(self) -> set[Path]:
+        """The input and every watermark image: the files a run reads."""
+        return {self.input} | {path for _, path in _watermark_images(self.outputs)}
+
     def decode_size(self, size: Size, orientation: int) -> Size | None:
         """What a source of stored ``size`` and EXIF ``orientation`` may be decoded down to.
 
@@ -651,14 +655,19 @@ def parse_recipe(data: Mapping[str, object], roots: Sequence[Path]) -> Recipe:
     return Recipe(source, tuple(outputs), resolved)
 
 
-def _marks_replaced(outputs: Sequence[Output]) -> list[str]:
-    """An output that is a watermark image of the recipe would replace it for later outputs and retries."""
-    marks = [
+def _watermark_images(outputs: Sequence[Output]) -> list[tuple[str, Path]]:
+    """The image files the outputs' watermark steps read, each with where in the recipe it is named."""
+    return [
         (f"outputs[{i}].ops[{k}]", op.image)
         for i, output in enumerate(outputs)
         for k, op in enumerate(output.ops)
         if isinstance(op, WatermarkOp) and op.image is not None
     ]
+
+
+def _marks_replaced(outputs: Sequence[Output]) -> list[str]:
+    """An output that is a watermark image of the recipe would replace it for later outputs and retries."""
+    marks = _watermark_images(outputs)
     return [
         f"outputs[{i}].path: same file as the watermark image of {where} (it would be replaced)"
         for i, output in enumerate(outputs)

@@ -16,7 +16,7 @@ from ..durable import temp_beside
 from ._budget import PIXEL_BUDGET, WORKING_COPIES, PixelBudget
 from ._decode import DEFAULT_LIMITS, ImageRejected, Limits, decode, open_image, open_lazy
 from ._ops import _orientation, normalize_mode
-from ._recipe import Op, Output, Recipe, RecipeError, Size, WatermarkOp
+from ._recipe import Op, Output, Recipe, RecipeError, Size
 from ._save import save_image
 
 DERIVE_GAP: Final = 3
@@ -157,9 +157,7 @@ def run_recipe(
         return mark
 
     results: list[dict[str, object]] = []
-    read = {recipe.input} | {
-        op.image for o in recipe.outputs for op in o.ops if isinstance(op, WatermarkOp) and op.image
-    }
+    read = recipe.files_read()
     with ExitStack() as held:
         name = str(recipe.input)
         with open_lazy(recipe.input, limits.max_bytes, limits.max_pixels, limits.formats) as lazy:
