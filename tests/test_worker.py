@@ -281,6 +281,30 @@ def test_a_stuck_processor_is_killed_by_its_timeout_and_retried(tmp_path: Path) 
     assert "timed out" in (repo / "logs" / "activities" / f"{aid}~1.log").read_text()
 
 
+def test_a_result_that_hangs_while_it_is_checked_is_killed_by_the_timeout(tmp_path: Path) -> None:
+    """The processor returned a dict whose items() never ends: its clock had stopped at the return, so
+    nothing killed it, the slot was lost for good and the next activity never ran."""
+    extra = """
+        class _Endless(dict):
+            def items(self):
+                while True:
+                    time.sleep(0.05)
+
+        @processor("t.hang_after")
+        def hang_after(activity, ctx):
+            _effect(ctx, activity)
+            return _Endless(a=1) if activity.attempt == 1 else {"fine": True}
+    """
+    repo = make_repository(tmp_path, "pool.size = 1\ntimeout.t.hang_after = 1\n", extra_processors=extra)
+    aid = submit(repo, "t.hang_after")
+    ok = submit(repo, "t.noop")
+    output = run_until_idle(repo, timeout=60)
+    assert f"{aid} (t.hang_after) timed out after 1.0s" in output, output[-3000:]
+    assert records(repo / "done")[aid]["result"] == {"fine": True}
+    assert records(repo / "done")[aid]["spoolpipe"]["attempts"] == 2
+    assert ok in ids_in(repo / "done")
+
+
 def test_a_crashing_processor_counts_as_attempts_then_fails(tmp_path: Path) -> None:
     repo = make_repository(tmp_path, "retry.max-attempts = 2\n")
     aid = submit(repo, "t.crash")

@@ -204,10 +204,15 @@ class _CommitDeadline:
 _IDS_SAID_EVERY = 60.0
 
 
+#: Index in a pool process's ``progress`` of how many items of its batch have run: their processors
+#: returned (or they were settled without one). A daemon that ends the batch counts those attempts.
+RAN = 5
+
+
 def _ran_until(progress: Any, taken: int) -> None:
     """The items before ``taken`` have run: a daemon that ends the batch now counts their attempts, even
-    while an outcome is still being checked and written. The next item's clock starts (timeouts)."""
-    progress[0], progress[1] = taken, time.monotonic()
+    while an outcome is still being checked and written (its clock goes on: timeouts)."""
+    progress[RAN] = taken
 
 
 @dataclass

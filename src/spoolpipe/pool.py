@@ -33,7 +33,7 @@ from multiprocessing.process import BaseProcess
 from typing import Any
 
 from . import _libc
-from .attempt import Attempts, Item, Report, Setup
+from .attempt import RAN, Attempts, Item, Report, Setup
 from .processor import forget_registrations, registrations, restore_registrations
 
 _BUILTIN_MODULES = (
@@ -178,6 +178,7 @@ class Died:
     slot: Slot
     batch: tuple[Item, ...]
     current: int  # index of the item that was running, -1 if none
+    ran: int  # how many items had run (Slot.ran)
     how: str
 
 
@@ -280,7 +281,7 @@ class Slot:
     conn: Connection
     #: Shared with the process: [index of the running item or -1, monotonic time it started,
     #: 1 = stop, monotonic time until which it may claim (the worker holds its lock until then),
-    #: process group of the command it runs or 0 (COMMAND_GROUP)].
+    #: process group of the command it runs or 0 (COMMAND_GROUP), how many items have run (RAN)].
     progress: Any
     ready: bool = False
     batch: tuple[Item, ...] = ()
@@ -292,6 +293,10 @@ class Slot:
         if 0 <= index < len(self.batch):
             return self.batch[index], float(self.progress[1])
         return None
+
+    def ran(self) -> int:
+        """How many items of its batch have run: their attempts count, whatever became of their outcomes."""
+        return int(self.progress[RAN])
 
 
 class Pool:
@@ -322,7 +327,7 @@ class Pool:
     def _spawn(self, index: int) -> Slot:
         forked = threading.active_count() == 1 and sys.platform.startswith("linux")
         mp: Any = multiprocessing.get_context("fork" if forked else "spawn")
-        progress = multiprocessing.sharedctypes.RawArray(ctypes.c_double, 5)
+        progress = multiprocessing.sharedctypes.RawArray(ctypes.c_double, 6)
         progress[0], progress[3] = -1, self._claims_until
         parent, child = mp.Pipe()
         process = mp.Process(
@@ -354,7 +359,7 @@ class Pool:
 
     def send(self, slot: Slot, batch: Sequence[Item]) -> None:
         slot.batch, slot.sent = tuple(batch), time.monotonic()
-        slot.progress[0] = -1
+        slot.progress[0], slot.progress[RAN] = -1, 0
         slot.conn.send(list(batch))
 
     def wait(self, timeout: float, extra: Sequence[Any]) -> list[Event]:
@@ -375,7 +380,8 @@ class Pool:
         except Exception:  # EOF: it died; garbled: it cannot be trusted to answer again
             slot.batch = ()
             self.kill(slot)
-            return Died(slot, batch, current if 0 <= current < len(batch) else -1, how_it_ended(slot.process))
+            current = current if 0 <= current < len(batch) else -1
+            return Died(slot, batch, current, slot.ran(), how_it_ended(slot.process))
         if message == "ready":
             slot.ready = True
             return Ready(slot)

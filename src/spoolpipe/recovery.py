@@ -85,10 +85,11 @@ class Recovery:
         )
         return len(claims)
 
-    def abandoned(self, batch: Sequence[Item], current: int, reason: str) -> Abandoned:
-        """A batch whose process ended while item ``current`` ran: its attempt was interrupted
-        (``reason``); the items before it whose outcome was not committed yet ran, and count as a
-        crash does; the others are put back as they were, their attempts not counted."""
+    def abandoned(self, batch: Sequence[Item], current: int, ran: int, reason: str) -> Abandoned:
+        """A batch whose process ended while item ``current`` ran (or had its outcome checked and
+        written): its attempt was interrupted (``reason``); the first ``ran`` items whose outcome was
+        not committed yet ran, and count as a crash does; the others are put back as they were,
+        their attempts not counted."""
         result = Abandoned()
         for index, item in enumerate(batch):
             claim = self.claim_of(item)
@@ -99,24 +100,22 @@ class Recovery:
                 result.interrupted.append(Item("", item.activity, interrupted=reason))
             elif state == "claimed":
                 # An interrupted attempt whose settling died too counts, as a crash does.
-                self._put_back(
-                    claim, claim.attempt + 1 if item.interrupted or _ran(index, current) else claim.attempt
-                )
+                self._put_back(claim, claim.attempt + 1 if item.interrupted or index < ran else claim.attempt)
             elif item.name:
                 result.untouched.append(item.name)
         self.repo.durability.barrier()
         return result
 
-    def release(self, batch: Sequence[Item], current: int, why: str) -> None:
-        """Stopping while item ``current`` ran: every claim of the batch goes back as it was
-        (committed ones are finished), but for those that ran before it and whose outcome was
-        not committed yet: they count as a crash does."""
+    def release(self, batch: Sequence[Item], ran: int, why: str) -> None:
+        """Stopping while the batch runs: every claim goes back as it was (committed ones are
+        finished), but for those of the first ``ran`` items, which ran, and whose outcome was not
+        committed yet: they count as a crash does."""
         for index, item in enumerate(batch):
             claim = self.claim_of(item)
             state = self.repo.claim_state(claim)
             if state == "committed":
                 self.repo.recover(claim)
-            elif state == "claimed" and _ran(index, current):
+            elif state == "claimed" and index < ran:
                 if self._put_back(claim, claim.attempt + 1):
                     log.warning(
                         "%s ran, but its outcome was lost: its next attempt is queued", item.activity.id
@@ -130,9 +129,3 @@ class Recovery:
             return False
         self.repo.discard(claim)
         return True
-
-
-def _ran(index: int, current: int) -> bool:
-    """Whether a batch's item ``index`` ran before its process ended while item ``current`` ran
-    (``-1``: after the last): a claim is taken just before its processor runs."""
-    return index < current or current < 0

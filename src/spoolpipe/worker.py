@@ -515,7 +515,7 @@ class Worker:
 
     def _died(self, event: Died) -> None:
         self.admission.freed(event.slot)
-        self._abandoned(event.batch, event.current, f"pool process died ({event.how})")
+        self._abandoned(event.batch, event.current, event.ran, f"pool process died ({event.how})")
         if not self._stopping:
             self.pool.replace(event.slot)
 
@@ -529,7 +529,7 @@ class Worker:
             limit = timeout_for(self.settings, item.activity.type)
             if now < started + limit:
                 continue
-            batch, index = slot.batch, int(slot.progress[0])
+            batch, index, ran = slot.batch, int(slot.progress[0]), slot.ran()
             log.warning(
                 "%s (%s) timed out after %ss: pool process killed",
                 item.activity.id,
@@ -541,11 +541,11 @@ class Worker:
             self.pool.kill(slot)
             slot.batch = ()
             self.admission.freed(slot)
-            self._abandoned(batch, index, f"timed out after {limit}s; the processor was killed")
+            self._abandoned(batch, index, ran, f"timed out after {limit}s; the processor was killed")
             self.pool.replace(slot)
 
-    def _abandoned(self, batch: Sequence[Item], current: int, reason: str) -> None:
-        abandoned = self.recovery.abandoned(batch, current, reason)
+    def _abandoned(self, batch: Sequence[Item], current: int, ran: int, reason: str) -> None:
+        abandoned = self.recovery.abandoned(batch, current, ran, reason)
         self._interrupted += abandoned.interrupted
         self.intake.add(abandoned.untouched)
 
@@ -553,7 +553,7 @@ class Worker:
         for slot in self.pool.busy():
             batch, slot.batch = slot.batch, ()
             self.pool.kill(slot)  # stopping: no replacement
-            self.recovery.release(batch, int(slot.progress[0]), why)
+            self.recovery.release(batch, slot.ran(), why)
 
     def _recover(self, *, own_only: bool) -> None:
         active = [i for s in self.pool.busy() for i in s.batch] + self._interrupted

@@ -144,7 +144,8 @@ OPTIONS: tuple[Option, ...] = (
         "timeout.seconds",
         SecondsKind(0, exclusive=True),
         "300",
-        "Wall-clock limit, in seconds, for running one activity.",
+        "Wall-clock limit, in seconds, for running one activity: its processor, then checking and "
+        "storing what it returned or raised.",
     ),
     Option(
         "timeout.<type>",
