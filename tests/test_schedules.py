@@ -636,3 +636,20 @@ def test_a_worker_with_an_older_definition_neither_fires_it_nor_undoes_the_newer
     ticks = [_tick(name[: -len(".json")], "p") for name in by_new]
     assert all(t is not None and t % 2 == 0 for t in ticks)
     assert state(repo.root, "p")["expression"] == "every 2s"
+
+
+@pytest.mark.parametrize("blocker", ["file", "dangling link"])
+def test_a_schedules_path_that_is_no_folder_is_said_and_retried_not_spun_on(
+    tmp_path: Path, blocker: str
+) -> None:
+    """A file in the way of schedules/ read as "another worker created the state meanwhile": the rule was
+    looked at again at once, for ever (a core at 100%, nothing logged, nothing fired)."""
+    repo = Repository(make_repository(tmp_path), fsync=False)
+    if blocker == "file":
+        (repo.root / "schedules").write_text("junk")
+    else:
+        (repo.root / "schedules").symlink_to(tmp_path / "nowhere")
+    scheduler = Scheduler(repo, "w1", repo.heartbeats / ".clock-w1")
+    now = time.time()
+    assert scheduler.fire({"p": Rule("p", Every(1), "t.noop")}, now) == []
+    assert scheduler.next_fire() >= now + 4  # RETRY_SECONDS later, not at once

@@ -8,6 +8,7 @@ reading (a file that is not a state document counts as absent).
 from __future__ import annotations
 
 import dataclasses
+import errno
 import json
 import os
 import stat
@@ -120,5 +121,8 @@ def read_state(path: Path) -> tuple[State | None, bool]:
 
 def write_state(repo: Repository, path: Path, doc: dict[str, Any], *, create: bool) -> None:
     """Write a state document: with ``create`` only if none is there (``FileExistsError`` otherwise)."""
-    path.parent.mkdir(exist_ok=True)
+    try:
+        path.parent.mkdir(exist_ok=True)
+    except FileExistsError as exc:  # a file or a dangling link in the way: no other worker's state
+        raise NotADirectoryError(errno.ENOTDIR, "not a folder", str(path.parent)) from exc
     publish(dumps(doc), repo.temp_path("schedule"), path, repo.durability, replace=not create)
