@@ -371,6 +371,17 @@ def test_later_key_wins_within_a_file_and_repeat_warns(tmp_path: Path) -> None:
     assert loaded.warnings == (f"{path}:3: 'pool.size' is set again; this replaces line 1",)
 
 
+def test_a_third_setting_of_a_key_points_at_the_line_it_replaces(tmp_path: Path) -> None:
+    """Each repetition said "replaces line 1", though the line it overrides is the one before."""
+    path = shared(tmp_path, "pool.size = 1\npool.size = 2\npool.size = 3\n")
+    loaded = load(tmp_path)
+    assert loaded.settings.pool_size == 3
+    assert loaded.warnings == (
+        f"{path}:2: 'pool.size' is set again; this replaces line 1",
+        f"{path}:3: 'pool.size' is set again; this replaces line 2",
+    )
+
+
 # --------------------------------------------------------------------------
 # Files, precedence, paths
 # --------------------------------------------------------------------------

@@ -114,6 +114,9 @@ def test_options_parse_as_the_kind_asked_for(raw: str, kind: Any, value: Any) ->
         ("", int, "'' is not an integer"),
         ("fast", float, "'fast' is not a number"),
         ("nan", float, "'nan' is not a finite number"),
+        ("1_0", float, "'1_0' is not a number"),  # float() takes these, the configuration's keys do not
+        ("\u0663", float, "'\u0663' is not a number"),
+        ("1" * 5000, int, f"'{'1' * 5000}' is out of range"),  # not int()'s advice on set_int_max_str_digits
         ("maybe", bool, "'maybe' is not a boolean; expected a boolean (true/false, yes/no, on/off or 1/0)"),
         ("1,5", Decimal, "'1,5' is not a valid Decimal"),
     ],

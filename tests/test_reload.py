@@ -7,6 +7,7 @@ import json
 import logging
 import os
 import signal
+import time
 from pathlib import Path
 
 import pytest
@@ -145,6 +146,109 @@ def test_a_smaller_pool_size_changes_nothing_until_a_restart(tmp_path: Path) -> 
         wait_for(lambda: len(effects(repo, "t.slow")) == 2, 20, "both to run at once, as before")
         heartbeat = json.loads((repo / "heartbeats" / "w1.json").read_text())
         assert (heartbeat["pool_size"], heartbeat["types"]["t.slow"]) == (2, 2)
+    finally:
+        worker.send_signal(signal.SIGTERM)
+        assert worker.wait(30) == 0, stderr.read_text()
+
+
+def test_new_processor_code_runs_what_waited_in_the_inbox_for_its_type(tmp_path: Path) -> None:
+    """An activity set aside because no processor here runs its type: a module edit that registers the
+    type ran new ones at once, but the one that had waited stayed in the inbox until a restart."""
+    repo = make_repository(tmp_path, "heartbeat.interval-seconds = 0.5\n")
+    procs = tmp_path / "procs" / "e2e_procs.py"
+    stderr = repo.parent / "worker-w1.stderr"
+    worker = start_worker(repo, "w1")
+    try:
+        wait_for(lambda: (repo / "heartbeats" / "w1.json").exists(), 20, "the worker to start")
+        early = submit(repo, "t.later")
+        time.sleep(1.5)  # notified at once: set aside, as no processor here runs its type
+        procs.write_text(
+            procs.read_text() + '\n@processor("t.later")\ndef later(activity, ctx):\n    return 1\n'
+        )
+        os.utime(procs, ns=(10**12, 10**12))  # file times can be coarse
+        wait_for(lambda: early in ids_in(repo / "done"), 20, "the activity that waited to run")
+    finally:
+        worker.send_signal(signal.SIGTERM)
+        assert worker.wait(30) == 0, stderr.read_text()
+
+
+def _heartbeats_within(repo: Path, seconds: float) -> int:
+    """How many times the heartbeat file is written within ``seconds``."""
+    path, seen, writes = repo / "heartbeats" / "w1.json", set(), 0
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        stamp = os.stat(path).st_mtime_ns
+        if stamp not in seen:
+            seen.add(stamp)
+            writes += 1
+        time.sleep(0.02)
+    return writes - 1  # the first one seen was written before
+
+
+def test_a_shorter_heartbeat_interval_applies_at_the_reload(tmp_path: Path) -> None:
+    """The next heartbeat had been planned with the old interval: a worker whose interval went from 60s
+    back to 1s wrote none (and read no stop or reload request) for up to a minute."""
+    repo = make_repository(tmp_path, "heartbeat.interval-seconds = 1\nclaims.lease-seconds = 300\n")
+    stderr = repo.parent / "worker-w1.stderr"
+    worker = start_worker(repo, "w1")
+    try:
+        wait_for(lambda: (repo / "heartbeats" / "w1.json").exists(), 20, "the worker to start")
+        _edit(repo, "heartbeat.interval-seconds = 60\n", 10**12)
+        wait_for(lambda: stderr.read_text().count("configuration reloaded") == 1, 20, "the first reload")
+        beat = repo / "heartbeats" / "w1.json"
+        before = beat.stat().st_mtime_ns
+        wait_for(lambda: beat.stat().st_mtime_ns != before, 20, "a heartbeat planning the next in 60s")
+        (repo / "workers" / "w1.properties").unlink()
+        worker.send_signal(signal.SIGHUP)
+        wait_for(lambda: stderr.read_text().count("configuration reloaded") == 2, 20, "the second reload")
+        assert _heartbeats_within(repo, 3.5) >= 2
+    finally:
+        worker.send_signal(signal.SIGTERM)
+        assert worker.wait(30) == 0, stderr.read_text()
+
+
+def test_a_heartbeat_interval_the_running_lease_cannot_cover_is_rejected(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """claims.lease-seconds is taken at start: the check against twice the interval used the new value
+    of that key, so a worker came to run with a lease of 30s and heartbeats every 120s."""
+    root = make_repository(tmp_path)
+    running = config.load(root, "w1").settings
+    reloads = Reloads(root, "w1", running)
+    _edit(root, "heartbeat.interval-seconds = 120\nclaims.lease-seconds = 300\n", 10**12)
+    with caplog.at_level(logging.ERROR, "spoolpipe.worker"):
+        assert reloads.settings(running, requested=False) is None
+    assert "heartbeat.interval-seconds: 120 is more than half of the claims.lease-seconds" in caplog.text
+
+
+def test_reloads_after_a_pool_size_change_keep_the_pool_processes_when_nothing_changed(
+    tmp_path: Path,
+) -> None:
+    """pool.size waits for a restart, but the settings compared with it in: every later reload, changed
+    or not, replaced every pool process (processors lost what they keep loaded)."""
+    extra = """
+        @processor("t.pid")
+        def pid(activity, ctx):
+            return os.getpid()
+    """
+    repo = make_repository(tmp_path, "pool.size = 1\n", extra_processors=extra)
+    stderr = repo.parent / "worker-w1.stderr"
+    worker = start_worker(repo, "w1")
+
+    def run_one() -> int:
+        aid = submit(repo, "t.pid")
+        wait_for(lambda: aid in ids_in(repo / "done"), 20, "the activity")
+        return int(json.loads((repo / "done" / f"{aid}.json").read_text())["result"])
+
+    try:
+        wait_for(lambda: (repo / "heartbeats" / "w1.json").exists(), 20, "the worker to start")
+        _edit(repo, "pool.size = 2\n", 10**12)
+        wait_for(lambda: stderr.read_text().count("configuration reloaded") == 1, 20, "the reload")
+        first = run_one()
+        for n in (2, 3):
+            worker.send_signal(signal.SIGHUP)
+            wait_for(lambda n=n: stderr.read_text().count("configuration reloaded") == n, 20, "a reload")  # type: ignore[misc]
+            assert run_one() == first
     finally:
         worker.send_signal(signal.SIGTERM)
         assert worker.wait(30) == 0, stderr.read_text()

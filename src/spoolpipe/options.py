@@ -7,17 +7,16 @@ what was expected; ``Context.option`` adds the key and the ``file:line`` that se
 from __future__ import annotations
 
 import math
-import re
 from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar, cast
 
-from .config import BoolKind
+from .config import BoolKind, FloatKind, parse_integer
 
 T = TypeVar("T")
 
-_INTEGER = re.compile(r"[+-]?[0-9]+")
 _BOOL = BoolKind()
+_FLOAT = FloatKind(-math.inf)
 
 
 def parse_option(raw: str, kind: Callable[[str], T]) -> T:
@@ -35,18 +34,11 @@ def parse_option(raw: str, kind: Callable[[str], T]) -> T:
             return cast(T, _BOOL.parse(raw, Path()))
         except Exception as exc:  # config's own "not a boolean"
             raise ValueError(f"{exc}; expected {_BOOL.expected}") from None
-    if kind is int:
-        if not _INTEGER.fullmatch(text):
-            raise ValueError(f"{text!r} is not an integer")
-        return cast(T, int(text))
-    if kind is float:
+    if kind is int or kind is float:  # as the configuration's own keys: ASCII digits, no "1_0"
         try:
-            number = float(text)
-        except ValueError:
-            raise ValueError(f"{text!r} is not a number") from None
-        if not math.isfinite(number):
-            raise ValueError(f"{text!r} is not a finite number")
-        return cast(T, number)
+            return cast(T, parse_integer(raw) if kind is int else _FLOAT.parse(raw, Path()))
+        except Exception as exc:  # config's own "not an integer", "not a number", "out of range"
+            raise ValueError(str(exc)) from None
     try:
         return kind(raw)
     except Exception as exc:  # whatever the conversion raises (decimal.InvalidOperation...)

@@ -52,6 +52,17 @@ def _taken_at_start(new: config.Settings, old: config.Settings) -> list[tuple[st
     ]
 
 
+def _check_running_lease(new: config.Settings, start: config.Settings) -> None:
+    """A lease must outlive two heartbeats: the lease this worker took at start, not the one it reads."""
+    beat, lease = new.heartbeat_interval_seconds, start.claims_lease_seconds
+    if 2 * beat > lease:
+        raise config.ConfigError(
+            f"heartbeat.interval-seconds: {beat:g} is more than half of the claims.lease-seconds this "
+            f"worker runs with ({lease:g}, taken at start); expected a number <= {lease / 2:g}, or a "
+            "restart to take both"
+        )
+
+
 class Reloads:
     """What changed since the worker took ``settings`` and imported their processors."""
 
@@ -72,6 +83,7 @@ class Reloads:
         self._retry_after = ()
         try:
             settings = load(self.root, self.worker_id)
+            _check_running_lease(settings, self._at_start)
             if (settings.processors, settings.processors_path) != (
                 running.processors,
                 running.processors_path,

@@ -632,13 +632,17 @@ class Worker:
                 log.error("metrics: %s", exc)
             self._adopt()
             self._watch_as_set()
-            if settings != old:
+            # The next heartbeat was planned with the old interval: a shorter one applies now.
+            beat = time.monotonic() + self.settings.heartbeat_interval_seconds
+            self._next_heartbeat = min(self._next_heartbeat, beat)
+            if self.settings != old:
                 self.pool.setup = self._setup()
                 self.pool.mark_stale()
                 self.intake.reconsider(self._handles)
             self.reloads.reloaded(settings, self.pool.size)
         if self.reloads.code(self.settings):
             self.pool.mark_stale()
+            self.intake.reconsider(self._handles)  # types the new code registers run what waited
 
     def _configure_metrics(self) -> None:
         """Start, change or stop reporting metrics as the settings say; ``OSError`` if they cannot be."""

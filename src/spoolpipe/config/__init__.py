@@ -31,7 +31,7 @@ specification prescribes. ``\\uXXXX`` escapes work in both cases. A UTF-16 or UT
 
 from __future__ import annotations
 
-from ._kinds import MAX_SECONDS, TYPE_PATTERN, BoolKind, as_seconds, parse_duration
+from ._kinds import MAX_SECONDS, TYPE_PATTERN, BoolKind, FloatKind, as_seconds, parse_duration, parse_integer
 from ._load import SHARED_FILE, ConfigError, config_files, load
 from ._render import describe_keys, render_defaults
 from ._schema import OPTIONS
@@ -44,6 +44,7 @@ __all__ = [
     "TYPE_PATTERN",
     "BoolKind",
     "ConfigError",
+    "FloatKind",
     "Loaded",
     "Settings",
     "as_seconds",
@@ -52,5 +53,6 @@ __all__ = [
     "describe_keys",
     "load",
     "parse_duration",
+    "parse_integer",
     "render_defaults",
 ]

@@ -71,6 +71,11 @@ def _integer(text: str, what: str, pattern: re.Pattern[str] = _INTEGER) -> int:
     return -number if text.startswith("-") else number
 
 
+def parse_integer(raw: str) -> int:
+    """Any integer as the configuration writes one (see ``_integer``); ``Invalid`` says why not."""
+    return _integer(raw.strip(), "an integer")
+
+
 @dataclass(frozen=True)
 class IntKind(Kind):
     minimum: int

@@ -245,13 +245,12 @@ def load(repo: Path, worker_id: str | None = None, *, cpu_count: int | None = No
             continue
         shared = not sources
         sources.append(path)
-        first_line: dict[str, int] = {}
+        set_at: dict[str, int] = {}  # the line that sets each key so far
         for entry in entries:
             key = entry.key
-            if key in first_line:
-                warnings.append(f"{entry.where}: {key!r} is set again; this replaces line {first_line[key]}")
-            else:
-                first_line[key] = entry.line
+            if key in set_at:
+                warnings.append(f"{entry.where}: {key!r} is set again; this replaces line {set_at[key]}")
+            set_at[key] = entry.line
             try:
                 if key in _STATIC:
                     values[key] = _STATIC[key].kind.parse(entry.value, path.parent)
