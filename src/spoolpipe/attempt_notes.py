@@ -18,6 +18,7 @@ from typing import Any
 
 from .activity import Activity, InvalidActivity, attempt_stem, new_id, parse_document
 from .repository import dumps
+from .untrusted import read_regular
 
 #: A note's name after ``ID~N``; retention purges notes with the attempt logs (``retention.logs``).
 NOTE_SUFFIX = ".attempt.json"
@@ -47,10 +48,8 @@ def read_note(logs: Path, activity_id: str, attempt: int, run: int) -> dict[str,
     """The note of attempt ``attempt`` in run ``run`` (how many times ``spoolpipe retry`` requeued it)."""
     path = note_path(logs, activity_id, attempt)
     try:
-        if os.lstat(path).st_size > _NOTE_BYTES:
-            return None
-        note = parse_document(path.read_bytes())
-    except (OSError, InvalidActivity):
+        note = parse_document(read_regular(path, _NOTE_BYTES)[0])
+    except (OSError, InvalidActivity):  # a FIFO, a link, /dev/zero...: as if missing
         return None
     if note.get("run") != run or note.get("attempt") != attempt:
         return None

@@ -16,12 +16,10 @@ from __future__ import annotations
 
 import contextlib
 import enum
-import errno
 import logging
 import os
 import shutil
 import socket
-import stat
 import sys
 import time
 from collections.abc import Sequence
@@ -35,6 +33,7 @@ from .attempt import counted
 from .durable import publish
 from .liveness import Prober, resolve_mode
 from .repository import Repository, dumps, filesystem_now
+from .untrusted import read_regular
 
 log = logging.getLogger("spoolpipe.control")
 
@@ -221,16 +220,7 @@ class Mailbox:
 
 def _read_small(path: Path) -> bytes:
     """A regular file's content, if it is no larger than a request can be; never follows a link."""
-    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
-    try:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            raise OSError(errno.EINVAL, "not a regular file")
-        data = os.read(fd, MAX_REQUEST_BYTES + 1)
-        if len(data) > MAX_REQUEST_BYTES:
-            raise OSError(errno.EFBIG, f"larger than {MAX_REQUEST_BYTES} bytes")
-        return data
-    finally:
-        os.close(fd)
+    return read_regular(path, MAX_REQUEST_BYTES)[0]
 
 
 def _remove(path: Path) -> None:

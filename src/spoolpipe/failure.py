@@ -16,6 +16,8 @@ from .activity import Activity, is_valid_name
 from .durable import write_atomic
 from .processor import Context, Fatal, processor
 from .record import OMITTABLE
+from .repository import RECORD_BYTES
+from .untrusted import NotARegularFile, read_regular
 
 TYPE = "spoolpipe.failure"
 
@@ -45,12 +47,19 @@ def _with_omitted(failed: dict[str, Any], ctx: Context) -> dict[str, Any]:
         return failed
     path = ctx.repository / "failed" / f"{failed['id']}.json"
     try:
-        record = json.loads(path.read_bytes())
+        record = json.loads(read_regular(path, RECORD_BYTES)[0])
     except FileNotFoundError:
         # The failure activity is published just before its record: try again shortly.
         raise FileNotFoundError(f"failed/{failed['id']}.json is not there (yet)") from None
-    section = record.get("spoolpipe", {})
-    found = {"data": record.get("data", {}), "traceback": section.get("traceback", "")}
+    except NotARegularFile as exc:  # anyone may put a link to a file elsewhere there: never followed
+        raise Fatal(f"failed/{failed['id']}.json {exc.strerror}") from None
+    except ValueError as exc:
+        raise Fatal(f"failed/{failed['id']}.json is not a record: {exc}") from None
+    if not isinstance(record, dict):
+        raise Fatal(f"failed/{failed['id']}.json is not a record")
+    section = record.get("spoolpipe")
+    traceback = section.get("traceback", "") if isinstance(section, dict) else ""
+    found = {"data": record.get("data", {}), "traceback": traceback}
     return {**failed, **{f: found[f] for f in omitted}}
 
 

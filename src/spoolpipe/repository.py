@@ -44,6 +44,7 @@ from .activity import (
 )
 from .durable import Durability, Spares, move_noreplace, publish, take, write_file
 from .storable import encode
+from .untrusted import NotARegularFile, kind_of, read_regular
 
 STATE_DIRS = ("inbox", "running", "done", "failed", "invalid")
 SUPPORT_DIRS = (
@@ -158,20 +159,6 @@ class Rejected:
 
 def _stamp(st: os.stat_result) -> Stamp:
     return st.st_ino, st.st_size, st.st_mtime_ns
-
-
-def _kind(mode: int) -> str:
-    if stat.S_ISDIR(mode):
-        return "a directory"
-    if stat.S_ISLNK(mode):
-        return "a symbolic link (links are never followed)"
-    if stat.S_ISFIFO(mode):
-        return "a FIFO"
-    if stat.S_ISSOCK(mode):
-        return "a socket"
-    if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
-        return "a device"
-    return "not a regular file"
 
 
 def dumps(doc: Any) -> bytes:
@@ -401,7 +388,7 @@ class Repository:
         except FileNotFoundError:
             return None
         if not stat.S_ISREG(st.st_mode):
-            return Rejected(f"{name} is {_kind(st.st_mode)}, not an activity file")
+            return Rejected(f"{name} is {kind_of(st.st_mode)}, not an activity file")
         if st.st_size > limit:
             return Rejected(f"{name} is {st.st_size} bytes, over limits.activity-bytes={limit}")
         try:
@@ -417,7 +404,7 @@ class Repository:
         try:
             st = os.fstat(fd)
             if not stat.S_ISREG(st.st_mode):
-                return Rejected(f"{name} is {_kind(st.st_mode)}, not an activity file")
+                return Rejected(f"{name} is {kind_of(st.st_mode)}, not an activity file")
             chunks: list[bytes] = []
             size = 0
             want = min(st.st_size, limit) + 1  # one read for a whole file; a short read is its end
@@ -611,10 +598,10 @@ class Repository:
         if not os.path.lexists(path):
             return None
         try:
-            failed = json.loads(self.failed.joinpath(record).read_bytes())
+            failed = json.loads(read_regular(path, RECORD_BYTES)[0])
         except FileNotFoundError:
             return None
-        except (OSError, ValueError):
+        except (OSError, ValueError):  # a FIFO, a link...: still an id taken
             failed = None
         if (
             activity.history
@@ -938,36 +925,21 @@ class Repository:
 
 
 #: Largest record ``retry`` reads: an activity's data and a traceback, each bounded, and its history.
-_RECORD_BYTES = 64 << 20
+RECORD_BYTES = 64 << 20
 
 
 def _read_record(path: Path) -> tuple[bytes, os.stat_result]:
-    """A record file's bytes and the file's status, never following a link or blocking on a FIFO:
-    InvalidActivity says why it is not a record file."""
+    """A record file's bytes and the file's status: InvalidActivity says why it is not a record file."""
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY)
-    except OSError as exc:
-        if exc.errno == errno.ELOOP:
-            raise InvalidActivity("it is a symbolic link (links are never followed)") from None
-        raise
-    try:
-        st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode):
-            raise InvalidActivity(f"it is {_kind(st.st_mode)}")
-        if st.st_size > _RECORD_BYTES:
-            raise InvalidActivity(f"it is {st.st_size} bytes, more than a record can be ({_RECORD_BYTES})")
-        chunks = []
-        while chunk := os.read(fd, 1 << 20):
-            chunks.append(chunk)
-        return b"".join(chunks), st
-    finally:
-        os.close(fd)
+        return read_regular(path, RECORD_BYTES)
+    except NotARegularFile as exc:
+        raise InvalidActivity(f"it {exc.strerror}") from None
 
 
 def _claim_priority(path: Path) -> int:
     """The priority a claim's document asks for; the default if it cannot be read (it moves as it is)."""
     try:
-        return document_priority(parse_document(path.read_bytes()))
+        return document_priority(parse_document(read_regular(path, RECORD_BYTES)[0]))
     except (OSError, InvalidActivity):
         return DEFAULT_PRIORITY
 
@@ -994,13 +966,24 @@ def _finished_at(record: dict[str, Any]) -> object:
 def filesystem_now(probe: Path) -> float:
     """The shared file system's idea of now: the mtime it gives a file we just touched."""
     try:
-        os.utime(probe, None)
-    except FileNotFoundError:
-        probe.touch()
+        fd = os.open(probe, _PROBE_FLAGS)
+    except OSError as exc:  # a link, a FIFO, a folder put in its place: made again, never followed
+        if exc.errno not in (errno.ELOOP, errno.ENXIO, errno.EISDIR, errno.ETXTBSY, errno.EACCES):
+            raise
+        probe.unlink()
+        fd = os.open(probe, _PROBE_FLAGS)
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):  # a device: leave it, and its mtime, alone
+            raise NotARegularFile(errno.EINVAL, f"{probe} is not a regular file")
         # Some file systems (GlusterFS's ctime) stamp a new file with the creating client's clock;
         # only a "set to now" takes the server's.
-        os.utime(probe, None)
-    return probe.stat().st_mtime
+        os.utime(fd, None)
+        return os.fstat(fd).st_mtime
+    finally:
+        os.close(fd)
+
+
+_PROBE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC
 
 
 _CLOCK_GRAIN = 0.02

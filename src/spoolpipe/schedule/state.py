@@ -11,7 +11,6 @@ import dataclasses
 import errno
 import json
 import os
-import stat
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -20,6 +19,7 @@ from typing import Any
 from ..activity import LATEST, format_time, is_valid_name
 from ..durable import publish
 from ..repository import Repository, dumps
+from ..untrusted import NotARegularFile, read_regular
 
 #: The directory, inside the repository, of the state files; created by the first worker that needs it.
 STATE_DIR = "schedules"
@@ -105,18 +105,14 @@ def read_state(path: Path) -> tuple[State | None, bool]:
     Never follows a link nor blocks on a FIFO.
     """
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY)
+        raw = read_regular(path, _MAX_BYTES)[0]
     except FileNotFoundError:
         return None, False
+    except NotARegularFile:  # a link, a FIFO, a folder, too large: there, but no state
+        return None, True
     except OSError:
         return None, os.path.lexists(path)
-    try:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            return None, True
-        raw = os.read(fd, _MAX_BYTES + 1)
-    finally:
-        os.close(fd)
-    return (parse_state(raw) if len(raw) <= _MAX_BYTES else None), True
+    return parse_state(raw), True
 
 
 def write_state(repo: Repository, path: Path, doc: dict[str, Any], *, create: bool) -> None:

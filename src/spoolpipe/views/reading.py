@@ -11,6 +11,7 @@ from typing import Any
 
 from ..activity import InvalidActivity, format_time, parse_document, parse_time, printable
 from ..repository import Repository, filesystem_now
+from ..untrusted import read_regular
 
 #: Largest record a view reads (a result may be 1 MiB, its activity's data as much again).
 RECORD_BYTES = 8 << 20
@@ -30,27 +31,12 @@ def shared_now(repo: Repository) -> float:
 
 
 def read_bytes(path: Path | str, limit: int) -> bytes | None:
-    """At most ``limit`` bytes of a regular file, never following a link or blocking on a FIFO."""
+    """At most ``limit`` bytes of a regular file (None otherwise), never following a link or blocking
+    on a FIFO."""
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY)
+        return read_regular(path, limit)[0]
     except OSError:
         return None
-    try:
-        st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode) or st.st_size > limit:
-            return None
-        chunks, size = [], 0
-        while size <= limit:
-            chunk = os.read(fd, 1 << 16)
-            if not chunk:
-                break
-            chunks.append(chunk)
-            size += len(chunk)
-        return b"".join(chunks) if size <= limit else None
-    except OSError:
-        return None
-    finally:
-        os.close(fd)
 
 
 def invalid_reason(path: Path) -> str | None:

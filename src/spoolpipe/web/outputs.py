@@ -23,6 +23,7 @@ from typing import Final
 
 from ..activity import InvalidActivity, is_valid_name, parse_document
 from ..image_processors import IMAGE_PROCESS
+from ..views.reading import read_bytes
 
 MAX_RECORD_BYTES: Final = 8 << 20
 """A done record larger than this is not read (results are at most ``limits.result-bytes``)."""
@@ -78,26 +79,11 @@ def recorded_outputs(record: object) -> list[OutputEntry]:
     return [e for e in entries if e is not None]
 
 
-def _read_bounded(path: str, limit: int, *, follow: bool) -> bytes | None:
-    """The bytes of a regular file of at most ``limit`` bytes; None for anything else (FIFOs never block)."""
-    flags = os.O_RDONLY | os.O_NONBLOCK | (0 if follow else os.O_NOFOLLOW)
-    try:
-        fd = os.open(path, flags)
-    except OSError:
-        return None
-    with os.fdopen(fd, "rb") as fh:
-        info = os.fstat(fd)
-        if not stat.S_ISREG(info.st_mode) or info.st_size > limit:
-            return None
-        data = fh.read(limit + 1)
-    return data if len(data) <= limit else None
-
-
 def done_outputs(repo_done: Path, activity_id: str) -> list[OutputEntry]:
     """The outputs recorded in ``done/ID.json``; empty when the id is unusable or the record is not one."""
     if not is_valid_name(activity_id):
         return []
-    raw = _read_bounded(str(repo_done / f"{activity_id}.json"), MAX_RECORD_BYTES, follow=False)
+    raw = read_bytes(repo_done / f"{activity_id}.json", MAX_RECORD_BYTES)
     if raw is None:
         return []
     try:
@@ -119,7 +105,7 @@ def read_output(entry: OutputEntry, real_roots: Sequence[Path]) -> bytes | None:
     real = os.path.realpath(entry.path)
     if not _inside(real, real_roots):
         return None
-    data = _read_bounded(real, MAX_OUTPUT_BYTES, follow=False)
+    data = read_bytes(real, MAX_OUTPUT_BYTES)
     if data is None or len(data) != entry.size or hashlib.sha256(data).hexdigest() != entry.sha256:
         return None
     return data

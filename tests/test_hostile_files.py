@@ -1,0 +1,105 @@
+"""Files anyone may have put in a repository's folders, read by workers and by the read-only commands:
+a FIFO, a link out of the repository, /dev/zero. Never followed, never waited on, never read whole."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from harness import ids_in, make_repository, records, run_until_idle, submit
+from spoolpipe.activity import Activity
+from spoolpipe.repository import Repository, filesystem_now
+
+TIMEOUT = 60
+
+
+def spoolpipe(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "spoolpipe", *args], capture_output=True, text=True, timeout=TIMEOUT
+    )
+
+
+def test_a_dead_workers_claim_that_is_a_fifo_or_a_device_never_wedges_recovery(tmp_path: Path) -> None:
+    """Recovery read a claim's priority with read_bytes(): a FIFO blocked the daemon in open() before
+    it started anything, SIGTERM and all; /dev/zero filled its memory."""
+    repo = make_repository(tmp_path)
+    os.mkfifo(repo / "running" / "x~1~ghost.json")
+    (repo / "running" / "z~1~ghost.json").symlink_to("/dev/zero")
+    ok = submit(repo, "t.noop")
+    output = run_until_idle(repo, timeout=TIMEOUT)
+    assert ok in ids_in(repo / "done"), output[-3000:]
+    assert os.listdir(repo / "running") == []
+    quarantined = os.listdir(repo / "invalid")
+    assert any(n.startswith("x") for n in quarantined) and any(n.startswith("z") for n in quarantined)
+
+
+def test_a_fifo_as_a_failed_record_makes_its_copy_a_duplicate_not_a_wedged_pool_process(
+    tmp_path: Path,
+) -> None:
+    """The duplicate check read failed/ID.json with read_bytes(): a FIFO there held the pool process
+    for ever, the activity in running/ and the worker unable to finish."""
+    repo = make_repository(tmp_path)
+    os.mkfifo(repo / "failed" / "x.json")
+    (repo / "inbox" / "x.json").write_text('{"type": "t.noop"}')
+    other = submit(repo, "t.noop")
+    output = run_until_idle(repo, timeout=TIMEOUT)
+    assert other in ids_in(repo / "done"), output[-3000:]
+    assert os.listdir(repo / "running") == []
+    [invalid] = [n for n in os.listdir(repo / "invalid") if n.startswith("x")]
+    assert "failed/x.json exists" in (repo / "invalid" / invalid / "reason.txt").read_text()
+
+
+def test_attempt_notes_that_are_fifos_or_devices_are_read_as_missing(tmp_path: Path) -> None:
+    """A note was read with read_bytes() after an lstat: inspect hung on a FIFO (and serve's threads
+    with it), /dev/zero ended it in a MemoryError, and the pool process writing the record wedged."""
+    repo = make_repository(tmp_path, "timeout.seconds = 20\n")
+    (repo / "inbox" / "q~3.json").write_text('{"type": "t.noop"}')
+    notes = repo / "logs" / "activities"
+    notes.mkdir(parents=True, exist_ok=True)
+    os.mkfifo(notes / "q~1.attempt.json")
+    (notes / "q~2.attempt.json").symlink_to("/dev/zero")
+    inspected = spoolpipe("inspect", str(repo), "q")
+    assert inspected.returncode == 0, inspected.stderr
+    run_until_idle(repo, timeout=TIMEOUT)
+    history = records(repo / "done")["q"]["spoolpipe"]["attempt_history"]
+    assert [(a["attempt"], a["outcome"]) for a in history[:2]] == [(1, "unknown"), (2, "unknown")]
+    inspected = spoolpipe("inspect", str(repo), "q", "--json")
+    assert inspected.returncode == 0, inspected.stderr
+
+
+def test_the_failure_report_never_copies_a_record_from_outside_the_repository(tmp_path: Path) -> None:
+    """A failed/ID.json linked to a file elsewhere was followed: its content went into reports/."""
+    repo = make_repository(tmp_path)
+    secret = tmp_path / "secret.json"
+    secret.write_text('{"data": {"api_key": "SECRET"}}')
+    (repo / "failed" / "victim.json").symlink_to(secret)
+    Repository(repo, fsync=False).submit(
+        Activity("report", "spoolpipe.failure", {"failed": {"id": "victim", "omitted": ["data"]}}, 1)
+    )
+    run_until_idle(repo, timeout=TIMEOUT)
+    assert not (repo / "reports" / "victim.txt").exists()
+    reason = records(repo / "failed")["report"]["spoolpipe"]["reason"]
+    assert "failed/victim.json" in reason and "symbolic link" in reason
+
+
+def test_the_clock_probe_never_follows_a_link(tmp_path: Path) -> None:
+    """status, serve, submit and the worker touch a probe file to read the file system's clock: a link
+    put in its place made them create files, or reset the mtime of any file, outside the repository."""
+    repo = make_repository(tmp_path)
+    victim, created = tmp_path / "victim", tmp_path / "created-by-status"
+    victim.write_text("x")
+    os.utime(victim, (1_000_000_000, 1_000_000_000))
+    (repo / "tmp" / ".clock-status").symlink_to(created)
+    probe = repo / "tmp" / ".clock-probe"
+    probe.symlink_to(victim)
+    assert abs(filesystem_now(probe) - time.time()) < 60
+    assert victim.stat().st_mtime == 1_000_000_000
+    assert probe.is_file() and not probe.is_symlink()
+    status = spoolpipe("status", str(repo), "--json")
+    assert status.returncode == 0, status.stderr
+    json.loads(status.stdout)
+    assert not created.exists()
