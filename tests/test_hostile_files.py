@@ -103,3 +103,16 @@ def test_the_clock_probe_never_follows_a_link(tmp_path: Path) -> None:
     assert status.returncode == 0, status.stderr
     json.loads(status.stdout)
     assert not created.exists()
+
+
+def test_a_link_in_place_of_a_heartbeats_temp_file_is_never_written_through(tmp_path: Path) -> None:
+    """The heartbeat was written to tmp/heartbeat-ID.tmp with write_bytes(), which follows a link."""
+    repo = make_repository(tmp_path)
+    outside = tmp_path / "outside.txt"
+    outside.write_text("keep me")
+    (repo / "tmp" / "heartbeat-w1.tmp").symlink_to(outside)
+    ok = submit(repo, "t.noop")
+    output = run_until_idle(repo, timeout=TIMEOUT)
+    assert ok in ids_in(repo / "done")
+    assert outside.read_text() == "keep me"
+    assert "cannot write heartbeat" not in output

@@ -16,6 +16,7 @@ from typing import Any
 
 from .activity import format_time
 from .repository import Repository, dumps
+from .untrusted import open_own
 
 log = logging.getLogger("spoolpipe.worker")
 
@@ -81,7 +82,16 @@ def write(repo: Repository, worker_id: str, doc: Mapping[str, Any]) -> None:
         for folder in (repo.tmp, repo.heartbeats):
             if repo.restore(folder):
                 log.warning("%s/ was missing: created it again", folder.name)
-        tmp.write_bytes(dumps(doc))
+        fd = open_own(tmp, os.O_TRUNC)
+        try:
+            data = dumps(doc)
+            while data:
+                data = data[os.write(fd, data) :]
+            # Its age is its mtime by the file system's clock: GlusterFS (ctime) stamps a write with
+            # the writing client's clock, a "set to now" with the server's.
+            os.utime(fd, None)
+        finally:
+            os.close(fd)
         os.replace(tmp, path(repo, worker_id))
     except OSError as exc:
         log.warning("cannot write heartbeat: %s", exc)

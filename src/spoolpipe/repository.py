@@ -44,7 +44,7 @@ from .activity import (
 )
 from .durable import Durability, Spares, move_noreplace, publish, take, write_file
 from .storable import encode
-from .untrusted import NotARegularFile, kind_of, read_regular
+from .untrusted import NotARegularFile, kind_of, open_own, read_regular
 
 STATE_DIRS = ("inbox", "running", "done", "failed", "invalid")
 SUPPORT_DIRS = (
@@ -965,25 +965,14 @@ def _finished_at(record: dict[str, Any]) -> object:
 
 def filesystem_now(probe: Path) -> float:
     """The shared file system's idea of now: the mtime it gives a file we just touched."""
+    fd = open_own(probe)
     try:
-        fd = os.open(probe, _PROBE_FLAGS)
-    except OSError as exc:  # a link, a FIFO, a folder put in its place: made again, never followed
-        if exc.errno not in (errno.ELOOP, errno.ENXIO, errno.EISDIR, errno.ETXTBSY, errno.EACCES):
-            raise
-        probe.unlink()
-        fd = os.open(probe, _PROBE_FLAGS)
-    try:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):  # a device: leave it, and its mtime, alone
-            raise NotARegularFile(errno.EINVAL, f"{probe} is not a regular file")
         # Some file systems (GlusterFS's ctime) stamp a new file with the creating client's clock;
         # only a "set to now" takes the server's.
         os.utime(fd, None)
         return os.fstat(fd).st_mtime
     finally:
         os.close(fd)
-
-
-_PROBE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC
 
 
 _CLOCK_GRAIN = 0.02

@@ -3,7 +3,9 @@
 A name in ``running/``, ``failed/`` or ``logs/`` may be a FIFO (``open`` waits for
 a writer for ever), a link out of the repository (its content disclosed, or its
 mtime reset by the clock probe), or ``/dev/zero`` (read whole, the memory
-fills). Every such read goes through :func:`read_regular`.
+fills). Every such read goes through :func:`read_regular`, and every file of
+spoolpipe's own under a fixed name (a probe, a heartbeat's temp file) is opened
+by :func:`open_own`.
 """
 
 from __future__ import annotations
@@ -67,3 +69,25 @@ def read_regular(path: str | Path, limit: int) -> tuple[bytes, os.stat_result]:
         return b"".join(chunks), st
     finally:
         os.close(fd)
+
+
+_OWN_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC
+#: What ``open`` says of a link, a FIFO with no reader, a folder or a running program in the way.
+_IN_THE_WAY = (errno.ELOOP, errno.ENXIO, errno.EISDIR, errno.ETXTBSY)
+
+
+def open_own(path: str | Path, flags: int = 0) -> int:
+    """A descriptor for writing spoolpipe's own file at ``path`` (created if need be, ``flags`` added):
+    a link, FIFO or device put under that name is removed, never written through."""
+    try:
+        fd = os.open(path, _OWN_FLAGS | flags, 0o644)
+    except OSError as exc:
+        if exc.errno not in _IN_THE_WAY:
+            raise
+        os.unlink(path)  # a folder stays: IsADirectoryError
+        fd = os.open(path, _OWN_FLAGS | os.O_EXCL | flags, 0o644)
+    if not stat.S_ISREG(os.fstat(fd).st_mode):  # a device: left alone
+        os.close(fd)
+        os.unlink(path)
+        fd = os.open(path, _OWN_FLAGS | os.O_EXCL | flags, 0o644)
+    return fd

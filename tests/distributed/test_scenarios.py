@@ -21,6 +21,7 @@ import random
 import re
 import signal
 import subprocess
+import sys
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -665,6 +666,38 @@ def test_scenario_4_a_file_written_in_place_on_a_machine_behind_is_not_quarantin
         f"wa quarantined a file {settle / 2}s into being written ({reason!r}): inbox.settle-seconds is "
         "judged by the file's mtime, which GlusterFS (features.ctime=on) sets from the writing "
         "client's clock, 10 minutes behind here"
+    )
+
+
+def test_scenario_4_a_live_worker_on_a_machine_behind_is_alive_to_status_and_stop(
+    cluster: ClusterFactory, workers: Workers
+) -> None:
+    """Machine D's clock is 10 min behind (its GlusterFS client too). A heartbeat's age is its file's
+    mtime by the file system's clock, but D's client stamped each rewrite with D's clock: its healthy
+    worker looked 600s silent, status left it out and stop (even from D) refused it as not alive."""
+    c = cluster(f"scan.interval-seconds = {SCAN}\n", machines=("a", "d"), envs={"d": faketime_env("-10m")})
+    machine_d = c.machines["d"]
+    workers.start(machine_d, "wd", env=skewed_clock_env(-600, c.tmp / "clock-behind"))
+    beat = c.a.repo / "heartbeats" / "wd.json"
+    wait_for(beat.exists, 30, "wd to start")
+    written = beat.stat().st_mtime_ns
+    wait_for(lambda: beat.stat().st_mtime_ns != written, 30, "wd's next heartbeat")
+    age = fs_now(c.a.repo / "tmp") - beat.stat().st_mtime
+    status = subprocess.run(
+        [sys.executable, "-m", "spoolpipe", "status", str(c.a.repo), "--json"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    alive = [w["worker"] for w in json.loads(status.stdout)["workers"]]
+    stop = subprocess.run(
+        [sys.executable, "-m", "spoolpipe", "stop", str(c.a.repo), "wd", "--wait"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert (alive, stop.returncode) == (["wd"], 0), (
+        f"wd's heartbeat is {age:.0f}s old by the file system's clock; stop said: {stop.stderr}"
     )
 
 
