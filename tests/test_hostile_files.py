@@ -116,3 +116,25 @@ def test_a_link_in_place_of_a_heartbeats_temp_file_is_never_written_through(tmp_
     assert ok in ids_in(repo / "done")
     assert outside.read_text() == "keep me"
     assert "cannot write heartbeat" not in output
+
+
+def test_links_in_place_of_the_logs_are_never_written_through(tmp_path: Path) -> None:
+    """The attempt log (logs/activities/ID~N.log) and the worker log were opened with open(..., "a"),
+    which follows a link: a processor's output was appended to any file the worker could write."""
+    repo = make_repository(tmp_path, "retry.backoff-seconds = 0.1\n")
+    aid = submit(repo, "t.flaky", {"succeed_on": 2})
+    outside = {name: tmp_path / f"{name}.txt" for name in ("attempt", "worker")}
+    for path in outside.values():
+        path.write_text("keep me")
+    (repo / "logs" / "activities").mkdir(parents=True, exist_ok=True)
+    (repo / "logs" / "activities" / f"{aid}~1.log").symlink_to(outside["attempt"])
+    (repo / "logs" / "workers").mkdir(parents=True, exist_ok=True)
+    (repo / "logs" / "workers" / "w1.log").symlink_to(outside["worker"])
+    run_until_idle(repo, timeout=TIMEOUT)
+    assert aid in ids_in(repo / "done")
+    assert {name: path.read_text() for name, path in outside.items()} == {
+        "attempt": "keep me",
+        "worker": "keep me",
+    }
+    assert "flaky attempt 1" in (repo / "logs" / "activities" / f"{aid}~1.log").read_text()
+    assert f"{aid} (t.flaky)" in (repo / "logs" / "workers" / "w1.log").read_text()

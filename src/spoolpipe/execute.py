@@ -29,6 +29,7 @@ from .processor import Context, Fatal, FollowUp, Registration, Retry, Skip, regi
 from .record import follow_up_document
 from .retry import retried
 from .storable import NotStorable, bounded_text, check_text, encode, reason_line, shown, storable
+from .untrusted import open_own
 
 #: Longest delay a follow-up or a Retry may ask for: 100 years (of 365 days, as every other bound of
 #: seconds), so that its start time can always be written.
@@ -62,7 +63,8 @@ class _AttemptLog(io.TextIOBase):
         attempt goes on, and the worker log tells of the failure to record its outcome, if any."""
         try:
             if self._file is None:
-                self._file = open(self._path, "a", encoding="utf-8", errors="backslashreplace")  # noqa: SIM115
+                fd = open_own(self._path, os.O_APPEND)  # never through a link put in its place
+                self._file = os.fdopen(fd, "a", encoding="utf-8", errors="backslashreplace")
             self._file.write(text)
             self._file.flush()
         except OSError:

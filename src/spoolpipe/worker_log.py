@@ -9,6 +9,7 @@ batch's lines with one write per stream.
 from __future__ import annotations
 
 import contextlib
+import io
 import logging
 import logging.handlers
 import os
@@ -16,6 +17,8 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TextIO
+
+from .untrusted import open_own
 
 _ROOT = "spoolpipe"
 
@@ -37,6 +40,12 @@ class WorkerLog(logging.handlers.WatchedFileHandler):
         self._stderr: TextIO | None = sys.stderr
         self._held: list[tuple[logging.LogRecord, str]] | None = None
         self._holders = 0
+
+    def _open(self) -> io.TextIOWrapper:
+        """Appending, never through a link put in the log's place (anyone may write under logs/)."""
+        return os.fdopen(
+            open_own(self.baseFilename, os.O_APPEND), "a", encoding=self.encoding, errors=self.errors
+        )
 
     def emit(self, record: logging.LogRecord) -> None:
         try:
