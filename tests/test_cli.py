@@ -252,6 +252,14 @@ def test_submit_rejects_a_number_that_is_not_a_finite_float(repo: Path) -> None:
     assert os.listdir(repo / "tmp") == []
 
 
+def test_submit_refuses_data_that_is_not_utf_8_with_exit_2(repo: Path) -> None:
+    """A DATA argument of bytes that are not UTF-8 ended in UnicodeEncodeError, exit 70."""
+    result = run("submit", str(repo), "t.x", '{"a": "\udcff"}')  # the argument's bytes: {"a": "\xff"}
+    assert result.returncode == 2, str(result)
+    assert "error: DATA: not UTF-8" in result.stderr, str(result)
+    assert os.listdir(repo / "inbox") == []
+
+
 def test_submit_refuses_an_id_that_is_already_in_inbox_or_done(repo: Path) -> None:
     Repository(repo, fsync=False).submit(Activity("dup", "t.x"))
     (repo / "done" / "finished.json").write_bytes(

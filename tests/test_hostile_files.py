@@ -138,3 +138,30 @@ def test_links_in_place_of_the_logs_are_never_written_through(tmp_path: Path) ->
     }
     assert "flaky attempt 1" in (repo / "logs" / "activities" / f"{aid}~1.log").read_text()
     assert f"{aid} (t.flaky)" in (repo / "logs" / "workers" / "w1.log").read_text()
+
+
+def test_inspect_escapes_the_names_of_an_ids_invalid_entries(tmp_path: Path) -> None:
+    """An invalid/ folder named after the id with escapes in it went raw to the terminal."""
+    repo = make_repository(tmp_path)
+    aid = submit(repo, "t.noop")
+    hostile = f"{aid}~\x1b]0;owned\x07\x1b[2J"
+    (repo / "invalid" / hostile).mkdir()
+    (repo / "invalid" / hostile / "reason.txt").write_text("junk\n")
+    for args in ((), ("--json",)):
+        shown = spoolpipe("inspect", str(repo), aid, *args)
+        assert shown.returncode == 0, shown.stderr
+        assert "\x1b" not in shown.stdout and "\x07" not in shown.stdout
+        assert "invalid/" in shown.stdout
+
+
+def test_status_counts_only_heartbeats_of_the_worker_their_name_says(tmp_path: Path) -> None:
+    """Any JSON object in heartbeats/ was a live worker: "None on None pid None", or a copy naming
+    another worker, which hid the warning that no live worker runs a waiting type."""
+    repo = make_repository(tmp_path)
+    (repo / "heartbeats" / "notes.json").write_text('{"type": "x"}')
+    (repo / "heartbeats" / "old-copy.json").write_text('{"worker": "nas", "types": {"t.noop": 1}}')
+    submit(repo, "t.noop")
+    shown = spoolpipe("status", str(repo), "--json")
+    assert shown.returncode == 0, shown.stderr
+    status = json.loads(shown.stdout)
+    assert (status["workers"], status["unhandled_types"]) == ([], ["t.noop"])

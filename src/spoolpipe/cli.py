@@ -75,7 +75,7 @@ def cmd_init(args: argparse.Namespace) -> int:
 def _read_data(text: str | None) -> dict[str, Any]:
     if text is None:
         return {}
-    raw = sys.stdin.buffer.read() if text == "-" else text.encode()
+    raw = sys.stdin.buffer.read() if text == "-" else os.fsencode(text)  # its bytes, UTF-8 or not
     try:
         doc = parse_document(raw)
     except InvalidActivity as exc:

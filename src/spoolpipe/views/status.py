@@ -226,6 +226,8 @@ def live_workers(repo: Repository, settings: config.Settings, now: float) -> lis
         doc = read_document(repo.heartbeats / name, _HEARTBEAT_BYTES)
         if st is None or doc is None or now - st.st_mtime > horizon:
             continue
+        if doc.get("worker") != name[: -len(".json")]:  # a note, a copy: anyone may write here
+            continue
         live.append(_heartbeat(doc, st.st_mtime, now))
     return live
 

@@ -58,7 +58,8 @@ class _Index:
         self.invalid = names(self.repo.invalid)
 
     def locations(self, activity_id: str) -> list[tuple[Where, str]]:
-        """Every place a file of this id is, in the order its state is judged by."""
+        """Every place a file of this id is, in the order its state is judged by: names as they are
+        (anyone may make one with escapes in it), to be escaped when shown."""
         found: list[tuple[Where, str]] = []
         for state in ("done", "failed"):
             if lstat(self.repo.root / state / f"{activity_id}.json") is not None:
@@ -69,7 +70,7 @@ class _Index:
             doc = read_document(self.repo.inbox / name)
             named = doc.get("not_before") if doc is not None else None
             later = (due is not None and due / 1000 > self.now) or (moment(named) or 0.0) > self.now
-            found.append(("delayed" if later else "inbox", f"inbox/{printable(name)}"))
+            found.append(("delayed" if later else "inbox", f"inbox/{name}"))
         found += [
             ("invalid", f"invalid/{n}")
             for n in sorted(self.invalid)
@@ -246,7 +247,7 @@ def story(repo: Repository, activity_id: str) -> dict[str, Any] | None:
     return {
         "id": activity_id,
         "state": state,
-        "locations": [{"state": s, "path": p} for s, p in where],
+        "locations": [{"state": s, "path": printable(p)} for s, p in where],
         "type": text(doc.get("type")),
         "data": doc.get("data"),
         "not_before": text(doc.get("not_before")),
