@@ -119,6 +119,28 @@ def build_runaway():
     return pipeline
 
 pipeline_processor("t.runaway", build_runaway)
+
+class Announce(PipelineStep):
+    def __init__(self):
+        super().__init__()
+        self.calls = 0
+
+    @step("announce")
+    @provides("announced")
+    @max_retries(1)
+    def process(self, image, context):
+        self.calls += 1
+        context["follow_up"]("t.noop", {"call": self.calls}, key=context.get("key"))
+        if self.calls == 1:
+            raise OSError("the share flaked after the follow-up was asked for")
+        return StepResult(StepStatus.COMPLETED, {"announced": self.calls})
+
+def build_announce():
+    pipeline = Pipeline(PipelineConfig(retry_delay=0.01))
+    pipeline.add_step(Announce())
+    return pipeline
+
+pipeline_processor("t.announce", build_announce, follow_ups=("t.noop",))
 """
 
 SETTINGS = """
@@ -186,6 +208,8 @@ def shared(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
         "fatal": submit(repo, "t.judge", {"input": "in/cat.jpg", "mode": "fatal"}),
         "flaky": submit(repo, "t.judge", {"input": "in/cat.jpg", "mode": "flaky"}),
         "undeclared": submit(repo, "t.judge", {"input": "in/cat.jpg", "mode": "undeclared"}),
+        "announce": submit(repo, "t.announce", {"input": "in/cat.jpg"}),
+        "announce-key": submit(repo, "t.announce", {"input": "in/cat.jpg", "key": "publish"}),
     }
     output = run_until_idle(repo)
     return {
@@ -286,6 +310,16 @@ def test_step_failures_are_fatal_or_retried_by_their_kind(shared: dict[str, Any]
     assert flaky["result"]["outputs"]["attempt"] == 2
     assert flaky["spoolpipe"]["attempts"] == 2
     assert sum(1 for line in notes if line.startswith(shared["ids"]["flaky"])) == 3
+
+
+@pytest.mark.parametrize("name", ["announce", "announce-key"])
+def test_a_step_attempt_that_failed_leaves_no_follow_up(shared: dict[str, Any], name: str) -> None:
+    """A step that asked for a follow-up, then failed and was retried, kept its first attempt's one: two
+    follow-ups without a key, and with one "follow-up key 'publish' used twice" failed the activity."""
+    record = shared["done"][shared["ids"][name]]
+    assert record["result"]["outputs"]["announced"] == 2
+    [child] = record["spoolpipe"]["follow_ups"]
+    assert shared["done"][child]["data"] == {"call": 2}
 
 
 def test_a_runaway_step_thread_gets_its_process_replaced(tmp_path: Path) -> None:

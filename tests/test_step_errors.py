@@ -206,6 +206,21 @@ def test_skip_skips_dependents_transitively_and_the_run_succeeds() -> None:
     assert "optional.out" not in result and "uses.out" not in result
 
 
+class _Unprintable(Exception):
+    def __str__(self) -> str:
+        raise RuntimeError("str() of the step's own exception raised")
+
+
+def test_a_step_whose_exception_cannot_be_printed_is_skipped_like_any_other() -> None:
+    """The step's error was formatted with its str(), which raised out of Pipeline.run itself."""
+    optional = _scripted("optional", _Unprintable(), strategy=SKIP)
+    independent = _scripted("independent")
+    result = _run(_pipeline(optional, independent))
+    assert result.success
+    assert result.reports["optional"].error == "_Unprintable: <str() of this _Unprintable failed>"
+    assert _outcomes(result)["independent"] == (StepOutcome.OK, None)
+
+
 def test_a_dependent_of_a_skipped_step_runs_with_the_initial_value() -> None:
     optional = _scripted("optional", ValueError("no"), strategy=SKIP)
     uses = _scripted("uses", needs=("optional.out",))

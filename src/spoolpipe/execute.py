@@ -28,7 +28,7 @@ from .outcome import Outcome, Status
 from .processor import Context, Fatal, FollowUp, Registration, Retry, Skip, registered
 from .record import follow_up_document
 from .retry import retried
-from .storable import NotStorable, bounded_text, check_text, encode, reason_line, shown, storable
+from .storable import NotStorable, bounded_text, check_text, encode, message_of, reason_line, shown, storable
 from .untrusted import open_own
 
 #: Longest delay a follow-up or a Retry may ask for: 100 years (of 365 days, as every other bound of
@@ -89,14 +89,6 @@ _ATTEMPT_FORMAT = logging.Formatter("%(asctime)s %(levelname)s %(message)s")
 # Examining what a processor raised or returned runs its code (``__str__``, ``__getattr__``, a
 # property, ``items()``), which may raise anything, SystemExit too: each look is guarded, so that it
 # fails the activity and never the pool process (which would take its batch-mates along).
-
-
-def _message(exc: BaseException) -> str:
-    """``str(exc)``, even for an exception whose ``__str__`` fails."""
-    try:
-        return str(exc)
-    except BaseException:
-        return f"<str() of this {type(exc).__name__} failed>"
 
 
 def _traceback() -> str:
@@ -165,7 +157,7 @@ def _checked(activity: Activity, settings: Settings, result: Any, follow_ups: Se
 def _retry_requested(exc: Retry, log: logging.Logger, attempt: int, text: str) -> Outcome:
     """``raise Retry(reason, delay=)``: retried after that delay; a delay that is no number of seconds
     is the processor's bug, and fails the activity."""
-    reason = _message(exc) or "the processor asked for a retry"
+    reason = message_of(exc) or "the processor asked for a retry"
     try:
         delay: object = exc.delay
     except BaseException:  # a subclass whose delay property raises
@@ -188,7 +180,7 @@ def _retry_requested(exc: Retry, log: logging.Logger, attempt: int, text: str) -
 
 
 def _skipped(exc: Skip, log: logging.Logger, attempt: int, follow_ups: Sequence[FollowUp]) -> Outcome:
-    reason = _message(exc) or "the processor had nothing to do"
+    reason = message_of(exc) or "the processor had nothing to do"
     dropped = f" ({len(follow_ups)} follow-up(s) it asked for are discarded)" if follow_ups else ""
     log.info("attempt %d skipped%s: %s", attempt, dropped, reason)
     return Outcome("skipped", error=reason_line(reason))
@@ -278,14 +270,14 @@ def execute(
             finally:
                 returned()
         except Fatal as exc:
-            reason = _message(exc) or "the processor said it can never succeed"
+            reason = message_of(exc) or "the processor said it can never succeed"
             return _failed("fatal", log, attempt, reason, _traceback())
         except Retry as exc:
             return _retry_requested(exc, log, attempt, _traceback())
         except Skip as exc:
             return _skipped(exc, log, attempt, ctx.follow_ups)
         except Exception as exc:
-            message = f"{type(exc).__name__}: {_message(exc)}"
+            message = f"{type(exc).__name__}: {message_of(exc)}"
             why_fatal = _not_retried(exc, registration, settings)
             if why_fatal:
                 outcome = _failed("fatal", log, attempt, f"{message} ({why_fatal})", _traceback())
@@ -295,7 +287,7 @@ def execute(
         except BaseException as exc:  # sys.exit(), KeyboardInterrupt, GeneratorExit raised by the processor
             # An error of the processor like any other, not the death of its process (which took its
             # batch-mates along and said only "exit code 3"); the process is replaced all the same.
-            message = f"{type(exc).__name__}: {_message(exc)}"
+            message = f"{type(exc).__name__}: {message_of(exc)}"
             outcome = _failed("error", log, attempt, message, _traceback())
             return dataclasses.replace(outcome, recycle=True)
         try:
@@ -303,7 +295,7 @@ def execute(
         except NotStorable as exc:
             return _failed("fatal", log, attempt, str(exc))
         except BaseException as exc:  # e.g. a dict subclass whose items() raises
-            message = f"the result could not be checked: {type(exc).__name__}: {_message(exc)}"
+            message = f"the result could not be checked: {type(exc).__name__}: {message_of(exc)}"
             return _failed("fatal", log, attempt, message, _traceback())
     finally:
         sys.stdout, sys.stderr = saved_streams

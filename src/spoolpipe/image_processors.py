@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any, Final, Literal
 
 from .activity import Activity
 from .config import Settings
-from .processor import Context, Fatal, processor
+from .processor import Context, Fatal, FollowUp, processor
 from .storable import MAX_DEPTH
 
 if TYPE_CHECKING:  # steps (and asyncio) are imported by the first pipeline run: the daemon never needs them
@@ -195,7 +195,11 @@ def process_recipe(activity: Activity, ctx: Context) -> list[dict[str, object]]:
 
 
 class _FollowUps:
-    """``ctx.follow_up`` for steps: serialised across step threads, closed when the run ends."""
+    """``ctx.follow_up`` for steps: serialised across step threads, closed when the run ends.
+
+    Each step attempt gets an :class:`_AttemptFollowUps` in its place (``begin``): what an attempt
+    that fails asked for is never made.
+    """
 
     def __init__(self, ctx: Context) -> None:
         self._ctx = ctx
@@ -210,19 +214,69 @@ class _FollowUps:
         key: str | None = None,
         delay: float | None = None,
     ) -> None:
+        self.add(type, data, key, delay, None)
+
+    def begin(self) -> _AttemptFollowUps:
+        return _AttemptFollowUps(self)
+
+    def add(
+        self,
+        type: str,
+        data: Mapping[str, Any] | None,
+        key: str | None,
+        delay: float | None,
+        pending: list[FollowUp] | None,
+    ) -> None:
+        """Check a follow-up and keep it, or, with ``pending``, add it there to keep later."""
         from .steps import StepFatal
 
         with self._lock:
             if not self._open:
                 raise StepFatal(f"follow-up {type!r} asked for after the pipeline run ended")
             try:
-                self._ctx.follow_up(type, data, key=key, delay=delay)
+                made = self._ctx.check_follow_up(type, data, key=key, delay=delay, pending=pending or ())
+                if pending is None:
+                    self._ctx.keep([made])
+                else:
+                    pending.append(made)
             except Fatal as exc:  # an undeclared type is a bug: no point retrying the step
+                raise StepFatal(str(exc)) from exc
+
+    def keep(self, follow_ups: Sequence[FollowUp]) -> None:
+        from .steps import StepFatal
+
+        with self._lock:
+            try:
+                self._ctx.keep(follow_ups)
+            except Fatal as exc:  # two steps running at once used one key
                 raise StepFatal(str(exc)) from exc
 
     def close(self) -> None:
         with self._lock:
             self._open = False
+
+
+class _AttemptFollowUps:
+    """The follow-ups one step attempt asks for, checked at once, made only by :meth:`keep`."""
+
+    def __init__(self, run: _FollowUps) -> None:
+        self._run = run
+        self._pending: list[FollowUp] = []
+
+    def __call__(
+        self,
+        type: str,
+        data: Mapping[str, Any] | None = None,
+        *,
+        key: str | None = None,
+        delay: float | None = None,
+    ) -> None:
+        self._run.add(type, data, key, delay, self._pending)
+
+    def keep(self) -> None:
+        """The attempt did not fail: its follow-ups are made (an attempt that failed keeps none)."""
+        pending, self._pending = self._pending, []
+        self._run.keep(pending)
 
 
 def _jsonable(value: object, levels: int = MAX_DEPTH - 2) -> tuple[bool, object]:

@@ -17,7 +17,7 @@ valid type names (a bare string, say) is refused when the processor registers.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
@@ -93,6 +93,7 @@ class Context:
 
     follow_up_types: frozenset[str] | None = None
     follow_ups: list[FollowUp] = field(default_factory=list)
+    _numbers: dict[str, int] = field(default_factory=dict)  # each follow-up's key: its number
     #: The type of the activity being run: whose ``processor.<type>.*`` settings ``options`` holds.
     activity_type: str = ""
 
@@ -129,6 +130,20 @@ class Context:
 
         ``priority`` (0-9, higher runs first) is the follow-up's own, not inherited from its parent.
         """
+        self.keep([self.check_follow_up(type, data, key=key, delay=delay, priority=priority)])
+
+    def check_follow_up(
+        self,
+        type: str,
+        data: Mapping[str, Any] | None = None,
+        *,
+        key: str | None = None,
+        delay: float | None = None,
+        priority: int = DEFAULT_PRIORITY,
+        pending: Sequence[FollowUp] = (),
+    ) -> FollowUp:
+        """The follow-up :meth:`follow_up` would keep, after those kept and ``pending``; ``Fatal`` if
+        it is not one this processor may ask for."""
         if not is_valid_name(type):
             raise Fatal(f"follow-up type {type!r} is not a valid activity type")
         if not is_priority(priority):
@@ -138,15 +153,28 @@ class Context:
             raise Fatal(f"follow-up type {type!r} is not declared by this processor (declared: {declared})")
         if data is not None and not isinstance(data, Mapping):  # dict([1, 2]) raised TypeError: retried
             raise Fatal(f"follow-up data must be a JSON object (a mapping), not a {data.__class__.__name__}")
-        number = len(self.follow_ups) + 1
+        number = len(self.follow_ups) + len(pending) + 1
         key = str(number) if key is None else key
-        earlier = next((n for n, f in enumerate(self.follow_ups, 1) if f.key == key), None)
+        earlier = self._numbers.get(key) or next(
+            (n for n, f in enumerate(pending, len(self.follow_ups) + 1) if f.key == key), None
+        )
         if earlier is not None:
             raise Fatal(
                 f"follow-up key {key!r} used twice, by follow-ups {earlier} and {number} "
                 "(one without key= has its number as its key)"
             )
-        self.follow_ups.append(FollowUp(type, dict(data or {}), key, delay, priority))
+        return FollowUp(type, dict(data or {}), key, delay, priority)
+
+    def keep(self, follow_ups: Sequence[FollowUp]) -> None:
+        """Add follow-ups made by :meth:`check_follow_up` (their keys checked again: ``Fatal``)."""
+        for follow_up in follow_ups:
+            number = len(self.follow_ups) + 1
+            earlier = self._numbers.setdefault(follow_up.key, number)
+            if earlier != number:
+                raise Fatal(
+                    f"follow-up key {follow_up.key!r} used twice, by follow-ups {earlier} and {number}"
+                )
+            self.follow_ups.append(follow_up)
 
 
 @dataclass(frozen=True)

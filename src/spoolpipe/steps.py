@@ -24,10 +24,11 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from enum import Enum, StrEnum
 from types import MappingProxyType
-from typing import TYPE_CHECKING, Any, Final, Literal, TypeVar
+from typing import TYPE_CHECKING, Any, Final, Literal, Protocol, TypeVar, runtime_checkable
 
 from .config import MAX_SECONDS, as_seconds
 from .mermaid import label_text
+from .storable import message_of
 
 if TYPE_CHECKING:  # only in annotations: a worker with no image work never imports Pillow
     from PIL import Image
@@ -117,6 +118,20 @@ class StepResult:
 
 class StepFatal(Exception):
     """Raise from a step to fail it without retrying (bad input, not a transient fault)."""
+
+
+@runtime_checkable
+class AttemptScope(Protocol):
+    def keep(self) -> None:
+        """The attempt did not fail: its effects stand (``StepFatal`` if they cannot)."""
+
+
+@runtime_checkable
+class PerAttempt(Protocol):
+    """A context value whose effects belong to one step attempt (``follow_up``): each attempt gets
+    ``begin()``'s scope in its place, kept only if the attempt does not fail."""
+
+    def begin(self) -> AttemptScope: ...
 
 
 # --- error strategies (pure) ------------------------------------------------------------
@@ -575,6 +590,11 @@ def _failed(error: str, *, retryable: bool = True) -> StepResult:
     return StepResult(StepStatus.FAILED, error=error, retryable=retryable)
 
 
+def _raised(exc: BaseException, *, retryable: bool = True) -> tuple[StepResult, type[BaseException]]:
+    """A step attempt that raised ``exc`` (whose ``str()`` is the step's code: it may fail too)."""
+    return _failed(f"{type(exc).__name__}: {message_of(exc)}", retryable=retryable), type(exc)
+
+
 class Pipeline:
     """Runs steps over an image; one instance can serve many concurrent runs.
 
@@ -837,10 +857,16 @@ class Pipeline:
         limit = self.config.timeout if step._step_meta.timeout is None else step._step_meta.timeout
         retries_done = 0
         while True:
-            # A fresh copy per attempt: a failed attempt's edits must not leak.
-            result, exception = await self._attempt(step, image, dict(context), limit)
+            # A fresh copy per attempt: a failed attempt's edits must not leak, nor its effects.
+            scopes = {k: v.begin() for k, v in context.items() if isinstance(v, PerAttempt)}
+            result, exception = await self._attempt(step, image, {**context, **scopes}, limit)
             if result.status is not StepStatus.FAILED:
-                return result, None
+                try:
+                    for scope in scopes.values():
+                        scope.keep()
+                    return result, None
+                except StepFatal as exc:
+                    result, exception = _raised(exc, retryable=False)
             failure = StepFailure(result.error or "failed", exception, result.retryable)
             action = decide_error(failure, retries_done=retries_done, policy=policy)
             if action is not ErrorAction.RETRY:
@@ -884,11 +910,11 @@ class Pipeline:
         except TimeoutError as exc:
             if deadline.expired():
                 return timed_out, TimeoutError
-            return _failed(f"{type(exc).__name__}: {exc}"), type(exc)
+            return _raised(exc)
         except StepFatal as exc:
-            return _failed(f"{type(exc).__name__}: {exc}", retryable=False), type(exc)
+            return _raised(exc, retryable=False)
         except Exception as exc:
-            return _failed(f"{type(exc).__name__}: {exc}"), type(exc)
+            return _raised(exc)
         if loop.time() - started > limit:
             # Finished, but late (an async step blocked the loop): discard the result.
             return timed_out, TimeoutError

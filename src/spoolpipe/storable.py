@@ -25,6 +25,14 @@ _CUT_NOTE = "\n[... {} characters cut; the full text is in the attempt log ...]\
 _UNREADABLE = re.compile("[\x00-\x1f\x7f-\x9f\ud800-\udfff]")
 
 
+def message_of(exc: BaseException) -> str:
+    """``str(exc)``, even for an exception whose ``__str__`` fails (it is a processor's code)."""
+    try:
+        return str(exc)
+    except BaseException:
+        return f"<str() of this {type(exc).__name__} failed>"
+
+
 class NotStorable(ValueError):
     """A value that cannot be written as RFC 8259 JSON in UTF-8 within the limits; says where and why."""
 
