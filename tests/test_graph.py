@@ -274,11 +274,15 @@ def test_a_worker_file_adds_its_processors_only_with_worker_id(tmp_path: Path) -
 
 
 def test_what_processor_modules_print_does_not_get_into_the_graph(tmp_path: Path) -> None:
-    repo = make_flow_repository(tmp_path, module=PROCESSORS + "\nprint('loading flow_procs')\n")
+    """print() went to stderr, but a write to file descriptor 1 (a program the module ran, C code) did not."""
+    noisy = "\nimport os, subprocess\nprint('loading flow_procs')\nos.write(1, b'raw write\\n')\n"
+    noisy += "subprocess.run(['echo', 'from a program'])\n"
+    repo = make_flow_repository(tmp_path, module=PROCESSORS + noisy)
     out = graph(str(repo), "--format", "dot")
     assert out.returncode == 0
-    assert out.stdout.startswith("digraph spoolpipe {\n") and "loading" not in out.stdout
-    assert "loading flow_procs" in out.stderr
+    assert out.stdout.startswith("digraph spoolpipe {\n"), out.stdout[:200]
+    assert "loading" not in out.stdout and "raw write" not in out.stdout and "program" not in out.stdout
+    assert all(said in out.stderr for said in ("loading flow_procs", "raw write", "from a program"))
 
 
 def test_an_invalid_configuration_exits_2_with_file_and_line(tmp_path: Path) -> None:

@@ -11,7 +11,7 @@ import math
 import os
 import sys
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -290,7 +290,7 @@ def cmd_graph(args: argparse.Namespace) -> int:
         return check.EXIT_CONFIGURATION
     for warning in loaded.warnings:
         print(f"warning: {warning}", file=sys.stderr)
-    with contextlib.redirect_stdout(sys.stderr):  # what processor modules print is not the graph
+    with _output_to_stderr():  # what processor modules print is not the graph
         processors = check.import_configured(loaded.settings, sys.stderr)
     if processors is None:
         return check.EXIT_CANNOT_START
@@ -298,6 +298,21 @@ def cmd_graph(args: argparse.Namespace) -> int:
     flow = graph.build({t: r.follow_up_types for t, r in processors.items()}, s.schedules, s.failures_handler)
     print(graph.render(flow, args.format), end="")
     return 0
+
+
+@contextlib.contextmanager
+def _output_to_stderr() -> Iterator[None]:
+    """Standard output goes to stderr meanwhile: print() and writes to descriptor 1 (programs, C code)."""
+    sys.stdout.flush()
+    saved = os.dup(1)
+    os.dup2(2, 1)
+    try:
+        with contextlib.redirect_stdout(sys.stderr):
+            yield
+    finally:
+        sys.stderr.flush()
+        os.dup2(saved, 1)
+        os.close(saved)
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
