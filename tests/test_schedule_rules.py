@@ -15,6 +15,7 @@ from spoolpipe import config
 from spoolpipe.activity import is_valid_name
 from spoolpipe.schedule.rules import (
     CATCH_UP_CAP,
+    ON_TIME_SECONDS,
     TICK_FIELD,
     Cron,
     Every,
@@ -122,8 +123,18 @@ def test_catch_up_after_ticks_were_missed() -> None:
     assert due(rule("none"), 100, 135.5, 135).ticks == ()
     assert due(rule("latest"), 100, 135.5, 135).ticks == (130,)
     assert due(rule("all"), 100, 135.5, 135).ticks == (110, 120, 130)
-    # Ticks after the worker took the rule up are not missed, even under none.
-    assert due(rule("none"), 100, 151, 135).ticks == (140, 150)
+    # Ticks after the worker took the rule up fire under none while on time: 140 came due while the
+    # worker was held up (it looks at 151), 150 is on time.
+    assert due(rule("none"), 100, 151, 135).ticks == (150,)
+
+
+def test_catch_up_none_fires_no_tick_a_held_up_worker_missed() -> None:
+    """A running worker held up (paused, busy) fired every tick it had missed under none, up to 100
+    at once, where latest fires one."""
+    assert due(rule("none", 1), 100, 110.5, 50).ticks == (110,)  # 101 to 109 missed, 110 on time
+    late = due(rule("none", 3600), 0, 3600 + ON_TIME_SECONDS + 1, 0)
+    assert (late.ticks, late.skipped) == ((), 3600)
+    assert due(rule("none", 3600), 0, 3600 + ON_TIME_SECONDS - 1, 0).ticks == (3600,)
 
 
 def test_catch_up_all_is_capped_and_says_so() -> None:

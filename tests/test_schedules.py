@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import logging
 import os
 import re
 import signal
@@ -245,6 +246,72 @@ def test_ticks_a_paused_worker_leaves_out_by_catch_up_are_logged(tmp_path: Path)
     (before, after), log = gaps[0], log_of(repo, "w1")
     line = f"ticks came due while this worker was held up (paused or busy), {format_time(before + 1)} to "
     assert f"{line}{format_time(after)}; catch-up = latest: the latest fires" in log, log
+
+
+def test_catch_up_none_fires_no_tick_a_paused_worker_missed(tmp_path: Path) -> None:
+    """catch-up = none fired every tick that came due while the worker was paused, all at once on
+    resume (up to 100), where latest fires one."""
+    repo = make_repository(tmp_path, pulse("quiet", "none", "t.noop"))
+    worker = start_worker(repo, "w1")
+    try:
+        wait_for(lambda: len(fired(repo, "quiet")) >= 2, TIMEOUT, "ticks")
+        os.killpg(worker.pid, signal.SIGSTOP)
+        time.sleep(3.5)
+        os.killpg(worker.pid, signal.SIGCONT)
+        count = len(fired(repo, "quiet"))
+        wait_for(lambda: len(fired(repo, "quiet")) >= count + 2, TIMEOUT, "ticks after the pause")
+    finally:
+        os.killpg(worker.pid, signal.SIGCONT)
+        stop(worker)
+    ticks = fired(repo, "quiet")
+    gaps = [(a, b) for a, b in itertools.pairwise(ticks) if b - a > 1]
+    assert len(gaps) == 1, ticks
+    (before, after), log = gaps[0], log_of(repo, "w1")
+    line = f"ticks came due while this worker was held up (paused or busy), {format_time(before + 1)} to "
+    assert f"{line}{format_time(after - 1)}; catch-up = none: none of them fires" in log, log
+
+
+def test_a_rule_dealt_with_into_the_future_goes_on_from_now(tmp_path: Path) -> None:
+    """A file system clock that was ahead for one look left "through" in the future: the rule then
+    fired nothing, silently, until real time caught up (a year, for a typo in date -s)."""
+    repo = Repository(make_repository(tmp_path), fsync=False)
+    scheduler = Scheduler(repo, "w1", repo.heartbeats / ".clock-w1")
+    rules = {"p": Rule("p", Every(1), "t.noop")}
+    assert scheduler.fire(rules, time.time()) == []  # takes the rule up: its state is written
+    path = repo.root / "schedules" / "p.json"
+    doc = json.loads(path.read_text())
+    path.write_text(json.dumps({**doc, "through": "2030-01-01T00:00:00.000+00:00"}))
+    published: list[str] = []
+    deadline = time.time() + 3.5
+    while time.time() < deadline:
+        published += scheduler.fire(rules, time.time())
+        time.sleep(0.02)
+    assert len(published) >= 2
+    assert stamp(state(repo.root, "p")["through"]) < time.time() + 1
+
+
+def test_ticks_missed_before_a_take_up_are_logged_once_from_the_first(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The line was logged again at every look until a tick fired, and its range began at the 100th
+    tick before the take-up, not at the first missed one."""
+    repo = Repository(make_repository(tmp_path), fsync=False)
+    rules = {"p": Rule("p", Every(1), "t.noop", catch_up="none")}
+    assert Scheduler(repo, "w0", repo.heartbeats / ".clock-w0").fire(rules, time.time()) == []
+    path = repo.root / "schedules" / "p.json"
+    through = float(int(time.time()) - 500)
+    path.write_text(json.dumps({**json.loads(path.read_text()), "through": format_time(through)}))
+    scheduler = Scheduler(repo, "w1", repo.heartbeats / ".clock-w1")
+    with caplog.at_level(logging.INFO, "spoolpipe.schedule"):
+        deadline = time.time() + 2.5
+        while time.time() < deadline:
+            scheduler.fire(rules, time.time())
+            time.sleep(0.02)
+    said = [
+        r.getMessage() for r in caplog.records if "ticks came due while no worker fired it" in r.getMessage()
+    ]
+    assert len(said) == 1, said
+    assert f"fired it, {format_time(through + 1)} to " in said[0]
 
 
 def test_catch_up_after_every_worker_was_stopped_for_several_ticks(tmp_path: Path) -> None:

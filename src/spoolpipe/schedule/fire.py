@@ -20,7 +20,7 @@ from pathlib import Path
 
 from ..activity import Activity, InvalidActivity, format_time, parse_time
 from ..repository import Repository, filesystem_now
-from .rules import CATCH_UP_CAP, CatchUp, Rule, due, tick_id, ticks_between
+from .rules import CATCH_UP_CAP, CatchUp, Due, Rule, due, tick_id
 from .state import State, read_state, state_path, write_state
 
 log = logging.getLogger("spoolpipe.schedule")
@@ -42,6 +42,8 @@ class _Track:
     taken_up: float
     #: When to look at the rule again (shared clock, as the worker's SharedClock tells it).
     next_look: float = -math.inf
+    #: Whether the ticks missed before the take-up were logged (once per take-up).
+    said_missed: bool = False
 
 
 class Scheduler:
@@ -94,7 +96,7 @@ class Scheduler:
                 self._tracks[name] = _Track(rule, now)
             elif track.rule != rule:
                 if track.rule.timing != rule.timing:
-                    track.taken_up = now
+                    track.taken_up, track.said_missed = now, False
                 track.rule, track.next_look = rule, -math.inf
 
     def _look(self, track: _Track, now: float) -> list[str]:
@@ -104,9 +106,21 @@ class Scheduler:
         state = self._state(track, now, precise)
         if state is None:
             return []
-        self._say_missed(rule, state, track.taken_up, precise)
+        if state.through >= rule.timing.next(precise):  # written by a clock that was ahead
+            log.warning(
+                "schedule %s: dealt with up to %s, past its next tick by the file system's clock (%s): "
+                "a clock that was ahead? It goes on from now",
+                rule.name,
+                format_time(state.through),
+                format_time(precise),
+            )
+            state = dataclasses.replace(state, through=precise)
+            self._write(rule.name, state, precise, merge=False)
+        if not track.said_missed:
+            track.said_missed = True
+            self._say_missed(rule, state, track.taken_up, precise)
         todo = due(rule, state.through, precise, track.taken_up)
-        self._say_left_out(rule, state, track.taken_up, todo.ticks)
+        self._say_left_out(rule, state, track.taken_up, todo)
         if todo.cut:
             log.warning(
                 "schedule %s: catch-up = all fires at most %d missed ticks: the latest, from %s; "
@@ -138,6 +152,9 @@ class Scheduler:
             state = dataclasses.replace(
                 state, through=max(state.through, last), last_fired=last, last_id=tick_id(rule.name, last)
             )
+            self._write(rule.name, state, precise)
+        elif todo.skipped is not None and todo.skipped > state.through:
+            state = dataclasses.replace(state, through=todo.skipped)
             self._write(rule.name, state, precise)
         if len(fired) < len(todo.ticks):
             track.next_look = now + RECHECK_SECONDS
@@ -194,33 +211,42 @@ class Scheduler:
     def _say_missed(self, rule: Rule, state: State, taken_up: float, now: float) -> None:
         """Log the ticks that came due before this worker took the rule up while no worker that may
         fire it ran, and what catch-up does with them."""
-        missed, _ = ticks_between(rule.timing, state.through, taken_up, CATCH_UP_CAP)
-        if missed:  # the few ticks another live worker is firing right now are not missed
-            running_since = self._running_since(rule, now)
-            missed = [tick for tick in missed if tick < running_since]
-        if missed:
-            log.info(
-                "schedule %s: ticks came due while no worker fired it, %s to %s; catch-up = %s: %s",
-                rule.name,
-                format_time(missed[0]),
-                format_time(missed[-1]),
-                rule.catch_up,
-                _CATCH_UP_SAYS[rule.catch_up],
-            )
-
-    def _say_left_out(self, rule: Rule, state: State, taken_up: float, ticks: tuple[float, ...]) -> None:
-        """Log the ticks since the take-up that catch-up = latest leaves out (this worker paused or
-        busy past them), as the take-up logs those before it."""
-        if rule.catch_up != "latest" or not ticks:
+        first = rule.timing.next(state.through)
+        if first > taken_up:
             return
+        # The ticks another live worker is firing right now are not missed.
+        before = min(taken_up, math.nextafter(self._running_since(rule, now), -math.inf))
+        last = rule.timing.latest(before)
+        if last is None or last < first:
+            return
+        log.info(
+            "schedule %s: ticks came due while no worker fired it, %s to %s; catch-up = %s: %s",
+            rule.name,
+            format_time(first),
+            format_time(last),
+            rule.catch_up,
+            _CATCH_UP_SAYS[rule.catch_up],
+        )
+
+    def _say_left_out(self, rule: Rule, state: State, taken_up: float, todo: Due) -> None:
+        """Log the ticks since the take-up that catch-up = latest or none leaves out (this worker paused
+        or busy past them), as the take-up logs those before it."""
         first = rule.timing.next(max(state.through, taken_up))
-        if first < ticks[-1]:
+        if rule.catch_up == "latest" and todo.ticks:
+            last: float | None = todo.ticks[-1]  # the range ends with the tick that fires
+            left_out = first < todo.ticks[-1]
+        elif rule.catch_up == "none":  # the tick it skipped, or those before the one on time
+            last = todo.skipped if not todo.ticks else rule.timing.latest(todo.ticks[-1] - 1)
+            left_out = last is not None and first <= last
+        else:
+            return
+        if left_out and last is not None:
             log.info(
                 "schedule %s: ticks came due while this worker was held up (paused or busy), %s to %s; "
                 "catch-up = %s: %s",
                 rule.name,
                 format_time(first),
-                format_time(ticks[-1]),
+                format_time(last),
                 rule.catch_up,
                 _CATCH_UP_SAYS[rule.catch_up],
             )
@@ -241,10 +267,13 @@ class Scheduler:
                     starts.append(parse_time(worker.run.started_at))
         return min(starts, default=math.inf)
 
-    def _write(self, name: str, state: State, now: float, *, create: bool = False) -> None:
-        """Write ``state``, never behind what another worker wrote for the same expression meanwhile."""
+    def _write(
+        self, name: str, state: State, now: float, *, create: bool = False, merge: bool = True
+    ) -> None:
+        """Write ``state``, never behind what another worker wrote for the same expression meanwhile
+        (unless not ``merge``: a state ahead of the clock is set back)."""
         path = state_path(self.repo, name)
-        if not create:
+        if merge and not create:
             current, _ = read_state(path)
             if current is not None and current.expression == state.expression:
                 state = state.merged(current)

@@ -200,23 +200,33 @@ def ticks_between(timing: Timing, after: float, until: float, limit: int) -> tup
     return found[::-1], False
 
 
+#: With ``catch-up = none``, a tick looked at more than this late (seconds) was missed: its worker was
+#: held up (paused, busy) while it came due, and it never fires.
+ON_TIME_SECONDS = 10.0
+
+
 @dataclass(frozen=True)
 class Due:
-    """What to fire now: ``ticks`` (oldest first); ``cut`` when ``catch-up = all`` hit its cap."""
+    """What to fire now: ``ticks`` (oldest first); ``cut`` when ``catch-up = all`` hit its cap;
+    ``skipped``, the latest tick ``catch-up = none`` leaves out (dealt with all the same)."""
 
     ticks: tuple[float, ...]
     cut: bool = False
+    skipped: float | None = None
 
 
 def due(rule: Rule, through: float, now: float, taken_up: float) -> Due:
     """The ticks of ``rule`` to fire at ``now``, every tick up to ``through`` being dealt with already.
 
     ``taken_up`` is when this worker took the rule up (its start, or the reload that changed
-    the rule): with ``catch-up = none`` ticks until then count as missed and never fire.
+    the rule): with ``catch-up = none`` ticks until then count as missed and never fire, and
+    so do those a worker held up looks at more than :data:`ON_TIME_SECONDS` late.
     """
     if rule.catch_up == "none":
-        ticks, cut = ticks_between(rule.timing, max(through, taken_up), now, CATCH_UP_CAP)
-        return Due(tuple(ticks), cut)
+        ticks, _ = ticks_between(rule.timing, max(through, taken_up), now, 1)
+        if ticks and now - ticks[-1] > ON_TIME_SECONDS:
+            return Due((), skipped=ticks[-1])
+        return Due(tuple(ticks))
     if rule.catch_up == "latest":
         ticks, _ = ticks_between(rule.timing, through, now, 1)
         return Due(tuple(ticks))
