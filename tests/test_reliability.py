@@ -29,6 +29,7 @@ from harness import (
     wait_for,
 )
 from spoolpipe.activity import new_id
+from spoolpipe.liveness import OwnLock
 from spoolpipe.repository import Found, Repository
 
 
@@ -936,3 +937,17 @@ def test_a_worker_whose_tmp_folder_was_deleted_leaves_no_committed_marks_behind(
         proc.wait(60)
     assert "abandoned by this worker" not in (tmp_path / "worker-w1.stderr").read_text()
     assert (repo / "tmp").is_dir()  # made again at the next heartbeat
+
+
+def test_a_lease_holder_busy_in_one_long_step_still_holds_its_lease(tmp_path: Path) -> None:
+    """Any gap over 0.8 of a lease between two looks counted as a pause: a purge writing one large
+    archive for longer than that gave up on it at every run ("changed meanwhile"), though the lease's
+    own refresh thread had kept it all along. A pause stops every thread; a long step does not."""
+    lock = OwnLock(tmp_path, "purger", "lease", lease_seconds=1.0)
+    assert lock.acquire(5)
+    try:
+        assert lock.held()
+        time.sleep(1.5)  # one long step of the thread that holds it: the lease is refreshed meanwhile
+        assert lock.held()
+    finally:
+        lock.release()

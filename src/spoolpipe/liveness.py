@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -139,7 +140,8 @@ class OwnLock:
         self._lock = _make_lock(self._path, mode, lease_seconds, self._compromised, self._acquired)
         self._watch = _LeaseWatch(self._path, lease_seconds) if mode == "lease" else None
         self._lease_seconds = lease_seconds
-        self._checked: float | None = None  # when ``held`` last looked (time.monotonic)
+        self._ran_at = 0.0  # when this process last ran a thread of its own (time.monotonic)
+        self._stopped = threading.Event()
 
     def _compromised(self, _compromise: object) -> None:
         self._lost = True
@@ -160,8 +162,16 @@ class OwnLock:
                 raise WorkerAlreadyRunning(self._lock.lock_file)
             time.sleep(min(0.1, wait))
         self._held = True
-        self._checked = None
+        if self._watch is not None:
+            self._ran_at = time.monotonic()
+            self._stopped.clear()
+            threading.Thread(target=self._tick, name="spoolpipe-own-lease", daemon=True).start()
         return True
+
+    def _tick(self) -> None:
+        """Say, as often as the lease is refreshed, that this process runs: only a pause stops it."""
+        while not self._stopped.wait(self._lease_seconds / _REFRESHES):
+            self._ran_at = time.monotonic()
 
     def held(self) -> bool:
         """False until acquired, and once the lock is provably lost.
@@ -173,17 +183,13 @@ class OwnLock:
         """
         if not self._held or self._lost:
             return False
-        if self._watch is not None:
-            # The lease is refreshed six times per lease by a thread of this process: a process that
-            # did not run for five sixths of it (paused, suspended) may have lost it before that
-            # thread can tell. Between two looks the worker waits at most a heartbeat interval,
-            # half a lease at most: 0.8 of one tells a pause from an idle wait and a slow step.
-            now = time.monotonic()
-            paused = self._checked is not None and now - self._checked > 0.8 * self._lease_seconds
-            self._checked = now
-            if paused:
-                self._lost = True
-                return False
+        # A lease is refreshed six times per lease by a thread of this process: a process that did not
+        # run for most of it (paused, suspended) may have lost it before that thread can tell. A thread
+        # of our own that ticks as often tells a pause (every thread stopped) from a long step of the
+        # thread looking (a big archive written, a slow disk).
+        if self._watch is not None and time.monotonic() - self._ran_at > 0.8 * self._lease_seconds:
+            self._lost = True
+            return False
         if self._fd is None:
             return True
         try:
@@ -193,6 +199,7 @@ class OwnLock:
         return (mine.st_dev, mine.st_ino) == (current.st_dev, current.st_ino)
 
     def release(self) -> None:
+        self._stopped.set()
         self._held = False
         self._fd = None
         with contextlib.suppress(Exception):

@@ -295,7 +295,13 @@ def archive_group(
                 os.fsync(out.fileno())
             if not held:
                 return
-            if not lock.held() or (old is not None and _identity(os.lstat(target)) != _identity(old)):
+            if not lock.held():
+                report.problems.append(
+                    f"archive/{target.name} not written: the retention lock was lost (this process was "
+                    "paused?); the next purge goes on"
+                )
+                return
+            if old is not None and _identity(os.lstat(target)) != _identity(old):
                 report.problems.append(
                     f"archive/{target.name} changed meanwhile: not written; the next purge goes on"
                 )
