@@ -389,6 +389,16 @@ def test_a_dry_run_whose_reader_stops_early_exits_0_as_list_does(tmp_path: Path)
     assert snapshot(repo) == before
 
 
+@pytest.mark.parametrize("older_than", ["0", "0s", "36501d", "99999999999999999999d"])
+def test_purge_older_than_is_bounded_as_the_retention_keys_are(tmp_path: Path, older_than: str) -> None:
+    """--older-than 0 took every record, even one finished a moment ago; the keys refuse it."""
+    repo = make_repository(tmp_path)
+    record = put(repo / "done" / "a.json", "{}", old=0)
+    result = purge(repo, "--older-than", older_than, "--dry-run")
+    assert result.returncode == 2 and "--older-than" in result.stderr and "out of range" in result.stderr
+    assert record.exists()
+
+
 def test_purge_by_hand_overrides_limits_per_state_and_says_how_it_went(tmp_path: Path) -> None:
     repo = make_repository(tmp_path)  # every limit: forever
     record = put(repo / "done" / "a.json", "{}", old=3 * DAY)

@@ -369,6 +369,9 @@ def cmd_systemd_unit(args: argparse.Namespace) -> int:
     return 0
 
 
+#: ``purge --older-than``: as the ``retention.*`` keys (above 0, at most 100 years).
+_OLDER_THAN = config.DurationKind(0, exclusive=True)
+
 _REQUEST_NOTE = (
     "A request names the worker's current run (host, pid, start time, from its heartbeat): a worker "
     "started later discards it. See docs/operations.md, Control."
@@ -390,9 +393,9 @@ def cmd_purge(args: argparse.Namespace) -> int:
     older_than = None
     if args.older_than is not None:
         try:
-            older_than = config.parse_duration(args.older_than)
-        except ValueError as exc:
-            raise _UsageError(f"--older-than: {exc}; expected 30s, 15m, 2h, 1d or seconds") from None
+            older_than = _OLDER_THAN.parse(args.older_than, Path())
+        except config.Invalid as exc:  # the retention keys' own bounds
+            raise _UsageError(f"--older-than: {exc}; expected {_OLDER_THAN.expected}") from None
     settings = config.load(repo.root, args.worker_id).settings
     if args.scheduled:
         try:

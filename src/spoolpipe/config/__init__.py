@@ -31,7 +31,17 @@ specification prescribes. ``\\uXXXX`` escapes work in both cases. A UTF-16 or UT
 
 from __future__ import annotations
 
-from ._kinds import MAX_SECONDS, TYPE_PATTERN, BoolKind, FloatKind, as_seconds, parse_duration, parse_integer
+from ._kinds import (
+    MAX_SECONDS,
+    TYPE_PATTERN,
+    BoolKind,
+    DurationKind,
+    FloatKind,
+    Invalid,
+    as_seconds,
+    parse_duration,
+    parse_integer,
+)
 from ._load import SHARED_FILE, ConfigError, config_files, load
 from ._render import describe_keys, render_defaults
 from ._schema import OPTIONS
@@ -44,7 +54,9 @@ __all__ = [
     "TYPE_PATTERN",
     "BoolKind",
     "ConfigError",
+    "DurationKind",
     "FloatKind",
+    "Invalid",
     "Loaded",
     "Settings",
     "as_seconds",
