@@ -191,3 +191,35 @@ def test_a_listing_does_not_read_again_what_it_set_aside_unchanged(repo: Reposit
         assert take(intake, 10) == ([], [])
     assert reads == []
     assert intake.set_aside() == {"other"}
+
+
+def test_a_type_at_capacity_never_hides_other_types_however_many_of_it_wait(repo: Repository) -> None:
+    """Entries refused for capacity went back to the front of the line, and a call looked past at most
+    256 of them: with more of a type at its concurrency ahead, no other type ran at all."""
+    for i in range(600):
+        drop(repo, f"a{i:04}~p9.json", {"type": "a", "priority": 9})
+    drop(repo, "b0.json", {"type": "b"})
+    drop(repo, "b1.json", {"type": "b"})
+    intake = intake_of(repo)
+    only_b = lambda a: a.type == "b"  # noqa: E731 - "a" is at its concurrency
+    calls, found = 0, []
+    while not found:  # each call reads at most 256 refused entries, and says when it stopped short
+        found, _ = take(intake, 1, admit=only_b)
+        calls += 1
+        assert found or intake.cut_short
+    assert (found, calls) == (["b0.json"], 3)
+    assert take(intake, 1, admit=only_b) == (["b1.json"], [])  # those waiting are not read again
+    # Once a may run again, its entries come first, in order.
+    assert take(intake, 2) == (["a0000~p9.json", "a0001~p9.json"], [])
+    assert intake.next_due() == 0.0 and len(intake) == 598
+
+
+def test_an_entry_waiting_at_capacity_that_is_rewritten_is_read_again(repo: Repository) -> None:
+    """The parsed copy of a file refused for capacity was kept until its turn: a type or priority a
+    person wrote into it meanwhile was ignored (it waited for its old type's capacity)."""
+    drop(repo, "a0.json", {"type": "a"})
+    intake = intake_of(repo)
+    assert take(intake, 1, admit=lambda a: False) == ([], [])
+    drop(repo, "a0.json", {"type": "b"})
+    intake.add(["a0.json"])  # inotify's report
+    assert take(intake, 1, admit=lambda a: a.type == "b") == (["a0.json"], [])

@@ -305,6 +305,38 @@ def test_a_result_that_hangs_while_it_is_checked_is_killed_by_the_timeout(tmp_pa
     assert ok in ids_in(repo / "done")
 
 
+def test_a_deep_backlog_of_a_type_at_its_concurrency_never_holds_up_other_types(tmp_path: Path) -> None:
+    """Refused entries stayed at the front of the line and one look went past at most 256 of them: with
+    more of a type at its concurrency ahead, the other pool process idled until that backlog shrank."""
+    repo = make_repository(tmp_path, "pool.size = 2\nconcurrency.t.slow = 1\ndurability.fsync = false\n")
+    for _ in range(700):
+        submit(repo, "t.slow", {"sleep": 0.2})
+    other = submit(repo, "t.noop")
+    worker = start_worker(repo, "w1")
+    try:
+        wait_for(lambda: other in ids_in(repo / "done"), 60, "the other type to run")
+        assert len(effects(repo, "t.slow")) < 20  # it ran beside the first few, not after the backlog
+    finally:
+        kill_group(worker)
+
+
+def test_a_delayed_file_starts_on_time_before_the_pool_has_started(tmp_path: Path) -> None:
+    """The wake-up for the earliest delayed entry waited for an idle pool process, and there were none
+    before the first work: a file named ID~2~MS.json started at the next scan or heartbeat instead."""
+    repo = make_repository(
+        tmp_path, "scan.interval-seconds = 30\nheartbeat.interval-seconds = 20\nclaims.lease-seconds = 60\n"
+    )
+    due = time.time() + 2.0
+    drop(repo, f"late~2~{int(due * 1000)}.json", '{"id": "late", "type": "t.slow", "data": {"sleep": 0}}')
+    worker = start_worker(repo, "w1")
+    try:
+        wait_for(lambda: effects(repo, "t.slow"), 30, "the delayed activity to start")
+    finally:
+        kill_group(worker)
+    started = float(effects(repo, "t.slow")[0][3])
+    assert due <= started < due + 1.5, started - due
+
+
 def test_a_crashing_processor_counts_as_attempts_then_fails(tmp_path: Path) -> None:
     repo = make_repository(tmp_path, "retry.max-attempts = 2\n")
     aid = submit(repo, "t.crash")

@@ -32,7 +32,7 @@ from .repository import Found, Rejected, Repository
 _Entry = tuple[int, str]
 #: An entry due later: its due time, minus its priority, and its name.
 _Later = tuple[float, int, str]
-# Entries refused for capacity looked past per call: bounds the work of one call on a deep inbox.
+# Entries refused looked past per call: bounds the work of one call on a deep inbox.
 _LOOKAHEAD = 256
 
 
@@ -53,6 +53,9 @@ class Intake:
         self._limit = limit
         self._settle = settle
         self._parsed: dict[str, Found] = {}  # read, but refused for now (its type was at capacity)
+        # Those entries, out of the line, in a line of their type: asked again head first, they never
+        # stand in front of other types (a deep backlog of one type at its concurrency hid them all).
+        self._waiting: dict[str, list[_Entry]] = {}
         self._known: set[str] = set()
         self._heap: list[_Entry] = []  # due now
         self._later: list[_Later] = []  # due at a time the name or the document gave
@@ -64,6 +67,8 @@ class Intake:
         # under that name (published again with a rename) has it read again
         self._inodes: dict[str, int] = {}
         self._held: set[str] = set()  # their quarantine failed: left alone until the next listing
+        #: The last ``take`` stopped at ``_LOOKAHEAD`` refused entries with more in line: take again soon.
+        self.cut_short = False
 
     # -- what is there -------------------------------------------------------------------------
 
@@ -95,7 +100,10 @@ class Intake:
             if name in self._held:  # put back by a quarantine that failed (inotify saw it come back)
                 continue
             if name in self._known or is_ignored(name):
-                if name in self._suspects or name in self._delayed or name in self._unhandled:
+                if name in self._parsed:  # rewritten while it waited at capacity: read it again
+                    del self._parsed[name]
+                    self._queue(name)
+                elif name in self._suspects or name in self._delayed or name in self._unhandled:
                     self._inodes.pop(name, None)
                     self._read_again(name)  # rewritten in place, or published again under its name
                 continue
@@ -157,17 +165,31 @@ class Intake:
             heapq.heappush(self._heap, (rank, name))
         floor = None if priority is None else -priority
         chosen: list[tuple[str, Found]] = []
-        refused: list[_Entry] = []
-        while (
-            self._heap
-            and len(chosen) < want
-            and len(refused) < _LOOKAHEAD
-            and (floor is None or self._heap[0][0] == floor)
-        ):
-            rank, name = heapq.heappop(self._heap)
-            if name not in self._known:
+        refused = 0
+        asked: set[str] = set()  # types whose waiting head was refused in this call
+        while len(chosen) < want and refused < _LOOKAHEAD:
+            waiting = self._best_waiting(asked, floor)
+            ahead = self._heap[0] if self._heap and (floor is None or self._heap[0][0] == floor) else None
+            if waiting is not None and (ahead is None or waiting[0] <= ahead):
+                (_, name), type_ = waiting
+                if not handled(type_):  # its circuit opened, or the configuration changed
+                    self._set_aside_waiting(type_)
+                    continue
+                waited = self._parsed[name]
+                if admit(waited.activity):
+                    heapq.heappop(self._waiting[type_])
+                    del self._parsed[name]
+                    chosen.append((name, waited))
+                else:
+                    asked.add(type_)
+                    refused += 1
                 continue
-            read = self._parsed.pop(name, None) or self._repo.read(name, limit=self._limit())
+            if ahead is None:
+                break
+            rank, name = heapq.heappop(self._heap)
+            if name not in self._known or name in self._parsed:  # gone, or waiting at capacity already
+                continue
+            read = self._repo.read(name, limit=self._limit())
             if read is None:
                 self._known.discard(name)
                 continue
@@ -195,14 +217,42 @@ class Intake:
                 heapq.heappush(self._later, (found.not_before, -found.priority, name))
                 continue
             self._delayed.pop(name, None)
-            if not admit(found):
+            if found.type in asked or not admit(found):
                 self._parsed[name] = read
-                refused.append((-found.priority, name))
+                heapq.heappush(self._waiting.setdefault(found.type, []), (-found.priority, name))
+                refused += 1
                 continue
             chosen.append((name, read))
-        for entry in refused:
-            heapq.heappush(self._heap, entry)
+        self.cut_short = refused >= _LOOKAHEAD and len(chosen) < want
         return chosen
+
+    def _set_aside_waiting(self, type_: str) -> None:
+        """Every entry of ``type_`` waiting at capacity is set aside: this worker does not run it now."""
+        for _, name in self._waiting.pop(type_, ()):
+            read = self._parsed.pop(name, None)
+            if read is not None and name in self._known and read.activity.type == type_:
+                self._set_aside(name, read)
+                self._unhandled[name] = type_
+
+    def _best_waiting(self, asked: set[str], floor: int | None) -> tuple[_Entry, str] | None:
+        """The first entry waiting at capacity, of a type not refused in this call, and its type."""
+        best: tuple[_Entry, str] | None = None
+        for type_, line in list(self._waiting.items()):
+            while line and (
+                line[0][1] not in self._known
+                or (parsed := self._parsed.get(line[0][1])) is None
+                or parsed.activity.type != type_
+            ):
+                heapq.heappop(line)  # claimed, gone, or read again since (in line again as it is now)
+            if not line:
+                del self._waiting[type_]
+            elif (
+                type_ not in asked
+                and (floor is None or line[0][0] == floor)
+                and (best is None or line[0] < best[0])
+            ):
+                best = (line[0], type_)
+        return best
 
     def _set_aside(self, name: str, read: Found) -> None:
         """Remember which file ``name`` was when it was set aside (kept if a listing numbered it)."""
@@ -232,7 +282,7 @@ class Intake:
 
     def next_due(self) -> float:
         """When the earliest waiting entry is due (0: now; inf: nothing waits)."""
-        if self._heap:
+        if self._heap or self._waiting:
             return 0.0
         return self._later[0][0] if self._later else float("inf")
 

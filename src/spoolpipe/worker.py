@@ -368,10 +368,13 @@ class Worker:
         """How long the loop may wait for an event: until the next thing it must do by itself."""
         deadlines = [self._next_heartbeat, self._next_scan, self._grace_deadline, self._next_deadline()]
         due, shared_now = self.intake.next_due(), self.clock.now()
-        if shared_now < due < float("inf") and self.pool.idle():
+        idle = self.pool.idle() or not self.pool.slots  # the pool starts with the first work
+        if shared_now < due < float("inf") and idle:
             # Wake up when the earliest waiting activity becomes due, not at the next periodic scan.
             # (One due already but not handed out waits for a pool process to finish: no busy loop.)
             deadlines.append(now + due - shared_now)
+        if self.intake.cut_short and idle:  # it looked past as many as it may at once: on at once
+            deadlines.append(now)
         if not self._stopping:  # the next schedule tick, at its time rather than at the next heartbeat
             deadlines.append(now + self.schedules.next_fire() - shared_now)
             deadlines.append(self.circuits.next_change())  # a cool-down's end: time for a probe
