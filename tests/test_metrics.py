@@ -245,6 +245,15 @@ def test_metrics_can_be_switched_on_by_a_reload(tmp_path: Path) -> None:
             30,
             "metrics switched off",
         )
+        # and on again: the counters go on from where they were (they start at 0 with the worker only)
+        (repo / "spoolpipe.properties").write_text(properties.replace(str(prom), str(moved)))
+        wait_for(
+            lambda: value(samples(moved.read_text()), "spoolpipe_worker_up", worker="w1") == 1,
+            30,
+            "metrics switched on again",
+        )
+        submit(repo, "t.noop")
+        wait_for(lambda: finished(samples(moved.read_text()), "t.noop", "done") == 2, 30, "the count")
     finally:
         stop(proc)
 

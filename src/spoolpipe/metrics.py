@@ -340,6 +340,7 @@ class Metrics:
                 self.endpoint = Endpoint(host, port, self.registry)
             except OSError as exc:
                 raise OSError(f"cannot serve metrics on {host} port {port}: {exc.strerror or exc}") from None
+        self._up.labels(self.worker_id).set(1)  # again, if it was switched off
         self._refresh(now)
         if file is not None:
             try:

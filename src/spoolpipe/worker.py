@@ -121,6 +121,7 @@ class Worker:
         self._interrupted: list[Item] = []  # claims whose attempt ended without an answer, to settle
         self._rescan = True
         self.metrics: Metrics | None = None  # only with metrics.file or metrics.port
+        self._metrics_off: Metrics | None = None  # switched off by a reload: its counters go on if back
         self._purges = ScheduledPurges(root, worker_id)
 
     # -- start-up ------------------------------------------------------------------------------
@@ -653,13 +654,14 @@ class Worker:
         if s.metrics_file is None and not s.metrics_port:
             if self.metrics is not None:
                 self.metrics.close(self.clock.now())
-                self.metrics = None
+                self._metrics_off, self.metrics = self.metrics, None  # its counters, if they come back
             return
         if self.metrics is None:
-            from .metrics import Metrics  # only now: a worker without metrics never loads prometheus_client
-
-            known = registered()
-            self.metrics = Metrics(
-                self.repo, self.worker_id, self.started, lambda t: t in known, self._handled_types()
-            )
+            self.metrics = self._metrics_off or self._new_metrics()
         self.metrics.configure(s.metrics_file, s.metrics_host, s.metrics_port, self.clock.now())
+
+    def _new_metrics(self) -> Metrics:
+        from .metrics import Metrics  # only now: a worker without metrics never loads prometheus_client
+
+        known = registered()
+        return Metrics(self.repo, self.worker_id, self.started, lambda t: t in known, self._handled_types())
