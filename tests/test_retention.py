@@ -9,6 +9,7 @@ import gzip
 import json
 import os
 import random
+import resource
 import shutil
 import signal
 import stat
@@ -17,6 +18,7 @@ import sys
 import tarfile
 import time
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -1029,3 +1031,30 @@ def test_an_attempt_log_of_a_seven_digit_attempt_is_purged(tmp_path: Path) -> No
     assert result.returncode == 0, result.stderr
     assert sorted(os.listdir(repo / "logs" / "activities")) == ["z~12345678.log"]
     assert {"logs/activities/x~1234567.log", "logs/activities/x~1234567.attempt.json"} <= set(members(repo))
+
+
+def _file_size_limit(limit: int) -> Callable[[], None]:
+    def apply() -> None:
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit fails with EFBIG
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+
+    return apply
+
+
+def test_a_journal_that_cannot_be_written_leaves_no_temp_file_and_loses_nothing(tmp_path: Path) -> None:
+    """Its temp file stayed in tmp/ when the archive fitted but archive/.pending.json did not (a full
+    disk; here a file size limit the small, well-compressed archive stays under and the journal not)."""
+    repo = make_repository(tmp_path, "retention.done = 1d\n")
+    records = [put(repo / "done" / f"{i:04}.json", "{}", old=3 * DAY) for i in range(600)]
+    result = subprocess.run(
+        [sys.executable, "-m", "spoolpipe", "purge", str(repo)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        preexec_fn=_file_size_limit(40_000),
+    )
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert all(r.exists() for r in records)
+    assert [n for n in os.listdir(repo / "tmp") if not n.startswith(".")] == []
+    assert purge(repo).returncode == 0  # room again: it goes on
+    assert not any(r.exists() for r in records)

@@ -341,11 +341,16 @@ def _write_journal(
         "entries": [[entry.state, entry.name, entry.mtime, entry_stamp] for entry, entry_stamp in held],
     }
     tmp = repo.temp_path("archive")
-    with open(tmp, "xb") as out:
-        out.write(json.dumps(doc, ensure_ascii=True).encode())
-        out.flush()
-        os.fsync(out.fileno())
-    os.replace(tmp, repo.root / ARCHIVE_DIR / JOURNAL)
+    try:
+        with open(tmp, "xb") as out:
+            out.write(json.dumps(doc, ensure_ascii=True).encode())
+            out.flush()
+            os.fsync(out.fileno())
+        os.replace(tmp, repo.root / ARCHIVE_DIR / JOURNAL)
+    except BaseException:  # a full disk: nothing is deleted, and no temp file is left behind
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
     fsync_directory(repo.root / ARCHIVE_DIR)
 
 
