@@ -415,3 +415,23 @@ def test_two_workers_run_a_mixed_backlog_each_exactly_once(tmp_path: Path) -> No
     (quarantined,) = list((repo / "invalid").iterdir())
     assert "duplicate id" in (quarantined / "reason.txt").read_text()
     assert os.listdir(repo / "inbox") == [] and os.listdir(repo / "running") == []
+
+
+def test_a_higher_priority_arriving_ends_a_long_batch_after_its_running_activity(tmp_path: Path) -> None:
+    """A batch is sized from its type's pace so far: once that type slowed down, a ~p9 arriving waited
+    for the whole batch (107 activities, 32 s) though the rest of the batch was still in the inbox."""
+    repo = one_at_a_time(tmp_path, "durability.fsync = false\n")
+    for i in range(2000):
+        put(repo, f"fast{i}")
+    for i in range(1000):
+        put(repo, f"slow{i}", sleep=0.05)
+    worker = start_worker(repo, "w1")
+    try:
+        wait_for(lambda: "slow5" in order(repo), 60, "the slow ones to run, in batches sized for fast ones")
+        put(repo, "urgent", 9)
+        wait_for(lambda: "urgent" in order(repo), 60, "the urgent one")
+        ran = order(repo)
+        late = ran.index("urgent") - ran.index("slow5")
+        assert late < 20, late  # a few, not a batch sized for activities 100 times as quick
+    finally:
+        kill_group(worker)

@@ -75,6 +75,18 @@ class Admission:
             self._megapixels[slot.index] = self._estimate(first)
             self.send(slot, found)
 
+    def make_way(self) -> None:
+        """A higher priority than a busy batch's waits and no process is idle: the batch of the lowest
+        priority ends after its running activity, its rest back in the inbox (a batch sized from a
+        quicker pace can run for long)."""
+        top = self._intake.top_priority()
+        busy = self._pool.busy()
+        if top is None or self._pool.idle() or any(s.ending() for s in busy):
+            return
+        behind = [s for s in busy if len(s.batch) > 1 and s.batch[0].activity.priority < top]
+        if behind:
+            min(behind, key=lambda s: (s.batch[0].activity.priority, -len(s.batch))).end_after_current()
+
     def send(self, slot: Slot, batch: Sequence[Item]) -> None:
         log.debug("handing %s to pool process %d", counted(len(batch), "activity", "activities"), slot.index)
         self._pool.send(slot, batch)

@@ -280,6 +280,10 @@ class Intake:
 
     # -- what is left --------------------------------------------------------------------------------
 
+    def top_priority(self) -> int | None:
+        """The highest priority of the entries due now and not waiting at capacity, as far as known."""
+        return -self._heap[0][0] if self._heap else None
+
     def next_due(self) -> float:
         """When the earliest waiting entry is due (0: now; inf: nothing waits)."""
         if self._heap or self._waiting:

@@ -294,6 +294,13 @@ class Slot:
             return self.batch[index], float(self.progress[1])
         return None
 
+    def end_after_current(self) -> None:
+        """The process takes no more of its batch once the running item is done (the rest comes back)."""
+        self.progress[2] = 1
+
+    def ending(self) -> bool:
+        return bool(self.progress[2])
+
     def ran(self) -> int:
         """How many items of its batch have run: their attempts count, whatever became of their outcomes."""
         return int(self.progress[RAN])
@@ -346,7 +353,7 @@ class Pool:
         that every activity that starts from now on runs with the new."""
         self._stale = {s.process.pid or 0 for s in self.slots}
         for slot in self.busy():
-            slot.progress[2] = 1
+            slot.end_after_current()
 
     def is_stale(self, slot: Slot) -> bool:
         return (slot.process.pid or 0) in self._stale
@@ -359,7 +366,7 @@ class Pool:
 
     def send(self, slot: Slot, batch: Sequence[Item]) -> None:
         slot.batch, slot.sent = tuple(batch), time.monotonic()
-        slot.progress[0], slot.progress[RAN] = -1, 0
+        slot.progress[0], slot.progress[2], slot.progress[RAN] = -1, 0, 0
         slot.conn.send(list(batch))
 
     def wait(self, timeout: float, extra: Sequence[Any]) -> list[Event]:

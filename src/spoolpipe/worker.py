@@ -403,7 +403,7 @@ class Worker:
         if self._grace_deadline == float("inf"):
             self._grace_deadline = now + self.settings.shutdown_grace_seconds
             for slot in self.pool.busy():
-                slot.progress[2] = 1  # stop after the running item
+                slot.end_after_current()
             log.info(
                 "stopping: no new claims; %s may finish within %ss",
                 counted(len(self.pool.busy()), "running activity", "running activities"),
@@ -449,6 +449,7 @@ class Worker:
         if idle:
             # One copy of an id at a time in this worker: its pool processes share one claim name for it.
             self.admission.hand_out(idle, self._in_flight(), self.clock.now())
+        self.admission.make_way()
 
     def _in_flight(self) -> set[str]:
         return {i.activity.id for s in self.pool.busy() for i in s.batch} | {
