@@ -11,6 +11,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -20,6 +21,7 @@ from spoolpipe.activity import (
     Activity,
     InvalidActivity,
     derived_id,
+    is_valid_name,
     new_id,
     new_name,
     parse_activity,
@@ -435,3 +437,38 @@ def test_a_higher_priority_arriving_ends_a_long_batch_after_its_running_activity
         assert late < 20, late  # a few, not a batch sized for activities 100 times as quick
     finally:
         kill_group(worker)
+
+
+def test_a_follow_up_is_in_line_by_the_age_of_its_first_ancestor(tmp_path: Path) -> None:
+    """Follow-up ids were base32 hashes, which sort after every ULID: a follow-up of the same priority
+    ran after every activity submitted since, however long it had waited (for ever, under a stream)."""
+    repo = one_at_a_time(tmp_path)
+    start = time.time() - 60
+    put(repo, "fan", at=start, type_="p.fan", children=[["child", None]])
+    put(repo, "busy", at=start + 1, sleep=1.0)
+    worker = start_worker(repo, "w1")
+    try:
+        wait_for(lambda: "busy" in order(repo), 30, "the busy one to start (the child is queued by then)")
+        for i in range(3):
+            put(repo, f"later{i}")  # submitted now: younger than the child's first ancestor
+        wait_for(lambda: len(order(repo)) == 5, 30, "all of them")
+    finally:
+        kill_group(worker)
+    ran = order(repo)
+    assert ran.index("child") < ran.index("later0") < ran.index("later1") < ran.index("later2"), ran
+
+
+def test_ids_made_in_one_millisecond_still_sort_in_the_order_they_were_made() -> None:
+    """Within a millisecond a ULID's random part decided: three submitted at once ran in any order."""
+    ids = [new_id(1_800_000_000.0) for _ in range(1000)]
+    assert ids == sorted(ids) and len(set(ids)) == 1000
+
+
+def test_derived_ids_begin_with_their_first_ancestors_time() -> None:
+    root = new_id(1_800_000_000.0)
+    child = derived_id(root, "1")
+    grandchild = derived_id(child, "x")
+    assert child[:10] == grandchild[:10] == root[:10] and len(child) == len(grandchild) == 26
+    assert derived_id(root, "1") == child != derived_id(root, "2")  # deterministic, and per key
+    assert derived_id("invoice-7", "1")[:10] == "0000000000"  # no time in a chosen id: as old as can be
+    assert all(is_valid_name(i) for i in (child, grandchild, derived_id("invoice-7", "1")))

@@ -6,7 +6,6 @@ contract written down in ``docs/repository-format.md``.
 
 from __future__ import annotations
 
-import base64
 import dataclasses
 import hashlib
 import json
@@ -14,6 +13,7 @@ import math
 import os
 import re
 import sys
+import threading
 import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -129,16 +129,41 @@ def is_ignored(name: str) -> bool:
 
 
 def new_id(now: float | None = None) -> str:
-    """A ULID: 48-bit millisecond time then 80 random bits, Crockford base32, sortable by creation."""
+    """A ULID: 48-bit millisecond time then 80 random bits, Crockford base32, sortable by creation.
+
+    Within one millisecond each id of this process is the one before plus one (monotonic ULIDs), so
+    ids sort in the order they were made; a forked process starts its own run from random bits.
+    """
     ms = int((time.time() if now is None else now) * 1000)
     value = (ms << 80) | int.from_bytes(os.urandom(10), "big")
+    with _LAST_LOCK:
+        if ms == _last_id[0] >> 80 and value <= _last_id[0]:
+            value = _last_id[0] + 1
+        _last_id[0] = value
     return "".join(_CROCKFORD[(value >> shift) & 31] for shift in range(125, -1, -5))
 
 
+_LAST_LOCK = threading.Lock()
+_last_id = [0]  # the last id this process made, as a number
+os.register_at_fork(after_in_child=lambda: _last_id.__setitem__(0, 0))
+
+
+#: The time of a ULID: its first 10 characters (48 bits of milliseconds).
+_ULID_TIME = re.compile(r"[0-7][0-9A-HJKMNP-TV-Z]{9}")
+_NO_TIME = "0" * 10
+
+
 def derived_id(*parts: str) -> str:
-    """A deterministic id from ``parts``, so a repeated commit names the same follow-up."""
-    digest = hashlib.sha256("\0".join(parts).encode()).digest()
-    return base64.b32encode(digest).decode().rstrip("=")[:26]
+    """A deterministic id from ``parts``, so a repeated commit names the same follow-up.
+
+    It begins with the time of ``parts[0]`` (the parent id) when that begins with a ULID's (as ids
+    made here do: a derived one too), else as old as can be: ids sort by name, so a follow-up is in
+    line by the age of its first ancestor, not after everything submitted since.
+    """
+    parent = parts[0] if parts else ""
+    time_part = parent[:10] if len(parent) == 26 and _ULID_TIME.match(parent) else _NO_TIME
+    value = int.from_bytes(hashlib.sha256("\0".join(parts).encode()).digest()[:10], "big")
+    return time_part + "".join(_CROCKFORD[(value >> shift) & 31] for shift in range(75, -1, -5))
 
 
 @dataclass(frozen=True)
