@@ -337,6 +337,31 @@ def test_a_delayed_file_starts_on_time_before_the_pool_has_started(tmp_path: Pat
     assert due <= started < due + 1.5, started - due
 
 
+def test_a_pool_process_stopped_while_idle_is_replaced_once_its_batch_overstays(tmp_path: Path) -> None:
+    """A batch sent to a process an admin had SIGSTOPped never had a running item, so no timeout
+    applied: the worker ran nothing more, for good, and status called it alive and idle."""
+    extra = """
+        @processor("t.pid")
+        def pid(activity, ctx):
+            _effect(ctx, activity)
+            return os.getpid()
+    """
+    repo = make_repository(tmp_path, "pool.size = 1\ntimeout.t.pid = 2\n", extra_processors=extra)
+    first = submit(repo, "t.pid")
+    worker = start_worker(repo, "w1")
+    try:
+        wait_for(lambda: first in ids_in(repo / "done"), 30, "the first activity")
+        stopped = int(records(repo / "done")[first]["result"])
+        os.kill(stopped, signal.SIGSTOP)
+        later = [submit(repo, "t.pid") for _ in range(3)]
+        wait_for(lambda: set(later) <= set(ids_in(repo / "done")), 30, "the later ones, in a new process")
+    finally:
+        kill_group(worker)
+    assert all(records(repo / "done")[i]["result"] != stopped for i in later)
+    assert all(records(repo / "done")[i]["spoolpipe"]["attempts"] == 1 for i in later)  # never started
+    assert "did not start its batch within 2.0s" in (repo.parent / "worker-w1.stderr").read_text()
+
+
 def test_a_crashing_processor_counts_as_attempts_then_fails(tmp_path: Path) -> None:
     repo = make_repository(tmp_path, "retry.max-attempts = 2\n")
     aid = submit(repo, "t.crash")

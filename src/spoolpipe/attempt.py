@@ -264,7 +264,7 @@ class Attempts:
                 if recycle:
                     break
             self.commit()
-        progress[0] = -1
+        progress[0], progress[1] = -1, time.monotonic()  # done: the answer is due now
         return self.reports, taken, recycle
 
     def _report(self, level: int, message: str) -> None:

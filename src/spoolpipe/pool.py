@@ -294,6 +294,14 @@ class Slot:
             return self.batch[index], float(self.progress[1])
         return None
 
+    def timed(self) -> tuple[Item, float] | None:
+        """What a timeout counts for, and since when: the item running, or else (a batch not started
+        yet, or done and not answered yet) its first one, since it was sent or its last item ended."""
+        current = self.current()
+        if current is None and self.batch:
+            return self.batch[0], float(self.progress[1])
+        return current
+
     def end_after_current(self) -> None:
         """The process takes no more of its batch once the running item is done (the rest comes back)."""
         self.progress[2] = 1
@@ -367,6 +375,7 @@ class Pool:
     def send(self, slot: Slot, batch: Sequence[Item]) -> None:
         slot.batch, slot.sent = tuple(batch), time.monotonic()
         slot.progress[0], slot.progress[2], slot.progress[RAN] = -1, 0, 0
+        slot.progress[1] = slot.sent
         slot.conn.send(list(batch))
 
     def wait(self, timeout: float, extra: Sequence[Any]) -> list[Event]:

@@ -474,9 +474,9 @@ class Worker:
     def _next_deadline(self) -> float:
         deadlines = [0.0]
         for slot in self.pool.busy():
-            current = slot.current()
-            if current is not None:
-                deadlines.append(current[1] + timeout_for(self.settings, current[0].activity.type))
+            timed = slot.timed()
+            if timed is not None:
+                deadlines.append(timed[1] + timeout_for(self.settings, timed[0].activity.type))
         return min(deadlines[1:], default=float("inf"))
 
     def _idle(self) -> bool:
@@ -527,22 +527,30 @@ class Worker:
     def _enforce_timeouts(self) -> None:
         now = time.monotonic()
         for slot in self.pool.busy():
-            current = slot.current()
-            if current is None:
+            timed = slot.timed()
+            if timed is None:
                 continue
-            item, started = current
+            item, started = timed
             limit = timeout_for(self.settings, item.activity.type)
             if now < started + limit:
                 continue
             batch, index, ran = slot.batch, int(slot.progress[0]), slot.ran()
-            log.warning(
-                "%s (%s) timed out after %ss: pool process killed",
-                item.activity.id,
-                item.activity.type,
-                limit,
-            )
-            if self.metrics is not None:
-                self.metrics.timed_out(item.activity.type)
+            if slot.current() is None:  # stopped (SIGSTOP) or stuck outside any activity
+                log.warning(
+                    "pool process %d did not start its batch within %ss, or did not answer once done: "
+                    "killed",
+                    slot.index,
+                    limit,
+                )
+            else:
+                log.warning(
+                    "%s (%s) timed out after %ss: pool process killed",
+                    item.activity.id,
+                    item.activity.type,
+                    limit,
+                )
+                if self.metrics is not None:
+                    self.metrics.timed_out(item.activity.type)
             self.pool.kill(slot)
             slot.batch = ()
             self.admission.freed(slot)
