@@ -733,3 +733,22 @@ def test_any_content_is_judged_without_raising(raw: bytes) -> None:
     taken = control.parse_request("w1", control.Request.STOP, raw)
     assert control.verdict(taken, ME) == "unreadable"
     assert taken.problem
+
+
+@pytest.mark.parametrize("blocked", ["logs/workers/w1.log", "locks/w1.lock"])
+def test_a_log_or_lock_the_worker_cannot_open_is_a_worker_that_cannot_start(
+    tmp_path: Path, blocked: str
+) -> None:
+    """A log or lock file the worker could not open (another user's, or a folder in the way) crashed it
+    with a traceback, exit 70 (a bug) at every restart, while worker --check said it could start."""
+    repo = repository(tmp_path)
+    (repo / blocked).mkdir()
+    checked = spoolpipe("worker", str(repo), "--worker-id", "w1", "--check")
+    assert checked.returncode == 3, checked
+    assert (
+        "the worker cannot start: cannot write its " in checked.stderr
+        and str(repo / blocked) in checked.stderr
+    )
+    started = spoolpipe("worker", str(repo), "--worker-id", "w1", "--until-idle")
+    assert started.returncode == 3, started
+    assert str(repo / blocked) in started.stderr and "Traceback" not in started.stderr

@@ -135,6 +135,28 @@ def try_metrics(root: Path, worker_id: str, s: config.Settings, out: TextIO, err
     return True
 
 
+def try_files(root: Path, worker_id: str, err: TextIO) -> bool:
+    """Open for writing what a starting worker opens, its log and its lock (where absent, a file made
+    beside and removed again); False once ``err`` says why it would not start."""
+    for what, path in (
+        ("its log", root / "logs" / "workers" / f"{worker_id}.log"),
+        ("its lock", root / "locks" / f"{worker_id}.lock"),
+    ):
+        try:
+            if os.path.lexists(path):
+                os.close(os.open(path, os.O_WRONLY | os.O_APPEND | os.O_NOFOLLOW | os.O_NONBLOCK))
+            else:
+                probe = temp_beside(path)
+                os.close(os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644))
+                os.unlink(probe)
+        except OSError as exc:
+            if exc.errno in (errno.ELOOP, errno.ENXIO):  # a link or a FIFO: the worker makes its own
+                continue
+            print(f"the worker cannot start: cannot write {what} {path}: {exc.strerror or exc}", file=err)
+            return False
+    return True
+
+
 def check_worker(root: Path, worker_id: str, out: TextIO, err: TextIO) -> int:
     """Print what worker ``worker_id`` would start with; 0, 2 (configuration) or 3 (processors)."""
     loaded = load_configuration(root, worker_id, err)
@@ -144,7 +166,11 @@ def check_worker(root: Path, worker_id: str, out: TextIO, err: TextIO) -> int:
     sources = ", ".join(str(p) for p in s.sources) or "none (every key at its default)"
     print(f"configuration of worker {worker_id}: {sources}", file=out)
     processors = import_configured(s, err)
-    if processors is None or not try_metrics(root, worker_id, s, out, err):
+    if (
+        processors is None
+        or not try_metrics(root, worker_id, s, out, err)
+        or not try_files(root, worker_id, err)
+    ):
         return EXIT_CANNOT_START
     paths = [str(p) for p in s.processors_path]
     print(

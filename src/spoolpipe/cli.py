@@ -324,7 +324,15 @@ def cmd_worker(args: argparse.Namespace) -> int:
         if args.until_idle:
             raise _UsageError("--check starts no worker: it takes no --until-idle")
         return check.check_worker(repo.root, worker_id, sys.stdout, sys.stderr)
-    worker_log.configure(repo.logs, worker_id, args.log_level, *_log_rotation(repo, worker_id))
+    try:
+        worker_log.configure(repo.logs, worker_id, args.log_level, *_log_rotation(repo, worker_id))
+    except OSError as exc:  # another user's file, a folder in the way
+        log_file = repo.logs / "workers" / f"{worker_id}.log"
+        print(
+            f"spoolpipe worker: cannot start: cannot write its log {log_file}: {exc.strerror or exc}",
+            file=sys.stderr,
+        )
+        return check.EXIT_CANNOT_START
     try:
         worker = Worker(
             repo.root, worker_id, until_idle=args.until_idle, no_wait=args.no_wait, log_level=args.log_level

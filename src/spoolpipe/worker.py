@@ -155,6 +155,9 @@ class Worker:
                 f"(lock {self.repo.locks / self.worker_id}.lock; "
                 f"see heartbeats/{self.worker_id}.json); give this worker another --worker-id"
             ) from None
+        except OSError as exc:  # another user's lock file, a folder in the way
+            lock = self.repo.locks / f"{self.worker_id}.lock"
+            raise StartupError(f"cannot take its lock {lock}: {exc.strerror or exc}") from None
         self.prober = Prober(self.repo.locks, self.lock_mode, self.settings.claims_lease_seconds)
         self.recovery = Recovery(self.repo, self.prober, self.worker_id)
         self.clock = SharedClock(self.repo.heartbeats / f".clock-{self.worker_id}")
@@ -537,8 +540,7 @@ class Worker:
             batch, index, ran = slot.batch, int(slot.progress[0]), slot.ran()
             if slot.current() is None:  # stopped (SIGSTOP) or stuck outside any activity
                 log.warning(
-                    "pool process %d did not start its batch within %ss, or did not answer once done: "
-                    "killed",
+                    "pool process %d did not start its batch within %ss, or did not answer once done: killed",
                     slot.index,
                     limit,
                 )
