@@ -501,12 +501,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.epilog = (
         "Exit codes: 0 stopped (SIGTERM/SIGINT, spoolpipe stop, or nothing left with --until-idle); "
         "2 bad usage, not a repository or invalid configuration (file:line); 3 cannot start (processors "
-        "that do not import, worker id already running, its log or lock file not writable, metrics.port taken or metrics.file not writable); "
+        "that do not import, worker id already running, its log or lock file not writable, metrics.port "
+        "taken or metrics.file not writable); "
         f"{EXIT_CRASH} crashed on an unexpected error (a bug in spoolpipe), logged with its "
         "traceback in REPO/logs/workers/ID.log. Claims a crashed worker leaves are recovered "
         "when it starts again. With --check: 0 it could start, 2 invalid configuration, 3 processors "
-        "that do not import, metrics.port taken (but by the running worker of this id) or metrics.file "
-        "not writable."
+        "that do not import, its log or lock file not writable, metrics.port taken (but by the running "
+        "worker of this id) or metrics.file not writable."
     )
     p.add_argument(
         "--worker-id",
