@@ -75,7 +75,8 @@ class Recovery:
     def _settle(self, whose: str, claims: list[ClaimName]) -> int:
         if not claims:
             return 0
-        outcomes = Counter(self.repo.recover(c) for c in claims)
+        listing = self.repo.staged_files()
+        outcomes = Counter(self.repo.recover(c, listing) for c in claims)
         self.repo.durability.barrier()
         log.warning(
             "recovered %s %s: %s",

@@ -646,9 +646,21 @@ class Repository:
             names = [e.name for e in entries]
         return [parsed for parsed in map(parse_running_name, names) if parsed is not None]
 
-    def _staged(self, claim: ClaimName) -> list[RunningName]:
-        """The files staged for ``claim`` (its ``~committed`` mark included), as found in ``running/``."""
+    def _staged(self, claim: ClaimName, listing: Listing | None = None) -> list[RunningName]:
+        """The files staged for ``claim`` (its ``~committed`` mark included), as found in ``running/``
+        now, or in ``listing`` (:meth:`staged_files`, when nothing else moves them meanwhile)."""
+        if listing is not None:
+            return listing.get(claim, [])
         return [p for p in self._running_names() if p.claim == claim and p.kind is not None]
+
+    def staged_files(self) -> Listing:
+        """Every claim's staged files, from one listing of ``running/``: settling many claims lists it
+        once, not twice per claim (20,000 claims of a dead worker took half an hour)."""
+        listing: Listing = {}
+        for parsed in self._running_names():
+            if parsed.kind is not None:
+                listing.setdefault(parsed.claim, []).append(parsed)
+        return listing
 
     def settle(self, batch: Sequence[Settlement]) -> list[Settled]:
         """Commit a batch of outcomes: stage all, one barrier, commit all, publish all (``finish``).
@@ -702,9 +714,9 @@ class Repository:
             raise
         return Staged(claim, outcome, tuple(ids))
 
-    def discard(self, claim: ClaimName) -> None:
+    def discard(self, claim: ClaimName, listing: Listing | None = None) -> None:
         """Delete whatever was staged for an uncommitted claim."""
-        for parsed in self._staged(claim):
+        for parsed in self._staged(claim, listing):
             if parsed.kind != "committed":
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(f"{self._running}/{parsed.name}")
@@ -795,27 +807,30 @@ class Repository:
             return "committed"
         return "claimed" if os.path.lexists(self.running / claim.name) else "absent"
 
-    def _committed(self, claim: ClaimName) -> Staged | None:
+    def _committed(self, claim: ClaimName, listing: Listing | None = None) -> Staged | None:
         """What a committed claim has left to publish; None if it is not committed."""
-        staged = self._staged(claim)
+        staged = self._staged(claim, listing)
         if not any(p.kind == "committed" for p in staged):
             return None
         outcomes = [o for o in OUTCOMES if any(p.kind == o for p in staged)]
         follow_ups = tuple(p.follow_up for p in staged if p.kind == "follow-up")
         return Staged(claim, outcomes[0] if outcomes else "done", follow_ups)
 
-    def recover(self, claim: ClaimName) -> str:
-        """Settle the claim of a dead worker: finish it if committed, else requeue it as the next attempt."""
+    def recover(self, claim: ClaimName, listing: Listing | None = None) -> str:
+        """Settle the claim of a dead worker: finish it if committed, else requeue it as the next attempt.
+
+        ``listing`` (:meth:`staged_files`) saves listing ``running/`` for each of many claims."""
         for _ in range(2):
-            committed = self._committed(claim)
+            committed = self._committed(claim, listing)
             if committed is not None:
                 for _, exc in self.finish([committed]):
                     raise exc  # left committed: the next recovery finishes it
                 return "finished"
             if self.release(claim, claim.attempt + 1, None):
-                self.discard(claim)
+                self.discard(claim, listing)
                 self.durability.barrier()
                 return "requeued"
+            listing = None  # it moved meanwhile: look again
         self.discard(claim)
         return "gone"
 
@@ -926,6 +941,10 @@ class Repository:
 
 #: Largest record ``retry`` reads: an activity's data and a traceback, each bounded, and its history.
 RECORD_BYTES = 64 << 20
+
+
+#: Staged files by claim, from one listing of ``running/``.
+Listing = dict[ClaimName, list[RunningName]]
 
 
 def _read_record(path: Path) -> tuple[bytes, os.stat_result]:
