@@ -752,3 +752,28 @@ def test_a_log_or_lock_the_worker_cannot_open_is_a_worker_that_cannot_start(
     started = spoolpipe("worker", str(repo), "--worker-id", "w1", "--until-idle")
     assert started.returncode == 3, started
     assert str(repo / blocked) in started.stderr and "Traceback" not in started.stderr
+
+
+def test_a_draining_worker_says_stopping_when_it_begins_to_stop(tmp_path: Path) -> None:
+    """STOPPING=1 went out only once the drain was over: systemd showed a stopping worker as running
+    for as long as shutdown.grace-seconds let its activities finish."""
+    import socket
+
+    repo = repository(tmp_path, "shutdown.grace-seconds = 30\n")
+    address = str(tmp_path / "notify.sock")
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+        sock.bind(address)
+        sock.settimeout(60)
+        submit(repo, "t.slow", {"sleep": 4})
+        worker = start_worker(repo, "w1", env={"NOTIFY_SOCKET": address})
+        try:
+            assert sock.recv(256) == b"READY=1"
+            wait_for(lambda: effects(repo, "t.slow"), 30, "the activity to start")
+            worker.send_signal(signal.SIGTERM)
+            sock.settimeout(2)  # the activity has seconds left to run: said before it ends
+            assert sock.recv(256) == b"STOPPING=1"
+            assert worker.poll() is None
+        finally:
+            if worker.poll() is None:
+                worker.send_signal(signal.SIGTERM)
+            worker.wait(30)

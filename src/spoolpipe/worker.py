@@ -404,6 +404,7 @@ class Worker:
     def _stop_step(self, now: float) -> bool:
         """Stopping: let running work end within the grace period; False once the worker may exit."""
         if self._grace_deadline == float("inf"):
+            service.notify("STOPPING=1")
             self._grace_deadline = now + self.settings.shutdown_grace_seconds
             for slot in self.pool.busy():
                 slot.end_after_current()
@@ -420,9 +421,16 @@ class Worker:
         return True
 
     def _shutdown(self) -> None:
-        service.notify("STOPPING=1")
+        service.notify("STOPPING=1")  # again, if it stopped without a drain (a start that failed)
         self._purges.stop()
         for item in self._interrupted:  # never settled: a crash counts as an attempt
+            log.warning(
+                "%s (%s): attempt %d %s; stopping, so queued as its next attempt with no record of this",
+                item.activity.id,
+                item.activity.type,
+                item.activity.attempt,
+                item.interrupted,
+            )
             self.repo.recover(self.recovery.claim_of(item))
         self.pool.close()
         self.repo.drop_spares(self.worker_id)
