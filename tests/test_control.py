@@ -35,6 +35,7 @@ from harness import (
 from spoolpipe import check, config, control, service
 from spoolpipe.activity import NAME_PATTERN
 from spoolpipe.processor import Registration
+from spoolpipe.repository import Repository
 
 SPOOLPIPE = [sys.executable, "-m", "spoolpipe"]
 
@@ -669,6 +670,12 @@ def test_systemd_unit_refuses_what_a_unit_cannot_hold(tmp_path: Path) -> None:
     result = spoolpipe("systemd-unit", str(repo), "--worker-id", "w1")
     assert result.returncode == 2, result
     assert "control character" in result.stderr
+    odd = Path(os.fsdecode(bytes(tmp_path) + b"/not-utf-8-\xff"))  # systemd refuses such a unit file
+    Repository.create(odd, config.render_defaults())
+    command = [sys.executable, "-m", "spoolpipe", "systemd-unit", str(odd), "--worker-id", "w1"]
+    unit = subprocess.run(command, capture_output=True, timeout=60)
+    assert unit.returncode == 2, unit
+    assert b"not UTF-8" in unit.stderr
     repo = repository(tmp_path / "fine")
     for args in (("--user", "a b"), ("--worker-id", "../x")):
         result = spoolpipe("systemd-unit", str(repo), *args)

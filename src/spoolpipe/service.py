@@ -48,6 +48,8 @@ class Unit:
 def _plain(text: str, what: str) -> str:
     if any(ord(c) < 0x20 or ord(c) == 0x7F for c in text):
         raise UnitError(f"{what} {text!r} holds a control character; a unit file cannot say it")
+    if any(0xDC80 <= ord(c) <= 0xDCFF for c in text):  # bytes of a name that is not UTF-8
+        raise UnitError(f"{what} {text!r} is not UTF-8; systemd refuses such a unit file")
     return text.replace("%", "%%")  # systemd expands %-specifiers in these settings
 
 
