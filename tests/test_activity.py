@@ -97,6 +97,9 @@ def test_data_is_handed_over_as_parsed() -> None:
         ("2026-11-22T08:00:00z", "2026-11-22T08:00:00+00:00"),
         ("2026-11-22T08:00:00+01:00", "2026-11-22T08:00:00+01:00"),
         ("2026-11-22T08:00:00.250-05:30", "2026-11-22T08:00:00.250-05:30"),
+        # A leap second (ISO 8601 and RFC 3339 allow second 60) is the next second: it was refused
+        ("2016-12-31T23:59:60Z", "2017-01-01T00:00:00+00:00"),
+        ("2016-12-31T23:59:60.5Z", "2017-01-01T00:00:00.5+00:00"),
     ],
 )
 def test_not_before_with_a_zone(text: str, expected: str) -> None:

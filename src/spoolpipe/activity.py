@@ -419,13 +419,20 @@ def parse_time(value: object) -> float:
     """An ISO-8601 timestamp with a zone as epoch seconds."""
     if not isinstance(value, str):
         raise InvalidActivity(f"not_before must be an ISO-8601 string, got {json.dumps(value)}")
+    text = value.replace("Z", "+00:00").replace("z", "+00:00")
+    leap = _LEAP_SECOND.search(text)  # second 60: the next second, as datetime has none
     try:
-        moment = datetime.fromisoformat(value.replace("Z", "+00:00").replace("z", "+00:00"))
+        moment = datetime.fromisoformat(
+            text if leap is None else f"{text[: leap.start(1)]}59{text[leap.end(1) :]}"
+        )
     except ValueError:
         raise InvalidActivity(f"not_before {value!r} is not an ISO-8601 timestamp") from None
     if moment.tzinfo is None:
         raise InvalidActivity(f"not_before {value!r} has no time zone (add Z or +hh:mm)")
-    return moment.timestamp()
+    return moment.timestamp() + (0 if leap is None else 1)
+
+
+_LEAP_SECOND = re.compile(r"T\d\d:?\d\d:?(60)")
 
 
 def attempt_stem(activity_id: str, attempt: int) -> str:
