@@ -165,3 +165,23 @@ def test_status_counts_only_heartbeats_of_the_worker_their_name_says(tmp_path: P
     assert shown.returncode == 0, shown.stderr
     status = json.loads(shown.stdout)
     assert (status["workers"], status["unhandled_types"]) == ([], ["t.noop"])
+
+
+def test_a_folder_this_user_may_not_read_is_an_error_naming_it_not_a_crash(tmp_path: Path) -> None:
+    """status, list and inspect on a repository with a folder of another user's crashed with a
+    traceback, exit 70 (a bug). Root is made an ordinary user here: no CAP_DAC_OVERRIDE."""
+    repo = make_repository(tmp_path)
+    aid = submit(repo, "t.noop")
+    (repo / "running").chmod(0)
+    drop = "-dac_override,-dac_read_search"
+    unprivileged = ["setpriv", "--bounding-set", drop, "--inh-caps", drop] if os.geteuid() == 0 else []
+    try:
+        for args in (("status", str(repo)), ("list", str(repo), "running"), ("inspect", str(repo), aid)):
+            command = [*unprivileged, sys.executable, "-m", "spoolpipe", *args]
+            shown = subprocess.run(command, capture_output=True, text=True, timeout=TIMEOUT)
+            assert shown.returncode == 2, shown
+            assert (
+                f"{repo / 'running'}: Permission denied" in shown.stderr and "Traceback" not in shown.stderr
+            )
+    finally:
+        (repo / "running").chmod(0o755)

@@ -834,6 +834,13 @@ def main(argv: list[str] | None = None) -> int:
     except config.ConfigError as exc:
         print(f"spoolpipe {args.command}: invalid configuration:\n{exc}", file=sys.stderr)
         return 2
+    except PermissionError as exc:  # a folder of the repository this user may not read or write
+        where = f"{exc.filename}: " if exc.filename else ""
+        print(
+            f"spoolpipe {args.command}: error: {where}{exc.strerror or exc} (a repository of another user?)",
+            file=sys.stderr,
+        )
+        return 2
     except BrokenPipeError:  # the reader went away (``| head``): what it read was complete
         _reader_gone()
         return 0
