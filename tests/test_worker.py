@@ -362,6 +362,29 @@ def test_a_pool_process_stopped_while_idle_is_replaced_once_its_batch_overstays(
     assert "did not start its batch within 2.0s" in (repo.parent / "worker-w1.stderr").read_text()
 
 
+def _cpu_seconds(pid: int) -> float:
+    fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def test_a_draining_worker_waits_without_spinning(tmp_path: Path) -> None:
+    """While stopping, the scan's deadline was still waited for but never moved on: the loop's wait was
+    0 for the whole of shutdown.grace-seconds, a core at 100% (for hours with a long grace)."""
+    repo = make_repository(tmp_path, "shutdown.grace-seconds = 60\nscan.interval-seconds = 0.5\n")
+    submit(repo, "t.slow", {"sleep": 8})
+    worker = start_worker(repo, "w1")
+    try:
+        wait_for(lambda: effects(repo, "t.slow"), 30, "the activity to start")
+        worker.send_signal(signal.SIGTERM)
+        time.sleep(1.5)  # the scan deadline is past
+        before = _cpu_seconds(worker.pid)
+        time.sleep(3)
+        assert _cpu_seconds(worker.pid) - before < 0.5  # a spinning loop uses about 3 s of it
+        assert worker.wait(30) == 0
+    finally:
+        kill_group(worker)
+
+
 def test_a_crashing_processor_counts_as_attempts_then_fails(tmp_path: Path) -> None:
     repo = make_repository(tmp_path, "retry.max-attempts = 2\n")
     aid = submit(repo, "t.crash")

@@ -370,7 +370,10 @@ class Worker:
 
     def _timeout(self, now: float) -> float:
         """How long the loop may wait for an event: until the next thing it must do by itself."""
-        deadlines = [self._next_heartbeat, self._next_scan, self._grace_deadline, self._next_deadline()]
+        deadlines = [self._next_heartbeat, self._grace_deadline, self._next_deadline()]
+        if self._stopping:  # it scans, hands out and fires nothing more: those deadlines never move on
+            return min(deadlines) - now
+        deadlines.append(self._next_scan)
         due, shared_now = self.intake.next_due(), self.clock.now()
         idle = self.pool.idle() or not self.pool.slots  # the pool starts with the first work
         if shared_now < due < float("inf") and idle:
@@ -379,9 +382,8 @@ class Worker:
             deadlines.append(now + due - shared_now)
         if self.intake.cut_short and idle:  # it looked past as many as it may at once: on at once
             deadlines.append(now)
-        if not self._stopping:  # the next schedule tick, at its time rather than at the next heartbeat
-            deadlines.append(now + self.schedules.next_fire() - shared_now)
-            deadlines.append(self.circuits.next_change())  # a cool-down's end: time for a probe
+        deadlines.append(now + self.schedules.next_fire() - shared_now)  # at its time, not a heartbeat's
+        deadlines.append(self.circuits.next_change())  # a cool-down's end: time for a probe
         return min(deadlines) - now
 
     def _wakers(self) -> list[Any]:
