@@ -322,6 +322,32 @@ def test_a_step_attempt_that_failed_leaves_no_follow_up(shared: dict[str, Any], 
     assert shared["done"][child]["data"] == {"call": 2}
 
 
+def test_steps_running_at_once_number_their_follow_ups_apart(tmp_path: Path) -> None:
+    """Each step attempt numbered the follow-ups it asked for from the kept ones: two at once (or the
+    items of a fan-out) both made number 1, and the run failed with "follow-up key '1' used twice"."""
+    import asyncio
+
+    from spoolpipe.image_processors import _FollowUps
+    from spoolpipe.steps import fan_out
+
+    class Announce(PipelineStep):
+        @step("announce")
+        @fan_out("sizes", as_key="size")
+        @provides("announced")
+        def process(self, image: Image.Image, context: dict[str, Any]) -> StepResult:
+            context["follow_up"]("t.noop", {"size": context["size"]})
+            return StepResult(StepStatus.COMPLETED, {"announced": True})
+
+    ctx = Context(logging.getLogger("test"), "w1", tmp_path, config.load(tmp_path).settings)
+    follow_up = _FollowUps(ctx)
+    pipeline = Pipeline()
+    pipeline.add_step(Announce())
+    result = asyncio.run(pipeline.run(Image.new("RGB", (4, 4)), {"sizes": [1, 2, 3], "follow_up": follow_up}))
+    assert result.success, result
+    assert sorted(f.data["size"] for f in ctx.follow_ups) == [1, 2, 3]
+    assert len({f.key for f in ctx.follow_ups}) == 3
+
+
 def test_a_runaway_step_thread_gets_its_process_replaced(tmp_path: Path) -> None:
     repo = make_repository(
         tmp_path, "images.roots = photos\npool.size = 1\nretry.max-attempts = 2\n", extra_processors=PIPELINES

@@ -205,6 +205,7 @@ class _FollowUps:
         self._ctx = ctx
         self._lock = threading.Lock()
         self._open = True
+        self._asked = 0  # follow-ups asked for in this run, by every attempt: the default keys
 
     def __call__(
         self,
@@ -233,6 +234,9 @@ class _FollowUps:
         with self._lock:
             if not self._open:
                 raise StepFatal(f"follow-up {type!r} asked for after the pipeline run ended")
+            self._asked += 1  # steps running at once each number theirs apart from the others'
+            if key is None:
+                key = str(self._asked)
             try:
                 made = self._ctx.check_follow_up(type, data, key=key, delay=delay, pending=pending or ())
                 if pending is None:
