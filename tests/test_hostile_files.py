@@ -185,3 +185,24 @@ def test_a_folder_this_user_may_not_read_is_an_error_naming_it_not_a_crash(tmp_p
             )
     finally:
         (repo / "running").chmod(0o755)
+
+
+def test_the_workers_own_note_in_an_attempt_log_never_follows_a_link(tmp_path: Path) -> None:
+    """The note a worker appends to the log of an attempt it timed out was opened with open(.., "a")."""
+    extra = """
+        @processor("t.relink")
+        def relink(activity, ctx):
+            print("started")  # the attempt log exists now
+            log = ctx.repository / "logs" / "activities" / f"{activity.id}~{activity.attempt}.log"
+            log.unlink()
+            log.symlink_to(ctx.repository.parent / "victim.txt")
+            time.sleep(30)
+    """
+    repo = make_repository(tmp_path, "timeout.t.relink = 1\nretry.max-attempts = 1\n", extra_processors=extra)
+    victim = tmp_path / "victim.txt"
+    victim.write_text("keep me")
+    aid = submit(repo, "t.relink")
+    run_until_idle(repo, timeout=TIMEOUT)
+    assert aid in ids_in(repo / "failed")
+    assert victim.read_text() == "keep me"
+    assert "timed out" in (repo / "logs" / "activities" / f"{aid}~1.log").read_text()

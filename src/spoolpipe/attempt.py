@@ -41,6 +41,7 @@ from .record import (
 from .repository import Busy, Duplicate, Repository, Settlement, SharedClock, Stamp
 from .retry import RetryPolicy
 from .storable import reason_line
+from .untrusted import open_own
 
 # Outcomes are committed in groups: one flush to disk serves many activities.
 GROUP_COMMIT_SIZE = 64
@@ -538,11 +539,11 @@ class Attempts:
         )
 
     def _note_in_attempt_log(self, activity: Activity, text: str) -> None:
-        with (
-            contextlib.suppress(OSError),
-            open(self.repo.attempt_log(activity), "a", encoding="utf-8", errors="backslashreplace") as log,
-        ):
-            log.write(f"{format_time(self.clock.now())} ERROR {text} (worker {self.worker_id})\n")
+        line = f"{format_time(self.clock.now())} ERROR {text} (worker {self.worker_id})\n"
+        with contextlib.suppress(OSError):  # never through a link put in its place
+            fd = open_own(self.repo.attempt_log(activity), os.O_APPEND)
+            with os.fdopen(fd, "a", encoding="utf-8", errors="backslashreplace") as log:
+                log.write(line)
 
     # -- committing ------------------------------------------------------------------------------
 
