@@ -35,7 +35,8 @@ def intake_of(repo: Repository) -> Intake:
 
 def take(intake: Intake, want: int, *, admit=lambda a: True, handled=lambda t: t != "other", now=NOW):  # type: ignore[no-untyped-def]
     quarantined: list[str] = []
-    found = intake.take(now, admit, handled, want, lambda name, reason: quarantined.append(name) or True)
+    verdict = lambda a: "run" if admit(a) else "type waits"  # noqa: E731 - a refusal: by its type
+    found = intake.take(now, verdict, handled, want, lambda name, reason: quarantined.append(name) or True)
     for name, _ in found:
         intake.forget(name)
     return [name for name, _ in found], quarantined
@@ -66,13 +67,16 @@ def test_delayed_and_unhandled_entries_wait_without_blocking_the_rest(repo: Repo
     assert take(intake, 10, handled=lambda t: True)[0] == ["b-other.json"]
 
 
-def test_an_entry_refused_for_capacity_keeps_its_place(repo: Repository) -> None:
+def test_an_entry_refused_for_capacity_keeps_its_place_and_is_read_again_at_its_turn(
+    repo: Repository,
+) -> None:
     drop(repo, "a.json", {"type": "busy"})
+    drop(repo, "a2.json", {"type": "busy"})
     drop(repo, "b.json", {"type": "t"})
     intake = intake_of(repo)
     assert take(intake, 10, admit=lambda a: a.type != "busy")[0] == ["b.json"]
-    os.unlink(repo.inbox / "a.json")  # claimed by another worker meanwhile: its parsed copy still runs
-    assert take(intake, 10)[0] == ["a.json"]
+    os.unlink(repo.inbox / "a.json")  # claimed by another worker meanwhile: not handed out
+    assert take(intake, 10)[0] == ["a2.json"]
 
 
 def test_arrivals_join_without_a_listing_and_vanished_names_leave_at_the_next(repo: Repository) -> None:
@@ -129,7 +133,7 @@ def test_what_an_outcome_means(status: str, attempt: int, decision: object) -> N
 def test_an_activity_is_what_the_intake_hands_out(repo: Repository) -> None:
     drop(repo, "a.json", {"type": "t", "data": {"n": 1}})
     intake = intake_of(repo)
-    found = intake.take(NOW, lambda a: True, lambda t: True, 1, lambda n, r: True)
+    found = intake.take(NOW, lambda a: "run", lambda t: True, 1, lambda n, r: True)
     st = os.stat(repo.inbox / "a.json")
     # With the stamp of the file it was read from: the claim checks it took that very file.
     assert found == [("a.json", Found(Activity("a", "t", {"n": 1}), (st.st_ino, st.st_size, st.st_mtime_ns)))]
@@ -223,3 +227,21 @@ def test_an_entry_waiting_at_capacity_that_is_rewritten_is_read_again(repo: Repo
     drop(repo, "a0.json", {"type": "b"})
     intake.add(["a0.json"])  # inotify's report
     assert take(intake, 1, admit=lambda a: a.type == "b") == (["a0.json"], [])
+
+
+def test_a_copy_of_an_id_in_flight_holds_back_no_other_activity_of_its_type(repo: Repository) -> None:
+    """One refusal of a waiting entry marked its whole type refused for the call: a second copy of an id
+    in flight kept every other activity of that type waiting, with capacity free."""
+    drop(repo, "x~1.json", {"id": "x", "type": "a"})
+    for i in range(3):
+        drop(repo, f"y{i}.json", {"type": "a"})
+    intake = intake_of(repo)
+    in_flight = {"x"}  # its other copy runs
+
+    def admit(activity: Activity) -> str:
+        return "wait" if activity.id in in_flight else "run"
+
+    first = intake.take(NOW, admit, lambda t: True, 1, lambda n, r: True)  # type: ignore[arg-type]
+    assert [name for name, _ in first] == ["y0.json"]
+    rest = intake.take(NOW, admit, lambda t: True, 5, lambda n, r: True)  # type: ignore[arg-type]
+    assert [name for name, _ in rest] == ["y1.json", "y2.json"]

@@ -18,7 +18,7 @@ from .activity import Activity
 from .attempt import Item, counted
 from .circuit import Circuits
 from .config import Settings
-from .intake import Intake
+from .intake import Intake, Verdict
 from .pool import Finished, Pool, Slot
 from .processor import registered
 
@@ -108,24 +108,26 @@ class Admission:
         return handles(self._settings(), type_) and not self._circuits.holds(type_)
 
     def _take(
-        self, now: float, admit: Callable[[Activity], bool], want: int, priority: int | None = None
+        self, now: float, admit: Callable[[Activity], Verdict], want: int, priority: int | None = None
     ) -> list[Item]:
         found = self._intake.take(now, admit, self.claimable, want, self._quarantine, priority)
         for name, _ in found:
             self._intake.forget(name)
         return [Item(name, read.activity, read.stamp) for name, read in found]
 
-    def _admit(self, activity: Activity, busy: Counter[str], in_flight: set[str]) -> bool:
+    def _admit(self, activity: Activity, busy: Counter[str], in_flight: set[str]) -> Verdict:
         settings = self._settings()
-        if busy[activity.type] >= settings.concurrency_for(activity.type) or activity.id in in_flight:
-            return False
+        if busy[activity.type] >= settings.concurrency_for(activity.type):
+            return "type waits"
+        if activity.id in in_flight:  # another copy of it runs
+            return "wait"
         held = sum(self._megapixels.get(s.index, 0.0) for s in self._pool.busy())
         # An image bigger than the whole cap still runs, alone, rather than never.
         if held and held + self._estimate(activity) > settings.megapixel_cap:
-            return False
+            return "wait"  # a smaller one may fit
         if not self._circuits.admit(activity.type, activity.id):  # half-open: this one is the probe
-            return False
-        return _fresh(activity, in_flight)
+            return "type waits"
+        return "run" if _fresh(activity, in_flight) else "wait"
 
     def _batch_size(self, type_: str) -> int:
         """As many as run in about ``BATCH_SECONDS`` at this type's pace so far: short ones share a
@@ -144,8 +146,11 @@ class Admission:
             return 0.0
 
 
-def _fresh_of_type(type_: str, in_flight: set[str], activity: Activity) -> bool:
-    return activity.type == type_ and _fresh(activity, in_flight)
+def _fresh_of_type(type_: str, in_flight: set[str], activity: Activity) -> Verdict:
+    """What fills a batch: more of its type (never two copies of one id)."""
+    if activity.type != type_:
+        return "type waits"
+    return "run" if _fresh(activity, in_flight) else "wait"
 
 
 def _fresh(activity: Activity, in_flight: set[str]) -> bool:

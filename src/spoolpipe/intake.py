@@ -22,8 +22,10 @@ from __future__ import annotations
 
 import heapq
 import time
+from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from typing import Literal
 
 from .activity import DEFAULT_PRIORITY, Activity, is_ignored, parse_inbox_name
 from .repository import Found, Rejected, Repository
@@ -34,6 +36,12 @@ _Entry = tuple[int, str]
 _Later = tuple[float, int, str]
 # Entries refused looked past per call: bounds the work of one call on a deep inbox.
 _LOOKAHEAD = 256
+# Waiting entries of one type asked per call when each is refused on its own (an image too large for
+# the budget left, a copy of an id in flight): then the rest of its line waits for the next call.
+_TRIES = 8
+#: What ``admit`` says of one activity: it runs; it waits; nothing of its type may run now (its
+#: concurrency reached, its circuit open): the rest of that type is not asked in the same call.
+Verdict = Literal["run", "wait", "type waits"]
 
 
 @dataclass(frozen=True)
@@ -52,10 +60,12 @@ class Intake:
         self._repo = repo
         self._limit = limit
         self._settle = settle
-        self._parsed: dict[str, Found] = {}  # read, but refused for now (its type was at capacity)
-        # Those entries, out of the line, in a line of their type: asked again head first, they never
-        # stand in front of other types (a deep backlog of one type at its concurrency hid them all).
+        # Entries read and refused for now (their type at its concurrency, the image budget...), out of
+        # the line, in a line of their type: asked again head first (read again then), they never stand
+        # in front of other types (a deep backlog of one type at its concurrency hid them all). Names
+        # only: a backlog of documents is never held.
         self._waiting: dict[str, list[_Entry]] = {}
+        self._waiting_of: dict[str, str] = {}  # name -> the type whose line it waits in
         self._known: set[str] = set()
         self._heap: list[_Entry] = []  # due now
         self._later: list[_Later] = []  # due at a time the name or the document gave
@@ -81,7 +91,7 @@ class Intake:
         self._known -= gone
         for name in gone:
             self._ranks.pop(name, None)
-            self._parsed.pop(name, None)
+            self._waiting_of.pop(name, None)
             self._delayed.pop(name, None)
             self._unhandled.pop(name, None)
             self._suspects.pop(name, None)
@@ -100,8 +110,8 @@ class Intake:
             if name in self._held:  # put back by a quarantine that failed (inotify saw it come back)
                 continue
             if name in self._known or is_ignored(name):
-                if name in self._parsed:  # rewritten while it waited at capacity: read it again
-                    del self._parsed[name]
+                if name in self._waiting_of:  # rewritten while it waited: in line again as it is now
+                    del self._waiting_of[name]
                     self._queue(name)
                 elif name in self._suspects or name in self._delayed or name in self._unhandled:
                     self._inodes.pop(name, None)
@@ -146,7 +156,7 @@ class Intake:
     def take(
         self,
         now: float,
-        admit: Callable[[Activity], bool],
+        admit: Callable[[Activity], Verdict],
         handled: Callable[[str], bool],
         want: int,
         quarantine: Callable[[str, str], bool],
@@ -154,9 +164,9 @@ class Intake:
     ) -> list[tuple[str, Found]]:
         """Up to ``want`` activities due by ``now`` (the shared clock) that ``admit`` lets run, in order.
 
-        Entries ``admit`` refuses (their type is at its concurrency) keep their
-        place, parsed, for the next call; at most ``_LOOKAHEAD`` of them are
-        looked past per call. Unparsable files are quarantined once settled (``quarantine``
+        Entries ``admit`` refuses wait in the line of their type (``Verdict``), asked
+        again head first; at most ``_LOOKAHEAD`` refusals are looked past per call
+        (``cut_short`` says so). Unparsable files are quarantined once settled (``quarantine``
         returns False when that failed: the entry is then left alone until the next listing).
         With ``priority``, only entries in line at that priority are looked at.
         """
@@ -166,28 +176,42 @@ class Intake:
         floor = None if priority is None else -priority
         chosen: list[tuple[str, Found]] = []
         refused = 0
-        asked: set[str] = set()  # types whose waiting head was refused in this call
+        asked: set[str] = set()  # types nothing more of which may run now: not asked again in this call
+        tries: Counter[str] = Counter()  # waiting heads asked in this call, by type
+        aside: list[tuple[str, _Entry]] = []  # waiting heads refused in this call: back in line after it
         while len(chosen) < want and refused < _LOOKAHEAD:
             waiting = self._best_waiting(asked, floor)
             ahead = self._heap[0] if self._heap and (floor is None or self._heap[0][0] == floor) else None
             if waiting is not None and (ahead is None or waiting[0] <= ahead):
-                (_, name), type_ = waiting
+                entry, type_ = waiting
+                heapq.heappop(self._waiting[type_])
+                name = entry[1]
+                del self._waiting_of[name]
                 if not handled(type_):  # its circuit opened, or the configuration changed
-                    self._set_aside_waiting(type_)
+                    self._queue(name)  # read again: set aside as the rest of its kind
                     continue
-                waited = self._parsed[name]
-                if admit(waited.activity):
-                    heapq.heappop(self._waiting[type_])
-                    del self._parsed[name]
-                    chosen.append((name, waited))
-                else:
+                read = self._repo.read(name, limit=self._limit())  # its turn: as it is now
+                if not isinstance(read, Found) or (read.activity.type, -read.activity.priority) != (
+                    type_,
+                    entry[0],
+                ):
+                    self._queue(name)  # gone, or changed meanwhile: in line again as any other
+                    continue
+                verdict = admit(read.activity)
+                if verdict == "run":
+                    chosen.append((name, read))
+                    continue
+                refused += 1
+                aside.append((type_, entry))
+                self._waiting_of[name] = type_
+                tries[type_] += 1
+                if verdict == "type waits" or tries[type_] >= _TRIES:
                     asked.add(type_)
-                    refused += 1
                 continue
             if ahead is None:
                 break
             rank, name = heapq.heappop(self._heap)
-            if name not in self._known or name in self._parsed:  # gone, or waiting at capacity already
+            if name not in self._known or name in self._waiting_of:  # gone, or waiting in its type's line
                 continue
             read = self._repo.read(name, limit=self._limit())
             if read is None:
@@ -217,32 +241,25 @@ class Intake:
                 heapq.heappush(self._later, (found.not_before, -found.priority, name))
                 continue
             self._delayed.pop(name, None)
-            if found.type in asked or not admit(found):
-                self._parsed[name] = read
-                heapq.heappush(self._waiting.setdefault(found.type, []), (-found.priority, name))
-                refused += 1
+            verdict = "type waits" if found.type in asked else admit(found)
+            if verdict == "run":
+                chosen.append((name, read))
                 continue
-            chosen.append((name, read))
+            heapq.heappush(self._waiting.setdefault(found.type, []), (-found.priority, name))
+            self._waiting_of[name] = found.type
+            refused += 1
+            if verdict == "type waits":
+                asked.add(found.type)
+        for type_, entry in aside:
+            heapq.heappush(self._waiting.setdefault(type_, []), entry)
         self.cut_short = refused >= _LOOKAHEAD and len(chosen) < want
         return chosen
 
-    def _set_aside_waiting(self, type_: str) -> None:
-        """Every entry of ``type_`` waiting at capacity is set aside: this worker does not run it now."""
-        for _, name in self._waiting.pop(type_, ()):
-            read = self._parsed.pop(name, None)
-            if read is not None and name in self._known and read.activity.type == type_:
-                self._set_aside(name, read)
-                self._unhandled[name] = type_
-
     def _best_waiting(self, asked: set[str], floor: int | None) -> tuple[_Entry, str] | None:
-        """The first entry waiting at capacity, of a type not refused in this call, and its type."""
+        """The first entry waiting in the line of its type, of a type not refused in this call."""
         best: tuple[_Entry, str] | None = None
         for type_, line in list(self._waiting.items()):
-            while line and (
-                line[0][1] not in self._known
-                or (parsed := self._parsed.get(line[0][1])) is None
-                or parsed.activity.type != type_
-            ):
+            while line and self._waiting_of.get(line[0][1]) != type_:
                 heapq.heappop(line)  # claimed, gone, or read again since (in line again as it is now)
             if not line:
                 del self._waiting[type_]
