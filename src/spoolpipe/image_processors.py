@@ -226,9 +226,9 @@ class _FollowUps:
         data: Mapping[str, Any] | None,
         key: str | None,
         delay: float | None,
-        pending: list[FollowUp] | None,
+        pending: dict[str, FollowUp] | None,
     ) -> None:
-        """Check a follow-up and keep it, or, with ``pending``, add it there to keep later."""
+        """Check a follow-up and keep it, or, with ``pending`` (by key), add it there to keep later."""
         from .steps import StepFatal
 
         with self._lock:
@@ -238,11 +238,11 @@ class _FollowUps:
             if key is None:
                 key = str(self._asked)
             try:
-                made = self._ctx.check_follow_up(type, data, key=key, delay=delay, pending=pending or ())
+                made = self._ctx.check_follow_up(type, data, key=key, delay=delay, pending=pending or {})
                 if pending is None:
                     self._ctx.keep([made])
                 else:
-                    pending.append(made)
+                    pending[made.key] = made
             except Fatal as exc:  # an undeclared type is a bug: no point retrying the step
                 raise StepFatal(str(exc)) from exc
 
@@ -265,7 +265,7 @@ class _AttemptFollowUps:
 
     def __init__(self, run: _FollowUps) -> None:
         self._run = run
-        self._pending: list[FollowUp] = []
+        self._pending: dict[str, FollowUp] = {}  # by key, in the order asked for
 
     def __call__(
         self,
@@ -279,8 +279,8 @@ class _AttemptFollowUps:
 
     def keep(self) -> None:
         """The attempt did not fail: its follow-ups are made (an attempt that failed keeps none)."""
-        pending, self._pending = self._pending, []
-        self._run.keep(pending)
+        pending, self._pending = self._pending, {}
+        self._run.keep(list(pending.values()))
 
 
 def _jsonable(value: object, levels: int = MAX_DEPTH - 2) -> tuple[bool, object]:

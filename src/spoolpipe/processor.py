@@ -77,6 +77,9 @@ class FollowUp:
     priority: int = DEFAULT_PRIORITY
 
 
+_NONE_PENDING: Mapping[str, FollowUp] = MappingProxyType({})
+
+
 @dataclass
 class Context:
     """What a processor may use besides its activity."""
@@ -140,10 +143,10 @@ class Context:
         key: str | None = None,
         delay: float | None = None,
         priority: int = DEFAULT_PRIORITY,
-        pending: Sequence[FollowUp] = (),
+        pending: Mapping[str, FollowUp] = _NONE_PENDING,
     ) -> FollowUp:
-        """The follow-up :meth:`follow_up` would keep, after those kept and ``pending``; ``Fatal`` if
-        it is not one this processor may ask for."""
+        """The follow-up :meth:`follow_up` would keep, after those kept and ``pending`` (by key, in the
+        order asked for); ``Fatal`` if it is not one this processor may ask for."""
         if not is_valid_name(type):
             raise Fatal(f"follow-up type {type!r} is not a valid activity type")
         if not is_priority(priority):
@@ -155,9 +158,9 @@ class Context:
             raise Fatal(f"follow-up data must be a JSON object (a mapping), not a {data.__class__.__name__}")
         number = len(self.follow_ups) + len(pending) + 1
         key = str(number) if key is None else key
-        earlier = self._numbers.get(key) or next(
-            (n for n, f in enumerate(pending, len(self.follow_ups) + 1) if f.key == key), None
-        )
+        earlier = self._numbers.get(key)
+        if earlier is None and key in pending:  # the order of pending is looked up only to say so
+            earlier = len(self.follow_ups) + list(pending).index(key) + 1
         if earlier is not None:
             raise Fatal(
                 f"follow-up key {key!r} used twice, by follow-ups {earlier} and {number} "
