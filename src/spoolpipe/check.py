@@ -94,6 +94,13 @@ def import_configured(settings: config.Settings, err: TextIO) -> Mapping[str, Re
     return registered()
 
 
+def _create_beside(path: Path) -> None:
+    """Make a file beside ``path`` and remove it again: ``OSError`` says why none could be made there."""
+    probe = temp_beside(path)
+    os.close(os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644))
+    os.unlink(probe)
+
+
 def try_metrics(root: Path, worker_id: str, s: config.Settings, out: TextIO, err: TextIO) -> bool:
     """Try what a starting worker does with ``metrics.file`` (a new file in its folder, removed again)
     and ``metrics.port`` (bound, then released); False once ``err`` says why it would not start.
@@ -101,10 +108,8 @@ def try_metrics(root: Path, worker_id: str, s: config.Settings, out: TextIO, err
     The running worker of the same id holds its port, which it keeps at a reload: that is only said.
     """
     if s.metrics_file is not None:
-        probe = temp_beside(s.metrics_file)
         try:
-            os.close(os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644))
-            os.unlink(probe)
+            _create_beside(s.metrics_file)
         except OSError as exc:
             print(
                 f"the worker cannot start: cannot write metrics.file {s.metrics_file}: {exc.strerror}",
@@ -146,9 +151,7 @@ def try_files(root: Path, worker_id: str, err: TextIO) -> bool:
             if os.path.lexists(path):
                 os.close(os.open(path, os.O_WRONLY | os.O_APPEND | os.O_NOFOLLOW | os.O_NONBLOCK))
             else:
-                probe = temp_beside(path)
-                os.close(os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644))
-                os.unlink(probe)
+                _create_beside(path)
         except OSError as exc:
             if exc.errno in (errno.ELOOP, errno.ENXIO):  # a link or a FIFO: the worker makes its own
                 continue
