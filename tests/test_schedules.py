@@ -225,50 +225,38 @@ def test_a_worker_that_joins_while_another_runs_says_no_tick_was_missed(tmp_path
     assert ticks == [ticks[0] + i for i in range(len(ticks))], "a tick left out or fired twice"
 
 
-def test_ticks_a_paused_worker_leaves_out_by_catch_up_are_logged(tmp_path: Path) -> None:
-    """Ticks 14, 15, 16, then 20: catch-up = latest dropped 17 to 19 of a paused (or busy) worker
-    without a word; only a take-up said so."""
-    repo = make_repository(tmp_path, pulse("last", "latest", "t.noop"))
+@pytest.mark.parametrize(
+    ("catch_up", "ends", "says"),
+    [
+        # Ticks 14, 15, 16, then 20: latest dropped 17 to 19 of a paused (or busy) worker without a
+        # word; only a take-up said so. The range ends with the tick that fires.
+        ("latest", 0, "the latest fires"),
+        # none fired every tick that came due while the worker was paused, all at once on resume (up
+        # to 100), where latest fires one. The range ends before the tick on time.
+        ("none", 1, "none of them fires"),
+    ],
+)
+def test_ticks_a_paused_worker_leaves_out_by_catch_up_are_logged(
+    tmp_path: Path, catch_up: str, ends: int, says: str
+) -> None:
+    repo = make_repository(tmp_path, pulse("held", catch_up, "t.noop"))
     worker = start_worker(repo, "w1")
     try:
-        wait_for(lambda: len(fired(repo, "last")) >= 2, TIMEOUT, "ticks")
+        wait_for(lambda: len(fired(repo, "held")) >= 2, TIMEOUT, "ticks")
         os.killpg(worker.pid, signal.SIGSTOP)
         time.sleep(3.5)
         os.killpg(worker.pid, signal.SIGCONT)
-        count = len(fired(repo, "last"))
-        wait_for(lambda: len(fired(repo, "last")) >= count + 2, TIMEOUT, "ticks after the pause")
+        count = len(fired(repo, "held"))
+        wait_for(lambda: len(fired(repo, "held")) >= count + 2, TIMEOUT, "ticks after the pause")
     finally:
         os.killpg(worker.pid, signal.SIGCONT)
         stop(worker)
-    ticks = fired(repo, "last")
+    ticks = fired(repo, "held")
     gaps = [(a, b) for a, b in itertools.pairwise(ticks) if b - a > 1]
     assert len(gaps) == 1, ticks
     (before, after), log = gaps[0], log_of(repo, "w1")
     line = f"ticks came due while this worker was held up (paused or busy), {format_time(before + 1)} to "
-    assert f"{line}{format_time(after)}; catch-up = latest: the latest fires" in log, log
-
-
-def test_catch_up_none_fires_no_tick_a_paused_worker_missed(tmp_path: Path) -> None:
-    """catch-up = none fired every tick that came due while the worker was paused, all at once on
-    resume (up to 100), where latest fires one."""
-    repo = make_repository(tmp_path, pulse("quiet", "none", "t.noop"))
-    worker = start_worker(repo, "w1")
-    try:
-        wait_for(lambda: len(fired(repo, "quiet")) >= 2, TIMEOUT, "ticks")
-        os.killpg(worker.pid, signal.SIGSTOP)
-        time.sleep(3.5)
-        os.killpg(worker.pid, signal.SIGCONT)
-        count = len(fired(repo, "quiet"))
-        wait_for(lambda: len(fired(repo, "quiet")) >= count + 2, TIMEOUT, "ticks after the pause")
-    finally:
-        os.killpg(worker.pid, signal.SIGCONT)
-        stop(worker)
-    ticks = fired(repo, "quiet")
-    gaps = [(a, b) for a, b in itertools.pairwise(ticks) if b - a > 1]
-    assert len(gaps) == 1, ticks
-    (before, after), log = gaps[0], log_of(repo, "w1")
-    line = f"ticks came due while this worker was held up (paused or busy), {format_time(before + 1)} to "
-    assert f"{line}{format_time(after - 1)}; catch-up = none: none of them fires" in log, log
+    assert f"{line}{format_time(after - ends)}; catch-up = {catch_up}: {says}" in log, log
 
 
 def test_a_rule_dealt_with_into_the_future_goes_on_from_now(tmp_path: Path) -> None:
