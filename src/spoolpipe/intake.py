@@ -36,8 +36,8 @@ _Entry = tuple[int, str]
 _Later = tuple[float, int, str]
 # Entries refused looked past per call: bounds the work of one call on a deep inbox.
 _LOOKAHEAD = 256
-# Waiting entries of one type asked per call when each is refused on its own (an image too large for
-# the budget left, a copy of an id in flight): then the rest of its line waits for the next call.
+# Entries of one type asked per call when each is refused on its own (an image too large for the
+# budget left, a copy of an id in flight): then the rest of that type waits for the next call.
 _TRIES = 8
 #: What ``admit`` says of one activity: it runs; it waits; nothing of its type may run now (its
 #: concurrency reached, its circuit open): the rest of that type is not asked in the same call.
@@ -177,36 +177,16 @@ class Intake:
         chosen: list[tuple[str, Found]] = []
         refused = 0
         asked: set[str] = set()  # types nothing more of which may run now: not asked again in this call
-        tries: Counter[str] = Counter()  # waiting heads asked in this call, by type
-        aside: list[tuple[str, _Entry]] = []  # waiting heads refused in this call: back in line after it
+        tries: Counter[str] = Counter()  # refused on their own in this call, by type
+        aside: list[tuple[str, _Entry]] = []  # refused in this call: in their type's line after it
         while len(chosen) < want and refused < _LOOKAHEAD:
             waiting = self._best_waiting(asked, floor)
             ahead = self._heap[0] if self._heap and (floor is None or self._heap[0][0] == floor) else None
             if waiting is not None and (ahead is None or waiting[0] <= ahead):
-                entry, type_ = waiting
+                entry, type_ = waiting  # its turn: read again below, as it is now
                 heapq.heappop(self._waiting[type_])
-                name = entry[1]
-                del self._waiting_of[name]
-                if not handled(type_):  # its circuit opened, or the configuration changed
-                    self._queue(name)  # read again: set aside as the rest of its kind
-                    continue
-                read = self._repo.read(name, limit=self._limit())  # its turn: as it is now
-                if not isinstance(read, Found) or (read.activity.type, -read.activity.priority) != (
-                    type_,
-                    entry[0],
-                ):
-                    self._queue(name)  # gone, or changed meanwhile: in line again as any other
-                    continue
-                verdict = admit(read.activity)
-                if verdict == "run":
-                    chosen.append((name, read))
-                    continue
-                refused += 1
-                aside.append((type_, entry))
-                self._waiting_of[name] = type_
-                tries[type_] += 1
-                if verdict == "type waits" or tries[type_] >= _TRIES:
-                    asked.add(type_)
+                del self._waiting_of[entry[1]]
+                heapq.heappush(self._heap, entry)
                 continue
             if ahead is None:
                 break
@@ -245,10 +225,12 @@ class Intake:
             if verdict == "run":
                 chosen.append((name, read))
                 continue
-            heapq.heappush(self._waiting.setdefault(found.type, []), (-found.priority, name))
+            aside.append((found.type, (-found.priority, name)))
             self._waiting_of[name] = found.type
             refused += 1
-            if verdict == "type waits":
+            if verdict == "wait":
+                tries[found.type] += 1
+            if verdict == "type waits" or tries[found.type] >= _TRIES:
                 asked.add(found.type)
         for type_, entry in aside:
             heapq.heappush(self._waiting.setdefault(type_, []), entry)
