@@ -173,7 +173,7 @@ def write_file(path: StrPath, data: bytes, durability: Durability) -> None:
     """Create ``path`` (a temp name nobody else uses) with ``data``; durable after the next barrier."""
     fd = _create(path)
     try:
-        _write_all(fd, data)
+        write_all(fd, data)
     except BaseException:
         os.close(fd)
         with contextlib.suppress(OSError):
@@ -262,7 +262,7 @@ class Spares:
         try:
             reusable = self._reusable(fd)
             if reusable:
-                _write_all(fd, data)
+                write_all(fd, data)
                 os.ftruncate(fd, len(data))
         except BaseException:
             with contextlib.suppress(OSError):
@@ -318,7 +318,8 @@ def _create(path: StrPath) -> int:
     return os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
 
 
-def _write_all(fd: int, data: bytes) -> None:
+def write_all(fd: int, data: bytes) -> None:
+    """All of ``data`` to ``fd`` (a write may take less)."""
     view = memoryview(data)
     while view:
         view = view[os.write(fd, view) :]

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from .activity import format_time
+from .durable import write_all
 from .repository import Repository, dumps
 from .untrusted import open_own
 
@@ -84,9 +85,7 @@ def write(repo: Repository, worker_id: str, doc: Mapping[str, Any]) -> None:
                 log.warning("%s/ was missing: created it again", folder.name)
         fd = open_own(tmp, os.O_TRUNC)
         try:
-            data = dumps(doc)
-            while data:
-                data = data[os.write(fd, data) :]
+            write_all(fd, dumps(doc))
             # Its age is its mtime by the file system's clock: GlusterFS (ctime) stamps a write with
             # the writing client's clock, a "set to now" with the server's.
             os.utime(fd, None)
