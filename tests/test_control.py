@@ -107,7 +107,8 @@ def test_stop_drains_a_worker_whose_processor_is_running(tmp_path: Path) -> None
     assert result.returncode == 0, result
     assert "w1: stop requested" in result.stdout
     request = repo / "control" / "w1.stop"
-    wait_for(lambda: not request.exists(), 30, "the worker to take its request")
+    wait_for(lambda: "stopping: no new claims" in stderr_of(repo, "w1"), 30, "the worker to take its request")
+    assert not request.exists()
     later = submit(repo, "t.noop")  # claims nothing more
     assert worker.poll() is None, "it lets the running activity finish"
     flag.unlink()
