@@ -371,7 +371,7 @@ def test_scenario_2_machine_crash_claims_recovered_and_the_crashed_side_is_fence
 
     A's worker process lives on with a dead mount. When A is remounted, its old attempts either are
     abandoned (the worker notices its lock is gone) or end and try to commit: refused, because the
-    claims' paths (attempt 1, worker wa) are gone. Either way only second attempts complete.
+    claims' paths (attempt 1, worker wa) are gone. Either way A's first attempts never complete.
     """
     bound = SCAN + MARGIN if mode == "flock" else LEASE + SCAN + MARGIN
     slow = 8.0 if mode == "flock" else LEASE + 8.0  # A's attempts must outlast recovery and remount
@@ -434,7 +434,7 @@ def test_scenario_2_machine_crash_claims_recovered_and_the_crashed_side_is_fence
     # Only second attempts complete: A's first ones never commit. Usually B runs them; a second
     # attempt still waiting in the inbox when A is back (a claim B deferred for a second, as a
     # network file system's caches may make it) is A's to take, A being a live worker again.
-    # KNOWN, NOT YET EXPLAINED (lease mode, about 1 run in 10 here and once in CI): B's second
+    # KNOWN, NOT YET EXPLAINED (lease mode, 1 of 12 runs by hand and 1 CI run): B's second
     # attempts are taken from it and run a third time, though B logs no lost lock. Nothing is lost
     # or committed twice (asserted above), so a third attempt is tolerated until the cause is found;
     # the logs go with any other failure below.
