@@ -16,9 +16,6 @@ import ctypes
 import importlib
 import logging
 import math
-import multiprocessing
-import multiprocessing.connection
-import multiprocessing.sharedctypes
 import os
 import random
 import signal
@@ -28,13 +25,15 @@ import time
 import traceback
 from collections.abc import Sequence
 from dataclasses import dataclass
-from multiprocessing.connection import Connection
-from multiprocessing.process import BaseProcess
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from . import _libc
 from .attempt import RAN, Attempts, Item, Report, Setup
 from .processor import forget_registrations, registrations, restore_registrations
+
+if TYPE_CHECKING:
+    from multiprocessing.connection import Connection
+    from multiprocessing.process import BaseProcess
 
 _BUILTIN_MODULES = (
     "spoolpipe.failure",
@@ -221,6 +220,8 @@ def _child_main(conn: Connection, setup: Setup, progress: Any, forked: bool) -> 
         signal.signal(s, _left_to_the_daemon)  # caught, not ignored: exec resets it for programs started here
     # Started as a daemon process (never outliving the daemon), but its processors may start processes
     # of their own (ProcessPoolExecutor): multiprocessing refuses that to a daemon process.
+    import multiprocessing
+
     multiprocessing.current_process().daemon = False
     import_processors(setup.modules, setup.paths)
     attempts = Attempts(setup)
@@ -340,6 +341,8 @@ class Pool:
             self.slots = [self._spawn(i) for i in range(self.size)]
 
     def _spawn(self, index: int) -> Slot:
+        import multiprocessing.sharedctypes  # here: a worker that never forks one need not import it
+
         forked = threading.active_count() == 1 and sys.platform.startswith("linux")
         mp: Any = multiprocessing.get_context("fork" if forked else "spawn")
         progress = multiprocessing.sharedctypes.RawArray(ctypes.c_double, 6)
@@ -380,6 +383,8 @@ class Pool:
 
     def wait(self, timeout: float, extra: Sequence[Any]) -> list[Event]:
         """Events from pool processes, waiting at most ``timeout`` (or until one of ``extra`` is readable)."""
+        import multiprocessing.connection
+
         conns = {s.conn: s for s in self.slots}
         ready = multiprocessing.connection.wait([*conns, *extra], timeout=max(0.0, timeout))
         events: list[Event] = []

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import difflib
 import errno
 import json
 import os
@@ -185,6 +184,8 @@ _SUGGEST_MAX_CHARS = 200
 
 
 def _suggest(key: str) -> str | None:
+    import difflib  # only for a key that is not known: most loads have none
+
     if len(key) > _SUGGEST_MAX_CHARS:
         return None
     candidates = [k for k in _STATIC]
