@@ -55,10 +55,11 @@ def _taken_at_start(new: config.Settings, old: config.Settings) -> list[tuple[st
 def _check_running_lease(new: config.Settings, start: config.Settings) -> None:
     """A lease must outlive two heartbeats: the lease this worker took at start, not the one it reads."""
     beat, lease = new.heartbeat_interval_seconds, start.claims_lease_seconds
-    if 2 * beat > lease:
+    if lease < config.HEARTBEATS_PER_LEASE * beat:
+        most = lease / config.HEARTBEATS_PER_LEASE
         raise config.ConfigError(
             f"heartbeat.interval-seconds: {beat:g} is more than half of the claims.lease-seconds this "
-            f"worker runs with ({lease:g}, taken at start); expected a number <= {lease / 2:g}, or a "
+            f"worker runs with ({lease:g}, taken at start); expected a number <= {most:g}, or a "
             "restart to take both"
         )
 

@@ -42,12 +42,13 @@ from ._kinds import (
     parse_duration,
     parse_integer,
 )
-from ._load import SHARED_FILE, ConfigError, config_files, load
+from ._load import HEARTBEATS_PER_LEASE, SHARED_FILE, ConfigError, config_files, load
 from ._render import describe_keys, render_defaults
 from ._schema import OPTIONS
 from ._settings import Loaded, Settings, automatic_megapixels
 
 __all__ = [
+    "HEARTBEATS_PER_LEASE",
     "MAX_SECONDS",
     "OPTIONS",
     "SHARED_FILE",

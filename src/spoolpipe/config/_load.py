@@ -525,19 +525,23 @@ def _build_definitions(
     return built
 
 
+#: A claim lease outlives at least this many heartbeat intervals: one late heartbeat must not let
+#: another worker recover a live worker's claims.
+HEARTBEATS_PER_LEASE = 2
+
+
 def _check_lease(values: dict[str, Value], where: dict[str, _Entry], errors: list[str]) -> None:
-    """A lease must outlive at least two heartbeat intervals."""
     lease_key, beat_key = "claims.lease-seconds", "heartbeat.interval-seconds"
     lease, beat = cast(float, values[lease_key]), cast(float, values[beat_key])
-    if lease >= 2 * beat:
+    if lease >= HEARTBEATS_PER_LEASE * beat:
         return
     if lease_key in where:
         errors.append(
             f"{where[lease_key].where}: {lease_key}: {lease:g} is less than twice "
-            f"{beat_key} ({beat:g}); expected a number >= {2 * beat:g}"
+            f"{beat_key} ({beat:g}); expected a number >= {HEARTBEATS_PER_LEASE * beat:g}"
         )
     elif beat_key in where:
         errors.append(
             f"{where[beat_key].where}: {beat_key}: {beat:g} is more than half of "
-            f"{lease_key} ({lease:g}); expected a number <= {lease / 2:g}"
+            f"{lease_key} ({lease:g}); expected a number <= {lease / HEARTBEATS_PER_LEASE:g}"
         )
