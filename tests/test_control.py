@@ -457,6 +457,8 @@ def test_worker_check_names_the_bad_configuration_line_and_exits_2(tmp_path: Pat
         ("import os\n\nraise RuntimeError('no db')\n", 3, "RuntimeError"),
         # the registry's refusal: it named spoolpipe's own processor.py, not the module at fault
         ("from spoolpipe import processor\n\nprocessor('command')(lambda a, c: None)\n", 3, "ValueError"),
+        # it ended --check with 0 and not a word: as if the worker could start
+        ("import os\n\nos._exit(0)\n", 3, "ExitAtImport"),
     ],
 )
 def test_worker_check_names_where_a_processor_fails_to_import_and_exits_3(

@@ -301,6 +301,15 @@ def test_processors_that_do_not_import_exit_3_with_file_and_line(tmp_path: Path)
     assert out.stdout == ""
 
 
+def test_a_module_that_ends_the_process_at_import_exits_3_not_0(tmp_path: Path) -> None:
+    """os._exit(0) at import ended the command with 0 and an empty graph: a script took it as drawn."""
+    repo = make_flow_repository(tmp_path, module=PROCESSORS + "\nimport os\nos._exit(0)\n")
+    out = graph(str(repo))
+    assert out.returncode == 3
+    assert f"{tmp_path / 'procs' / 'flow_procs.py'}:" in out.stderr and "os._exit(0)" in out.stderr
+    assert out.stdout == ""
+
+
 def test_bad_usage_and_not_a_repository_exit_2(tmp_path: Path) -> None:
     repo = make_flow_repository(tmp_path)
     for args in (

@@ -23,9 +23,9 @@ import sys
 import threading
 import time
 import traceback
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from . import _libc
 from .attempt import RAN, Attempts, Item, Report, Setup
@@ -63,6 +63,25 @@ class ProcessorImportError(Exception):
         )
 
 
+class ExitAtImport(BaseException):
+    """A module called ``os._exit`` while it imported: that would end the worker with no word in its
+    log (and with 0, as a clean stop), so it raises this instead, an import error like any other."""
+
+
+@contextlib.contextmanager
+def _exit_refused() -> Iterator[None]:
+    real = os._exit
+
+    def refuse(status: int) -> NoReturn:
+        raise ExitAtImport(f"os._exit({status}) called while the module imported")
+
+    os._exit = refuse
+    try:
+        yield
+    finally:
+        os._exit = real
+
+
 def import_processors(modules: Sequence[str], paths: Sequence[str], *, again: Sequence[str] = ()) -> None:
     """Import the built-in and configured processor modules, running those of ``again`` that were
     imported before once more (their code changed, or ``processors.path`` did).
@@ -82,11 +101,12 @@ def import_processors(modules: Sequence[str], paths: Sequence[str], *, again: Se
     try:
         for name in (*_BUILTIN_MODULES, *modules):
             try:
-                if name in rerun:
-                    forget_registrations(name)
-                    importlib.reload(rerun[name])
-                else:
-                    importlib.import_module(name)
+                with _exit_refused():
+                    if name in rerun:
+                        forget_registrations(name)
+                        importlib.reload(rerun[name])
+                    else:
+                        importlib.import_module(name)
             except BaseException as exc:  # sys.exit() at import too: it ended the worker as a clean stop
                 raise ProcessorImportError(name, paths, exc) from exc
     except ProcessorImportError:
