@@ -9,6 +9,7 @@ import gzip
 import json
 import os
 import random
+import re
 import resource
 import shutil
 import signal
@@ -663,35 +664,63 @@ def test_a_held_batch_of_lines_is_written_whole_in_order_and_still_rotated_by_si
     ]
 
 
-def test_a_log_line_that_cannot_be_written_anywhere_does_not_raise(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """A full disk under the log file while stderr is closed: reporting the failed write raised
-    ValueError out of the logging call, which would stop the worker. Once there is room, lines go on."""
-    import io
-    import logging
+_FULL_DISK_LOG = """
+import logging, resource, signal, sys
+from pathlib import Path
+from spoolpipe import worker_log
 
-    from spoolpipe import worker_log
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit fails (EFBIG) instead
+worker_log.configure(Path(sys.argv[1]), "w1", "INFO")
+log = logging.getLogger("spoolpipe.worker")
+log.info("before")
+size = (Path(sys.argv[1]) / "workers" / "w1.log").stat().st_size
+resource.setrlimit(resource.RLIMIT_FSIZE, (size, resource.RLIM_INFINITY))  # no byte more: a full disk
+for n in range(3):
+    log.info("line %d", n)
+resource.setrlimit(resource.RLIMIT_FSIZE, (resource.RLIM_INFINITY, resource.RLIM_INFINITY))
+log.info("back again")
+"""
 
-    closed = io.StringIO()
-    closed.close()
-    monkeypatch.setattr(sys, "stderr", closed)
+
+def test_a_log_file_that_cannot_be_written_is_said_once_and_so_is_its_return(tmp_path: Path) -> None:
+    """Every line that could not reach the file printed a traceback on stderr ("--- Logging
+    error ---"): a full disk or an outage of the log's file system buried the worker's own lines."""
     logs = tmp_path / "logs"
     (logs / "workers").mkdir(parents=True)
-    (logs / "workers" / "w1.log").symlink_to("/dev/full")  # every write: ENOSPC
-    worker_log.configure(logs, "w1", "INFO")
-    log = logging.getLogger("spoolpipe.worker")
-    try:
-        log.info("a line with nowhere to go")
-        with worker_log.held():
-            log.info("a held line with nowhere to go")
-        (logs / "workers" / "w1.log").unlink()  # the disk has room again
-        log.info("back again")
-    finally:
-        for handler in logging.getLogger("spoolpipe").handlers:
-            handler.close()
-        logging.getLogger("spoolpipe").handlers.clear()
-    assert (logs / "workers" / "w1.log").read_text().endswith("] back again\n")
+    result = subprocess.run(
+        [sys.executable, "-c", _FULL_DISK_LOG, str(logs)], capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 0, result.stderr
+    said = result.stderr
+    assert "Logging error" not in said and "Traceback" not in said, said
+    log_file = logs / "workers" / "w1.log"
+    assert said.count(f"cannot write the log file {log_file}: File too large; ") == 1, said
+    assert all(f"] line {n}\n" in said for n in range(3)), said
+    messages = [line.split("] ", 1)[1] for line in log_file.read_text().splitlines()]
+    assert messages[0] == "before" and messages[2] == "back again", messages
+    assert re.fullmatch(
+        r"the log file is written again: 3 lines since \d{4}-\d\d-\d\d \d\d:\d\d:\d\d went to stderr only",
+        messages[1],
+    ), messages
+    assert said.count("the log file is written again: 3 lines") == 1, said
+
+
+def test_a_log_line_that_cannot_be_written_anywhere_does_not_raise(tmp_path: Path) -> None:
+    """A full disk under the log file while stderr is closed: reporting the failed write raised
+    ValueError out of the logging call, which would stop the worker. Once there is room, lines go on."""
+    logs = tmp_path / "logs"
+    (logs / "workers").mkdir(parents=True)
+    closed_stderr = "import io, sys\nsys.stderr = io.StringIO()\nsys.stderr.close()\n"
+    result = subprocess.run(
+        [sys.executable, "-c", closed_stderr + _FULL_DISK_LOG, str(logs)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0 and result.stderr == "", result.stderr
+    messages = [line.split("] ", 1)[1] for line in (logs / "workers" / "w1.log").read_text().splitlines()]
+    assert messages[0] == "before" and messages[1].startswith("the log file is written again: 3 lines since")
+    assert messages[2:] == ["back again"]
 
 
 def test_a_moved_worker_log_is_reopened(tmp_path: Path) -> None:

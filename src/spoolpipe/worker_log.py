@@ -14,6 +14,7 @@ import logging
 import logging.handlers
 import os
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TextIO
@@ -40,6 +41,8 @@ class WorkerLog(logging.handlers.WatchedFileHandler):
         self._stderr: TextIO | None = sys.stderr
         self._held: list[tuple[logging.LogRecord, str]] | None = None
         self._holders = 0
+        #: Since when, and how many lines, the file could not be written (its file system away, full).
+        self._outage: tuple[str, int] | None = None
 
     def _open(self) -> io.TextIOWrapper:
         """Appending, never through a link put in the log's place (anyone may write under logs/)."""
@@ -80,27 +83,63 @@ class WorkerLog(logging.handlers.WatchedFileHandler):
             self.release()
 
     def _write(self, lines: list[tuple[logging.LogRecord, str]]) -> None:
-        text = "".join(line for _, line in lines)
+        self._to_stderr("".join(line for _, line in lines))  # closed or gone: the file still gets them
+        lines_out = [line for _, line in lines]
+        if self._outage is not None:  # said before the lines, if they reach the file
+            lines_out.insert(0, self._line(logging.INFO, self._back_again(*self._outage)))
+        try:
+            self._to_file(lines_out)
+        except Exception as exc:  # a full disk, a file system away: said once; the next line tries again
+            self._drop()
+            self._lost(lines[0][0], len(lines), exc)
+            return
+        if self._outage is not None:
+            self._outage = None
+            self._to_stderr(lines_out[0])
+
+    def _lost(self, first: logging.LogRecord, count: int, exc: Exception) -> None:
+        if self._outage is None:
+            reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+            self._to_stderr(
+                self._line(
+                    logging.WARNING,
+                    f"cannot write the log file {self.baseFilename}: {reason}; its lines go to stderr "
+                    "only until it can be written again",
+                )
+            )
+            self._outage = (time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(first.created)), 0)
+        since, missed = self._outage
+        self._outage = (since, missed + count)
+
+    @staticmethod
+    def _back_again(since: str, missed: int) -> str:
+        lines = "1 line" if missed == 1 else f"{missed} lines"
+        return f"the log file is written again: {lines} since {since} went to stderr only"
+
+    def _line(self, level: int, message: str) -> str:
+        record = logging.makeLogRecord(
+            {"name": __name__, "levelno": level, "levelname": logging.getLevelName(level), "msg": message}
+        )
+        return self.format(record) + self.terminator
+
+    def _to_stderr(self, text: str) -> None:
         if self._stderr is not None:
-            try:
+            with contextlib.suppress(Exception):  # closed or gone: there is nowhere left to say it
                 self._stderr.write(text)
                 self._stderr.flush()
-            except Exception:  # closed or gone (a service without a terminal): the file still gets it
-                pass
-        try:
-            self._to_file([line for _, line in lines])
-        except Exception:  # a full disk, a file system away: said on stderr, and the next line tries again
-            self._report(lines[0][0])
 
     def _report(self, record: logging.LogRecord) -> None:
         with contextlib.suppress(Exception):  # stderr closed as well: there is nowhere left to say it
             self.handleError(record)
 
     def _to_file(self, lines: list[str]) -> None:
-        with contextlib.suppress(OSError):  # the file system is away: the write below says so
+        """Append ``lines``; raises (OSError, or ValueError of a stream closed under it) when it cannot."""
+        try:
             self.reopenIfNeeded()
-        if self.stream is None and not self._reopen():
-            return  # the lines went to stderr; the next ones try the file again
+        except Exception:  # the old file's system went away (ENOTCONN), or closing it failed: a new one
+            self._drop()
+        if self.stream is None:
+            self._reopen()
         if not self.max_bytes:
             self._append("".join(lines))
             return
@@ -120,29 +159,24 @@ class WorkerLog(logging.handlers.WatchedFileHandler):
 
     def _append(self, text: str) -> None:
         if text and self.stream is not None:
-            try:
-                self.stream.write(text)
-                self.stream.flush()
-            except Exception:  # not kept buffered to fail again at every flush: the next line reopens
-                stream, self.stream = self.stream, None
-                with contextlib.suppress(Exception):
-                    stream.close()
-                raise
+            self.stream.write(text)
+            self.stream.flush()
 
-    def _reopen(self) -> bool:
-        """Open the log again, making its folder again if it was deleted; False if it cannot be."""
-        try:
-            os.makedirs(os.path.dirname(self.baseFilename), exist_ok=True)
-            self.stream = self._open()
-        except OSError:
-            return False
+    def _drop(self) -> None:
+        """Forget the open file, closed quietly: not kept to fail again at every line, the next reopens."""
+        stream, self.stream = self.stream, None
+        if stream is not None:
+            with contextlib.suppress(Exception):
+                stream.close()
+
+    def _reopen(self) -> None:
+        """Open the log again, making its folder again if it was deleted."""
+        os.makedirs(os.path.dirname(self.baseFilename), exist_ok=True)
+        self.stream = self._open()
         self._statstream()
-        return True
 
     def _rotate(self) -> None:
-        stream, self.stream = self.stream, None  # reopened by the next write if a rename fails
-        if stream is not None:
-            stream.close()
+        self._drop()  # reopened by the next write if a rename fails
         base = self.baseFilename
         # Only the backups there are, in a row from .1: walking down from log.backups spun for good at 10**12.
         there = 0

@@ -417,7 +417,10 @@ def test_scenario_2_machine_crash_claims_recovered_and_the_crashed_side_is_fence
     # A restarted A-side worker (same id) never gets the old claims back either.
     workers.kill("wa")
     workers.restart("wa")
-    wait_for(lambda: (c.a.repo / "heartbeats" / "wa.json").exists(), 30, "wa to restart")
+    # Its heartbeat file outlives the killed incarnation: the new one has started once it says so
+    # (in lease mode, after the killed one's lease expired). Waiting for the file let the test stop
+    # it before it started, and its check of the old claims never ran.
+    wait_for(lambda: workers.log("wa").count("worker wa started on") == 2, LEASE * 2 + 30, "wa to restart")
     time.sleep(SCAN * 3)
     exits = workers.stop_all()
 
@@ -483,6 +486,34 @@ def test_scenario_2_a_remounted_worker_does_not_make_every_activity_run_twice(
         f"without holding locks/wa.lock and wb requeued its claims {takeovers} times "
         f"(see {workers.log_path('wa')} 'was lost' and {workers.log_path('wb')} 'of dead worker wa')"
     )
+
+
+def test_scenario_2_the_worker_log_on_a_remounted_file_system_is_written_again(
+    gluster: GlusterVolume, cluster: ClusterFactory, workers: Workers
+) -> None:
+    """A worker whose repository's mount dies and comes back goes on writing logs/workers/ID.log.
+
+    Closing the old log file on the dead mount failed (ENOTCONN), and the handler kept the closed
+    file: every later line, for as long as the worker lived, was lost to the file and printed a
+    traceback on stderr instead. The outage is said once, and so is its end, not at every line.
+    """
+    c = cluster(f"pool.size = 1\nscan.interval-seconds = {SCAN}\n")
+    workers.start(c.a, "wa")
+    wait_for(lambda: (c.a.repo / "heartbeats" / "wa.json").exists(), 30, "wa to start")
+    gluster.kill_client(c.a.mount)
+    time.sleep(2)  # wa logs what fails meanwhile: heartbeats, scans
+    gluster.remount(c.a.mount)
+    aid = publish(c.b.repo, "t.slow", {"sleep": 0})
+    wait_for(lambda: count_done(c.b.repo) == 1, 60, "wa to run an activity with its mount back")
+    log_file = c.b.repo / "logs" / "workers" / "wa.log"
+    wait_for(lambda: f"done {aid}" in log_file.read_text(), 10, f"'done {aid}' in {log_file}")
+    assert workers.alive("wa")
+    workers.stop_all()
+    stderr = workers.log("wa")
+    assert "Logging error" not in stderr, stderr[-3000:]
+    assert stderr.count("cannot write the log file") == 1, stderr[-3000:]
+    assert stderr.count("the log file is written again") == 1, stderr[-3000:]
+    assert "the log file is written again" in log_file.read_text()
 
 
 # -- scenario 3 ----------------------------------------------------------------------------------
