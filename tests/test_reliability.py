@@ -870,6 +870,31 @@ def test_a_worker_whose_log_folder_was_deleted_makes_it_again_and_goes_on(tmp_pa
     assert f"done {activity}" in (repo / "logs" / "workers" / "w1.log").read_text()
 
 
+def test_a_worker_whose_inbox_was_deleted_hears_new_arrivals_again_at_once(tmp_path: Path) -> None:
+    """The inbox's inotify watch went with the deleted folder and was never added again: the worker
+    made inbox/ again, and from then on saw each new activity only at its next scan (60 s here)."""
+    import shutil
+
+    repo = make_repository(tmp_path, "scan.interval-seconds = 60\n")
+    proc = start_worker(repo, "w1")
+    try:
+        wait_for(lambda: "worker w1 started" in (tmp_path / "worker-w1.stderr").read_text(), 60, "start")
+        shutil.rmtree(repo / "inbox")
+        wait_for(lambda: (repo / "inbox").is_dir(), 30, "the worker to make inbox/ again")
+        time.sleep(0.5)
+        activity = submit(repo, "t.noop")
+        wait_for(lambda: activity in ids_in(repo / "done"), 10, "the activity done long before a scan")
+        shutil.rmtree(repo / "inbox")  # and by hand, this time
+        (repo / "inbox").mkdir()
+        time.sleep(0.5)
+        again = submit(repo, "t.noop")
+        wait_for(lambda: again in ids_in(repo / "done"), 10, "the next one as soon")
+    finally:
+        kill_group(proc, signal.SIGTERM)
+        code = proc.wait(60)
+    assert code == 0
+
+
 def test_an_entry_that_cannot_be_quarantined_is_tried_again_at_the_next_scan(tmp_path: Path) -> None:
     """A symlink in the inbox with invalid/ gone: the failed quarantine was retried 860 times a second."""
     repo = make_repository(tmp_path, "scan.interval-seconds = 1\n")

@@ -21,6 +21,7 @@ at its document's priority.
 from __future__ import annotations
 
 import heapq
+import logging
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable
@@ -29,6 +30,8 @@ from typing import Literal
 
 from .activity import DEFAULT_PRIORITY, Activity, is_ignored, parse_inbox_name
 from .repository import Found, Rejected, Repository
+
+log = logging.getLogger("spoolpipe.worker")
 
 #: An entry due now: minus its priority, then its name. Heap order: highest priority, then name (ULIDs: age).
 _Entry = tuple[int, str]
@@ -84,7 +87,13 @@ class Intake:
 
     def rescan(self) -> None:
         """List the inbox: new names join the index, vanished ones leave it."""
-        listing = self._repo.inbox_entries()
+        try:
+            listing = self._repo.inbox_entries()
+        except FileNotFoundError:
+            if not self._repo.running.is_dir() or not self._repo.restore(self._repo.inbox):
+                raise  # the whole repository is away (its mount gone): nothing of it is made here
+            log.warning("inbox/ was missing (deleted by hand?): created it again")
+            listing = {}
         present = listing.keys()
         self._held.clear()
         gone = self._known - present
