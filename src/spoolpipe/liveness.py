@@ -20,7 +20,7 @@ import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-from filelock import BaseFileLock, FileLock, SoftFileLease, StrictSoftFileLock, Timeout
+from filelock import BaseFileLock, FileLock, Timeout
 
 from ._mounts import filesystem_type
 
@@ -72,7 +72,10 @@ def _make_lock(
 ) -> BaseFileLock:
     if mode == "flock":
         return FileLock(path, thread_local=False, on_acquired=on_acquired)
+    # The lease and strict kinds are imported only by workers that use them: they are most of filelock.
     if mode == "lease":
+        from filelock import SoftFileLease
+
         return SoftFileLease(
             path,
             lease_duration=lease_seconds,
@@ -81,6 +84,8 @@ def _make_lock(
             thread_local=False,
         )
     if mode == "strict":
+        from filelock import StrictSoftFileLock
+
         return StrictSoftFileLock(path, thread_local=False)
     raise ValueError(f"unknown claims.lock mode {mode!r}; expected one of auto, {', '.join(MODES)}")
 
