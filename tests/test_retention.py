@@ -674,7 +674,8 @@ worker_log.configure(Path(sys.argv[1]), "w1", "INFO")
 log = logging.getLogger("spoolpipe.worker")
 log.info("before")
 size = (Path(sys.argv[1]) / "workers" / "w1.log").stat().st_size
-resource.setrlimit(resource.RLIMIT_FSIZE, (size, resource.RLIM_INFINITY))  # no byte more: a full disk
+room = int(sys.argv[2]) if len(sys.argv) > 2 else 0  # bytes left: a line cut short by a full disk
+resource.setrlimit(resource.RLIMIT_FSIZE, (size + room, resource.RLIM_INFINITY))
 for n in range(3):
     log.info("line %d", n)
 resource.setrlimit(resource.RLIMIT_FSIZE, (resource.RLIM_INFINITY, resource.RLIM_INFINITY))
@@ -703,6 +704,20 @@ def test_a_log_file_that_cannot_be_written_is_said_once_and_so_is_its_return(tmp
         messages[1],
     ), messages
     assert said.count("the log file is written again: 3 lines") == 1, said
+
+
+def test_a_log_line_a_full_disk_cut_short_is_not_glued_to_the_next(tmp_path: Path) -> None:
+    logs = tmp_path / "logs"
+    (logs / "workers").mkdir(parents=True)
+    result = subprocess.run(
+        [sys.executable, "-c", _FULL_DISK_LOG, str(logs), "10"], capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 0, result.stderr
+    lines = (logs / "workers" / "w1.log").read_text().splitlines()
+    assert lines[0].endswith("] before") and len(lines) == 4, lines
+    assert re.fullmatch(r"\d{4}-\d\d-\d\d", lines[1]), lines  # the 10 bytes of "line 0" that were written
+    assert lines[2].split("] ", 1)[1].startswith("the log file is written again: 3 lines since"), lines
+    assert lines[3].endswith("] back again"), lines
 
 
 def test_a_log_line_that_cannot_be_written_anywhere_does_not_raise(tmp_path: Path) -> None:

@@ -88,7 +88,7 @@ class WorkerLog(logging.handlers.WatchedFileHandler):
         if self._outage is not None:  # said before the lines, if they reach the file
             lines_out.insert(0, self._line(logging.INFO, self._back_again(*self._outage)))
         try:
-            self._to_file(lines_out)
+            self._to_file(lines_out, after_outage=self._outage is not None)
         except Exception as exc:  # a full disk, a file system away: said once; the next line tries again
             self._drop()
             self._lost(lines[0][0], len(lines), exc)
@@ -132,7 +132,7 @@ class WorkerLog(logging.handlers.WatchedFileHandler):
         with contextlib.suppress(Exception):  # stderr closed as well: there is nowhere left to say it
             self.handleError(record)
 
-    def _to_file(self, lines: list[str]) -> None:
+    def _to_file(self, lines: list[str], *, after_outage: bool = False) -> None:
         """Append ``lines``; raises (OSError, or ValueError of a stream closed under it) when it cannot."""
         try:
             self.reopenIfNeeded()
@@ -140,6 +140,8 @@ class WorkerLog(logging.handlers.WatchedFileHandler):
             self._drop()
         if self.stream is None:
             self._reopen()
+        if after_outage and self._ends_mid_line():  # a write a full disk cut short: not glued to it
+            lines[0] = "\n" + lines[0]
         if not self.max_bytes:
             self._append("".join(lines))
             return
@@ -161,6 +163,21 @@ class WorkerLog(logging.handlers.WatchedFileHandler):
         if text and self.stream is not None:
             self.stream.write(text)
             self.stream.flush()
+
+    def _ends_mid_line(self) -> bool:
+        """Whether the open log file ends in part of a line (read through a second, read-only open)."""
+        assert self.stream is not None
+        mine = os.fstat(self.stream.fileno())
+        if not mine.st_size:
+            return False
+        try:
+            fd = os.open(self.baseFilename, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+        except OSError:
+            return False
+        try:
+            return os.path.samestat(os.fstat(fd), mine) and os.pread(fd, 1, mine.st_size - 1) != b"\n"
+        finally:
+            os.close(fd)
 
     def _drop(self) -> None:
         """Forget the open file, closed quietly: not kept to fail again at every line, the next reopens."""
