@@ -5,12 +5,24 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-from harness import ids_in, make_repository, records, run_until_idle, submit
+import pytest
+
+from harness import (
+    ids_in,
+    kill_group,
+    make_repository,
+    records,
+    run_until_idle,
+    start_worker,
+    submit,
+    wait_for,
+)
 from spoolpipe.activity import Activity
 from spoolpipe.repository import Repository, filesystem_now
 
@@ -206,3 +218,66 @@ def test_the_workers_own_note_in_an_attempt_log_never_follows_a_link(tmp_path: P
     assert aid in ids_in(repo / "failed")
     assert victim.read_text() == "keep me"
     assert "timed out" in (repo / "logs" / "activities" / f"{aid}~1.log").read_text()
+
+
+def _victim(tmp_path: Path) -> Path:
+    """A folder outside the repository, as /etc is: what a link in place of a repository folder points to."""
+    victim = tmp_path / "victim"
+    victim.mkdir()
+    (victim / "passwd.json").write_text("root:x:0:0\n")
+    (victim / "job.json").write_text(json.dumps({"type": "t.noop", "data": {}}))
+    return victim
+
+
+@pytest.mark.parametrize("folder", ["inbox", "invalid", "tmp"])
+def test_a_link_in_place_of_a_repository_folder_is_refused_and_nothing_it_points_to_moves(
+    tmp_path: Path, folder: str
+) -> None:
+    """inbox/ made a link to another folder: the worker ran what was there and moved every other
+    file of it into invalid/ (/etc/passwd, for a worker run as root with a writable repository)."""
+    repo = make_repository(tmp_path)
+    victim = _victim(tmp_path)
+    for name in os.listdir(repo / folder):
+        os.unlink(repo / folder / name)
+    (repo / folder).rmdir()
+    (repo / folder).symlink_to(victim, target_is_directory=True)
+    result = spoolpipe("worker", str(repo), "--worker-id", "w1", "--until-idle")
+    assert result.returncode == 2, result
+    assert f"{repo / folder} is a symbolic link" in result.stderr
+    assert sorted(os.listdir(victim)) == ["job.json", "passwd.json"]
+    assert spoolpipe("status", str(repo)).returncode == 2
+
+
+def test_an_inbox_swapped_for_a_link_under_a_running_worker_takes_nothing_from_where_it_points(
+    tmp_path: Path,
+) -> None:
+    """Exchanged atomically (no moment without an inbox for the worker to make again), as an attacker
+    with write access to the repository would, retrying until it wins the race."""
+    import ctypes
+
+    repo = make_repository(tmp_path, "scan.interval-seconds = 0.2\n")
+    victim = _victim(tmp_path)
+    link = tmp_path / "link"
+    link.symlink_to(victim, target_is_directory=True)
+    libc = ctypes.CDLL(None, use_errno=True)
+    rename_exchange = 2
+
+    def exchange() -> None:
+        at_cwd = -100
+        code = libc.renameat2(at_cwd, bytes(link), at_cwd, bytes(repo / "inbox"), rename_exchange)
+        assert code == 0, os.strerror(ctypes.get_errno())
+
+    proc = start_worker(repo, "w1")
+    try:
+        wait_for(lambda: (repo / "heartbeats" / "w1.json").exists(), 60, "the worker to start")
+        exchange()  # inbox/ is the link now, and the real inbox is at link
+        time.sleep(2)  # scans and notifications meanwhile
+        assert sorted(os.listdir(victim)) == ["job.json", "passwd.json"]
+        exchange()  # the real inbox is back
+        activity = submit(repo, "t.noop")
+        wait_for(lambda: activity in ids_in(repo / "done"), 30, "the worker to go on")
+    finally:
+        kill_group(proc, signal.SIGTERM)
+        proc.wait(60)
+    assert sorted(os.listdir(victim)) == ["job.json", "passwd.json"]
+    assert os.listdir(repo / "invalid") == []

@@ -30,9 +30,11 @@ _IN_MOVE_SELF = 0x800
 _IN_UNMOUNT = 0x2000
 _IN_Q_OVERFLOW = 0x4000
 _IN_IGNORED = 0x8000
+_IN_DONT_FOLLOW = 0x02000000
 # Arrivals: a rename into the folder, a file written in place (cp, editors), and any other new entry;
-# and the folder itself deleted or moved away (unmounted and ignored come unasked).
-_ARRIVALS = _IN_MOVED_TO | _IN_CLOSE_WRITE | _IN_CREATE | _IN_DELETE_SELF | _IN_MOVE_SELF
+# and the folder itself deleted or moved away (unmounted and ignored come unasked). A link in the
+# inbox's place is not followed: the names of the folder it points to are not the inbox's.
+_ARRIVALS = _IN_MOVED_TO | _IN_CLOSE_WRITE | _IN_CREATE | _IN_DELETE_SELF | _IN_MOVE_SELF | _IN_DONT_FOLLOW
 # The watch no longer is on the folder at the path: watched again, and what arrived meanwhile is unknown.
 _WATCH_GONE = _IN_DELETE_SELF | _IN_MOVE_SELF | _IN_UNMOUNT | _IN_IGNORED
 _HEADER = struct.Struct("iIII")

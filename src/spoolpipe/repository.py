@@ -58,6 +58,8 @@ SUPPORT_DIRS = (
     "logs/activities",
     "reports",
 )
+#: Support folders that files are renamed into or out of, as the state folders are.
+_MOVED_BETWEEN = ("ids", "tmp")
 PROPERTIES_FILE = "spoolpipe.properties"
 _QUARANTINE_PREFIX = "quarantine-"
 _REASON = "reason.txt"
@@ -218,6 +220,12 @@ class Repository:
         return created
 
     def check(self) -> None:
+        linked = [d for d in (*STATE_DIRS, *_MOVED_BETWEEN) if (self.root / d).is_symlink()]
+        if linked:  # a link there would make the worker move files of wherever it points (/etc)
+            raise NotARepository(
+                f"{self.root / linked[0]} is a symbolic link: the folders activities move between must be "
+                "the repository's own; put a folder in its place"
+            )
         missing = [d for d in (*STATE_DIRS, *SUPPORT_DIRS) if not (self.root / d).is_dir()]
         in_the_way = [d for d in missing if os.path.lexists(self.root / d)]
         if in_the_way:  # init would not replace it either
@@ -376,9 +384,14 @@ class Repository:
     # -- intake --------------------------------------------------------------------------------
 
     def inbox_entries(self) -> dict[str, int]:
-        """The inbox's names, each with its inode as the listing gives it (no ``stat``)."""
-        with os.scandir(self.inbox) as entries:
-            return {e.name: e.inode() for e in entries if not is_ignored(e.name)}
+        """The inbox's names, each with its inode as the listing gives it (no ``stat``); never those of
+        a folder a link in the inbox's place points to (``NotADirectoryError``, ``OSError`` ELOOP)."""
+        fd = os.open(self.inbox, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        try:
+            with os.scandir(fd) as entries:
+                return {e.name: e.inode() for e in entries if not is_ignored(e.name)}
+        finally:
+            os.close(fd)
 
     def read(self, name: str, *, limit: int) -> Found | Rejected | None:
         """Read an inbox entry without following links or blocking on FIFOs; ``None`` if it is gone."""
