@@ -229,7 +229,7 @@ def _victim(tmp_path: Path) -> Path:
     return victim
 
 
-@pytest.mark.parametrize("folder", ["inbox", "invalid", "tmp"])
+@pytest.mark.parametrize("folder", ["inbox", "invalid", "tmp", "heartbeats", "reports"])
 def test_a_link_in_place_of_a_repository_folder_is_refused_and_nothing_it_points_to_moves(
     tmp_path: Path, folder: str
 ) -> None:

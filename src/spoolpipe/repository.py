@@ -58,8 +58,8 @@ SUPPORT_DIRS = (
     "logs/activities",
     "reports",
 )
-#: Support folders that files are renamed into or out of, as the state folders are.
-_MOVED_BETWEEN = ("ids", "tmp")
+#: Support folders spoolpipe renames files into and out of, or writes, as it does the state folders.
+_WRITTEN = ("ids", "tmp", "locks", "heartbeats", "reports", "control", "schedules", "archive")
 PROPERTIES_FILE = "spoolpipe.properties"
 _QUARANTINE_PREFIX = "quarantine-"
 _REASON = "reason.txt"
@@ -220,11 +220,11 @@ class Repository:
         return created
 
     def check(self) -> None:
-        linked = [d for d in (*STATE_DIRS, *_MOVED_BETWEEN) if (self.root / d).is_symlink()]
-        if linked:  # a link there would make the worker move files of wherever it points (/etc)
+        linked = [d for d in (*STATE_DIRS, *_WRITTEN) if (self.root / d).is_symlink()]
+        if linked:  # through a link, a worker would move and write files of wherever it points (/etc)
             raise NotARepository(
-                f"{self.root / linked[0]} is a symbolic link: the folders activities move between must be "
-                "the repository's own; put a folder in its place"
+                f"{self.root / linked[0]} is a symbolic link: the folders spoolpipe moves files between and "
+                "writes must be the repository's own; put a folder in its place"
             )
         missing = [d for d in (*STATE_DIRS, *SUPPORT_DIRS) if not (self.root / d).is_dir()]
         in_the_way = [d for d in missing if os.path.lexists(self.root / d)]
