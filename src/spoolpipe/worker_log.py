@@ -19,6 +19,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import TextIO
 
+from .attempt import counted
 from .untrusted import open_own
 
 _ROOT = "spoolpipe"
@@ -113,8 +114,7 @@ class WorkerLog(logging.handlers.WatchedFileHandler):
 
     @staticmethod
     def _back_again(since: str, missed: int) -> str:
-        lines = "1 line" if missed == 1 else f"{missed} lines"
-        return f"the log file is written again: {lines} since {since} went to stderr only"
+        return f"the log file is written again: {counted(missed, 'line')} since {since} went to stderr only"
 
     def _line(self, level: int, message: str) -> str:
         record = logging.makeLogRecord(
