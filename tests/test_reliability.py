@@ -828,19 +828,17 @@ def test_a_file_in_place_of_ids_is_said_once_not_per_activity_and_nothing_is_los
 def test_a_record_or_follow_up_whose_folder_is_gone_waits_for_it_and_is_never_lost(
     tmp_path: Path, folder: str
 ) -> None:
-    """``done/`` (or ``inbox/``) moved away while an activity ran: its record (or follow-ups) was
-    thrown away as "published by an earlier finish", though the log said done."""
+    """``done/`` (or ``inbox/``) moved away while an activity ran, a file in its place: its record (or
+    follow-ups) was thrown away as "published by an earlier finish", though the log said done."""
     repo = make_repository(tmp_path, "pool.size = 1\nscan.interval-seconds = 0.5\n")
     proc = start_worker(repo, "w1")
     try:
         parent = submit(repo, "t.parent", {"sleep": 1.0, "children": 2})
         wait_for(lambda: effects(repo, "t.parent") != [], 30, "the parent to start")
         (repo / folder).rename(tmp_path / f"{folder}.old")
-        if folder == "inbox":  # a worker makes a lost inbox/ again itself, but not in place of a file
-            (repo / folder).write_text("in the way")
+        (repo / folder).write_text("in the way")  # a worker makes a lost folder again, not in a file's place
         time.sleep(3)  # the parent ends (after 1 s) while the folder is gone; a few scans go by
-        if folder == "inbox":
-            (repo / folder).unlink()
+        (repo / folder).unlink()
         (repo / folder).mkdir()
         wait_for(lambda: len(ids_in(repo / "done")) == 3, 60, "the parent and both children done")
     finally:
@@ -943,6 +941,40 @@ def test_a_worker_makes_heartbeats_and_reports_again_when_they_are_deleted(tmp_p
     assert "cannot write heartbeat" not in text
     assert records(repo / "failed")[failed]["spoolpipe"]["attempts"] == 1
     assert len(records(repo / "done")) == 1  # the failure activity, at its first attempt
+
+
+def test_a_worker_makes_done_and_failed_again_when_they_are_deleted(tmp_path: Path) -> None:
+    """Deleted by hand (to clear them out), done/ and failed/ stayed gone: every outcome stayed
+    committed in running/, with a file system error every few seconds, until a person made them."""
+    import shutil
+
+    repo = make_repository(tmp_path, "scan.interval-seconds = 0.5\n")
+    proc = start_worker(repo, "w1")
+    log = tmp_path / "worker-w1.stderr"
+    try:
+        wait_for(lambda: "worker w1 started" in log.read_text(), 60, "start")
+        shutil.rmtree(repo / "done")
+        shutil.rmtree(repo / "failed")
+        first = submit(repo, "t.noop")
+        failed = submit(repo, "t.fatal")
+        made = lambda name: (repo / name).is_dir()  # noqa: E731
+        wait_for(lambda: made("failed") and failed in ids_in(repo / "failed"), 30, "the failure published")
+        wait_for(
+            lambda: made("done") and len(ids_in(repo / "done")) == 2, 30, "it and the failure activity done"
+        )
+        later = submit(repo, "t.noop")
+        wait_for(lambda: later in ids_in(repo / "done"), 30, "the next one done")
+        time.sleep(1.5)  # three scans: a stuck claim would be retried and logged meanwhile
+    finally:
+        kill_group(proc, signal.SIGTERM)
+        code = proc.wait(60)
+    assert code == 0
+    text = log.read_text()
+    assert first in ids_in(repo / "done")
+    assert text.count("done/ was missing (deleted by hand?): created it again") == 1, text
+    assert text.count("failed/ was missing (deleted by hand?): created it again") == 1, text
+    assert "file system error" not in text and "not published yet" not in text, text
+    assert os.listdir(repo / "running") == []
 
 
 def test_a_worker_whose_tmp_folder_was_deleted_leaves_no_committed_marks_behind(tmp_path: Path) -> None:

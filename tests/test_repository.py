@@ -319,6 +319,26 @@ def test_stage_shows_nothing_until_the_commit(repo: Repository) -> None:
     }
 
 
+def test_a_record_folder_deleted_by_hand_is_made_again_and_one_in_the_way_keeps_the_claim_committed(
+    repo: Repository,
+) -> None:
+    repo.done.rmdir()
+    claim = claim_new(repo)
+    settlement = Settlement(claim, "done", {"id": "job-7"}, [])
+    assert repo.settle([settlement]) == [Settled(settlement, "committed", restored=("done",))]
+    assert listing(repo.done) == ["job-7.json"] and listing(repo.running) == []
+
+    shutil.rmtree(repo.done)
+    repo.done.write_text("a file where done/ was")
+    claim = claim_new(repo, "job-8")
+    [settled] = repo.settle([Settlement(claim, "done", {"id": "job-8"}, [])])
+    assert settled.status == "committed" and isinstance(settled.error, NotADirectoryError)
+    assert listing(repo.running) == [claim.staged("committed"), claim.staged("done")]
+    repo.done.unlink()
+    assert repo.recover(claim) == "finished"  # the next finish: the folder made again, the record in it
+    assert listing(repo.done) == ["job-8.json"] and listing(repo.running) == []
+
+
 def test_a_failed_outcome_goes_to_failed(repo: Repository) -> None:
     claim = claim_new(repo)
     record = failed_record(Activity("job-7", "t"), ATTEMPT, "boom", "tb")

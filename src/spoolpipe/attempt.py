@@ -567,12 +567,16 @@ class Attempts:
                     self.reports.append(
                         Report(level, item.summary, item.ending, item.activity.type, item.seconds)
                     )
+                    for folder in settled.restored:
+                        self._report(
+                            logging.WARNING, f"{folder}/ was missing (deleted by hand?): created it again"
+                        )
                     if settled.error is not None:
                         self._report(
                             logging.ERROR,
                             f"{item.activity.id} is committed but not published yet: "
                             f"{printable(str(settled.error))}; it stays in running/ and is published "
-                            "once that folder is back",
+                            "once that folder can be written again",
                         )
                 elif settled.status == "lost":
                     self._report(

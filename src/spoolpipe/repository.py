@@ -118,8 +118,9 @@ class Settled:
     """What ``settle`` made of a settlement.
 
     ``committed``: published (record in ``done/``/``failed/``, follow-ups in ``inbox/``); with an
-    ``error``, committed but not all published yet (a folder it goes to is gone): it stays committed
-    in ``running/`` for the next finish, a recovery, to complete.
+    ``error``, committed but not all published yet (a folder it goes to is gone and cannot be made
+    again): it stays committed in ``running/`` for the next finish, a recovery, to complete.
+    ``restored``: the folders publishing it made again (deleted by hand), for the caller to say so.
     ``lost``: fenced, the claim was taken over (recovered or released); nothing was published.
     ``unwritten``: nothing of it stays staged and the claim is still in ``running/`` for the
     caller to release; ``error`` is an ``OSError`` when a write or flush failed (disk full...),
@@ -129,6 +130,7 @@ class Settled:
     settlement: Settlement
     status: Literal["committed", "lost", "unwritten"]
     error: Exception | None = None
+    restored: tuple[str, ...] = ()
 
 
 #: One version of a file: its inode, size and modification time (ns). A rename keeps all three.
@@ -702,8 +704,10 @@ class Repository:
                 settled[index] = Settled(batch[index], "committed")
             else:
                 settled[index] = Settled(batch[index], "lost")
-        for claim, unpublished in self.finish([files for _, files in staged if files.claim in committed]):
-            settled[committed[claim]] = Settled(batch[committed[claim]], "committed", unpublished)
+        for claim, unpublished, restored in self.finish(
+            [files for _, files in staged if files.claim in committed]
+        ):
+            settled[committed[claim]] = Settled(batch[committed[claim]], "committed", unpublished, restored)
         return [settled[index] for index in range(len(batch))]
 
     def stage(
@@ -744,49 +748,66 @@ class Repository:
         self.durability.changed(self._running)
         return True
 
-    def finish(self, staged: Iterable[Staged]) -> list[tuple[ClaimName, OSError]]:
+    def finish(self, staged: Iterable[Staged]) -> list[tuple[ClaimName, OSError | None, tuple[str, ...]]]:
         """Publish committed claims' follow-ups, then their records; idempotent: anyone may complete them.
 
         Once all is flushed, the id reservation goes if it is still this claim's file (the
         ``~committed`` one), then the ``~committed`` mark (kept as a spare file): in that order, a
         finisher killed between the two leaves the mark, and whoever finishes the claim next
-        removes both. A claim a file of which cannot be moved (its folder is gone, say) keeps its
-        mark and what is left staged, for a later finish; those are returned with the error.
+        removes both. A folder to publish into that was deleted by hand is made again, as ``init``
+        would. A claim a file of which cannot be moved all the same (a file in its folder's place,
+        say) keeps its mark and what is left staged, for a later finish. Returned: each claim that
+        is left so, with the error, or for which a folder was made again, with its name.
         """
         finished: list[ClaimName] = []
-        stuck: list[tuple[ClaimName, OSError]] = []
+        noted: list[tuple[ClaimName, OSError | None, tuple[str, ...]]] = []
         for item in staged:
             claim = item.claim
             records = self._done if item.outcome == "done" else self._failed
+            restored: list[str] = []
             try:
                 for follow_up in item.follow_ups:
                     self._publish_staged(
-                        claim.staged("follow-up", follow_up), self._inbox, f"{follow_up}.json"
+                        claim.staged("follow-up", follow_up), self._inbox, f"{follow_up}.json", restored
                     )
-                self._publish_staged(claim.staged(item.outcome), records, f"{claim.activity_id}.json")
+                self._publish_staged(
+                    claim.staged(item.outcome), records, f"{claim.activity_id}.json", restored
+                )
             except OSError as exc:
-                stuck.append((claim, exc))
+                noted.append((claim, exc, tuple(restored)))
                 continue
             finished.append(claim)
+            if restored:
+                noted.append((claim, None, tuple(restored)))
         self.durability.barrier()
         for claim in finished:
             committed = f"{self._running}/{claim.staged('committed')}"
             with contextlib.suppress(FileNotFoundError):
                 self.release_id(claim.activity_id, os.lstat(committed))
                 self.spares.keep(committed)
-        return stuck
+        return noted
 
-    def _publish_staged(self, name: str, directory: str, target: str) -> None:
+    def _publish_staged(self, name: str, directory: str, target: str, restored: list[str]) -> None:
         """Move a committed claim's staged file to where it is seen; an existing file is never replaced.
 
-        ``FileNotFoundError`` when ``directory`` is gone: the file stays staged.
+        A ``directory`` deleted by hand is made again first (its name joins ``restored``); with
+        something else in its place, ``FileNotFoundError`` or ``NotADirectoryError``: the file stays
+        staged.
         """
         source = f"{self._running}/{name}"
         try:
-            move_noreplace(source, f"{directory}/{target}")
+            try:
+                move_noreplace(source, f"{directory}/{target}")
+            except FileNotFoundError:
+                if not os.path.lexists(source):
+                    raise
+                # Its folder is gone (deleted, moved away), not the repository: the file is in running/.
+                if self.restore(Path(directory)):
+                    restored.append(os.path.basename(directory))
+                move_noreplace(source, f"{directory}/{target}")
         except FileNotFoundError:
             if os.path.lexists(source):
-                raise  # the folder it goes to is gone (deleted, moved away): never treat it as published
+                raise  # never treat it as published unless it moved
             return  # published by an earlier finish
         except FileExistsError:
             self.quarantine(
@@ -836,8 +857,9 @@ class Repository:
         for _ in range(2):
             committed = self._committed(claim, listing)
             if committed is not None:
-                for _, exc in self.finish([committed]):
-                    raise exc  # left committed: the next recovery finishes it
+                for _, exc, _ in self.finish([committed]):
+                    if exc is not None:
+                        raise exc  # left committed: the next recovery finishes it
                 return "finished"
             if self.release(claim, claim.attempt + 1, None):
                 self.discard(claim, listing)
