@@ -653,7 +653,7 @@ def test_connections_that_send_slowly_cannot_take_every_thread_for_good(tmp_path
     """One byte every few seconds kept a connection's read from ever waiting 30 s: 32 of them held
     every thread for as long as they liked."""
     repo = make_repository(tmp_path)
-    proc, address = start_serve(repo)
+    proc, address = start_serve(repo, "--request-timeout", "5")
 
     def answered() -> bool:
         try:
@@ -670,16 +670,31 @@ def test_connections_that_send_slowly_cannot_take_every_thread_for_good(tmp_path
         started = time.monotonic()
         assert not answered()
         while not answered():
-            assert time.monotonic() - started < 60, "the slow connections still hold every thread"
+            assert time.monotonic() - started < 30, "the slow connections still hold every thread"
             for sock in slow:
                 with contextlib.suppress(OSError):
                     sock.sendall(b"a")
-            time.sleep(3)
+            time.sleep(0.5)
+        held = time.monotonic() - started
     finally:
         for sock in slow:
             sock.close()
         code, err = stop(proc, repo)
     assert code == 0, err
+    assert held > 3, held  # closed at their deadline, 5 s after they were opened, not before
+
+
+@pytest.mark.parametrize("value", ["0", "-1", "nan", "inf", "3601", "soon"])
+def test_a_request_timeout_out_of_range_is_refused(tmp_path: Path, value: str) -> None:
+    repo = make_repository(tmp_path)
+    result = subprocess.run(
+        [sys.executable, "-m", "spoolpipe", "serve", str(repo), "--request-timeout", value],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 2, result
+    assert f"--request-timeout: {value!r} is not a number of seconds from 0.1 to 3600" in result.stderr
 
 
 def test_a_configuration_broken_while_it_runs_is_shown_until_fixed(tmp_path: Path) -> None:

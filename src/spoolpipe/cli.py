@@ -237,7 +237,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     repo = _repository(args.repo)
     config.load(repo.root)  # an invalid configuration is exit 2 before anything listens
-    return web.serve(repo, args.host, args.port)
+    return web.serve(repo, args.host, args.port, request_timeout=args.request_timeout)
 
 
 def cmd_schedule(args: argparse.Namespace) -> int:
@@ -445,6 +445,16 @@ def _port(text: str) -> int:
     if not text.isdigit() or int(text) > 65535:
         raise argparse.ArgumentTypeError(f"{text!r} is not a port number (0 to 65535)")
     return int(text)
+
+
+def _request_timeout(text: str) -> float:
+    try:
+        seconds = float(text)
+    except ValueError:
+        seconds = math.nan
+    if not 0.1 <= seconds <= 3600:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds from 0.1 to 3600")
+    return seconds
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -688,6 +698,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     p.add_argument(
         "--port", type=_port, default=8765, help="port to listen on (default 8765; 0 picks a free one)"
+    )
+    p.add_argument(
+        "--request-timeout",
+        type=_request_timeout,
+        default=30.0,
+        metavar="SECONDS",
+        help="close each connection this long after it was opened, idle or not (default 30; 0.1 to 3600)",
     )
 
     p = _command(

@@ -25,21 +25,18 @@ EXIT_CANNOT_START: Final = 3
 """The address cannot be bound (port in use, permission denied)."""
 EXIT_BAD_HOST: Final = 2
 """``--host`` is not an address or a name that resolves."""
-REQUEST_TIMEOUT_SECONDS: Final = 30
-"""A connection that sends nothing for this long is closed, so idle clients cannot hold threads; and
-any connection this long after it was opened, so that clients sending a byte now and then cannot."""
 MAX_CONNECTIONS: Final = 32
 """Connections served at once; one more is closed without an answer."""
 
 
-def _handler(site: Site) -> type[BaseHTTPRequestHandler]:
+def _handler(site: Site, request_timeout: float) -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
         server_version = "spoolpipe"
         sys_version = ""
         # Until a request line names its version, http.server assumes HTTP/0.9, whose answers have no
         # status line and no headers: a malformed line got a bare body without the security headers.
         default_request_version = "HTTP/1.0"
-        timeout = REQUEST_TIMEOUT_SECONDS
+        timeout = request_timeout
 
         _version = "HTTP/1.0"
 
@@ -65,7 +62,7 @@ def _handler(site: Site) -> type[BaseHTTPRequestHandler]:
 
         def setup(self) -> None:
             super().setup()
-            self._deadline = threading.Timer(REQUEST_TIMEOUT_SECONDS, self._expire)
+            self._deadline = threading.Timer(request_timeout, self._expire)
             self._deadline.daemon = True
             self._deadline.start()
 
@@ -110,6 +107,8 @@ class _Server(ThreadingHTTPServer):
     """One thread per connection, at most ``MAX_CONNECTIONS`` at once: further ones are closed at once."""
 
     daemon_threads = True
+    # socketserver's default, 5, dropped the rest of a burst of connections: each waited 1 s to retry.
+    request_queue_size = 2 * MAX_CONNECTIONS
 
     def __init__(self, address: tuple[str, int], handler: type[BaseHTTPRequestHandler]) -> None:
         self._slots = threading.BoundedSemaphore(MAX_CONNECTIONS)
@@ -154,8 +153,18 @@ def _resolve(host: str, port: int) -> tuple[socket.AddressFamily, str]:
     return family, str(address[0])
 
 
-def serve(repo: Repository, host: str, port: int, *, out: TextIO = sys.stdout) -> int:
+def serve(
+    repo: Repository,
+    host: str,
+    port: int,
+    *,
+    request_timeout: float,
+    out: TextIO = sys.stdout,
+) -> int:
     """Serve the status page of ``repo`` on ``host``:``port`` until SIGTERM or SIGINT; the exit code.
+
+    Each connection is closed ``request_timeout`` seconds after it was opened, idle or not: idle
+    clients cannot hold threads, nor can clients sending a byte now and then.
 
     An error while answering a request is a 500 (``Site.respond``); anything else raised here is
     a bug, which ``cli.main`` turns into exit 70.
@@ -167,7 +176,7 @@ def serve(repo: Repository, host: str, port: int, *, out: TextIO = sys.stdout) -
         return EXIT_BAD_HOST
     server_class = type("Server", (_Server,), {"address_family": family})
     try:
-        server = server_class((address, port), _handler(Site(repo, address)))
+        server = server_class((address, port), _handler(Site(repo, address), request_timeout))
     except OSError as exc:
         print(
             f"spoolpipe serve: error: cannot listen on {host} port {port}: {exc.strerror or exc}",
