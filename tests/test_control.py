@@ -440,6 +440,25 @@ def test_worker_check_reports_types_and_warnings_without_lock_or_inbox(tmp_path:
     assert not (repo / "logs" / "workers" / "w1.log").exists()
 
 
+def test_worker_check_warns_of_a_processors_module_that_registers_nothing_and_a_missing_path(
+    tmp_path: Path,
+) -> None:
+    """``processors = os`` (a name typed for the wrong thing) and a ``processors.path`` that does not
+    exist both passed as "0 warnings": the worker started and its types never ran anywhere."""
+    repo = repository(tmp_path)
+    (tmp_path / "procs" / "no_procs.py").write_text("HELPER = 1\n")
+    (repo / "workers" / "w1.properties").write_text(
+        f"processors = e2e_procs, no_procs\nprocessors.path = {tmp_path / 'procs'}, /nonexistent/p\n"
+    )
+    result = spoolpipe("worker", str(repo), "--worker-id", "w1", "--check")
+    assert result.returncode == 0, result
+    out = result.stdout
+    assert "warning: processors: no_procs registers no processor (no @processor in it)" in out, out
+    assert "e2e_procs registers" not in out
+    assert "warning: processors.path: /nonexistent/p is not a folder: nothing is imported from it" in out
+    assert "ok: worker w1 can start (2 warnings)" in out
+
+
 def test_worker_check_names_the_bad_configuration_line_and_exits_2(tmp_path: Path) -> None:
     repo = repository(tmp_path)
     (repo / "workers" / "w1.properties").write_text("# fine\ntimeout.seconds = soon\n")

@@ -50,6 +50,13 @@ def review(settings: config.Settings, processors: Mapping[str, Registration]) ->
     warnings = []
     if not settings.processors:
         warnings.append("processors is empty: only the built-in types run here")
+    modules = {reg.module for reg in processors.values()}
+    for name in settings.processors:
+        if not any(m == name or m.startswith(f"{name}.") for m in modules):
+            warnings.append(f"processors: {name} registers no processor (no @processor in it)")
+    for folder in settings.processors_path:
+        if not os.path.isdir(folder):
+            warnings.append(f"processors.path: {folder} is not a folder: nothing is imported from it")
     for key, types in (("concurrency", settings.concurrency), ("timeout", settings.timeouts)):
         for type_ in sorted(types):
             if type_ not in processors:
