@@ -281,7 +281,7 @@ def test_submit_publishes_atomically_and_ids_are_unique(tmp_path: Path) -> None:
 def _kill_holder_and_wait(repo: Path, mode: str) -> tuple[Path, float]:
     """Two workers share the work; one is SIGKILLed while it holds claims. Returns how long recovery took."""
     for _ in range(40):
-        submit(repo, "t.slow", {"sleep": 0.5})
+        submit(repo, "t.slow", {"sleep": 0.2})
     victim = start_worker(repo, "victim")
     wait_for(lambda: _claims_of(repo, "victim") >= 1, 30, "the victim to hold claims")
     kill_group(victim)
