@@ -898,16 +898,19 @@ def test_a_worker_whose_inbox_was_deleted_hears_new_arrivals_again_at_once(tmp_p
 
 
 def test_an_entry_that_cannot_be_quarantined_is_tried_again_at_the_next_scan(tmp_path: Path) -> None:
-    """A symlink in the inbox with invalid/ gone: the failed quarantine was retried 860 times a second."""
+    """A symlink in the inbox with invalid/ gone (a file in its place): the failed quarantine was
+    retried 860 times a second."""
     repo = make_repository(tmp_path, "scan.interval-seconds = 1\n")
     proc = start_worker(repo, "w1")
     log = tmp_path / "worker-w1.stderr"
     try:
         wait_for(lambda: "worker w1 started" in log.read_text(), 60, "the worker to start")
         (repo / "invalid").rmdir()
+        (repo / "invalid").write_text("in the way\n")
         (repo / "inbox" / "link.json").symlink_to("/etc/passwd")
         time.sleep(3)
         tries = log.read_text().count("cannot quarantine link.json")
+        (repo / "invalid").unlink()
         (repo / "invalid").mkdir()
         wait_for(lambda: len(os.listdir(repo / "invalid")) == 1, 30, "the link quarantined")
         activity = submit(repo, "t.noop")
@@ -917,6 +920,34 @@ def test_an_entry_that_cannot_be_quarantined_is_tried_again_at_the_next_scan(tmp
         proc.wait(60)
     assert 1 <= tries <= 10, tries  # about once per scan (1 s) for 3 s
     assert (repo / "inbox").is_dir() and not os.listdir(repo / "inbox")
+
+
+def test_a_worker_makes_invalid_again_when_it_is_deleted(tmp_path: Path) -> None:
+    """``rm -rf invalid`` to clear the junk out: every junk file after it stayed in the inbox, and
+    each scan logged "cannot quarantine" for each of them, until a person made the folder."""
+    import shutil
+
+    repo = make_repository(tmp_path, "scan.interval-seconds = 0.5\n")
+    proc = start_worker(repo, "w1")
+    log = tmp_path / "worker-w1.stderr"
+    try:
+        wait_for(lambda: "worker w1 started" in log.read_text(), 60, "the worker to start")
+        drop(repo, "old-junk.json", "[]")
+        wait_for(lambda: len(os.listdir(repo / "invalid")) == 1, 30, "the first junk quarantined")
+        shutil.rmtree(repo / "invalid")
+        (repo / "inbox" / "link.json").symlink_to("/etc/passwd")
+        drop(repo, "array.json", "[1]")
+        made = lambda: (repo / "invalid").is_dir()  # noqa: E731
+        wait_for(lambda: made() and len(os.listdir(repo / "invalid")) == 2, 30, "both quarantined")
+        time.sleep(1.5)  # three scans: a failed quarantine would be tried and logged again meanwhile
+    finally:
+        kill_group(proc, signal.SIGTERM)
+        code = proc.wait(60)
+    assert code == 0
+    text = log.read_text()
+    assert text.count("invalid/ was missing (deleted by hand?): created it again") == 1, text
+    assert "cannot quarantine" not in text, text
+    assert os.listdir(repo / "inbox") == []
 
 
 def test_a_worker_makes_heartbeats_and_reports_again_when_they_are_deleted(tmp_path: Path) -> None:

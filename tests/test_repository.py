@@ -339,6 +339,16 @@ def test_a_record_folder_deleted_by_hand_is_made_again_and_one_in_the_way_keeps_
     assert listing(repo.done) == ["job-8.json"] and listing(repo.running) == []
 
 
+def test_no_folder_is_made_again_where_the_repository_itself_is_away(repo: Repository) -> None:
+    """A heartbeat made tmp/ and heartbeats/ in an empty mount point: the repository's mount was away."""
+    for name in os.listdir(repo.root):
+        path = repo.root / name
+        shutil.rmtree(path) if path.is_dir() else path.unlink()
+    for folder in (repo.tmp, repo.heartbeats, repo.inbox, repo.done, repo.invalid, repo.ids):
+        assert repo.restore(folder) is False
+    assert os.listdir(repo.root) == []
+
+
 def test_a_failed_outcome_goes_to_failed(repo: Repository) -> None:
     claim = claim_new(repo)
     record = failed_record(Activity("job-7", "t"), ATTEMPT, "boom", "tb")

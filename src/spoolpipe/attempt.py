@@ -112,14 +112,22 @@ def quarantine(
     repo: Repository, directory: Path, name: str, reason: str, *, original: str | None = None
 ) -> Report | None:
     """Move an entry into ``invalid/`` (as ``original``, see ``Repository.quarantine``); the line
-    the worker log gets for it (``None``: it was gone)."""
+    the worker log gets for it (``None``: it was gone). An ``invalid/`` deleted by hand is made again."""
+    restored = ""
     try:
-        where = repo.quarantine(directory, name, reason, original=original)
+        try:
+            where = repo.quarantine(directory, name, reason, original=original)
+        except FileNotFoundError:
+            if repo.restore(repo.invalid):
+                restored = "; invalid/ was missing (deleted by hand?): created it again"
+            elif not repo.invalid.is_dir():  # else made meanwhile, by another process
+                raise
+            where = repo.quarantine(directory, name, reason, original=original)
     except OSError as exc:
-        return Report(logging.ERROR, f"cannot quarantine {printable(name)}: {printable(str(exc))}")
+        return Report(logging.ERROR, f"cannot quarantine {printable(name)}: {printable(str(exc))}{restored}")
     if where is None:
         return None
-    message = f"invalid: {printable(reason)} -> {where.relative_to(repo.root)}"
+    message = f"invalid: {printable(reason)} -> {where.relative_to(repo.root)}{restored}"
     return Report(logging.WARNING, message, quarantined=True)
 
 

@@ -90,8 +90,8 @@ class Intake:
         try:
             listing = self._repo.inbox_entries()
         except FileNotFoundError:
-            if not self._repo.running.is_dir() or not self._repo.restore(self._repo.inbox):
-                raise  # the whole repository is away (its mount gone): nothing of it is made here
+            if not self._repo.restore(self._repo.inbox):
+                raise  # the whole repository is away (its mount gone), or a file is in the way
             log.warning("inbox/ was missing (deleted by hand?): created it again")
             listing = {}
         present = listing.keys()

@@ -580,8 +580,10 @@ class Repository:
 
     def restore(self, folder: Path) -> bool:
         """Create a folder of the layout again, as ``init`` would, if it is gone (deleted by hand):
-        True if it was; False when anything is there, even a file in its way."""
-        if os.path.lexists(folder):
+        True if it was; False when anything is there, even a file in its way, and when ``running/``
+        is gone too: then the repository itself is away (its mount gone), and nothing of it is made
+        on the disk beneath."""
+        if os.path.lexists(folder) or not os.path.isdir(self._running):
             return False
         try:
             os.mkdir(folder)
