@@ -314,7 +314,7 @@ def test_worker_check_warns_about_a_circuit_for_a_type_nobody_here_handles(tmp_p
         tmp_path,
         "processors = m.a\nfailures.handler =\ncircuit.t.gone.failures = 2\ncircuit.t.a.failures = 2\n",
     )
-    registry = {"t.a": Registration("t.a", noop, frozenset(), None, "m.a")}
+    registry = {"t.a": Registration("t.a", noop, frozenset(), None, "m.a", module="m.a")}
     assert check.review(config.load(tmp_path).settings, registry) == [
         "circuit.t.gone.* is set, but no processor imported here handles 't.gone'"
     ]

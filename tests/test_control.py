@@ -600,7 +600,7 @@ def test_review_warns_about_types_nobody_here_handles(tmp_path: Path) -> None:
 
     repo = repository(tmp_path, "timeout.t.gone = 5\nfailures.handler = t.report\n")
     settings = config.load(repo).settings
-    registry = {"t.a": Registration("t.a", noop, frozenset({"t.b", "t.a"}), None, "m.a")}
+    registry = {"t.a": Registration("t.a", noop, frozenset({"t.b", "t.a"}), None, "m.a", module="e2e_procs")}
     assert check.review(settings, registry) == [
         "timeout.t.gone is set, but no processor imported here handles 't.gone'",
         "t.a may create 't.b', which no processor imported here handles "
