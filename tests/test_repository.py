@@ -343,7 +343,10 @@ def test_no_folder_is_made_again_where_the_repository_itself_is_away(repo: Repos
     """A heartbeat made tmp/ and heartbeats/ in an empty mount point: the repository's mount was away."""
     for name in os.listdir(repo.root):
         path = repo.root / name
-        shutil.rmtree(path) if path.is_dir() else path.unlink()
+        if path.is_dir():
+            shutil.rmtree(path)
+        else:
+            path.unlink()
     for folder in (repo.tmp, repo.heartbeats, repo.inbox, repo.done, repo.invalid, repo.ids):
         assert repo.restore(folder) is False
     assert os.listdir(repo.root) == []
