@@ -38,7 +38,7 @@ from .record import (
     follow_up_document,
     skipped_record,
 )
-from .repository import Busy, Duplicate, Repository, Settlement, SharedClock, Stamp
+from .repository import Busy, Duplicate, Repository, Settlement, SharedClock, Stamp, made_again
 from .retry import RetryPolicy
 from .storable import reason_line
 from .untrusted import open_own
@@ -119,7 +119,7 @@ def quarantine(
             where = repo.quarantine(directory, name, reason, original=original)
         except FileNotFoundError:
             if repo.restore(repo.invalid):
-                restored = "; invalid/ was missing (deleted by hand?): created it again"
+                restored = f"; {made_again('invalid')}"
             elif not repo.invalid.is_dir():  # else made meanwhile, by another process
                 raise
             where = repo.quarantine(directory, name, reason, original=original)
@@ -326,8 +326,8 @@ class Attempts:
             if self.repo.restore(self.repo.ids):  # else another process just did (or the claim is gone)
                 self._report(
                     logging.WARNING,
-                    "ids/ was missing (deleted by hand?): created it again; the reservations it held are "
-                    "gone, so the ids running when it was deleted are no longer kept from running twice",
+                    f"{made_again('ids')}; the reservations it held are gone, so the ids running when "
+                    "it was deleted are no longer kept from running twice",
                 )
         return self.repo.reserve(claim, item.activity, item.name, self.clock.now(), stamp=item.stamp)
 
@@ -576,9 +576,7 @@ class Attempts:
                         Report(level, item.summary, item.ending, item.activity.type, item.seconds)
                     )
                     for folder in settled.restored:
-                        self._report(
-                            logging.WARNING, f"{folder}/ was missing (deleted by hand?): created it again"
-                        )
+                        self._report(logging.WARNING, made_again(folder))
                     if settled.error is not None:
                         self._report(
                             logging.ERROR,

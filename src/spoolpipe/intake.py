@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from .activity import DEFAULT_PRIORITY, Activity, is_ignored, parse_inbox_name
-from .repository import Found, Rejected, Repository
+from .repository import Found, Rejected, Repository, made_again
 
 log = logging.getLogger("spoolpipe.worker")
 
@@ -92,7 +92,7 @@ class Intake:
         except FileNotFoundError:
             if not self._repo.restore(self._repo.inbox):
                 raise  # the whole repository is away (its mount gone), or a file is in the way
-            log.warning("inbox/ was missing (deleted by hand?): created it again")
+            log.warning("%s", made_again("inbox"))
             listing = {}
         present = listing.keys()
         self._held.clear()

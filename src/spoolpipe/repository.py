@@ -165,6 +165,11 @@ def _stamp(st: os.stat_result) -> Stamp:
     return st.st_ino, st.st_size, st.st_mtime_ns
 
 
+def made_again(folder: str) -> str:
+    """What a worker says of a folder of the layout that ``Repository.restore`` made again."""
+    return f"{folder}/ was missing (deleted by hand?): created it again"
+
+
 def dumps(doc: Any) -> bytes:
     """Compact, so that a record or follow-up is about as large as its content."""
     return encode(doc)
