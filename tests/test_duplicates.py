@@ -134,7 +134,10 @@ def test_a_copy_of_a_running_waiting_failed_or_done_activity_is_refused(repo: Pa
     failed_before = (repo / "failed" / "broken.json").read_bytes()
     publish(repo, "broken.json", {"type": "t.dup"})
 
-    wait_for(lambda: (repo / "done" / "busy.json").exists(), 30, "busy done")
+    # Its reservation goes only after the record is published and flushed: a copy arriving between the
+    # two is refused for the copy it finds (done/busy.json) rather than for the finished record.
+    finished = lambda: (repo / "done" / "busy.json").exists() and not (repo / "ids" / "busy").exists()  # noqa: E731
+    wait_for(finished, 30, "busy done and its reservation gone")
     done_before = (repo / "done" / "busy.json").read_bytes()
     publish(repo, "busy-again.json", {"id": "busy", "type": "t.dup", "data": {"copy": "late"}})
 
