@@ -436,6 +436,40 @@ def test_a_killed_worker_is_recovered_by_a_restart(tmp_path: Path) -> None:
     assert leftovers(repo) == {}
 
 
+def test_a_stop_during_recovery_leaves_the_rest_for_the_next_start(tmp_path: Path) -> None:
+    """A SIGTERM while a worker recovers claims ends the recovery between two claims: the stop is
+    not held up by thousands of claims, and every claim left is recovered at the next start."""
+    repo = make_repository(
+        tmp_path,
+        # The daemon's own SIGTERM, once, while it starts: before its recovery of its earlier claims.
+        extra_processors=(
+            "\nimport signal as _signal\n"
+            "_marker = Path(__file__).parent / 'stop-at-import'\n"
+            "if _marker.exists():\n"
+            "    _marker.unlink()\n"
+            "    os.kill(os.getpid(), _signal.SIGTERM)\n"
+        ),
+    )
+    claims = [f"a{i:04d}~1~w1.json" for i in range(300)]
+    for name in claims:
+        (repo / "running" / name).write_text(json.dumps({"type": "t.noop", "data": {}}))
+    (tmp_path / "procs" / "stop-at-import").touch()
+    worker = start_worker(repo, "w1")
+    assert worker.wait(60) == 0
+    output = (repo.parent / "worker-w1.stderr").read_text()
+    assert (
+        "recovered 0 of 300 claims left by an earlier run of this worker (w1); stopping, "
+        "so the other 300 stay in running/ for the next recovery"
+    ) in output, output
+    assert sorted(os.listdir(repo / "running")) == claims
+    assert os.listdir(repo / "inbox") == []
+    output = run_until_idle(repo, "w1")
+    assert "recovered 300 claims left by an earlier run of this worker (w1): 300 requeued" in output
+    assert len(ids_in(repo / "done")) == 300
+    assert {r["spoolpipe"]["attempts"] for r in records(repo / "done").values()} == {2}
+    assert leftovers(repo) == {}
+
+
 def test_a_bad_hot_reload_keeps_the_last_good_configuration(tmp_path: Path) -> None:
     repo = make_repository(tmp_path)
     worker = start_worker(repo, "w1")

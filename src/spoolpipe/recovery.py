@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
 from .activity import ClaimName
@@ -35,6 +35,7 @@ class Recovery:
     repo: Repository
     prober: Prober
     worker_id: str
+    stopping: Callable[[], bool]  # a stop requested: recovery ends between two claims
 
     def claim_of(self, item: Item) -> ClaimName:
         return ClaimName(item.activity.id, item.activity.attempt, self.worker_id)
@@ -73,18 +74,33 @@ class Recovery:
         return False
 
     def _settle(self, whose: str, claims: list[ClaimName]) -> int:
+        """Settle ``claims`` until they are all settled or a stop is requested; how many were.
+
+        Each claim is settled on its own, so whatever a stop leaves is as it was: still claimed,
+        for the next recovery (this worker's next start, or whichever worker finds them)."""
         if not claims:
             return 0
         listing = self.repo.staged_files()
-        outcomes = Counter(self.repo.recover(c, listing) for c in claims)
+        outcomes: Counter[str] = Counter()
+        for claim in claims:
+            if self.stopping():
+                break
+            outcomes[self.repo.recover(claim, listing)] += 1
         self.repo.durability.barrier()
-        log.warning(
-            "recovered %s %s: %s",
-            counted(len(claims), "claim"),
-            whose,
-            ", ".join(f"{n} {k}" for k, n in outcomes.items()),
-        )
-        return len(claims)
+        settled = outcomes.total()
+        details = ", ".join(f"{n} {k}" for k, n in outcomes.items())
+        if settled == len(claims):
+            log.warning("recovered %s %s: %s", counted(settled, "claim"), whose, details)
+        else:
+            log.warning(
+                "recovered %d of %s %s%s; stopping, so the other %d stay in running/ for the next recovery",
+                settled,
+                counted(len(claims), "claim"),
+                whose,
+                f" ({details})" if details else "",
+                len(claims) - settled,
+            )
+        return settled
 
     def abandoned(self, batch: Sequence[Item], current: int, ran: int, reason: str) -> Abandoned:
         """A batch whose process ended while item ``current`` ran (or had its outcome checked and

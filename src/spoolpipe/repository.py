@@ -860,7 +860,10 @@ class Repository:
     def recover(self, claim: ClaimName, listing: Listing | None = None) -> str:
         """Settle the claim of a dead worker: finish it if committed, else requeue it as the next attempt.
 
-        ``listing`` (:meth:`staged_files`) saves listing ``running/`` for each of many claims."""
+        A requeue is durable after the next barrier (the caller's, once for many claims: one
+        flush per claim made recovering 30,000 take 11 s); until then a crash leaves the claim
+        where it was, to be recovered again. ``listing`` (:meth:`staged_files`) saves listing
+        ``running/`` for each of many claims."""
         for _ in range(2):
             committed = self._committed(claim, listing)
             if committed is not None:
@@ -870,7 +873,6 @@ class Repository:
                 return "finished"
             if self.release(claim, claim.attempt + 1, None):
                 self.discard(claim, listing)
-                self.durability.barrier()
                 return "requeued"
             listing = None  # it moved meanwhile: look again
         self.discard(claim)

@@ -159,7 +159,7 @@ class Worker:
             lock = self.repo.locks / f"{self.worker_id}.lock"
             raise StartupError(f"cannot take its lock {lock}: {exc.strerror or exc}") from None
         self.prober = Prober(self.repo.locks, self.lock_mode, self.settings.claims_lease_seconds)
-        self.recovery = Recovery(self.repo, self.prober, self.worker_id)
+        self.recovery = Recovery(self.repo, self.prober, self.worker_id, lambda: self._stopping)
         self.clock = SharedClock(self.repo.heartbeats / f".clock-{self.worker_id}")
         self.circuits = circuit.Circuits(lambda: self.settings.circuits, self._circuit_changed)
         self.schedules = Scheduler(
@@ -434,6 +434,7 @@ class Worker:
                 item.interrupted,
             )
             self.repo.recover(self.recovery.claim_of(item))
+        self.repo.durability.barrier()
         self.pool.close()
         self.repo.drop_spares(self.worker_id)
         if self._arrivals is not None:
