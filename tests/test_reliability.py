@@ -1008,6 +1008,51 @@ def test_a_worker_makes_done_and_failed_again_when_they_are_deleted(tmp_path: Pa
     assert os.listdir(repo / "running") == []
 
 
+def test_nothing_is_published_through_a_link_put_in_place_of_done_or_inbox(tmp_path: Path) -> None:
+    """A symbolic link put in place of done/ (or failed/, inbox/) while a worker ran was followed by
+    the publishing rename: records and follow-ups landed wherever it pointed (/etc, for a worker run
+    as root). Now nothing moves through it; the claim stays committed until a folder is back."""
+    import shutil
+
+    repo = make_repository(tmp_path, "scan.interval-seconds = 0.3\n")
+    proc = start_worker(repo, "w1")
+    log = tmp_path / "worker-w1.stderr"
+    elsewhere = {name: tmp_path / f"elsewhere-{name}" for name in ("done", "inbox")}
+    try:
+        parent = submit(repo, "t.parent", {"sleep": 1.5, "children": 1})
+        wait_for(lambda: len(effects(repo, "t.parent")) == 1, 60, "the parent to start")
+        for name, target in elsewhere.items():
+            target.mkdir()
+            shutil.move(repo / name, tmp_path / f"{name}.moved")
+            (repo / name).symlink_to(target)
+        committed = f"{parent}~1~w1~committed"
+        wait_for(
+            lambda: committed in os.listdir(repo / "running") or os.listdir(elsewhere["done"]),
+            30,
+            "the parent's outcome committed",
+        )
+        time.sleep(1)  # a few recoveries, each of which tries to publish it again
+        assert {name: os.listdir(target) for name, target in elsewhere.items()} == {"done": [], "inbox": []}
+        assert committed in os.listdir(repo / "running")
+        for name in elsewhere:
+            (repo / name).unlink()
+            shutil.move(tmp_path / f"{name}.moved", repo / name)
+        wait_for(
+            lambda: len(ids_in(repo / "done")) == 2,
+            30,
+            "the parent and its child done once the folders are back",
+        )
+    finally:
+        kill_group(proc, signal.SIGTERM)
+        code = proc.wait(60)
+    assert code == 0
+    assert {name: os.listdir(target) for name, target in elsewhere.items()} == {"done": [], "inbox": []}
+    assert parent in ids_in(repo / "done")
+    assert len(effects(repo, "t.child")) == 1
+    assert "inbox is a symbolic link, not a folder: spoolpipe does not follow it" in log.read_text()
+    assert os.listdir(repo / "running") == []
+
+
 def test_a_worker_whose_tmp_folder_was_deleted_leaves_no_committed_marks_behind(tmp_path: Path) -> None:
     """Spare files could not go to tmp/: every ~committed mark stayed in running/, and each scan
     "recovered" more of them as claims abandoned by this worker."""

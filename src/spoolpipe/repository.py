@@ -392,8 +392,8 @@ class Repository:
 
     def inbox_entries(self) -> dict[str, int]:
         """The inbox's names, each with its inode as the listing gives it (no ``stat``); never those of
-        a folder a link in the inbox's place points to (``NotADirectoryError``, ``OSError`` ELOOP)."""
-        fd = os.open(self.inbox, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        a folder a link in the inbox's place points to (``NotADirectoryError``: see ``open_folder``)."""
+        fd = open_folder(self._inbox)
         try:
             with os.scandir(fd) as entries:
                 return {e.name: e.inode() for e in entries if not is_ignored(e.name)}
@@ -768,24 +768,32 @@ class Repository:
         """
         finished: list[ClaimName] = []
         noted: list[tuple[ClaimName, OSError | None, tuple[str, ...]]] = []
-        for item in staged:
-            claim = item.claim
-            records = self._done if item.outcome == "done" else self._failed
-            restored: list[str] = []
-            try:
-                for follow_up in item.follow_ups:
+        folders = _Folders()
+        try:
+            for item in staged:
+                claim = item.claim
+                records = self._done if item.outcome == "done" else self._failed
+                restored: list[str] = []
+                try:
+                    for follow_up in item.follow_ups:
+                        self._publish_staged(
+                            claim.staged("follow-up", follow_up),
+                            self._inbox,
+                            f"{follow_up}.json",
+                            restored,
+                            folders,
+                        )
                     self._publish_staged(
-                        claim.staged("follow-up", follow_up), self._inbox, f"{follow_up}.json", restored
+                        claim.staged(item.outcome), records, f"{claim.activity_id}.json", restored, folders
                     )
-                self._publish_staged(
-                    claim.staged(item.outcome), records, f"{claim.activity_id}.json", restored
-                )
-            except OSError as exc:
-                noted.append((claim, exc, tuple(restored)))
-                continue
-            finished.append(claim)
-            if restored:
-                noted.append((claim, None, tuple(restored)))
+                except OSError as exc:
+                    noted.append((claim, exc, tuple(restored)))
+                    continue
+                finished.append(claim)
+                if restored:
+                    noted.append((claim, None, tuple(restored)))
+        finally:
+            folders.close()
         self.durability.barrier()
         for claim in finished:
             committed = f"{self._running}/{claim.staged('committed')}"
@@ -794,24 +802,26 @@ class Repository:
                 self.spares.keep(committed)
         return noted
 
-    def _publish_staged(self, name: str, directory: str, target: str, restored: list[str]) -> None:
+    def _publish_staged(
+        self, name: str, directory: str, target: str, restored: list[str], folders: _Folders
+    ) -> None:
         """Move a committed claim's staged file to where it is seen; an existing file is never replaced.
 
         A ``directory`` deleted by hand is made again first (its name joins ``restored``); with
-        something else in its place, ``FileNotFoundError`` or ``NotADirectoryError``: the file stays
-        staged.
+        something else in its place (a file, a symbolic link: never followed), ``FileNotFoundError``
+        or ``NotADirectoryError``: the file stays staged.
         """
         source = f"{self._running}/{name}"
         try:
             try:
-                move_noreplace(source, f"{directory}/{target}")
+                move_noreplace(source, target, target_dir=folders.open(directory))
             except FileNotFoundError:
                 if not os.path.lexists(source):
                     raise
                 # Its folder is gone (deleted, moved away), not the repository: the file is in running/.
                 if self.restore(Path(directory)):
                     restored.append(os.path.basename(directory))
-                move_noreplace(source, f"{directory}/{target}")
+                move_noreplace(source, target, target_dir=folders.open(directory, again=True))
         except FileNotFoundError:
             if os.path.lexists(source):
                 raise  # never treat it as published unless it moved
@@ -1012,6 +1022,41 @@ def _lstat(path: str | Path) -> os.stat_result | None:
         return os.lstat(path)
     except FileNotFoundError:
         return None
+
+
+def open_folder(path: str) -> int:
+    """A descriptor of the folder ``path``, never of where a symbolic link in its place points
+    (``NotADirectoryError`` then, naming it): moves into it go nowhere else."""
+    try:
+        return os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError as exc:  # ENOTDIR (a link to a folder) or ELOOP (to anything else)
+        if exc.errno not in (errno.ENOTDIR, errno.ELOOP) or not os.path.islink(path):
+            raise
+        raise NotADirectoryError(
+            errno.ENOTDIR, f"{path} is a symbolic link, not a folder: spoolpipe does not follow it"
+        ) from None
+
+
+class _Folders:
+    """The folders one ``finish`` publishes into, each opened once (``open_folder``)."""
+
+    def __init__(self) -> None:
+        self._fds: dict[str, int] = {}
+
+    def open(self, path: str, *, again: bool = False) -> int:
+        """``again``: the folder was made again since it was opened (the old one is gone)."""
+        fd = self._fds.pop(path, None) if again else self._fds.get(path)
+        if again and fd is not None:
+            os.close(fd)
+            fd = None
+        if fd is None:
+            fd = self._fds[path] = open_folder(path)
+        return fd
+
+    def close(self) -> None:
+        for fd in self._fds.values():
+            os.close(fd)
+        self._fds.clear()
 
 
 def _same(path: str, st: os.stat_result) -> bool:
