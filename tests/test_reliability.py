@@ -974,6 +974,39 @@ def test_a_worker_makes_heartbeats_and_reports_again_when_they_are_deleted(tmp_p
     assert len(records(repo / "done")) == 1  # the failure activity, at its first attempt
 
 
+def test_the_failure_processor_writes_no_report_through_a_link_in_place_of_reports(tmp_path: Path) -> None:
+    """reports/ replaced by a symbolic link while a worker ran: the failure report was written
+    wherever it pointed. Now the failure activity's attempt fails, and is retried, until a folder
+    is back."""
+    import shutil
+
+    repo = make_repository(tmp_path, "retry.backoff-seconds = 0.2\nretry.max-attempts = 20\n")
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    proc = start_worker(repo, "w1")
+    log = tmp_path / "worker-w1.stderr"
+    try:
+        wait_for(lambda: "worker w1 started" in log.read_text(), 60, "start")  # it refuses such a link
+        shutil.rmtree(repo / "reports")
+        (repo / "reports").symlink_to(elsewhere)
+        failed = submit(repo, "t.fatal")
+        wait_for(
+            lambda: "reports is a symbolic link, not a folder" in log.read_text() or os.listdir(elsewhere),
+            60,
+            "the refusal",
+        )
+        assert os.listdir(elsewhere) == []
+        (repo / "reports").unlink()
+        (repo / "reports").mkdir()
+        wait_for(
+            lambda: (repo / "reports" / f"{failed}.txt").exists(), 60, "the report once reports/ is back"
+        )
+    finally:
+        kill_group(proc, signal.SIGTERM)
+        proc.wait(60)
+    assert os.listdir(elsewhere) == []
+
+
 def test_a_worker_makes_done_and_failed_again_when_they_are_deleted(tmp_path: Path) -> None:
     """Deleted by hand (to clear them out), done/ and failed/ stayed gone: every outcome stayed
     committed in running/, with a file system error every few seconds, until a person made them."""

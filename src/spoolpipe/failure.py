@@ -10,13 +10,14 @@ Replace this processor by setting ``failures.handler`` to a type of your own.
 from __future__ import annotations
 
 import json
+import os
 from typing import Any
 
 from .activity import Activity, is_valid_name
 from .durable import write_atomic
 from .processor import Context, Fatal, processor
 from .record import OMITTABLE
-from .repository import RECORD_BYTES
+from .repository import RECORD_BYTES, open_folder, restore_folder
 from .untrusted import NotARegularFile, read_regular
 
 TYPE = "spoolpipe.failure"
@@ -73,7 +74,8 @@ def report(activity: Activity, ctx: Context) -> dict[str, str]:
     failed = _with_omitted(failed, ctx)
     reports = ctx.repository / "reports"
     target = reports / f"{failed_id}.txt"
-    reports.mkdir(exist_ok=True)  # deleted by hand: made again, as init would
+    restore_folder(reports, ctx.repository / "running")  # deleted by hand: made again, as init would
+    os.close(open_folder(str(reports)))  # a symbolic link in its place: not followed, the attempt fails
     write_atomic(target, render_report(failed).encode())
     ctx.log.info("wrote %s", target)
     return {"report": str(target.relative_to(ctx.repository))}

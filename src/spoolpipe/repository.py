@@ -588,11 +588,7 @@ class Repository:
         True if it was; False when anything is there, even a file in its way, and when ``running/``
         is gone too: then the repository itself is away (its mount gone), and nothing of it is made
         on the disk beneath."""
-        if os.path.lexists(folder) or not os.path.isdir(self._running):
-            return False
-        try:
-            os.mkdir(folder)
-        except FileExistsError:  # made meanwhile, by another process
+        if not restore_folder(folder, Path(self._running)):
             return False
         self.durability.changed(str(self.root))
         return True
@@ -1022,6 +1018,17 @@ def _lstat(path: str | Path) -> os.stat_result | None:
         return os.lstat(path)
     except FileNotFoundError:
         return None
+
+
+def restore_folder(folder: Path, running: Path) -> bool:
+    """The rule of :meth:`Repository.restore`, for those that hold no ``Repository`` (processors)."""
+    if os.path.lexists(folder) or not os.path.isdir(running):
+        return False
+    try:
+        os.mkdir(folder)
+    except FileExistsError:  # made meanwhile, by another process
+        return False
+    return True
 
 
 def open_folder(path: str) -> int:
