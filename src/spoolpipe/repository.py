@@ -1052,13 +1052,11 @@ class _Folders:
 
     def open(self, path: str, *, again: bool = False) -> int:
         """``again``: the folder was made again since it was opened (the old one is gone)."""
-        fd = self._fds.pop(path, None) if again else self._fds.get(path)
-        if again and fd is not None:
-            os.close(fd)
-            fd = None
-        if fd is None:
-            fd = self._fds[path] = open_folder(path)
-        return fd
+        if again and path in self._fds:
+            os.close(self._fds.pop(path))
+        if path not in self._fds:
+            self._fds[path] = open_folder(path)
+        return self._fds[path]
 
     def close(self) -> None:
         for fd in self._fds.values():
