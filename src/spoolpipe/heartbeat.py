@@ -16,7 +16,7 @@ from typing import Any
 
 from .activity import format_time
 from .durable import write_all
-from .repository import Repository, dumps
+from .repository import Repository, dumps, made_again
 from .untrusted import open_own
 
 log = logging.getLogger("spoolpipe.worker")
@@ -82,7 +82,7 @@ def write(repo: Repository, worker_id: str, doc: Mapping[str, Any]) -> None:
     try:
         for folder in (repo.tmp, repo.heartbeats):
             if repo.restore(folder):
-                log.warning("%s/ was missing: created it again", folder.name)
+                log.warning("%s", made_again(folder.name))
         fd = open_own(tmp, os.O_TRUNC)
         try:
             write_all(fd, dumps(doc))
