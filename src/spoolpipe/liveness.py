@@ -6,9 +6,8 @@ file system honours flock across clients (local disks, GlusterFS, SMB). ``lease`
 (``SoftFileLease``) is kept alive by a heartbeat and taken over by a peer that
 saw it unrefreshed for ``claims.lease-seconds`` on its own monotonic clock, so
 clock skew cannot expire a live worker (NFS). ``strict`` (``StrictSoftFileLock``)
-fails closed: a dead worker's claims are recovered only once an operator runs
-``spoolpipe recover --force-worker``, or automatically when the dead process is
-provably gone on the same host. Lock files are never unlinked by spoolpipe.
+fails closed: a dead worker's claims are recovered only once an operator frees its
+lock (docs/repository-format.md says how). Lock files are never unlinked by spoolpipe.
 """
 
 from __future__ import annotations

@@ -216,8 +216,9 @@ OPTIONS: tuple[Option, ...] = (
         "auto",
         "How a worker makes sure no other worker runs an activity it has claimed: "
         "flock (file locks), lease (claims that other workers take over once their "
-        "owner has been silent for claims.lease-seconds), strict (both), or auto "
-        "(chosen from the filesystem).",
+        "owner has been silent for claims.lease-seconds), strict (a lock no other worker "
+        "ever takes over: a dead worker's claims wait until an operator frees its lock, see "
+        "docs/repository-format.md), or auto (chosen from the filesystem).",
     ),
     Option(
         "claims.lease-seconds",
