@@ -143,6 +143,12 @@ def test_an_unusable_argv_is_a_configuration_error_at_its_line(
         ({"http.x.method": "TRACE"}, "'TRACE' is not a valid choice"),
         ({"http.x.headers": '{"X-A": "1\\r\\nX-B: 2"}'}, "expected a string without line breaks"),
         ({"http.x.headers": '{"a b": "1"}'}, "'a b' is not a header name"),
+        # a receiver that drops repeats by X-Spoolpipe-Activity could be fooled by the configuration
+        (
+            {"http.x.headers": '{"x-spoolpipe-attempt": "99"}'},
+            "header 'x-spoolpipe-attempt' is set by spoolpipe on every request",
+        ),
+        ({"http.x.headers": '{"User-Agent": "mine"}'}, "header 'User-Agent' is set by spoolpipe"),
         # it passed, then every request failed with a UnicodeEncodeError, retried
         ({"http.x.headers": '{"X-Price": "5 \\u20ac"}'}, "header 'X-Price': '\u20ac' cannot be sent"),
         ({"http.x.timeout": "0"}, "'0' is out of range"),
@@ -734,6 +740,25 @@ def test_paths_escaping_the_roots_are_refused(
     assert failed(repo)[activity]["spoolpipe"]["attempts"] == 1
     assert secret.read_text() == "secret" and sorted(os.listdir(tmp_path / "outside")) == ["secret.txt"]
     assert (tree / "in" / "a.txt").read_text() == "alpha"
+
+
+@pytest.mark.parametrize("type_", ["files.delete", "files.copy"])
+def test_a_path_outside_the_roots_is_refused_in_the_same_words_whether_it_exists_or_not(
+    tmp_path: Path, tree: Path, type_: str
+) -> None:
+    """It said "does not exist" for a missing one: anyone who may write the inbox could tell which
+    paths exist on the worker's machine from the failed records."""
+    repo = files_repo(tmp_path, tree)
+    key = "path" if type_ == "files.delete" else "source"
+    ids = {}
+    for which in ("secret.txt", "nothing-here.txt"):
+        path = str(tmp_path / "outside" / which)
+        ids[which] = submit(repo, type_, {key: path, **({} if key == "path" else {"target": "in/x"})})
+    run_until_idle(repo)
+    for which, activity in ids.items():
+        path = str(tmp_path / "outside" / which)
+        assert reason(repo, activity) == f"data.{key}: {path!r} is outside the file roots"
+    assert (tmp_path / "outside" / "secret.txt").read_text() == "secret"
 
 
 def test_files_without_roots_are_refused(tmp_path: Path) -> None:

@@ -56,6 +56,8 @@ def _confined(
     try:
         real = Path(os.path.realpath(path, strict=True))
     except OSError:
+        if not _inside(Path(os.path.realpath(path)), roots):  # never say whether it exists out there
+            raise _escape(raw, lexical, roots, label) from None
         raise PathRejected(unresolved) from None
     if not _inside(real, roots):
         raise _escape(raw, lexical, roots, label)

@@ -242,6 +242,10 @@ def check_url(url: str) -> str:
     return text
 
 
+#: The headers every request carries from spoolpipe (lower case): an endpoint may not set them.
+OWN_HEADERS = frozenset({"user-agent", "x-spoolpipe-activity", "x-spoolpipe-attempt"})
+
+
 def parse_headers(text: str) -> tuple[tuple[str, str], ...]:
     """Headers from a JSON object of header names to string values (no line breaks in either)."""
     try:
@@ -254,6 +258,11 @@ def parse_headers(text: str) -> tuple[tuple[str, str], ...]:
     for key, value in doc.items():
         if not _HEADER_NAME_RE.fullmatch(key):
             raise InvalidDefinition(f"{key!r} is not a header name")
+        if key.lower() in OWN_HEADERS:
+            raise InvalidDefinition(
+                f"header {key!r} is set by spoolpipe on every request (a receiver may drop repeats by "
+                "X-Spoolpipe-Activity); leave it out"
+            )
         if not isinstance(value, str) or any(c in value for c in "\r\n\0"):
             raise InvalidDefinition(f"header {key!r}: expected a string without line breaks")
         try:

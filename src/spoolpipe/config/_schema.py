@@ -557,7 +557,8 @@ OPTIONS: tuple[Option, ...] = (
         HeadersKind(),
         None,
         "Extra request headers of the endpoint <name>, as a JSON object. Content-Type defaults to "
-        "application/json.",
+        "application/json; User-Agent, X-Spoolpipe-Activity and X-Spoolpipe-Attempt are spoolpipe's "
+        "own and may not be set.",
         example='http.alerts.headers = {"Authorization": "Bearer 123"}',
     ),
     Option(
