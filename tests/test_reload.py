@@ -219,6 +219,8 @@ def test_a_heartbeat_interval_the_running_lease_cannot_cover_is_rejected(
     with caplog.at_level(logging.ERROR, "spoolpipe.worker"):
         assert reloads.settings(running, requested=False) is None
     assert "heartbeat.interval-seconds: 120 is more than half of the claims.lease-seconds" in caplog.text
+    # named where it is set, as every other configuration error is
+    assert f"{root / 'workers' / 'w1.properties'}:1: heartbeat.interval-seconds: 120 is more" in caplog.text
 
 
 def test_reloads_after_a_pool_size_change_keep_the_pool_processes_when_nothing_changed(

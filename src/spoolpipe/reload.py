@@ -57,8 +57,10 @@ def _check_running_lease(new: config.Settings, start: config.Settings) -> None:
     beat, lease = new.heartbeat_interval_seconds, start.claims_lease_seconds
     if lease < config.HEARTBEATS_PER_LEASE * beat:
         most = lease / config.HEARTBEATS_PER_LEASE
+        where = new.key_sources.get("heartbeat.interval-seconds")
         raise config.ConfigError(
-            f"heartbeat.interval-seconds: {beat:g} is more than half of the claims.lease-seconds this "
+            ("" if where is None else f"{where}: ")
+            + f"heartbeat.interval-seconds: {beat:g} is more than half of the claims.lease-seconds this "
             f"worker runs with ({lease:g}, taken at start); expected a number <= {most:g}, or a "
             "restart to take both"
         )
