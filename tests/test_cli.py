@@ -229,6 +229,23 @@ BAD_SUBMITS = {
 }
 
 
+def test_options_may_come_before_the_last_optional_argument(repo: Path) -> None:
+    """`submit REPO TYPE --priority 3 DATA` took DATA as missing, then refused it: "spoolpipe: error:
+    unrecognized arguments", with no command named; so did `stop REPO --wait ID`, `schedule REPO
+    --json NAME`. And `status --watch abc` said "invalid _watch_interval value"."""
+    early, unknown, watch = run_all(
+        ("submit", str(repo), "t.x", "--priority", "3", "--id", "early", '{"n": 1}'),
+        ("submit", str(repo), "t.x", "--bogus", "3", "{}"),
+        ("status", str(repo), "--watch", "abc"),
+    )
+    assert early.returncode == 0, str(early)
+    assert json.loads((repo / "inbox" / "early~p3.json").read_text())["data"] == {"n": 1}
+    assert unknown.returncode == 2
+    assert "spoolpipe submit: error: unrecognized arguments: --bogus" in unknown.stderr
+    assert watch.returncode == 2
+    assert "argument --watch: 'abc': give a number of seconds > 0, at most 86400" in watch.stderr
+
+
 def test_submit_rejects_bad_input_with_exit_2_naming_the_problem(repo: Path) -> None:
     with (repo / PROPERTIES_FILE).open("a") as f:
         f.write("limits.activity-bytes = 4096\n")

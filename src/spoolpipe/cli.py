@@ -128,7 +128,10 @@ WATCH_MAX_SECONDS = 86_400
 
 
 def _watch_interval(text: str) -> float:
-    seconds = float(text)
+    try:
+        seconds = float(text)
+    except ValueError:
+        seconds = math.nan
     if not 0 < seconds <= WATCH_MAX_SECONDS:  # NaN fails this too; 1e10 overflowed time.sleep
         bound = f"give a number of seconds > 0, at most {WATCH_MAX_SECONDS}"
         raise argparse.ArgumentTypeError(f"{text!r}: {bound}")
@@ -837,8 +840,23 @@ def run() -> None:
     sys.exit(code)
 
 
+def _parse(argv: list[str] | None) -> argparse.Namespace:
+    """Options go anywhere, before an optional last argument too (``submit REPO TYPE --delay 5 DATA``):
+    a plain parse took that argument as missing, then refused it as one too many."""
+    parser = build_parser()
+    argv = sys.argv[1:] if argv is None else argv
+    args, extra = parser.parse_known_args(argv)
+    if not extra:
+        return args
+    commands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    command: argparse.ArgumentParser = commands.choices[args.command]
+    parsed = command.parse_intermixed_args(argv[argv.index(args.command) + 1 :])
+    parsed.command = args.command
+    return parsed
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = _parse(argv)
     try:
         result: int = args.func(args)
         return result
