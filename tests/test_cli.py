@@ -105,7 +105,7 @@ HELP = {
         "--version",
     ],
     ("init",): ["REPO"],
-    ("submit",): ["REPO", "TYPE", "JSON", "--id", "--delay", "--verbose"],
+    ("submit",): ["REPO", "TYPE", "DATA", "--id", "--delay", "--verbose"],
     ("worker",): ["REPO", "--worker-id", "--until-idle", "--no-wait", "--log-level", "--check"],
     ("status",): ["REPO", "--json", "--watch", "SECONDS", "Exit codes"],
     ("list",): ["REPO", "STATE", "--type", "--since", "DURATION", "--limit", "--json", "Exit codes"],

@@ -488,7 +488,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("type", metavar="TYPE", help="activity type, e.g. invoice.render")
     p.add_argument(
-        "data", metavar="JSON", nargs="?", help="the data object as JSON, or - to read it from stdin"
+        "data", metavar="DATA", nargs="?", help="the data object as JSON, or - to read it from stdin"
     )
     p.add_argument("--id", help="activity id (default: a new ULID)")
     p.add_argument("--delay", type=float, metavar="SECONDS", help="do not start before SECONDS from now")
@@ -518,7 +518,8 @@ def build_parser() -> argparse.ArgumentParser:
         "taken or metrics.file not writable); "
         f"{EXIT_CRASH} crashed on an unexpected error (a bug in spoolpipe), logged with its "
         "traceback in REPO/logs/workers/ID.log. Claims a crashed worker leaves are recovered "
-        "when it starts again. With --check: 0 it could start, 2 invalid configuration, 3 processors "
+        "when it starts again. With --check: 0 it could start, 2 bad usage, not a repository or invalid "
+        "configuration, 3 processors "
         "that do not import, its log or lock file not writable, metrics.port taken (but by the running "
         "worker of this id) or metrics.file not writable."
     )
@@ -549,8 +550,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--check",
         action="store_true",
         help="start nothing: validate the configuration, import the processors, print the types this "
-        "worker would take and any warnings, then exit 0, 2 (invalid configuration, file:line) or 3 "
-        "(processors that do not import, file:line; metrics that cannot be set up); takes no lock and "
+        "worker would take and any warnings, then exit 0, 2 (bad usage, not a repository, invalid "
+        "configuration, file:line) or 3 (processors that do not import, file:line; its log or lock "
+        "file not writable; metrics that cannot be set up); takes no lock and "
         "never touches the inbox",
     )
 
@@ -622,7 +624,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Queue the activity of failed/ID.json again as inbox/ID.json, a first attempt; "
         "the failed record joins the activity's history (spoolpipe.history).",
     )
-    p.add_argument("ids", metavar="ID", nargs="*")
+    p.add_argument("ids", metavar="ID", nargs="*", help="the ids of failed activities (failed/ID.json)")
     p.add_argument("--all-failed", action="store_true", help="retry every failed activity")
 
     p = _command(
@@ -817,7 +819,7 @@ _EXIT_CODES = {
     "init": "0 created what was missing (or nothing was); 2 bad usage, or no repository can be made "
     "there (a file in the way, a link to nothing, no permission)",
     "submit": "0 published, the id is printed; 1 it could not be written (disk full, read-only): "
-    "nothing published; 2 bad usage (an invalid TYPE, --id, JSON or --delay, "
+    "nothing published; 2 bad usage (an invalid TYPE, --id, DATA or --delay, "
     "DATA a worker would refuse: over limits.activity-bytes or nested too deep; an id already in "
     "use), not a repository or invalid configuration",
     "status": "0 shown (with --watch: stopped by Ctrl-C); 2 bad usage, not a repository or invalid "
