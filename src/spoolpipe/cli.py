@@ -180,7 +180,7 @@ def cmd_inspect(args: argparse.Namespace) -> int:
 
     repo = _repository(args.repo)
     if not is_valid_name(args.id):
-        raise _UsageError(f"{printable(args.id)!r} is not a valid id ({NAME_PATTERN})")
+        raise _UsageError(f"'{printable(args.id)}' is not a valid id ({NAME_PATTERN})")
     config.load(repo.root)  # an invalid configuration is exit 2 (file:line), as for status
     found = views.story(repo, args.id)
     if found is None:
@@ -210,7 +210,7 @@ def cmd_retry(args: argparse.Namespace) -> int:
         raise _UsageError("give activity IDs or --all-failed (not both)")
     for activity_id in args.ids:
         if not is_valid_name(activity_id):
-            raise _UsageError(f"{printable(activity_id)!r} is not a valid id ({NAME_PATTERN})")
+            raise _UsageError(f"'{printable(activity_id)}' is not a valid id ({NAME_PATTERN})")
     limit = config.load(repo.root).settings.limits_activity_bytes  # an invalid one is exit 2
     ids = sorted(p.stem for p in repo.failed.glob("*.json")) if args.all_failed else args.ids
     problems = 0
@@ -250,7 +250,7 @@ def cmd_schedule(args: argparse.Namespace) -> int:
     rules = config.load(repo.root).settings.schedules
     if args.name is not None:
         if args.name not in rules:
-            print(f"spoolpipe schedule: no schedule named {printable(args.name)!r}", file=sys.stderr)
+            print(f"spoolpipe schedule: no schedule named '{printable(args.name)}'", file=sys.stderr)
             return 1
         rules = {args.name: rules[args.name]}
     now = views.reading.shared_now(repo)  # the local clock on a read-only mount
