@@ -81,7 +81,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
         "flaky": submit(repo, "t.flaky", {}),
         "fatal": submit(repo, "t.fatal", {}),
         "delayed": submit(repo, "t.noop", {}, not_before=time.time() + 3600),
-        "unhandled": submit(repo, "t.nobody", {}),
+        "unhandled": submit(repo, "t.nobody", {}, not_before=time.time() - 3600),  # due already
         "running": submit(repo, "t.wait", {}),
     }
     drop(repo, HOSTILE_NAME, "{not json")
@@ -232,7 +232,8 @@ def test_list_other_states(world: dict[str, Any]) -> None:
     inbox = world["lists"]["inbox"].stdout.splitlines()
     assert len(inbox) == 2
     assert "not before" in next(line for line in inbox if ids["delayed"] in line)
-    assert any(line.startswith(f"{ids['unhandled']}  t.nobody  attempt 1") for line in inbox)
+    [unhandled] = [line for line in inbox if line.startswith(f"{ids['unhandled']}  t.nobody  attempt 1")]
+    assert "not before" not in unhandled  # its earliest start is past: it is not delayed
     [running] = world["lists"]["running"].stdout.splitlines()
     assert running.startswith(f"{ids['running']}  t.wait  attempt 1  ")
     assert "on w1" in running

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import time
+from datetime import datetime
 from typing import Any
 
 from ..circuit import status_lines as circuit_lines
@@ -87,13 +89,18 @@ def entry_line(entry: dict[str, Any]) -> str:
     ]
     if entry["state"] == "running":
         parts.append(f"on {entry['worker']}" + (" (committed)" if entry["committed"] else ""))
-    if entry["state"] == "inbox" and entry["not_before"]:
+    if entry["state"] == "inbox" and entry["not_before"] and _ahead(entry["not_before"]):
         parts.append(f"not before {entry['not_before']}")
     if entry["state"] == "done" and entry["status"] not in (None, "done"):
         parts.append(entry["status"])
     if entry["reason"]:
         parts.append(entry["reason"])
     return "  ".join(parts)
+
+
+def _ahead(when: str) -> bool:
+    """Whether an ISO-8601 time (as the views write them) is still to come: a delayed entry."""
+    return datetime.fromisoformat(when).timestamp() > time.time()
 
 
 def _inline(value: Any) -> str:
