@@ -726,8 +726,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.epilog = (
         "Exit codes: 0 done (also when nothing had expired; with --scheduled, also when skipped); "
         "1 another purge held the lock for 5s (or it cannot be taken: a read-only mount), or some "
-        "entries could not be purged (listed "
-        "on stderr, left in place); 2 bad usage, not a repository or invalid configuration; "
+        "entries could not be purged (listed on stderr, left in place), or a folder it needs is not "
+        "one (archive a file, a state folder a link); 2 bad usage, not a repository or invalid "
+        "configuration; "
         f"{EXIT_CRASH} crashed (a bug). See docs/operations.md, Cleaning up."
     )
     p.add_argument(
