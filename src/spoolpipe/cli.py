@@ -127,11 +127,16 @@ def cmd_submit(args: argparse.Namespace) -> int:
 WATCH_MAX_SECONDS = 86_400
 
 
-def _watch_interval(text: str) -> float:
+def _number(text: str) -> float:
+    """``text`` as a number, NaN (which fails every bound) when it is none: one message for both."""
     try:
-        seconds = float(text)
+        return float(text)
     except ValueError:
-        seconds = math.nan
+        return math.nan
+
+
+def _watch_interval(text: str) -> float:
+    seconds = _number(text)
     if not 0 < seconds <= WATCH_MAX_SECONDS:  # NaN fails this too; 1e10 overflowed time.sleep
         bound = f"give a number of seconds > 0, at most {WATCH_MAX_SECONDS}"
         raise argparse.ArgumentTypeError(f"{text!r}: {bound}")
@@ -451,10 +456,7 @@ def _port(text: str) -> int:
 
 
 def _request_timeout(text: str) -> float:
-    try:
-        seconds = float(text)
-    except ValueError:
-        seconds = math.nan
+    seconds = _number(text)
     if not 0.1 <= seconds <= 3600:
         raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds from 0.1 to 3600")
     return seconds
